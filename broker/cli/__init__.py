@@ -1,0 +1,113 @@
+"""The ``broker`` command: one module per command group, one error wrapper, named exit codes.
+
+Each command module exposes ``register(subparsers)``; its handler receives the parsed arguments and the
+loaded :class:`~broker.config.Settings` and returns an exit code. Modules import heavy libraries
+(SQLAlchemy, alembic, spyne) inside their handlers, so ``broker --help`` and ``broker validate`` stay fast
+and never open the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from broker import __version__
+from broker.errors import BrokerError, ConfigError
+
+#: success (for ``run``: the workflow succeeded)
+EXIT_OK = 0
+#: rejected content (invalid description) or, for ``run``, a workflow that did not succeed
+EXIT_INVALID = 1
+#: bad usage, bad configuration, or an unreadable file
+EXIT_USAGE = 2
+#: a runtime error: database unreachable or locked, a resource failed
+EXIT_ERROR = 3
+#: interrupted by the user
+EXIT_INTERRUPTED = 130
+
+#: command modules, in the order ``--help`` lists them
+COMMANDS = ("validate", "db")
+
+log = logging.getLogger("broker.cli")
+
+
+class UsageError(BrokerError):
+    """Raised when a command is given arguments it cannot use."""
+
+
+def _load_command(name: str):
+    import importlib
+
+    return importlib.import_module(f"broker.cli.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="configuration file (default: $BROKER_CONFIG, else built-in defaults)")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser = argparse.ArgumentParser(
+        prog="broker", parents=[common],
+        description="Run XML-described scientific workflows on local hosts, SSH hosts and batch clusters.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        _load_command(name).register(sub, common)
+    return parser
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--db URL`` option, for every command that opens the database."""
+    parser.add_argument("--db", metavar="URL", help="database URL (overrides [database] url)")
+
+
+def settings_for(args: argparse.Namespace):
+    from broker.config import load_settings
+
+    settings = load_settings(getattr(args, "config", None))
+    if getattr(args, "db", None):
+        settings = settings.replace("database", url=args.db)
+    return settings
+
+
+def _setup_logging(settings) -> None:
+    if settings.logging.config:
+        import logging.config
+
+        logging.config.fileConfig(settings.logging.config, disable_existing_loggers=False)
+    else:
+        logging.basicConfig(level=settings.logging.level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_for(args)
+        _setup_logging(settings)
+        return int(args.func(args, settings))
+    except KeyboardInterrupt:
+        print("broker: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, UsageError) as exc:
+        if args.debug:
+            raise
+        print(f"broker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerError as exc:
+        if args.debug:
+            raise
+        print(f"broker: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # the one place an unexpected error becomes one clear line
+        if args.debug:
+            raise
+        print(f"broker: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

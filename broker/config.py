@@ -1,0 +1,198 @@
+"""Settings: frozen dataclasses loaded once from an INI file plus ``BROKER_<SECTION>_<KEY>`` overrides.
+
+Where settings come from, later wins:
+
+1. built-in defaults (the dataclass defaults below; ``conf/broker.ini`` documents every one of them and a
+   test keeps the two in step),
+2. the file named by ``--config FILE``, else by ``BROKER_CONFIG``, if any,
+3. environment variables ``BROKER_<SECTION>_<KEY>`` (section names contain no underscore, so
+   ``BROKER_LIMITS_MAX_NODES`` is section ``limits``, key ``max_nodes``),
+4. command-line options such as ``--db URL``.
+
+Strict: an unknown section or key in the file, or an unknown ``BROKER_*`` variable, is a
+:class:`~broker.errors.ConfigError` that names it. ``BROKER_CONFIG`` and ``BROKER_TEST_*`` (the test suite's
+variables) are the only other ``BROKER_*`` names allowed.
+
+Relative paths in a file are resolved against the file's directory; in the environment, against the
+current directory.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from broker.errors import ConfigError
+
+#: environment variable naming the configuration file
+CONFIG_ENV = "BROKER_CONFIG"
+#: prefix of the test suite's own variables, which configuration loading ignores
+TEST_ENV_PREFIX = "BROKER_TEST_"
+
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def _doc(text: str, unit: str = "") -> dict[str, str]:
+    return {"doc": text, "unit": unit}
+
+
+def default_state_dir() -> Path:
+    """Where the embedded database and work directories live unless configured (XDG state home)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "workflow-broker"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str = field(
+        default="",
+        metadata=_doc("SQLAlchemy URL. Empty: the embedded SQLite database <state dir>/broker.db, "
+                      "created and migrated on first use. PostgreSQL: postgresql+psycopg://user@host/db"),
+    )
+    busy_timeout: float = field(default=30.0, metadata=_doc("how long to wait for a locked SQLite database", "s"))
+
+
+@dataclass(frozen=True, slots=True)
+class DescriptionSettings:
+    include_dirs: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("directories that payload references and parameter line files may be read from "
+                      "(space separated); empty: no file references are allowed"),
+    )
+    allowed_directives: tuple[str, ...] = field(
+        default=("constraint", "qos", "gres", "licenses", "reservation", "exclusive", "mail-type", "begin",
+                 "nice", "hint"),
+        metadata=_doc("scheduler directive names a <directive> may use (space separated)"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    max_document_bytes: int = field(default=64 * 1024**2, metadata=_doc("largest description accepted", "bytes"))
+    max_xml_depth: int = field(default=64, metadata=_doc("deepest element nesting in a description", "levels"))
+    max_text_bytes: int = field(default=1024**2,
+                                metadata=_doc("largest attribute value or text (payloads included)", "bytes"))
+    max_file_bytes: int = field(default=8 * 1024**2,
+                                metadata=_doc("largest referenced payload or parameter line file", "bytes"))
+    max_nodes: int = field(default=1_000_000,
+                           metadata=_doc("most nodes in one workflow, after every expansion", "nodes"))
+    max_members: int = field(default=200_000,
+                             metadata=_doc("most members one parameterized node may expand to", "members"))
+    max_nesting: int = field(default=8, metadata=_doc("deepest nesting of parameterized nodes", "levels"))
+    max_values: int = field(default=200_000, metadata=_doc("most values in one parameter", "values"))
+    max_output_bytes: int = field(default=1024**2,
+                                  metadata=_doc("largest output property value (JSON) a payload may report", "bytes"))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    config: str = field(default="", metadata=_doc("logging.config fileConfig INI file; empty: plain stderr logging"))
+    level: str = field(default="INFO", metadata=_doc("root level when no logging config file is given"))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the broker, one attribute per INI section."""
+
+    database: DatabaseSettings = DatabaseSettings()
+    description: DescriptionSettings = DescriptionSettings()
+    limits: LimitSettings = LimitSettings()
+    logging: LoggingSettings = LoggingSettings()
+    #: the file these settings were read from, if any
+    source: str | None = None
+
+    def database_url(self) -> str:
+        """The configured database URL, or the embedded SQLite default."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{default_state_dir() / 'broker.db'}"
+
+    def replace(self, section: str, **values: Any) -> Settings:
+        """A copy with some keys of one section replaced (used for command-line options)."""
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
+
+
+def sections() -> dict[str, type]:
+    """Section name -> its settings dataclass."""
+    hints = get_type_hints(Settings)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Settings) if f.name != "source"}
+
+
+def _convert(raw: str, kind: Any, where: str, base: Path | None, key: str) -> Any:
+    raw = raw.strip()
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            for unit, factor in sorted(_UNITS.items(), key=lambda kv: -len(kv[0])):
+                if raw.endswith(unit) and raw[: -len(unit)].strip().isdigit():
+                    return int(raw[: -len(unit)]) * factor
+            return int(raw.replace("_", ""))
+        if kind is float:
+            return float(raw)
+        if kind == tuple[str, ...]:
+            items = tuple(raw.replace(",", " ").split())
+            if key.endswith("_dirs") and base is not None:
+                items = tuple(str((base / os.path.expanduser(i)).resolve()) for i in items)
+            return items
+        if key in ("config",) and raw and base is not None:
+            return str((base / os.path.expanduser(raw)).resolve())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{where}: invalid value {raw!r}: {exc}") from None
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from the file (or ``BROKER_CONFIG``) and ``BROKER_*`` overrides. Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    path = config_file or env.get(CONFIG_ENV) or None
+    known = sections()
+    values: dict[str, dict[str, Any]] = {name: {} for name in known}
+
+    if path:
+        file = Path(path)
+        parser = configparser.ConfigParser(interpolation=None, strict=True)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case sensitive
+        try:
+            with open(file, encoding="utf-8") as fh:
+                parser.read_file(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from None
+        except configparser.Error as exc:
+            raise ConfigError(f"{file}: {exc.message.splitlines()[0]}") from None
+        base = file.resolve().parent
+        for section in parser.sections():
+            if section not in known:
+                raise ConfigError(f"{file}: unknown section [{section}]")
+            hints = get_type_hints(known[section])
+            for key, raw in parser.items(section):
+                if key not in hints:
+                    raise ConfigError(f"{file}: unknown key '{key}' in section [{section}]")
+                values[section][key] = _convert(raw, hints[key], f"{file}: [{section}] {key}", base, key)
+
+    for name, raw in env.items():
+        if not name.startswith("BROKER_") or name == CONFIG_ENV or name.startswith(TEST_ENV_PREFIX):
+            continue
+        rest = name[len("BROKER_"):]
+        section, _, key = rest.partition("_")
+        section, key = section.lower(), key.lower()
+        if section not in known:
+            raise ConfigError(f"unknown configuration variable {name} (no section [{section}])")
+        hints = get_type_hints(known[section])
+        if key not in hints:
+            raise ConfigError(f"unknown configuration variable {name} (no key '{key}' in section [{section}])")
+        values[section][key] = _convert(raw, hints[key], name, Path.cwd(), key)
+
+    built = {name: cls(**values[name]) for name, cls in known.items()}
+    return Settings(**built, source=str(path) if path else None)

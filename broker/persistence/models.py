@@ -1,0 +1,218 @@
+"""SQLAlchemy 2 mapped classes: the database schema. No queries here (they live in ``repository``).
+
+Times are timezone-aware UTC (:class:`UTCDateTime`); event ids are 64-bit and, because one writer
+commits every event, increase in commit order (the ``lastId`` paging of the API relies on it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, SmallInteger,
+                        String, Text, TypeDecorator, UniqueConstraint, text)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: constraint names are deterministic, so alembic migrations can refer to them on every database
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: a 64-bit integer primary key that still autoincrements on SQLite (which only does so for INTEGER)
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC datetime on every database (SQLite stores naive text, so normalise both ways)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: ``[a-z][a-z0-9_-]*`` (see broker.ids.USER_NAME_RE): never a bus destination wildcard
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    #: "user" or "admin"
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    #: salted slow hash (set by ``broker user add``); None: the user cannot log in to the API
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Account(Base):
+    """The account (and key) a broker user's nodes run under on one host."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (UniqueConstraint("user_id", "host"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(253))
+    account: Mapped[str] = mapped_column(String(64))
+    key_path: Mapped[str | None] = mapped_column(String(1024))
+
+
+class Workflow(Base):
+    __tablename__ = "workflows"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "label", name="uq_workflows_owner_label"),
+        UniqueConstraint("owner_id", "request_id", name="uq_workflows_owner_request"),
+        Index("ix_workflows_state_finished", "state", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: opaque, URL- and file-name-safe (broker.ids.new_workflow_global_id)
+    global_id: Mapped[str] = mapped_column(String(32), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    #: the client's ``workflowId``: a label unique per user, never a global id
+    label: Mapped[str | None] = mapped_column(String(200))
+    #: the client's request id: submitting it again returns this workflow instead of a new one
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    experiment_id: Mapped[str | None] = mapped_column(String(200))
+    #: the description exactly as submitted
+    descriptor: Mapped[str] = mapped_column(Text)
+    descriptor_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    #: the normalised WorkflowSpec as JSON (broker.description.model.to_json): profiles applied, files read
+    plan: Mapped[str] = mapped_column(Text)
+    #: broker.events.types.EventLevel value
+    event_level: Mapped[int] = mapped_column(SmallInteger)
+    #: higher runs first
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    publish_metadata_to: Mapped[str | None] = mapped_column(String(256))
+    max_in_flight: Mapped[int | None] = mapped_column(Integer)
+    #: broker.states.WorkflowState value
+    state: Mapped[str] = mapped_column(String(16))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: the last per-workflow event sequence number used
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    submitted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class Node(Base):
+    """A node of a workflow: an execute node, a parameterized node ("sweep") or one member of a sweep."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "path", name="uq_nodes_workflow_path"),
+        Index("ix_nodes_workflow_state", "workflow_id", "state"),
+        Index("ix_nodes_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"))
+    #: e.g. ``sweep[3]/step``; the node's global id is ``<workflow global id>/<path>``
+    path: Mapped[str] = mapped_column(String(1024))
+    #: the path without member indexes (``sweep/step``): which spec in the plan this node instantiates
+    template: Mapped[str] = mapped_column(String(1024))
+    #: "node", "sweep" or "member"
+    kind: Mapped[str] = mapped_column(String(8))
+    #: the enclosing group: the sweep of a member, the member of a body node; None at the top level
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    member_index: Mapped[int | None] = mapped_column(Integer)
+    #: every parameter binding visible to this node (outer sweeps first), as [[name, value], ...]
+    bindings: Mapped[Any | None] = mapped_column(JSON)
+    #: broker.states.NodeState value
+    state: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    #: the current attempt, 0 before the first launch
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    host: Mapped[str | None] = mapped_column(String(253))
+    #: pid or batch job id of the current attempt
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    #: output properties reported by the payload: name -> JSON value
+    outputs: Mapped[Any | None] = mapped_column(JSON)
+    #: the last human-readable reason (why it failed, was skipped, ...)
+    message: Mapped[str | None] = mapped_column(Text)
+    #: when a node in retry_wait becomes ready again
+    retry_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class Dependency(Base):
+    """An edge of the DAG: ``child`` waits for ``parent`` (a node, or a whole sweep as a barrier)."""
+
+    __tablename__ = "dependencies"
+    __table_args__ = (Index("ix_dependencies_child", "child_id"),)
+
+    parent_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    child_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "seq", name="uq_events_workflow_seq"),
+    )
+
+    #: 64-bit, increasing in commit order: the ``lastId`` of the API's paging
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: None for service-level events
+    workflow_id: Mapped[int | None] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"))
+    #: per-workflow sequence number, 1, 2, 3, ... (None for service-level events)
+    seq: Mapped[int | None] = mapped_column(Integer)
+    #: the node's path within the workflow (its global id is the workflow's global id + "/" + path)
+    node_path: Mapped[str | None] = mapped_column(String(1024))
+    #: who caused it: "submission", "staging", "monitoring", "elf", "admin:<user>", "user:<user>", ...
+    actor: Mapped[str] = mapped_column(String(64))
+    #: broker.events.types.EventLevel value
+    level: Mapped[int] = mapped_column(SmallInteger)
+    #: broker.events.types.EventType value
+    type: Mapped[str] = mapped_column(String(32))
+    #: the new state, for state-change events
+    state: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    time: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: extra data (name -> JSON value): previous state, attempt, progress percent, output values, ...
+    properties: Mapped[Any | None] = mapped_column(JSON)
+
+
+class Outbox(Base):
+    """Events waiting to be published: written with the event, marked sent after the bus's receipt."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        # the relay scans only unsent rows; a partial index keeps that scan small however much was sent
+        Index("ix_outbox_unsent", "id", sqlite_where=text("sent_at IS NULL"),
+              postgresql_where=text("sent_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    #: a bus destination such as /topic/broker.events
+    destination: Mapped[str] = mapped_column(String(256))
+    sent_at: Mapped[dt.datetime | None]

@@ -1,0 +1,109 @@
+"""Node and workflow states, the one node transition table, and the pure workflow-state function.
+
+Every node state change in the broker goes through :func:`check_transition`; the repository calls it
+before it writes. Workflow states are never written by hand: :func:`derive_workflow_state` computes them
+from node state counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class NodeState(StrEnum):
+    WAITING = "waiting"          # parents not finished yet
+    READY = "ready"              # parents satisfied; waiting for a slot (or, for a sweep, to expand)
+    STAGING_IN = "staging_in"    # input files being copied into the work directory
+    QUEUED = "queued"            # launch intent committed; process starting or job pending in a scheduler
+    RUNNING = "running"          # payload running (for a sweep: expanded, members in progress)
+    STAGING_OUT = "staging_out"  # payload succeeded; output files being copied out
+    RETRY_WAIT = "retry_wait"    # an attempt failed and a retry is due after a backoff
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"          # can no longer run: a required parent did not succeed
+
+
+class WorkflowState(StrEnum):
+    ACCEPTED = "accepted"        # stored; no node has started yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+N = NodeState
+
+#: every legal node transition: state -> states it may move to. Anything else is a bug (StateError).
+TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    N.WAITING: frozenset({N.READY, N.SKIPPED, N.CANCELLED}),
+    N.READY: frozenset({N.STAGING_IN, N.QUEUED, N.RUNNING, N.FAILED, N.CANCELLED}),
+    N.STAGING_IN: frozenset({N.QUEUED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
+    # a short batch job can finish between two polls, so QUEUED may skip RUNNING
+    N.QUEUED: frozenset({N.RUNNING, N.STAGING_OUT, N.SUCCEEDED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
+    N.RUNNING: frozenset({N.STAGING_OUT, N.SUCCEEDED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
+    N.STAGING_OUT: frozenset({N.SUCCEEDED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
+    N.RETRY_WAIT: frozenset({N.READY, N.CANCELLED}),
+    # restart (rescue semantics): a fresh attempt re-evaluates the parents from WAITING
+    N.FAILED: frozenset({N.WAITING}),
+    N.CANCELLED: frozenset({N.WAITING}),
+    N.SKIPPED: frozenset({N.WAITING}),
+    N.SUCCEEDED: frozenset(),
+}
+
+TERMINAL: frozenset[NodeState] = frozenset({N.SUCCEEDED, N.FAILED, N.CANCELLED, N.SKIPPED})
+#: states in which a node holds a slot (counts against in-flight limits)
+IN_FLIGHT: frozenset[NodeState] = frozenset({N.STAGING_IN, N.QUEUED, N.RUNNING, N.STAGING_OUT})
+#: states that have not started any work
+NOT_STARTED: frozenset[NodeState] = frozenset({N.WAITING, N.READY})
+WORKFLOW_TERMINAL: frozenset[WorkflowState] = frozenset(
+    {WorkflowState.SUCCEEDED, WorkflowState.FAILED, WorkflowState.CANCELLED})
+
+
+def check_transition(current: NodeState, new: NodeState) -> None:
+    """Raise StateError unless ``current -> new`` is in :data:`TRANSITIONS`."""
+    if new not in TRANSITIONS[current]:
+        from broker.errors import StateError
+
+        raise StateError(f"illegal node transition {current} -> {new}")
+
+
+@dataclass(frozen=True, slots=True)
+class FailureConstraint:
+    """How many nodes may end without succeeding (failed, skipped or cancelled) before the workflow fails.
+
+    The default, ``max_failed=0``, means one failed node fails the workflow. ``fraction`` (0..1) allows that
+    share of all nodes instead; when both are set, the larger allowance applies.
+    """
+
+    max_failed: int = 0
+    fraction: float | None = None
+    #: "continue": nodes that can still run go on (less left for a restart); "stop": cancel the rest
+    on_failure: str = "continue"
+
+    def allows(self, not_succeeded: int, total: int) -> bool:
+        allowed = self.max_failed
+        if self.fraction is not None:
+            allowed = max(allowed, int(self.fraction * total))
+        return not_succeeded <= allowed
+
+
+def derive_workflow_state(counts: Mapping[NodeState, int], constraint: FailureConstraint,
+                          cancel_requested: bool = False) -> WorkflowState:
+    """The workflow's state from the counts of its nodes' states (a pure function).
+
+    ``counts`` covers the nodes that carry work: execute nodes, and parameterized nodes that have not
+    expanded (an expanded one is represented by its members).
+    """
+    total = sum(counts.values())
+    active = sum(n for s, n in counts.items() if s not in TERMINAL)
+    if active:
+        if all(s in NOT_STARTED for s, n in counts.items() if n):
+            return WorkflowState.ACCEPTED
+        return WorkflowState.RUNNING
+    if cancel_requested and counts.get(N.CANCELLED, 0):
+        return WorkflowState.CANCELLED
+    not_succeeded = total - counts.get(N.SUCCEEDED, 0)
+    return WorkflowState.SUCCEEDED if constraint.allows(not_succeeded, total) else WorkflowState.FAILED
