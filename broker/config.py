@@ -55,6 +55,11 @@ class DatabaseSettings:
                       "created and migrated on first use. PostgreSQL: postgresql+psycopg://user@host/db"),
     )
     busy_timeout: float = field(default=30.0, metadata=_doc("how long to wait for a locked SQLite database", "s"))
+    sqlite_synchronous: str = field(
+        default="full",
+        metadata=_doc("SQLite PRAGMA synchronous: full (a commit survives power loss), normal (faster; in WAL "
+                      "mode the last commits may be lost on power loss, never corrupted), off, extra"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,35 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineSettings:
+    workdir: str = field(default="", metadata=_doc("root of node work directories; empty: <state dir>/work"))
+    user: str = field(default="", metadata=_doc("the broker user that `broker run` submits as; empty: the login "
+                                                "name (it must match [a-z][a-z0-9_-]*)"))
+    max_in_flight: int = field(default=8, metadata=_doc("most nodes in flight at once, broker-wide", "nodes"))
+    max_in_flight_per_user: int = field(default=0, metadata=_doc("most nodes in flight per user; 0: no limit",
+                                                                 "nodes"))
+    launch_workers: int = field(default=4, metadata=_doc("launch worker actors (render and start payloads)",
+                                                         "threads"))
+    stage_workers: int = field(default=4, metadata=_doc("stage worker actors (file transfers)", "threads"))
+    poll_workers: int = field(default=2, metadata=_doc("poll worker actors (results, progress, control)",
+                                                       "threads"))
+    cancel_workers: int = field(default=1, metadata=_doc("cancel worker actors", "threads"))
+    expand_workers: int = field(default=1, metadata=_doc("expand worker actors (parameterized nodes)", "threads"))
+    tick_interval: float = field(default=0.1, metadata=_doc("clock resolution of retry timers and polls", "s"))
+    control_interval: float = field(default=0.25, metadata=_doc("how often a running broker reads cancel and "
+                                                                "restart commands", "s"))
+    report_interval: float = field(default=0.5, metadata=_doc("how often running payloads' progress and output "
+                                                              "reports are read", "s"))
+
+
+@dataclass(frozen=True, slots=True)
+class StagingSettings:
+    roots: tuple[str, ...] = field(default=(), metadata=_doc("directories file:// stage-in sources and stage-out "
+                                                             "targets must lie in (space separated); empty: none"))
+    max_bytes: int = field(default=10 * 1024**3, metadata=_doc("largest file one transfer may copy", "bytes"))
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     config: str = field(default="", metadata=_doc("logging.config fileConfig INI file; empty: plain stderr logging"))
     level: str = field(default="INFO", metadata=_doc("root level when no logging config file is given"))
@@ -102,6 +136,8 @@ class Settings:
     database: DatabaseSettings = DatabaseSettings()
     description: DescriptionSettings = DescriptionSettings()
     limits: LimitSettings = LimitSettings()
+    engine: EngineSettings = EngineSettings()
+    staging: StagingSettings = StagingSettings()
     logging: LoggingSettings = LoggingSettings()
     #: the file these settings were read from, if any
     source: str | None = None
@@ -142,10 +178,10 @@ def _convert(raw: str, kind: Any, where: str, base: Path | None, key: str) -> An
             return float(raw)
         if kind == tuple[str, ...]:
             items = tuple(raw.replace(",", " ").split())
-            if key.endswith("_dirs") and base is not None:
+            if (key.endswith("_dirs") or key == "roots") and base is not None:
                 items = tuple(str((base / os.path.expanduser(i)).resolve()) for i in items)
             return items
-        if key in ("config",) and raw and base is not None:
+        if key in ("config", "workdir") and raw and base is not None:
             return str((base / os.path.expanduser(raw)).resolve())
         return raw
     except ValueError as exc:

@@ -53,6 +53,16 @@ TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     N.SUCCEEDED: frozenset(),
 }
 
+#: transitions of a *group*: a member of a sweep, or a sweep once expanded. A group's state follows its
+#: children: it runs while any of them is unfinished, ends with group_outcome() of theirs, and reopens
+#: (back to RUNNING) when a restart gives one of its children a fresh attempt.
+GROUP_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    N.RUNNING: frozenset({N.SUCCEEDED, N.FAILED, N.CANCELLED}),
+    N.SUCCEEDED: frozenset(),
+    N.FAILED: frozenset({N.RUNNING}),
+    N.CANCELLED: frozenset({N.RUNNING}),
+}
+
 TERMINAL: frozenset[NodeState] = frozenset({N.SUCCEEDED, N.FAILED, N.CANCELLED, N.SKIPPED})
 #: states in which a node holds a slot (counts against in-flight limits)
 IN_FLIGHT: frozenset[NodeState] = frozenset({N.STAGING_IN, N.QUEUED, N.RUNNING, N.STAGING_OUT})
@@ -62,12 +72,14 @@ WORKFLOW_TERMINAL: frozenset[WorkflowState] = frozenset(
     {WorkflowState.SUCCEEDED, WorkflowState.FAILED, WorkflowState.CANCELLED})
 
 
-def check_transition(current: NodeState, new: NodeState) -> None:
-    """Raise StateError unless ``current -> new`` is in :data:`TRANSITIONS`."""
-    if new not in TRANSITIONS[current]:
+def check_transition(current: NodeState, new: NodeState, *, group: bool = False) -> None:
+    """Raise StateError unless ``current -> new`` is in :data:`TRANSITIONS` (or :data:`GROUP_TRANSITIONS`)."""
+    table = GROUP_TRANSITIONS if group else TRANSITIONS
+    if new not in table.get(current, ()):
         from broker.errors import StateError
 
-        raise StateError(f"illegal node transition {current} -> {new}")
+        kind = "group" if group else "node"
+        raise StateError(f"illegal {kind} transition {current} -> {new}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,9 +45,12 @@ def _load_command(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE",
+    # SUPPRESS: a subcommand parser built with parents=[common] would otherwise write its own default over
+    # a value given before the subcommand (`broker --config X db current` lost X)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="configuration file (default: $BROKER_CONFIG, else built-in defaults)")
-    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
     parser = argparse.ArgumentParser(
         prog="broker", parents=[common],
         description="Run XML-described scientific workflows on local hosts, SSH hosts and batch clusters.")
@@ -74,9 +77,10 @@ def settings_for(args: argparse.Namespace):
 
 def _setup_logging(settings) -> None:
     if settings.logging.config:
-        import logging.config
+        # not `import logging.config`: that would make `logging` a local name of this whole function
+        from logging import config as logging_config
 
-        logging.config.fileConfig(settings.logging.config, disable_existing_loggers=False)
+        logging_config.fileConfig(settings.logging.config, disable_existing_loggers=False)
     else:
         logging.basicConfig(level=settings.logging.level, format="%(levelname)s %(name)s: %(message)s")
 
@@ -92,17 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("broker: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ConfigError, UsageError) as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"broker: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokerError as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"broker: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # the one place an unexpected error becomes one clear line
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"broker: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
               file=sys.stderr)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, SmallInteger,
-                        String, Text, TypeDecorator, UniqueConstraint, text)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+                        SmallInteger, String, Text, TypeDecorator, UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: constraint names are deterministic, so alembic migrations can refer to them on every database
@@ -148,6 +148,14 @@ class Node(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     #: the current attempt, 0 before the first launch
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    #: automatic retries used since the node last started afresh (a restart resets it)
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: for a parameterized node: how many members it expanded into (None: not expanded yet)
+    members: Mapped[int | None] = mapped_column(Integer)
+    #: the work directory of the current attempt
+    workdir: Mapped[str | None] = mapped_column(String(4096))
+    #: the last progress the payload reported, in percent
+    progress: Mapped[float | None] = mapped_column(Float)
     host: Mapped[str | None] = mapped_column(String(253))
     #: pid or batch job id of the current attempt
     job_id: Mapped[str | None] = mapped_column(String(64))
@@ -177,6 +185,11 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("workflow_id", "seq", name="uq_events_workflow_seq"),
+        # one workflow's events after a lastId, in id order, without scanning the workflow's whole history
+        Index("ix_events_workflow_id", "workflow_id", "id"),
+        # AUTOINCREMENT: SQLite would otherwise reuse the id of a deleted last row, and a client paging with
+        # that lastId would miss the new event
+        {"sqlite_autoincrement": True},
     )
 
     #: 64-bit, increasing in commit order: the ``lastId`` of the API's paging
@@ -216,3 +229,23 @@ class Outbox(Base):
     #: a bus destination such as /topic/broker.events
     destination: Mapped[str] = mapped_column(String(256))
     sent_at: Mapped[dt.datetime | None]
+
+
+class Control(Base):
+    """A command for the running broker (cancel, restart), written by another process."""
+
+    __tablename__ = "control"
+    __table_args__ = (Index("ix_control_pending", "id", sqlite_where=text("applied_at IS NULL"),
+                            postgresql_where=text("applied_at IS NULL")),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "cancel" or "restart"
+    command: Mapped[str] = mapped_column(String(16))
+    #: a workflow or node global id
+    target: Mapped[str] = mapped_column(String(1100))
+    #: who asked: "user:<name>" or "admin:<name>"
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    applied_at: Mapped[dt.datetime | None]
+    #: "applied" or "error: ..."
+    result: Mapped[str | None] = mapped_column(Text)

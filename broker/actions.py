@@ -1,0 +1,149 @@
+"""Actions: the typed units of work controllers hand to worker actors.
+
+Each action is a frozen dataclass; its type decides which controller owns it (:data:`OWNER`) and which
+kind of worker does it (:data:`WORKER`). A test checks that every action type has exactly one owner and
+one worker kind. Workers answer with :class:`Done` or :class:`Failed` to the controller that dispatched
+the action; they never change state themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from broker.launchers.base import LaunchHandle
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """Which node and attempt an action is about, with what is needed to find its spec."""
+
+    node_id: int
+    workflow_id: int
+    workflow_global_id: str
+    #: node path, e.g. ``sweep[3]/step``
+    path: str
+    #: spec path in the plan, e.g. ``sweep/step``
+    template: str
+    attempt: int
+    #: parameter bindings visible to the node, outer sweeps first
+    bindings: tuple[tuple[str, str], ...] = ()
+    member_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expand:
+    """Resolve a ready parameterized node's values and build its members."""
+
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Render the payload and start one attempt."""
+
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class StageIn:
+    """Copy a node's input files into its work directory before launch."""
+
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class StageOut:
+    """Copy a succeeded node's output files out of its work directory."""
+
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class Collect:
+    """Read the result of an attempt that has ended."""
+
+    handle: LaunchHandle
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReports:
+    """Read the progress and outputs a running payload reported since ``offset``."""
+
+    handle: LaunchHandle
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """Find out what became of an attempt that was in flight when the previous broker died."""
+
+    node: NodeRef
+    state: str
+    workdir: str | None
+    job_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Kill a running attempt (cancel)."""
+
+    handle: LaunchHandle
+
+
+@dataclass(frozen=True, slots=True)
+class PollControl:
+    """Read control commands (cancel, restart) left in the database by other processes."""
+
+    after_id: int
+
+
+Action = Expand | Launch | StageIn | StageOut | Collect | ReadReports | Recover | Kill | PollControl
+
+#: the controller that owns (dispatches, and hears the answer of) each action type
+OWNER: dict[type, str] = {
+    Expand: "submission",
+    Launch: "submission",
+    PollControl: "submission",
+    StageIn: "staging",
+    StageOut: "staging",
+    Collect: "monitoring",
+    ReadReports: "monitoring",
+    Recover: "monitoring",
+    Kill: "monitoring",
+}
+
+#: the kind of worker that performs each action type
+WORKER: dict[type, str] = {
+    Expand: "expand",
+    Launch: "launch",
+    PollControl: "poll",
+    StageIn: "stage",
+    StageOut: "stage",
+    Collect: "poll",
+    ReadReports: "poll",
+    Recover: "poll",
+    Kill: "cancel",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """An action on its way to a worker, with where the answer goes."""
+
+    action: Any
+    reply_to: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    action: Any
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    action: Any
+    error: str
+    #: whether the same action may succeed if tried again (broker.errors.BrokerError.retryable)
+    retryable: bool = False

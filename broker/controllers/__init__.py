@@ -1,0 +1,1 @@
+"""The three controller actors: submission (scheduling), staging and monitoring."""

@@ -1,0 +1,73 @@
+"""Messages between controllers (their typed inboxes besides worker answers and writer notifications)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from broker.actions import NodeRef
+from broker.launchers.base import LaunchHandle
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Sent by the engine's clock to every controller (timers, polls)."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class IntentCommitted:
+    """The launch intent of an attempt is durable: the process may now be started."""
+
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """An attempt has started: the monitoring controller follows it from now on."""
+
+    handle: LaunchHandle
+    node: NodeRef
+    #: the node's state when handed over ("queued" normally, "running" when adopted after a restart)
+    state: str = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """The launcher saw an attempt end (exit, timeout kill or cancel kill)."""
+
+    node_id: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class StageInRequest:
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class StageOutRequest:
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """Introduces the controllers to each other once all have started: name -> actor ref."""
+
+    refs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Relaunch:
+    """An attempt whose launch intent was committed but whose process never started: start it now."""
+
+    node: NodeRef
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Attempts that were in flight when the previous broker stopped, to be recovered."""
+
+    nodes: tuple[tuple[NodeRef, str, str | None, str | None, dt.datetime | None], ...]

@@ -1,0 +1,209 @@
+"""The monitoring controller: follows every started attempt until its result is committed.
+
+It hears from launchers when an attempt ends (an exit seen at once, not by polling), has a poll worker
+read the result, and asks the writer for the transition: succeeded (or staging out), failed (retried if
+the node's policy allows), or cancelled. While attempts run it reads their progress and output reports
+periodically. It also kills attempts on cancel, and re-attaches to attempts that were in flight when a
+previous broker died.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pykka
+
+from broker.actions import Collect, Failed, Kill, NodeRef, ReadReports, Recover
+from broker.controllers.base import Controller
+from broker.controllers.messages import Exited, Relaunch, Resume, StageOutRequest, Tick, Watch
+from broker.description.model import NodeSpec
+from broker.events.types import EventType
+from broker.launchers import base as lb
+from broker.persistence import changes as c
+from broker.states import NodeState
+from broker.workers.context import WorkerContext
+from broker.workers.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+N = NodeState
+
+
+class Attempt:
+    __slots__ = ("handle", "node", "offset", "reading", "reported", "next_read")
+
+    def __init__(self, handle: lb.LaunchHandle, node: NodeRef):
+        self.handle = handle
+        self.node = node
+        self.offset = 0
+        self.reading = False
+        #: output names already sent as events
+        self.reported: set[str] = set()
+        self.next_read = 0.0
+
+
+class MonitoringController(Controller):
+    NAME = "monitoring"
+
+    def __init__(self, writer: pykka.ActorRef[Any], pools: dict[str, WorkerPool], ctx: WorkerContext):
+        super().__init__(writer, pools)
+        self.ctx = ctx
+        self.report_interval = ctx.settings.engine.report_interval
+        self.running: dict[int, Attempt] = {}
+        #: (node id, attempt) to kill as soon as the attempt is known (cancel raced with its launch)
+        self.to_kill: set[tuple[int, int]] = set()
+
+    # ---------------------------------------------------------------------------------------- follow
+
+    def on_watch(self, msg: Watch) -> None:
+        handle, ref = msg.handle, msg.node
+        if msg.state == N.QUEUED.value:
+            fields = (("job_id", handle.job_id), ("host", handle.host), ("workdir", handle.workdir))
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.RUNNING, actor=self.NAME, attempt=ref.attempt,
+                                          fields=fields))
+        self.writer.tell(c.Note(workflow_id=ref.workflow_id, node_id=ref.node_id, type=EventType.NODE_LAUNCH.value,
+                                actor=self.NAME, message=f"attempt {ref.attempt} started on {handle.host}",
+                                properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
+                                            "workdir": handle.workdir}))
+        self.running[ref.node_id] = Attempt(handle, ref)
+        self.ctx.launcher.watch(handle, self._exited)
+        if (ref.node_id, ref.attempt) in self.to_kill:
+            self.to_kill.discard((ref.node_id, ref.attempt))
+            self.dispatch(Kill(handle))
+
+    def _exited(self, node_id: int, attempt: int) -> None:
+        """Called from the launcher's thread: keep it to a tell."""
+        try:
+            self.actor_ref.tell(Exited(node_id, attempt))
+        except pykka.ActorDeadError:
+            pass  # stopping: the next broker recovers this attempt from its work directory
+
+    def on_exited(self, msg: Exited) -> None:
+        attempt = self.running.get(msg.node_id)
+        if attempt is not None and attempt.node.attempt == msg.attempt:
+            self.dispatch(Collect(attempt.handle))
+
+    def collected(self, action: Collect, result: lb.AttemptResult) -> None:
+        attempt = self.running.pop(action.handle.node_id, None)
+        if attempt is None or attempt.node.attempt != result.attempt:
+            return
+        self._finish(attempt.node, result, attempt.reported)
+
+    def collect_failed(self, action: Collect, failed: Failed) -> None:
+        attempt = self.running.pop(action.handle.node_id, None)
+        if attempt is not None:
+            ref = attempt.node
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                          fields=(("retryable", True),),
+                                          message=f"could not read the result: {failed.error}"))
+
+    def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: set[str]) -> None:
+        new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
+        if new_outputs:
+            self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor=self.NAME,
+                                        outputs=new_outputs))
+        fields: list[tuple[str, Any]] = [("exit_code", result.exit_code)]
+        if result.outputs:
+            fields.append(("outputs", result.outputs))
+        if result.progress is not None:
+            fields.append(("progress", result.progress[0]))
+        if result.outcome == lb.SUCCEEDED:
+            spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
+            if isinstance(spec, NodeSpec) and spec.stage_out:
+                to, then = N.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref))
+            else:
+                to, then = N.SUCCEEDED, None
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=to, actor=self.NAME, attempt=ref.attempt,
+                                          fields=tuple(fields), message=result.message or None, then=then))
+        elif result.outcome == lb.CANCELLED:
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.CANCELLED, actor=self.NAME, attempt=ref.attempt,
+                                          fields=tuple(fields), message=result.message or "cancelled"))
+        else:
+            fields.append(("retryable", True))
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                          fields=tuple(fields), message=result.message))
+
+    # -------------------------------------------------------------------------------------- progress
+
+    def on_tick(self, msg: Tick) -> None:
+        for attempt in self.running.values():
+            if not attempt.reading and msg.now >= attempt.next_read:
+                attempt.reading = True
+                attempt.next_read = msg.now + self.report_interval
+                self.dispatch(ReadReports(attempt.handle, attempt.offset))
+
+    def reports_read(self, action: ReadReports, result: tuple[list[lb.Report], int]) -> None:
+        attempt = self.running.get(action.handle.node_id)
+        if attempt is None or attempt.handle.attempt != action.handle.attempt:
+            return
+        reports, attempt.offset = result
+        attempt.reading = False
+        progress = None
+        outputs = []
+        for report in reports:
+            if report.kind == "progress" and report.percent is not None:
+                progress = (report.percent, report.text)
+            elif report.kind == "output" and report.text:
+                outputs.append((report.text, report.value))
+                attempt.reported.add(report.text)
+        if progress is not None or outputs:
+            ref = attempt.node
+            self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
+                                        outputs=tuple(outputs)))
+
+    def reports_failed(self, action: ReadReports, failed: Failed) -> None:
+        attempt = self.running.get(action.handle.node_id)
+        if attempt is not None:
+            attempt.reading = False
+
+    # ---------------------------------------------------------------------------------------- cancel
+
+    def on_committed(self, msg: c.Committed) -> None:
+        staging = []
+        for flying in msg.resume:
+            r = flying.node
+            ref = NodeRef(node_id=r.node_id, workflow_id=r.workflow_id,
+                          workflow_global_id=self.ctx.plans.get(r.workflow_id).global_id, path=r.path,
+                          template=r.template, attempt=r.attempt, bindings=r.bindings, member_index=r.member_index)
+            if flying.state in (N.QUEUED, N.RUNNING):
+                self.dispatch(Recover(ref, flying.state.value, flying.workdir, flying.job_id))
+            else:
+                staging.append((ref, flying.state.value, flying.workdir, flying.job_id, None))
+        if staging:
+            self.peers["staging"].tell(Resume(tuple(staging)))
+        for node_id, attempt_no in msg.kill:
+            attempt = self.running.get(node_id)
+            if attempt is not None and attempt.node.attempt == attempt_no:
+                self.dispatch(Kill(attempt.handle))
+            else:
+                self.to_kill.add((node_id, attempt_no))
+
+    def kill_failed(self, action: Kill, failed: Failed) -> None:
+        log.warning("could not kill attempt %s of node %s: %s", action.handle.attempt, action.handle.node_id,
+                    failed.error)
+
+    # -------------------------------------------------------------------------------------- recovery
+
+    def recovered(self, action: Recover, found: lb.Recovered) -> None:
+        ref = action.node
+        if found.status == "finished" and found.result is not None:
+            self._finish(ref, found.result, set())
+        elif found.status == "running" and found.handle is not None:
+            self.on_watch(Watch(found.handle, ref, state=action.state))
+        elif found.status == "absent" and action.state == N.QUEUED.value:
+            # the launch intent was committed but the process never started: start it, same attempt
+            self.peers["submission"].tell(Relaunch(ref))
+        else:
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                          fields=(("retryable", True),),
+                                          message="the attempt disappeared without a result while the broker was down"))
+
+    def recover_failed(self, action: Recover, failed: Failed) -> None:
+        ref = action.node
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                      fields=(("retryable", True),), message=f"could not recover: {failed.error}"))
+
+    HANDLERS = {Watch: on_watch, Exited: on_exited, Tick: on_tick, c.Committed: on_committed,
+                c.Rejected: lambda self, msg: None}
+    ON_DONE = {Collect: collected, ReadReports: reports_read, Kill: lambda self, a, r: None, Recover: recovered}
+    ON_FAILED = {Collect: collect_failed, ReadReports: reports_failed, Kill: kill_failed, Recover: recover_failed}

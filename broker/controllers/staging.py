@@ -1,0 +1,64 @@
+"""The staging controller: copies inputs in before launch and outputs out after success, asynchronously.
+
+Stage-in starts once the node's attempt intent (state ``staging_in``) is committed; when it succeeds the
+node moves to ``queued`` and the submission controller launches it. Stage-out runs after a successful
+payload (state ``staging_out``); the node succeeds once every output is copied. A failed transfer fails
+the attempt, which is retried per the node's policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+
+from broker.actions import Failed, NodeRef, StageIn, StageOut
+from broker.controllers.base import Controller
+from broker.controllers.messages import IntentCommitted, Resume, StageInRequest, StageOutRequest, Tick
+from broker.persistence import changes as c
+from broker.states import NodeState
+from broker.workers.pool import WorkerPool
+
+N = NodeState
+
+
+class StagingController(Controller):
+    NAME = "staging"
+
+    def __init__(self, writer: pykka.ActorRef[Any], pools: dict[str, WorkerPool]):
+        super().__init__(writer, pools)
+
+    def on_stage_in(self, msg: StageInRequest) -> None:
+        self.dispatch(StageIn(msg.node))
+
+    def on_stage_out(self, msg: StageOutRequest) -> None:
+        self.dispatch(StageOut(msg.node))
+
+    def staged_in(self, action: StageIn, _result: Any) -> None:
+        ref = action.node
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.QUEUED, actor=self.NAME, attempt=ref.attempt,
+                                      then=(self.peers["submission"], IntentCommitted(ref))))
+
+    def staged_out(self, action: StageOut, _result: Any) -> None:
+        ref = action.node
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.SUCCEEDED, actor=self.NAME, attempt=ref.attempt))
+
+    def stage_failed(self, action: StageIn | StageOut, failed: Failed) -> None:
+        ref: NodeRef = action.node
+        what = "stage-in" if isinstance(action, StageIn) else "stage-out"
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                      fields=(("retryable", failed.retryable),),
+                                      message=f"{what} failed: {failed.error}"))
+
+    def on_resume(self, msg: Resume) -> None:
+        """Transfers are idempotent (temporary name, then rename): redo the ones that were under way."""
+        for ref, state, _workdir, _job, _started in msg.nodes:
+            if state == N.STAGING_IN.value:
+                self.dispatch(StageIn(ref))
+            elif state == N.STAGING_OUT.value:
+                self.dispatch(StageOut(ref))
+
+    HANDLERS = {StageInRequest: on_stage_in, StageOutRequest: on_stage_out, Resume: on_resume,
+                Tick: lambda self, msg: None, c.Rejected: lambda self, msg: None}
+    ON_DONE = {StageIn: staged_in, StageOut: staged_out}
+    ON_FAILED = {StageIn: stage_failed, StageOut: stage_failed}

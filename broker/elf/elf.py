@@ -1,0 +1,492 @@
+"""The elf: the compute-side part of the broker that runs one payload attempt and records what happened.
+
+It is one standard-library-only module that works on Python 3.8+. The broker imports it (report parsing,
+status files); on a remote host it runs as a script::
+
+    python3 elf.py run --workdir D --payload FILE --type bash [--interpreter X] [--timeout S]
+                       --attempt N --session ID [--env-file F] [--cwd DIR] [--max-value-bytes B]
+
+Report protocol
+---------------
+A payload reports to the broker by printing lines on its standard output. A report line starts at the very
+beginning of a line with ``@broker``, then spaces or tabs, then a kind; any other line is ordinary output::
+
+    @broker progress <percent> ["<message>"]
+    @broker output <name>=<value>
+
+* ``percent`` is a decimal number from 0 to 100 (``42``, ``42.5``). ``message`` is optional and is a JSON
+  string: double quotes and JSON escapes (``\\"``, ``\\\\``, ``\\n``, ``\\u00e9``), so any character can be
+  sent; at most 4 KiB of JSON text. The last progress line wins.
+* ``name`` matches ``[A-Za-z_][A-Za-z0-9_]{0,63}``; ``value`` is any JSON value (string, number,
+  true/false/null, array, object) of at most ``max_value_bytes`` bytes of UTF-8 JSON text (default 1 MiB;
+  the broker passes its ``[limits] max_output_bytes``). NaN and Infinity are not JSON and are refused. A
+  later output with the same name replaces the earlier one.
+* Lines end with ``\\n``; a trailing ``\\r`` is ignored. A report line must be valid UTF-8. The last line
+  of the output counts even without a final newline once the payload has ended.
+* A line over ``max_value_bytes + 1 KiB`` bytes is skipped without being held in memory. A report line that
+  is too long, or does not follow the grammar above, is ignored and counted (never an error: the payload's
+  own outcome decides the attempt's); the count is recorded with the result.
+
+Examples::
+
+    echo '@broker progress 50 "half way: 5/10 files"'
+    echo '@broker output rows=1234'
+    printf '@broker output best={"x": 1.5, "label": "caf\\u00e9"}\\n'
+
+Work directory
+--------------
+Each attempt has its own work directory (mode 0700) holding ``payload`` (the rendered script), ``stdout``,
+``stderr``, ``pid`` (the process group id of the payload, one line) and, when run by the elf,
+``elf.pid`` and ``status.json``. The status file is replaced atomically (temporary file, fsync, rename);
+it names the session (the node's global id) and the attempt, and a reader that expects another session or
+attempt ignores it, so a stale or duplicate file can never be taken for the current attempt's result.
+"""
+
+# Python 3.8 compatible on purpose: no match statements, no ``X | Y`` types evaluated at run time, no
+# str.removeprefix, typing generics from ``typing``.
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+#: outcomes, the same strings as broker.launchers.base (the elf cannot import the broker package)
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMEOUT = "timeout"
+CANCELLED = "cancelled"
+
+#: file names inside an attempt's work directory
+PAYLOAD_FILE = "payload"
+STDOUT_FILE = "stdout"
+STDERR_FILE = "stderr"
+PID_FILE = "pid"
+ELF_PID_FILE = "elf.pid"
+STATUS_FILE = "status.json"
+
+#: payload type -> interpreter used when the node names none (a command name is looked up in PATH)
+DEFAULT_INTERPRETERS = {"sh": "/bin/sh", "bash": "bash", "python": "python3", "csh": "csh"}
+
+#: bytes: default largest JSON text of one output value
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+#: bytes: room on a report line beyond its value (prefix, kind, name)
+LINE_OVERHEAD_BYTES = 1024
+#: bytes: largest JSON text of a progress message
+MAX_MESSAGE_BYTES = 4096
+#: seconds between SIGTERM and SIGKILL when the payload is killed
+KILL_GRACE = 2.0
+#: bytes read from the output file at a time
+_CHUNK = 64 * 1024
+#: version of the status file format
+STATUS_VERSION = 1
+
+_PREFIX = b"@broker"
+_PROGRESS_RE = re.compile(r"@broker[ \t]+progress[ \t]+([0-9]{1,3}(?:\.[0-9]+)?)(?:[ \t]+(.*?))?[ \t]*")
+_OUTPUT_RE = re.compile(r"@broker[ \t]+output[ \t]+([A-Za-z_][A-Za-z0-9_]{0,63})=(.*)")
+
+
+class ElfReport(NamedTuple):
+    """One ``@broker`` line, field for field like broker.launchers.base.Report."""
+
+    #: "progress" or "output"
+    kind: str
+    percent: Optional[float] = None
+    #: progress message, or output name
+    text: Optional[str] = None
+    value: Any = None
+
+
+class Scan(NamedTuple):
+    """What one pass over an output file found."""
+
+    reports: List[ElfReport]
+    #: byte offset where the next pass should start (the start of an incomplete last line)
+    offset: int
+    #: report lines ignored because they were malformed or too long
+    ignored: int
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError("%s is not JSON" % name)
+
+
+def _json(text: str) -> Any:
+    """Strict JSON: refuses NaN/Infinity, deep nesting, and lone surrogates (which no database can store)."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+        if "\\u" in text:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeEncodeError):
+        raise ValueError("not valid JSON") from None
+    return value
+
+
+def _parse(line: str, max_value_bytes: int) -> Tuple[Optional[ElfReport], bool]:
+    """(report, malformed) for one line without its line end."""
+    if not line.startswith("@broker") or (len(line) > 7 and line[7] not in " \t"):
+        return None, False
+    match = _OUTPUT_RE.fullmatch(line)
+    if match is not None:
+        name, text = match.groups()
+        if len(text.encode("utf-8", "surrogatepass")) > max_value_bytes:
+            return None, True
+        try:
+            return ElfReport("output", None, name, _json(text)), False
+        except ValueError:
+            return None, True
+    match = _PROGRESS_RE.fullmatch(line)
+    if match is None or not 0.0 <= float(match.group(1)) <= 100.0:
+        return None, True
+    message = match.group(2)
+    if message:
+        try:
+            if len(message.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
+                raise ValueError("message too long")
+            message = _json(message)
+        except ValueError:
+            return None, True
+        if not isinstance(message, str):
+            return None, True
+    return ElfReport("progress", float(match.group(1)), message if match.group(2) else None), False
+
+
+def parse_report_line(line: str, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> Optional[ElfReport]:
+    """The report on one output line, or None for ordinary output and for malformed report lines."""
+    return _parse(line.rstrip("\r\n"), max_value_bytes)[0]
+
+
+def _is_report_start(data: bytes) -> bool:
+    return data.startswith(_PREFIX) and (len(data) == 7 or data[7:8] in (b" ", b"\t"))
+
+
+def _line_report(raw: bytes, max_value_bytes: int) -> Tuple[Optional[ElfReport], bool]:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if not _is_report_start(raw):
+        return None, False
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, True
+    return _parse(line, max_value_bytes)
+
+
+def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+         final: bool = False) -> Scan:
+    """Reports in the complete lines of ``path`` from byte ``offset`` on.
+
+    An incomplete last line is left for the next pass, unless ``final`` (the payload has ended). A missing
+    file has no reports. Memory stays bounded by the line limit whatever the payload prints.
+    """
+    reports = []  # type: List[ElfReport]
+    ignored = 0
+    limit = max_value_bytes + LINE_OVERHEAD_BYTES
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return Scan(reports, offset, 0)
+    with handle:
+        # An offset inside a line means an earlier pass skipped that line's head as too long: skip its tail.
+        skipping = False
+        if offset > 0:
+            handle.seek(offset - 1)
+            skipping = handle.read(1) != b"\n"
+        handle.seek(offset)
+        data = bytearray()
+        base = offset       # file offset of data[0]
+        searched = 0        # data[:searched] holds no newline
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            data += chunk
+            start = 0
+            while True:
+                newline = data.find(b"\n", max(start, searched))
+                if newline < 0:
+                    break
+                if skipping:
+                    skipping = False
+                elif newline - start > limit:
+                    ignored += _is_report_start(bytes(data[start:start + 8]))
+                else:
+                    report, bad = _line_report(bytes(data[start:newline]), max_value_bytes)
+                    if report is not None:
+                        reports.append(report)
+                    ignored += bad
+                start = newline + 1
+            del data[:start]
+            base += start
+            searched = len(data)
+            if len(data) > limit:
+                # Too long already: count it once, drop what is held, skip the rest of it.
+                if not skipping:
+                    ignored += _is_report_start(bytes(data[:8]))
+                    skipping = True
+                base += len(data)
+                del data[:]
+                searched = 0
+        if final and data and not skipping:
+            report, bad = _line_report(bytes(data), max_value_bytes)
+            if report is not None:
+                reports.append(report)
+            ignored += bad
+            base += len(data)
+        elif final:
+            base += len(data)
+    return Scan(reports, base, ignored)
+
+
+def scan_reports(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+                 ) -> Tuple[List[ElfReport], int]:
+    """(reports, new offset) for the complete lines of ``path`` after ``offset``; see :func:`scan`."""
+    found = scan(path, offset, max_value_bytes)
+    return found.reports, found.offset
+
+
+def fold(reports: Sequence[ElfReport], outputs: Dict[str, Any],
+         progress: Optional[Tuple[float, Optional[str]]]) -> Optional[Tuple[float, Optional[str]]]:
+    """Apply reports in order: outputs updated in place (later wins); returns the last progress."""
+    for report in reports:
+        if report.kind == "output":
+            outputs[report.text] = report.value
+        else:
+            progress = (report.percent, report.text)
+    return progress
+
+
+# --------------------------------------------------------------------------------------- status file
+
+def write_small_file(path: str, text: str, durable: bool = False) -> None:
+    """Replace ``path`` atomically: write a temporary file beside it, optionally fsync, rename."""
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        # The rename itself must survive a crash too.
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_status(workdir: str, status: Dict[str, Any]) -> None:
+    """Write an attempt's status file atomically and durably (temp file, fsync, rename)."""
+    text = json.dumps(dict(status, version=STATUS_VERSION), ensure_ascii=False, separators=(",", ":"))
+    write_small_file(os.path.join(workdir, STATUS_FILE), text, durable=True)
+
+
+def read_status(workdir: str, attempt: Optional[int] = None,
+                session: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The status of the attempt in ``workdir``; None if absent, unreadable, or for another attempt/session."""
+    try:
+        with open(os.path.join(workdir, STATUS_FILE), encoding="utf-8") as handle:
+            status = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict):
+        return None
+    if attempt is not None and status.get("attempt") != attempt:
+        return None
+    if session is not None and status.get("session") != session:
+        return None
+    return status
+
+
+def read_int_file(path: str) -> Optional[int]:
+    """The integer on the one complete line of ``path`` (ending with a newline), else None."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(64)
+    except OSError:
+        return None
+    if not data.endswith(b"\n"):
+        return None  # absent, or caught half written
+    try:
+        return int(data.strip())
+    except ValueError:
+        return None
+
+
+def exit_message(exit_code: Optional[int]) -> str:
+    """One line for an exit code, naming the signal for codes above 128 (shell convention)."""
+    if exit_code is None:
+        return "no exit code"
+    if 128 < exit_code < 128 + 65:
+        try:
+            name = signal.Signals(exit_code - 128).name
+        except ValueError:
+            name = "signal %d" % (exit_code - 128)
+        return "exit code %d (%s)" % (exit_code, name)
+    return "exit code %d" % exit_code
+
+
+def format_seconds(seconds: float) -> str:
+    """``5`` for 5.0, ``2.5`` for 2.5: how timeouts appear in messages."""
+    return ("%d" % seconds) if float(seconds).is_integer() else ("%g" % seconds)
+
+
+def ignored_note(ignored: int) -> str:
+    """The suffix a result message carries when report lines were ignored."""
+    if not ignored:
+        return ""
+    return "; %d malformed or oversized @broker line%s ignored" % (ignored, "" if ignored == 1 else "s")
+
+
+# ------------------------------------------------------------------------------------------- run mode
+
+def payload_environment(base: Dict[str, str], pairs: Sequence[Tuple[str, str]],
+                        workdir: str) -> Dict[str, str]:
+    """The payload's environment: ``base`` minus BROKER_* and stale WB_* names, then ``pairs``, WB_WORKDIR."""
+    env = {k: v for k, v in base.items() if not (k.startswith("BROKER_") or k.startswith("WB_"))}
+    env.update(pairs)
+    env["WB_WORKDIR"] = workdir
+    return env
+
+
+def _read_env_file(path: str) -> List[Tuple[str, str]]:
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    items = data.items() if isinstance(data, dict) else data
+    return [(str(name), str(value)) for name, value in items]
+
+
+class _Run:
+    """The state of one ``run``: the child, why it was killed, and the signal handlers that kill it."""
+
+    def __init__(self) -> None:
+        self.proc = None  # type: Optional[subprocess.Popen]
+        self.reason = None  # type: Optional[str]
+
+    def kill(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.signal_group()
+
+    def signal_group(self) -> None:
+        """SIGTERM the payload's group now, SIGKILL after the grace (the alarm handler sends it)."""
+        if self.proc is not None:
+            _killpg(self.proc.pid, signal.SIGTERM)
+            signal.setitimer(signal.ITIMER_REAL, KILL_GRACE)
+
+    def on_alarm(self, signum: int, frame: Any) -> None:
+        if self.reason is None:
+            self.kill(TIMEOUT)
+        elif self.proc is not None:
+            _killpg(self.proc.pid, signal.SIGKILL)
+
+    def on_term(self, signum: int, frame: Any) -> None:
+        self.kill(CANCELLED)
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one payload attempt to its end; returns the payload's exit code (128+N when killed by signal N)."""
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, mode=0o700, exist_ok=True)
+    os.chmod(workdir, 0o700)  # also when the launcher created it to upload the payload
+    write_small_file(os.path.join(workdir, ELF_PID_FILE), "%d\n" % os.getpid())
+    pairs = _read_env_file(args.env_file) if args.env_file else []
+    env = payload_environment(dict(os.environ), pairs, workdir)
+    interpreter = args.interpreter or DEFAULT_INTERPRETERS[args.type]
+    payload = os.path.join(workdir, args.payload)
+    cwd = os.path.join(workdir, args.cwd or "")
+    status = {"session": args.session, "attempt": args.attempt, "outcome": None, "exit_code": None,
+              "signal": None, "started_at": time.time(), "ended_at": None, "pid": None, "progress": None,
+              "outputs": {}, "ignored_lines": 0, "message": "running"}  # type: Dict[str, Any]
+    state = _Run()
+    signal.signal(signal.SIGALRM, state.on_alarm)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, state.on_term)
+    try:
+        if not (args.cwd and os.path.isabs(args.cwd)):
+            os.makedirs(cwd, mode=0o700, exist_ok=True)
+        with open(os.path.join(workdir, STDOUT_FILE), "wb") as out, \
+                open(os.path.join(workdir, STDERR_FILE), "wb") as err:
+            state.proc = subprocess.Popen([interpreter, payload], stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=err, cwd=cwd, env=env, start_new_session=True,
+                                          close_fds=True)
+    except OSError as exc:
+        status.update(outcome=FAILED, exit_code=127, ended_at=time.time(),
+                      message="cannot start %s: %s" % (interpreter, exc.strerror or exc))
+        write_status(workdir, status)
+        return 127
+    status["pid"] = state.proc.pid
+    write_small_file(os.path.join(workdir, PID_FILE), "%d\n" % state.proc.pid)
+    write_status(workdir, status)
+    if state.reason is not None:
+        state.signal_group()  # cancelled while the payload was starting
+    elif args.timeout > 0:
+        signal.setitimer(signal.ITIMER_REAL, args.timeout)
+    returncode = state.proc.wait()
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # it has ended: a late cancel must not relabel the outcome
+    if state.reason is not None:
+        _killpg(state.proc.pid, signal.SIGKILL)  # whatever of the group outlived the payload
+    exit_code = returncode if returncode >= 0 else 128 - returncode
+    found = scan(os.path.join(workdir, STDOUT_FILE), 0, args.max_value_bytes, final=True)
+    outputs = {}  # type: Dict[str, Any]
+    progress = fold(found.reports, outputs, None)
+    if state.reason == TIMEOUT:
+        outcome, message = TIMEOUT, "killed after the timeout of %s s" % format_seconds(args.timeout)
+    elif state.reason == CANCELLED:
+        outcome, message = CANCELLED, "cancelled"
+    else:
+        outcome = SUCCEEDED if exit_code == 0 else FAILED
+        message = exit_message(exit_code)
+    status.update(outcome=outcome, exit_code=exit_code, signal=-returncode if returncode < 0 else None,
+                  ended_at=time.time(), progress=list(progress) if progress else None, outputs=outputs,
+                  ignored_lines=found.ignored, message=message + ignored_note(found.ignored))
+    write_status(workdir, status)
+    return exit_code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elf.py", description="Run one workflow broker payload attempt.")
+    sub = parser.add_subparsers(dest="command")
+    sub.required = True
+    cmd = sub.add_parser("run", help="run a payload and record its status in the work directory")
+    cmd.add_argument("--workdir", required=True, help="the attempt's work directory (created 0700)")
+    cmd.add_argument("--payload", required=True, help="payload file, relative to the work directory or absolute")
+    cmd.add_argument("--type", required=True, choices=sorted(DEFAULT_INTERPRETERS))
+    cmd.add_argument("--interpreter", help="interpreter command or path (default by type)")
+    cmd.add_argument("--timeout", type=float, default=0.0, help="seconds; 0 = none")
+    cmd.add_argument("--attempt", type=int, required=True)
+    cmd.add_argument("--session", required=True, help="the node's global id, recorded in the status file")
+    cmd.add_argument("--env-file", help="JSON object or list of [name, value] pairs added to the environment")
+    cmd.add_argument("--cwd", help="payload working directory, relative to the work directory or absolute")
+    cmd.add_argument("--max-value-bytes", type=int, default=DEFAULT_MAX_VALUE_BYTES)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point."""
+    args = _parser().parse_args(argv)
+    if not math.isfinite(args.timeout) or args.timeout < 0:
+        _parser().error("--timeout must be a finite number of seconds >= 0")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The engine: builds the actors, starts them in dependency order, stops them in reverse.
+
+Start: database lock -> database -> writer -> worker pools -> monitoring -> staging -> submission ->
+clock. Stop: the reverse; the writer goes last so every change already sent is committed. Running
+payloads are left running on stop: a restarted engine re-attaches to them.
+
+Used by ``broker run`` (one workflow, in-process) and ``broker serve`` (every workflow, as a service).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pykka
+from sqlalchemy import select
+
+from broker.config import Settings, default_state_dir
+from broker.controllers.messages import Peers, Tick
+from broker.controllers.monitoring import MonitoringController
+from broker.controllers.staging import StagingController
+from broker.controllers.submission import SubmissionController
+from broker.errors import BrokerError
+from broker.persistence import changes as c
+from broker.persistence.db import open_database, session_factory
+from broker.persistence.lock import BrokerLock
+from broker.persistence.models import Workflow
+from broker.persistence.store import Store
+from broker.persistence.writer import Listener, Subscribe, Writer
+from broker.states import WorkflowState
+from broker.workers.context import PlanCache, WorkerContext
+from broker.workers.factory import WORKER_CLASSES
+from broker.workers.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+#: seconds to wait for the writer's answer to a submission before giving up
+SUBMIT_TIMEOUT = 120.0
+
+
+class Clock(threading.Thread):
+    """Tells every controller the time at a fixed interval (retry timers, control and progress polls)."""
+
+    def __init__(self, interval: float, targets: Iterable[pykka.ActorRef[Any]]):
+        super().__init__(name="broker-clock")
+        self.interval = interval
+        self.targets = list(targets)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            now = time.time()
+            for ref in self.targets:
+                try:
+                    ref.tell(Tick(now))
+                except pykka.ActorDeadError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+class Engine:
+    def __init__(self, settings: Settings, *, launcher: Any = None, listeners: Iterable[Listener] = (),
+                 workdir: str | Path | None = None):
+        self.settings = settings
+        self.listeners = list(listeners)
+        self.workdir = Path(workdir or settings.engine.workdir or default_state_dir() / "work").absolute()
+        self._launcher = launcher
+        self._started = False
+
+    # ---------------------------------------------------------------------------------------- start
+
+    def start(self) -> Engine:
+        settings = self.settings
+        self.lock = BrokerLock(settings.database_url())
+        self.lock.acquire()
+        try:
+            self.db = open_database(settings, auto_migrate=True)
+            self.sessions = session_factory(self.db)
+            if self._launcher is None:
+                from broker.launchers.local import LocalLauncher
+
+                self._launcher = LocalLauncher()
+            self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
+                                     plans=PlanCache(self.sessions), workdir=self.workdir)
+            self.store = Store(self.sessions, limits=settings.limits)
+            self.writer = Writer.start(self.store, self.listeners)
+            sizes = settings.engine
+            self.pools = {kind: WorkerPool(kind, cls, getattr(sizes, f"{kind}_workers"), self.ctx)
+                          for kind, cls in WORKER_CLASSES.items()}
+            self.monitoring = MonitoringController.start(self.writer, self.pools, self.ctx)
+            self.staging = StagingController.start(self.writer, self.pools)
+            self.submission = SubmissionController.start(self.writer, self.pools, self.ctx)
+            peers = Peers({"submission": self.submission, "staging": self.staging, "monitoring": self.monitoring})
+            for ref in (self.submission, self.staging, self.monitoring):
+                ref.tell(peers)
+            self.writer.tell(Subscribe(self.submission))
+            self.writer.tell(Subscribe(self.monitoring))
+            self.clock = Clock(settings.engine.tick_interval, (self.submission, self.monitoring, self.staging))
+            self.clock.start()
+        except BaseException:
+            self._stop_actors()
+            self.lock.release()
+            raise
+        self._started = True
+        return self
+
+    # -------------------------------------------------------------------------------------- requests
+
+    def _ask(self, change_factory: Callable[[Any], Any], timeout: float = SUBMIT_TIMEOUT) -> c.Accepted:
+        future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        self.writer.tell(change_factory(future))
+        answer = future.get(timeout=timeout)
+        if isinstance(answer, c.Rejected):
+            raise BrokerError(answer.reason)
+        return answer
+
+    def submit(self, spec: Any, descriptor: str, owner: str, **kw: Any) -> c.Accepted:
+        """Store a workflow (durably: committed when this returns) and start running it."""
+        return self._ask(lambda f: c.Submit(spec=spec, descriptor=descriptor, owner=owner, reply_to=f, **kw))
+
+    def track(self, workflow_id: int) -> c.Accepted:
+        """Resume an unfinished workflow: re-attach to its running attempts and go on."""
+        return self._ask(lambda f: c.Track(workflow_id, reply_to=f))
+
+    def track_all(self) -> list[int]:
+        """Resume every unfinished workflow in the database (``broker serve``)."""
+        with self.sessions() as s:
+            ids = s.execute(select(Workflow.id).where(
+                Workflow.state.in_([WorkflowState.ACCEPTED.value, WorkflowState.RUNNING.value]))
+                .order_by(Workflow.id)).scalars().all()
+        for workflow_id in ids:
+            self.track(workflow_id)
+        return list(ids)
+
+    def cancel(self, workflow_id: int, actor: str) -> c.Accepted:
+        return self._ask(lambda f: c.CancelWorkflow(workflow_id, actor, reply_to=f))
+
+    def restart(self, workflow_id: int, actor: str, node_ids: tuple[int, ...] | None = None) -> c.Accepted:
+        return self._ask(lambda f: c.Restart(workflow_id, actor, node_ids, reply_to=f))
+
+    # ----------------------------------------------------------------------------------------- stop
+
+    def stop(self) -> None:
+        """Stop every actor in reverse start order; the writer commits what it was sent before it stops."""
+        if not self._started:
+            return
+        self._started = False
+        try:
+            self._stop_actors()
+        finally:
+            self.lock.release()
+
+    def _stop_actors(self) -> None:
+        clock = getattr(self, "clock", None)
+        if clock is not None:
+            clock.stop()
+        for name in ("submission", "staging", "monitoring"):
+            ref = getattr(self, name, None)
+            if ref is not None:
+                ref.stop()
+        for pool in getattr(self, "pools", {}).values():
+            pool.stop()
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.stop()
+        if self._launcher is not None:
+            self._launcher.close()
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.dispose()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

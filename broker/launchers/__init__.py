@@ -1,0 +1,1 @@
+"""Launchers: where payloads run (local processes, SSH hosts, batch schedulers), behind one interface."""

@@ -1,0 +1,131 @@
+"""The launcher interface: what the engine asks of every compute resource.
+
+A launcher is used from worker actor threads (``launch``, ``collect``, ``cancel``, ``recover`` may block
+on I/O) and must be thread-safe. It never touches the database: it reports facts back through return
+values and the ``on_exit`` callback, and the controllers turn them into state transitions.
+
+Every attempt of a node has its own work directory (see broker.ids for the naming), in which the
+compute side keeps the files that let a restarted broker find out what happened while it was away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: outcomes of a finished attempt
+SUCCEEDED = "succeeded"      # exit code 0
+FAILED = "failed"            # non-zero exit code, or the payload could not start
+TIMEOUT = "timeout"          # killed by the launcher after the node's timeout
+CANCELLED = "cancelled"      # killed because the node or workflow was cancelled
+LOST = "lost"                # gone without a result (e.g. killed by someone else while the broker was down)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    """Everything needed to start one attempt of one node."""
+
+    node_id: int
+    attempt: int
+    workflow_global_id: str
+    #: node path, e.g. ``sweep[3]/step``
+    node_path: str
+    #: absolute path of this attempt's work directory (created by the launcher)
+    workdir: str
+    #: "sh", "bash", "python" or "csh"
+    payload_type: str
+    #: the rendered payload text
+    payload_text: str
+    #: interpreter command overriding the type's default
+    interpreter: str | None = None
+    #: variables added to the payload's environment: profile env, then the broker's WB_* variables
+    env: tuple[tuple[str, str], ...] = ()
+    #: working directory for the payload: relative to ``workdir`` or absolute; None = ``workdir``
+    cwd: str | None = None
+    #: seconds; the launcher kills the payload's whole process group past it
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchHandle:
+    """A started attempt, enough to watch, collect, cancel or re-attach to it."""
+
+    node_id: int
+    attempt: int
+    workdir: str
+    #: process id (local) or batch job id
+    job_id: str
+    #: host the attempt runs on
+    host: str = "localhost"
+    #: epoch seconds when the launcher started it
+    started_at: float = 0.0
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One ``@broker`` line a payload printed."""
+
+    #: "progress" or "output"
+    kind: str
+    #: progress percent (0..100) for "progress"
+    percent: float | None = None
+    #: progress message, or output property name for "output"
+    text: str | None = None
+    #: the decoded JSON value of an output property
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    node_id: int
+    attempt: int
+    #: one of SUCCEEDED, FAILED, TIMEOUT, CANCELLED, LOST
+    outcome: str
+    exit_code: int | None = None
+    #: output properties reported by the payload: name -> JSON value
+    outputs: dict[str, Any] = field(default_factory=dict)
+    #: last progress reported: (percent, message)
+    progress: tuple[float, str | None] | None = None
+    #: one line saying what happened ("exit code 3", "killed after timeout of 5 s", ...)
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a restarted broker found for an attempt that was in flight when the previous one died."""
+
+    #: "finished" (result set), "running" (handle set: adopt it), or "lost"
+    status: str
+    result: AttemptResult | None = None
+    handle: LaunchHandle | None = None
+
+
+#: called from a launcher thread when an attempt ends (exit, timeout kill or cancel kill): (node_id, attempt)
+ExitCallback = Callable[[int, int], None]
+
+
+class Launcher(Protocol):
+    """What every launcher provides."""
+
+    def launch(self, request: LaunchRequest) -> LaunchHandle:
+        """Prepare the work directory and start the attempt; return once it has started (or raise)."""
+
+    def watch(self, handle: LaunchHandle, on_exit: ExitCallback) -> None:
+        """Call ``on_exit`` once the attempt has ended; enforce its timeout until then."""
+
+    def collect(self, handle: LaunchHandle) -> AttemptResult:
+        """Read the result of an ended attempt from its work directory."""
+
+    def reports(self, handle: LaunchHandle, offset: int) -> tuple[list[Report], int]:
+        """``@broker`` reports printed since byte ``offset`` of the payload's stdout, and the new offset."""
+
+    def cancel(self, handle: LaunchHandle) -> None:
+        """Kill the attempt's whole process group (idempotent); ``on_exit`` then fires with CANCELLED."""
+
+    def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
+        """Find out what became of an attempt started by a broker that has since died."""
+
+    def close(self) -> None:
+        """Stop background threads; running payloads are left running (a restarted broker re-attaches)."""

@@ -1,0 +1,445 @@
+"""The local launcher: payloads run as processes of this host, watched by one thread through pidfds.
+
+Each attempt runs under ``wb-run.sh`` (a few lines of POSIX sh), which leads a new session and process
+group, redirects the payload's output into the work directory and records the payload's exit status there.
+The broker keeps no state that the work directory does not also hold, so a payload outlives a broker that
+is killed, and a restarted broker finds its result (:meth:`LocalLauncher.recover`). The elf's parsing runs
+in the broker process: no Python starts per node.
+
+Work directory files besides the elf's (``payload``, ``stdout``, ``stderr``, ``pid``): ``exit`` (written by
+the wrapper), ``launch.json`` (start time and timeout, for a broker that adopts the attempt) and ``killed``
+(why the launcher killed it: ``timeout`` or ``cancelled``, written before the first signal).
+
+One watcher thread serves every attempt: an epoll set holds a pidfd per wrapper process (readable the
+moment it exits, whether or not it is our child) and an eventfd that wakes it; its timeout is the nearest
+deadline (a node's timeout, or the end of a kill grace period).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+
+from broker.elf import elf
+from broker.errors import ResourceError, StateError
+from broker.launchers import base
+from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
+
+log = logging.getLogger(__name__)
+
+#: the wrapper script, shipped as package data next to this module
+WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wb-run.sh")
+_WRAPPER_NAME = os.fsencode(os.path.basename(WRAPPER))
+#: work directory files of the local launcher (besides the elf's)
+EXIT_FILE = "exit"
+LAUNCH_FILE = "launch.json"
+KILLED_FILE = "killed"
+
+
+class _Attempt:
+    """What the launcher tracks about one started or adopted attempt (guarded by the launcher's lock)."""
+
+    __slots__ = ("handle", "pid", "proc", "pidfd", "callbacks", "ended", "reason", "scan_offset", "outputs",
+                 "progress", "ignored")
+
+    def __init__(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None, ended: bool = False):
+        self.handle = handle
+        self.pid = int(handle.job_id)
+        #: our own child (None when adopted from a previous broker): reaped by the watcher
+        self.proc = proc
+        self.pidfd = pidfd
+        self.callbacks: list[base.ExitCallback] = []
+        self.ended = ended
+        #: why the launcher killed it (elf.TIMEOUT or elf.CANCELLED), None if it did not; for an attempt
+        #: that this launcher does not track, what the work directory says
+        self.reason: str | None = read_reason(handle.workdir) if ended else None
+        # reports already read from stdout, so collect() does not read them again
+        self.scan_offset = 0
+        self.outputs: dict = {}
+        self.progress: tuple[float, str | None] | None = None
+        self.ignored = 0
+
+
+class LocalLauncher:
+    """Runs payloads on this host (implements :class:`broker.launchers.base.Launcher`)."""
+
+    def __init__(self, *, max_output_bytes: int = elf.DEFAULT_MAX_VALUE_BYTES,
+                 kill_grace: float = elf.KILL_GRACE):
+        """``max_output_bytes``: the largest output value accepted; ``kill_grace``: seconds from SIGTERM to SIGKILL."""
+        self._max_output_bytes = max_output_bytes
+        self._kill_grace = kill_grace
+        # The broker's own settings never reach a payload; nor do WB_* names it may have inherited.
+        self._base_env = {k: v for k, v in os.environ.items()
+                          if not (k.startswith("BROKER_") or k.startswith("WB_"))}
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._attempts: dict[tuple[int, int], _Attempt] = {}
+        self._by_fd: dict[int, _Attempt] = {}
+        #: (monotonic deadline, sequence, key, "timeout" or "kill")
+        self._timers: list[tuple[float, int, tuple[int, int], str]] = []
+        self._sequence = itertools.count()
+        self._epoll = select.epoll()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        self._closing = False
+        self._thread = threading.Thread(target=self._watch_loop, name="local-launcher-watcher")
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------ the interface
+
+    def launch(self, request: LaunchRequest) -> LaunchHandle:
+        """Create the work directory, write the payload, start it under the wrapper; return at once."""
+        started_at = time.time()
+        workdir = request.workdir
+        mkdirs(workdir)
+        record = {"node_id": request.node_id, "attempt": request.attempt, "started_at": started_at,
+                  "timeout": request.timeout}
+        try:
+            write_new(os.path.join(workdir, LAUNCH_FILE), json.dumps(record).encode(), exclusive=True)
+        except FileExistsError:
+            raise StateError(f"node {request.node_path} attempt {request.attempt}: work directory {workdir} "
+                             "already holds a started attempt") from None
+        payload_path = os.path.join(workdir, elf.PAYLOAD_FILE)
+        write_new(payload_path, request.payload_text.encode("utf-8"))
+        cwd = workdir
+        if request.cwd:
+            cwd = os.path.join(workdir, request.cwd)
+            if not os.path.isabs(request.cwd):
+                mkdirs(cwd)
+        interpreter = request.interpreter or elf.DEFAULT_INTERPRETERS[request.payload_type]
+        env = self._base_env.copy()
+        env.update(request.env)
+        env["WB_WORKDIR"] = workdir
+        try:
+            proc = subprocess.Popen(["/bin/sh", WRAPPER, workdir, interpreter, payload_path],
+                                    stdin=self._devnull, stdout=self._devnull, stderr=self._devnull,
+                                    cwd=cwd, env=env, start_new_session=True, close_fds=True)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            raise ResourceError(f"node {request.node_path} attempt {request.attempt}: cannot start in "
+                                f"{cwd}: {exc.strerror}", retryable=False) from None
+        except OSError as exc:
+            raise ResourceError(f"node {request.node_path} attempt {request.attempt}: cannot start the "
+                                f"payload: {exc.strerror or exc}") from None
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError as exc:  # EMFILE: each running attempt holds one descriptor
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise ResourceError(f"node {request.node_path} attempt {request.attempt}: cannot watch the "
+                                f"payload: {exc.strerror}") from None
+        handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir,
+                              job_id=str(proc.pid), started_at=started_at, timeout=request.timeout)
+        self._track(handle, pidfd, proc)
+        return handle
+
+    def watch(self, handle: LaunchHandle, on_exit: base.ExitCallback) -> None:
+        """Call ``on_exit(node_id, attempt)`` from the watcher thread when the attempt ends (at once if it has)."""
+        with self._lock:
+            attempt = self._attempts.get((handle.node_id, handle.attempt))
+            if attempt is not None and not attempt.ended:
+                if on_exit not in attempt.callbacks:
+                    attempt.callbacks.append(on_exit)
+                return
+        if attempt is None and self._adopt(handle, on_exit) is not None:
+            return
+        on_exit(handle.node_id, handle.attempt)
+
+    def cancel(self, handle: LaunchHandle) -> None:
+        """SIGTERM the attempt's process group, SIGKILL after the grace; a no-op once it has ended."""
+        with self._lock:
+            attempt = self._attempts.get((handle.node_id, handle.attempt))
+        if attempt is None:
+            attempt = self._adopt(handle, None)
+            if attempt is None:
+                return
+        if elf.read_int_file(os.path.join(handle.workdir, EXIT_FILE)) is not None:
+            return  # it ended just now; the watcher has not seen it yet
+        self._kill(attempt, elf.CANCELLED)
+
+    def reports(self, handle: LaunchHandle, offset: int) -> tuple[list[Report], int]:
+        """Reports printed since byte ``offset`` of the payload's stdout (complete lines only)."""
+        found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), offset, self._max_output_bytes)
+        with self._lock:
+            attempt = self._attempts.get((handle.node_id, handle.attempt))
+            if attempt is not None and attempt.scan_offset == offset:
+                self._fold(attempt, found)
+        return [Report(*r) for r in found.reports], found.offset
+
+    def collect(self, handle: LaunchHandle) -> AttemptResult:
+        """The result of an ended attempt, from its work directory; the launcher then forgets it."""
+        key = (handle.node_id, handle.attempt)
+        with self._lock:
+            attempt = self._attempts.get(key)
+            if attempt is not None and not attempt.ended:
+                raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
+            self._attempts.pop(key, None)
+        if attempt is None:
+            attempt = _Attempt(handle, -1, None, ended=True)
+            if elf.read_int_file(os.path.join(handle.workdir, EXIT_FILE)) is None and attempt.reason is None:
+                pidfd = open_if_wrapper(attempt.pid, handle.workdir)
+                if pidfd is not None:
+                    os.close(pidfd)
+                    raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
+        return self._result(attempt)
+
+    def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
+        """Finished (exit status or kill recorded), running (adopted and tracked: watch it), or lost."""
+        with self._lock:
+            known = self._attempts.get((node_id, attempt))
+        if known is not None and not known.ended:
+            return Recovered("running", handle=known.handle)
+        launch = read_launch(workdir)
+        handle = LaunchHandle(node_id=node_id, attempt=attempt, workdir=workdir, job_id=job_id or "0",
+                              started_at=launch.get("started_at", 0.0), timeout=launch.get("timeout"))
+        if elf.read_int_file(os.path.join(workdir, EXIT_FILE)) is None:
+            for pid in _candidate_pids(workdir, job_id):
+                pidfd = open_if_wrapper(pid, workdir)
+                if pidfd is not None:
+                    adopted = dataclasses.replace(handle, job_id=str(pid))
+                    return Recovered("running", handle=self._track(adopted, pidfd, None).handle)
+        # Nothing of it runs: its files say how it ended (read again: it may have ended just now).
+        result = self._result(_Attempt(handle, -1, None, ended=True))
+        return Recovered("lost" if result.outcome == base.LOST else "finished", result=result)
+
+    def close(self) -> None:
+        """Stop and join the watcher thread; running payloads keep running."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        os.eventfd_write(self._wake_fd, 1)
+        self._thread.join()
+        for attempt in self._by_fd.values():
+            os.close(attempt.pidfd)
+        self._by_fd.clear()
+        self._epoll.close()
+        os.close(self._wake_fd)
+        os.close(self._devnull)
+
+    def __enter__(self) -> LocalLauncher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ inside
+
+    def _track(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None,
+               on_exit: base.ExitCallback | None = None) -> _Attempt:
+        attempt = _Attempt(handle, pidfd, proc)
+        if on_exit is not None:
+            attempt.callbacks.append(on_exit)
+        with self._lock:
+            self._attempts[(handle.node_id, handle.attempt)] = attempt
+            self._by_fd[pidfd] = attempt
+            self._epoll.register(pidfd, select.EPOLLIN)
+            if handle.timeout:
+                # A node's timeout counts from its start, also for an attempt adopted after a restart.
+                delay = handle.started_at + handle.timeout - time.time()
+                self._add_timer(time.monotonic() + delay, attempt, "timeout")
+        return attempt
+
+    def _adopt(self, handle: LaunchHandle, on_exit: base.ExitCallback | None) -> _Attempt | None:
+        """Track an attempt this launcher did not start, if its wrapper still runs."""
+        pid = int(handle.job_id)
+        pidfd = open_if_wrapper(pid, handle.workdir) if pid > 0 else None
+        return None if pidfd is None else self._track(handle, pidfd, None, on_exit)
+
+    def _add_timer(self, when: float, attempt: _Attempt, kind: str) -> None:
+        """Queue a deadline (lock held); wake the watcher if it is now the nearest."""
+        key = (attempt.handle.node_id, attempt.handle.attempt)
+        nearest = self._timers[0][0] if self._timers else None
+        heapq.heappush(self._timers, (when, next(self._sequence), key, kind))
+        if nearest is None or when < nearest:
+            os.eventfd_write(self._wake_fd, 1)
+
+    def _kill(self, attempt: _Attempt, reason: str) -> None:
+        """Record why, SIGTERM the group, and have the watcher SIGKILL it after the grace."""
+        with self._lock:
+            if attempt.ended or attempt.reason is not None:
+                return
+            attempt.reason = reason
+            try:
+                write_new(os.path.join(attempt.handle.workdir, KILLED_FILE), f"{reason}\n".encode())
+            except OSError as exc:
+                log.warning("cannot record the kill of %s: %s", attempt.handle.workdir, exc)
+            _killpg(attempt.pid, signal.SIGTERM)
+            self._add_timer(time.monotonic() + self._kill_grace, attempt, "kill")
+
+    def _watch_loop(self) -> None:
+        while not self._closing:
+            try:
+                self._watch_once()
+            except Exception:  # the one watcher of every attempt must outlive any bug in one of them
+                log.exception("local launcher watcher")
+
+    def _watch_once(self) -> None:
+        with self._lock:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else -1
+        events = self._epoll.poll(timeout)
+        fired: list[tuple[base.ExitCallback, int, int]] = []
+        due: list[tuple[_Attempt, str]] = []
+        with self._lock:
+            if self._closing:
+                return
+            for fd, _ in events:
+                if fd == self._wake_fd:
+                    os.eventfd_read(fd)
+                elif fd in self._by_fd:
+                    fired.extend(self._ended(self._by_fd.pop(fd)))
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, key, kind = heapq.heappop(self._timers)
+                attempt = self._attempts.get(key)
+                if attempt is not None and not attempt.ended:
+                    due.append((attempt, kind))
+        for attempt, kind in due:
+            if kind == "timeout":
+                self._kill(attempt, elf.TIMEOUT)
+            else:
+                _killpg(attempt.pid, signal.SIGKILL)
+        for callback, node_id, number in fired:
+            try:
+                callback(node_id, number)
+            except Exception:  # a failing callback must not stop the watcher of every other attempt
+                log.exception("exit callback of node %s attempt %s failed", node_id, number)
+
+    def _ended(self, attempt: _Attempt) -> list[tuple[base.ExitCallback, int, int]]:
+        """The wrapper exited (lock held): clean up, reap, and return the callbacks to run."""
+        self._epoll.unregister(attempt.pidfd)
+        os.close(attempt.pidfd)
+        if attempt.reason is not None:
+            # Killed: what remains of its group goes too. Sent before reaping, while the group id is taken.
+            _killpg(attempt.pid, signal.SIGKILL)
+        if attempt.proc is not None:
+            attempt.proc.poll()
+        attempt.ended = True
+        if len(self._timers) > 1024 and len(self._timers) > 4 * len(self._by_fd):
+            # Deadlines of ended attempts linger until due (a day, say): drop them now and then.
+            self._timers = [t for t in self._timers if not getattr(self._attempts.get(t[2]), "ended", True)]
+            heapq.heapify(self._timers)
+        node_id, number = attempt.handle.node_id, attempt.handle.attempt
+        return [(callback, node_id, number) for callback in attempt.callbacks]
+
+    def _fold(self, attempt: _Attempt, found: elf.Scan) -> None:
+        attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress)
+        attempt.ignored += found.ignored
+        attempt.scan_offset = found.offset
+
+    def _result(self, attempt: _Attempt) -> AttemptResult:
+        handle = attempt.handle
+        found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), attempt.scan_offset,
+                         self._max_output_bytes, final=True)
+        self._fold(attempt, found)
+        exit_code = elf.read_int_file(os.path.join(handle.workdir, EXIT_FILE))
+        reason = attempt.reason or read_reason(handle.workdir)
+        if reason == elf.TIMEOUT:
+            timeout = handle.timeout if handle.timeout is not None else read_launch(handle.workdir).get("timeout")
+            outcome, message = base.TIMEOUT, f"killed after the timeout of {elf.format_seconds(timeout or 0)} s"
+        elif reason == elf.CANCELLED:
+            outcome, message = base.CANCELLED, "cancelled"
+        elif exit_code is not None:
+            outcome = base.SUCCEEDED if exit_code == 0 else base.FAILED
+            message = elf.exit_message(exit_code)
+            if exit_code == 127:
+                message += " (command not found: is the interpreter installed?)"
+        else:
+            outcome, message = base.LOST, "no exit status: the process disappeared"
+            if attempt.proc is not None and attempt.proc.returncode is not None and attempt.proc.returncode < 0:
+                message += f" (its wrapper was killed by signal {-attempt.proc.returncode})"
+        return AttemptResult(node_id=handle.node_id, attempt=handle.attempt, outcome=outcome,
+                             exit_code=exit_code, outputs=dict(attempt.outputs), progress=attempt.progress,
+                             message=message + elf.ignored_note(attempt.ignored))
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ----------------------------------------------------------------------------------- work directory
+
+def mkdirs(path: str) -> None:
+    """Create ``path`` and its missing parents with mode 0700 (os.makedirs applies the mode to the leaf only)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileNotFoundError:
+        mkdirs(os.path.dirname(path))
+        mkdirs(path)
+    except FileExistsError:
+        pass
+
+
+def write_new(path: str, data: bytes, exclusive: bool = False) -> None:
+    """Write a file of this attempt (mode 0600) in one call; ``exclusive``: FileExistsError if it exists."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_launch(workdir: str) -> dict:
+    """The launch record (start time, timeout) of the attempt in ``workdir``; empty if unreadable."""
+    try:
+        with open(os.path.join(workdir, LAUNCH_FILE), "rb") as handle:
+            record = json.loads(handle.read())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def read_reason(workdir: str) -> str | None:
+    """Why the launcher killed the attempt in ``workdir`` (timeout or cancelled), None if it did not."""
+    try:
+        with open(os.path.join(workdir, KILLED_FILE), "rb") as handle:
+            reason = handle.read(32).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return reason if reason in (elf.TIMEOUT, elf.CANCELLED) else None
+
+
+def _is_wrapper_of(pid: int, workdir: bytes) -> bool:
+    """Whether process ``pid`` runs the wrapper for ``workdir`` (a reused pid does not)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = handle.read().split(b"\0")
+    except OSError:
+        return False
+    return len(args) >= 3 and os.path.basename(args[1]) == _WRAPPER_NAME and args[2] == workdir
+
+
+def open_if_wrapper(pid: int, workdir: str) -> int | None:
+    """A pidfd for ``pid`` if it is alive and is the wrapper of ``workdir``, else None."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, ValueError, OSError):
+        return None
+    # Checked after opening: the pidfd then names the very process whose command line was read.
+    if _is_wrapper_of(pid, os.fsencode(workdir)):
+        return pidfd
+    os.close(pidfd)
+    return None
+
+
+def _candidate_pids(workdir: str, job_id: str | None):
+    """Pids that may be the wrapper of ``workdir``: its pid file, the job id, then any found in /proc."""
+    yield from dict.fromkeys(p for p in (elf.read_int_file(os.path.join(workdir, elf.PID_FILE)),
+                                         int(job_id) if job_id else None) if p)
+    # The broker may have died between starting the wrapper and the wrapper writing its pid.
+    target = os.fsencode(workdir)
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _is_wrapper_of(int(name), target):
+            yield int(name)

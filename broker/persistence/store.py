@@ -1,0 +1,400 @@
+"""The store: applies changes to the mirror and commits them, with their events and outbox rows, at once.
+
+Used by the writer actor (one thread, one connection) and, when no broker is running, directly by
+commands such as ``broker cancel``. A batch of changes becomes one transaction: either every change in it
+is committed with all its consequences and events, or none is. When a commit fails for a reason other
+than a passing database fault, the affected workflows are reloaded from the database and the changes are
+applied one by one, so one bad change cannot block the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.errors import BrokerError
+from broker.events.types import EventType
+from broker.persistence import changes as c
+from broker.persistence.batch import Batch
+from broker.persistence.mirror import Mirror, MNode, MWorkflow
+from broker.persistence.models import Control, Dependency, Event, Node, Outbox, User, Workflow
+from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
+
+log = logging.getLogger(__name__)
+
+N = NodeState
+NODES = Node.__table__
+EVENTS = Event.__table__
+OUTBOX = Outbox.__table__
+
+#: seconds between attempts to commit while the database is unreachable (doubles up to the cap)
+RETRY_FIRST, RETRY_CAP = 0.05, 5.0
+
+
+@dataclass
+class Outcome:
+    """What a commit produced, for the writer to deliver."""
+
+    committed: c.Committed = field(default_factory=c.Committed)
+    followups: list[tuple[Any, Any]] = field(default_factory=list)
+    replies: list[tuple[Any, Any]] = field(default_factory=list)
+    #: (workflow id, global id, state, counts) of every workflow touched, for progress listeners
+    summaries: list[tuple[int, str, WorkflowState, dict[str, int]]] = field(default_factory=list)
+
+
+class Store:
+    """Applies changes; the only code that writes node and workflow state."""
+
+    def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None):
+        self.session_factory = session_factory
+        self.mirror = Mirror()
+        self.limits = limits
+        self._stopping: set[int] = set()
+
+    # ---------------------------------------------------------------------------------------- commit
+
+    def commit(self, changes: list[Any]) -> Outcome:
+        """Apply and commit a batch of changes; never raises for one bad change."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return self._commit(changes)
+            except OperationalError as exc:  # unreachable or locked: the same batch will work later
+                log.warning("database unavailable, retrying in %.2f s: %s", delay, exc.orig)
+                self._reload(changes)
+                time.sleep(delay)  # the writer has nothing else it could do meanwhile
+                delay = min(RETRY_CAP, delay * 2)
+            except Exception:
+                if len(changes) == 1:
+                    log.exception("change could not be committed: %r", changes[0])
+                    self._reload(changes)
+                    out = Outcome()
+                    self._reject(out, changes[0], "internal error (see the broker log)")
+                    return out
+                log.warning("batch of %d changes failed; applying them one by one", len(changes))
+                self._reload(changes)
+                merged = Outcome()
+                for change in changes:
+                    one = self.commit([change])
+                    merged = _merge(merged, one)
+                return merged
+
+    def _commit(self, changes: list[Any]) -> Outcome:
+        out = Outcome()
+        batch = Batch()
+        with self.session_factory.begin() as s:
+            for change in changes:
+                self._apply(s, change, batch, out)
+            self._insert_created(s, batch)
+            self._stop_failing(batch)
+            finished = self._derive(batch)
+            self._write(s, batch)
+        for wf in finished:
+            self.mirror.drop(wf)
+            self._stopping.discard(wf.id)
+        self._notify(batch, out)
+        return out
+
+    def _reload(self, changes: list[Any]) -> None:
+        """Forget in-memory effects of a failed commit: drop the workflows it touched (reloaded on demand)."""
+        for wf in list(self.mirror.workflows.values()):
+            self.mirror.drop(wf)
+        self._stopping.clear()
+
+    # ----------------------------------------------------------------------------------------- apply
+
+    def _apply(self, s: Session, change: Any, batch: Batch, out: Outcome) -> None:
+        try:
+            handler = _HANDLERS[type(change)]
+        except KeyError:
+            raise TypeError(f"not a change: {change!r}") from None
+        try:
+            handler(self, s, change, batch, out)
+        except BrokerError as exc:
+            self._reject(out, change, str(exc))
+
+    def _reject(self, out: Outcome, change: Any, reason: str) -> None:
+        log.debug("rejected %r: %s", change, reason)
+        reply_to = getattr(change, "reply_to", None)
+        if reply_to is not None:
+            out.replies.append((reply_to, c.Rejected(change, reason)))
+
+    def _node(self, s: Session, node_id: int, batch: Batch) -> MNode:
+        node = self.mirror.nodes.get(node_id)
+        if node is None:
+            wf_id = s.execute(select(NODES.c.workflow_id).where(NODES.c.id == node_id)).scalar()
+            if wf_id is None:
+                raise BrokerError(f"no node with id {node_id}")
+            self.track(s, wf_id, batch)
+            node = self.mirror.nodes.get(node_id)
+            if node is None:
+                raise BrokerError(f"node {node_id} belongs to a finished workflow")
+        return node
+
+    def _transition(self, s: Session, ch: c.Transition, batch: Batch, out: Outcome) -> None:
+        node = self._node(s, ch.node_id, batch)
+        if ch.attempt is not None and ch.attempt != node.attempt:
+            raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (now {node.attempt})")
+        fields = dict(ch.fields)
+        to = ch.to
+        if to is N.FAILED and fields.pop("retryable", False):
+            to = self._retry_or_fail(node, fields, batch, ch.actor)
+        if "retries" in fields:
+            node.retries = fields["retries"]
+        self.mirror.transition(node, to, batch, actor=ch.actor, message=ch.message, fields=fields,
+                               new_attempt=ch.new_attempt)
+        if ch.then is not None:
+            out.followups.append(ch.then)
+
+    def _retry_or_fail(self, node: MNode, fields: dict[str, Any], batch: Batch, actor: str) -> NodeState:
+        """Turn a failed attempt into a retry when the node's policy has retries left."""
+        spec = node.wf.templates[node.template]
+        retry = getattr(spec, "execution", None) and spec.execution.retry  # type: ignore[union-attr]
+        if not retry or node.retries >= retry.count:
+            return N.FAILED
+        delay = retry.delay(node.retries + 1)
+        fields["retries"] = node.retries + 1
+        fields["retry_at"] = batch.now + dt.timedelta(seconds=delay)
+        batch.event(node.wf, EventType.NODE_RETRY, actor=actor, node=node,
+                    message=f"attempt {node.attempt} failed; retry {node.retries + 1} of {retry.count} in {delay:g} s",
+                    properties={"attempt": node.attempt, "delay": delay, "retry": node.retries + 1})
+        return N.RETRY_WAIT
+
+    def _reported(self, s: Session, ch: c.Reported, batch: Batch, out: Outcome) -> None:
+        node = self._node(s, ch.node_id, batch)
+        if ch.attempt != node.attempt or node.state in TERMINAL:
+            raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}'")
+        if ch.progress is not None:
+            percent, text = ch.progress
+            batch.update(node, {"progress": percent})
+            batch.event(node.wf, EventType.NODE_PROGRESS, actor=ch.actor, node=node, message=text,
+                        properties={"percent": percent, "attempt": node.attempt})
+        for name, value in ch.outputs:
+            batch.event(node.wf, EventType.NODE_OUTPUT, actor=ch.actor, node=node, message=name,
+                        properties={"name": name, "value": value, "attempt": node.attempt})
+
+    def _note(self, s: Session, ch: c.Note, batch: Batch, out: Outcome) -> None:
+        wf = None
+        node = None
+        if ch.node_id is not None:
+            node = self._node(s, ch.node_id, batch)
+            wf = node.wf
+        elif ch.workflow_id is not None:
+            wf = self._workflow(s, ch.workflow_id, batch)
+        batch.event(wf, EventType(ch.type), actor=ch.actor, node=node, message=ch.message, properties=ch.properties)
+
+    def _expansion(self, s: Session, ch: c.Expansion, batch: Batch, out: Outcome) -> None:
+        sweep = self._node(s, ch.node_id, batch)
+        created = self.mirror.expand(sweep, ch.members, batch, actor=ch.actor)
+        batch.expanded.append((sweep, created))
+
+    def _cancel_workflow(self, s: Session, ch: c.CancelWorkflow, batch: Batch, out: Outcome) -> None:
+        wf = self._workflow(s, ch.workflow_id, batch)
+        wf.cancel_requested = True
+        batch.workflow_update(wf, {"cancel_requested": True})
+        self.mirror.cancel_nodes([n for n in wf.nodes if n.parent is None], batch, actor=ch.actor)
+        if ch.reply_to is not None:
+            out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id)))
+
+    def _cancel_nodes(self, s: Session, ch: c.CancelNodes, batch: Batch, out: Outcome) -> None:
+        nodes = [self._node(s, i, batch) for i in ch.node_ids]
+        self.mirror.cancel_nodes(nodes, batch, actor=ch.actor)
+        if ch.reply_to is not None and nodes:
+            out.replies.append((ch.reply_to, c.Accepted(nodes[0].wf.id, nodes[0].wf.global_id)))
+
+    def _restart(self, s: Session, ch: c.Restart, batch: Batch, out: Outcome) -> None:
+        wf = self._workflow(s, ch.workflow_id, batch)
+        targets = None if ch.node_ids is None else [self._node(s, i, batch) for i in ch.node_ids]
+        self.mirror.restart(wf, targets, batch, actor=ch.actor)
+        if ch.reply_to is not None:
+            out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id)))
+
+    def _submit(self, s: Session, ch: c.Submit, batch: Batch, out: Outcome) -> None:
+        from broker.persistence import repository
+
+        owner = repository.ensure_user(s, ch.owner)
+        row = repository.submit_workflow(s, ch.spec, descriptor=ch.descriptor, owner=owner, label=ch.label,
+                                         request_id=ch.request_id, experiment_id=ch.experiment_id)
+        s.flush()
+        resumed = row.id in self.mirror.workflows
+        if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:
+            self.track(s, row.id, batch)
+        if ch.reply_to is not None:
+            out.replies.append((ch.reply_to, c.Accepted(row.id, row.global_id, resumed=resumed)))
+
+    def _track(self, s: Session, ch: c.Track, batch: Batch, out: Outcome) -> None:
+        wf = self._workflow(s, ch.workflow_id, batch)
+        if ch.reply_to is not None:
+            out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id, resumed=True)))
+
+    def _mark_control(self, s: Session, ch: c.MarkControl, batch: Batch, out: Outcome) -> None:
+        batch.controls.append((ch.control_id, ch.result))
+
+    def _workflow(self, s: Session, workflow_id: int, batch: Batch) -> MWorkflow:
+        wf = self.mirror.workflows.get(workflow_id)
+        return wf if wf is not None else self.track(s, workflow_id, batch)
+
+    def track(self, s: Session, workflow_id: int, batch: Batch) -> MWorkflow:
+        """Load a workflow into the mirror (idempotent)."""
+        wf = self.mirror.workflows.get(workflow_id)
+        if wf is not None:
+            return wf
+        wt = Workflow.__table__
+        row = s.execute(select(wt).where(wt.c.id == workflow_id)).one_or_none()
+        if row is None:
+            raise BrokerError(f"no workflow with id {workflow_id}")
+        owner = s.execute(select(User.name).where(User.id == row.owner_id)).scalar_one()
+        nodes = s.execute(select(NODES.c.id, NODES.c.path, NODES.c.template, NODES.c.kind, NODES.c.parent_id,
+                                 NODES.c.member_index, NODES.c.bindings, NODES.c.state, NODES.c.priority,
+                                 NODES.c.attempt, NODES.c.retries, NODES.c.members)
+                          .where(NODES.c.workflow_id == workflow_id)).all()
+        dt_ = Dependency.__table__
+        edges = s.execute(select(dt_.c.parent_id, dt_.c.child_id)
+                          .join(NODES, NODES.c.id == dt_.c.child_id)
+                          .where(NODES.c.workflow_id == workflow_id)).all()
+        wf = self.mirror.add_workflow(row, owner, nodes, edges, batch)
+        batch.tracked.append(wf)
+        batch.touched[wf.id] = wf
+        flying = [r.id for r in nodes if NodeState(r.state) in IN_FLIGHT]
+        if flying:
+            extra = dict(((r.id), (r.workdir, r.job_id)) for r in s.execute(
+                select(NODES.c.id, NODES.c.workdir, NODES.c.job_id).where(NODES.c.id.in_(flying))))
+            for node_id in flying:
+                node = self.mirror.nodes[node_id]
+                workdir, job_id = extra[node_id]
+                batch.resume.append(c.InFlight(_ready(node), node.state, workdir, job_id))
+        return wf
+
+    # ------------------------------------------------------------------------------------------ write
+
+    def _insert_created(self, s: Session, batch: Batch) -> None:
+        if not batch.creations:
+            return
+        members = [m for m, _, _ in batch.creations]
+        ids = s.execute(insert(NODES).returning(NODES.c.id, sort_by_parameter_order=True),
+                        [_node_row(m, batch) for m in members]).scalars().all()
+        for member, new_id in zip(members, ids):
+            member.id = new_id
+        body = [n for _, nodes, _ in batch.creations for n in nodes]
+        ids = s.execute(insert(NODES).returning(NODES.c.id, sort_by_parameter_order=True),
+                        [_node_row(n, batch) for n in body]).scalars().all()
+        for node, new_id in zip(body, ids):
+            node.id = new_id
+        edges = [{"parent_id": nodes[p].id, "child_id": nodes[ch].id}
+                 for _, nodes, es in batch.creations for p, ch in es]
+        if edges:
+            s.execute(insert(Dependency.__table__), edges)
+        for sweep, created in batch.expanded:
+            self.mirror.start_created(sweep, created, batch)
+
+    def _stop_failing(self, batch: Batch) -> None:
+        """onFailure="stop": once the workflow's failure constraint is broken, cancel what has not ended."""
+        for wf in list(batch.touched.values()):
+            if (wf.constraint.on_failure == "stop" and wf.id not in self._stopping
+                    and self.mirror.failed_so_far(wf)):
+                self._stopping.add(wf.id)
+                self.mirror.cancel_nodes([n for n in wf.nodes if n.parent is None], batch,
+                                         actor="submission")
+
+    def _derive(self, batch: Batch) -> list[MWorkflow]:
+        finished = []
+        for wf in list(batch.touched.values()):
+            new = self.mirror.derive(wf, batch)
+            if new is not None and new in WORKFLOW_TERMINAL:
+                finished.append(wf)
+        return finished
+
+    def _write(self, s: Session, batch: Batch) -> None:
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for node, cols in batch.node_cols.values():
+            key = tuple(sorted(cols))
+            params = {"v_" + k: v for k, v in cols.items()}
+            params["b_id"] = node.id
+            shapes.setdefault(key, []).append(params)
+        for key, rows in shapes.items():
+            stmt = (update(NODES).where(NODES.c.id == bindparam("b_id"))
+                    .values({k: bindparam("v_" + k) for k in key}))
+            s.execute(stmt, rows)
+        if batch.events:
+            ids = s.execute(insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
+                            [row for row, _ in batch.events]).scalars().all()
+            outbox = [{"event_id": event_id, "destination": dest}
+                      for event_id, (_, dests) in zip(ids, batch.events) for dest in dests]
+            if outbox:
+                s.execute(insert(OUTBOX), outbox)
+        wt = Workflow.__table__
+        wf_shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for wf, cols in batch.wf_cols.values():
+            params = {"v_" + k: v for k, v in cols.items()}
+            params["b_id"] = wf.id
+            wf_shapes.setdefault(tuple(sorted(cols)), []).append(params)
+        for key, rows in wf_shapes.items():
+            s.execute(update(wt).where(wt.c.id == bindparam("b_id"))
+                      .values({k: bindparam("v_" + k) for k in key}), rows)
+        if batch.controls:
+            ct = Control.__table__
+            s.execute(update(ct).where(ct.c.id == bindparam("b_id"))
+                      .values(applied_at=bindparam("v_at"), result=bindparam("v_result")),
+                      [{"b_id": i, "v_at": batch.now, "v_result": r} for i, r in batch.controls])
+
+    # ---------------------------------------------------------------------------------------- notify
+
+    def _notify(self, batch: Batch, out: Outcome) -> None:
+        ready = tuple(_ready(n) for n in batch.ready if n.state is N.READY)
+        moved = tuple(
+            c.Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,
+                    retry_at=batch.node_cols.get(id(n), (None, {}))[1].get("retry_at"))
+            for n, old, new in batch.moved if not n.is_group)
+        tracked = tuple(
+            c.WorkflowInfo(workflow_id=wf.id, global_id=wf.global_id, owner=wf.owner, priority=wf.priority,
+                           max_in_flight=wf.max_in_flight, on_failure=wf.constraint.on_failure, state=wf.state,
+                           in_flight=sum(wf.counts.get(s, 0) for s in IN_FLIGHT))
+            for wf in batch.tracked)
+        workflows = tuple((wf.id, wf.state) for wf, cols in batch.wf_cols.values() if "state" in cols)
+        out.committed = c.Committed(ready=ready, moved=moved, tracked=tracked, workflows=workflows,
+                                    kill=tuple(batch.kill), resume=tuple(batch.resume))
+        out.summaries = [(wf.id, wf.global_id, wf.state, {s.value: k for s, k in wf.counts.items() if k})
+                         for wf in batch.touched.values()]
+
+
+def _ready(n: MNode) -> c.ReadyNode:
+    return c.ReadyNode(node_id=n.id, workflow_id=n.wf.id, kind=n.kind, path=n.path,  # type: ignore[arg-type]
+                       template=n.template, priority=n.priority, attempt=n.attempt, bindings=n.all_bindings(),
+                       member_index=n.member_index)
+
+
+def _node_row(node: MNode, batch: Batch) -> dict[str, Any]:
+    return {"workflow_id": node.wf.id, "path": node.path, "template": node.template, "kind": node.kind,
+            "parent_id": node.parent.id if node.parent is not None else None, "member_index": node.member_index,
+            "bindings": [list(p) for p in node.bindings] or None, "state": node.state.value,
+            "priority": node.priority, "attempt": 0, "retries": 0, "created_at": batch.now}
+
+
+def _merge(a: Outcome, b: Outcome) -> Outcome:
+    ca, cb = a.committed, b.committed
+    return Outcome(
+        committed=c.Committed(ready=ca.ready + cb.ready, moved=ca.moved + cb.moved, tracked=ca.tracked + cb.tracked,
+                              workflows=ca.workflows + cb.workflows, kill=ca.kill + cb.kill,
+                              resume=ca.resume + cb.resume),
+        followups=a.followups + b.followups, replies=a.replies + b.replies, summaries=a.summaries + b.summaries)
+
+
+_HANDLERS = {
+    c.Transition: Store._transition,
+    c.Reported: Store._reported,
+    c.Note: Store._note,
+    c.Expansion: Store._expansion,
+    c.CancelWorkflow: Store._cancel_workflow,
+    c.CancelNodes: Store._cancel_nodes,
+    c.Restart: Store._restart,
+    c.Submit: Store._submit,
+    c.Track: Store._track,
+    c.MarkControl: Store._mark_control,
+}

@@ -1,0 +1,116 @@
+"""File staging: copy a node's inputs into its work directory and its outputs out, safely.
+
+Sources and targets are URIs. ``file://`` paths must lie inside the configured staging roots (after
+resolving symlinks); paths inside the work directory are relative, never absolute, never containing
+``..`` and never leading out of it through a symlink. Copies go to a temporary name and are renamed into
+place once complete (and, when a checksum is given, verified), so a retried or interrupted transfer
+never leaves a half-written file that looks finished. Other schemes (``sftp://``, ``http(s)://``) are
+provided by the resources layer through :data:`TRANSPORTS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from broker.description.model import Stage
+from broker.errors import ResourceError
+
+#: bytes read per chunk while copying and hashing
+CHUNK = 1024 * 1024
+
+#: scheme -> fetch(uri, destination path, max_bytes) for stage-in; filled in by other transports
+TRANSPORTS: dict[str, Callable[[str, Path, int], None]] = {}
+#: scheme -> push(source path, uri, max_bytes) for stage-out
+PUSHERS: dict[str, Callable[[Path, str, int], None]] = {}
+
+
+def inside_workdir(workdir: Path, relative: str) -> Path:
+    """The absolute path of ``relative`` inside ``workdir``; refuses anything that could leave it."""
+    if not relative or relative.startswith("/") or "\0" in relative:
+        raise ResourceError(f"staging path {relative!r} must be relative to the work directory", retryable=False)
+    parts = Path(relative).parts
+    if ".." in parts:
+        raise ResourceError(f"staging path {relative!r} must not contain '..'", retryable=False)
+    root = workdir.resolve()
+    target = (root / relative)
+    # resolve what exists of the path: a symlink on the way must not lead out of the work directory
+    probe = target
+    while not probe.exists() and probe != root:
+        probe = probe.parent
+    if root not in (probe.resolve(), *probe.resolve().parents):
+        raise ResourceError(f"staging path {relative!r} leads out of the work directory", retryable=False)
+    return target
+
+
+def local_path(uri: str, roots: Sequence[str]) -> Path:
+    """The local path of a ``file://`` URI, which must resolve inside one of ``roots``."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        raise ResourceError(f"not a local file URI: {uri!r}", retryable=False)
+    path = Path(unquote(parts.path)).resolve()
+    for root in roots:
+        base = Path(root).resolve()
+        if path == base or base in path.parents:
+            return path
+    allowed = ", ".join(roots) if roots else "none configured ([staging] roots)"
+    raise ResourceError(f"{uri} is outside the staging roots ({allowed})", retryable=False)
+
+
+def verify(path: Path, checksum: str | None) -> None:
+    if not checksum:
+        return
+    algorithm, _, expected = checksum.partition(":")
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ResourceError(f"checksum mismatch for {path.name}: expected {checksum}, got "
+                            f"{algorithm}:{digest.hexdigest()}", retryable=True)
+
+
+def _copy_file(source: Path, target: Path, max_bytes: int) -> None:
+    if not source.is_file():
+        raise ResourceError(f"no such file to stage: {source}", retryable=False)
+    size = source.stat().st_size
+    if size > max_bytes:
+        raise ResourceError(f"{source} is {size} bytes, over the staging limit of {max_bytes}", retryable=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with open(source, "rb") as src, open(partial, "wb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(partial, target)
+
+
+def stage_in(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int) -> None:
+    """Bring one input into the work directory."""
+    target = inside_workdir(workdir, stage.target)
+    scheme = urlsplit(stage.source).scheme
+    if scheme == "file":
+        _copy_file(local_path(stage.source, roots), target, max_bytes)
+    elif scheme in TRANSPORTS:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        TRANSPORTS[scheme](stage.source, target, max_bytes)
+    else:
+        raise ResourceError(f"unsupported stage-in source {stage.source!r}", retryable=False)
+    verify(target, stage.checksum)
+
+
+def stage_out(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int) -> None:
+    """Copy one output of the work directory to its target."""
+    source = inside_workdir(workdir, stage.source)
+    verify(source, stage.checksum)
+    scheme = urlsplit(stage.target).scheme
+    if scheme == "file":
+        _copy_file(source, local_path(stage.target, roots), max_bytes)
+    elif scheme in PUSHERS:
+        PUSHERS[scheme](source, stage.target, max_bytes)
+    else:
+        raise ResourceError(f"unsupported stage-out target {stage.target!r}", retryable=False)

@@ -1,0 +1,72 @@
+"""What every worker shares: database reads, the launcher, cached plans, settings.
+
+Plans (the normalised WorkflowSpec of a workflow) never change after submission, so they are cached
+read-only and shared across worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.config import Settings
+from broker.description.model import AnyNode, WorkflowSpec, from_json, walk
+from broker.launchers.base import Launcher
+from broker.persistence.models import Workflow
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    workflow_id: int
+    global_id: str
+    spec: WorkflowSpec
+    #: template path -> node or sweep spec
+    templates: dict[str, AnyNode]
+
+
+class PlanCache:
+    """Thread-safe, read-only cache of workflow plans, loaded from the database on first use."""
+
+    def __init__(self, session_factory: sessionmaker[Session]):
+        self._session_factory = session_factory
+        self._plans: dict[int, Plan] = {}
+        self._lock = threading.Lock()
+
+    def get(self, workflow_id: int) -> Plan:
+        plan = self._plans.get(workflow_id)
+        if plan is not None:
+            return plan
+        with self._session_factory() as s:
+            row = s.execute(select(Workflow.global_id, Workflow.plan).where(Workflow.id == workflow_id)).one()
+        spec = from_json(row.plan)
+        plan = Plan(workflow_id, row.global_id, spec, dict(walk(spec.nodes)))
+        with self._lock:
+            self._plans.setdefault(workflow_id, plan)
+        return self._plans[workflow_id]
+
+    def forget(self, workflow_id: int) -> None:
+        with self._lock:
+            self._plans.pop(workflow_id, None)
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    launcher: Launcher
+    plans: PlanCache
+    #: root of every node work directory
+    workdir: Path
+    #: extra launchers by host name (SSH, batch): filled by the resources layer
+    launchers: dict[str, Any] = field(default_factory=dict)
+
+    def attempt_dir(self, workflow_global_id: str, path: str, attempt: int) -> Path:
+        """The work directory of one attempt (see broker.ids for the naming)."""
+        from broker.ids import path_to_dirname
+
+        return self.workdir / workflow_global_id / path_to_dirname(path) / str(attempt)

@@ -1,0 +1,48 @@
+"""The poll worker: reads results, progress and recovery facts from launchers; reads control commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from broker.actions import Collect, PollControl, ReadReports, Recover
+from broker.launchers.base import AttemptResult, Recovered, Report
+from broker.errors import BrokerError
+from broker.persistence.control import resolve_target
+from broker.persistence.models import Control
+from broker.workers.pool import Worker
+
+#: most control commands read per poll
+CONTROL_PAGE = 100
+
+
+class PollWorker(Worker):
+    def collect(self, action: Collect) -> AttemptResult:
+        return self.ctx.launcher.collect(action.handle)
+
+    def read_reports(self, action: ReadReports) -> tuple[list[Report], int]:
+        return self.ctx.launcher.reports(action.handle, action.offset)
+
+    def recover(self, action: Recover) -> Recovered:
+        ref = action.node
+        workdir = action.workdir or str(self.ctx.attempt_dir(ref.workflow_global_id, ref.path, ref.attempt))
+        return self.ctx.launcher.recover(ref.node_id, ref.attempt, workdir, action.job_id)
+
+    def poll_control(self, action: PollControl) -> list[tuple[Any, ...]]:
+        """Unapplied control commands, resolved: (id, command, workflow id, node ids or None, actor, error)."""
+        out: list[tuple[Any, ...]] = []
+        with self.ctx.session_factory() as s:
+            rows = s.execute(select(Control.id, Control.command, Control.target, Control.requested_by)
+                             .where(Control.applied_at.is_(None), Control.id > action.after_id)
+                             .order_by(Control.id).limit(CONTROL_PAGE)).all()
+            for row in rows:
+                try:
+                    workflow_id, node_ids = resolve_target(s, row.target)
+                except BrokerError as exc:
+                    out.append((row.id, row.command, None, None, row.requested_by, str(exc)))
+                else:
+                    out.append((row.id, row.command, workflow_id, node_ids, row.requested_by, None))
+        return out
+
+    HANDLERS = {Collect: collect, ReadReports: read_reports, Recover: recover, PollControl: poll_control}

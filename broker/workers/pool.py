@@ -1,0 +1,72 @@
+"""The worker actor base class and a pool of identical workers.
+
+A worker runs one action at a time in its own thread. Whatever happens, it answers: ``Done`` with the
+result, or ``Failed`` with a one-line error and whether trying again may help. It never raises out of
+``on_receive`` (pykka would stop the actor for good).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pykka
+
+from broker.actions import Done, Failed, Work
+from broker.errors import BrokerError
+from broker.workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+
+class Worker(pykka.ThreadingActor):
+    """Base of every worker: dispatches each action to its handler through :attr:`HANDLERS`."""
+
+    #: action type -> handler(self, action) -> result
+    HANDLERS: ClassVar[dict[type, Callable[..., Any]]] = {}
+
+    def __init__(self, ctx: WorkerContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def on_receive(self, message: Any) -> None:
+        if not isinstance(message, Work):
+            log.error("%s got a message that is not work: %r", type(self).__name__, message)
+            return
+        action = message.action
+        try:
+            result = self.HANDLERS[type(action)](self, action)
+        except BrokerError as exc:
+            answer: Any = Failed(action, str(exc), retryable=exc.retryable)
+        except OSError as exc:
+            answer = Failed(action, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                            retryable=True)
+        except Exception as exc:  # a bug in a handler must not kill the worker
+            log.exception("%s failed on %r", type(self).__name__, action)
+            answer = Failed(action, f"internal error: {type(exc).__name__}: {exc}", retryable=False)
+        else:
+            answer = Done(action, result)
+        message.reply_to.tell(answer)
+
+
+class WorkerPool:
+    """N workers of one kind, used round-robin."""
+
+    def __init__(self, kind: str, worker_class: type[Worker], size: int, ctx: WorkerContext):
+        self.kind = kind
+        self.refs = [worker_class.start(ctx) for _ in range(max(1, size))]
+        self._next = itertools.cycle(self.refs)
+
+    def submit(self, action: Any, reply_to: pykka.ActorRef[Any]) -> None:
+        next(self._next).tell(Work(action, reply_to))
+
+    def stop(self) -> None:
+        for ref in self.refs:
+            ref.stop(block=False)
+        for ref in self.refs:
+            try:
+                ref.actor_stopped.wait(10)
+            except Exception:  # already gone
+                pass

@@ -1,0 +1,124 @@
+"""The ``@broker`` report protocol: parsing single lines and scanning output files incrementally."""
+
+import json
+
+import pytest
+
+from broker.elf import elf
+from broker.elf.elf import ElfReport, parse_report_line, scan, scan_reports
+from broker.launchers import base
+
+
+def test_progress_with_and_without_a_message_is_parsed():
+    assert parse_report_line('@broker progress 42 "half way"') == ElfReport("progress", 42.0, "half way")
+    assert parse_report_line("@broker progress 7.5") == ElfReport("progress", 7.5, None)
+    assert parse_report_line("@broker\tprogress\t100\t\"done\"\r\n") == ElfReport("progress", 100.0, "done")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1234", 1234), ("-1.5e3", -1500.0), ('"text"', "text"), ("true", True), ("null", None),
+    ('[1, "two", {"three": 3}]', [1, "two", {"three": 3}]), ('{"a": {"b": []}}', {"a": {"b": []}}),
+])
+def test_outputs_carry_any_json_value(text, value):
+    assert parse_report_line(f"@broker output rows={text}") == ElfReport("output", None, "rows", value)
+
+
+def test_json_escapes_and_unicode_arrive_decoded():
+    report = parse_report_line(r'@broker progress 1 "caf\u00e9 \"quoted\"\nline2 \\ 日本"')
+    assert report.text == 'café "quoted"\nline2 \\ 日本'
+    assert parse_report_line('@broker output name="日本語 🎉"').value == "日本語 🎉"
+
+
+@pytest.mark.parametrize("line", [
+    "@broker progress 101", "@broker progress -1", "@broker progress half", "@broker progress 5 unquoted",
+    '@broker progress 5 ["not", "a string"]', "@broker output 1abc=1", "@broker output a-b=1",
+    "@broker output " + "n" * 65 + "=1", "@broker output x=NaN", "@broker output x=Infinity",
+    "@broker output x={bad json", '@broker output x="\\ud800"', "@broker output x=" + "[" * 100000,
+    "@broker", "@broker frobnicate 1", "@broker output x",
+])
+def test_malformed_report_lines_are_refused(line):
+    assert parse_report_line(line) is None
+
+
+def test_a_name_of_64_characters_is_accepted():
+    assert parse_report_line("@broker output " + "n" * 64 + "=1").text == "n" * 64
+
+
+@pytest.mark.parametrize("line", ["hello", "  @broker progress 5", "@brokerage progress 5", ""])
+def test_ordinary_lines_are_not_reports(line):
+    assert parse_report_line(line) is None
+
+
+def test_a_value_over_the_limit_is_refused_and_one_at_the_limit_accepted():
+    at_limit = json.dumps("x" * 98)  # 100 bytes of JSON text
+    assert parse_report_line(f"@broker output v={at_limit}", max_value_bytes=100).value == "x" * 98
+    assert parse_report_line(f"@broker output v={json.dumps('x' * 99)}", max_value_bytes=100) is None
+
+
+def test_elf_outcomes_and_report_fields_match_the_launcher_interface():
+    assert (elf.SUCCEEDED, elf.FAILED, elf.TIMEOUT, elf.CANCELLED) == (
+        base.SUCCEEDED, base.FAILED, base.TIMEOUT, base.CANCELLED)
+    assert base.Report(*ElfReport("output", None, "x", 1)) == base.Report(kind="output", text="x", value=1)
+
+
+def test_scan_counts_malformed_report_lines_but_not_ordinary_output(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_bytes(b"hello\n@broker output a=1\n@broker output b=\n@brokerage\n\xff\xfe\n"
+                    b"@broker progress 5 \"\xff\"\n@broker progress 50\n")
+    found = scan(str(out))
+    assert found.reports == [ElfReport("output", None, "a", 1), ElfReport("progress", 50.0, None)]
+    assert found.ignored == 2
+    assert found.offset == out.stat().st_size
+
+
+def test_scan_leaves_a_partial_last_line_for_the_next_pass(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_bytes(b"@broker output a=1\n@broker output b=2")
+    reports, offset = scan_reports(str(out), 0)
+    assert reports == [ElfReport("output", None, "a", 1)] and offset == len(b"@broker output a=1\n")
+    with open(out, "ab") as handle:
+        handle.write(b"3\n")
+    reports, offset = scan_reports(str(out), offset)
+    assert reports == [ElfReport("output", None, "b", 23)] and offset == out.stat().st_size
+    assert scan_reports(str(out), offset) == ([], offset)
+
+
+def test_a_final_scan_takes_the_last_line_without_a_newline(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_bytes(b"@broker output a=1\r\n@broker progress 99")
+    found = scan(str(out), 0, final=True)
+    assert found.reports[-1] == ElfReport("progress", 99.0, None)
+    assert found.offset == out.stat().st_size
+
+
+def test_an_oversized_line_is_skipped_counted_once_and_the_next_line_still_read(tmp_path):
+    out = tmp_path / "stdout"
+    limit = 100
+    head = b"@broker output big=\"" + b"x" * 5000
+    out.write_bytes(head)
+    first = scan(str(out), 0, max_value_bytes=limit)
+    assert first.reports == [] and first.ignored == 1
+    with open(out, "ab") as handle:  # the same line goes on, then ends, then a good line follows
+        handle.write(b"y" * 3000 + b"\"\n@broker output small=2\n")
+    second = scan(str(out), first.offset, max_value_bytes=limit)
+    assert second.reports == [ElfReport("output", None, "small", 2)]
+    assert second.ignored == 0
+    assert scan(str(out), 0, max_value_bytes=limit) == (second.reports, out.stat().st_size, 1)
+
+
+def test_a_long_ordinary_line_is_skipped_without_being_counted(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_bytes(b"z" * 300_000 + b"\n@broker output n=1\n")
+    found = scan(str(out), 0, max_value_bytes=1000)
+    assert found.reports == [ElfReport("output", None, "n", 1)] and found.ignored == 0
+
+
+def test_scanning_a_missing_file_finds_nothing(tmp_path):
+    assert scan_reports(str(tmp_path / "nothing"), 7) == ([], 7)
+
+
+def test_fold_keeps_the_last_progress_and_the_latest_value_of_each_output():
+    outputs = {}
+    progress = elf.fold([ElfReport("output", None, "a", 1), ElfReport("progress", 10.0, "x"),
+                         ElfReport("output", None, "a", 2), ElfReport("progress", 20.0, None)], outputs, None)
+    assert outputs == {"a": 2} and progress == (20.0, None)

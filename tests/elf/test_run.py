@@ -1,0 +1,129 @@
+"""``python3 elf.py run`` as a real subprocess: outcomes, reports, environment, timeout and cancel."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from broker.elf import ELF_SCRIPT
+from broker.elf.elf import read_int_file, read_status
+from tests.launchers.helpers import alive, wait_for
+
+
+def _python38():
+    pyenv = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8*/bin/python3.8")))
+    candidates = [shutil.which("python3.8"), *pyenv]
+    for path in filter(None, candidates):
+        if subprocess.run([path, "-c", "pass"], capture_output=True).returncode == 0:
+            return path
+    return None
+
+
+PYTHONS = [pytest.param(sys.executable, id="broker-python")]
+if _python38():
+    PYTHONS.append(pytest.param(_python38(), id="python3.8"))
+
+
+def start_elf(workdir, payload, *, python=sys.executable, kind="sh", timeout=None, env_pairs=None,
+              extra=(), environ=None):
+    os.makedirs(workdir, exist_ok=True)
+    (workdir / "payload").write_text(payload)
+    args = [python, ELF_SCRIPT, "run", "--workdir", str(workdir), "--payload", "payload", "--type", kind,
+            "--attempt", "1", "--session", "wf-test/node", *extra]
+    if timeout is not None:
+        args += ["--timeout", str(timeout)]
+    if env_pairs is not None:
+        (workdir.parent / "env.json").write_text(json.dumps(env_pairs))
+        args += ["--env-file", str(workdir.parent / "env.json")]
+    return subprocess.Popen(args, env=environ)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_a_successful_payload_records_its_outputs_progress_and_files(tmp_path, python):
+    workdir = tmp_path / "w"
+    payload = ('echo hello\necho oops >&2\necho \'@broker progress 50 "half"\'\necho \'@broker output rows=12\'\n'
+               'echo "@broker output env=\\"$WB_PARAM_x|$BROKER_SECRET|$WB_WORKDIR\\""\n')
+    environ = dict(os.environ, BROKER_SECRET="leaked", WB_PARAM_x="stale")
+    proc = start_elf(workdir, payload, python=python, env_pairs=[["WB_PARAM_x", "fresh"]], environ=environ)
+    assert proc.wait(timeout=30) == 0
+    status = read_status(str(workdir), attempt=1, session="wf-test/node")
+    assert status["outcome"] == "succeeded" and status["exit_code"] == 0
+    assert status["outputs"] == {"rows": 12, "env": f"fresh||{workdir}"}
+    assert status["progress"] == [50.0, "half"]
+    assert (workdir / "stdout").read_text().startswith("hello\n")
+    assert (workdir / "stderr").read_text() == "oops\n"
+    assert read_int_file(str(workdir / "pid")) == status["pid"]
+    assert read_int_file(str(workdir / "elf.pid")) == proc.pid
+    assert os.stat(workdir).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_a_failing_payload_gives_its_exit_code(tmp_path, python):
+    proc = start_elf(tmp_path / "w", "echo '@broker output partial=true'\nexit 3\n", python=python)
+    assert proc.wait(timeout=30) == 3
+    status = read_status(str(tmp_path / "w"), attempt=1)
+    assert (status["outcome"], status["exit_code"], status["message"]) == ("failed", 3, "exit code 3")
+    assert status["outputs"] == {"partial": True}
+
+
+def test_a_python_payload_runs_with_python3(tmp_path):
+    proc = start_elf(tmp_path / "w", "import sys\nprint('@broker output v=%d' % sys.version_info[0])\n",
+                     kind="python")
+    assert proc.wait(timeout=30) == 0
+    assert read_status(str(tmp_path / "w"))["outputs"] == {"v": 3}
+
+
+def test_a_missing_interpreter_fails_with_exit_code_127(tmp_path):
+    proc = start_elf(tmp_path / "w", "true\n", extra=["--interpreter", "/no/such/interpreter"])
+    assert proc.wait(timeout=30) == 127
+    status = read_status(str(tmp_path / "w"))
+    assert status["outcome"] == "failed" and "/no/such/interpreter" in status["message"]
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_timeout_kills_the_whole_process_group(tmp_path, python):
+    workdir = tmp_path / "w"
+    payload = "sleep 100 &\necho $! > grandchild.pid\nsleep 100\n"
+    started = time.monotonic()
+    proc = start_elf(workdir, payload, python=python, timeout=0.5)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 10
+    status = read_status(str(workdir))
+    assert status["outcome"] == "timeout"
+    assert status["message"] == "killed after the timeout of 0.5 s"
+    grandchild = int((workdir / "grandchild.pid").read_text())
+    wait_for(lambda: not alive(grandchild))
+
+
+def test_a_payload_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    proc = start_elf(tmp_path / "w", "trap '' TERM\nsleep 100\n", timeout=0.2)
+    assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    assert read_status(str(tmp_path / "w"))["outcome"] == "timeout"
+
+
+def test_sigterm_to_the_elf_cancels_the_payload(tmp_path):
+    workdir = tmp_path / "w"
+    proc = start_elf(workdir, "echo started > started\nsleep 100\n")
+    wait_for(lambda: (workdir / "started").exists())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    status = read_status(str(workdir))
+    assert (status["outcome"], status["message"]) == ("cancelled", "cancelled")
+    assert not alive(status["pid"])
+
+
+def test_the_elf_needs_nothing_newer_than_python_3_8():
+    vermin = shutil.which("vermin") or os.path.join(os.path.dirname(sys.executable), "vermin")
+    result = subprocess.run([vermin, "--no-tips", "--eval-annotations", "--violations", "-t=3.8-", ELF_SCRIPT],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = subprocess.run([vermin, "--no-tips", "--eval-annotations", ELF_SCRIPT], capture_output=True,
+                            text=True)
+    minimum = result.stdout.split("Minimum required versions:")[1].split()[0]
+    assert tuple(int(p) for p in minimum.split(".")) <= (3, 8)

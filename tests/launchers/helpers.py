@@ -1,0 +1,94 @@
+"""Helpers for the launcher tests: requests, waiting on callbacks, FIFOs that end payloads on cue."""
+
+import errno
+import os
+import queue
+import time
+
+from broker.launchers.base import LaunchRequest
+
+#: seconds: generous bound for anything that should happen "at once" on a loaded test machine
+PATIENCE = 20.0
+#: seconds between two checks of a polled condition
+POLL = 0.005
+
+
+def request(workdir, text, *, node_id=1, attempt=1, kind="sh", **fields):
+    return LaunchRequest(node_id=node_id, attempt=attempt, workflow_global_id="wf-test", node_path=f"n{node_id}",
+                         workdir=str(workdir), payload_type=kind, payload_text=text, **fields)
+
+
+def wait_for(predicate, timeout=PATIENCE, interval=POLL):
+    """Poll ``predicate`` until it is true; fail the test past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(interval)
+
+
+class Exits:
+    """An exit callback that records (node_id, attempt, perf_counter time) for the test to wait on."""
+
+    def __init__(self):
+        self.queue = queue.Queue()
+
+    def __call__(self, node_id, attempt):
+        self.queue.put((node_id, attempt, time.perf_counter()))
+
+    def next(self, timeout=PATIENCE):
+        return self.queue.get(timeout=timeout)
+
+
+def run_to_end(launcher, handle):
+    exits = Exits()
+    launcher.watch(handle, exits)
+    assert exits.next()[:2] == (handle.node_id, handle.attempt)
+    return launcher.collect(handle)
+
+
+def alive(pid):
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def zombie_children():
+    """Pids of this process's children that have exited and were never reaped."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            found.append(int(name))
+    return found
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+    return str(path)
+
+
+def release(fifo, timeout=PATIENCE):
+    """Write a line into ``fifo`` once a payload has opened it for reading; returns the write time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as exc:  # ENXIO: no reader yet
+            assert exc.errno == errno.ENXIO and time.monotonic() < deadline, "no payload opened the FIFO"
+            time.sleep(POLL)
+    try:
+        now = time.perf_counter()
+        os.write(fd, b"go\n")
+    finally:
+        os.close(fd)
+    return now

@@ -1,0 +1,143 @@
+"""Recovery: a new launcher finds what became of attempts started by a launcher (or broker) that died."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from broker.launchers import base
+from broker.launchers.local import LocalLauncher
+from tests.launchers.helpers import Exits, alive, make_fifo, release, request, run_to_end, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def launcher():
+    with LocalLauncher(kill_grace=0.5) as it:
+        yield it
+
+
+def launch_and_abandon(tmp_path, text, **fields):
+    """Start an attempt with a launcher that is then closed, as a stopped broker leaves it."""
+    old = LocalLauncher()
+    handle = old.launch(request(tmp_path / "w", text, **fields))
+    old.close()
+    return handle
+
+
+def test_a_finished_attempt_is_recovered_with_its_result(launcher, tmp_path):
+    with LocalLauncher() as old:
+        handle = old.launch(request(tmp_path / "w", "echo '@broker output n=5'\nexit 2\n"))
+        run_to_end(old, handle)
+    found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
+    assert found.status == "finished"
+    assert (found.result.outcome, found.result.exit_code, found.result.outputs) == (base.FAILED, 2, {"n": 5})
+
+
+def test_a_running_attempt_is_adopted_and_watched_to_its_end(launcher, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    handle = launch_and_abandon(tmp_path, f"read x < {fifo}\necho '@broker output done=true'\n")
+    found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
+    assert found.status == "running" and found.handle.job_id == handle.job_id
+    assert found.handle.started_at == pytest.approx(handle.started_at)
+    exits = Exits()
+    launcher.watch(found.handle, exits)
+    release(fifo)
+    exits.next()
+    result = launcher.collect(found.handle)
+    assert (result.outcome, result.outputs) == (base.SUCCEEDED, {"done": True})
+
+
+def test_the_timeout_of_an_adopted_attempt_counts_from_its_start(launcher, tmp_path):
+    handle = launch_and_abandon(tmp_path, "sleep 100\n", timeout=1.0)
+    found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
+    assert found.status == "running"
+    result = run_to_end(launcher, found.handle)
+    assert (result.outcome, result.message) == (base.TIMEOUT, "killed after the timeout of 1 s")
+
+
+def test_a_wrapper_without_a_pid_file_is_found_in_proc(launcher, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    handle = launch_and_abandon(tmp_path, f"read x < {fifo}\nexit 6\n")
+    wait_for(lambda: (tmp_path / "w" / "pid").exists())
+    os.unlink(tmp_path / "w" / "pid")  # as if the broker died before the wrapper wrote it
+    found = launcher.recover(1, 1, str(tmp_path / "w"), None)
+    assert found.status == "running" and found.handle.job_id == handle.job_id
+    release(fifo)
+    assert run_to_end(launcher, found.handle).exit_code == 6
+
+
+def test_an_attempt_whose_process_is_gone_without_a_status_is_lost(launcher, tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (workdir / "pid").write_text(f"{gone.pid}\n")
+    found = launcher.recover(1, 1, str(workdir), str(gone.pid))
+    assert found.status == "lost"
+    assert (found.result.outcome, found.result.message) == (base.LOST, "no exit status: the process disappeared")
+
+
+def test_a_reused_pid_is_not_taken_for_the_attempt(launcher, tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "pid").write_text(f"{os.getpid()}\n")  # alive, but not this attempt's wrapper
+    assert launcher.recover(1, 1, str(workdir), str(os.getpid())).status == "lost"
+
+
+def test_an_attempt_killed_before_the_broker_died_is_recovered_as_killed(launcher, tmp_path):
+    with LocalLauncher() as old:
+        handle = old.launch(request(tmp_path / "w", "trap '' TERM\nsleep 100\n", timeout=0.2))
+        run_to_end(old, handle)  # the wrapper was SIGKILLed: no exit status, only the kill record
+    assert not (tmp_path / "w" / "exit").exists()
+    found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
+    assert (found.status, found.result.outcome) == ("finished", base.TIMEOUT)
+
+
+def test_cancel_reaches_an_attempt_known_only_by_its_handle(launcher, tmp_path):
+    handle = launch_and_abandon(tmp_path, "sleep 100\n")
+    launcher.cancel(handle)
+    exits = Exits()
+    launcher.watch(handle, exits)
+    exits.next()
+    assert not alive(int(handle.job_id))
+    assert launcher.collect(handle).outcome == base.CANCELLED
+
+
+def start_dying_broker(tmp_path, text, timeout=None):
+    args = [sys.executable, "-m", "tests.launchers.broker_that_dies", str(tmp_path / "w"), text]
+    if timeout is not None:
+        args.append(str(timeout))
+    broker = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    handle = json.loads(broker.stdout.readline())
+    broker.send_signal(signal.SIGKILL)
+    broker.wait()
+    return int(handle["job_id"])
+
+
+def test_the_payload_outlives_a_killed_broker_and_its_result_is_recovered(launcher, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    pid = start_dying_broker(tmp_path, f"read x < {fifo}\necho '@broker output survived=true'\nexit 3\n")
+    assert alive(pid)
+    found = launcher.recover(7, 2, str(tmp_path / "w"), str(pid))
+    assert found.status == "running"
+    exits = Exits()
+    launcher.watch(found.handle, exits)
+    release(fifo)
+    assert exits.next()[:2] == (7, 2)
+    result = launcher.collect(found.handle)
+    assert (result.outcome, result.exit_code, result.outputs) == (base.FAILED, 3, {"survived": True})
+
+
+def test_a_payload_that_ended_while_no_broker_ran_is_recovered_as_finished(launcher, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    pid = start_dying_broker(tmp_path, f"read x < {fifo}\necho '@broker progress 100'\n")
+    release(fifo)
+    wait_for(lambda: (tmp_path / "w" / "exit").exists())
+    found = launcher.recover(7, 2, str(tmp_path / "w"), str(pid))
+    assert found.status == "finished"
+    assert (found.result.outcome, found.result.progress) == (base.SUCCEEDED, (100.0, None))
