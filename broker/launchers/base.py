@@ -96,7 +96,8 @@ class AttemptResult:
 class Recovered:
     """What a restarted broker found for an attempt that was in flight when the previous one died."""
 
-    #: "finished" (result set), "running" (handle set: adopt it), or "lost"
+    #: "finished" (result set), "running" (handle set: adopt it), "absent" (never started: launch it
+    #: again under the same attempt), or "lost" (started, then vanished without a result)
     status: str
     result: AttemptResult | None = None
     handle: LaunchHandle | None = None

@@ -17,6 +17,7 @@ deadline (a node's timeout, or the end of a kill grace period).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -192,7 +193,7 @@ class LocalLauncher:
         return self._result(attempt)
 
     def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
-        """Finished (exit status or kill recorded), running (adopted and tracked: watch it), or lost."""
+        """Finished (exit status or kill recorded), running (adopted: watch it), absent (never started), or lost."""
         with self._lock:
             known = self._attempts.get((node_id, attempt))
         if known is not None and not known.ended:
@@ -206,6 +207,13 @@ class LocalLauncher:
                 if pidfd is not None:
                     adopted = dataclasses.replace(handle, job_id=str(pid))
                     return Recovered("running", handle=self._track(adopted, pidfd, None).handle)
+            if elf.read_int_file(os.path.join(workdir, elf.PID_FILE)) is None:
+                # The wrapper writes its pid before anything else: without one, nothing of this attempt
+                # ever ran (the broker died between committing the launch intent and starting it). Clear
+                # the launch record so the same attempt can be started now.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(workdir, LAUNCH_FILE))
+                return Recovered("absent")
         # Nothing of it runs: its files say how it ended (read again: it may have ended just now).
         result = self._result(_Attempt(handle, -1, None, ended=True))
         return Recovered("lost" if result.outcome == base.LOST else "finished", result=result)

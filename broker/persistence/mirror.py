@@ -320,6 +320,7 @@ class Mirror:
             for parent_pos, child_pos in m.edges:
                 body[parent_pos].children.append(body[child_pos])
                 body[child_pos].deps.append(body[parent_pos])
+                body[child_pos].unfinished += 1
             member.pending = len(body)
             created.append(member)
             created.extend(body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker.actions import Launch
 from broker.description.model import NodeSpec
 from broker.launchers.base import LaunchHandle, LaunchRequest
-from broker.render import render
+from broker.render import NodeInfo, render
 from broker.workers.pool import Worker
 
 
@@ -16,9 +16,8 @@ class LaunchWorker(Worker):
         spec = plan.templates[ref.template]
         assert isinstance(spec, NodeSpec)
         workdir = self.ctx.attempt_dir(ref.workflow_global_id, ref.path, ref.attempt)
-        text, env = render(spec.payload, bindings=ref.bindings, env=spec.execution.env,
-                           workflow_id=ref.workflow_global_id, node_path=ref.path, attempt=ref.attempt,
-                           member_index=ref.member_index, workdir=str(workdir),
+        text, env = render(spec.payload, node=NodeInfo(ref.workflow_global_id, ref.path, ref.attempt, str(workdir)),
+                           bindings=ref.bindings, env=spec.execution.env,
                            max_output_bytes=self.ctx.settings.limits.max_text_bytes)
         request = LaunchRequest(node_id=ref.node_id, attempt=ref.attempt, workflow_global_id=ref.workflow_global_id,
                                 node_path=ref.path, workdir=str(workdir), payload_type=spec.payload.type,
