@@ -19,6 +19,7 @@ current directory.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import dataclasses
 import os
@@ -49,6 +50,8 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
+    """Where the broker keeps its state: the embedded SQLite file or a PostgreSQL database."""
+
     url: str = field(
         default="",
         metadata=_doc("SQLAlchemy URL. Empty: the embedded SQLite database <state dir>/broker.db, "
@@ -64,6 +67,8 @@ class DatabaseSettings:
 
 @dataclass(frozen=True, slots=True)
 class DescriptionSettings:
+    """What a workflow description may refer to beyond its own text."""
+
     include_dirs: tuple[str, ...] = field(
         default=(),
         metadata=_doc("directories that payload references and parameter line files may be read from "
@@ -78,6 +83,8 @@ class DescriptionSettings:
 
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
+    """Size limits every description and every sweep expansion is checked against."""
+
     max_document_bytes: int = field(default=64 * 1024**2, metadata=_doc("largest description accepted", "bytes"))
     max_xml_depth: int = field(default=64, metadata=_doc("deepest element nesting in a description", "levels"))
     max_text_bytes: int = field(default=1024**2,
@@ -96,6 +103,8 @@ class LimitSettings:
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
+    """How the running broker schedules nodes: work directories, concurrency, worker pools, clocks."""
+
     workdir: str = field(default="", metadata=_doc("root of node work directories; empty: <state dir>/work"))
     user: str = field(default="", metadata=_doc("the broker user that `broker run` submits as; empty: the login "
                                                 "name (it must match [a-z][a-z0-9_-]*)"))
@@ -118,6 +127,8 @@ class EngineSettings:
 
 @dataclass(frozen=True, slots=True)
 class StagingSettings:
+    """Where stage-in and stage-out transfers may read and write, and how much."""
+
     roots: tuple[str, ...] = field(default=(), metadata=_doc("directories file:// stage-in sources and stage-out "
                                                              "targets must lie in (space separated); empty: none"))
     max_bytes: int = field(default=10 * 1024**3, metadata=_doc("largest file one transfer may copy", "bytes"))
@@ -125,6 +136,8 @@ class StagingSettings:
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
+    """Where log messages go."""
+
     config: str = field(default="", metadata=_doc("logging.config fileConfig INI file; empty: plain stderr logging"))
     level: str = field(default="INFO", metadata=_doc("root level when no logging config file is given"))
 
@@ -173,9 +186,15 @@ def _convert(raw: str, kind: Any, where: str, base: Path | None, key: str) -> An
             for unit, factor in sorted(_UNITS.items(), key=lambda kv: -len(kv[0])):
                 if raw.endswith(unit) and raw[: -len(unit)].strip().isdigit():
                     return int(raw[: -len(unit)]) * factor
-            return int(raw.replace("_", ""))
+            try:
+                return int(raw.replace("_", ""))
+            except ValueError:
+                raise ValueError("expected a whole number (sizes may end in B, KiB, MiB or GiB)") from None
         if kind is float:
-            return float(raw)
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError("expected a number") from None
         if kind == tuple[str, ...]:
             items = tuple(raw.replace(",", " ").split())
             if (key.endswith("_dirs") or key == "roots") and base is not None:
@@ -186,6 +205,21 @@ def _convert(raw: str, kind: Any, where: str, base: Path | None, key: str) -> An
         return raw
     except ValueError as exc:
         raise ConfigError(f"{where}: invalid value {raw!r}: {exc}") from None
+
+
+def _syntax_error(file: Path, exc: configparser.Error) -> str:
+    """One line naming the file and line of an INI syntax error (configparser's own spans several lines)."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"{file}:{exc.lineno}: {exc.line.strip()!r} comes before any [section] header"
+    if isinstance(exc, configparser.ParsingError):
+        lineno, shown = exc.errors[0]  # configparser keeps the line as its repr()
+        line = ast.literal_eval(shown).strip()
+        return f"{file}:{lineno}: cannot parse {line!r} (expected key = value or [section])"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{file}:{exc.lineno}: key '{exc.option}' appears twice in section [{exc.section}]"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"{file}:{exc.lineno}: section [{exc.section}] appears twice"
+    return f"{file}: {' '.join(exc.message.split())}"
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None,
@@ -206,7 +240,10 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from None
         except configparser.Error as exc:
-            raise ConfigError(f"{file}: {exc.message.splitlines()[0]}") from None
+            raise ConfigError(_syntax_error(file, exc)) from None
+        if parser.defaults():
+            # configparser would copy [DEFAULT] keys into every section (or ignore them when there is none)
+            raise ConfigError(f"{file}: unknown section [{parser.default_section}]")
         base = file.resolve().parent
         for section in parser.sections():
             if section not in known:

@@ -27,8 +27,11 @@ EXIT_ERROR = 3
 #: interrupted by the user
 EXIT_INTERRUPTED = 130
 
+#: the values ``[logging] level`` accepts (any case)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ("validate", "db")
+COMMANDS = ("validate", "run", "status", "events", "control", "db")
 
 log = logging.getLogger("broker.cli")
 
@@ -80,9 +83,17 @@ def _setup_logging(settings) -> None:
         # not `import logging.config`: that would make `logging` a local name of this whole function
         from logging import config as logging_config
 
-        logging_config.fileConfig(settings.logging.config, disable_existing_loggers=False)
+        try:
+            logging_config.fileConfig(settings.logging.config, disable_existing_loggers=False)
+        except Exception as exc:  # fileConfig fails with KeyError, ValueError, NameError...: all mean a bad file
+            raise ConfigError(f"[logging] config {settings.logging.config}: not a usable logging configuration "
+                              f"({type(exc).__name__}: {exc})") from exc
     else:
-        logging.basicConfig(level=settings.logging.level, format="%(levelname)s %(name)s: %(message)s")
+        level = settings.logging.level.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"[logging] level: invalid value {settings.logging.level!r} "
+                              f"(expected one of {', '.join(LOG_LEVELS)})")
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

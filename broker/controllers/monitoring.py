@@ -30,7 +30,7 @@ N = NodeState
 
 
 class Attempt:
-    __slots__ = ("handle", "node", "offset", "reading", "reported", "next_read")
+    __slots__ = ("handle", "node", "offset", "reading", "reported", "next_read", "progress")
 
     def __init__(self, handle: lb.LaunchHandle, node: NodeRef):
         self.handle = handle
@@ -40,6 +40,8 @@ class Attempt:
         #: output names already sent as events
         self.reported: set[str] = set()
         self.next_read = 0.0
+        #: the last progress sent as an event
+        self.progress: tuple[float, str | None] | None = None
 
 
 class MonitoringController(Controller):
@@ -87,7 +89,7 @@ class MonitoringController(Controller):
         attempt = self.running.pop(action.handle.node_id, None)
         if attempt is None or attempt.node.attempt != result.attempt:
             return
-        self._finish(attempt.node, result, attempt.reported)
+        self._finish(attempt.node, result, attempt.reported, attempt.progress)
 
     def collect_failed(self, action: Collect, failed: Failed) -> None:
         attempt = self.running.pop(action.handle.node_id, None)
@@ -97,10 +99,12 @@ class MonitoringController(Controller):
                                           fields=(("retryable", True),),
                                           message=f"could not read the result: {failed.error}"))
 
-    def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: set[str]) -> None:
+    def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: set[str],
+                last_progress: tuple[float, str | None] | None = None) -> None:
         new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
-        if new_outputs:
-            self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor=self.NAME,
+        progress = result.progress if result.progress is not None and result.progress != last_progress else None
+        if new_outputs or progress is not None:
+            self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
                                         outputs=new_outputs))
         fields: list[tuple[str, Any]] = [("exit_code", result.exit_code)]
         if result.outputs:
@@ -146,6 +150,8 @@ class MonitoringController(Controller):
             elif report.kind == "output" and report.text:
                 outputs.append((report.text, report.value))
                 attempt.reported.add(report.text)
+        if progress is not None:
+            attempt.progress = progress
         if progress is not None or outputs:
             ref = attempt.node
             self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,

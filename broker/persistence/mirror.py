@@ -195,6 +195,8 @@ class Mirror:
         if new_attempt:
             node.attempt += 1
             cols["attempt"] = node.attempt
+        if new is N.RUNNING:
+            cols.setdefault("started_at", batch.now)
         if new in TERMINAL:
             cols["finished_at"] = batch.now
         elif old in TERMINAL:
@@ -393,19 +395,18 @@ class Mirror:
             chosen = [n for n in wf.nodes if not n.is_group and n.state in again]
         else:
             chosen = [n for n in self._leaves(targets) if n.state in again]
-            # dependants that were skipped or cancelled because of them come back too
+            # dependants that were skipped or cancelled because of them come back too: those of the node
+            # and those of every group around it, since those groups reopen with it
             queue, seen = deque(chosen), {id(n) for n in chosen}
             while queue:
-                node = queue.popleft()
-                followers = list(node.children)
-                if node.parent is not None:
-                    followers.append(node.parent)
-                for nxt in followers:
-                    for leaf in self._leaves([nxt]) if nxt.is_group else [nxt]:
+                up: MNode | None = queue.popleft()
+                while up is not None:
+                    for leaf in self._leaves(up.children):
                         if id(leaf) not in seen and leaf.state in again:
                             seen.add(id(leaf))
                             chosen.append(leaf)
                             queue.append(leaf)
+                    up = up.parent
         if not chosen:
             return 0
         for node in chosen:

@@ -275,8 +275,12 @@ class Store:
     # ------------------------------------------------------------------------------------------ write
 
     def _insert_created(self, s: Session, batch: Batch) -> None:
-        if not batch.creations:
-            return
+        if batch.creations:
+            self._insert_rows(s, batch)
+        for sweep, created in batch.expanded:  # a sweep without members ends here too
+            self.mirror.start_created(sweep, created, batch)
+
+    def _insert_rows(self, s: Session, batch: Batch) -> None:
         members = [m for m, _, _ in batch.creations]
         ids = s.execute(insert(NODES).returning(NODES.c.id, sort_by_parameter_order=True),
                         [_node_row(m, batch) for m in members]).scalars().all()
@@ -291,8 +295,6 @@ class Store:
                  for _, nodes, es in batch.creations for p, ch in es]
         if edges:
             s.execute(insert(Dependency.__table__), edges)
-        for sweep, created in batch.expanded:
-            self.mirror.start_created(sweep, created, batch)
 
     def _stop_failing(self, batch: Batch) -> None:
         """onFailure="stop": once the workflow's failure constraint is broken, cancel what has not ended."""

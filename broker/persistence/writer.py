@@ -73,6 +73,13 @@ class Writer(pykka.ThreadingActor):
         self._deliver(out)
 
     def _deliver(self, out: Outcome) -> None:
+        # listeners first: whoever gets a reply next must find them up to date
+        for summary in out.summaries:
+            for listener in self.listeners:
+                try:
+                    listener(*summary)
+                except Exception:
+                    log.exception("progress listener failed")
         committed = out.committed
         if (committed.ready or committed.moved or committed.tracked or committed.workflows or committed.kill
                 or committed.resume):
@@ -82,12 +89,6 @@ class Writer(pykka.ThreadingActor):
             _tell(ref, message)
         for ref, message in out.replies:
             _reply(ref, message)
-        for summary in out.summaries:
-            for listener in self.listeners:
-                try:
-                    listener(*summary)
-                except Exception:
-                    log.exception("progress listener failed")
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -1,0 +1,239 @@
+"""``broker run FILE`` and ``broker resume ID``: run one workflow in this process, to its end.
+
+``run`` checks the description (problems as ``FILE:LINE:COLUMN: message``, exit 1; unreadable file, exit
+2), starts the engine on the database (the embedded SQLite file unless ``--db``), and submits the
+workflow, unless the database already holds an unfinished workflow of the same owner with the same
+descriptor: that one is resumed instead (re-attaching to payloads still running). ``resume ID`` resumes a
+workflow by id. Both show live progress on stderr and a summary on stdout, then exit 0 when the workflow
+succeeded and 1 when it did not.
+
+Ctrl-C cancels the workflow and waits for its end (exit 130); a second Ctrl-C, or SIGTERM, stops at once
+and leaves payloads running (a later ``broker resume`` re-attaches to them). The signal handlers only set
+flags: the main loop does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+from broker.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, add_db_option
+from broker.cli.common import local_time, not_found_is_usage, owner_name
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the ``run`` and ``resume`` commands."""
+    run_parser = subparsers.add_parser(
+        "run", parents=[common], help="run a workflow in this process, with live progress",
+        description="Run a workflow in this process until it ends, showing progress. If the database holds an "
+                    "unfinished workflow of yours with the same description, it is resumed instead of submitted "
+                    "again. Exit 0: succeeded; 1: failed, cancelled or invalid description; 2: unreadable file; "
+                    "3: error (database locked by another broker...); 130: interrupted. Ctrl-C cancels the "
+                    "workflow; a second Ctrl-C stops at once, leaving payloads running (`broker resume` "
+                    "re-attaches).")
+    run_parser.add_argument("file", metavar="FILE", help="workflow description ('-' for standard input)")
+    resume_parser = subparsers.add_parser(
+        "resume", parents=[common], help="resume an unfinished workflow in this process",
+        description="Resume an unfinished workflow (after a killed `broker run`, or a restart): re-attach to "
+                    "payloads still running, recover the ones that ended meanwhile, run the rest. Exit codes as "
+                    "for `broker run`.")
+    resume_parser.add_argument("id", metavar="ID", help="workflow global id (wf-...), node global id, or number")
+    for parser, handler in ((run_parser, run), (resume_parser, resume)):
+        add_db_option(parser)
+        parser.add_argument("--workdir", metavar="DIR",
+                            help="root of the node work directories (overrides [engine] workdir)")
+        parser.set_defaults(func=handler)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def run(args: argparse.Namespace, settings: Any) -> int:
+    """``broker run FILE``: check, submit (or resume the same unfinished workflow), follow to the end."""
+    import hashlib
+
+    from broker.description.load import check_description, read_description_file
+
+    owner = owner_name(settings)
+    try:
+        if args.file == "-":
+            source = sys.stdin.buffer.read(settings.limits.max_document_bytes + 1)
+        else:
+            source = read_description_file(args.file, settings)
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    filename = "<stdin>" if args.file == "-" else args.file
+    checked = check_description(source, settings, filename=filename)
+    if checked.spec is None:
+        for problem in checked.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    descriptor = _text(source)
+    digest = hashlib.sha256(descriptor.encode("utf-8")).hexdigest()
+
+    tracker = _tracker()
+    with _engine(settings, args, tracker) as engine:
+        found = _unfinished(engine.sessions, owner, digest)
+        if found is not None:
+            done_before = _announce_resume(engine.sessions, found)
+            accepted = engine.track(found)
+        else:
+            accepted = engine.submit(checked.spec, descriptor, owner)
+            done_before = 0
+            print(f"submitted workflow {accepted.global_id} (id {accepted.workflow_id}): {checked.spec.name}",
+                  flush=True)
+        return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
+
+
+@not_found_is_usage
+def resume(args: argparse.Namespace, settings: Any) -> int:
+    """``broker resume ID``: track an unfinished workflow and follow it to the end."""
+    from broker.cli.common import reader, resolve
+    from broker.persistence.models import Workflow
+    from broker.states import WORKFLOW_TERMINAL
+
+    owner = owner_name(settings)
+    with reader(settings) as sessions, sessions() as s:
+        target = resolve(s, args.id)
+        state = s.get(Workflow, target.workflow_id).state
+    if state in WORKFLOW_TERMINAL:
+        print(f"workflow {target.workflow_global_id} has already ended: {state}"
+              + ("" if state == "succeeded" else f" (`broker restart {target.workflow_global_id}` gives its "
+                                                 "failed, cancelled and skipped nodes a fresh attempt)"))
+        return EXIT_OK if state == "succeeded" else EXIT_INVALID
+    tracker = _tracker()
+    with _engine(settings, args, tracker) as engine:
+        done_before = _announce_resume(engine.sessions, target.workflow_id)
+        accepted = engine.track(target.workflow_id)
+        return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
+
+
+# ------------------------------------------------------------------------------------------------ follow
+
+class Interrupts:
+    """SIGINT and SIGTERM handlers that only count: the main loop acts on the counts."""
+
+    def __init__(self) -> None:
+        self.interrupts = 0
+        self.terminated = False
+        self._previous: dict[int, Any] = {}
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        self.interrupts += 1
+
+    def _on_terminate(self, signum: int, frame: Any) -> None:
+        self.terminated = True
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_interrupt)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_terminate)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: str, done_before: int) -> int:
+    """Show progress until the workflow ends (or the user stops it); print the summary; return the exit code."""
+    from broker.cli.progress import Display, print_summary
+    from broker.errors import BrokerError
+
+    terminal = ("succeeded", "failed", "cancelled")
+    display = Display(sys.stderr, tty=sys.stderr.isatty(), done_before=done_before)
+    cancelling = False
+    with Interrupts() as signals:
+        while True:
+            snapshot = tracker.latest(workflow_id)
+            if signals.interrupts >= 2 or signals.terminated:
+                display.note(f"stopping now; payloads still running keep running: `broker resume {global_id}` "
+                             "re-attaches to them")
+                engine.stop()
+                return EXIT_INTERRUPTED
+            if signals.interrupts == 1 and not cancelling:
+                cancelling = True
+                display.note("cancelling... press Ctrl-C again to stop at once")
+                if snapshot is None or snapshot.state not in terminal:
+                    engine.cancel(workflow_id, f"user:{owner}")
+            display.update(snapshot, tracker.state_changes(workflow_id))
+            if snapshot is not None and snapshot.state in terminal:
+                break
+            if not engine.writer.is_alive():
+                display.clear()
+                raise BrokerError("the engine's writer stopped unexpectedly (see the log above)")
+            tracker.changed.wait(display.interval)
+            tracker.changed.clear()
+    display.clear()
+    state = print_summary(engine.sessions, workflow_id, wall=display.elapsed(), done_before=done_before,
+                          out=sys.stdout)
+    if cancelling:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if state == "succeeded" else EXIT_INVALID
+
+
+# --------------------------------------------------------------------------------------------- internals
+
+def _tracker() -> Any:
+    from broker.cli.progress import Tracker
+
+    return Tracker()
+
+
+class _engine:
+    """The started engine for this command, stopped on the way out (whatever happened)."""
+
+    def __init__(self, settings: Any, args: argparse.Namespace, tracker: Any):
+        import logging
+
+        from broker.engine import Engine
+
+        # alembic announces each of its plugins at INFO when a new embedded database is migrated
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+        self.engine = Engine(settings, listeners=[tracker], workdir=getattr(args, "workdir", None))
+
+    def __enter__(self) -> Any:
+        return self.engine.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.stop()
+
+
+def _text(source: bytes) -> str:
+    """The description as text, to store verbatim (the parser accepted UTF-8 or UTF-16)."""
+    try:
+        return source.decode("utf-8-sig" if source.startswith(b"\xef\xbb\xbf") else "utf-8")
+    except UnicodeDecodeError:
+        return source.decode("utf-16")
+
+
+def _unfinished(sessions: Any, owner: str, digest: str) -> int | None:
+    """The newest unfinished workflow of ``owner`` with this descriptor digest, if any."""
+    from sqlalchemy import select
+
+    from broker.persistence.models import User, Workflow
+
+    with sessions() as s:
+        return s.execute(select(Workflow.id).join(User, User.id == Workflow.owner_id)
+                         .where(User.name == owner, Workflow.descriptor_sha256 == digest,
+                                Workflow.state.in_(("accepted", "running")))
+                         .order_by(Workflow.id.desc()).limit(1)).scalar()
+
+
+def _announce_resume(sessions: Any, workflow_id: int) -> int:
+    """Print ``resuming workflow ... N of M nodes done``; returns N (not part of this run's rate)."""
+    from broker.cli.common import done_total, node_counts
+    from broker.persistence.models import Workflow
+
+    with sessions() as s:
+        wf = s.get(Workflow, workflow_id)
+        done, total = done_total(node_counts(s, [workflow_id])[workflow_id])
+    print(f"resuming workflow {wf.global_id} (submitted {local_time(wf.submitted_at)}): "
+          f"{done} of {total} nodes done", flush=True)
+    return done
+

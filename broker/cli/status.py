@@ -1,0 +1,195 @@
+"""``broker status [ID]``: what the database says about workflows and nodes (read only, never migrates).
+
+Without ID: a table of the newest workflows (``--limit N``, default 20; ``--all``). With a workflow ID
+(global id or number): a header, node counts by state and a node table; a large workflow shows the nodes
+that need attention first (failed, running, ...), up to ``--nodes N`` (default 50; ``--nodes all``). With
+a node global id: that node's details, its outputs and its work directory. ``--json`` prints the same as
+a JSON document. Unknown ID: exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from broker.cli import EXIT_OK, UsageError, add_db_option
+from broker.cli.common import (done_total, iso, local_time, node_counts, not_found_is_usage, one_line,
+                               ordered_counts, print_json, print_table, reader, resolve, sqlite_file_missing)
+
+#: workflows listed without --all
+DEFAULT_LIMIT = 20
+#: nodes listed for one workflow without --nodes
+DEFAULT_NODES = 50
+#: which nodes a truncated node table shows first (lower first)
+ATTENTION = {"failed": 0, "running": 1, "staging_out": 1, "queued": 1, "staging_in": 1, "retry_wait": 2,
+             "cancelled": 3, "skipped": 4, "ready": 5, "waiting": 6, "succeeded": 7}
+
+
+def _count_or_all(text: str) -> int | None:
+    if text == "all":
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {text!r}")
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the ``status`` command."""
+    parser = subparsers.add_parser(
+        "status", parents=[common], help="show workflows, one workflow, or one node",
+        description="Without ID: the newest workflows. With a workflow id (wf-... or its number): its counts "
+                    "and nodes. With a node id (wf-.../path): the node's details. Exit 2: unknown ID.")
+    parser.add_argument("id", nargs="?", metavar="ID", help="workflow global id, node global id, or number")
+    add_db_option(parser)
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
+                        help=f"workflows to list (default {DEFAULT_LIMIT})")
+    parser.add_argument("--all", action="store_true", help="list every workflow")
+    parser.add_argument("--nodes", type=_count_or_all, default=DEFAULT_NODES, metavar="N|all",
+                        help=f"nodes to list for a workflow (default {DEFAULT_NODES}; failed and running first)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.set_defaults(func=status)
+
+
+@not_found_is_usage
+def status(args: argparse.Namespace, settings: Any) -> int:
+    """Print the status of the workflows, of one workflow or of one node."""
+    if args.limit <= 0:
+        raise UsageError(f"--limit must be positive, got {args.limit}")
+    if args.id is None and sqlite_file_missing(settings.database_url()) is not None:
+        # the embedded database is created on first use: before that, there is simply nothing to show
+        if args.json:
+            print_json([])
+        else:
+            print("no workflows")
+        return EXIT_OK
+    with reader(settings) as sessions, sessions() as s:
+        if args.id is None:
+            _workflows(s, None if args.all else args.limit, args.json)
+            return EXIT_OK
+        target = resolve(s, args.id)
+        if target.node_id is None:
+            _workflow(s, target.workflow_id, args.nodes, args.json)
+        else:
+            _node(s, target.node_id, target.global_id, args.json)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- workflows
+
+def _workflows(s: Any, limit: int | None, as_json: bool) -> None:
+    from sqlalchemy import select
+
+    from broker.persistence.models import User, Workflow
+
+    query = (select(Workflow.id, Workflow.global_id, Workflow.name, User.name.label("owner"), Workflow.state,
+                    Workflow.submitted_at, Workflow.finished_at)
+             .join(User, User.id == Workflow.owner_id).order_by(Workflow.id.desc()))
+    rows = s.execute(query if limit is None else query.limit(limit)).all()
+    counts = node_counts(s, [r.id for r in rows])
+    if as_json:
+        print_json([{"id": r.id, "global_id": r.global_id, "name": r.name, "owner": r.owner, "state": r.state,
+                     "done": done_total(counts[r.id])[0], "total": done_total(counts[r.id])[1],
+                     "submitted_at": iso(r.submitted_at), "finished_at": iso(r.finished_at)} for r in rows])
+        return
+    if not rows:
+        print("no workflows")
+        return
+    table = []
+    for r in rows:
+        done, total = done_total(counts[r.id])
+        table.append((r.id, r.global_id, r.name, r.owner, r.state, f"{done}/{total}", local_time(r.submitted_at),
+                      local_time(r.finished_at)))
+    print_table(("ID", "GLOBAL ID", "NAME", "OWNER", "STATE", "DONE", "SUBMITTED", "FINISHED"), table)
+    if limit is not None and len(rows) == limit:
+        print(f"(the newest {limit}; --all lists every workflow)")
+
+
+# -------------------------------------------------------------------------------------------- workflow
+
+def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> None:
+    from sqlalchemy import select
+
+    from broker.persistence.models import Node, User, Workflow
+
+    wf = s.get(Workflow, workflow_id)
+    owner = s.get(User, wf.owner_id).name
+    counts = node_counts(s, [workflow_id])[workflow_id]
+    done, total = done_total(counts)
+    nodes = s.execute(select(Node.id, Node.path, Node.kind, Node.state, Node.attempt, Node.exit_code, Node.host,
+                             Node.message).where(Node.workflow_id == workflow_id).order_by(Node.id)).all()
+    shown = nodes
+    if limit is not None and len(nodes) > limit:
+        # the nodes that need attention first; shown in workflow order
+        chosen = sorted(nodes, key=lambda n: (ATTENTION.get(n.state, 8), n.id))[:limit]
+        shown = sorted(chosen, key=lambda n: n.id)
+    if as_json:
+        print_json({
+            "id": wf.id, "global_id": wf.global_id, "name": wf.name, "owner": owner, "state": wf.state,
+            "label": wf.label, "cancel_requested": wf.cancel_requested, "submitted_at": iso(wf.submitted_at),
+            "started_at": iso(wf.started_at), "finished_at": iso(wf.finished_at), "counts": counts,
+            "done": done, "total": total, "nodes_shown": len(shown), "nodes_stored": len(nodes),
+            "nodes": [{"path": n.path, "global_id": f"{wf.global_id}/{n.path}", "kind": n.kind, "state": n.state,
+                       "attempt": n.attempt, "exit_code": n.exit_code, "host": n.host, "message": n.message}
+                      for n in shown],
+        })
+        return
+    header = [("workflow", f"{wf.global_id} (id {wf.id})"), ("name", wf.name), ("owner", owner),
+              ("state", wf.state + (" (cancel requested)" if wf.cancel_requested and wf.state in
+                                    ("accepted", "running") else "")),
+              ("nodes", f"{done}/{total} done: " + ", ".join(f"{st} {n}" for st, n in ordered_counts(counts))),
+              ("submitted", local_time(wf.submitted_at)), ("started", local_time(wf.started_at)),
+              ("finished", local_time(wf.finished_at))]
+    if wf.label:
+        header.insert(2, ("label", wf.label))
+    width = max(len(k) for k, _ in header)
+    for key, value in header:
+        print(f"{key.ljust(width)}  {value}")
+    print()
+    print_table(("NODE", "KIND", "STATE", "ATTEMPT", "EXIT", "HOST", "MESSAGE"),
+                [(n.path, n.kind, n.state, n.attempt, "" if n.exit_code is None else n.exit_code, n.host or "",
+                  one_line(n.message, 80)) for n in shown])
+    if len(shown) < len(nodes):
+        print(f"... {len(nodes) - len(shown)} more nodes (--nodes all shows every node)")
+
+
+# ------------------------------------------------------------------------------------------------ node
+
+def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
+    from sqlalchemy import select
+
+    from broker.persistence.models import Dependency, Node
+
+    node = s.get(Node, node_id)
+    parents = s.execute(select(Node.path).join(Dependency, Dependency.parent_id == Node.id)
+                        .where(Dependency.child_id == node_id).order_by(Node.id)).scalars().all()
+    details = {
+        "global_id": global_id, "path": node.path, "kind": node.kind, "state": node.state,
+        "attempt": node.attempt, "retries": node.retries, "exit_code": node.exit_code, "host": node.host,
+        "job_id": node.job_id, "workdir": node.workdir, "progress": node.progress, "message": node.message,
+        "members": node.members, "bindings": dict(node.bindings) if node.bindings else {},
+        "depends_on": list(parents), "outputs": node.outputs or {},
+        "created_at": iso(node.created_at), "started_at": iso(node.started_at), "finished_at": iso(node.finished_at),
+    }
+    if as_json:
+        print_json(details)
+        return
+    rows = [("node", global_id), ("kind", node.kind), ("state", node.state),
+            ("attempt", f"{node.attempt} ({node.retries} automatic retries)"),
+            ("exit code", "-" if node.exit_code is None else node.exit_code), ("host", node.host or "-"),
+            ("job id", node.job_id or "-"), ("work dir", node.workdir or "-"),
+            ("progress", "-" if node.progress is None else f"{node.progress:g}%"),
+            ("started", local_time(node.started_at)), ("finished", local_time(node.finished_at)),
+            ("depends on", ", ".join(parents) or "-"), ("message", node.message or "-")]
+    if node.members is not None:
+        rows.insert(3, ("members", node.members))
+    if node.bindings:
+        rows.append(("parameters", ", ".join(f"{k}={v}" for k, v in node.bindings)))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+    outputs = node.outputs or {}
+    if outputs:
+        print("outputs:")
+        for name in sorted(outputs):
+            print(f"  {name} = {json.dumps(outputs[name], ensure_ascii=False)}")

@@ -1,0 +1,106 @@
+"""A stopped or crashed broker loses nothing: a new one re-attaches, takes finished results, never reruns."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from sqlalchemy import select
+
+from broker.errors import BrokerLocked
+from broker.persistence import changes as c
+from broker.persistence.db import make_engine, session_factory
+from broker.persistence.models import Node
+from broker.persistence.store import Store
+from broker.states import NodeState, WorkflowState
+from tests.engine.conftest import lines, marker, wait_for, workflow
+
+
+def stored_workdir(url: str, workflow_id: int, path: str) -> str:
+    eng = make_engine(url)
+    try:
+        with session_factory(eng)() as s:
+            return s.scalar(select(Node.workdir).where(Node.workflow_id == workflow_id, Node.path == path))
+    finally:
+        eng.dispose()
+
+
+def gate_doc(tmp_path, name="slow"):
+    """A node that runs until a gate file appears (bounded), then a dependant."""
+    return workflow(f"""
+      <node id="{name}"><payload type="sh">{marker(tmp_path, name)}
+        i=0; while [ ! -e "{tmp_path}/gate" ] &amp;&amp; [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done</payload></node>
+      <node id="after"><dependsOn node="{name}"/><payload type="sh">{marker(tmp_path, "after")}</payload></node>""")
+
+
+def test_a_new_broker_adopts_an_attempt_that_is_still_running(make_broker, tmp_path):
+    first = make_broker().start()
+    wf = first.submit(gate_doc(tmp_path))
+    wait_for(lambda: lines(tmp_path, "slow"), what="the payload to start")
+    first.stop()  # the payload keeps running
+    second = make_broker().start()
+    second.engine.track(wf)
+    (tmp_path / "gate").touch()
+    assert second.wait(wf) is WorkflowState.SUCCEEDED
+    assert lines(tmp_path, "slow") == ["slow 1"] and lines(tmp_path, "after") == ["after 1"]
+
+
+def test_a_new_broker_takes_the_result_of_an_attempt_that_finished_while_no_broker_ran(make_broker, tmp_path):
+    first = make_broker().start()
+    wf = first.submit(gate_doc(tmp_path))
+    wait_for(lambda: lines(tmp_path, "slow"), what="the payload to start")
+    first.stop()
+    (tmp_path / "gate").touch()
+    # wait for the payload's own exit record, written by the wrapper without any broker
+    workdir = stored_workdir(first.url, wf, "slow")
+    wait_for(lambda: os.path.exists(f"{workdir}/exit"), what="the payload to finish on its own")
+    second = make_broker().start()
+    second.engine.track(wf)
+    assert second.wait(wf) is WorkflowState.SUCCEEDED
+    assert lines(tmp_path, "slow") == ["slow 1"]
+
+
+def test_an_attempt_whose_intent_was_committed_but_never_started_is_started_once(make_broker, tmp_path):
+    first = make_broker(max_in_flight=0).start()  # nothing is launched by this broker
+    wf = first.submit(workflow(f'<node id="a"><payload type="sh">{marker(tmp_path, "a")}</payload></node>'))
+    first.stop()
+    # commit the launch intent as the dead broker would have, without starting anything
+    eng = make_engine(first.url)
+    try:
+        sessions = session_factory(eng)
+        with sessions() as s:
+            node_id = s.scalar(select(Node.id).where(Node.workflow_id == wf, Node.path == "a"))
+        Store(sessions).commit([c.Transition(node_id=node_id, to=NodeState.QUEUED, actor="test", attempt=0,
+                                             new_attempt=True)])
+    finally:
+        eng.dispose()
+    second = make_broker().start()
+    second.engine.track(wf)
+    assert second.wait(wf) is WorkflowState.SUCCEEDED
+    assert lines(tmp_path, "a") == ["a 1"]
+
+
+def test_an_attempt_that_vanished_without_a_result_is_retried_per_its_policy(make_broker, tmp_path):
+    first = make_broker().start()
+    doc = workflow(f"""
+      <node id="v"><execution><retry count="1" backoff="10ms"/></execution>
+        <payload type="sh">{marker(tmp_path, "v")}; echo $$ > "{tmp_path}/v.$WB_ATTEMPT.pid"
+          test "$WB_ATTEMPT" = 2 || exec sleep 60</payload></node>""")
+    wf = first.submit(doc)
+    pid_file = tmp_path / "v.1.pid"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="attempt 1 to start")
+    first.stop()
+    # someone kills the payload's whole process group while no broker runs: no exit status is written
+    os.killpg(os.getpgid(int(pid_file.read_text())), signal.SIGKILL)
+    second = make_broker().start()
+    second.engine.track(wf)
+    assert second.wait(wf) is WorkflowState.SUCCEEDED
+    node = second.nodes(wf)["v"]
+    assert node.attempt == 2
+    assert lines(tmp_path, "v") == ["v 1", "v 2"]
+
+
+def test_only_one_broker_at_a_time_may_use_a_database(broker, make_broker):
+    with pytest.raises(BrokerLocked, match="another broker is using"):
+        make_broker().start()
