@@ -100,10 +100,12 @@ class PollControl:
 
 Action = Expand | Launch | StageIn | StageOut | Collect | ReadReports | Recover | Kill | PollControl
 
-#: the controller that owns (dispatches, and hears the answer of) each action type
+#: the controller that owns each action type: it hears the worker's answer and changes state after it
 OWNER: dict[type, str] = {
     Expand: "submission",
-    Launch: "submission",
+    # dispatched by the submission controller once the launch intent is committed; the monitoring
+    # controller hears the answer, because from then on it follows the attempt
+    Launch: "monitoring",
     PollControl: "submission",
     StageIn: "staging",
     StageOut: "staging",

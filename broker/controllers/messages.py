@@ -18,13 +18,6 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
-class IntentCommitted:
-    """The launch intent of an attempt is durable: the process may now be started."""
-
-    node: NodeRef
-
-
-@dataclass(frozen=True, slots=True)
 class Watch:
     """An attempt has started: the monitoring controller follows it from now on."""
 
@@ -43,6 +36,14 @@ class Exited:
 
 
 @dataclass(frozen=True, slots=True)
+class Collected:
+    """The launcher saw an attempt end and read its result."""
+
+    handle: LaunchHandle
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
 class StageInRequest:
     node: NodeRef
 
@@ -57,13 +58,6 @@ class Peers:
     """Introduces the controllers to each other once all have started: name -> actor ref."""
 
     refs: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Relaunch:
-    """An attempt whose launch intent was committed but whose process never started: start it now."""
-
-    node: NodeRef
 
 
 @dataclass(frozen=True, slots=True)

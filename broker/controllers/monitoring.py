@@ -14,9 +14,9 @@ from typing import Any
 
 import pykka
 
-from broker.actions import Collect, Failed, Kill, NodeRef, ReadReports, Recover
+from broker.actions import Collect, Failed, Kill, Launch, NodeRef, ReadReports, Recover
 from broker.controllers.base import Controller
-from broker.controllers.messages import Exited, Relaunch, Resume, StageOutRequest, Tick, Watch
+from broker.controllers.messages import Collected, Exited, Resume, StageOutRequest, Tick, Watch
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
 from broker.launchers import base as lb
@@ -57,6 +57,15 @@ class MonitoringController(Controller):
 
     # ---------------------------------------------------------------------------------------- follow
 
+    def launched(self, action: Launch, handle: lb.LaunchHandle) -> None:
+        self.on_watch(Watch(handle, action.node))
+
+    def launch_failed(self, action: Launch, failed: Failed) -> None:
+        ref = action.node
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                      fields=(("retryable", failed.retryable),),
+                                      message=f"could not start: {failed.error}"))
+
     def on_watch(self, msg: Watch) -> None:
         handle, ref = msg.handle, msg.node
         if msg.state == N.QUEUED.value:
@@ -68,15 +77,23 @@ class MonitoringController(Controller):
                                 properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
                                             "workdir": handle.workdir}))
         self.running[ref.node_id] = Attempt(handle, ref)
-        self.ctx.launcher.watch(handle, self._exited)
+        self.ctx.launcher.watch(handle, lambda node_id, attempt, h=handle: self._exited(h))
         if (ref.node_id, ref.attempt) in self.to_kill:
             self.to_kill.discard((ref.node_id, ref.attempt))
             self.dispatch(Kill(handle))
 
-    def _exited(self, node_id: int, attempt: int) -> None:
-        """Called from the launcher's thread: keep it to a tell."""
+    def _exited(self, handle: lb.LaunchHandle) -> None:
+        """Called in the launcher's thread when an attempt ended.
+
+        Reading the result there (two small files) saves the hand-off a round trip through a poll
+        worker; if that fails, a Collect action reads it instead.
+        """
         try:
-            self.actor_ref.tell(Exited(node_id, attempt))
+            message: Any = Collected(handle, self.ctx.launcher.collect(handle))
+        except Exception:
+            message = Exited(handle.node_id, handle.attempt)
+        try:
+            self.actor_ref.tell(message)
         except pykka.ActorDeadError:
             pass  # stopping: the next broker recovers this attempt from its work directory
 
@@ -84,6 +101,9 @@ class MonitoringController(Controller):
         attempt = self.running.get(msg.node_id)
         if attempt is not None and attempt.node.attempt == msg.attempt:
             self.dispatch(Collect(attempt.handle))
+
+    def on_collected(self, msg: Collected) -> None:
+        self.collected(Collect(msg.handle), msg.result)
 
     def collected(self, action: Collect, result: lb.AttemptResult) -> None:
         attempt = self.running.pop(action.handle.node_id, None)
@@ -198,7 +218,7 @@ class MonitoringController(Controller):
             self.on_watch(Watch(found.handle, ref, state=action.state))
         elif found.status == "absent" and action.state == N.QUEUED.value:
             # the launch intent was committed but the process never started: start it, same attempt
-            self.peers["submission"].tell(Relaunch(ref))
+            self.dispatch(Launch(ref))
         else:
             self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
                                           fields=(("retryable", True),),
@@ -209,7 +229,9 @@ class MonitoringController(Controller):
         self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
                                       fields=(("retryable", True),), message=f"could not recover: {failed.error}"))
 
-    HANDLERS = {Watch: on_watch, Exited: on_exited, Tick: on_tick, c.Committed: on_committed,
+    HANDLERS = {Watch: on_watch, Exited: on_exited, Collected: on_collected, Tick: on_tick, c.Committed: on_committed,
                 c.Rejected: lambda self, msg: None}
-    ON_DONE = {Collect: collected, ReadReports: reports_read, Kill: lambda self, a, r: None, Recover: recovered}
-    ON_FAILED = {Collect: collect_failed, ReadReports: reports_failed, Kill: kill_failed, Recover: recover_failed}
+    ON_DONE = {Launch: launched, Collect: collected, ReadReports: reports_read, Kill: lambda self, a, r: None,
+               Recover: recovered}
+    ON_FAILED = {Launch: launch_failed, Collect: collect_failed, ReadReports: reports_failed, Kill: kill_failed,
+                 Recover: recover_failed}

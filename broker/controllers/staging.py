@@ -12,9 +12,9 @@ from typing import Any
 
 import pykka
 
-from broker.actions import Failed, NodeRef, StageIn, StageOut
+from broker.actions import Failed, Launch, NodeRef, StageIn, StageOut
 from broker.controllers.base import Controller
-from broker.controllers.messages import IntentCommitted, Resume, StageInRequest, StageOutRequest, Tick
+from broker.controllers.messages import Resume, StageInRequest, StageOutRequest, Tick
 from broker.persistence import changes as c
 from broker.states import NodeState
 from broker.workers.pool import WorkerPool
@@ -37,7 +37,7 @@ class StagingController(Controller):
     def staged_in(self, action: StageIn, _result: Any) -> None:
         ref = action.node
         self.writer.tell(c.Transition(node_id=ref.node_id, to=N.QUEUED, actor=self.NAME, attempt=ref.attempt,
-                                      then=(self.peers["submission"], IntentCommitted(ref))))
+                                      then=self.after_commit(Launch(ref))))
 
     def staged_out(self, action: StageOut, _result: Any) -> None:
         ref = action.node

@@ -22,7 +22,7 @@ import pykka
 
 from broker.actions import Expand, Failed, Launch, NodeRef, PollControl
 from broker.controllers.base import Controller
-from broker.controllers.messages import IntentCommitted, Relaunch, StageInRequest, Tick, Watch
+from broker.controllers.messages import StageInRequest, Tick
 from broker.description.model import NodeSpec
 from broker.persistence import changes as c
 from broker.states import IN_FLIGHT, WORKFLOW_TERMINAL, NodeState
@@ -82,6 +82,7 @@ class SubmissionController(Controller):
                 heapq.heappush(self.timers, (m.retry_at.timestamp(), m.node_id, m.attempt))
             if m.old is N.READY and m.new is not N.READY:
                 self.queued.pop(m.node_id, None)
+                self.intents.pop(m.node_id, None)
         for ready in msg.ready:
             if ready.workflow_id not in self.workflows:
                 continue
@@ -145,7 +146,7 @@ class SubmissionController(Controller):
         if isinstance(spec, NodeSpec) and spec.stage_in:
             to, then = N.STAGING_IN, (self.peers["staging"], StageInRequest(ref))
         else:
-            to, then = N.QUEUED, (self.actor_ref, IntentCommitted(ref))
+            to, then = N.QUEUED, self.after_commit(Launch(ref))
         self.writer.tell(c.Transition(node_id=ready.node_id, to=to, actor=self.NAME, attempt=ready.attempt,
                                       new_attempt=True, then=then, reply_to=self.actor_ref))
 
@@ -175,23 +176,7 @@ class SubmissionController(Controller):
             del self.queued[node_id]
         self.ctx.plans.forget(workflow_id)
 
-    # --------------------------------------------------------------------------------------- launch
-
-    def on_intent(self, msg: IntentCommitted) -> None:
-        self.intents.pop(msg.node.node_id, None)
-        self.dispatch(Launch(msg.node))
-
-    def on_relaunch(self, msg: Relaunch) -> None:
-        self.dispatch(Launch(msg.node))
-
-    def launched(self, action: Launch, handle: Any) -> None:
-        self.peers["monitoring"].tell(Watch(handle, action.node))
-
-    def launch_failed(self, action: Launch, failed: Failed) -> None:
-        ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                      fields=(("retryable", failed.retryable),),
-                                      message=f"could not start: {failed.error}"))
+    # ------------------------------------------------------------------------------------ expansion
 
     def expanded(self, action: Expand, change: c.Expansion) -> None:
         self.writer.tell(change)
@@ -232,8 +217,7 @@ class SubmissionController(Controller):
         self.control_busy = False
         log.warning("could not read control commands: %s", failed.error)
 
-    HANDLERS = {c.Committed: on_committed, c.Rejected: on_rejected, IntentCommitted: on_intent,
-                Relaunch: on_relaunch, Tick: on_tick}
-    ON_DONE = {Launch: launched, Expand: expanded, PollControl: controls}
-    ON_FAILED = {Launch: launch_failed, Expand: expand_failed, PollControl: controls_failed}
+    HANDLERS = {c.Committed: on_committed, c.Rejected: on_rejected, Tick: on_tick}
+    ON_DONE = {Expand: expanded, PollControl: controls}
+    ON_FAILED = {Expand: expand_failed, PollControl: controls_failed}
 

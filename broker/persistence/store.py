@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,15 +24,14 @@ from broker.events.types import EventType
 from broker.persistence import changes as c
 from broker.persistence.batch import Batch
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
-from broker.persistence.models import Control, Dependency, Event, Node, Outbox, User, Workflow
+from broker.persistence.models import Dependency, Node, User, Workflow
+from broker.persistence.rawsql import EVENT_COLUMNS, RawWriter
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
 
 log = logging.getLogger(__name__)
 
 N = NodeState
 NODES = Node.__table__
-EVENTS = Event.__table__
-OUTBOX = Outbox.__table__
 
 #: seconds between attempts to commit while the database is unreachable (doubles up to the cap)
 RETRY_FIRST, RETRY_CAP = 0.05, 5.0
@@ -57,6 +56,7 @@ class Store:
         self.mirror = Mirror()
         self.limits = limits
         self._stopping: set[int] = set()
+        self._rawsql: RawWriter | None = None
 
     # ---------------------------------------------------------------------------------------- commit
 
@@ -314,37 +314,38 @@ class Store:
         return finished
 
     def _write(self, s: Session, batch: Batch) -> None:
-        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for node, cols in batch.node_cols.values():
-            key = tuple(sorted(cols))
-            params = {"v_" + k: v for k, v in cols.items()}
-            params["b_id"] = node.id
-            shapes.setdefault(key, []).append(params)
-        for key, rows in shapes.items():
-            stmt = (update(NODES).where(NODES.c.id == bindparam("b_id"))
-                    .values({k: bindparam("v_" + k) for k in key}))
-            s.execute(stmt, rows)
-        if batch.events:
-            ids = s.execute(insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
-                            [row for row, _ in batch.events]).scalars().all()
-            outbox = [{"event_id": event_id, "destination": dest}
-                      for event_id, (_, dests) in zip(ids, batch.events) for dest in dests]
-            if outbox:
-                s.execute(insert(OUTBOX), outbox)
-        wt = Workflow.__table__
-        wf_shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for wf, cols in batch.wf_cols.values():
-            params = {"v_" + k: v for k, v in cols.items()}
-            params["b_id"] = wf.id
-            wf_shapes.setdefault(tuple(sorted(cols)), []).append(params)
-        for key, rows in wf_shapes.items():
-            s.execute(update(wt).where(wt.c.id == bindparam("b_id"))
-                      .values({k: bindparam("v_" + k) for k in key}), rows)
-        if batch.controls:
-            ct = Control.__table__
-            s.execute(update(ct).where(ct.c.id == bindparam("b_id"))
-                      .values(applied_at=bindparam("v_at"), result=bindparam("v_result")),
-                      [{"b_id": i, "v_at": batch.now, "v_result": r} for i, r in batch.controls])
+        """Write the batch with the driver directly (see broker.persistence.rawsql for why)."""
+        raw = self._raw(s)
+        cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
+            for node, cols in batch.node_cols.values():
+                shapes.setdefault(tuple(sorted(cols)), []).append((node.id, cols))
+            for columns, rows in shapes.items():
+                raw.update(cursor, "nodes", columns, rows)
+            if batch.events:
+                ids = raw.next_ids(cursor, "events", len(batch.events))
+                raw.insert(cursor, "events", EVENT_COLUMNS,
+                           [(event_id, *(row[c] for c in EVENT_COLUMNS[1:]))
+                            for event_id, (row, _) in zip(ids, batch.events)])
+                outbox = [(event_id, dest) for event_id, (_, dests) in zip(ids, batch.events) for dest in dests]
+                if outbox:
+                    raw.insert(cursor, "outbox", ("event_id", "destination"), outbox)
+            wf_shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
+            for wf, cols in batch.wf_cols.values():
+                wf_shapes.setdefault(tuple(sorted(cols)), []).append((wf.id, cols))
+            for columns, rows in wf_shapes.items():
+                raw.update(cursor, "workflows", columns, rows)
+            if batch.controls:
+                raw.update(cursor, "control", ("applied_at", "result"),
+                           [(i, {"applied_at": batch.now, "result": r}) for i, r in batch.controls])
+        finally:
+            cursor.close()
+
+    def _raw(self, s: Session) -> RawWriter:
+        if self._rawsql is None:
+            self._rawsql = RawWriter(s.get_bind().dialect.name)
+        return self._rawsql
 
     # ---------------------------------------------------------------------------------------- notify
 

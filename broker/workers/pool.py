@@ -62,6 +62,10 @@ class WorkerPool:
     def submit(self, action: Any, reply_to: pykka.ActorRef[Any]) -> None:
         next(self._next).tell(Work(action, reply_to))
 
+    def next_ref(self) -> pykka.ActorRef[Any]:
+        """The worker the next action goes to (for work handed over by the writer after a commit)."""
+        return next(self._next)
+
     def stop(self) -> None:
         for ref in self.refs:
             ref.stop(block=False)
