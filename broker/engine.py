@@ -67,8 +67,11 @@ class Clock(threading.Thread):
 
 class Engine:
     def __init__(self, settings: Settings, *, launcher: Any = None, listeners: Iterable[Listener] = (),
-                 workdir: str | Path | None = None):
+                 workdir: str | Path | None = None, all_workflows: bool = False):
+        """``all_workflows``: serve every workflow (``broker serve``); otherwise only those submitted or
+        tracked through this engine (``broker run``), and control commands for others are refused."""
         self.settings = settings
+        self.all_workflows = all_workflows
         self.listeners = list(listeners)
         self.workdir = Path(workdir or settings.engine.workdir or default_state_dir() / "work").absolute()
         self._launcher = launcher
@@ -89,7 +92,8 @@ class Engine:
                 self._launcher = LocalLauncher()
             self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
-                                     plans=PlanCache(self.sessions), workdir=self.workdir)
+                                     plans=PlanCache(self.sessions), workdir=self.workdir,
+                                     all_workflows=self.all_workflows)
             self.store = Store(self.sessions, limits=settings.limits)
             self.writer = Writer.start(self.store, self.listeners)
             sizes = settings.engine

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker.errors import ConfigError, NotFound
+from broker.states import IN_FLIGHT, TERMINAL
 
 #: node states that count as "done" in done/total figures (the node will not run again by itself)
-DONE_STATES = ("succeeded", "failed", "cancelled", "skipped")
+DONE_STATES = tuple(state.value for state in TERMINAL)
 #: node states holding a slot: work is under way
-IN_FLIGHT_STATES = ("staging_in", "queued", "running", "staging_out")
+IN_FLIGHT_STATES = tuple(state.value for state in IN_FLIGHT)
+#: most ids in one SQL IN list (SQLite allows 32,766 parameters per statement); more: count every workflow
+MAX_IN_LIST = 1000
 #: the order states are listed in: finished first (what users look at), then work under way, then waiting
 STATE_ORDER = ("succeeded", "failed", "cancelled", "skipped", "running", "staging_out", "queued", "staging_in",
                "retry_wait", "ready", "waiting")
@@ -145,12 +148,13 @@ def node_counts(session: Any, workflow_ids: Sequence[int]) -> dict[int, dict[str
 
     if not workflow_ids:
         return {}
-    rows = session.execute(select(Node.workflow_id, Node.state, func.count())
-                           .where(Node.workflow_id.in_(list(workflow_ids)), counted_clause())
-                           .group_by(Node.workflow_id, Node.state)).all()
+    query = select(Node.workflow_id, Node.state, func.count()).where(counted_clause())
+    if len(workflow_ids) <= MAX_IN_LIST:
+        query = query.where(Node.workflow_id.in_(list(workflow_ids)))
     out: dict[int, dict[str, int]] = {i: {} for i in workflow_ids}
-    for workflow_id, state, count in rows:
-        out[workflow_id][state] = count
+    for workflow_id, state, count in session.execute(query.group_by(Node.workflow_id, Node.state)):
+        if workflow_id in out:
+            out[workflow_id][state] = count
     return out
 
 
@@ -236,5 +240,26 @@ def not_found_is_usage(handler: Any) -> Any:
                 raise
             print(f"broker: {exc}", file=sys.stderr)
             return EXIT_USAGE
+
+    return wrapped
+
+
+def stops_when_output_closes(handler: Any) -> Any:
+    """Wrap a command handler whose output is often piped (``| head``): a closed pipe ends it quietly, exit 0."""
+    import functools
+    import os
+
+    @functools.wraps(handler)
+    def wrapped(args: Any, settings: Any) -> int:
+        try:
+            code = handler(args, settings)
+            sys.stdout.flush()  # inside the try: a block-buffered stdout would otherwise fail at exit
+            return code
+        except BrokenPipeError:
+            # the reader has gone: stdout's buffer can never be flushed, so point it at /dev/null for exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 0
 
     return wrapped

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli import EXIT_ERROR, EXIT_OK, add_db_option
-from broker.cli.common import IN_FLIGHT_STATES, Target, not_found_is_usage, owner_name, plural, reader, resolve
+from broker.cli.common import (DONE_STATES, IN_FLIGHT_STATES, Target, not_found_is_usage, owner_name, plural,
+                               reader, resolve)
 
 #: seconds to wait for a running broker to apply a command
 APPLY_TIMEOUT = 10.0
@@ -28,8 +29,8 @@ APPLY_TIMEOUT = 10.0
 APPLY_POLL = 0.1
 #: seconds to wait for a killed payload to exit (the launcher's SIGTERM grace, then SIGKILL, plus margin)
 KILL_TIMEOUT = 30.0
-#: node states a restart gives a fresh attempt
-AGAIN_STATES = ("failed", "cancelled", "skipped")
+#: node states a restart gives a fresh attempt: every end but success
+AGAIN_STATES = tuple(state for state in DONE_STATES if state != "succeeded")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -124,8 +125,7 @@ def _before(s: Any, target: Target) -> Before:
 
 def _nothing_to_do(command: str, target: Target, before: Before) -> str | None:
     """The message to print when the command would change nothing, else None."""
-    ended = ("succeeded", "failed", "cancelled", "skipped")
-    if command == "cancel" and before.state in ended:
+    if command == "cancel" and before.state in DONE_STATES:
         return f"{target.what} has already ended ({before.state}): nothing to cancel"
     if command == "restart" and before.again == 0:
         return f"{target.what} has no failed, cancelled or skipped nodes: nothing to restart"
@@ -165,6 +165,9 @@ def _done_message(command: str, target: Target, before: Before, *, running_broke
         running = f" ({plural(before.in_flight, 'node')} {'was' if before.in_flight == 1 else 'were'} running)"
         return f"cancelled {target.what}{running if before.in_flight else ''}"
     again = plural(before.again, "node")
+    if running_broker and target.node_path is not None:
+        # counted before the broker applied it: the dependants it brings back are not known here
+        return f"restarted {target.what} and the dependants it held back (the running broker runs them)"
     if running_broker:
         return f"restarted {target.what}: {again} will run again (the running broker runs them)"
     return (f"restarted {target.what}: {again} will run again; run `broker resume {target.workflow_global_id}` "
@@ -173,10 +176,6 @@ def _done_message(command: str, target: Target, before: Before, *, running_broke
 
 # ------------------------------------------------------------------------------------------- directly
 
-class _Reply:
-    """Collects the writer's answer to a change (the store hands back replies instead of sending them)."""
-
-
 def _directly(sessions: Any, settings: Any, command: str, target: Target, actor: str, before: Before) -> int:
     """Apply the change with the store, holding the broker lock; kill in-flight attempts for a cancel."""
     from broker.errors import StateError
@@ -184,7 +183,8 @@ def _directly(sessions: Any, settings: Any, command: str, target: Target, actor:
     from broker.persistence.store import Store
 
     store = Store(sessions, limits=settings.limits)
-    reply = _Reply()
+    # a marker to find the store's answer among its replies (it hands them back instead of sending them)
+    reply = object()
     node_ids = None if target.node_id is None else (target.node_id,)
     if command == "cancel":
         change: Any = (c.CancelWorkflow(target.workflow_id, actor, reply_to=reply) if node_ids is None
@@ -192,8 +192,8 @@ def _directly(sessions: Any, settings: Any, command: str, target: Target, actor:
     else:
         change = c.Restart(target.workflow_id, actor, node_ids, reply_to=reply)
     out = store.commit([change])
-    for _, answer in out.replies:
-        if isinstance(answer, c.Rejected):
+    for to, answer in out.replies:
+        if to is reply and isinstance(answer, c.Rejected):
             raise StateError(f"cannot {command} {target.what}: {answer.reason}")
     if command == "cancel" and out.committed.kill:
         _kill(store, sessions, settings, out.committed.kill, actor)
@@ -249,5 +249,5 @@ def _stop_attempt(launcher: Any, node_id: int, attempt: int, workdir: str, job_i
     launcher.watch(found.handle, lambda *_: ended.set())
     launcher.cancel(found.handle)
     if not ended.wait(KILL_TIMEOUT):
-        return f"its payload (pid {found.handle.job_id}) did not end within {KILL_TIMEOUT:g} s of the kill"
-    return f"its payload (pid {found.handle.job_id}) was killed"
+        return f"its payload (process group {found.handle.job_id}) did not end within {KILL_TIMEOUT:g} s of the kill"
+    return f"its payload (process group {found.handle.job_id}) was killed"

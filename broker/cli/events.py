@@ -14,7 +14,8 @@ import time
 from typing import Any
 
 from broker.cli import EXIT_OK, UsageError, add_db_option
-from broker.cli.common import local_time, not_found_is_usage, one_line, reader, resolve
+from broker.cli.common import (local_time, not_found_is_usage, one_line, reader, resolve,
+                               stops_when_output_closes)
 
 #: seconds between database polls with --follow
 FOLLOW_INTERVAL = 0.5
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.set_defaults(func=events)
 
 
+@stops_when_output_closes
 @not_found_is_usage
 def events(args: argparse.Namespace, settings: Any) -> int:
     """Print (and with --follow, keep printing) the events of a workflow or node."""

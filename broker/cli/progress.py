@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -113,7 +114,7 @@ class Display:
 
     # ---------------------------------------------------------------------------------------- render
 
-    def update(self, snapshot: Snapshot | None, state_changes: list[Snapshot] = ()) -> None:  # type: ignore[assignment]
+    def update(self, snapshot: Snapshot | None, state_changes: Sequence[Snapshot] = ()) -> None:
         """Redraw (terminal), or print a line per state change and one every few seconds (plain)."""
         if self.tty:
             self._draw(self.line(snapshot))

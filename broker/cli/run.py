@@ -18,6 +18,8 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from broker.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, add_db_option
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     """``broker run FILE``: check, submit (or resume the same unfinished workflow), follow to the end."""
     import hashlib
 
+    from broker.cli.progress import Tracker
     from broker.description.load import check_description, read_description_file
 
     owner = owner_name(settings)
@@ -74,8 +77,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     descriptor = _text(source)
     digest = hashlib.sha256(descriptor.encode("utf-8")).hexdigest()
 
-    tracker = _tracker()
-    with _engine(settings, args, tracker) as engine:
+    tracker = Tracker()
+    with _running_engine(settings, args, tracker) as engine:
         found = _unfinished(engine.sessions, owner, digest)
         if found is not None:
             done_before = _announce_resume(engine.sessions, found)
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 def resume(args: argparse.Namespace, settings: Any) -> int:
     """``broker resume ID``: track an unfinished workflow and follow it to the end."""
     from broker.cli.common import reader, resolve
+    from broker.cli.progress import Tracker
     from broker.persistence.models import Workflow
     from broker.states import WORKFLOW_TERMINAL
 
@@ -104,8 +108,8 @@ def resume(args: argparse.Namespace, settings: Any) -> int:
               + ("" if state == "succeeded" else f" (`broker restart {target.workflow_global_id}` gives its "
                                                  "failed, cancelled and skipped nodes a fresh attempt)"))
         return EXIT_OK if state == "succeeded" else EXIT_INVALID
-    tracker = _tracker()
-    with _engine(settings, args, tracker) as engine:
+    tracker = Tracker()
+    with _running_engine(settings, args, tracker) as engine:
         done_before = _announce_resume(engine.sessions, target.workflow_id)
         accepted = engine.track(target.workflow_id)
         return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
@@ -143,8 +147,8 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
     """Show progress until the workflow ends (or the user stops it); print the summary; return the exit code."""
     from broker.cli.progress import Display, print_summary
     from broker.errors import BrokerError
+    from broker.states import WORKFLOW_TERMINAL
 
-    terminal = ("succeeded", "failed", "cancelled")
     display = Display(sys.stderr, tty=sys.stderr.isatty(), done_before=done_before)
     cancelling = False
     with Interrupts() as signals:
@@ -158,10 +162,13 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
             if signals.interrupts == 1 and not cancelling:
                 cancelling = True
                 display.note("cancelling... press Ctrl-C again to stop at once")
-                if snapshot is None or snapshot.state not in terminal:
-                    engine.cancel(workflow_id, f"user:{owner}")
+                if snapshot is None or snapshot.state not in WORKFLOW_TERMINAL:
+                    try:
+                        engine.cancel(workflow_id, f"user:{owner}")
+                    except BrokerError as exc:  # the display goes on: the workflow may still end by itself
+                        display.note(f"could not cancel: {exc}")
             display.update(snapshot, tracker.state_changes(workflow_id))
-            if snapshot is not None and snapshot.state in terminal:
+            if snapshot is not None and snapshot.state in WORKFLOW_TERMINAL:
                 break
             if not engine.writer.is_alive():
                 display.clear()
@@ -178,36 +185,26 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
 
 # --------------------------------------------------------------------------------------------- internals
 
-def _tracker() -> Any:
-    from broker.cli.progress import Tracker
+@contextmanager
+def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any) -> Iterator[Any]:
+    """The started engine for this command, stopped on the way out whatever happened."""
+    import logging
 
-    return Tracker()
+    from broker.engine import Engine
 
-
-class _engine:
-    """The started engine for this command, stopped on the way out (whatever happened)."""
-
-    def __init__(self, settings: Any, args: argparse.Namespace, tracker: Any):
-        import logging
-
-        from broker.engine import Engine
-
-        # alembic announces each of its plugins at INFO when a new embedded database is migrated
-        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-        self.engine = Engine(settings, listeners=[tracker], workdir=getattr(args, "workdir", None))
-
-    def __enter__(self) -> Any:
-        return self.engine.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.engine.stop()
+    # alembic announces each of its plugins at INFO when a new embedded database is migrated
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    engine = Engine(settings, listeners=[tracker], workdir=getattr(args, "workdir", None)).start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
 
 
 def _text(source: bytes) -> str:
     """The description as text, to store verbatim (the parser accepted UTF-8 or UTF-16)."""
     try:
-        return source.decode("utf-8-sig" if source.startswith(b"\xef\xbb\xbf") else "utf-8")
+        return source.decode("utf-8-sig")
     except UnicodeDecodeError:
         return source.decode("utf-16")
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from broker.cli import EXIT_OK, UsageError, add_db_option
 from broker.cli.common import (done_total, iso, local_time, node_counts, not_found_is_usage, one_line,
-                               ordered_counts, print_json, print_table, reader, resolve, sqlite_file_missing)
+                               ordered_counts, print_json, print_table, reader, resolve, sqlite_file_missing,
+                               stops_when_output_closes)
 
 #: workflows listed without --all
 DEFAULT_LIMIT = 20
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.set_defaults(func=status)
 
 
+@stops_when_output_closes
 @not_found_is_usage
 def status(args: argparse.Namespace, settings: Any) -> int:
     """Print the status of the workflows, of one workflow or of one node."""
@@ -108,7 +110,7 @@ def _workflows(s: Any, limit: int | None, as_json: bool) -> None:
 # -------------------------------------------------------------------------------------------- workflow
 
 def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> None:
-    from sqlalchemy import select
+    from sqlalchemy import case, func, select
 
     from broker.persistence.models import Node, User, Workflow
 
@@ -116,19 +118,19 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
     owner = s.get(User, wf.owner_id).name
     counts = node_counts(s, [workflow_id])[workflow_id]
     done, total = done_total(counts)
-    nodes = s.execute(select(Node.id, Node.path, Node.kind, Node.state, Node.attempt, Node.exit_code, Node.host,
-                             Node.message).where(Node.workflow_id == workflow_id).order_by(Node.id)).all()
-    shown = nodes
-    if limit is not None and len(nodes) > limit:
-        # the nodes that need attention first; shown in workflow order
-        chosen = sorted(nodes, key=lambda n: (ATTENTION.get(n.state, 8), n.id))[:limit]
-        shown = sorted(chosen, key=lambda n: n.id)
+    stored = s.execute(select(func.count()).select_from(Node).where(Node.workflow_id == workflow_id)).scalar_one()
+    query = select(Node.id, Node.path, Node.kind, Node.state, Node.attempt, Node.exit_code, Node.host,
+                   Node.message).where(Node.workflow_id == workflow_id)
+    if limit is not None and stored > limit:
+        # the nodes that need attention first (chosen by the database: a workflow may have 100,000 nodes)
+        query = query.order_by(case(ATTENTION, value=Node.state, else_=len(ATTENTION)), Node.id).limit(limit)
+    shown = sorted(s.execute(query).all(), key=lambda n: n.id)  # in workflow order
     if as_json:
         print_json({
             "id": wf.id, "global_id": wf.global_id, "name": wf.name, "owner": owner, "state": wf.state,
             "label": wf.label, "cancel_requested": wf.cancel_requested, "submitted_at": iso(wf.submitted_at),
             "started_at": iso(wf.started_at), "finished_at": iso(wf.finished_at), "counts": counts,
-            "done": done, "total": total, "nodes_shown": len(shown), "nodes_stored": len(nodes),
+            "done": done, "total": total, "nodes_shown": len(shown), "nodes_stored": stored,
             "nodes": [{"path": n.path, "global_id": f"{wf.global_id}/{n.path}", "kind": n.kind, "state": n.state,
                        "attempt": n.attempt, "exit_code": n.exit_code, "host": n.host, "message": n.message}
                       for n in shown],
@@ -149,8 +151,8 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
     print_table(("NODE", "KIND", "STATE", "ATTEMPT", "EXIT", "HOST", "MESSAGE"),
                 [(n.path, n.kind, n.state, n.attempt, "" if n.exit_code is None else n.exit_code, n.host or "",
                   one_line(n.message, 80)) for n in shown])
-    if len(shown) < len(nodes):
-        print(f"... {len(nodes) - len(shown)} more nodes (--nodes all shows every node)")
+    if len(shown) < stored:
+        print(f"... {stored - len(shown)} more nodes (--nodes all shows every node)")
 
 
 # ------------------------------------------------------------------------------------------------ node
@@ -161,13 +163,14 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
     from broker.persistence.models import Dependency, Node
 
     node = s.get(Node, node_id)
+    bindings = _visible_bindings(s, node)
     parents = s.execute(select(Node.path).join(Dependency, Dependency.parent_id == Node.id)
                         .where(Dependency.child_id == node_id).order_by(Node.id)).scalars().all()
     details = {
         "global_id": global_id, "path": node.path, "kind": node.kind, "state": node.state,
         "attempt": node.attempt, "retries": node.retries, "exit_code": node.exit_code, "host": node.host,
         "job_id": node.job_id, "workdir": node.workdir, "progress": node.progress, "message": node.message,
-        "members": node.members, "bindings": dict(node.bindings) if node.bindings else {},
+        "members": node.members, "parameters": dict(bindings),
         "depends_on": list(parents), "outputs": node.outputs or {},
         "created_at": iso(node.created_at), "started_at": iso(node.started_at), "finished_at": iso(node.finished_at),
     }
@@ -183,8 +186,8 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
             ("depends on", ", ".join(parents) or "-"), ("message", node.message or "-")]
     if node.members is not None:
         rows.insert(3, ("members", node.members))
-    if node.bindings:
-        rows.append(("parameters", ", ".join(f"{k}={v}" for k, v in node.bindings)))
+    if bindings:
+        rows.append(("parameters", ", ".join(f"{k}={v}" for k, v in bindings)))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key.ljust(width)}  {value}")
@@ -193,3 +196,16 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
         print("outputs:")
         for name in sorted(outputs):
             print(f"  {name} = {json.dumps(outputs[name], ensure_ascii=False)}")
+
+
+def _visible_bindings(s: Any, node: Any) -> list[tuple[str, str]]:
+    """Every parameter binding the node sees, outer sweeps first (only members store their own)."""
+    from broker.persistence.models import Node
+
+    chain = []
+    current = node
+    while current is not None:
+        if current.bindings:
+            chain.append([(name, value) for name, value in current.bindings])
+        current = s.get(Node, current.parent_id) if current.parent_id is not None else None
+    return [pair for level in reversed(chain) for pair in level]

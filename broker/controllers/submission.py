@@ -202,6 +202,9 @@ class SubmissionController(Controller):
         self.control_busy = False
         for control_id, command, workflow_id, node_ids, actor, error in rows:
             self.control_after = max(self.control_after, control_id)
+            if not error and not self.ctx.all_workflows and workflow_id not in self.workflows:
+                # `broker run` runs its own workflow only; taking another on would tie it to this process
+                error = "the running broker (broker run) only runs its own workflow; wait for it or use broker serve"
             if error:
                 self.writer.tell(c.MarkControl(control_id, f"error: {error}"))
                 continue

@@ -12,7 +12,7 @@ normalised plan of a workflow next to its verbatim descriptor.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Union
 
 from broker.states import FailureConstraint
@@ -215,15 +215,21 @@ _CLASSES = {cls.__name__: cls for cls in
              FailureConstraint)}
 
 
+#: class -> (name, ((field name, default), ...)), for every class a spec is made of
+_SHAPES: dict[type, tuple[str, tuple[tuple[str, Any], ...]]] = {
+    cls: (name, tuple((f.name, f.default) for f in fields(cls))) for name, cls in _CLASSES.items()}
+
+
 def _encode(obj: Any) -> Any:
-    if is_dataclass(obj):
-        out: dict[str, Any] = {"@": type(obj).__name__}
-        for f in fields(obj):
-            value = getattr(obj, f.name)
-            if value != f.default:
-                out[f.name] = _encode(value)
+    shape = _SHAPES.get(type(obj))
+    if shape is not None:
+        out: dict[str, Any] = {"@": shape[0]}
+        for field_name, default in shape[1]:
+            value = getattr(obj, field_name)
+            if value is not default and value != default:
+                out[field_name] = _encode(value)
         return out
-    if isinstance(obj, tuple):
+    if type(obj) is tuple:
         return [_encode(v) for v in obj]
     return obj
 

@@ -141,7 +141,8 @@ class Node(Base):
     #: the enclosing group: the sweep of a member, the member of a body node; None at the top level
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
     member_index: Mapped[int | None] = mapped_column(Integer)
-    #: every parameter binding visible to this node (outer sweeps first), as [[name, value], ...]
+    #: a member's own parameter values, as [[name, value], ...] (None on other nodes: a node's full set of
+    #: bindings is those of every member around it, outer first)
     bindings: Mapped[Any | None] = mapped_column(JSON)
     #: broker.states.NodeState value
     state: Mapped[str] = mapped_column(String(16))

@@ -35,8 +35,7 @@ class RawWriter:
         self.mark = "?" if dialect == "sqlite" else "%s"
         self._sql: dict[Any, str] = {}
         if dialect == "postgresql":
-            from psycopg.types.json import Jsonb  # noqa: F401  (imported lazily: SQLite needs no psycopg)
-            from psycopg.types.json import Json
+            from psycopg.types.json import Json  # imported here: SQLite needs no psycopg
 
             self._json = Json
         else:

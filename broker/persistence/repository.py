@@ -73,7 +73,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
                     label: str | None = None, request_id: str | None = None, experiment_id: str | None = None,
                     event_level: EventLevel | str | None = None, priority: int | None = None,
                     publish_metadata_to: str | None = None, max_in_flight: int | None = None,
-                    actor: str = "submission") -> Workflow:
+                    actor: str = "submission", now: dt.datetime | None = None) -> Workflow:
     """Store a validated workflow: its row, its top-level nodes and edges, and its WORKFLOW_SUBMITTED event.
 
     ``descriptor`` is kept verbatim with its SHA-256 (of its UTF-8 encoding). ``event_level``, ``priority``,
@@ -97,7 +97,8 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
                    publish_metadata_to=publish_metadata_to or spec.publish_metadata_to)
     _check_top_level(spec.nodes)
     level = _level(event_level if event_level is not None else spec.event_level)
-    now = utcnow()
+    # the writer passes its batch's time, so this event's time is in step with the others of its commit
+    now = now or utcnow()
 
     workflow = Workflow(
         global_id=new_workflow_global_id(), owner_id=owner.id, label=label, request_id=request_id,
@@ -115,7 +116,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
     edges = [(ids[parent], ids[node.id]) for node in spec.nodes for parent in dict.fromkeys(node.depends)]
     _insert_edges(session, edges)
 
-    add_event(session, workflow, type=EventType.WORKFLOW_SUBMITTED, actor=actor,
+    add_event(session, workflow, type=EventType.WORKFLOW_SUBMITTED, actor=actor, time=now,
               message=f"workflow {spec.name!r} submitted with {len(spec.nodes)} top-level nodes",
               properties={"name": spec.name, "label": label, "nodes": len(spec.nodes), "edges": len(edges)})
     return workflow
@@ -220,7 +221,7 @@ def _level(value: EventLevel | str | int) -> EventLevel:
 
 def add_event(session: Session, workflow: Workflow | None, *, type: EventType | str, actor: str,
               node_path: str | None = None, state: str | None = None, message: str | None = None,
-              properties: dict[str, Any] | None = None) -> int:
+              properties: dict[str, Any] | None = None, time: dt.datetime | None = None) -> int:
     """Record an event (next per-workflow seq) with the outbox rows of every destination; returns its id.
 
     ``workflow`` None records a service-level event. The event is always kept; it is queued for publishing
@@ -236,7 +237,7 @@ def add_event(session: Session, workflow: Workflow | None, *, type: EventType | 
     event_id = session.execute(insert(EVENTS).returning(EVENTS.c.id), {
         "workflow_id": None if workflow is None else workflow.id, "seq": seq, "node_path": node_path,
         "actor": actor, "level": int(level), "type": event_type.value, "state": state, "message": message,
-        "time": utcnow(), "properties": properties,
+        "time": time or utcnow(), "properties": properties,
     }).scalar_one()
     if workflow is None:
         targets = destinations(owner=None, workflow_level=None, metadata_to=None, event_type=event_type,

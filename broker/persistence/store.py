@@ -94,9 +94,10 @@ class Store:
                 self._apply(s, change, batch, out)
             self._insert_created(s, batch)
             self._stop_failing(batch)
-            finished = self._derive(batch)
+            self._derive(batch)
             self._write(s, batch)
-        for wf in finished:
+        for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
+            # finished workflows leave the mirror (also one loaded for a command, e.g. cancel of an ended one)
             self.mirror.drop(wf)
             self._stopping.discard(wf.id)
         self._notify(batch, out)
@@ -221,7 +222,7 @@ class Store:
 
         owner = repository.ensure_user(s, ch.owner)
         row = repository.submit_workflow(s, ch.spec, descriptor=ch.descriptor, owner=owner, label=ch.label,
-                                         request_id=ch.request_id, experiment_id=ch.experiment_id)
+                                         request_id=ch.request_id, experiment_id=ch.experiment_id, now=batch.now)
         s.flush()
         resumed = row.id in self.mirror.workflows
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:
@@ -263,6 +264,9 @@ class Store:
         batch.tracked.append(wf)
         batch.touched[wf.id] = wf
         flying = [r.id for r in nodes if NodeState(r.state) in IN_FLIGHT]
+        if wf.cancel_requested:
+            # cancelled by a broker that stopped before its attempts ended: kill them once found again
+            batch.kill.extend((node_id, self.mirror.nodes[node_id].attempt) for node_id in flying)
         if flying:
             extra = dict(((r.id), (r.workdir, r.job_id)) for r in s.execute(
                 select(NODES.c.id, NODES.c.workdir, NODES.c.job_id).where(NODES.c.id.in_(flying))))
@@ -305,13 +309,9 @@ class Store:
                 self.mirror.cancel_nodes([n for n in wf.nodes if n.parent is None], batch,
                                          actor="submission")
 
-    def _derive(self, batch: Batch) -> list[MWorkflow]:
-        finished = []
+    def _derive(self, batch: Batch) -> None:
         for wf in list(batch.touched.values()):
-            new = self.mirror.derive(wf, batch)
-            if new is not None and new in WORKFLOW_TERMINAL:
-                finished.append(wf)
-        return finished
+            self.mirror.derive(wf, batch)
 
     def _write(self, s: Session, batch: Batch) -> None:
         """Write the batch with the driver directly (see broker.persistence.rawsql for why)."""

@@ -64,6 +64,8 @@ class WorkerContext:
     workdir: Path
     #: extra launchers by host name (SSH, batch): filled by the resources layer
     launchers: dict[str, Any] = field(default_factory=dict)
+    #: whether this broker serves every workflow (``broker serve``) or only those it was given (``broker run``)
+    all_workflows: bool = True
 
     def attempt_dir(self, workflow_global_id: str, path: str, attempt: int) -> Path:
         """The work directory of one attempt (see broker.ids for the naming)."""

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fixtures import wait_for  # noqa: F401  (re-exported for the tests here)
 from sqlalchemy import select
 
 from broker.config import Settings
@@ -31,22 +33,13 @@ def workflow(body: str, name: str = "test", **attrs: Any) -> bytes:
     return (HEADER.format(name=name, attrs=text) + textwrap.dedent(body) + "</workflow>").encode()
 
 
-def wait_for(condition: Callable[[], Any], *, deadline: float = DEADLINE, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy, or fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+
 
 
 class Broker:
     """A started engine plus helpers to submit documents and wait for their end."""
 
-    def __init__(self, url: str, tmp: Path, **engine_settings: Any):
+    def __init__(self, url: str, tmp: Path, all_workflows: bool = True, **engine_settings: Any):
         import dataclasses
 
         from broker.config import EngineSettings, load_settings
@@ -58,6 +51,7 @@ class Broker:
         ).replace("staging", roots=(str(tmp),))
         self.url = url
         self.tmp = tmp
+        self.all_workflows = all_workflows
         self.states: dict[int, WorkflowState] = {}
         self._changed = threading.Condition()
         self.engine: Engine | None = None
@@ -68,7 +62,7 @@ class Broker:
             self._changed.notify_all()
 
     def start(self) -> Broker:
-        self.engine = Engine(self.settings, listeners=[self._listener]).start()
+        self.engine = Engine(self.settings, listeners=[self._listener], all_workflows=self.all_workflows).start()
         return self
 
     def stop(self) -> None:

@@ -42,3 +42,31 @@ def test_a_control_command_for_an_unknown_target_is_refused_when_written(broker)
     with pytest.raises(NotFound):
         with broker.engine.sessions.begin() as s:
             control.request(s, "cancel", "wf-0000000000000000zz", "user:alice")
+
+
+def test_a_broker_run_engine_refuses_commands_for_workflows_it_does_not_run(make_broker, tmp_path):
+    from tests.engine.conftest import Broker
+
+    first = make_broker().start()
+    other, state = first.run(workflow('<node id="a"><payload type="sh">exit 1</payload></node>'))
+    assert state is WorkflowState.FAILED
+    first.stop()
+    runner = Broker(first.url, tmp_path, all_workflows=False)
+    try:
+        runner.start()
+        mine = runner.submit(workflow('<node id="long"><payload type="sh">exec sleep 60</payload></node>'))
+        with runner.engine.sessions.begin() as s:
+            control_id = control.request(s, "restart", runner.workflow(other).global_id, "user:alice")
+
+        def answered():
+            with runner.sessions() as s:
+                done, result = control.applied(s, control_id)
+            return result if done else None
+
+        result = wait_for(answered, deadline=10, what="the command to be answered")
+        assert result.startswith("error: the running broker (broker run) only runs its own workflow")
+        assert runner.node_states(other) == {"a": "failed"}
+        runner.engine.cancel(mine, "user:alice")
+        assert runner.wait(mine) is WorkflowState.CANCELLED
+    finally:
+        runner.stop()

@@ -14,7 +14,7 @@ from broker.persistence.db import make_engine, session_factory
 from broker.persistence.models import Node
 from broker.persistence.store import Store
 from broker.states import NodeState, WorkflowState
-from tests.engine.conftest import lines, marker, wait_for, workflow
+from tests.engine.conftest import lines, marker, process_gone, wait_for, workflow
 
 
 def stored_workdir(url: str, workflow_id: int, path: str) -> str:
@@ -104,3 +104,23 @@ def test_an_attempt_that_vanished_without_a_result_is_retried_per_its_policy(mak
 def test_only_one_broker_at_a_time_may_use_a_database(broker, make_broker):
     with pytest.raises(BrokerLocked, match="another broker is using"):
         make_broker().start()
+
+
+def test_resuming_a_cancelled_workflow_kills_the_attempts_its_previous_broker_left_running(make_broker, tmp_path):
+    first = make_broker().start()
+    wf = first.submit(workflow(f'<node id="long"><payload type="sh">echo $$ > "{tmp_path}/pid"; '
+                               f'exec sleep 60</payload></node>'))
+    pid = int(wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text().strip(),
+                       what="the payload to start"))
+    wait_for(lambda: first.node_states(wf)["long"] == "running", what="the node to run")
+    first.stop()
+    # the cancel is committed, but no broker is there to kill the attempt
+    eng = make_engine(first.url)
+    try:
+        Store(session_factory(eng)).commit([c.CancelWorkflow(wf, "user:alice")])
+    finally:
+        eng.dispose()
+    second = make_broker().start()
+    second.engine.track(wf)
+    assert second.wait(wf, deadline=20) is WorkflowState.CANCELLED
+    wait_for(lambda: process_gone(pid), deadline=10, what="the payload to be killed")

@@ -89,7 +89,7 @@ def test_cancelling_a_running_workflow_kills_its_payloads_and_cancels_everything
 
 
 def test_cancel_is_idempotent(broker, tmp_path):
-    doc = workflow(f'<node id="long"><payload type="sh">exec sleep 60</payload></node>')
+    doc = workflow('<node id="long"><payload type="sh">exec sleep 60</payload></node>')
     wf = broker.submit(doc)
     wait_for(lambda: broker.node_states(wf)["long"] == "running", what="the node to run")
     broker.engine.cancel(wf, "user:alice")
@@ -223,7 +223,7 @@ def test_a_workflows_max_in_flight_bounds_its_concurrent_nodes(make_broker, tmp_
 
 def test_ready_nodes_start_in_priority_order(make_broker, tmp_path):
     broker = make_broker(max_in_flight=1).start()
-    body = f'<node id="gate"><payload type="sh">true</payload></node>' + "".join(
+    body = '<node id="gate"><payload type="sh">true</payload></node>' + "".join(
         f'<node id="p{p}" priority="{p}"><dependsOn node="gate"/>'
         f'<payload type="sh">echo {p} >> "{tmp_path}/order"</payload></node>' for p in (1, 5, 3, -2, 4))
     _, state = broker.run(workflow(body))

@@ -6,6 +6,7 @@ import queue
 import time
 
 from broker.launchers.base import LaunchRequest
+from tests.fixtures import wait_for as shared_wait_for
 
 #: seconds: generous bound for anything that should happen "at once" on a loaded test machine
 PATIENCE = 20.0
@@ -18,12 +19,12 @@ def request(workdir, text, *, node_id=1, attempt=1, kind="sh", **fields):
                          workdir=str(workdir), payload_type=kind, payload_text=text, **fields)
 
 
+
+
+
 def wait_for(predicate, timeout=PATIENCE, interval=POLL):
     """Poll ``predicate`` until it is true; fail the test past ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(interval)
+    shared_wait_for(predicate, deadline=timeout, interval=interval)
 
 
 class Exits:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import queue
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import paramiko
 import pytest
 import stomp
 
+from tests.fixtures import wait_for
 from tests.fixtures.services import ActiveMQ, RabbitMQ, Slurm, Sshd
 
 pytestmark = pytest.mark.services
@@ -60,16 +59,7 @@ def send_and_receive(host: str, port: int, user: str | None = None, password: st
         conn.disconnect()
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
+
 
 
 def test_activemq_delivers_a_stomp_message_with_its_headers(activemq: ActiveMQ) -> None:
@@ -129,7 +119,7 @@ def test_slurm_runs_a_batch_job_as_the_test_user_to_completion(slurm: Slurm) -> 
         capture_output=True, text=True, timeout=60, check=True)
     job_id = submitted.stdout.strip().split(";")[0]
 
-    state = wait_for(lambda: (s := slurm_job_state(job_id)) in SLURM_TERMINAL and s, f"SLURM job {job_id}")
+    state = wait_for(lambda: (s := slurm_job_state(job_id)) in SLURM_TERMINAL and s, what=f"SLURM job {job_id}")
 
     assert state == "COMPLETED"
     assert output.read_text().strip() == slurm.user

@@ -1,0 +1,90 @@
+"""Resuming: running the same file again, or ``broker resume ID``, after ``broker run`` was killed."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.cli.conftest import DEADLINE, alive, waits_for, wait_for, workflow
+
+
+def _waiting_workflow(cli):
+    """A file whose first node appends to a marker, and whose second waits for a ``go`` file."""
+    marker, go = cli.tmp / "first.marker", cli.tmp / "go"
+    path = cli.file("wait.xml", workflow(f"""
+        <node id="first"><payload type="sh">echo ran >> "{marker}"</payload></node>
+        <node id="wait"><dependsOn node="first"/>{waits_for(go)}</node>"""))
+    return path, marker, go
+
+
+def _kill_once_running(cli, path) -> None:
+    """Start ``broker run`` and SIGKILL it once the waiting node runs (its payload keeps running)."""
+    proc = cli.start("run", str(path))
+    cli.wait_node("wait", "running")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=DEADLINE)
+    assert cli.workflows()[0].state == "running"
+
+
+def test_running_the_same_file_again_resumes_the_unfinished_workflow(sqlite_cli):
+    path, marker, go = _waiting_workflow(sqlite_cli)
+    _kill_once_running(sqlite_cli, path)
+    go.touch()  # the payload may now end while no broker runs: the resumed broker finds its result
+    result = sqlite_cli("run", str(path))
+    assert result.returncode == 0, result.stderr
+    (wf,) = sqlite_cli.workflows()
+    assert result.stdout.startswith(f"resuming workflow {wf.global_id} (submitted ")
+    assert "): 1 of 2 nodes done\n" in result.stdout.splitlines()[0] + "\n"
+    assert "submitted workflow" not in result.stdout
+    assert wf.state == "succeeded"
+    assert marker.read_text() == "ran\n"
+
+
+def test_resume_by_id_reattaches_to_the_payload_that_is_still_running(cli):
+    path, marker, go = _waiting_workflow(cli)
+    _kill_once_running(cli, path)
+    pid = int(cli.nodes()["wait"].job_id)
+    (wf,) = cli.workflows()
+    proc = cli.start("resume", wf.global_id)
+    first = proc.stdout.readline()
+    assert first.startswith(f"resuming workflow {wf.global_id} (submitted ")
+    assert alive(pid)  # the same payload, adopted: not started again
+    go.touch()
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert f"workflow {wf.global_id} (test): succeeded" in out
+    wait = cli.nodes()["wait"]
+    assert (wait.state, wait.attempt, wait.job_id) == ("succeeded", 1, str(pid))
+    assert marker.read_text() == "ran\n"
+    assert len(cli.workflows()) == 1
+
+
+def test_a_finished_workflow_is_submitted_anew_rather_than_resumed(sqlite_cli):
+    hello = sqlite_cli.file("hello.xml", workflow('<node id="a"><payload type="sh">echo</payload></node>'))
+    assert sqlite_cli("run", str(hello)).returncode == 0
+    second = sqlite_cli("run", str(hello))
+    assert second.returncode == 0
+    assert second.stdout.startswith("submitted workflow ")
+    assert len(sqlite_cli.workflows()) == 2
+
+
+def test_resume_of_an_ended_workflow_says_so_and_exits_with_its_outcome(sqlite_cli):
+    bad = sqlite_cli.file("bad.xml", workflow('<node id="a"><payload type="sh">exit 4</payload></node>'))
+    assert sqlite_cli("run", str(bad)).returncode == 1
+    (wf,) = sqlite_cli.workflows()
+    result = sqlite_cli("resume", str(wf.id))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"workflow {wf.global_id} has already ended: failed (`broker restart ")
+
+
+def test_resume_of_an_unknown_workflow_exits_2(sqlite_cli):
+    result = sqlite_cli("resume", "wf-" + "0" * 18)
+    assert result.returncode == 2
+    assert result.stderr.startswith("broker: no workflow wf-")
+
+
+def test_waiting_helper_fails_the_payload_when_the_file_never_appears(sqlite_cli):
+    # the bound of the waiting payload is what keeps a broken test from leaving a process behind forever
+    path = sqlite_cli.file("never.xml", workflow(f'<node id="w">{waits_for(sqlite_cli.tmp / "never", 1)}</node>'))
+    result = sqlite_cli("run", str(path))
+    assert result.returncode == 1
+    wait_for(lambda: sqlite_cli.node_state("w") == "failed", what="the bounded wait to fail")

@@ -1,0 +1,157 @@
+"""``broker run FILE``: exit codes, summary, progress display, and the errors it reports in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import time
+
+from tests.cli.conftest import BROKER, DEADLINE, EXAMPLES, workflow
+
+
+def test_a_succeeding_example_exits_0_and_prints_the_summary(cli):
+    result = cli("run", str(EXAMPLES / "diamond.xml"))
+    assert result.returncode == 0, result.stderr
+    (wf,) = cli.workflows()
+    assert wf.state == "succeeded"
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"submitted workflow {wf.global_id} (id {wf.id}): diamond"
+    assert lines[1] == f"workflow {wf.global_id} (diamond): succeeded"
+    assert re.fullmatch(r"  succeeded +4", lines[2])
+    assert "failed or skipped nodes:" not in result.stdout
+    assert any(line.startswith("  wall time ") for line in lines)
+    assert {n.state for n in cli.nodes().values()} == {"succeeded"}
+
+
+def test_a_failing_example_exits_1_and_lists_the_failed_and_skipped_nodes(cli):
+    result = cli("run", str(EXAMPLES / "failing.xml"))
+    assert result.returncode == 1, result.stderr
+    assert cli.workflows()[0].state == "failed"
+    out = result.stdout
+    assert ": failed\n" in out
+    table = out.split("failed or skipped nodes:\n", 1)[1].splitlines()
+    assert table[0].split() == ["NODE", "STATE", "EXIT", "MESSAGE"]
+    assert table[1].split()[:3] == ["broken", "failed", "3"]
+    assert [row.split()[:2] for row in table[2:4]] == [["analyse", "skipped"], ["publish", "skipped"]]
+
+
+def test_an_invalid_description_prints_each_problem_and_exits_1_without_touching_the_database(fresh_cli):
+    bad = fresh_cli.file("bad.xml", workflow("""
+        <node id="a"><dependsOn node="zz"/><payload type="sh">echo</payload></node>"""))
+    result = fresh_cli("run", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{bad}:2:0: node 'a': depends on 'zz', but there is no node 'zz' at the top level"]
+    assert result.stdout == ""
+    assert not (fresh_cli.tmp / "db").exists()
+
+
+def test_an_unreadable_file_exits_2(fresh_cli):
+    result = fresh_cli("run", str(fresh_cli.tmp / "missing.xml"))
+    assert result.returncode == 2
+    assert result.stderr == f"{fresh_cli.tmp / 'missing.xml'}: cannot read: No such file or directory\n"
+
+
+def test_the_first_run_creates_and_migrates_the_embedded_database(fresh_cli):
+    result = fresh_cli("run", str(EXAMPLES / "hello.xml"))
+    assert result.returncode == 0, result.stderr
+    assert fresh_cli.workflows()[0].state == "succeeded"
+
+
+def test_a_description_can_come_from_standard_input(sqlite_cli):
+    result = sqlite_cli("run", "-", stdin=(EXAMPLES / "hello.xml").read_text())
+    assert result.returncode == 0, result.stderr
+    assert ": hello\n" in result.stdout
+
+
+def test_a_database_held_by_another_broker_is_one_line_and_exit_3(sqlite_cli):
+    from broker.persistence.lock import BrokerLock
+
+    with BrokerLock(sqlite_cli.url):
+        result = sqlite_cli("run", str(EXAMPLES / "hello.xml"))
+    assert result.returncode == 3
+    assert result.stderr == f"broker: another broker is using {sqlite_cli.tmp / 'broker.db'}\n"
+    assert sqlite_cli.workflows() == []
+
+
+def test_an_owner_that_is_not_a_valid_user_name_says_how_to_set_one(sqlite_cli):
+    result = sqlite_cli("run", str(EXAMPLES / "hello.xml"), env={"BROKER_ENGINE_USER": "Not Valid"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("broker: [engine] user is not a valid broker user name ('Not Valid'")
+    assert "BROKER_ENGINE_USER" in result.stderr
+
+
+def test_without_a_terminal_progress_is_plain_lines_at_each_state_change(sqlite_cli):
+    result = sqlite_cli("run", str(EXAMPLES / "diamond.xml"))
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    assert re.fullmatch(r"\[0:\d\d\]  succeeded  4/4 done  succeeded 4  .*nodes/s", progress[-1])
+    assert any("  running  " in line for line in progress)
+
+
+def test_on_a_terminal_the_status_line_is_redrawn_in_place(sqlite_cli):
+    slow = sqlite_cli.file("slow.xml", workflow("""
+        <node id="a"><payload type="sh">sleep 1</payload></node>
+        <node id="b"><dependsOn node="a"/><payload type="sh">echo b</payload></node>"""))
+    primary, secondary = os.openpty()
+    try:
+        proc = subprocess.Popen(sqlite_cli.args("run", str(slow)), stdout=subprocess.PIPE, stderr=secondary,
+                                env=sqlite_cli.env, cwd=sqlite_cli.tmp, text=True)
+        os.close(secondary)
+        seen = b""
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            ready, _, _ = select.select([primary], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # EIO: the command has closed its end of the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        out, _ = proc.communicate(timeout=DEADLINE)
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0
+    text = seen.decode()
+    redraws = text.count("\r")
+    assert redraws >= 3, text  # at ~5 Hz, a workflow of more than a second redraws several times
+    assert "\x1b[K" in text
+    assert "  running  " in text
+    assert text.endswith("\r\x1b[K")  # the status line is cleared before the summary
+    assert ": succeeded\n" in out
+
+
+def test_help_never_opens_the_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'nowhere' / 'broker.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    for argv in (["--help"], ["run", "--help"], ["status", "--help"], ["cancel", "--help"]):
+        result = subprocess.run([str(BROKER), *argv], capture_output=True, text=True, timeout=DEADLINE,
+                                env={**env, "BROKER_DATABASE_URL": url})
+        assert result.returncode == 0, result.stderr
+        assert "usage: broker" in result.stdout
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_building_the_command_line_imports_no_database_or_service_library():
+    code = ("import sys; from broker.cli import build_parser; build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'sqlalchemy', 'alembic', 'spyne', 'stomp', 'pykka', 'lxml', 'jinja2'}))")
+    result = subprocess.run([str(BROKER.parent / "python"), "-c", code], capture_output=True, text=True,
+                            timeout=DEADLINE)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_starting_a_run_imports_neither_alembic_nor_spyne(sqlite_cli):
+    code = ("import sys; from broker.cli import main; code = main(sys.argv[1:]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'spyne', 'stomp'})); "
+            "sys.exit(code)")
+    argv = sqlite_cli.args("run", str(EXAMPLES / "hello.xml"))[1:]
+    result = subprocess.run([str(BROKER.parent / "python"), "-c", code, *argv], capture_output=True, text=True,
+                            timeout=DEADLINE, env=sqlite_cli.env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"

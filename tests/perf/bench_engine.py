@@ -1,0 +1,221 @@
+"""Benchmark of the engine: whole `broker run` processes against a plain thread-pool baseline.
+
+Workloads (trivial payloads, at most 4 nodes at once, the shipped configuration: SQLite with
+synchronous=full, every transition and event persisted):
+
+- W0: one node on a migrated database (start-up);
+- W1: a chain of 100 (also the hand-off latency from a parent's end to its child's start);
+- W2: a fan 1 -> 500 -> 1;
+- W3: 10 layers of 50, every node depending on every node of the layer before (22,500 edges);
+- S: one parameterized node expanding to N members (memory of a big lazy expansion; --sweep N).
+
+The baseline is a 30-line thread pool of 4 running the same DAG with subprocess.run, in this process.
+Each figure is the median of --repeat runs. After each run the benchmark checks the database: every
+node succeeded, and the event and outbox rows are what the run must have written. Exit status 1 means
+a wrong result, never a slow one.
+
+    python tests/perf/bench_engine.py [--tiny] [--repeat 3] [--sweep 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BROKER = [sys.executable, "-m", "broker.cli"]
+NS = "urn:workflow-broker:workflow:1.0"
+SLOTS = 4
+
+
+# ------------------------------------------------------------------------------------------ workloads
+
+def dag_chain(n: int) -> dict[str, list[str]]:
+    return {f"c{i}": [f"c{i - 1}"] if i else [] for i in range(n)}
+
+
+def dag_fan(n: int) -> dict[str, list[str]]:
+    dag = {"a": []}
+    dag.update({f"m{i}": ["a"] for i in range(n)})
+    dag["z"] = [f"m{i}" for i in range(n)]
+    return dag
+
+
+def dag_layers(layers: int, width: int) -> dict[str, list[str]]:
+    dag: dict[str, list[str]] = {}
+    for layer in range(layers):
+        for i in range(width):
+            dag[f"l{layer}_{i}"] = [f"l{layer - 1}_{j}" for j in range(width)] if layer else []
+    return dag
+
+
+def document(name: str, dag: dict[str, list[str]], payload: str = "true") -> str:
+    nodes = []
+    for node, deps in dag.items():
+        depends = "".join(f'<dependsOn node="{d}"/>' for d in deps)
+        nodes.append(f'<node id="{node}">{depends}<payload type="bash">{payload}</payload></node>')
+    return f'<workflow xmlns="{NS}" name="{name}">' + "".join(nodes) + "</workflow>"
+
+
+def sweep_document(members: int) -> str:
+    return (f'<workflow xmlns="{NS}" name="sweep"><sweep id="s"><param name="i">'
+            f'<range from="1" to="{members}"/></param><body><node id="n"><payload type="sh">true</payload>'
+            f'</node></body></sweep></workflow>')
+
+
+# ------------------------------------------------------------------------------------------- baseline
+
+def baseline(dag: dict[str, list[str]]) -> float:
+    """Run the DAG with a thread pool of 4 and subprocess.run: the plain way, no persistence."""
+    started = time.perf_counter()
+    waiting = {n: set(d) for n, d in dag.items()}
+    children: dict[str, list[str]] = {n: [] for n in dag}
+    for n, deps in dag.items():
+        for d in deps:
+            children[d].append(n)
+    lock, done = threading.Lock(), threading.Event()
+    left = [len(dag)]
+    pool = ThreadPoolExecutor(SLOTS)
+
+    def run(node: str) -> None:
+        subprocess.run(["true"], check=True)
+        ready = []
+        with lock:
+            left[0] -= 1
+            for child in children[node]:
+                waiting[child].discard(node)
+                if not waiting[child]:
+                    ready.append(child)
+            if not left[0]:
+                done.set()
+        for child in ready:
+            pool.submit(run, child)
+
+    for node in [n for n, d in waiting.items() if not d]:
+        pool.submit(run, node)
+    done.wait()
+    pool.shutdown()
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------------------- broker
+
+def broker_run(doc: str, workdir: Path, env: dict[str, str]) -> tuple[float, int, Path]:
+    """Run `broker run` on a fresh migrated database; returns (wall seconds, peak RSS KiB, database)."""
+    run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    db = run_dir / "broker.db"
+    subprocess.run(BROKER + ["db", "upgrade", "--db", f"sqlite:///{db}"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    path = run_dir / "wf.xml"
+    path.write_text(doc)
+    started = time.perf_counter()
+    with open(run_dir / "stderr", "wb") as err_file:
+        proc = subprocess.Popen(BROKER + ["run", str(path), "--db", f"sqlite:///{db}", "--workdir",
+                                          str(run_dir / "work")], env=env, stdout=subprocess.DEVNULL,
+                                stderr=err_file)
+        # wait4 gives the child's own peak RSS, which Popen.wait would not
+        _, _, rusage = os.wait4(proc.pid, 0)
+        proc.returncode = 0
+    wall = time.perf_counter() - started
+    err = (run_dir / "stderr").read_text(errors="replace")
+    status = sqlite3.connect(db).execute("SELECT state FROM workflows").fetchone()
+    if status is None or status[0] != "succeeded":
+        raise SystemExit(f"broker run did not succeed (state {status}): {err[-2000:]}")
+    return wall, rusage.ru_maxrss, db
+
+
+def check_rows(db: Path, nodes: int) -> tuple[int, int]:
+    """Every node succeeded and the events/outbox are complete; returns (events, outbox rows)."""
+    con = sqlite3.connect(db)
+    states = dict(con.execute("SELECT state, count(*) FROM nodes WHERE kind = 'node' GROUP BY state"))
+    if states != {"succeeded": nodes}:
+        raise SystemExit(f"wrong node states: {states}")
+    events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    transitions = con.execute("SELECT count(*) FROM events WHERE type = 'NODE_STATE'").fetchone()[0]
+    # ready, queued, running, succeeded for every node; plus submitted and at least two workflow states
+    if transitions < 4 * nodes:
+        raise SystemExit(f"only {transitions} state events for {nodes} nodes")
+    published = con.execute("SELECT count(*) FROM events WHERE level <= 2").fetchone()[0]
+    outbox = con.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    if outbox != 2 * published:
+        raise SystemExit(f"{outbox} outbox rows for {published} published events (expected 2 each)")
+    seqs = [r[0] for r in con.execute("SELECT seq FROM events ORDER BY id")]
+    if seqs != list(range(1, len(seqs) + 1)):
+        raise SystemExit("event sequence numbers are not 1..N in commit order")
+    return events, outbox
+
+
+def handoff(n: int, workdir: Path, env: dict[str, str]) -> tuple[float, float]:
+    """p50/p99 seconds from a parent payload's end to its child payload's start, on a chain of n."""
+    log = workdir / "handoff.log"
+    payload = f'echo "$WB_NODE_PATH $EPOCHREALTIME" &gt;&gt; {log}'
+    broker_run(document("w1-handoff", dag_chain(n), payload), workdir, env)
+    times = dict(line.split() for line in log.read_text().splitlines())
+    gaps = sorted(float(times[f"c{i}"]) - float(times[f"c{i - 1}"]) for i in range(1, n))
+    return statistics.median(gaps), gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="a quick run at small sizes (CI)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sweep", type=int, default=0, help="also run a sweep of N members (memory)")
+    args = parser.parse_args()
+    scale = 10 if args.tiny else 1
+    repeat = 1 if args.tiny else args.repeat
+    env = dict(os.environ, BROKER_ENGINE_MAX_IN_FLIGHT=str(SLOTS), PYTHONPATH=str(ROOT))
+    env.pop("BROKER_CONFIG", None)
+    workloads = [
+        ("W0 one node", {"n0": []}),
+        ("W1 chain of 100", dag_chain(100 // scale)),
+        ("W2 fan 1-500-1", dag_fan(500 // scale)),
+        ("W3 10 x 50 layers", dag_layers(10 // (2 if args.tiny else 1), 50 // scale)),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        workdir = Path(tmp)
+        for name, dag in workloads:
+            walls, rss, base = [], [], []
+            for _ in range(repeat):
+                wall, peak, db = broker_run(document(name.split()[0], dag), workdir, env)
+                walls.append(wall)
+                rss.append(peak)
+                events, outbox = check_rows(db, len(dag))
+                base.append(baseline(dag))
+            wall, b = statistics.median(walls), statistics.median(base)
+            rows.append((name, len(dag), wall, len(dag) / wall, max(rss) / 1024, b, wall / b, events, outbox))
+        p50, p99 = handoff(100 // scale, workdir, env)
+        sweep = None
+        if args.sweep:
+            wall, peak, db = broker_run(sweep_document(args.sweep), workdir, env)
+            check_rows(db, args.sweep)
+            sweep = (args.sweep, wall, peak / 1024)
+    print(f"bench_engine {date.today()} | {os.cpu_count()} CPUs | Python {platform.python_version()} | "
+          f"{SLOTS} slots | median of {repeat}")
+    print(f"{'workload':<20}{'nodes':>7}{'wall s':>9}{'nodes/s':>9}{'peak MB':>9}{'base s':>8}{'ratio':>7}"
+          f"{'events':>8}{'outbox':>8}")
+    for name, n, wall, rate, mb, b, ratio, events, outbox in rows:
+        print(f"{name:<20}{n:>7}{wall:>9.3f}{rate:>9.0f}{mb:>9.0f}{b:>8.3f}{ratio:>6.1f}x{events:>8}{outbox:>8}")
+    print(f"hand-off on the chain: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    if sweep:
+        print(f"sweep of {sweep[0]} members: {sweep[1]:.1f} s, peak RSS {sweep[2]:.0f} MB")
+    print(json.dumps({"rows": rows, "handoff_ms": [p50 * 1000, p99 * 1000], "sweep": sweep}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
