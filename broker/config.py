@@ -135,6 +135,29 @@ class StagingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsSettings:
+    """The message bus events are published on (the outbox relay)."""
+
+    url: str = field(default="", metadata=_doc("bus URL: stomp://host:port, memory:// (tests); empty: events are "
+                                               "only stored, never published"))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The SOAP API of `broker serve`."""
+
+    listen: str = field(default="127.0.0.1:8080", metadata=_doc("address and port the service listens on"))
+
+
+@dataclass(frozen=True, slots=True)
+class HostsSettings:
+    """The compute resources: the host catalogue."""
+
+    catalogue: str = field(default="", metadata=_doc("hosts.xml file (schemas/hosts.xsd); empty: only the local "
+                                                     "host"))
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     """Where log messages go."""
 
@@ -151,6 +174,9 @@ class Settings:
     limits: LimitSettings = LimitSettings()
     engine: EngineSettings = EngineSettings()
     staging: StagingSettings = StagingSettings()
+    hosts: HostsSettings = HostsSettings()
+    events: EventsSettings = EventsSettings()
+    api: ApiSettings = ApiSettings()
     logging: LoggingSettings = LoggingSettings()
     #: the file these settings were read from, if any
     source: str | None = None
@@ -200,7 +226,7 @@ def _convert(raw: str, kind: Any, where: str, base: Path | None, key: str) -> An
             if (key.endswith("_dirs") or key == "roots") and base is not None:
                 items = tuple(str((base / os.path.expanduser(i)).resolve()) for i in items)
             return items
-        if key in ("config", "workdir") and raw and base is not None:
+        if key in ("config", "workdir", "catalogue") and raw and base is not None:
             return str((base / os.path.expanduser(raw)).resolve())
         return raw
     except ValueError as exc:

@@ -19,6 +19,7 @@ from broker.controllers.base import Controller
 from broker.controllers.messages import Collected, Exited, Resume, StageOutRequest, Tick, Watch
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
+from broker.faults import crash_point
 from broker.launchers import base as lb
 from broker.persistence import changes as c
 from broker.states import NodeState
@@ -121,6 +122,7 @@ class MonitoringController(Controller):
 
     def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: set[str],
                 last_progress: tuple[float, str | None] | None = None) -> None:
+        crash_point("exit")
         new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
         if new_outputs or progress is not None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import BrokerError
+from broker.faults import crash_point
 from broker.events.types import EventType
 from broker.persistence import changes as c
 from broker.persistence.batch import Batch
@@ -96,6 +97,8 @@ class Store:
             self._stop_failing(batch)
             self._derive(batch)
             self._write(s, batch)
+            if batch.expanded:
+                crash_point("expansion")
         for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
             # finished workflows leave the mirror (also one loaded for a command, e.g. cancel of an ended one)
             self.mirror.drop(wf)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from broker.faults import crash_point
 from broker.persistence.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class Writer(pykka.ThreadingActor):
                 or committed.resume):
             for ref in self._subscribers:
                 _tell(ref, committed)
+        if out.followups:
+            crash_point("launch-intent")
         for ref, message in out.followups:
             _tell(ref, message)
         for ref, message in out.replies:
