@@ -69,14 +69,16 @@ class MonitoringController(Controller):
 
     def on_watch(self, msg: Watch) -> None:
         handle, ref = msg.handle, msg.node
+        changes: list[Any] = []
         if msg.state == N.QUEUED.value:
             fields = (("job_id", handle.job_id), ("host", handle.host), ("workdir", handle.workdir))
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.RUNNING, actor=self.NAME, attempt=ref.attempt,
-                                          fields=fields))
-        self.writer.tell(c.Note(workflow_id=ref.workflow_id, node_id=ref.node_id, type=EventType.NODE_LAUNCH.value,
-                                actor=self.NAME, message=f"attempt {ref.attempt} started on {handle.host}",
-                                properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
-                                            "workdir": handle.workdir}))
+            changes.append(c.Transition(node_id=ref.node_id, to=N.RUNNING, actor=self.NAME, attempt=ref.attempt,
+                                        fields=fields))
+        changes.append(c.Note(workflow_id=ref.workflow_id, node_id=ref.node_id, type=EventType.NODE_LAUNCH.value,
+                              actor=self.NAME, message=f"attempt {ref.attempt} started on {handle.host}",
+                              properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
+                                          "workdir": handle.workdir}))
+        self.writer.tell(c.Changes(tuple(changes)))
         self.running[ref.node_id] = Attempt(handle, ref)
         self.ctx.launcher.watch(handle, lambda node_id, attempt, h=handle: self._exited(h))
         if (ref.node_id, ref.attempt) in self.to_kill:
@@ -125,9 +127,10 @@ class MonitoringController(Controller):
         crash_point("exit")
         new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
+        changes: list[Any] = []
         if new_outputs or progress is not None:
-            self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
-                                        outputs=new_outputs))
+            changes.append(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
+                                      outputs=new_outputs))
         fields: list[tuple[str, Any]] = [("exit_code", result.exit_code)]
         if result.outputs:
             fields.append(("outputs", result.outputs))
@@ -139,15 +142,15 @@ class MonitoringController(Controller):
                 to, then = N.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref))
             else:
                 to, then = N.SUCCEEDED, None
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=to, actor=self.NAME, attempt=ref.attempt,
-                                          fields=tuple(fields), message=result.message or None, then=then))
+            message = result.message or None
         elif result.outcome == lb.CANCELLED:
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.CANCELLED, actor=self.NAME, attempt=ref.attempt,
-                                          fields=tuple(fields), message=result.message or "cancelled"))
+            to, then, message = N.CANCELLED, None, result.message or "cancelled"
         else:
+            to, then, message = N.FAILED, None, result.message
             fields.append(("retryable", True))
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                          fields=tuple(fields), message=result.message))
+        changes.append(c.Transition(node_id=ref.node_id, to=to, actor=self.NAME, attempt=ref.attempt,
+                                    fields=tuple(fields), message=message, then=then))
+        self.writer.tell(c.Changes(tuple(changes)))
 
     # -------------------------------------------------------------------------------------- progress
 

@@ -14,7 +14,7 @@ from broker.events.routing import destinations
 from broker.events.types import EventType, level_of
 
 if TYPE_CHECKING:
-    from broker.persistence.mirror import MNode, MWorkflow
+    from broker.persistence.graph import MNode, MWorkflow
 
 
 class Batch:

@@ -128,6 +128,10 @@ class Submit:
     label: str | None = None
     request_id: str | None = None
     experiment_id: str | None = None
+    #: overrides of the description's values (None: keep the description's)
+    event_level: str | None = None
+    priority: int | None = None
+    publish_metadata_to: str | None = None
     reply_to: Any = None
 
 
@@ -145,6 +149,13 @@ class MarkControl:
 
     control_id: int
     result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Several changes sent as one message (they join the same commit, in order)."""
+
+    items: tuple[Any, ...]
 
 
 Change = (Transition | Reported | Note | Expansion | CancelWorkflow | CancelNodes | Restart | Submit | Track

@@ -12,107 +12,17 @@ It can always be rebuilt from the database (:meth:`Mirror.load`), which is what 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from broker.description.model import SweepSpec, WorkflowSpec, from_json, walk
 from broker.errors import StateError
-from broker.events.types import EventLevel, EventType
+from broker.events.types import EventType
+from broker.persistence.graph import MNode, MWorkflow
 from broker.rules import Decision, decide, group_outcome
-from broker.states import (TERMINAL, FailureConstraint, NodeState, WorkflowState, check_transition,
-                           derive_workflow_state)
+from broker.states import TERMINAL, NodeState, WorkflowState, check_transition, derive_workflow_state
 
 N = NodeState
-
-
-class MNode:
-    """One node as the writer knows it."""
-
-    __slots__ = ("id", "wf", "path", "template", "kind", "state", "attempt", "retries", "priority", "parent",
-                 "deps", "children", "unfinished", "ok_units", "bad_units", "named_bad", "pending", "g_ok",
-                 "g_bad", "g_cancelled", "members", "bindings", "member_index", "name", "inside")
-
-    def __init__(self, id: int | None, wf: MWorkflow, path: str, template: str, kind: str, state: NodeState,
-                 *, attempt: int = 0, retries: int = 0, priority: int = 0, parent: MNode | None = None,
-                 members: int | None = None, bindings: tuple[tuple[str, str], ...] = (),
-                 member_index: int | None = None):
-        self.id = id
-        self.wf = wf
-        self.path = path
-        self.template = template
-        self.kind = kind
-        self.state = state
-        self.attempt = attempt
-        self.retries = retries
-        self.priority = priority
-        self.parent = parent
-        self.deps: list[MNode] = []
-        self.children: list[MNode] = []
-        self.unfinished = self.ok_units = self.bad_units = 0
-        self.named_bad = False
-        self.pending = self.g_ok = self.g_bad = self.g_cancelled = 0
-        self.members = members
-        self.bindings = bindings
-        self.member_index = member_index
-        #: a group's direct children (a sweep's members, a member's body nodes)
-        self.inside: list[MNode] = []
-        #: the node's id in the description (last path segment without a member index)
-        self.name = path.rsplit("/", 1)[-1].split("[", 1)[0]
-
-    @property
-    def is_group(self) -> bool:
-        return self.kind == "member" or (self.kind == "sweep" and self.members is not None)
-
-    @property
-    def counted(self) -> bool:
-        """Whether the node counts in the workflow's state (work carriers: not groups)."""
-        return not self.is_group
-
-    def units(self) -> tuple[int, int]:
-        """(ok, bad) units this node contributes to a dependant's failure constraint once terminal."""
-        if self.kind == "sweep" and self.members is not None:
-            return self.g_ok, self.members - self.g_ok
-        return (1, 0) if self.state is N.SUCCEEDED else (0, 1)
-
-    def all_bindings(self) -> tuple[tuple[str, str], ...]:
-        """Every binding visible to the node, outer sweeps first."""
-        chain = []
-        node: MNode | None = self
-        while node is not None:
-            if node.bindings:
-                chain.append(node.bindings)
-            node = node.parent
-        return tuple(pair for bindings in reversed(chain) for pair in bindings)
-
-
-class MWorkflow:
-    __slots__ = ("id", "global_id", "owner", "spec", "templates", "event_level", "event_seq", "state", "counts",
-                 "constraint", "cancel_requested", "priority", "max_in_flight", "publish_metadata_to", "nodes",
-                 "started_at", "total_nodes")
-
-    def __init__(self, row: Any, owner: str):
-        self.id: int = row.id
-        self.global_id: str = row.global_id
-        self.owner = owner
-        self.spec: WorkflowSpec = from_json(row.plan)
-        self.templates = dict(walk(self.spec.nodes))
-        self.event_level = EventLevel(row.event_level)
-        self.event_seq: int = row.event_seq
-        self.state = WorkflowState(row.state)
-        self.counts: dict[NodeState, int] = {}
-        self.constraint: FailureConstraint = self.spec.failure
-        self.cancel_requested: bool = bool(row.cancel_requested)
-        self.priority: int = row.priority
-        self.max_in_flight: int | None = row.max_in_flight
-        self.publish_metadata_to: str | None = row.publish_metadata_to
-        self.nodes: list[MNode] = []
-        self.started_at = row.started_at
-        self.total_nodes = 0
-
-    def count(self, state: NodeState, delta: int) -> None:
-        self.counts[state] = self.counts.get(state, 0) + delta
 
 
 class Mirror:
@@ -465,13 +375,3 @@ class Mirror:
         total = sum(wf.counts.values())
         bad = sum(n for s, n in wf.counts.items() if s in TERMINAL and s is not N.SUCCEEDED)
         return not wf.constraint.allows(bad, total)
-
-
-def sweep_spec(wf: MWorkflow, node: MNode) -> SweepSpec:
-    spec = wf.templates[node.template]
-    assert isinstance(spec, SweepSpec)
-    return spec
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)

@@ -17,11 +17,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from broker.persistence.batch import Batch
+    from broker.persistence.graph import MNode
 
 #: node columns holding JSON, and datetimes (converted for the driver)
 JSON_COLUMNS = frozenset({"outputs", "bindings", "properties"})
-TIME_COLUMNS = frozenset({"retry_at", "started_at", "finished_at", "time", "applied_at"})
+TIME_COLUMNS = frozenset({"retry_at", "started_at", "finished_at", "time", "applied_at", "created_at"})
+BOOL_COLUMNS = frozenset({"cancel_requested"})
 
 EVENT_COLUMNS = ("id", "workflow_id", "seq", "node_path", "actor", "level", "type", "state", "message", "time",
                  "properties")
@@ -55,20 +62,31 @@ class RawWriter:
             if self._json is not None:
                 return self._json(value)
             return json.dumps(value)
-        if self.dialect == "sqlite" and isinstance(value, bool):
-            return int(value)
         return value
 
     # ------------------------------------------------------------------------------------- statements
 
+    def _converters(self, columns: Sequence[str]) -> list[tuple[str, Any]]:
+        """(column, converter or None) per column: most columns need no conversion at all."""
+        out = []
+        for column in columns:
+            if column in TIME_COLUMNS or column in JSON_COLUMNS:
+                out.append((column, lambda v, c=column: self.value(c, v)))
+            elif self.dialect == "sqlite" and column in BOOL_COLUMNS:
+                out.append((column, lambda v: None if v is None else int(v)))
+            else:
+                out.append((column, None))
+        return out
+
     def update(self, cursor: Any, table: str, columns: Sequence[str], rows: list[tuple[Any, dict[str, Any]]]) -> None:
         """``UPDATE table SET columns WHERE id = ?`` for every (id, values) row."""
         key = ("update", table, tuple(columns))
-        sql = self._sql.get(key)
-        if sql is None:
+        cached = self._sql.get(key)
+        if cached is None:
             sets = ", ".join(f"{c} = {self.mark}" for c in columns)
-            sql = self._sql[key] = f"UPDATE {table} SET {sets} WHERE id = {self.mark}"
-        cursor.executemany(sql, [tuple(self.value(c, values[c]) for c in columns) + (row_id,)
+            cached = self._sql[key] = (f"UPDATE {table} SET {sets} WHERE id = {self.mark}", self._converters(columns))
+        sql, converters = cached
+        cursor.executemany(sql, [tuple(values[c] if f is None else f(values[c]) for c, f in converters) + (row_id,)
                                  for row_id, values in rows])
 
     def next_ids(self, cursor: Any, table: str, count: int) -> list[int]:
@@ -87,8 +105,68 @@ class RawWriter:
 
     def insert(self, cursor: Any, table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> None:
         key = ("insert", table, tuple(columns))
-        sql = self._sql.get(key)
-        if sql is None:
+        cached = self._sql.get(key)
+        if cached is None:
             marks = ", ".join([self.mark] * len(columns))
-            sql = self._sql[key] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-        cursor.executemany(sql, [tuple(self.value(c, v) for c, v in zip(columns, row)) for row in rows])
+            cached = self._sql[key] = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+                                       [f for _, f in self._converters(columns)])
+        sql, converters = cached
+        cursor.executemany(sql, [tuple(v if f is None else f(v) for f, v in zip(converters, row)) for row in rows])
+
+    # ------------------------------------------------------------------------------------------ batches
+
+    def write(self, s: Session, batch: Batch) -> None:
+        """Write a batch's node updates, events, outbox rows, workflow updates and control marks."""
+        cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
+            for node, cols in batch.node_cols.values():
+                shapes.setdefault(tuple(sorted(cols)), []).append((node.id, cols))
+            for columns, rows in shapes.items():
+                self.update(cursor, "nodes", columns, rows)
+            if batch.events:
+                ids = self.next_ids(cursor, "events", len(batch.events))
+                self.insert(cursor, "events", EVENT_COLUMNS,
+                           [(event_id, *(row[c] for c in EVENT_COLUMNS[1:]))
+                            for event_id, (row, _) in zip(ids, batch.events)])
+                outbox = [(event_id, dest) for event_id, (_, dests) in zip(ids, batch.events) for dest in dests]
+                if outbox:
+                    self.insert(cursor, "outbox", ("event_id", "destination"), outbox)
+            wf_shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
+            for wf, cols in batch.wf_cols.values():
+                wf_shapes.setdefault(tuple(sorted(cols)), []).append((wf.id, cols))
+            for columns, rows in wf_shapes.items():
+                self.update(cursor, "workflows", columns, rows)
+            if batch.controls:
+                self.update(cursor, "control", ("applied_at", "result"),
+                           [(i, {"applied_at": batch.now, "result": r}) for i, r in batch.controls])
+        finally:
+            cursor.close()
+
+    def insert_created(self, s: Session, batch: Batch) -> None:
+        """Insert the members and body nodes of expansions, then their edges, with ids taken up front."""
+        cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            members = [m for m, _, _ in batch.creations]
+            for member, new_id in zip(members, self.next_ids(cursor, "nodes", len(members))):
+                member.id = new_id
+            self.insert(cursor, "nodes", NODE_COLUMNS, [_node_row(m, batch) for m in members])
+            body = [n for _, nodes, _ in batch.creations for n in nodes]
+            for node, new_id in zip(body, self.next_ids(cursor, "nodes", len(body))):
+                node.id = new_id
+            self.insert(cursor, "nodes", NODE_COLUMNS, [_node_row(n, batch) for n in body])
+            edges = [(nodes[p].id, nodes[ch].id) for _, nodes, es in batch.creations for p, ch in es]
+            if edges:
+                self.insert(cursor, "dependencies", ("parent_id", "child_id"), edges)
+        finally:
+            cursor.close()
+
+
+NODE_COLUMNS = ("id", "workflow_id", "path", "template", "kind", "parent_id", "member_index", "bindings", "state",
+                "priority", "attempt", "retries", "created_at")
+
+
+def _node_row(node: MNode, batch: Batch) -> tuple[Any, ...]:
+    return (node.id, node.wf.id, node.path, node.template, node.kind,
+            node.parent.id if node.parent is not None else None, node.member_index,
+            [list(p) for p in node.bindings] or None, node.state.value, node.priority, 0, 0, batch.now)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +26,7 @@ from broker.persistence import changes as c
 from broker.persistence.batch import Batch
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
-from broker.persistence.rawsql import EVENT_COLUMNS, RawWriter
+from broker.persistence.rawsql import RawWriter
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ class Store:
         self.limits = limits
         self._stopping: set[int] = set()
         self._rawsql: RawWriter | None = None
+
+    def _sql(self, s: Session) -> RawWriter:
+        if self._rawsql is None:
+            self._rawsql = RawWriter(s.get_bind().dialect.name)
+        return self._rawsql
 
     # ---------------------------------------------------------------------------------------- commit
 
@@ -96,7 +101,7 @@ class Store:
             self._insert_created(s, batch)
             self._stop_failing(batch)
             self._derive(batch)
-            self._write(s, batch)
+            self._sql(s).write(s, batch)
             if batch.expanded:
                 crash_point("expansion")
         for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
@@ -225,7 +230,9 @@ class Store:
 
         owner = repository.ensure_user(s, ch.owner)
         row = repository.submit_workflow(s, ch.spec, descriptor=ch.descriptor, owner=owner, label=ch.label,
-                                         request_id=ch.request_id, experiment_id=ch.experiment_id, now=batch.now)
+                                         request_id=ch.request_id, experiment_id=ch.experiment_id,
+                                         event_level=ch.event_level, priority=ch.priority,
+                                         publish_metadata_to=ch.publish_metadata_to, now=batch.now)
         s.flush()
         resumed = row.id in self.mirror.workflows
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:
@@ -283,25 +290,9 @@ class Store:
 
     def _insert_created(self, s: Session, batch: Batch) -> None:
         if batch.creations:
-            self._insert_rows(s, batch)
+            self._sql(s).insert_created(s, batch)
         for sweep, created in batch.expanded:  # a sweep without members ends here too
             self.mirror.start_created(sweep, created, batch)
-
-    def _insert_rows(self, s: Session, batch: Batch) -> None:
-        members = [m for m, _, _ in batch.creations]
-        ids = s.execute(insert(NODES).returning(NODES.c.id, sort_by_parameter_order=True),
-                        [_node_row(m, batch) for m in members]).scalars().all()
-        for member, new_id in zip(members, ids):
-            member.id = new_id
-        body = [n for _, nodes, _ in batch.creations for n in nodes]
-        ids = s.execute(insert(NODES).returning(NODES.c.id, sort_by_parameter_order=True),
-                        [_node_row(n, batch) for n in body]).scalars().all()
-        for node, new_id in zip(body, ids):
-            node.id = new_id
-        edges = [{"parent_id": nodes[p].id, "child_id": nodes[ch].id}
-                 for _, nodes, es in batch.creations for p, ch in es]
-        if edges:
-            s.execute(insert(Dependency.__table__), edges)
 
     def _stop_failing(self, batch: Batch) -> None:
         """onFailure="stop": once the workflow's failure constraint is broken, cancel what has not ended."""
@@ -315,40 +306,6 @@ class Store:
     def _derive(self, batch: Batch) -> None:
         for wf in list(batch.touched.values()):
             self.mirror.derive(wf, batch)
-
-    def _write(self, s: Session, batch: Batch) -> None:
-        """Write the batch with the driver directly (see broker.persistence.rawsql for why)."""
-        raw = self._raw(s)
-        cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
-            for node, cols in batch.node_cols.values():
-                shapes.setdefault(tuple(sorted(cols)), []).append((node.id, cols))
-            for columns, rows in shapes.items():
-                raw.update(cursor, "nodes", columns, rows)
-            if batch.events:
-                ids = raw.next_ids(cursor, "events", len(batch.events))
-                raw.insert(cursor, "events", EVENT_COLUMNS,
-                           [(event_id, *(row[c] for c in EVENT_COLUMNS[1:]))
-                            for event_id, (row, _) in zip(ids, batch.events)])
-                outbox = [(event_id, dest) for event_id, (_, dests) in zip(ids, batch.events) for dest in dests]
-                if outbox:
-                    raw.insert(cursor, "outbox", ("event_id", "destination"), outbox)
-            wf_shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
-            for wf, cols in batch.wf_cols.values():
-                wf_shapes.setdefault(tuple(sorted(cols)), []).append((wf.id, cols))
-            for columns, rows in wf_shapes.items():
-                raw.update(cursor, "workflows", columns, rows)
-            if batch.controls:
-                raw.update(cursor, "control", ("applied_at", "result"),
-                           [(i, {"applied_at": batch.now, "result": r}) for i, r in batch.controls])
-        finally:
-            cursor.close()
-
-    def _raw(self, s: Session) -> RawWriter:
-        if self._rawsql is None:
-            self._rawsql = RawWriter(s.get_bind().dialect.name)
-        return self._rawsql
 
     # ---------------------------------------------------------------------------------------- notify
 
@@ -374,13 +331,6 @@ def _ready(n: MNode) -> c.ReadyNode:
     return c.ReadyNode(node_id=n.id, workflow_id=n.wf.id, kind=n.kind, path=n.path,  # type: ignore[arg-type]
                        template=n.template, priority=n.priority, attempt=n.attempt, bindings=n.all_bindings(),
                        member_index=n.member_index)
-
-
-def _node_row(node: MNode, batch: Batch) -> dict[str, Any]:
-    return {"workflow_id": node.wf.id, "path": node.path, "template": node.template, "kind": node.kind,
-            "parent_id": node.parent.id if node.parent is not None else None, "member_index": node.member_index,
-            "bindings": [list(p) for p in node.bindings] or None, "state": node.state.value,
-            "priority": node.priority, "attempt": 0, "retries": 0, "created_at": batch.now}
 
 
 def _merge(a: Outcome, b: Outcome) -> Outcome:

@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 
 from broker.faults import crash_point
+from broker.persistence.changes import Changes
 from broker.persistence.store import Outcome, Store
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,10 @@ class Writer(pykka.ThreadingActor):
         elif isinstance(message, Subscribe):
             self._subscribers.append(message.ref)
         else:
-            self._pending.append(message)
+            if isinstance(message, Changes):
+                self._pending.extend(message.items)
+            else:
+                self._pending.append(message)
             if not self._scheduled:
                 self._scheduled = True
                 self.actor_ref.tell(_FLUSH)
