@@ -273,7 +273,9 @@ class Store:
         wf = self.mirror.add_workflow(row, owner, nodes, edges, batch)
         batch.tracked.append(wf)
         batch.touched[wf.id] = wf
-        flying = [r.id for r in nodes if NodeState(r.state) in IN_FLIGHT]
+        # groups (expanded sweeps, members) run while their children do: they are no attempts to recover
+        flying = [r.id for r in nodes
+                  if NodeState(r.state) in IN_FLIGHT and not self.mirror.nodes[r.id].is_group]
         if wf.cancel_requested:
             # cancelled by a broker that stopped before its attempts ended: kill them once found again
             batch.kill.extend((node_id, self.mirror.nodes[node_id].attempt) for node_id in flying)
