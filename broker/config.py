@@ -140,6 +140,35 @@ class EventsSettings:
 
     url: str = field(default="", metadata=_doc("bus URL: stomp://host:port, memory:// (tests); empty: events are "
                                                "only stored, never published"))
+    login: str = field(default="", metadata=_doc("user name the relay logs in to the bus with; empty: no login"))
+    passcode: str = field(default="", metadata=_doc("password of login (prefer the environment variable "
+                                                    "BROKER_EVENTS_PASSCODE to writing it here)"))
+    vhost: str = field(default="", metadata=_doc("STOMP host header; RabbitMQ reads it as the virtual host (usually "
+                                                 "/); empty: the host name of url"))
+    heartbeat: float = field(default=10.0, metadata=_doc("STOMP heart-beat interval, both ways: a silent bus is "
+                                                         "noticed after about 1.5 times this; 0: no heart-beats", "s"))
+    connect_timeout: float = field(default=10.0, metadata=_doc("how long connecting to the bus may take", "s"))
+    window: int = field(default=200, metadata=_doc("messages the relay publishes as one bus transaction, confirmed "
+                                                   "by one receipt and marked sent by one database update",
+                                                   "messages"))
+    receipt_timeout: float = field(default=10.0, metadata=_doc("how long the relay waits for a window's receipt "
+                                                               "(or a blocked send) before it reconnects and "
+                                                               "publishes the unconfirmed events again", "s"))
+    reconnect_initial: float = field(default=0.5, metadata=_doc("first wait after the bus failed; it doubles (with "
+                                                                "jitter) at each failure in a row", "s"))
+    reconnect_max: float = field(default=30.0, metadata=_doc("longest wait between two connection attempts", "s"))
+    poll_interval: float = field(default=1.0, metadata=_doc("how often the relay looks for unsent events when no "
+                                                            "commit woke it (events written by other processes)",
+                                                            "s"))
+    stop_timeout: float = field(default=5.0, metadata=_doc("on stop, how long the relay goes on publishing unsent "
+                                                           "events; the rest is published after the next start",
+                                                           "s"))
+    max_rejections: int = field(default=5, metadata=_doc("how often the bus may refuse an event for a workflow's "
+                                                         "publishMetadataTo destination (an ERROR frame: not "
+                                                         "authorized...) before the relay skips it there, with an "
+                                                         "error in the log; 0: never skip (the events behind it "
+                                                         "wait). Refusals on the broker's own topics are never "
+                                                         "skipped", "times"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +176,23 @@ class ApiSettings:
     """The SOAP API of `broker serve`."""
 
     listen: str = field(default="127.0.0.1:8080", metadata=_doc("address and port the service listens on"))
+    public_url: str = field(default="", metadata=_doc("base URL clients reach the service at, written into the "
+                                                      "WSDLs (core: <public_url>/broker, admin: <public_url>/admin); "
+                                                      "empty: http://<listen>"))
+    threads: int = field(default=8, metadata=_doc("HTTP worker threads: calls served at once", "threads"))
+    max_request_bytes: int = field(default=16 * 1024**2,
+                                   metadata=_doc("largest SOAP request accepted (larger descriptions: use "
+                                                 "workflowUrl)", "bytes"))
+    page_size: int = field(default=200, metadata=_doc("most events one getStatusInfo* call returns", "events"))
+    credential_ttl: float = field(default=60.0, metadata=_doc("how long a verified user name and password are "
+                                                              "remembered (the slow hash is paid once per period)",
+                                                              "s"))
+    workflow_urls: tuple[str, ...] = field(default=(), metadata=_doc("URL prefixes a submission's workflowUrl may "
+                                                                     "be fetched from (file:///srv/wf/ "
+                                                                     "https://host/wf/, space separated); empty: "
+                                                                     "workflowUrl is refused"))
+    drain_timeout: float = field(default=30.0, metadata=_doc("on SIGTERM, how long in-flight calls may take to "
+                                                             "finish", "s"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +201,29 @@ class HostsSettings:
 
     catalogue: str = field(default="", metadata=_doc("hosts.xml file (schemas/hosts.xsd); empty: only the local "
                                                      "host"))
+    ssh_poll_interval: float = field(default=1.0, metadata=_doc("how often the status files of the attempts "
+                                                                "running on one SSH host are read (one "
+                                                                "command per host and account)", "s"))
+    batch_poll_interval: float = field(default=5.0, metadata=_doc("how often one batch host is polled: one "
+                                                                  "status-file read and one scheduler query "
+                                                                  "(squeue) per host and account", "s"))
+    lost_after: float = field(default=600.0, metadata=_doc("how long an attempt may be unknown to a scheduler "
+                                                           "that answers, with no result file, before it "
+                                                           "counts as lost", "s"))
+    ssh_max_channels: int = field(default=8, metadata=_doc("commands and transfers at once over the one SSH "
+                                                           "connection of a host and account (sshd allows 10 "
+                                                           "by default: MaxSessions)", "channels"))
+    ssh_connect_timeout: float = field(default=10.0, metadata=_doc("how long connecting and authenticating to "
+                                                                   "an SSH host may take", "s"))
+    ssh_command_timeout: float = field(default=60.0, metadata=_doc("how long one remote command (a launch, a "
+                                                                   "poll, a submission) may take", "s"))
+    http_allow: tuple[str, ...] = field(default=(), metadata=_doc("URL prefixes http(s):// stage-in sources "
+                                                                  "must start with (https://data.example.org/"
+                                                                  "pub/, space separated); empty: none"))
+    http_allow_private: bool = field(default=False, metadata=_doc("whether http(s):// stage-in may reach "
+                                                                  "loopback, private and link-local addresses"))
+    http_timeout: float = field(default=30.0, metadata=_doc("how long an http(s):// stage-in may wait for the "
+                                                            "server", "s"))
 
 
 @dataclass(frozen=True, slots=True)

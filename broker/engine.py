@@ -1,7 +1,7 @@
 """The engine: builds the actors, starts them in dependency order, stops them in reverse.
 
-Start: database lock -> database -> writer -> worker pools -> monitoring -> staging -> submission ->
-clock. Stop: the reverse; the writer goes last so every change already sent is committed. Running
+Start: database lock -> database -> writer (and the outbox relay) -> worker pools -> monitoring -> staging ->
+submission -> clock. Stop: the reverse; the writer goes last so every change already sent is committed. Running
 payloads are left running on stop: a restarted engine re-attaches to them.
 
 Used by ``broker run`` (one workflow, in-process) and ``broker serve`` (every workflow, as a service).
@@ -25,6 +25,7 @@ from broker.controllers.monitoring import MonitoringController
 from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
 from broker.errors import BrokerError
+from broker.events.relay import OutboxRelay
 from broker.persistence import changes as c
 from broker.persistence.db import open_database, session_factory
 from broker.persistence.lock import BrokerLock
@@ -95,7 +96,11 @@ class Engine:
                                      plans=PlanCache(self.sessions), workdir=self.workdir,
                                      all_workflows=self.all_workflows)
             self.store = Store(self.sessions, limits=settings.limits)
-            self.writer = Writer.start(self.store, self.listeners)
+            # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
+            self.relay = OutboxRelay.from_settings(settings.events, self.sessions)
+            self.writer = Writer.start(self.store, [*self.listeners, self.relay.wake] if self.relay else self.listeners)
+            if self.relay is not None:
+                self.relay.start()
             sizes = settings.engine
             self.pools = {kind: WorkerPool(kind, cls, getattr(sizes, f"{kind}_workers"), self.ctx)
                           for kind, cls in WORKER_CLASSES.items()}
@@ -172,6 +177,9 @@ class Engine:
                 ref.stop()
         for pool in getattr(self, "pools", {}).values():
             pool.stop()
+        relay = getattr(self, "relay", None)
+        if relay is not None:
+            relay.stop()  # publishes what is left for at most [events] stop_timeout
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.stop()

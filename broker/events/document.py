@@ -1,0 +1,180 @@
+"""The event message: an XML document (schemas/event.xsd) as the body, and the same facts as headers.
+
+The body is a pure function of the stored event row: the same event always renders to the same bytes, so
+a message the relay publishes again after a crash (at-least-once delivery) is identical to the first one.
+Text is made safe for XML 1.0 first: characters XML cannot carry (NUL and other C0 controls, lone
+surrogates, U+FFFE/U+FFFF) become U+FFFD. Besides keeping the document well-formed, that guarantees the
+body has no NUL byte, which STOMP without ``content-length`` would read as the end of the frame.
+
+Headers (all strings, fixed names, usable in JMS selectors): ``workflowId``, ``user``, ``nodeId``,
+``eventType``, ``level``, ``seq``, ``eventId``, plus ``type`` (JMSType) and ``persistent: true``. Values
+that do not apply (a service event's workflow) are empty strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from broker.events.types import EventLevel, EventType
+
+#: the namespace of the event document; a new document version gets a new one
+NAMESPACE = "urn:workflow-broker:event:1.0"
+SCHEMA_FILE = "event.xsd"
+_NS = "{" + NAMESPACE + "}"
+
+#: characters XML 1.0 cannot carry (its Char production), replaced by U+FFFD
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_REPLACEMENT = "\ufffd"
+
+#: the header names, fixed: stomp.py never escapes names, and JMS selectors refer to them
+HEADER_NAMES = ("workflowId", "user", "nodeId", "eventType", "level", "seq", "eventId")
+
+
+@dataclass(frozen=True, slots=True)
+class EventDocument:
+    """One event as consumers see it."""
+
+    #: the event id (increasing in commit order)
+    event_id: int
+    #: the per-workflow sequence number; None for service-level events
+    seq: int | None
+    type: EventType
+    level: EventLevel
+    #: the workflow global id (wf-...); None for service-level events
+    workflow_id: str | None
+    #: the node global id (workflow global id + "/" + path); None for workflow-level events
+    node_id: str | None
+    #: the owner of the workflow
+    user: str | None
+    #: who caused the event (submission, monitoring, user:NAME, ...)
+    actor: str
+    #: the new state of a state change
+    state: str | None
+    #: commit time, aware UTC
+    time: dt.datetime
+    message: str | None = None
+    #: name -> JSON-compatible value
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with every character XML 1.0 cannot carry replaced by U+FFFD."""
+    return _NOT_XML.sub(_REPLACEMENT, text)
+
+
+def json_text(value: Any) -> str:
+    """A property value as compact, deterministic JSON (keys sorted); NaN and infinities become strings."""
+    try:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or an infinity somewhere inside: JSON has no spelling for them
+        return json.dumps(str(value), ensure_ascii=False)
+
+
+def format_time(value: dt.datetime) -> str:
+    """UTC with microseconds and a Z: ``2024-05-01T12:00:00.123456Z``."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime in an event")
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def render(doc: EventDocument) -> bytes:
+    """The UTF-8 XML body of an event (valid against schemas/event.xsd)."""
+    root = etree.Element(_NS + "event", nsmap={None: NAMESPACE})
+
+    def add(name: str, text: str | None) -> None:
+        if text is not None:
+            etree.SubElement(root, _NS + name).text = xml_safe(text)
+
+    add("id", str(doc.event_id))
+    add("sequence", None if doc.seq is None else str(doc.seq))
+    add("type", EventType(doc.type).value)
+    add("level", EventLevel(doc.level).name)
+    add("workflowId", doc.workflow_id)
+    add("nodeId", doc.node_id)
+    add("user", doc.user)
+    add("actor", doc.actor)
+    add("state", doc.state)
+    add("time", format_time(doc.time))
+    add("message", doc.message)
+    if doc.properties:
+        props = etree.SubElement(root, _NS + "properties")
+        for name in sorted(doc.properties):
+            prop = etree.SubElement(props, _NS + "property", name=xml_safe(str(name)))
+            prop.text = xml_safe(json_text(doc.properties[name]))
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def headers(doc: EventDocument) -> dict[str, str]:
+    """The message headers of an event: every value a string (JMS selectors compare strings)."""
+    return {
+        "workflowId": doc.workflow_id or "",
+        "user": doc.user or "",
+        "nodeId": doc.node_id or "",
+        "eventType": EventType(doc.type).value,
+        "level": EventLevel(doc.level).name,
+        "seq": "" if doc.seq is None else str(doc.seq),
+        "eventId": str(doc.event_id),
+        # JMSType in Java
+        "type": EventType(doc.type).value,
+        # stored by the bus; a non-persistent message can be lost on a bus crash even after its receipt
+        "persistent": "true",
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def event_schema() -> etree.XMLSchema:
+    """The compiled schemas/event.xsd (loaded once)."""
+    from broker.description.schema import schema_dir
+
+    return etree.XMLSchema(etree.parse(str(schema_dir() / SCHEMA_FILE)))
+
+
+def _parser() -> etree.XMLParser:
+    # a body comes from the bus: no entities, no DTD, no network
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+
+
+def validation_errors(body: bytes | str) -> list[str]:
+    """Why a message body is not a valid event document (empty when it is)."""
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    try:
+        tree = etree.fromstring(data, _parser())
+    except etree.XMLSyntaxError as exc:
+        return [f"not well-formed XML: {exc}"]
+    if tree.getroottree().docinfo.doctype:
+        return ["a DOCTYPE is not allowed in an event document"]
+    schema = event_schema()
+    if schema.validate(tree):
+        return []
+    return [f"line {e.line}: {e.message}" for e in schema.error_log]  # type: ignore[attr-defined]
+
+
+def parse(body: bytes | str) -> EventDocument:
+    """Read a message body back (for Python consumers). Raises ValueError when it is not a valid document."""
+    problems = validation_errors(body)
+    if problems:
+        raise ValueError("invalid event document: " + "; ".join(problems))
+    data = body.encode("utf-8") if isinstance(body, str) else body
+    root = etree.fromstring(data, _parser())
+
+    def text(name: str) -> str | None:
+        element = root.find(_NS + name)
+        return None if element is None else (element.text or "")
+
+    properties = {}
+    for prop in root.iterfind(f"{_NS}properties/{_NS}property"):
+        properties[prop.get("name")] = json.loads(prop.text or "null")
+    seq = text("sequence")
+    return EventDocument(
+        event_id=int(text("id") or 0), seq=None if seq is None else int(seq), type=EventType(text("type")),
+        level=EventLevel[text("level") or ""], workflow_id=text("workflowId"), node_id=text("nodeId"),
+        user=text("user"), actor=text("actor") or "", state=text("state"),
+        time=dt.datetime.strptime(text("time") or "", "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc),
+        message=text("message"), properties=properties)

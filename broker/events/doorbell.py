@@ -1,0 +1,77 @@
+"""The relay's doorbell: turns commits, the poll interval and backoff deadlines into rounds of the relay.
+
+The writer rings it after each commit (cheap: a flag and a notify); its thread tells the relay actor to do
+a round when one is due and none is pending, so a burst of commits costs one round, not one each, and a
+relay backing off from a dead bus is not woken by every commit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pykka
+
+
+class Pump:
+    """Do one round now."""
+
+
+PUMP = Pump()
+
+
+class Doorbell(threading.Thread):
+    """Tells the actor ``ref`` to do a round (:data:`PUMP`) when one is due; at most one is pending."""
+
+    def __init__(self, poll_interval: float):
+        super().__init__(name="broker-relay-doorbell")
+        self.poll_interval = max(poll_interval, 0.01)
+        self.ref: pykka.ActorRef[Any] | None = None
+        self._cond = threading.Condition()
+        self._rung = True  # a first round at start: rows may be waiting from before
+        self._pending = False
+        self._not_before = 0.0
+        self._stopping = False
+
+    def ring(self) -> None:
+        """Something was committed: do a round soon."""
+        with self._cond:
+            self._rung = True
+            self._cond.notify()
+
+    def done(self, not_before: float, more: bool) -> None:
+        """The actor finished a round; ``more``: rows remain; ``not_before``: back off until then."""
+        with self._cond:
+            self._pending = False
+            self._not_before = not_before
+            self._rung = self._rung or more
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """End the thread and wait for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self.is_alive():
+            self.join()
+
+    def run(self) -> None:
+        next_poll = time.monotonic() + self.poll_interval
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                if self._pending:
+                    self._cond.wait()
+                    continue
+                due_at = max(now if (self._rung or now >= next_poll) else next_poll, self._not_before)
+                if due_at > now:
+                    self._cond.wait(due_at - now)
+                    continue
+                self._pending, self._rung = True, False
+                next_poll = now + self.poll_interval
+                try:
+                    assert self.ref is not None
+                    self.ref.tell(PUMP)
+                except pykka.ActorDeadError:
+                    return

@@ -1,0 +1,356 @@
+"""The outbox relay: publishes committed events on the bus in order, and marks them sent after the receipt.
+
+The engine's writer commits every event together with one outbox row per destination (broker.events.
+routing), in the same transaction as the state change. The relay is an actor of its own that reads unsent
+rows in id order, publishes them and marks them sent, so publishing never blocks a controller or a
+request thread: a slow, full or absent bus only backs the relay off while rows accumulate.
+
+One round (the relay's unit of work):
+
+1. read up to ``window`` unsent rows in id order (one short read; the partial index ix_outbox_unsent),
+2. send them as persistent messages in one bus transaction (BEGIN, SEND..., COMMIT asking for a receipt)
+   without waiting between frames; meanwhile read and render the next window,
+3. wait (at most ``receipt_timeout``) for the COMMIT's receipt: the bus has stored the whole window,
+4. mark the window sent, in one UPDATE.
+
+Order: ids follow commit order and one workflow's events are committed in sequence order, so each
+workflow's events go out in order. A row is never marked before the receipt of its window. A window
+that is not confirmed (timeout, lost connection, refusal) was not delivered at all (the bus discards
+an uncommitted transaction), or, if the receipt alone was lost, was delivered whole: the next round
+sends it again from its first row. Consumers may see a message twice (same event id, same body), never
+a later event of a workflow before an earlier one.
+
+Marking rows sent is the relay's own write (``outbox.sent_at`` belongs to it, not to the writer): short
+transactions with the database's busy timeout, one per window. A crash between the receipts and the mark
+republishes that window after the restart (crash point ``relay-published``).
+
+The relay wakes up when the writer commits (:meth:`OutboxRelay.wake` is a writer Listener), and every
+``poll_interval`` for rows written by other processes. It reconnects with exponential backoff and jitter;
+STOMP heart-beats notice a silent bus. On stop it goes on publishing for at most ``stop_timeout``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pykka
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.config import EventsSettings
+from broker.errors import ConfigError
+from broker.events import document
+from broker.events.doorbell import PUMP, Doorbell
+from broker.events.outbox import Row, count_unsent, mark_sent, read_unsent
+from broker.events.publishers import BusError, Message, Publisher, open_publisher
+from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
+from broker.faults import crash_point
+
+log = logging.getLogger(__name__)
+
+#: fraction of a backoff delay added at random, so many brokers do not reconnect in step
+JITTER = 0.2
+
+#: called with (outbox ids, time.monotonic()) when the bus confirmed them (benchmarks, metrics)
+ConfirmedHook = Callable[[Sequence[int], float], None]
+#: one row ready to send: the row, and its event's (headers, body), rendered once per event
+Prepared = tuple[Row, tuple[dict[str, str], bytes] | None]
+
+
+def backoff_delay(failures: int, initial: float, cap: float, rand: float = 0.0) -> float:
+    """Seconds to wait after ``failures`` failures in a row: initial, doubling, capped, plus up to 20 % jitter."""
+    if failures <= 0:
+        return 0.0
+    base = min(cap, initial * 2 ** min(failures - 1, 30))
+    return base * (1.0 + JITTER * rand)
+
+
+def prepare(rows: list[Row]) -> list[Prepared]:
+    """Each row with its message content (None when routing excludes it); an event's copies share one."""
+    rendered: dict[int, tuple[dict[str, str], bytes]] = {}
+    out: list[Prepared] = []
+    for row in rows:
+        if not row.allowed():
+            out.append((row, None))
+            continue
+        content = rendered.get(row.event.event_id)
+        if content is None:
+            content = rendered[row.event.event_id] = (document.headers(row.event), document.render(row.event))
+        out.append((row, content))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- the actor
+
+class Relay(pykka.ThreadingActor):
+    """The actor that publishes the outbox (see the module docstring)."""
+
+    def __init__(self, settings: EventsSettings, sessions: sessionmaker[Session], publisher: Publisher,
+                 doorbell: Doorbell, on_confirmed: ConfirmedHook | None = None):
+        super().__init__()
+        self.settings = settings
+        self.sessions = sessions
+        self.publisher = publisher
+        self.doorbell = doorbell
+        self.on_confirmed = on_confirmed
+        #: failures in a row (connection, receipts, database); 0 when the last round went through
+        self.failures = 0
+        self._not_before = 0.0
+        self._serial = 0
+        #: while > 0: a window was refused; rows up to this outbox id go one by one
+        self._narrow_until = 0
+        #: the next window, read while the bus stored the last one
+        self._prefetched: list[Prepared] | None = None
+        #: outbox id -> refusals so far
+        self._refusals: dict[int, int] = {}
+        self.published = 0
+        self.skipped = 0
+
+    def on_start(self) -> None:
+        self.doorbell.ref = self.actor_ref
+        self.doorbell.start()
+
+    def on_receive(self, message: Any) -> Any:
+        if message is PUMP:
+            not_before, more = 0.0, False
+            try:
+                not_before, more = self._round(self.settings.receipt_timeout)
+            except Exception:  # never let the actor die: it would stop publishing for good
+                log.exception("event relay round failed")
+                not_before = self._failed("internal error (see above)")
+            self.doorbell.done(not_before, more)
+        return None
+
+    def on_stop(self) -> None:
+        self.doorbell.stop()
+        try:
+            self._drain(time.monotonic() + self.settings.stop_timeout)
+        finally:
+            self.publisher.close()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self.doorbell.stop()
+        self.publisher.close()
+
+    # -------------------------------------------------------------------------------------- one round
+
+    def _round(self, receipt_timeout: float, connect_timeout: float | None = None) -> tuple[float, bool]:
+        """Publish one window. Returns (monotonic time before which not to try again, whether rows remain)."""
+        prefetched, self._prefetched = self._prefetched, None
+        if not self.publisher.connected():
+            prefetched = None
+            try:
+                self.publisher.connect(self.settings.connect_timeout if connect_timeout is None else connect_timeout)
+            except BusError as exc:
+                return self._failed(str(exc)), False
+            if self.failures:
+                log.info("event bus %s reachable again: publishing the events that waited", self.settings.url)
+            else:
+                log.info("event relay connected to %s", self.settings.url)
+        # while a refused event is looked for or retried, rows go one by one (see _publish)
+        narrow = bool(self._refusals) or self._narrow_until > 0
+        window = 1 if narrow else self.settings.window
+        if prefetched is not None and not narrow:
+            window_rows = prefetched
+        else:
+            try:
+                with self.sessions() as s:
+                    window_rows = prepare(read_unsent(s, window))
+            except SQLAlchemyError as exc:
+                return self._failed(f"cannot read the outbox: {exc}"), False
+        if not window_rows:
+            self.failures = 0
+            return 0.0, False
+        done, problem = self._publish(window_rows, receipt_timeout, prefetch=len(window_rows) >= window)
+        if done:
+            crash_point("relay-published")
+            try:
+                mark_sent(self.sessions, done, dt.datetime.now(dt.timezone.utc))
+            except SQLAlchemyError as exc:
+                # published but not marked: they go out again after the backoff (same ids, same bodies)
+                self._prefetched = None
+                self.publisher.close()
+                return self._failed(f"cannot mark {len(done)} events sent: {exc}"), False
+        if problem is not None:
+            self._prefetched = None
+            self.publisher.close()
+            return self._failed(problem), False
+        self.failures = 0
+        if self._narrow_until and done and done[-1] >= self._narrow_until:
+            self._narrow_until = 0  # every row of the refused window is settled
+        return 0.0, len(window_rows) >= window or narrow or bool(self._prefetched)
+
+    def _publish(self, rows: list[Prepared], receipt_timeout: float,
+                 prefetch: bool) -> tuple[list[int], str | None]:
+        """Send a window and wait for its receipt: (ids that may be marked, in order; why the rest may not).
+
+        The window is one bus transaction, confirmed as a whole by its COMMIT's receipt (see
+        broker.events.publishers). While the bus stores a full window, the next one is read and rendered
+        (``prefetch``); it is sent only after this one is confirmed, so a failed window is never overtaken
+        by a later one. When the bus refuses a message, the window fails as a whole; its rows are then sent
+        one window each until the refused one is found (and retried, or skipped: :meth:`_refused`).
+        """
+        self._serial += 1
+        tx = f"w{self._serial}"
+        sendable = [(row, content) for row, content in rows if content is not None]
+        commit = f"{tx}-commit" if sendable else None
+        problem = None
+        skipped = None
+        try:
+            if commit is not None:
+                self.publisher.begin(tx)
+                for row, (headers, body) in sendable:
+                    self.publisher.send(Message(row.destination, headers, body), tx)
+                self.publisher.commit(tx, commit)
+        except BusError as exc:  # the transaction dies with the connection: nothing of it was published
+            problem, commit = str(exc), None
+        if commit is not None and prefetch:
+            self._prefetch(rows[-1][0].outbox_id)
+        answer = self.publisher.wait([commit], receipt_timeout) if commit is not None else None
+        # nothing to send (every row excluded by routing) counts as a confirmed, empty window
+        committed = (commit is None and problem is None) or (answer is not None and answer.confirmed(commit or ""))
+        if answer is not None and not committed:
+            refusal = answer.errors[0] if answer.errors else answer.rejected.get(commit or "")
+            problem = refusal or answer.failure or "no receipt for the commit"
+            if refusal is not None and len(sendable) == 1:
+                if self._refused(sendable[0][0], refusal):
+                    # skipped for good: settled (marked) like the rows around it, never published
+                    committed, problem, skipped = True, None, sendable[0][0].outbox_id
+            elif refusal is not None:
+                log.warning("the bus refused a message of a window of %d (%s): publishing them one by one to "
+                            "find it", len(sendable), refusal)
+                self._narrow_until = rows[-1][0].outbox_id
+        if committed and skipped is None and self.on_confirmed is not None:
+            self.on_confirmed([row.outbox_id for row, _ in sendable], time.monotonic())
+        done = []
+        for row, content in rows:
+            if content is None:
+                log.warning("event %s is not published to %s: its workflow's level or routing excludes it "
+                            "(an outbox row written by another broker version?)", row.event.event_id,
+                            row.destination)
+                self.skipped += 1
+            elif not committed:
+                break
+            elif row.outbox_id != skipped:
+                self._refusals.pop(row.outbox_id, None)
+                self.published += 1
+            done.append(row.outbox_id)
+        if problem is None and len(done) < len(rows):
+            problem = "window not confirmed"
+        return done, problem
+
+    def _prefetch(self, after: int) -> None:
+        """Read and render the next window now, while the bus is busy storing this one."""
+        try:
+            with self.sessions() as s:
+                rows = read_unsent(s, self.settings.window, after=after)
+        except SQLAlchemyError:
+            return  # the next round reads again
+        self._prefetched = prepare(rows) if rows else None
+
+    def _refused(self, row: Row, reason: str) -> bool:
+        """Count a refusal; True when the event is to be skipped for good.
+
+        Only a workflow's own publishMetadataTo destination may be skipped (after ``max_rejections``
+        refusals): a user chose it, and it must not hold back everyone's events. A refusal on the broker's
+        own topics is the bus account's misconfiguration: those events wait until the bus allows them.
+        """
+        count = self._refusals.get(row.outbox_id, 0) + 1
+        self._refusals[row.outbox_id] = count
+        limit = self.settings.max_rejections
+        own = row.destination == ALL_EVENTS_TOPIC or (row.event.user is not None
+                                                      and row.destination == user_topic(row.event.user))
+        if own:
+            log.error("the bus refused event %s for %s (%s): the relay's bus account must be allowed to write the "
+                      "broker's topics; events wait in the outbox until it is (refusal %d)", row.event.event_id,
+                      row.destination, reason, count)
+            return False
+        if limit and count >= limit:
+            log.error("event %s (workflow %s, %s) was refused %d times by the bus for its publishMetadataTo "
+                      "destination %s (%s): skipped, it is NOT published there", row.event.event_id,
+                      row.event.workflow_id, row.event.type, count, row.destination, reason)
+            self._refusals.pop(row.outbox_id, None)
+            self.skipped += 1
+            return True
+        log.warning("the bus refused event %s for %s (%s); refusal %d%s", row.event.event_id, row.destination,
+                    reason, count, f" of {limit}" if limit else "")
+        return False
+
+    def _failed(self, reason: str) -> float:
+        """Record a failure; the monotonic time of the next attempt (exponential backoff with jitter)."""
+        self.failures += 1
+        delay = backoff_delay(self.failures, self.settings.reconnect_initial, self.settings.reconnect_max,
+                              random.random())
+        level = logging.WARNING if self.failures == 1 else logging.DEBUG
+        log.log(level, "event relay: %s; events wait in the outbox; next try in %.1f s (failure %d in a row)",
+                reason, delay, self.failures)
+        self._not_before = time.monotonic() + delay
+        return self._not_before
+
+    # ------------------------------------------------------------------------------------------- stop
+
+    def _drain(self, deadline: float) -> None:
+        """On stop: go on publishing until nothing is left, the bus fails, or the deadline passes."""
+        if self.failures and self._not_before > time.monotonic():
+            pass  # the bus is known to be down: do not make the stop wait for it
+        else:
+            while (left := deadline - time.monotonic()) > 0:
+                not_before, more = self._round(min(self.settings.receipt_timeout, left),
+                                               min(self.settings.connect_timeout, left))
+                if not_before or not more:
+                    break
+        try:
+            with self.sessions() as s:
+                unsent = count_unsent(s)
+        except SQLAlchemyError:
+            return
+        if unsent:
+            log.info("event relay stopped with %d events unsent: they are published after the next start", unsent)
+
+
+# ------------------------------------------------------------------------------------------- the handle
+
+class OutboxRelay:
+    """The engine's handle on the relay: build it, pass :meth:`wake` to the writer, start, stop."""
+
+    def __init__(self, settings: EventsSettings, sessions: sessionmaker[Session], publisher: Publisher,
+                 on_confirmed: ConfirmedHook | None = None):
+        self.settings = settings
+        self.sessions = sessions
+        self.publisher = publisher
+        self.on_confirmed = on_confirmed
+        self.doorbell = Doorbell(settings.poll_interval)
+        self.ref: pykka.ActorRef[Relay] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: EventsSettings, sessions: sessionmaker[Session],
+                      on_confirmed: ConfirmedHook | None = None) -> OutboxRelay | None:
+        """The relay of ``[events]``; None when no bus is configured. Raises ConfigError for a bad URL."""
+        if not settings.url.strip():
+            return None
+        if settings.window < 1:
+            raise ConfigError(f"[events] window: must be at least 1, got {settings.window}")
+        return cls(settings, sessions, open_publisher(settings), on_confirmed)
+
+    def wake(self, *_: Any) -> None:
+        """A writer Listener: something was committed, publish it soon (cheap; any arguments ignored)."""
+        self.doorbell.ring()
+
+    def start(self) -> OutboxRelay:
+        """Start the actor (it connects and publishes in its own thread)."""
+        self.ref = Relay.start(self.settings, self.sessions, self.publisher, self.doorbell, self.on_confirmed)
+        return self
+
+    def stop(self) -> None:
+        """Stop: publish what is left for at most ``stop_timeout`` s, then disconnect."""
+        ref, self.ref = self.ref, None
+        if ref is not None:
+            try:
+                ref.stop()
+            except pykka.ActorDeadError:
+                pass

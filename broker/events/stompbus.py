@@ -1,0 +1,202 @@
+"""The STOMP 1.2 publisher (stomp.py): transactions per window, a receipt per COMMIT, heart-beats.
+
+No ``content-length`` header is sent, so ActiveMQ hands Java consumers a TextMessage (the body never
+contains NUL: see broker.events.document). The connection is tuned for a stream of small frames
+(TCP_NODELAY), and a send the bus does not read (ActiveMQ producer flow control) fails after the receipt
+timeout instead of blocking the relay for ever (SO_SNDTIMEO; the socket stays blocking for stomp.py's
+receiver thread). stomp.py's own reconnection is off: the relay retries with its own backoff.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import stomp
+
+from broker.config import EventsSettings
+from broker.events.publishers import BusError, Confirmations, Message
+
+#: seconds a clean DISCONNECT may wait for the bus's receipt before the socket is simply closed
+DISCONNECT_WAIT = 1.0
+_DISCONNECT_RECEIPT = "relay-disconnect"
+_CLOSED = "the bus closed the connection"
+
+
+class _Answers:
+    """stomp.py listener: receipts, ERROR frames and connection failures, for the relay thread to wait on."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.connected = False
+        self.received: set[str] = set()
+        self.rejected: dict[str, str] = {}
+        self.errors: list[str] = []
+        self.failure: str | None = None
+
+    def on_connected(self, frame: Any) -> None:
+        with self.cond:
+            self.connected = True
+            self.cond.notify_all()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.cond:
+            self.received.add(frame.headers.get("receipt-id", ""))
+            self.cond.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        lines = (frame.body or "").strip().splitlines()
+        message = frame.headers.get("message") or (lines[0] if lines else "ERROR frame")
+        with self.cond:
+            receipt = frame.headers.get("receipt-id")
+            if not self.connected:
+                self.failure = f"the bus answered ERROR: {message}"
+            elif receipt:
+                self.rejected[receipt] = message
+            else:
+                self.errors.append(message)
+            self.cond.notify_all()
+
+    def on_disconnected(self) -> None:
+        with self.cond:
+            self.failure = self.failure or _CLOSED
+            self.connected = False
+            self.cond.notify_all()
+
+    def on_heartbeat_timeout(self) -> None:
+        with self.cond:
+            # stomp.py closes the socket first: the heart-beat is the real reason, not the close
+            if self.failure in (None, _CLOSED):
+                self.failure = "no heart-beat from the bus"
+            self.cond.notify_all()
+
+
+class StompPublisher:
+    """A publisher over STOMP 1.2."""
+
+    def __init__(self, hosts: list[tuple[str, int]], settings: EventsSettings):
+        self.hosts = hosts
+        self.settings = settings
+        self._conn: Any = None
+        self._answers = _Answers()
+
+    def connect(self, timeout: float) -> None:
+        self.close()
+        heartbeat_ms = int(self.settings.heartbeat * 1000)
+        conn = stomp.Connection12(
+            self.hosts, heartbeats=(heartbeat_ms, heartbeat_ms), auto_content_length=False,
+            vhost=self.settings.vhost or None, timeout=max(timeout, 0.1),
+            # one try per host: the relay backs off and retries itself, without blocking its actor
+            reconnect_attempts_max=1, reconnect_sleep_initial=0.0, reconnect_sleep_increase=0.0,
+            reconnect_sleep_jitter=0.0, try_loopback_connect=False)
+        answers = _Answers()
+        conn.set_listener("relay", answers)
+        self._conn, self._answers = conn, answers
+        deadline = time.monotonic() + timeout
+        try:
+            conn.transport.start()
+            _tune(conn.transport.socket, self.settings.receipt_timeout)
+            # the protocol half of Connection12.connect (its transport half ran above, then the tuning)
+            stomp.protocol.Protocol12.connect(conn, self.settings.login or None, self.settings.passcode or None,
+                                              wait=False)
+        except Exception as exc:
+            self.close()
+            raise BusError(f"cannot connect to {_where(self.hosts)}: {_describe(exc)}") from None
+        with answers.cond:
+            answers.cond.wait_for(lambda: answers.connected or answers.failure is not None,
+                                  max(0.0, deadline - time.monotonic()))
+            ok, failure = answers.connected and answers.failure is None, answers.failure
+        if not ok:
+            self.close()
+            raise BusError(f"cannot connect to {_where(self.hosts)}: {failure or 'no CONNECTED frame in time'}")
+
+    def connected(self) -> bool:
+        answers = self._answers
+        with answers.cond:
+            return self._conn is not None and answers.connected and answers.failure is None
+
+    def begin(self, transaction: str) -> None:
+        self._frame(lambda conn: conn.begin(transaction=transaction))
+
+    def send(self, message: Message, transaction: str) -> None:
+        self._frame(lambda conn: conn.send(message.destination, message.body, transaction=transaction,
+                                           headers=dict(message.headers)))
+
+    def commit(self, transaction: str, receipt: str) -> None:
+        self._frame(lambda conn: conn.commit(transaction=transaction, headers={"receipt": receipt}))
+
+    def _frame(self, write: Any) -> None:
+        if self._conn is None:
+            raise BusError("not connected")
+        try:
+            write(self._conn)
+        except Exception as exc:  # a dead socket, or a send blocked longer than the send timeout
+            with self._answers.cond:
+                self._answers.failure = self._answers.failure or f"sending failed: {_describe(exc)}"
+            raise BusError(f"sending to {_where(self.hosts)} failed: {_describe(exc)}") from None
+
+    def wait(self, receipts: Sequence[str], timeout: float) -> Confirmations:
+        answers = self._answers
+        wanted = set(receipts)
+        with answers.cond:
+            answers.cond.wait_for(
+                lambda: answers.failure is not None or wanted <= (answers.received | answers.rejected.keys()),
+                timeout)
+            received = frozenset(wanted & answers.received)
+            rejected = {r: answers.rejected.pop(r) for r in wanted if r in answers.rejected}
+            answers.received -= wanted
+            errors, answers.errors = tuple(answers.errors), []
+            failure = answers.failure
+        if failure is None and len(received) + len(rejected) < len(wanted):
+            failure = f"no receipt within {timeout:g} s"
+        return Confirmations(received, rejected, errors, failure)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        answers = self._answers
+        try:
+            if answers.connected and answers.failure is None:
+                # a polite DISCONNECT, so the bus logs no broken connection
+                stomp.protocol.Protocol12.disconnect(conn, receipt=_DISCONNECT_RECEIPT)
+                with answers.cond:
+                    answers.cond.wait_for(lambda: _DISCONNECT_RECEIPT in answers.received or not answers.connected,
+                                          DISCONNECT_WAIT)
+        except Exception:  # the bus is gone already: nothing to be polite to
+            pass
+        for step in (conn.transport.disconnect_socket, conn.transport.stop):
+            try:
+                step()
+            except Exception:
+                pass
+
+
+def _tune(sock: Any, send_timeout: float) -> None:
+    """No Nagle delay on small frames, and a bound on a send the bus does not read (flow control)."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if send_timeout > 0:
+        seconds = int(send_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", seconds, int((send_timeout - seconds) * 1_000_000)))
+
+
+def _describe(exc: BaseException) -> str:
+    """A readable reason; stomp.py's own exceptions carry no message."""
+    if isinstance(exc, stomp.exception.ConnectFailedException):
+        return "connection refused, or no answer within the connect timeout"
+    if isinstance(exc, (stomp.exception.NotConnectedException, BrokenPipeError, ConnectionResetError)):
+        return "the connection is closed"
+    if isinstance(exc, (BlockingIOError, TimeoutError)):
+        return "the bus does not read what is sent (flow control?) within the receipt timeout"
+    return str(exc) or type(exc).__name__
+
+
+def _where(hosts: list[tuple[str, int]]) -> str:
+    return ",".join(f"{h}:{p}" for h, p in hosts)
