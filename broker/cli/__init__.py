@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ("validate", "run", "status", "events", "control", "db")
+COMMANDS = ("validate", "run", "status", "events", "control", "serve", "user", "db")
 
 log = logging.getLogger("broker.cli")
 

@@ -87,6 +87,9 @@ class Workflow(Base):
         UniqueConstraint("owner_id", "label", name="uq_workflows_owner_label"),
         UniqueConstraint("owner_id", "request_id", name="uq_workflows_owner_request"),
         Index("ix_workflows_state_finished", "state", "finished_at"),
+        # AUTOINCREMENT: SQLite would otherwise give a new workflow the id of a deleted last one, and
+        # anything still holding the old id (a client, a cache) would mistake one for the other
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -128,6 +131,8 @@ class Node(Base):
         UniqueConstraint("workflow_id", "path", name="uq_nodes_workflow_path"),
         Index("ix_nodes_workflow_state", "workflow_id", "state"),
         Index("ix_nodes_state", "state"),
+        # AUTOINCREMENT: node ids of deleted workflows are never handed out again (see workflows)
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -250,3 +255,23 @@ class Control(Base):
     applied_at: Mapped[dt.datetime | None]
     #: "applied" or "error: ..."
     result: Mapped[str | None] = mapped_column(Text)
+
+
+class ElfSession(Base):
+    """The credentials of one node attempt on the API's push channel (``updateNodeStatus``).
+
+    A remote elf authenticates with the session id and its secret; only a salted hash of the secret is kept.
+    """
+
+    __tablename__ = "elf_sessions"
+    # AUTOINCREMENT: a session id is never handed out twice, even after its node was deleted
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    #: 32-bit on the wire (``updateNodeStatus(Integer sessionId, ...)``)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    #: the attempt the session was created for: reports for any other attempt are stale
+    attempt: Mapped[int] = mapped_column(Integer)
+    #: "sha256$<salt hex>$<digest hex>" of the secret (a random 256-bit token, so a fast hash suffices)
+    secret_hash: Mapped[str] = mapped_column(String(160))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

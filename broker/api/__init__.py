@@ -1,0 +1,15 @@
+"""The SOAP API of ``broker serve``: two spyne applications (core at ``/broker``, admin at ``/admin``).
+
+Layout (only ``app``, ``types``, ``core``, ``admin`` and ``server`` import spyne)::
+
+    passwords   salted slow password hashes and the short-lived cache of verified credentials
+    sessions    elf sessions: per node attempt an id and a secret for the push channel (no spyne: the
+                resources layer imports it to hand sessions to remote elves)
+    identity    who is calling (a user with a role, or an elf session), decided at the edge
+    edge        WSGI middleware: size cap, content type, DOCTYPE and malformed envelopes, authentication
+    types       spyne wire types (never ORM models)
+    core, admin the two services (IBrokerCore, IBroker); authorisation is checked in each operation
+    app         the two applications, the one place broker errors become SOAP faults, the WSDLs
+    statexml    the XML of getWorkflowAsXml / getNodeAsXml (schemas/workflow-state.xsd)
+    server      the cheroot server, start-up and the SIGTERM drain of ``broker serve``
+"""

@@ -1,0 +1,161 @@
+"""The core service (``IBrokerCore``): submit, the elves' push channel, reads of one's own workflows.
+
+Authorisation, checked here in each operation (the edge has already authenticated the caller):
+
+* every operation but ``updateNodeStatus`` needs a user; a user sees and acts on their own workflows,
+  nodes and events only (another user's are "not found"); an admin sees everyone's;
+* an argument naming another user (``submission.user``, ``getStateForUser``, ``getStatusInfoForUser``,
+  ``deleteAllForUser``) is refused with Client.NotAuthorized unless the caller is an admin;
+* ``updateNodeStatus`` needs the elf session of the attempt (Client.InvalidCredentials otherwise), and its
+  ``sessionId`` argument must be that session;
+* ``archiveWorkflowsTo`` needs the admin role (and is not implemented yet: Server.NotImplemented).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spyne import Array, Integer32, Integer64, ServiceBase, Unicode, rpc
+
+from broker.api import deletion, push, wire
+from broker.api.faults import NotImplementedYet
+from broker.api.identity import ELF_KEY, caller, named_user, require_admin, scope_of
+from broker.api.submission import SubmissionFields, submit
+from broker.api.types import (CORE_NS, AggregateSummary, BrokerSubmission, Property, StatusInfo, SubmissionHandle,
+                              fault_class)
+from broker.errors import InvalidCredentials, NotAuthorized
+from broker.persistence import queries
+
+CoreFault = fault_class(CORE_NS)
+
+
+def _env(ctx: Any) -> dict[str, Any]:
+    return ctx.transport.req_env
+
+
+def _api(ctx: Any) -> Any:
+    return ctx.app.api
+
+
+class BrokerCoreService(ServiceBase):
+    """IBrokerCore: what every user (and every remote elf) calls."""
+
+    @rpc(BrokerSubmission, _returns=SubmissionHandle, _out_variable_name="return", _throws=CoreFault)
+    def submit(ctx, submission):
+        """Validate and store a workflow; the handle is returned once the workflow is committed."""
+        user = caller(_env(ctx))
+        sub = submission or BrokerSubmission()
+        fields = SubmissionFields(
+            event_level=sub.eventLevel, experiment_id=sub.experimentId, request_id=sub.id, priority=sub.priority,
+            publish_metadata_to=sub.publishMetadataTo, user=sub.user, content=sub.workflowContent,
+            url=sub.workflowUrl, label=sub.workflowId)
+        handle = submit(_api(ctx), user, fields)
+        return SubmissionHandle(globalId=handle.global_id, id=handle.workflow_id, label=handle.label,
+                                requestId=handle.request_id)
+
+    @rpc(Integer32, Unicode, Array(Property, wrapped=False), _throws=CoreFault)
+    def updateNodeStatus(ctx, sessionId, status, output):
+        """An elf's status, progress and output properties for its attempt (see broker.api.push)."""
+        elf = _env(ctx).get(ELF_KEY)
+        if elf is None:
+            raise InvalidCredentials("updateNodeStatus authenticates with an elf session, not a user")
+        if sessionId is not None and sessionId != elf.session_id:
+            raise NotAuthorized(f"elf session {elf.session_id} may not report for session {sessionId}")
+        push.apply_push(_api(ctx), elf, status, [(p.name, p.value) for p in output or ()])
+
+    @rpc(Unicode, Unicode, _throws=CoreFault)
+    def archiveWorkflowsTo(ctx, archiveURI, configurationXml):
+        """Archive workflows to a location (admin): not in this version."""
+        require_admin(caller(_env(ctx)), "archiveWorkflowsTo")
+        raise NotImplementedYet("archiveWorkflowsTo is not implemented in this version of the broker")
+
+    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=CoreFault)
+    def getDescriptorAsXml(ctx, id):
+        """The description of a workflow exactly as submitted."""
+        user = caller(_env(ctx))
+        with _api(ctx).sessions() as s:
+            return queries.visible_workflow(s, _id(id), scope_of(user)).descriptor
+
+    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=CoreFault)
+    def getWorkflowAsXml(ctx, id):
+        """The workflow with every node's current state (schemas/workflow-state.xsd)."""
+        from broker.api.statexml import workflow_xml
+        from broker.persistence.models import User
+
+        user = caller(_env(ctx))
+        with _api(ctx).sessions() as s:
+            workflow = queries.visible_workflow(s, _id(id), scope_of(user))
+            owner = s.get(User, workflow.owner_id).name
+            return workflow_xml(workflow, owner, queries.workflow_nodes(s, workflow.id), _node_counts(s, workflow.id))
+
+    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=CoreFault)
+    def getNodeAsXml(ctx, id):
+        """One node (by database id) with everything inside it (schemas/workflow-state.xsd)."""
+        from broker.api.statexml import node_xml
+
+        user = caller(_env(ctx))
+        with _api(ctx).sessions() as s:
+            node, workflow = queries.visible_node(s, _id(id), scope_of(user))
+            return node_xml(workflow, node, queries.node_subtree(s, node))
+
+    @rpc(Unicode, _returns=AggregateSummary, _out_variable_name="return", _throws=CoreFault)
+    def getStateForUser(ctx, user):
+        """A user's workflows and nodes by state (the caller's when null)."""
+        me = caller(_env(ctx))
+        name = named_user(me, user, "getStateForUser")
+        api = _api(ctx)
+        with api.sessions() as s:
+            owner = queries.user_by_name(s, name)
+        return wire.summary(api, owner.id, name, service=False)
+
+    @rpc(Unicode, Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return",
+         _throws=CoreFault)
+    def getStatusInfoForUser(ctx, user, lastId):
+        """A user's events after lastId, oldest first, at most [api] page_size of them."""
+        me = caller(_env(ctx))
+        name = named_user(me, user, "getStatusInfoForUser")
+        api = _api(ctx)
+        with api.sessions() as s:
+            owner = queries.user_by_name(s, name)
+        return wire.events(api, lastId, owner.id)
+
+    @rpc(Unicode, _returns=StatusInfo, _out_variable_name="return", _throws=CoreFault)
+    def getStatusInfoForId(ctx, globalId):
+        """The current status of a workflow or node global id, with the id of the newest event about it."""
+        user = caller(_env(ctx))
+        with _api(ctx).connect() as connection:  # Core, no ORM session: the hottest read of the API
+            return wire.status_info(queries.current_status(connection, globalId or "", scope_of(user)))
+
+    @rpc(Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return", _throws=CoreFault)
+    def getStatusInfo(ctx, lastId):
+        """The caller's events after lastId (an admin's: every event), oldest first, one page."""
+        user = caller(_env(ctx))
+        return wire.events(_api(ctx), lastId, scope_of(user), every_event=user.admin)
+
+    @rpc(Unicode, _throws=CoreFault)
+    def deleteAllForUser(ctx, user):
+        """Delete a user's finished workflows (the caller's when null); running ones are skipped."""
+        me = caller(_env(ctx))
+        name = named_user(me, user, "deleteAllForUser")
+        api = _api(ctx)
+        with api.sessions() as s:
+            owner = queries.user_by_name(s, name)
+        actor = f"{'admin' if me.admin else 'user'}:{me.name}"
+        deletion.delete_selection(api, actor, f"deleteAllForUser {name}", owner_id=owner.id)
+
+
+def _id(value: int | None) -> int:
+    from broker.errors import NotFound
+
+    if value is None:
+        raise NotFound("no id given")
+    return value
+
+
+def _node_counts(s: Any, workflow_id: int) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from broker.persistence.models import Node
+
+    return dict(s.execute(select(Node.state, func.count()).where(Node.workflow_id == workflow_id, queries.counted())
+                          .group_by(Node.state)).all())

@@ -1,0 +1,133 @@
+"""``broker serve``: the engine, the two SOAP services on cheroot, and the SIGTERM drain.
+
+Start: the engine (every workflow: ``track_all`` resumes the unfinished ones), then the HTTP server; a
+line ``serving on <url>`` on standard output says the service is ready (the port is the real one when
+``[api] listen`` asks for port 0). SIGTERM or SIGINT drains: the server stops accepting connections,
+calls in progress get up to ``[api] drain_timeout`` seconds to finish, then the engine stops its actors
+in order (running payloads keep running; the next broker re-attaches to them) and the process exits 0.
+A second signal exits at once with status 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from broker.config import Settings
+from broker.errors import ConfigError
+
+log = logging.getLogger("broker.api")
+
+#: exit status when a second signal forces the exit
+FORCED_EXIT = 130
+#: spyne loggers that log every client fault with a traceback and invalid requests in full
+SPYNE_LOGGERS = ("spyne", "spyne.application", "spyne.application.client", "spyne.application.server",
+                 "spyne.protocol", "spyne.server")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port). Raises ConfigError."""
+    host, sep, port = listen.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"[api] listen: invalid address {listen!r} (expected host:port, e.g. 127.0.0.1:8080)")
+    return host, int(port)
+
+
+def quiet_spyne() -> None:
+    """Keep spyne's own fault logging out of the log (the API logs each fault in one line itself).
+
+    A logging configuration that sets a spyne logger to DEBUG keeps it: that is how the edge is diagnosed.
+    """
+    for name in SPYNE_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level != logging.DEBUG:
+            logger.setLevel(logging.CRITICAL)
+
+
+class Service:
+    """The running service: engine, HTTP server, signal handling."""
+
+    def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings], Any] | None = None):
+        self.settings = settings
+        self.engine_factory = engine_factory
+        self.stopping = threading.Event()
+        self._signals = 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # only flags here: the main thread does the work
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(FORCED_EXIT)
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; returns the exit status."""
+        from cheroot import wsgi
+
+        from broker.api.app import build
+        from broker.api.context import ApiContext
+        from broker.api.edge import Edge, Route
+        from broker.api.identity import Authenticator
+        from broker.engine import Engine
+
+        api_settings = self.settings.api
+        host, port = parse_listen(api_settings.listen)
+        if api_settings.threads < 1:
+            raise ConfigError(f"[api] threads: must be at least 1, got {api_settings.threads}")
+        quiet_spyne()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+        engine = (self.engine_factory or (lambda s: Engine(s, all_workflows=True)))(self.settings).start()
+        try:
+            resumed = engine.track_all()
+            server = wsgi.Server((host, port), _unavailable, numthreads=api_settings.threads,
+                                 shutdown_timeout=api_settings.drain_timeout, server_name="workflow-broker")
+            server.prepare()  # binds: with port 0 the real port is known from here on
+            bound_host, bound_port = server.bind_addr[:2]
+            public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound_port}"
+            api = ApiContext(self.settings, engine)
+            routes = [Route(path, app, namespace, wsdl) for path, (app, namespace, wsdl)
+                      in build(api, public, api_settings.max_request_bytes).items()]
+            server.wsgi_app = Edge(routes, Authenticator(engine.sessions, api_settings.credential_ttl),
+                                   api_settings.max_request_bytes)
+            thread = threading.Thread(target=server.serve, name="broker-http")
+            thread.start()
+            log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,
+                     public, len(resumed))
+            print(f"serving on http://{_url_host(bound_host)}:{bound_port} (public URL {public})", flush=True)
+            self.stopping.wait()
+            log.info("stopping: no new connections; waiting up to %g s for calls in progress",
+                     api_settings.drain_timeout)
+            server.stop()
+            thread.join()
+        finally:
+            engine.stop()
+        log.info("stopped")
+        return 0
+
+
+def _unavailable(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The WSGI application until the services are built (never reached: nothing is served before)."""
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting"]
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        import socket
+
+        return socket.getfqdn()
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(settings: Settings) -> int:
+    """Run ``broker serve`` until a signal; returns the exit status."""
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    return Service(settings).run()

@@ -1,0 +1,180 @@
+"""submit: the description (inline or fetched from an allowed location), overrides, durable acceptance.
+
+No spyne here: the core service turns the wire type into :class:`SubmissionFields` and the answer into a
+handle.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from broker.api.context import ApiContext
+from broker.api.identity import named_user
+from broker.api.passwords import Verified
+from broker.description.load import load_description
+from broker.errors import ConfigError, LimitExceeded, NotFound, StateError
+from broker.events.types import EventLevel
+from broker.persistence import queries
+from broker.persistence.models import Workflow
+
+log = logging.getLogger(__name__)
+
+#: seconds to wait for a workflowUrl to answer
+FETCH_TIMEOUT = 30.0
+#: column lengths checked before the writer sees the submission (its refusal would lose the error's kind)
+LENGTHS = {"workflowId": 200, "id": 200, "experimentId": 200, "publishMetadataTo": 256}
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionFields:
+    """The fields of a BrokerSubmission, None when not given."""
+
+    event_level: str | None = None
+    experiment_id: str | None = None
+    request_id: str | None = None
+    priority: int | None = None
+    publish_metadata_to: str | None = None
+    user: str | None = None
+    content: str | None = None
+    url: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """What submit answers."""
+
+    global_id: str
+    workflow_id: int
+    label: str | None
+    request_id: str | None
+
+
+def submit(api: ApiContext, caller: Verified, f: SubmissionFields) -> Handle:
+    """Validate, apply the overrides and store the workflow; returns once it is committed."""
+    owner = named_user(caller, f.user, "submit")
+    for wire, value in (("workflowId", f.label), ("id", f.request_id), ("experimentId", f.experiment_id),
+                        ("publishMetadataTo", f.publish_metadata_to)):
+        if value is not None and len(value) > LENGTHS[wire]:
+            raise LimitExceeded(f"{wire} is {len(value)} characters long; at most {LENGTHS[wire]} are allowed")
+    level = None
+    if f.event_level is not None:
+        try:
+            level = EventLevel.parse(f.event_level).name
+        except KeyError:
+            raise ConfigError(f"invalid eventLevel {f.event_level!r}: expected one of "
+                              f"{', '.join(lv.name for lv in EventLevel)}") from None
+    with api.sessions() as s:
+        if owner != caller.name:
+            queries.user_by_name(s, owner)  # an admin submitting for a user that does not exist: NotFound
+        earlier = _earlier(s, owner, f)
+        if earlier is not None:
+            return earlier
+    source, filename = _source(api, f)
+    spec = load_description(source, api.settings, filename=filename)
+    # the description is kept verbatim: as the client sent the text, or as fetched
+    descriptor = f.content if f.content is not None else source.decode("utf-8", "replace")
+    if len(spec.name) > 200:
+        raise LimitExceeded(f"workflow name is {len(spec.name)} characters long; at most 200 are allowed")
+    accepted = api.engine.submit(spec, descriptor, owner, label=f.label,
+                                 request_id=f.request_id, experiment_id=f.experiment_id, event_level=level,
+                                 priority=f.priority, publish_metadata_to=f.publish_metadata_to)
+    return Handle(accepted.global_id, accepted.workflow_id, f.label, f.request_id)
+
+
+def _earlier(s: Any, owner: str, f: SubmissionFields) -> Handle | None:
+    """The handle of an earlier submission with the same request id; refuses a label already in use."""
+    from broker.persistence.models import User
+
+    owner_id = s.execute(select(User.id).where(User.name == owner)).scalar()
+    if owner_id is None:
+        return None
+    if f.request_id is not None:
+        row = s.execute(select(Workflow.id, Workflow.global_id, Workflow.label).where(
+            Workflow.owner_id == owner_id, Workflow.request_id == f.request_id)).first()
+        if row is not None:
+            return Handle(row.global_id, row.id, row.label, f.request_id)
+    if f.label is not None:
+        taken = s.execute(select(Workflow.global_id).where(Workflow.owner_id == owner_id,
+                                                           Workflow.label == f.label)).scalar()
+        if taken is not None:
+            raise StateError(f"workflowId {f.label!r} is already used by workflow {taken} of user {owner}")
+    return None
+
+
+def _source(api: ApiContext, f: SubmissionFields) -> tuple[bytes, str]:
+    """The description's bytes and the name problems are reported under."""
+    if f.content is not None and f.url is not None:
+        raise ConfigError("give workflowContent or workflowUrl, not both")
+    if f.content is not None:
+        data = f.content.encode("utf-8", "surrogatepass")
+        if len(data) > api.settings.limits.max_document_bytes:
+            raise LimitExceeded(f"description of {len(data)} bytes is larger than the "
+                                f"{api.settings.limits.max_document_bytes} bytes allowed ([limits] max_document_bytes)")
+        return data, "<workflowContent>"
+    if f.url is not None:
+        return fetch(f.url, api.settings.api.workflow_urls, api.settings.limits.max_document_bytes), f.url
+    raise ConfigError("a submission needs workflowContent (the description) or workflowUrl")
+
+
+def fetch(url: str, allowed: tuple[str, ...], max_bytes: int) -> bytes:
+    """The bytes at ``url`` if it lies under one of the ``allowed`` prefixes (file, http, https).
+
+    Raises ConfigError for a URL outside every prefix (or of another scheme), NotFound when it cannot be
+    read, LimitExceeded when it is larger than ``max_bytes``. Redirects are not followed.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("file", "http", "https"):
+        raise ConfigError(f"workflowUrl {url!r}: only file, http and https URLs can be fetched")
+    if not any(_under(url, prefix) for prefix in allowed):
+        raise ConfigError(f"workflowUrl {url!r} is not under an allowed location ([api] workflow_urls"
+                          + (": none configured)" if not allowed else ")"))
+    try:
+        if parsed.scheme == "file":
+            with open(_file_path(url), "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        else:
+            opener = urllib.request.build_opener(_NoRedirect)
+            with opener.open(url, timeout=FETCH_TIMEOUT) as response:
+                data = response.read(max_bytes + 1)
+    except OSError as exc:
+        raise NotFound(f"workflowUrl {url!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > max_bytes:
+        raise LimitExceeded(f"workflowUrl {url!r} is larger than the {max_bytes} bytes allowed "
+                            "([limits] max_document_bytes)")
+    return data
+
+
+def _file_path(url: str) -> Path:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise ConfigError(f"workflowUrl {url!r}: a file URL names no host")
+    return Path(urllib.parse.unquote(parsed.path)).resolve()
+
+
+def _under(url: str, prefix: str) -> bool:
+    """Whether ``url`` lies under ``prefix``: files after resolving symlinks and '..', others textually."""
+    if urllib.parse.urlsplit(prefix).scheme == "file" and urllib.parse.urlsplit(url).scheme == "file":
+        try:
+            base, path = _file_path(prefix), _file_path(url)
+        except ConfigError:
+            return False
+        return path == base or base in path.parents
+    parsed = urllib.parse.urlsplit(url)
+    if ".." in parsed.path.split("/") or "%2e" in parsed.path.lower():
+        return False
+    return url.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect could lead outside the allowed prefixes: refuse to follow it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None

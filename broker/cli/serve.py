@@ -1,0 +1,46 @@
+"""``broker serve``: run the broker as a service: engine and SOAP API in one process.
+
+``broker serve --write-wsdl DIR`` writes the two WSDLs (``broker-core.wsdl``, ``broker-admin.wsdl``,
+pointing at http://localhost:8080) without opening the database: that is how ``wsdl/`` is regenerated.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from broker.cli import EXIT_OK, add_db_option
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the ``serve`` command."""
+    parser = subparsers.add_parser(
+        "serve", parents=[common], help="run the broker as a SOAP service (engine and API in one process)",
+        description="Run every workflow of the database and serve the SOAP API: IBrokerCore at <url>/broker, "
+                    "IBroker (admins) at <url>/admin, WSDLs at ...?wsdl. PostgreSQL must be migrated first "
+                    "(`broker db upgrade`); the embedded SQLite database is migrated here. SIGTERM drains "
+                    "(no new calls, calls in progress finish, actors stop in order); a second signal exits at "
+                    "once. Users: `broker user add NAME`.")
+    add_db_option(parser)
+    parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (overrides [api] listen)")
+    parser.add_argument("--workdir", metavar="DIR", help="root of the node work directories "
+                                                        "(overrides [engine] workdir)")
+    parser.add_argument("--write-wsdl", metavar="DIR", help="write the two WSDLs into DIR and exit (no database)")
+    parser.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace, settings: Any) -> int:
+    """``broker serve``: serve until SIGTERM; or write the WSDLs."""
+    if args.write_wsdl:
+        from broker.api.app import write_wsdls
+
+        for path in write_wsdls(args.write_wsdl):
+            print(f"wrote {path}")
+        return EXIT_OK
+    from broker.api.server import serve
+
+    if args.listen:
+        settings = settings.replace("api", listen=args.listen)
+    if args.workdir:
+        settings = settings.replace("engine", workdir=args.workdir)
+    return serve(settings)

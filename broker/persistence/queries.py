@@ -1,0 +1,281 @@
+"""Queries of the SOAP API: visibility-scoped reads, summaries, event pages and workflow deletion.
+
+Callers own the transaction. ``owner_id`` arguments scope a read to one user's workflows (None: every
+user's, for admins); something outside the scope is reported as not found, so a user cannot even learn
+that another user's workflow exists.
+
+Deletion removes the workflow row; its nodes, edges, events, outbox rows and elf sessions go with it
+through ``ON DELETE CASCADE``. Only finished workflows are deleted: :func:`deletion_candidates` splits a
+selection into what may go and what is still running. (The administration issue adds conditions, such as
+"its outbox has drained", in :func:`_blocker`.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, or_, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from broker.errors import NotFound
+from broker.ids import split_global_id
+from broker.persistence.models import Event, Node, Outbox, User, Workflow
+from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL
+
+#: workflow states that count as completed (any terminal state)
+COMPLETED = tuple(state.value for state in WORKFLOW_TERMINAL)
+#: node states holding a slot (jobs in flight)
+IN_FLIGHT_STATES = tuple(state.value for state in IN_FLIGHT)
+#: node states that are done, for progress figures
+DONE_STATES = tuple(state.value for state in TERMINAL)
+#: most workflow ids one DELETE names (SQLite allows 32,766 parameters per statement)
+DELETE_CHUNK = 500
+
+
+def counted() -> Any:
+    """SQL condition of the work-carrying nodes (execute nodes, unexpanded sweeps), as the engine counts."""
+    return or_(Node.kind == "node", and_(Node.kind == "sweep", Node.members.is_(None)))
+
+
+# ------------------------------------------------------------------------------------------- lookups
+
+def user_by_name(s: Session, name: str) -> User:
+    """The user called ``name``. Raises NotFound."""
+    user = s.execute(select(User).where(User.name == name)).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"no user {name!r}")
+    return user
+
+
+def visible_workflow(s: Session, workflow_id: int, owner_id: int | None) -> Workflow:
+    """A workflow by database id, if the scope allows. Raises NotFound."""
+    workflow = s.get(Workflow, workflow_id)
+    if workflow is None or (owner_id is not None and workflow.owner_id != owner_id):
+        raise NotFound(f"no workflow with id {workflow_id}")
+    return workflow
+
+
+def visible_node(s: Session, node_id: int, owner_id: int | None) -> tuple[Node, Workflow]:
+    """A node by database id and its workflow, if the scope allows. Raises NotFound."""
+    node = s.get(Node, node_id)
+    workflow = None if node is None else s.get(Workflow, node.workflow_id)
+    if node is None or workflow is None or (owner_id is not None and workflow.owner_id != owner_id):
+        raise NotFound(f"no node with id {node_id}")
+    return node, workflow
+
+
+def workflow_nodes(s: Session, workflow_id: int) -> list[Node]:
+    """Every node of a workflow, in creation order."""
+    return list(s.scalars(select(Node).where(Node.workflow_id == workflow_id).order_by(Node.id)))
+
+
+def node_subtree(s: Session, node: Node) -> list[Node]:
+    """A node and every node inside it (a sweep's members and their bodies), in creation order."""
+    prefix = node.path
+    return list(s.scalars(select(Node).where(
+        Node.workflow_id == node.workflow_id,
+        (Node.id == node.id) | Node.path.startswith(prefix + "/", autoescape=True)
+        | Node.path.startswith(prefix + "[", autoescape=True)).order_by(Node.id)))
+
+
+# -------------------------------------------------------------------------------------------- status
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The current status of a workflow or a node, with the newest event about it."""
+
+    global_id: str
+    workflow_id: int
+    workflow_global_id: str
+    node_path: str | None
+    state: str
+    #: the newest event about the target (0: none yet) and its time
+    last_event_id: int
+    time: dt.datetime | None
+    message: str | None
+    #: percent: a node's last reported progress; a workflow's share of work-carrying nodes done
+    progress: float | None
+
+
+def _status_statements() -> tuple[Any, Any]:
+    """The two statements of :func:`current_status`, built once: this is the API's hottest read."""
+    wf = Workflow.__table__
+    nodes = Node.__table__
+    events = Event.__table__
+    counted_nodes = and_(nodes.c.workflow_id == wf.c.id,
+                         or_(nodes.c.kind == "node", and_(nodes.c.kind == "sweep", nodes.c.members.is_(None))))
+    last = select(events.c.id, events.c.time).where(events.c.workflow_id == wf.c.id) \
+        .order_by(events.c.id.desc()).limit(1)
+    workflow = select(
+        wf.c.id, wf.c.owner_id, wf.c.state, wf.c.submitted_at,
+        last.with_only_columns(events.c.id).scalar_subquery().label("last_id"),
+        last.with_only_columns(events.c.time).scalar_subquery().label("last_time"),
+        select(func.count()).select_from(nodes).where(counted_nodes).scalar_subquery().label("total"),
+        select(func.count()).select_from(nodes).where(counted_nodes, nodes.c.state.in_(DONE_STATES))
+        .scalar_subquery().label("done"),
+    ).where(wf.c.global_id == bindparam("gid"))
+    node_last = select(events.c.id, events.c.time).where(events.c.workflow_id == nodes.c.workflow_id,
+                                                         events.c.node_path == nodes.c.path) \
+        .order_by(events.c.id.desc()).limit(1)
+    node = select(
+        wf.c.id.label("workflow_id"), wf.c.owner_id, nodes.c.state, nodes.c.message, nodes.c.progress,
+        nodes.c.created_at, node_last.with_only_columns(events.c.id).scalar_subquery().label("last_id"),
+        node_last.with_only_columns(events.c.time).scalar_subquery().label("last_time"),
+    ).join(nodes, nodes.c.workflow_id == wf.c.id).where(wf.c.global_id == bindparam("gid"),
+                                                         nodes.c.path == bindparam("path"))
+    return workflow, node
+
+
+_STATUS_WORKFLOW, _STATUS_NODE = _status_statements()
+
+
+def current_status(s: Session | Connection, global_id: str, owner_id: int | None) -> Status:
+    """The status of a workflow or node global id, if the scope allows (one statement). Raises NotFound."""
+    try:
+        wf_gid, path = split_global_id(global_id)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
+    if not path:
+        row = s.execute(_STATUS_WORKFLOW, {"gid": wf_gid}).first()
+        if row is None or (owner_id is not None and row.owner_id != owner_id):
+            raise NotFound(f"no workflow {wf_gid}")
+        progress = 100.0 * row.done / row.total if row.total else None
+        return Status(wf_gid, row.id, wf_gid, None, row.state, row.last_id or 0,
+                      _utc(row.last_time) or row.submitted_at, None, progress)
+    row = s.execute(_STATUS_NODE, {"gid": wf_gid, "path": path}).first()
+    if row is None or (owner_id is not None and row.owner_id != owner_id):
+        raise NotFound(f"no node {global_id}")
+    return Status(global_id, row.workflow_id, wf_gid, path, row.state, row.last_id or 0,
+                  _utc(row.last_time) or row.created_at, row.message, row.progress)
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    """A time read through a scalar subquery (no column type to convert it): aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+# -------------------------------------------------------------------------------------------- events
+
+def events_page(s: Session, last_id: int, limit: int, owner_id: int | None = None,
+                every_event: bool = False) -> list[tuple[Event, str | None]]:
+    """At most ``limit`` events after ``last_id``, oldest first, each with its workflow's global id.
+
+    ``owner_id`` limits them to that user's workflows; ``every_event`` (admins) also includes
+    service-level events, which belong to no workflow.
+    """
+    query = select(Event, Workflow.global_id).outerjoin(Workflow, Workflow.id == Event.workflow_id) \
+        .where(Event.id > last_id)
+    if owner_id is not None:
+        query = query.where(Workflow.owner_id == owner_id)
+    elif not every_event:
+        query = query.where(Event.workflow_id.is_not(None))
+    return [(event, gid) for event, gid in s.execute(query.order_by(Event.id).limit(limit))]
+
+
+# ------------------------------------------------------------------------------------------ summaries
+
+def state_counts(s: Session, owner_id: int | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """(workflows by state, work-carrying nodes by state), of one user or of everyone."""
+    wf_query = select(Workflow.state, func.count()).group_by(Workflow.state)
+    node_query = select(Node.state, func.count()).where(counted()).group_by(Node.state)
+    if owner_id is not None:
+        wf_query = wf_query.where(Workflow.owner_id == owner_id)
+        node_query = node_query.join(Workflow, Workflow.id == Node.workflow_id).where(Workflow.owner_id == owner_id)
+    return dict(s.execute(wf_query).all()), dict(s.execute(node_query).all())
+
+
+def hosts_in_flight(s: Session) -> dict[str, int]:
+    """Host -> nodes in flight there (a node not yet placed counts under "")."""
+    rows = s.execute(select(Node.host, func.count()).where(Node.state.in_(IN_FLIGHT_STATES), counted())
+                     .group_by(Node.host)).all()
+    return {host or "": count for host, count in rows}
+
+
+def outbox_backlog(s: Session) -> int:
+    """Outbox rows not yet published."""
+    return s.execute(select(func.count()).select_from(Outbox).where(Outbox.sent_at.is_(None))).scalar_one()
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """One user and their workflows by state."""
+
+    name: str
+    role: str
+    workflows: dict[str, int]
+    last_submitted: dt.datetime | None
+
+
+def users_info(s: Session) -> list[UserInfo]:
+    """Every user with their workflows by state, by name."""
+    counts: dict[int, dict[str, int]] = {}
+    for owner_id, state, count in s.execute(select(Workflow.owner_id, Workflow.state, func.count())
+                                            .group_by(Workflow.owner_id, Workflow.state)):
+        counts.setdefault(owner_id, {})[state] = count
+    last = dict(s.execute(select(Workflow.owner_id, func.max(Workflow.submitted_at)).group_by(Workflow.owner_id)).all())
+    users = s.execute(select(User.id, User.name, User.role).order_by(User.name)).all()
+    return [UserInfo(u.name, u.role, counts.get(u.id, {}), last.get(u.id)) for u in users]
+
+
+# ------------------------------------------------------------------------------------------- deletion
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """What a delete removed and what it left because it is still running (global ids)."""
+
+    deleted: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+def _blocker(row: Any) -> str | None:
+    """Why a workflow cannot be deleted now, or None. The one place deletion conditions live."""
+    if row.state not in COMPLETED:
+        return f"workflow {row.global_id} is still {row.state}"
+    return None
+
+
+def deletion_candidates(s: Session, *, owner_id: int | None = None, finished_before: dt.datetime | None = None,
+                        completed_only: bool = False) -> tuple[list[Any], list[Any]]:
+    """(deletable rows, rows skipped because they are still running) of a selection of workflows.
+
+    ``finished_before`` selects workflows that finished before that time, and the running workflows that
+    had finished before it and were restarted since (those are skipped and reported); ``completed_only``
+    selects finished workflows only.
+    """
+    query = select(Workflow.id, Workflow.global_id, Workflow.state, Workflow.finished_at).order_by(Workflow.id)
+    if owner_id is not None:
+        query = query.where(Workflow.owner_id == owner_id)
+    if completed_only:
+        query = query.where(Workflow.state.in_(COMPLETED))
+    rows = s.execute(query).all()
+    if finished_before is not None:
+        rows = [r for r in rows if r.finished_at is not None and r.finished_at < finished_before]
+    ok = [r for r in rows if _blocker(r) is None]
+    skipped = [r for r in rows if _blocker(r) is not None]
+    return ok, skipped
+
+
+def check_deletable(s: Session, workflow: Workflow) -> str | None:
+    """Why this one workflow cannot be deleted now, or None."""
+    return _blocker(workflow)
+
+
+def delete_workflows(s: Session, workflow_ids: Sequence[int]) -> int:
+    """Delete workflows (everything of theirs goes with them through the foreign keys); returns the count."""
+    deleted = 0
+    ids = list(workflow_ids)
+    for start in range(0, len(ids), DELETE_CHUNK):
+        chunk = ids[start:start + DELETE_CHUNK]
+        # still finished at the moment of deletion: a restart may have reopened one since it was selected
+        result = s.execute(delete(Workflow).where(Workflow.id.in_(chunk), Workflow.state.in_(COMPLETED))
+                           .execution_options(synchronize_session=False))
+        deleted += result.rowcount or 0
+    return deleted

@@ -1,0 +1,123 @@
+"""Hostile and malformed requests: each gets a SOAP fault (never a raw 500 or a traceback); service keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import urllib.parse
+
+import pytest
+from lxml import etree
+
+ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+CORE = "urn:workflow-broker:core:v1"
+AUTH = "Basic " + base64.b64encode(b"alice:alice-pw").decode()
+
+
+def call(server, body: bytes | None, *, content_type: str = "text/xml; charset=utf-8", path: str = "/broker",
+         method: str = "POST", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    url = urllib.parse.urlsplit(server.base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        all_headers = {"Content-Type": content_type, "Authorization": AUTH, **(headers or {})}
+        connection.request(method, path, body=body, headers=all_headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def fault_of(body: bytes) -> tuple[str, str]:
+    """(fault code without prefix, fault string) of a SOAP 1.1 fault envelope; fails if it is not one."""
+    root = etree.fromstring(body)
+    fault = root.find(f"{{{ENV}}}Body/{{{ENV}}}Fault")
+    assert fault is not None, body[:500]
+    return fault.findtext("faultcode").split(":")[-1], fault.findtext("faultstring")
+
+
+def envelope(inner: str, header: str = "") -> bytes:
+    return (f'<?xml version="1.0"?><s:Envelope xmlns:s="{ENV}" xmlns:c="{CORE}">{header}<s:Body>{inner}</s:Body>'
+            "</s:Envelope>").encode()
+
+
+VALID = envelope("<c:getStatusInfo><c:lastId>0</c:lastId></c:getStatusInfo>")
+
+HOSTILE = {
+    "doctype with an internal entity": (b'<?xml version="1.0"?><!DOCTYPE s:Envelope [<!ENTITY x "boom">]>'
+                                        + VALID[len(b'<?xml version="1.0"?>'):], "Client.InvalidRequest"),
+    "billion laughs": (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
+                       b"<lolz>&lol2;</lolz>", "Client.InvalidRequest"),
+    "external entity": (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                        + VALID[len(b'<?xml version="1.0"?>'):], "Client.InvalidRequest"),
+    "empty body element": (envelope(""), "Client.InvalidRequest"),
+    "two bodies": (VALID.replace(b"</s:Envelope>", b"<s:Body><c:getStatusInfo/></s:Body></s:Envelope>"),
+                   "Client.InvalidRequest"),
+    "two operations in one body": (envelope("<c:getStatusInfo/><c:getStatusInfo/>"), "Client.InvalidRequest"),
+    "href cycle": (envelope('<c:getStatusInfo><c:lastId href="#a" id="b"/></c:getStatusInfo>'
+                            '<x id="a" href="#b"/>'), "Client.InvalidRequest"),
+    "not xml": (b"this is not xml", "Client.InvalidRequest"),
+    "truncated xml": (VALID[:60], "Client.InvalidRequest"),
+    "empty request": (b"", "Client.InvalidRequest"),
+    "no envelope": (b"<getStatusInfo/>", "Client.InvalidRequest"),
+    "soap 1.2 envelope": (VALID.replace(ENV.encode(), b"http://www.w3.org/2003/05/soap-envelope"),
+                          "Client.InvalidRequest"),
+    "unknown operation": (envelope("<c:launchMissiles/>"), None),
+    "wrong argument type": (envelope("<c:getStatusInfo><c:lastId>twelve</c:lastId></c:getStatusInfo>"), None),
+    "deep nesting": (envelope("<c:getStatusInfo>" + "<x>" * 5000 + "</x>" * 5000 + "</c:getStatusInfo>"), None),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_envelope_gets_a_soap_fault_and_the_service_keeps_serving(server, name):
+    body, expected = HOSTILE[name]
+    status, answer = call(server, body)
+    code, message = fault_of(answer)
+    assert status in (400, 500), status
+    if expected is not None:
+        assert code == expected, message
+    else:
+        assert code.startswith("Client"), (code, message)
+    assert "Traceback" not in message and "File \"" not in message
+    status, answer = call(server, VALID)
+    assert status == 200 and b"getStatusInfoResponse" in answer
+
+
+def test_an_oversized_request_is_refused_before_it_is_read(server):
+    status, answer = call(server, b"x", headers={"Content-Length": str(64 * 1024**2)})
+    assert status == 413 and fault_of(answer)[0] == "Client.LimitExceeded"
+
+
+def test_an_oversized_chunked_request_is_refused(server):
+    def chunks():
+        for _ in range(20):
+            yield b"<" + b"x" * 1024**2
+
+    url = urllib.parse.urlsplit(server.base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    connection.request("POST", "/broker", body=chunks(), encode_chunked=True,
+                       headers={"Content-Type": "text/xml", "Authorization": AUTH, "Transfer-Encoding": "chunked"})
+    response = connection.getresponse()
+    assert response.status == 413 and fault_of(response.read())[0] == "Client.LimitExceeded"
+    connection.close()
+    assert call(server, VALID)[0] == 200
+
+
+def test_a_wrong_content_type_is_refused(server):
+    for content_type in ("application/json", "application/soap+xml", ""):
+        status, answer = call(server, VALID, content_type=content_type)
+        assert status == 415 and fault_of(answer)[0] == "Client.InvalidRequest"
+
+
+def test_other_methods_and_paths_get_faults_and_the_wsdl_needs_no_credentials(server):
+    assert fault_of(call(server, None, method="GET")[1])[0] == "Client.InvalidRequest"
+    assert fault_of(call(server, None, method="PUT")[1])[0] == "Client.InvalidRequest"
+    status, answer = call(server, VALID, path="/nowhere")
+    assert status == 404 and fault_of(answer)[0] == "Client.InvalidRequest"
+    status, answer = call(server, None, method="GET", path="/admin?wsdl", headers={"Authorization": ""})
+    assert status == 200 and b"IBroker" in answer
+
+
+def test_missing_and_malformed_credentials_get_401_with_a_fault(server):
+    for header in ("", "Basic !!!", "Bearer abc", "Basic " + base64.b64encode(b"no-colon").decode()):
+        status, answer = call(server, VALID, headers={"Authorization": header})
+        assert status == 401 and fault_of(answer)[0] == "Client.InvalidCredentials", header
