@@ -29,6 +29,10 @@ class NodeRef:
     #: parameter bindings visible to the node, outer sweeps first
     bindings: tuple[tuple[str, str], ...] = ()
     member_index: int | None = None
+    #: the catalogue host the attempt runs on
+    host: str = "localhost"
+    #: the broker user who owns the workflow (nodes run under that user's account on the host)
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,13 @@ class Launch:
 
 
 @dataclass(frozen=True, slots=True)
+class LaunchBundle:
+    """Start several members of one sweep as one batch job (the sweep's bundle size)."""
+
+    nodes: tuple[NodeRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StageIn:
     """Copy a node's input files into its work directory before launch."""
 
@@ -57,6 +68,8 @@ class StageOut:
     """Copy a succeeded node's output files out of its work directory."""
 
     node: NodeRef
+    #: the attempt, for a remote one whose outputs are fetched from its host first
+    handle: LaunchHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +111,8 @@ class PollControl:
     after_id: int
 
 
-Action = Expand | Launch | StageIn | StageOut | Collect | ReadReports | Recover | Kill | PollControl
+Action = (Expand | Launch | LaunchBundle | StageIn | StageOut | Collect | ReadReports | Recover | Kill
+          | PollControl)
 
 #: the controller that owns each action type: it hears the worker's answer and changes state after it
 OWNER: dict[type, str] = {
@@ -106,6 +120,7 @@ OWNER: dict[type, str] = {
     # dispatched by the submission controller once the launch intent is committed; the monitoring
     # controller hears the answer, because from then on it follows the attempt
     Launch: "monitoring",
+    LaunchBundle: "monitoring",
     PollControl: "submission",
     StageIn: "staging",
     StageOut: "staging",
@@ -119,6 +134,7 @@ OWNER: dict[type, str] = {
 WORKER: dict[type, str] = {
     Expand: "expand",
     Launch: "launch",
+    LaunchBundle: "launch",
     PollControl: "poll",
     StageIn: "stage",
     StageOut: "stage",

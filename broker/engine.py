@@ -90,11 +90,12 @@ class Engine:
             if self._launcher is None:
                 from broker.launchers.local import LocalLauncher
 
-                self._launcher = LocalLauncher()
+                self._launcher = LocalLauncher(max_output_bytes=settings.limits.max_output_bytes)
             self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.resources = self._resources()
             self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
                                      plans=PlanCache(self.sessions), workdir=self.workdir,
-                                     all_workflows=self.all_workflows)
+                                     all_workflows=self.all_workflows, resources=self.resources)
             self.store = Store(self.sessions, limits=settings.limits)
             # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
             self.relay = OutboxRelay.from_settings(settings.events, self.sessions)
@@ -120,6 +121,16 @@ class Engine:
             raise
         self._started = True
         return self
+
+    def _resources(self) -> Any:
+        """The host catalogue, accounts and launchers per host (the local launcher for local hosts)."""
+        from broker.resources import Resources
+        from broker.resources.accounts import load_table
+
+        with self.sessions() as s:
+            accounts = load_table(s)
+        return Resources(self.settings, local_launcher=self._launcher, accounts=accounts,
+                         local_root=str(self.workdir))
 
     # -------------------------------------------------------------------------------------- requests
 
@@ -177,6 +188,9 @@ class Engine:
                 ref.stop()
         for pool in getattr(self, "pools", {}).values():
             pool.stop()
+        resources = getattr(self, "resources", None)
+        if resources is not None:
+            resources.close()  # pollers and SSH connections; remote payloads and jobs keep running
         relay = getattr(self, "relay", None)
         if relay is not None:
             relay.stop()  # publishes what is left for at most [events] stop_timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +50,8 @@ class StageInRequest:
 @dataclass(frozen=True, slots=True)
 class StageOutRequest:
     node: NodeRef
+    #: the attempt that produced the outputs (a remote one's files are fetched from its host first)
+    handle: LaunchHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,4 +65,5 @@ class Peers:
 class Resume:
     """Attempts that were in flight when the previous broker stopped, to be recovered."""
 
-    nodes: tuple[tuple[NodeRef, str, str | None, str | None, dt.datetime | None], ...]
+    #: (node, state, work directory, job id, host as recorded) of each attempt
+    nodes: tuple[tuple[NodeRef, str, str | None, str | None, str | None], ...]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from broker.actions import Collect, Failed, Kill, Launch, NodeRef, ReadReports, Recover
+from broker.actions import Collect, Failed, Kill, Launch, LaunchBundle, NodeRef, ReadReports, Recover
 from broker.controllers.base import Controller
 from broker.controllers.messages import Collected, Exited, Resume, StageOutRequest, Tick, Watch
 from broker.description.model import NodeSpec
@@ -61,11 +61,16 @@ class MonitoringController(Controller):
     def launched(self, action: Launch, handle: lb.LaunchHandle) -> None:
         self.on_watch(Watch(handle, action.node))
 
-    def launch_failed(self, action: Launch, failed: Failed) -> None:
-        ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                      fields=(("retryable", failed.retryable),),
-                                      message=f"could not start: {failed.error}"))
+    def bundle_launched(self, action: LaunchBundle, handles: list[lb.LaunchHandle]) -> None:
+        for ref, handle in zip(action.nodes, handles):
+            self.on_watch(Watch(handle, ref))
+
+    def launch_failed(self, action: Launch | LaunchBundle, failed: Failed) -> None:
+        refs = action.nodes if isinstance(action, LaunchBundle) else (action.node,)
+        self.writer.tell(c.Changes(tuple(
+            c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+                         fields=(("retryable", failed.retryable),), message=f"could not start: {failed.error}")
+            for ref in refs)))
 
     def on_watch(self, msg: Watch) -> None:
         handle, ref = msg.handle, msg.node
@@ -80,7 +85,7 @@ class MonitoringController(Controller):
                                           "workdir": handle.workdir}))
         self.writer.tell(c.Changes(tuple(changes)))
         self.running[ref.node_id] = Attempt(handle, ref)
-        self.ctx.launcher.watch(handle, lambda node_id, attempt, h=handle: self._exited(h))
+        self.ctx.launcher_of(handle).watch(handle, lambda node_id, attempt, h=handle: self._exited(h))
         if (ref.node_id, ref.attempt) in self.to_kill:
             self.to_kill.discard((ref.node_id, ref.attempt))
             self.dispatch(Kill(handle))
@@ -92,7 +97,7 @@ class MonitoringController(Controller):
         worker; if that fails, a Collect action reads it instead.
         """
         try:
-            message: Any = Collected(handle, self.ctx.launcher.collect(handle))
+            message: Any = Collected(handle, self.ctx.launcher_of(handle).collect(handle))
         except Exception:
             message = Exited(handle.node_id, handle.attempt)
         try:
@@ -112,7 +117,7 @@ class MonitoringController(Controller):
         attempt = self.running.pop(action.handle.node_id, None)
         if attempt is None or attempt.node.attempt != result.attempt:
             return
-        self._finish(attempt.node, result, attempt.reported, attempt.progress)
+        self._finish(attempt.node, result, attempt.reported, attempt.progress, attempt.handle)
 
     def collect_failed(self, action: Collect, failed: Failed) -> None:
         attempt = self.running.pop(action.handle.node_id, None)
@@ -123,7 +128,8 @@ class MonitoringController(Controller):
                                           message=f"could not read the result: {failed.error}"))
 
     def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: set[str],
-                last_progress: tuple[float, str | None] | None = None) -> None:
+                last_progress: tuple[float, str | None] | None = None,
+                handle: lb.LaunchHandle | None = None) -> None:
         crash_point("exit")
         new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
@@ -139,7 +145,7 @@ class MonitoringController(Controller):
         if result.outcome == lb.SUCCEEDED:
             spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
             if isinstance(spec, NodeSpec) and spec.stage_out:
-                to, then = N.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref))
+                to, then = N.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref, handle))
             else:
                 to, then = N.SUCCEEDED, None
             message = result.message or None
@@ -195,11 +201,12 @@ class MonitoringController(Controller):
             r = flying.node
             ref = NodeRef(node_id=r.node_id, workflow_id=r.workflow_id,
                           workflow_global_id=self.ctx.plans.get(r.workflow_id).global_id, path=r.path,
-                          template=r.template, attempt=r.attempt, bindings=r.bindings, member_index=r.member_index)
+                          template=r.template, attempt=r.attempt, bindings=r.bindings, member_index=r.member_index,
+                          host=(flying.host or "localhost").rpartition("@")[2], owner=flying.owner)
             if flying.state in (N.QUEUED, N.RUNNING):
                 self.dispatch(Recover(ref, flying.state.value, flying.workdir, flying.job_id))
             else:
-                staging.append((ref, flying.state.value, flying.workdir, flying.job_id, None))
+                staging.append((ref, flying.state.value, flying.workdir, flying.job_id, flying.host))
         if staging:
             self.peers["staging"].tell(Resume(tuple(staging)))
         for node_id, attempt_no in msg.kill:
@@ -218,7 +225,7 @@ class MonitoringController(Controller):
     def recovered(self, action: Recover, found: lb.Recovered) -> None:
         ref = action.node
         if found.status == "finished" and found.result is not None:
-            self._finish(ref, found.result, set())
+            self._finish(ref, found.result, set(), handle=found.handle)
         elif found.status == "running" and found.handle is not None:
             self.on_watch(Watch(found.handle, ref, state=action.state))
         elif found.status == "absent" and action.state == N.QUEUED.value:
@@ -236,7 +243,7 @@ class MonitoringController(Controller):
 
     HANDLERS = {Watch: on_watch, Exited: on_exited, Collected: on_collected, Tick: on_tick, c.Committed: on_committed,
                 c.Rejected: lambda self, msg: None}
-    ON_DONE = {Launch: launched, Collect: collected, ReadReports: reports_read, Kill: lambda self, a, r: None,
+    ON_DONE = {Launch: launched, LaunchBundle: bundle_launched, Collect: collected, ReadReports: reports_read, Kill: lambda self, a, r: None,
                Recover: recovered}
-    ON_FAILED = {Launch: launch_failed, Collect: collect_failed, ReadReports: reports_failed, Kill: kill_failed,
+    ON_FAILED = {Launch: launch_failed, LaunchBundle: launch_failed, Collect: collect_failed, ReadReports: reports_failed, Kill: kill_failed,
                  Recover: recover_failed}

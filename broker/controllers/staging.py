@@ -15,6 +15,7 @@ import pykka
 from broker.actions import Failed, Launch, NodeRef, StageIn, StageOut
 from broker.controllers.base import Controller
 from broker.controllers.messages import Resume, StageInRequest, StageOutRequest, Tick
+from broker.launchers.base import LaunchHandle
 from broker.persistence import changes as c
 from broker.states import NodeState
 from broker.workers.pool import WorkerPool
@@ -32,7 +33,7 @@ class StagingController(Controller):
         self.dispatch(StageIn(msg.node))
 
     def on_stage_out(self, msg: StageOutRequest) -> None:
-        self.dispatch(StageOut(msg.node))
+        self.dispatch(StageOut(msg.node, msg.handle))
 
     def staged_in(self, action: StageIn, _result: Any) -> None:
         ref = action.node
@@ -52,11 +53,15 @@ class StagingController(Controller):
 
     def on_resume(self, msg: Resume) -> None:
         """Transfers are idempotent (temporary name, then rename): redo the ones that were under way."""
-        for ref, state, _workdir, _job, _started in msg.nodes:
+        for ref, state, workdir, job, host in msg.nodes:
             if state == N.STAGING_IN.value:
                 self.dispatch(StageIn(ref))
             elif state == N.STAGING_OUT.value:
-                self.dispatch(StageOut(ref))
+                handle = None
+                if host and "@" in host and workdir:
+                    handle = LaunchHandle(node_id=ref.node_id, attempt=ref.attempt, workdir=workdir,
+                                          job_id=job or "", host=host)
+                self.dispatch(StageOut(ref, handle))
 
     HANDLERS = {StageInRequest: on_stage_in, StageOutRequest: on_stage_out, Resume: on_resume,
                 Tick: lambda self, msg: None, c.Rejected: lambda self, msg: None}

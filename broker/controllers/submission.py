@@ -12,6 +12,7 @@ became ready arrive here, so scheduling never rescans a workflow.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -20,10 +21,11 @@ from typing import Any
 
 import pykka
 
-from broker.actions import Expand, Failed, Launch, NodeRef, PollControl
+from broker.actions import Expand, Failed, Launch, LaunchBundle, NodeRef, PollControl
 from broker.controllers.base import Controller
 from broker.controllers.messages import StageInRequest, Tick
-from broker.description.model import NodeSpec
+from broker.description.model import NodeSpec, SweepSpec
+from broker.errors import ResourceError
 from broker.persistence import changes as c
 from broker.states import IN_FLIGHT, WORKFLOW_TERMINAL, NodeState
 from broker.workers.context import WorkerContext
@@ -62,6 +64,16 @@ class SubmissionController(Controller):
         self.workflows: dict[int, WorkflowSlots] = {}
         self.timers: list[tuple[float, int, int]] = []
         self.intents: dict[int, NodeRef] = {}
+        #: (workflow id, template) -> its host, or the ResourceError saying why none fits (resolution is pure)
+        self.hosts: dict[tuple[int, str], Any] = {}
+        #: jobs in flight per host (a bundle of members is one job), and ready nodes waiting for a host slot
+        self.host_jobs: Counter[str] = Counter()
+        self.host_parked: dict[str, deque[c.ReadyNode]] = {}
+        #: node id -> (host, job key) while in flight; job key -> members of that job still in flight
+        self.node_job: dict[int, tuple[str, int]] = {}
+        self.job_left: Counter[int] = Counter()
+        #: (workflow id, template) -> queued node ids, to gather sweep members into one bundle
+        self.by_template: dict[tuple[int, str], deque[int]] = {}
         self.control_after = 0
         self.control_busy = False
         self.next_control = 0.0
@@ -77,7 +89,7 @@ class SubmissionController(Controller):
                 self.user_in_flight[info.owner] += info.in_flight
         for m in msg.moved:
             if m.old in IN_FLIGHT and m.new not in IN_FLIGHT:
-                self._release(m.workflow_id)
+                self._release(m.workflow_id, m.node_id)
             if m.new is N.RETRY_WAIT and m.retry_at is not None:
                 heapq.heappush(self.timers, (m.retry_at.timestamp(), m.node_id, m.attempt))
             if m.old is N.READY and m.new is not N.READY:
@@ -100,22 +112,37 @@ class SubmissionController(Controller):
         if isinstance(change, c.Transition):
             ref = self.intents.pop(change.node_id, None)
             if ref is not None:
-                self._release(ref.workflow_id)
+                self._release(ref.workflow_id, change.node_id)
                 self._fill()
         log.debug("change rejected: %s", msg.reason)
 
     # ----------------------------------------------------------------------------------- scheduling
 
-    def _ref(self, ready: c.ReadyNode, attempt: int) -> NodeRef:
+    def _ref(self, ready: c.ReadyNode, attempt: int, host: str = "localhost") -> NodeRef:
         slots = self.workflows[ready.workflow_id]
         return NodeRef(node_id=ready.node_id, workflow_id=ready.workflow_id, workflow_global_id=slots.info.global_id,
                        path=ready.path, template=ready.template, attempt=attempt, bindings=ready.bindings,
-                       member_index=ready.member_index)
+                       member_index=ready.member_index, host=host, owner=slots.info.owner)
 
     def _queue(self, ready: c.ReadyNode) -> None:
         slots = self.workflows[ready.workflow_id]
         self.queued[ready.node_id] = ready
+        self.by_template.setdefault((ready.workflow_id, ready.template), deque()).append(ready.node_id)
         heapq.heappush(self.heap, (-slots.info.priority, -ready.priority, next(self.seq), ready.node_id))
+
+    def _host(self, ready: c.ReadyNode) -> Any:
+        """The host a node's template runs on, or the ResourceError saying why there is none."""
+        key = (ready.workflow_id, ready.template)
+        host = self.hosts.get(key)
+        if host is None:
+            plan = self.ctx.plans.get(ready.workflow_id)
+            try:
+                host = self.ctx.resources.resolve(plan.spec.resources, plan.templates[ready.template].scheduling,
+                                                  node=ready.path)
+            except ResourceError as exc:
+                host = exc
+            self.hosts[key] = host
+        return host
 
     def _fill(self) -> None:
         """Start ready nodes while slots are free."""
@@ -134,24 +161,76 @@ class SubmissionController(Controller):
             if self.max_per_user and self.user_in_flight[owner] >= self.max_per_user:
                 self.user_parked.setdefault(owner, deque()).append(ready)
                 continue
-            self._start(ready, slots)
+            host = self._host(ready)
+            if isinstance(host, ResourceError):
+                self.writer.tell(c.Transition(node_id=ready.node_id, to=N.FAILED, actor=self.NAME,
+                                              attempt=ready.attempt, message=str(host)))
+                continue
+            limit = self.ctx.resources.max_jobs(host.name)
+            if limit and self.host_jobs[host.name] >= limit:
+                self.host_parked.setdefault(host.name, deque()).append(ready)
+                continue
+            self._start([ready, *self._bundle(ready, slots, host)], slots, host)
 
-    def _start(self, ready: c.ReadyNode, slots: WorkflowSlots) -> None:
-        ref = self._ref(ready, ready.attempt + 1)
-        spec = self.ctx.plans.get(ready.workflow_id).templates[ready.template]
-        slots.in_flight += 1
-        self.in_flight += 1
-        self.user_in_flight[slots.info.owner] += 1
-        self.intents[ready.node_id] = ref
+    def _bundle(self, ready: c.ReadyNode, slots: WorkflowSlots, host: Any) -> list[c.ReadyNode]:
+        """Other queued members of the same sweep body to put in one batch job with ``ready``."""
+        plan = self.ctx.plans.get(ready.workflow_id)
+        spec = plan.templates[ready.template]
+        sweep = plan.templates.get(ready.template.rpartition("/")[0])
+        if not host.is_batch or not isinstance(sweep, SweepSpec) or sweep.bundle < 2 or spec.stage_in:
+            return []
+        room = [sweep.bundle - 1, self.max_in_flight - self.in_flight - 1]
+        if slots.info.max_in_flight:
+            room.append(slots.info.max_in_flight - slots.in_flight - 1)
+        if self.max_per_user:
+            room.append(self.max_per_user - self.user_in_flight[slots.info.owner] - 1)
+        wanted, more = min(room), []
+        waiting = self.by_template.get((ready.workflow_id, ready.template), deque())
+        while waiting and len(more) < wanted:
+            other = self.queued.pop(waiting.popleft(), None)
+            if other is not None and other.node_id != ready.node_id:
+                more.append(other)  # its heap entry is skipped when popped: it is no longer queued
+        return more
+
+    def _start(self, members: list[c.ReadyNode], slots: WorkflowSlots, host: Any) -> None:
+        """Commit the launch intents of one job (one node, or a bundle) and have it launched after."""
+        spec = self.ctx.plans.get(members[0].workflow_id).templates[members[0].template]
+        refs = [self._ref(ready, ready.attempt + 1, host.name) for ready in members]
+        job = members[0].node_id
+        self.host_jobs[host.name] += 1
+        self.job_left[job] = len(members)
+        transitions = []
+        for ready, ref in zip(members, refs):
+            slots.in_flight += 1
+            self.in_flight += 1
+            self.user_in_flight[slots.info.owner] += 1
+            self.intents[ready.node_id] = ref
+            self.node_job[ready.node_id] = (host.name, job)
+            transitions.append(c.Transition(node_id=ready.node_id, to=N.QUEUED, actor=self.NAME, attempt=ready.attempt,
+                                            new_attempt=True, fields=(("host", host.name),), reply_to=self.actor_ref))
         if isinstance(spec, NodeSpec) and spec.stage_in:
-            to, then = N.STAGING_IN, (self.peers["staging"], StageInRequest(ref))
+            then: Any = (self.peers["staging"], StageInRequest(refs[0]))
+            transitions[0] = dataclasses.replace(transitions[0], to=N.STAGING_IN)
+        elif len(refs) > 1:
+            then = self.after_commit(LaunchBundle(tuple(refs)))
         else:
-            to, then = N.QUEUED, self.after_commit(Launch(ref))
-        self.writer.tell(c.Transition(node_id=ready.node_id, to=to, actor=self.NAME, attempt=ready.attempt,
-                                      new_attempt=True, then=then, reply_to=self.actor_ref))
+            then = self.after_commit(Launch(refs[0]))
+        # the follow-up rides on the last intent: all of them are committed before anything starts
+        transitions[-1] = dataclasses.replace(transitions[-1], then=then)
+        self.writer.tell(c.Changes(tuple(transitions)))
 
-    def _release(self, workflow_id: int) -> None:
+    def _release(self, workflow_id: int, node_id: int) -> None:
         self.in_flight -= 1
+        job = self.node_job.pop(node_id, None)
+        if job is not None:
+            host, key = job
+            self.job_left[key] -= 1
+            if self.job_left[key] <= 0:
+                del self.job_left[key]
+                self.host_jobs[host] -= 1
+                waiting = self.host_parked.get(host)
+                if waiting:
+                    self._queue(waiting.popleft())
         slots = self.workflows.get(workflow_id)
         if slots is None:
             return
@@ -174,6 +253,10 @@ class SubmissionController(Controller):
         self.user_in_flight[slots.info.owner] -= slots.in_flight
         for node_id in [i for i, r in self.queued.items() if r.workflow_id == workflow_id]:
             del self.queued[node_id]
+        for key in [k for k in self.by_template if k[0] == workflow_id]:
+            del self.by_template[key]
+        for key in [k for k in self.hosts if k[0] == workflow_id]:
+            del self.hosts[key]
         self.ctx.plans.forget(workflow_id)
 
     # ------------------------------------------------------------------------------------ expansion

@@ -217,6 +217,10 @@ class InFlight:
     state: NodeState
     workdir: str | None
     job_id: str | None
+    #: the host recorded with the attempt (a catalogue name, or login@host once it ran remotely)
+    host: str | None = None
+    #: the workflow's owner, whose account the attempt runs under
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,12 +280,12 @@ class Store:
             # cancelled by a broker that stopped before its attempts ended: kill them once found again
             batch.kill.extend((node_id, self.mirror.nodes[node_id].attempt) for node_id in flying)
         if flying:
-            extra = dict(((r.id), (r.workdir, r.job_id)) for r in s.execute(
-                select(NODES.c.id, NODES.c.workdir, NODES.c.job_id).where(NODES.c.id.in_(flying))))
+            extra = {r.id: (r.workdir, r.job_id, r.host) for r in s.execute(
+                select(NODES.c.id, NODES.c.workdir, NODES.c.job_id, NODES.c.host).where(NODES.c.id.in_(flying)))}
             for node_id in flying:
                 node = self.mirror.nodes[node_id]
-                workdir, job_id = extra[node_id]
-                batch.resume.append(c.InFlight(_ready(node), node.state, workdir, job_id))
+                workdir, job_id, host = extra[node_id]
+                batch.resume.append(c.InFlight(_ready(node), node.state, workdir, job_id, host, wf.owner))
         return wf
 
     # ------------------------------------------------------------------------------------------ write

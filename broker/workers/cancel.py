@@ -8,6 +8,6 @@ from broker.workers.pool import Worker
 
 class CancelWorker(Worker):
     def kill(self, action: Kill) -> None:
-        self.ctx.launcher.cancel(action.handle)
+        self.ctx.launcher_of(action.handle).cancel(action.handle)
 
     HANDLERS = {Kill: kill}

@@ -7,7 +7,7 @@ read-only and shared across worker threads.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,22 @@ class WorkerContext:
     plans: PlanCache
     #: root of every node work directory
     workdir: Path
-    #: extra launchers by host name (SSH, batch): filled by the resources layer
-    launchers: dict[str, Any] = field(default_factory=dict)
+    #: the compute resources: catalogue, accounts and one launcher per (host, account)
+    resources: Any = None
     #: whether this broker serves every workflow (``broker serve``) or only those it was given (``broker run``)
     all_workflows: bool = True
+
+    def launcher_for(self, host: str, owner: str) -> Launcher:
+        """The launcher of ``owner``'s nodes on a catalogue host (``login@host`` is accepted too)."""
+        if self.resources is None:
+            return self.launcher
+        return self.resources.launcher(host.rpartition("@")[2], owner)
+
+    def launcher_of(self, handle: Any) -> Launcher:
+        """The launcher behind a started attempt's handle."""
+        if self.resources is None:
+            return self.launcher
+        return self.resources.launcher_of(handle.host)
 
     def attempt_dir(self, workflow_global_id: str, path: str, attempt: int) -> Path:
         """The work directory of one attempt (see broker.ids for the naming)."""

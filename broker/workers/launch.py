@@ -1,8 +1,8 @@
-"""The launch worker: renders a node's payload and starts the attempt through its launcher."""
+"""The launch worker: renders a node's payload and starts the attempt through its host's launcher."""
 
 from __future__ import annotations
 
-from broker.actions import Launch
+from broker.actions import Launch, LaunchBundle, NodeRef
 from broker.description.model import NodeSpec
 from broker.launchers.base import LaunchHandle, LaunchRequest
 from broker.render import NodeInfo, render
@@ -10,19 +10,41 @@ from broker.workers.pool import Worker
 
 
 class LaunchWorker(Worker):
-    def launch(self, action: Launch) -> LaunchHandle:
-        ref = action.node
-        plan = self.ctx.plans.get(ref.workflow_id)
-        spec = plan.templates[ref.template]
+    def _spec(self, ref: NodeRef) -> NodeSpec:
+        spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
         assert isinstance(spec, NodeSpec)
+        return spec
+
+    def _request(self, ref: NodeRef, spec: NodeSpec) -> LaunchRequest:
         workdir = self.ctx.attempt_dir(ref.workflow_global_id, ref.path, ref.attempt)
         text, env = render(spec.payload, node=NodeInfo(ref.workflow_global_id, ref.path, ref.attempt, str(workdir)),
                            bindings=ref.bindings, env=spec.execution.env,
                            max_output_bytes=self.ctx.settings.limits.max_text_bytes)
-        request = LaunchRequest(node_id=ref.node_id, attempt=ref.attempt, workflow_global_id=ref.workflow_global_id,
-                                node_path=ref.path, workdir=str(workdir), payload_type=spec.payload.type,
-                                payload_text=text, interpreter=spec.execution.interpreter, env=tuple(env),
-                                cwd=spec.execution.workdir, timeout=spec.execution.timeout)
-        return self.ctx.launcher.launch(request)
+        return LaunchRequest(node_id=ref.node_id, attempt=ref.attempt, workflow_global_id=ref.workflow_global_id,
+                             node_path=ref.path, workdir=str(workdir), payload_type=spec.payload.type,
+                             payload_text=text, interpreter=spec.execution.interpreter, env=tuple(env),
+                             cwd=spec.execution.workdir, timeout=spec.execution.timeout)
 
-    HANDLERS = {Launch: launch}
+    def _batch(self, ref: NodeRef) -> bool:
+        resources = self.ctx.resources
+        return resources is not None and resources.catalogue.get(ref.host).is_batch
+
+    def launch(self, action: Launch) -> LaunchHandle:
+        ref = action.node
+        spec = self._spec(ref)
+        launcher = self.ctx.launcher_for(ref.host, ref.owner)
+        request = self._request(ref, spec)
+        if self._batch(ref):
+            # a batch job is written from the node's scheduling profile
+            return launcher.launch(request, spec.scheduling)  # type: ignore[call-arg]
+        return launcher.launch(request)
+
+    def launch_bundle(self, action: LaunchBundle) -> list[LaunchHandle]:
+        """Members of one sweep in one batch job: one submission, one handle per member."""
+        first = action.nodes[0]
+        spec = self._spec(first)
+        launcher = self.ctx.launcher_for(first.host, first.owner)
+        requests = [self._request(ref, self._spec(ref)) for ref in action.nodes]
+        return launcher.launch_bundle(requests, spec.scheduling)  # type: ignore[attr-defined]
+
+    HANDLERS = {Launch: launch, LaunchBundle: launch_bundle}

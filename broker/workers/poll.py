@@ -19,15 +19,15 @@ CONTROL_PAGE = 100
 
 class PollWorker(Worker):
     def collect(self, action: Collect) -> AttemptResult:
-        return self.ctx.launcher.collect(action.handle)
+        return self.ctx.launcher_of(action.handle).collect(action.handle)
 
     def read_reports(self, action: ReadReports) -> tuple[list[Report], int]:
-        return self.ctx.launcher.reports(action.handle, action.offset)
+        return self.ctx.launcher_of(action.handle).reports(action.handle, action.offset)
 
     def recover(self, action: Recover) -> Recovered:
         ref = action.node
         workdir = action.workdir or str(self.ctx.attempt_dir(ref.workflow_global_id, ref.path, ref.attempt))
-        return self.ctx.launcher.recover(ref.node_id, ref.attempt, workdir, action.job_id)
+        return self.ctx.launcher_for(ref.host, ref.owner).recover(ref.node_id, ref.attempt, workdir, action.job_id)
 
     def poll_control(self, action: PollControl) -> list[tuple[Any, ...]]:
         """Unapplied control commands, resolved: (id, command, workflow id, node ids or None, actor, error)."""

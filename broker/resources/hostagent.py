@@ -1,0 +1,284 @@
+"""The host agent: the broker's helper on remote and batch hosts, installed next to the elf.
+
+Standard library only, Python 3.8+, like the elf. Each call reads one JSON document on stdin and prints
+one on stdout, so a launcher does a whole host's work in one command per interval::
+
+    python3 agent-<v>.py start    < {"workdir", "payload", "env", "elf", "args", "record"}
+    python3 agent-<v>.py prepare  < {"items": [{"workdir", "files": {name: text}, "record"}]}
+    python3 agent-<v>.py probe    < {"elf", "max_value_bytes", "items": [[workdir, attempt, session, offset]]}
+    python3 agent-<v>.py cancel   < {"items": [[workdir, reason]], "signal": true}
+    python3 agent-<v>.py bundle MANIFEST        (inside a batch job: run the members' elfs)
+
+Work directory files it adds to the elf's: ``launch.json`` (the launch record, created exclusively so an
+attempt is never started twice), ``env.json`` (the payload's variables), ``cancel`` (why the broker
+cancelled it, written before any signal) and, for batch jobs, ``job.sh``/``job.json``.
+"""
+
+import errno
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+LAUNCH_FILE = "launch.json"
+ENV_FILE = "env.json"
+CANCEL_FILE = "cancel"
+JOB_FILE = "job.json"
+JOBID_FILE = "jobid"
+#: seconds between two looks at the members' cancel files in a bundle
+BUNDLE_TICK = 0.5
+
+
+def _elf(path):
+    spec = importlib.util.spec_from_file_location("broker_elf", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _makedirs(path):
+    """Create ``path`` and its missing parents, each mode 0700."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+
+
+def _write(path, text, exclusive=False):
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def _read(path, limit=65536):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _read_int(path):
+    text = _read(path, 64)
+    if text is None or not text.endswith("\n"):
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _alive(pid):
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _prepare(workdir, files, record, replace=False):
+    """Create the work directory and write the launch record (exclusively, unless ``replace``) and ``files``."""
+    _makedirs(workdir)
+    try:
+        _write(os.path.join(workdir, LAUNCH_FILE), json.dumps(record), exclusive=not replace)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            return "exists"
+        raise
+    for name, text in files.items():
+        _write(os.path.join(workdir, name), text)
+    return "ok"
+
+
+def elf_argv(python, elf, args):
+    """The command line that runs the elf for one attempt (``args`` as the launchers build them)."""
+    # -I -S: standard library only, no PYTHON* variables or site packages of the account (and a faster start)
+    argv = [python, "-I", "-S", elf, "run", "--workdir", args["workdir"], "--payload", "payload", "--type", args["type"],
+            "--attempt", str(args["attempt"]), "--session", args["session"], "--env-file", ENV_FILE,
+            "--max-value-bytes", str(args["max_value_bytes"])]
+    if args.get("timeout"):
+        argv += ["--timeout", repr(float(args["timeout"]))]
+    if args.get("interpreter"):
+        argv += ["--interpreter", args["interpreter"]]
+    if args.get("cwd"):
+        argv += ["--cwd", args["cwd"]]
+    return argv
+
+
+def cmd_start(req):
+    """Prepare one attempt and start its elf detached (own session, no terminal, no inherited output)."""
+    workdir = req["workdir"]
+    files = {"payload": req["payload"], ENV_FILE: json.dumps(req["env"])}
+    if _prepare(workdir, files, req["record"]) == "exists":
+        return {"error": "exists"}
+    argv = elf_argv(req["python"], req["elf"], dict(req["args"], workdir=workdir))
+    try:
+        with open(os.devnull, "r+b") as null:
+            proc = subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, cwd=workdir, close_fds=True,
+                                    start_new_session=True)
+    except OSError as exc:
+        # Nothing started: clear the record so the same attempt can be started once the cause is fixed.
+        os.unlink(os.path.join(workdir, LAUNCH_FILE))
+        return {"error": "cannot start %s: %s" % (argv[0], exc.strerror or exc)}
+    return {"pid": proc.pid}
+
+
+def cmd_prepare(req):
+    """Prepare several attempts (batch jobs); each item says "ok" or "exists"."""
+    return {"items": [_prepare(i["workdir"], i["files"], i["record"], i.get("replace", False)) for i in req["items"]]}
+
+
+def cmd_probe(req):
+    """Status, liveness, cancel mark and new reports of every item, in one pass."""
+    elf = _elf(req["elf"])
+    limit = int(req["max_value_bytes"])
+    out = []
+    for workdir, attempt, session, offset in req["items"]:
+        # Liveness first, status second: an elf that wrote its final status and exited in between is then
+        # seen with its status, never as dead without one.
+        elf_pid = _read_int(os.path.join(workdir, elf.ELF_PID_FILE))
+        item = {"elf_pid": elf_pid, "elf_alive": _alive(elf_pid) if elf_pid is not None else None}
+        item["status"] = elf.read_status(workdir, attempt, session)
+        record = _read(os.path.join(workdir, LAUNCH_FILE))
+        try:
+            item["record"] = json.loads(record) if record is not None else None
+        except ValueError:
+            item["record"] = {}
+        item["started"] = record is not None
+        job_dir = (item["record"] or {}).get("job_dir")
+        if job_dir:
+            item["submitted"] = _read(os.path.join(job_dir, "submit.out"), 4096)
+        item["cancel"] = _read(os.path.join(workdir, CANCEL_FILE), 64)
+        item["jobid"] = (_read(os.path.join(workdir, JOBID_FILE), 256) or "").strip() or None
+        if offset is not None and not (item["status"] or {}).get("outcome"):
+            found = elf.scan(os.path.join(workdir, elf.STDOUT_FILE), offset, limit)
+            item["reports"] = [list(r) for r in found.reports]
+            item["offset"] = found.offset
+            item["ignored"] = found.ignored
+        out.append(item)
+    return {"items": out}
+
+
+def _killpg(pgid, signum):
+    try:
+        os.killpg(pgid, signum)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def cmd_cancel(req):
+    """Mark each item cancelled (unless already marked), then SIGTERM its elf (it kills the payload group)."""
+    out = []
+    for workdir, reason in req["items"]:
+        marker = os.path.join(workdir, CANCEL_FILE)
+        try:
+            _write(marker, reason + "\n", exclusive=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOENT):
+                raise
+        if not req.get("signal", True):
+            # Batch jobs: the elf runs on a compute node, where a pid of this host means nothing.
+            out.append(None)
+            continue
+        elf_pid = _read_int(os.path.join(workdir, "elf.pid"))
+        if elf_pid is not None and _alive(elf_pid):
+            os.kill(elf_pid, signal.SIGTERM)
+            out.append("elf")
+            continue
+        pid = _read_int(os.path.join(workdir, "pid"))
+        out.append("payload" if pid is not None and _killpg(pid, signal.SIGKILL) else None)
+    return {"items": out}
+
+
+def cmd_bundle(manifest_path):
+    """Run a batch job's members: at most ``parallel`` elfs at once, honouring each member's cancel file."""
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    pending = list(manifest["members"])
+    parallel = max(1, int(manifest.get("parallel", 1)))
+    running = {}
+    stopping = []
+
+    def on_term(signum, frame):
+        stopping.append(signum)
+        for proc in running.values():
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    elf = _elf(manifest["elf"])
+    while pending or running:
+        while pending and len(running) < parallel and not stopping:
+            args = pending.pop(0)
+            workdir = args["workdir"]
+            if os.path.exists(os.path.join(workdir, CANCEL_FILE)):
+                elf.write_status(workdir, {"session": args["session"], "attempt": args["attempt"],
+                                           "outcome": elf.CANCELLED, "exit_code": None, "signal": None,
+                                           "started_at": time.time(), "ended_at": time.time(), "pid": None,
+                                           "progress": None, "outputs": {}, "ignored_lines": 0,
+                                           "message": "cancelled before it started"})
+                continue
+            running[workdir] = subprocess.Popen(elf_argv(manifest["python"], manifest["elf"], args), cwd=workdir,
+                                                stdin=subprocess.DEVNULL, close_fds=True)
+        for workdir, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[workdir]
+            elif os.path.exists(os.path.join(workdir, CANCEL_FILE)) and not getattr(proc, "_wb_cancelled", 0):
+                proc._wb_cancelled = 1
+                proc.send_signal(signal.SIGTERM)
+        if stopping and not running:
+            break
+        if running:
+            time.sleep(BUNDLE_TICK)
+    return 143 if stopping else 0
+
+
+COMMANDS = {"start": cmd_start, "prepare": cmd_prepare, "probe": cmd_probe, "cancel": cmd_cancel}
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "bundle":
+        return cmd_bundle(argv[2])
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        sys.stderr.write("usage: agent.py {%s} < request.json | agent.py bundle MANIFEST\n" % ",".join(COMMANDS))
+        return 2
+    os.umask(0o077)
+    request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    try:
+        reply = COMMANDS[argv[1]](request)
+    except OSError as exc:
+        reply = {"error": "%s: %s" % (getattr(exc, "filename", "") or "", exc.strerror or exc)}
+    sys.stdout.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    # Non-zero exits stop a command line chained after the agent (prepare && sbatch): 3 = already prepared.
+    if reply.get("error") == "exists" or "exists" in reply.get("items", ()):
+        return 3
+    return 1 if reply.get("error") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

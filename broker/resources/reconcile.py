@@ -1,0 +1,102 @@
+"""Reconciling the two views of a batch attempt: the elf's status file and the scheduler's word on its job.
+
+The status file wins: it holds the payload's own outcome, outputs and progress. The scheduler explains
+what a status file cannot: a job killed at its time limit (the elf saw only a SIGTERM and wrote
+"cancelled"), a job cancelled or lost before its elf ever ran, a job gone from every record. A scheduler
+that does not answer makes the attempt's state unknown, which is never a failure: nothing is decided
+until it answers again or the status file speaks. Shared file systems lag, so a job the scheduler says has
+ended gets a few more polls for its status file to appear.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from broker.launchers import base
+from broker.resources import jobs as J
+from broker.resources.tracking import Tracked
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """How patient reconciliation is."""
+
+    #: polls to wait for a status file once the scheduler says the job ended (or why the elf was killed)
+    settle_polls: int = 2
+    #: seconds a job may be unknown to a scheduler that answers, with no result, before it counts as lost
+    lost_after: float = 600.0
+    #: the scheduler's name in messages ("Slurm", "PBS", "Moab")
+    scheduler: str = "the scheduler"
+
+
+def scheduler_name(dialect: str) -> str:
+    """How messages name a dialect's scheduler."""
+    return {"slurm": "Slurm", "pbs": "PBS", "moab": "Moab"}.get(dialect, dialect)
+
+
+def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, J.JobInfo] | None, *, final: bool,
+              rules: Rules) -> bool:
+    """Whether the attempt has ended; when it has, sets ``t.status`` and ``t.override`` (its result).
+
+    ``item``: the agent's probe of its work directory; ``jobs``: the scheduler's jobs by id (None: the
+    scheduler did not answer); ``final``: decide now, without waiting for more polls (collect).
+    """
+    ref: J.JobRef = t.extra
+    job = jobs.get(ref.job_id) if jobs is not None else None
+    if job is not None:
+        t.job_state = job.state
+    status = item.get("status")
+    cancelled = t.cancelled or bool(item.get("cancel"))
+    if status and status.get("outcome"):
+        override = None
+        if status["outcome"] == base.CANCELLED and not cancelled:
+            # SIGTERMed, not by the broker: at its time limit, or by someone else?
+            if job is not None and job.state == J.TIMEOUT:
+                override = (base.TIMEOUT, f"killed by {rules.scheduler} at the job's time limit ({job.raw})")
+            elif not final and t.settle < rules.settle_polls and (job is None or job.state not in J.ENDED):
+                t.settle += 1
+                return False  # the scheduler has not said why yet
+            else:
+                override = (base.LOST, "killed by a signal that did not come from the broker")
+        t.status, t.override = status, override
+        return True
+    if job is None:
+        if jobs is None:
+            return False  # the scheduler did not answer: unknown, never failed
+        now = time.monotonic()
+        t.unknown_since = t.unknown_since or now
+        if not final and now - t.unknown_since < rules.lost_after:
+            return False
+        t.status = status
+        t.override = (base.CANCELLED, "cancelled") if cancelled else (
+            base.LOST, f"{rules.scheduler} no longer knows job {ref.job_id} and it left no result")
+        return True
+    t.unknown_since = None
+    if job.state not in J.ENDED:
+        return False
+    if not final and t.settle < rules.settle_polls:
+        t.settle += 1
+        return False  # give the status file a few polls to appear
+    t.status = status
+    t.override = verdict(job, cancelled, rules.scheduler, ref.job_dir)
+    return True
+
+
+def verdict(job: J.JobInfo, cancelled: bool, scheduler: str, job_dir: str) -> tuple[str, str]:
+    """The outcome of an attempt whose job ended without its elf recording one."""
+    if cancelled:
+        return base.CANCELLED, "cancelled"
+    if job.state == J.TIMEOUT:
+        return base.TIMEOUT, f"killed by {scheduler} at the job's time limit ({job.raw})"
+    if job.state == J.CANCELLED:
+        return base.LOST, f"job {job.job_id} was cancelled outside the broker ({job.raw})"
+    if job.state == J.LOST:
+        return base.LOST, f"job {job.job_id} ended with {job.raw}"
+    code = f", exit code {job.exit_code}" if job.exit_code is not None else ""
+    return base.FAILED, (f"job {job.job_id} ended ({job.raw}{code}) before the elf recorded a result: see "
+                         f"{job_dir}/job.err")
+
+
+__all__ = ["Rules", "reconcile", "scheduler_name", "verdict"]

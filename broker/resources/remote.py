@@ -1,0 +1,205 @@
+"""One (host, account) as the launchers see it: a shell, a private work root, the elf and the host agent.
+
+The elf and the agent are installed once per host, account and version, as
+``<root>/.broker/elf-<version>.py`` and ``agent-<version>.py`` (written to a temporary name and renamed, so
+concurrent installers never leave a half file), then used by every node there. The version is a hash of
+both files, so a broker upgrade installs the new pair beside the old one, which attempts still running keep
+using. They live under the account's private root, never in a directory another account could write:
+the broker only ever runs code that account itself owns.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import shlex
+import threading
+from pathlib import Path
+from typing import Any
+
+from broker.elf import elf as elf_module
+from broker.errors import ResourceError
+from broker.resources import hostagent
+from broker.resources.accounts import Account, work_root
+from broker.resources.catalogue import Host
+from broker.resources.shell import Completed, Shell, ShellError
+
+log = logging.getLogger(__name__)
+
+#: what a remote path may contain: it goes into command lines and batch script directives
+SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9_./@+~-]*")
+
+
+@functools.cache
+def _sources() -> tuple[bytes, bytes, str]:
+    elf_bytes = Path(elf_module.__file__).read_bytes()
+    agent_bytes = Path(hostagent.__file__).read_bytes()
+    version = hashlib.sha256(elf_bytes + b"\0" + agent_bytes).hexdigest()[:12]
+    return elf_bytes, agent_bytes, version
+
+
+def version() -> str:
+    """The version of the elf + agent pair this broker installs."""
+    return _sources()[2]
+
+
+class Endpoint:
+    """A host reached as one account: runs agent commands there and maps work directories onto it."""
+
+    def __init__(self, host: Host, account: Account, shell: Shell, *, local_root: str | None = None,
+                 command_timeout: float = 60.0):
+        """``local_root``: the engine's work directory root, whose attempt paths map under the remote root."""
+        self.host, self.account, self.shell = host, account, shell
+        self.label = account.label
+        self._local_root = local_root.rstrip("/") if local_root else None
+        self._timeout = command_timeout
+        self._lock = threading.Lock()
+        self._root: str | None = None
+        #: how many times this endpoint uploaded the elf (tests: once per host, account and version)
+        self.installs = 0
+
+    # --------------------------------------------------------------------------------------- install
+
+    def ensure(self) -> str:
+        """Create the private work root (0700) and install the elf and agent if missing; returns the root."""
+        with self._lock:
+            if self._root is not None:
+                return self._root
+            elf_bytes, agent_bytes, ver = _sources()
+            wanted = shlex.quote(work_root(self.host, self.account))
+            script = (f"umask 077 && mkdir -p {wanted}/.broker && chmod 700 {wanted} && cd {wanted} && pwd -P && "
+                      f"if test -f .broker/elf-{ver}.py && test -f .broker/agent-{ver}.py; then echo present; "
+                      f"else echo missing; fi")
+            done = self.shell.run(script, timeout=self._timeout)
+            lines = done.out.split()
+            if done.returncode != 0 or len(lines) != 2:
+                raise ResourceError(f"{self.label}: cannot prepare the work root {wanted}: "
+                                    f"{done.err or 'exit code %d' % done.returncode}", retryable=False)
+            root = lines[0]
+            if not SAFE_PATH_RE.fullmatch(root):
+                raise ResourceError(f"{self.label}: work root {root!r} has characters the broker does not "
+                                    "put in commands", retryable=False)
+            if lines[1] == "missing":
+                self.shell.put(f"{root}/.broker/elf-{ver}.py", elf_bytes, 0o700)
+                self.shell.put(f"{root}/.broker/agent-{ver}.py", agent_bytes, 0o700)
+                self.installs += 1
+                log.info("installed the elf %s on %s in %s/.broker", ver, self.label, root)
+            self._root = root
+            return root
+
+    @property
+    def elf_path(self) -> str:
+        """The installed elf (after :meth:`ensure`)."""
+        return f"{self.ensure()}/.broker/elf-{version()}.py"
+
+    @property
+    def agent_path(self) -> str:
+        """The installed agent (after :meth:`ensure`)."""
+        return f"{self.ensure()}/.broker/agent-{version()}.py"
+
+    # ------------------------------------------------------------------------------------- workdirs
+
+    def workdir(self, path: str) -> str:
+        """The remote work directory for an engine attempt directory (or an already remote one)."""
+        root = self.ensure()
+        if path == root or path.startswith(root + "/"):
+            remote = path
+        else:
+            relative = None
+            if self._local_root and path.startswith(self._local_root + "/"):
+                relative = path[len(self._local_root) + 1:]
+            if relative is None:
+                raise ResourceError(f"{self.label}: work directory {path} is neither under the engine's work "
+                                    f"root {self._local_root} nor under {root}", retryable=False)
+            remote = posixpath.join(root, relative)
+        if not SAFE_PATH_RE.fullmatch(remote) or ".." in remote.split("/"):
+            raise ResourceError(f"{self.label}: unsafe work directory {remote!r}", retryable=False)
+        return remote
+
+    def local_path(self, remote: str) -> str | None:
+        """The engine-side attempt directory of a remote work directory (None without a local root)."""
+        root = self.ensure()
+        if self._local_root is None or not remote.startswith(root + "/"):
+            return None
+        return posixpath.join(self._local_root, remote[len(root) + 1:])
+
+    # -------------------------------------------------------------------------------------- staging
+
+    def push_inputs(self, local_dir: str, remote_dir: str, max_bytes: int) -> int:
+        """Upload the files staged into the engine's attempt directory to the remote one; returns how many.
+
+        Regular files only (symlinks are skipped), each at most ``max_bytes``. Nothing to do (0) when the
+        local directory does not exist, which is the case for nodes without stage-in.
+        """
+        if not os.path.isdir(local_dir):
+            return 0
+        files = []
+        for dirpath, dirnames, filenames in os.walk(local_dir):
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path) and not os.path.islink(path) and not name.endswith(".partial"):
+                    files.append(os.path.relpath(path, local_dir))
+        if not files:
+            return 0
+        targets = [posixpath.join(remote_dir, rel) for rel in files]
+        folders = sorted({posixpath.dirname(t) for t in targets})
+        done = self.shell.run("umask 077 && mkdir -p " + " ".join(shlex.quote(f) for f in folders))
+        if done.returncode != 0:
+            raise ResourceError(f"{self.label}: cannot create {remote_dir}: {done.err}")
+        for rel, target in zip(files, targets):
+            self.shell.upload(os.path.join(local_dir, rel), target, max_bytes)
+        return len(files)
+
+    def fetch_outputs(self, remote_dir: str, relatives: list[str], local_dir: str, max_bytes: int) -> int:
+        """Download files of a remote work directory into the engine's attempt directory (for stage-out)."""
+        from broker.staging import inside_workdir
+
+        os.makedirs(local_dir, mode=0o700, exist_ok=True)
+        for rel in relatives:
+            target = inside_workdir(Path(local_dir), rel)  # refuses absolute paths, '..', symlinks out
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.shell.download(posixpath.join(remote_dir, rel), str(target), max_bytes)
+        return len(relatives)
+
+    # ---------------------------------------------------------------------------------------- agent
+
+    def agent(self, command: str, request: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Run one agent command with ``request`` on stdin; its JSON reply (ResourceError on failure)."""
+        line = self.agent_command(command)
+        data = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        done = self.shell.run(line, stdin=data, timeout=timeout or self._timeout)
+        return self.reply(command, done)
+
+    def reply(self, command: str, done: Completed) -> dict[str, Any]:
+        """The agent's JSON reply from a finished command (ResourceError for an error or no reply).
+
+        A reply that says "exists" (the attempt was prepared before) is returned, not raised.
+        """
+        if done.returncode == 127:
+            raise ResourceError(f"{self.label}: {self.host.python} not found (set <python> in the host "
+                                f"catalogue): {done.err}", retryable=False)
+        try:
+            reply = json.loads(done.stdout.partition(b"\n")[0])
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise ShellError(f"{self.label}: agent {command} failed (exit code {done.returncode}): "
+                             f"{done.err or done.out[:200]!r}", ambiguous=command == "start")
+        if reply.get("error") == "exists" or "exists" in reply.get("items", ()):
+            return reply
+        if isinstance(reply.get("error"), str):
+            raise ResourceError(f"{self.label}: agent {command}: {reply['error']}")
+        return reply
+
+    def agent_command(self, command: str) -> str:
+        """The command line that runs agent ``command`` (its request goes on stdin)."""
+        return f"{shlex.quote(self.host.python)} -I -S {shlex.quote(self.agent_path)} {command}"
+
+
+__all__ = ["Endpoint", "SAFE_PATH_RE", "version"]

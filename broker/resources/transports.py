@@ -1,0 +1,238 @@
+"""Staging transports beyond ``file://``: ``sftp://host/path`` and ``http(s)://`` stage-in from allowed places.
+
+Registered into :data:`broker.staging.TRANSPORTS` / :data:`~broker.staging.PUSHERS` by :func:`install`.
+
+``sftp://HOST/PATH`` goes through the SSH pool's connection of the node owner's account on catalogue host
+HOST, so a transfer reads and writes only what that account may (``PATH`` is absolute; ``sftp://HOST/~/x``
+is relative to the account's home). Whose account it is comes from :func:`acting_as`, which the stage
+worker wraps around each node's transfers: without it, sftp:// is refused rather than run as anyone.
+Paths with ``..`` segments are refused, and a symlink is never downloaded.
+
+``http://`` and ``https://`` stage-in only from the URL prefixes of ``[hosts] http_allow``. The host name is
+resolved once and every address checked: loopback, private, link-local, multicast and reserved addresses
+are refused unless ``[hosts] http_allow_private`` is on; the connection then goes to the checked address
+(no second lookup for a rebinding DNS to change). Redirects are not followed. Sizes are bounded (the
+announced length and the bytes actually read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import http.client
+import ipaddress
+import os
+import socket
+import ssl
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from broker import staging
+from broker.errors import ResourceError
+
+if TYPE_CHECKING:
+    from broker.resources import Resources
+
+#: the broker user whose account sftp:// transfers use (set by the stage worker around each node's staging)
+STAGING_USER: contextvars.ContextVar[str | None] = contextvars.ContextVar("staging_user", default=None)
+CHUNK = 1024 * 1024
+
+
+@contextlib.contextmanager
+def acting_as(user: str) -> Iterator[None]:
+    """Run the enclosed stage-in/stage-out calls with ``user``'s accounts (thread- and context-local)."""
+    token = STAGING_USER.set(user)
+    try:
+        yield
+    finally:
+        STAGING_USER.reset(token)
+
+
+def _refuse(message: str) -> ResourceError:
+    return ResourceError(message, retryable=False)
+
+
+def _sftp_target(uri: str) -> tuple[str, str]:
+    """(catalogue host, remote path) of an sftp:// URI; refuses '..', NUL and user/port parts."""
+    parts = urlsplit(uri)
+    if parts.scheme != "sftp" or not parts.hostname or parts.username or parts.port or parts.query or \
+            parts.fragment:
+        raise _refuse(f"{uri!r} is not sftp://HOST/PATH (HOST: a host of the catalogue; no user, port or query)")
+    path = unquote(parts.path)
+    if not path or path == "/" or "\0" in path or ".." in path.split("/"):
+        raise _refuse(f"{uri!r}: the path must be a file path without '..'")
+    if path.startswith("/~/"):
+        path = path[3:]  # relative: the SFTP server resolves it against the account's home
+    return parts.hostname, path
+
+
+class SftpTransport:
+    """sftp:// through the pooled connection of the acting user's account on the named host."""
+
+    def __init__(self, resources: Resources):
+        self._resources = resources
+
+    def _shell(self, host_name: str):
+        user = STAGING_USER.get()
+        if user is None:
+            raise _refuse("sftp:// staging needs the node's owner (wrap staging in transports.acting_as(user))")
+        host = self._resources.catalogue.get(host_name)
+        if host.ssh is None:
+            raise _refuse(f"sftp://{host_name}/...: host '{host_name}' has no <ssh> in the catalogue")
+        return self._resources.pool.shell(host, self._resources.accounts.account(user, host_name))
+
+    def fetch(self, uri: str, target: Path, max_bytes: int) -> None:
+        """Stage-in: download the remote file to ``target``."""
+        host_name, path = _sftp_target(uri)
+        self._shell(host_name).download(path, str(target), max_bytes)
+
+    def push(self, source: Path, uri: str, max_bytes: int) -> None:
+        """Stage-out: upload ``source`` to the remote path (atomically)."""
+        host_name, path = _sftp_target(uri)
+        self._shell(host_name).upload(str(source), path, max_bytes)
+
+
+# ------------------------------------------------------------------------------------------------ http
+
+def _blocked(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (address.is_loopback or address.is_private or address.is_link_local or address.is_multicast or
+            address.is_reserved or address.is_unspecified or not address.is_global)
+
+
+def _same_or_below(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+class HttpTransport:
+    """http(s):// stage-in from allowed URL prefixes, never from internal addresses unless configured."""
+
+    def __init__(self, allow: Sequence[str], *, allow_private: bool = False, timeout: float = 30.0,
+                 resolver=socket.getaddrinfo, ssl_context: ssl.SSLContext | None = None):
+        self._allow = [urlsplit(a) for a in allow]
+        self._allow_private = allow_private
+        self._timeout = timeout
+        self._resolve = resolver
+        self._ssl = ssl_context or ssl.create_default_context()
+
+    def check(self, uri: str) -> tuple[str, str, int, str, str]:
+        """(scheme, host, port, request target, address to connect to) of an allowed URI, else ResourceError."""
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise _refuse(f"{uri!r} is not an http(s):// URL without credentials")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        path = parts.path or "/"
+        if ".." in unquote(path).split("/") or "\\" in unquote(path):
+            raise _refuse(f"{uri!r}: '..' in the path is refused")
+        for allowed in self._allow:
+            allowed_port = allowed.port or (443 if allowed.scheme == "https" else 80)
+            if (allowed.scheme, allowed.hostname, allowed_port) == (parts.scheme, parts.hostname, port) and \
+                    _same_or_below(path, allowed.path or "/"):
+                break
+        else:
+            listed = " ".join(a.geturl() for a in self._allow) or "none ([hosts] http_allow is empty)"
+            raise _refuse(f"{uri} is not under an allowed location (allowed: {listed})")
+        try:
+            infos = self._resolve(parts.hostname, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ResourceError(f"cannot resolve {parts.hostname}: {exc}") from None
+        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        if not addresses:
+            raise ResourceError(f"{parts.hostname} has no address")
+        if not self._allow_private:
+            for address in addresses:
+                if _blocked(address):
+                    raise _refuse(f"{uri}: {parts.hostname} resolves to {address}, an internal address "
+                                  "(allowed only with [hosts] http_allow_private)")
+        target = path + (f"?{parts.query}" if parts.query else "")
+        return parts.scheme, parts.hostname, port, target, str(addresses[0])
+
+    def fetch(self, uri: str, target: Path, max_bytes: int) -> None:
+        """Stage-in: GET ``uri`` into ``target`` (atomically), at most ``max_bytes``."""
+        scheme, host, port, path, address = self.check(uri)
+        connection = _Pinned(scheme, host, port, address, self._timeout, self._ssl)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            connection.request("GET", path, headers={"Host": host if port in (80, 443) else f"{host}:{port}",
+                                                     "User-Agent": "workflow-broker"})
+            response = connection.getresponse()
+            if response.status != 200:
+                where = f" (to {response.getheader('Location')}; redirects are not followed)" \
+                    if 300 <= response.status < 400 else ""
+                raise ResourceError(f"{uri}: HTTP {response.status} {response.reason}{where}",
+                                    retryable=response.status >= 500 or response.status == 429)
+            length = response.getheader("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise _refuse(f"{uri} is {length} bytes, over the staging limit of {max_bytes}")
+            size = 0
+            with open(partial, "wb") as out:
+                while chunk := response.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise _refuse(f"{uri} is over the staging limit of {max_bytes} bytes")
+                    out.write(chunk)
+            os.replace(partial, target)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ResourceError(f"{uri}: {exc}") from None
+        finally:
+            connection.close()
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+
+
+class _Pinned:
+    """An HTTP(S) connection to an address checked beforehand (TLS still verifies the host name)."""
+
+    def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
+        if scheme == "https":
+            self._conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeout,
+                                                                                 context=context)
+        else:
+            self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn = self._conn
+
+        def connect() -> None:
+            sock = socket.create_connection((address, port), timeout)
+            if isinstance(conn, http.client.HTTPSConnection):
+                sock = context.wrap_socket(sock, server_hostname=host)
+            conn.sock = sock
+
+        conn.connect = connect  # type: ignore[method-assign]
+
+    def request(self, method: str, path: str, headers: dict[str, str]) -> None:
+        self._conn.putrequest(method, path, skip_host=True)
+        for name, value in headers.items():
+            self._conn.putheader(name, value)
+        self._conn.endheaders()
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        return self._conn.getresponse()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+# -------------------------------------------------------------------------------------------- register
+
+def install(resources: Resources, *, http_allow: Sequence[str] = (), http_allow_private: bool = False,
+            http_timeout: float = 30.0) -> None:
+    """Register sftp:// (stage-in and out) and http(s):// (stage-in) into broker.staging."""
+    sftp = SftpTransport(resources)
+    staging.TRANSPORTS["sftp"] = sftp.fetch
+    staging.PUSHERS["sftp"] = sftp.push
+    web = HttpTransport(http_allow, allow_private=http_allow_private, timeout=http_timeout)
+    staging.TRANSPORTS["http"] = web.fetch
+    staging.TRANSPORTS["https"] = web.fetch
+
+
+def uninstall() -> None:
+    """Remove what :func:`install` registered."""
+    for scheme in ("sftp", "http", "https"):
+        staging.TRANSPORTS.pop(scheme, None)
+    staging.PUSHERS.pop("sftp", None)
+
+
+__all__ = ["HttpTransport", "STAGING_USER", "SftpTransport", "acting_as", "install", "uninstall"]

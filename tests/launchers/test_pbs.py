@@ -1,0 +1,199 @@
+"""PBS/Torque through the batch launcher, against command outputs recorded from the Torque documentation.
+
+No PBS server can be installed here: ``qsub``/``qstat``/``qdel`` are replaced by commands that replay the
+recordings in ``tests/launchers/recorded/pbs`` (errors included: unknown job, server down, queue full).
+The launcher, the host agent, the elf and the job script run for real, on this machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.description.model import Scheduling
+from broker.errors import ResourceError
+from broker.launchers import base
+from broker.launchers.pbs import PbsDialect, PbsLauncher
+from broker.resources import jobs as J
+from broker.resources.accounts import Account
+from broker.resources.catalogue import BatchOptions, Host
+from broker.resources.remote import Endpoint
+from broker.resources.shell import LocalShell
+from tests.launchers.recorded import FakeScheduler, completed, run_job
+from tests.resources.helpers import LOCAL_ROOT, Ended, poll_until, request, run_to_end, unique_workflow
+
+ID = "1234.pbs-server.example.org"
+
+
+@pytest.fixture
+def fake(tmp_path):
+    return FakeScheduler(tmp_path / "bin", "pbs", ("qsub", "qstat", "qdel"))
+
+
+@pytest.fixture
+def launcher(tmp_path, fake):
+    host = Host(name="torque", launcher="pbs", scratch=str(tmp_path / "scratch"),
+                batch=BatchOptions(default_queue="batch", directives=("gres",), commands=str(fake.directory)))
+    endpoint = Endpoint(host, Account("torque", "root", local=True), LocalShell(), local_root=LOCAL_ROOT)
+    with PbsLauncher(endpoint, poll_interval=0.05, settle_polls=1, lost_after=0.5, submit_backoff=0.01) as it:
+        yield it
+
+
+def job_of(launcher, req) -> dict[str, str]:
+    """The job directory and name a request's job gets (what qstat shows about it)."""
+    job_dir = launcher.endpoint.workdir(req.workdir)
+    return {"job_dir": job_dir, "name": J.job_token(req.node_id, req.attempt, job_dir), "job_id": ID}
+
+
+# --------------------------------------------------------------------------------------- the dialect
+
+def test_directives_follow_the_scheduling_profile_in_torque_syntax():
+    job = J.JobSpec(name="wb-7-1-3f2a", comment="wf-x/n:1", job_dir="/s/a/wf-x/n/1", queue="batch", nodes=2,
+                    cores=8, memory=3 * 1024**3, walltime=50 * 3600.0, account="chem",
+                    directives=(("gres", "gpu:2"),))
+    assert PbsDialect().directives(job) == [
+        "#PBS -N wb-7-1-3f2a", "#PBS -o /s/a/wf-x/n/1/job.out", "#PBS -e /s/a/wf-x/n/1/job.err",
+        "#PBS -d /s/a/wf-x/n/1", "#PBS -q batch", "#PBS -l nodes=2:ppn=8,mem=3072mb,walltime=50:00:00,gres=gpu:2",
+        "#PBS -A chem"]
+    with pytest.raises(ResourceError, match="PBS directive 'exclusive' needs a value"):
+        PbsDialect().directives(J.JobSpec("n", "c", "/d", directives=(("exclusive", None),)))
+
+
+def test_qsub_outputs_give_the_job_id_or_say_whether_to_retry():
+    dialect = PbsDialect()
+    assert dialect.parse_submit(completed("pbs", "qsub-ok", job_id=ID)) == ID
+    with pytest.raises(J.SubmitRejected, match="Maximum number of jobs already in queue") as full:
+        dialect.parse_submit(completed("pbs", "qsub-queue-full"))
+    assert full.value.retryable is True
+    with pytest.raises(J.SubmitRejected, match=r"^qsub: qsub: submit error \(Unknown queue") as unknown:
+        dialect.parse_submit(completed("pbs", "qsub-unknown-queue"))
+    assert unknown.value.retryable is False
+    with pytest.raises(J.SchedulerUnreachable, match="cannot connect to server pbs-server.example.org"):
+        dialect.parse_submit(completed("pbs", "qsub-server-down"))
+
+
+def test_qstat_full_output_gives_every_job_with_its_state_and_directory():
+    dialect = PbsDialect()
+    jobs = dialect.parse_query(completed("pbs", "qstat-f-running", job_id=ID, name="wb-7-1-3f2a",
+                                         job_dir="/s/asmith/wf-x/step/1"))
+    assert jobs[ID] == J.JobInfo(ID, "wb-7-1-3f2a", J.RUNNING, "/s/asmith/wf-x/step/1", None, "job_state R")
+    other = jobs["1201.pbs-server.example.org"]  # someone else's, queued, without init_work_dir
+    assert (other.state, other.workdir) == (J.PENDING, "/home/bjones")
+    for exit_status, state in ((0, J.COMPLETED), (3, J.FAILED), (-11, J.TIMEOUT), (271, J.CANCELLED), (-2, J.LOST)):
+        done = dialect.parse_query(completed("pbs", "qstat-f-completed", job_id=ID, name="n", job_dir="/d",
+                                             exit_status=exit_status, comment="Job run at Mon Jun 03"))
+        assert (done[ID].state, done[ID].exit_code) == (state, exit_status)
+    assert dialect.parse_query(completed("pbs", "qstat-f-empty")) == {}
+    with pytest.raises(J.SchedulerUnreachable, match="cannot connect to server"):
+        dialect.parse_query(completed("pbs", "qstat-server-down"))
+
+
+def test_qdel_of_a_job_that_is_gone_or_finished_is_not_an_error():
+    dialect = PbsDialect()
+    assert dialect.cancel_failed(completed("pbs", "qdel-ok")) is None
+    assert dialect.cancel_failed(completed("pbs", "qdel-unknown", job_id=ID)) is None
+    assert dialect.cancel_failed(completed("pbs", "qdel-completed", job_id=ID)) is None
+    assert dialect.cancel_failed(completed("pbs", "qstat-server-down")).startswith("qdel: Connection refused")
+
+
+# --------------------------------------------------------------------------------------- the launcher
+
+def test_a_job_goes_through_qsub_and_qstat_and_its_result_comes_from_the_status_file(launcher, fake):
+    req = request(unique_workflow(), "echo '@broker output x=1'\n")
+    job = job_of(launcher, req)
+    fake.answer("qsub", "qsub-ok", job_id=ID)
+    fake.answer("qstat", "qstat-f-queued", **job)
+    handle = launcher.launch(req, Scheduling(cores=2, walltime=600.0))
+    assert handle.job_id == ID and fake.calls("qsub") == ["qsub job.sh"]
+    script = open(f"{handle.workdir}/job.sh").read()
+    assert "#PBS -l nodes=1:ppn=2,walltime=00:10:00" in script and f"#PBS -N {job['name']}" in script
+    ended = Ended()
+    launcher.watch(handle, ended)
+    rounds = launcher.poller.rounds
+    poll_until(lambda: launcher.poller.rounds > rounds + 2, what="polls of the queued job")
+    assert not ended.count()
+    fake.answer("qstat", "qstat-f-running", **job)
+    assert run_job(handle.workdir) == 0  # the compute node runs it
+    fake.answer("qstat", "qstat-f-completed", exit_status=0, comment="ok", **job)
+    result = run_to_end(launcher, handle)
+    assert (result.outcome, result.outputs) == (base.SUCCEEDED, {"x": 1})
+    assert set(line.split()[0] for line in fake.calls()) == {"qsub", "qstat"}
+
+
+def test_a_job_the_server_killed_at_its_walltime_times_out(launcher, fake):
+    req = request(unique_workflow(), "sleep 600\n")
+    job = job_of(launcher, req)
+    fake.answer("qsub", "qsub-ok", job_id=ID)
+    fake.answer("qstat", "qstat-f-completed", exit_status=-11,
+                comment="Job exceeded its walltime limit. Job was aborted", **job)
+    result = run_to_end(launcher, launcher.launch(req))
+    assert (result.outcome, result.message) == (
+        base.TIMEOUT, "killed by PBS at the job's time limit (job_state C, exit_status -11)")
+
+
+def test_a_server_that_does_not_answer_leaves_the_job_unknown_never_failed(launcher, fake):
+    req = request(unique_workflow(), "true\n")
+    job = job_of(launcher, req)
+    fake.answer("qsub", "qsub-ok", job_id=ID)
+    fake.answer("qstat", "qstat-server-down")
+    handle = launcher.launch(req)
+    ended = Ended()
+    launcher.watch(handle, ended)
+    rounds = launcher.poller.rounds
+    poll_until(lambda: launcher.poller.rounds > rounds + 20, what="polls while the server is down")
+    assert not ended.count()  # far past lost_after: unknown is not lost
+    fake.answer("qstat", "qstat-f-running", **job)
+    run_job(handle.workdir)
+    assert run_to_end(launcher, handle).outcome == base.SUCCEEDED
+
+
+def test_a_lost_qsub_reply_is_looked_up_and_the_job_adopted_not_submitted_again(launcher, fake):
+    req = request(unique_workflow(), "true\n")
+    job = job_of(launcher, req)
+    fake.answer("qsub", "qsub-server-down")  # the reply is lost; the job was queued all the same
+    fake.answer("qstat", "qstat-f-queued", **job)
+    handle = launcher.launch(req)
+    assert handle.job_id == ID
+    assert [c.split()[0] for c in fake.calls()] == ["qsub", "qstat"]
+
+
+def test_a_submission_not_found_after_a_lost_reply_is_submitted_once_more(launcher, fake):
+    req = request(unique_workflow(), "true\n")
+    fake.answer("qsub", "qsub-server-down", "qsub-ok", job_id=ID)
+    fake.answer("qstat", "qstat-f-empty")
+    assert launcher.launch(req).job_id == ID
+    assert [c.split()[0] for c in fake.calls()] == ["qsub", "qstat", "qsub"]
+
+
+def test_a_full_queue_is_a_retryable_refusal_and_an_unknown_queue_a_final_one(launcher, fake):
+    fake.answer("qsub", "qsub-queue-full")
+    with pytest.raises(ResourceError, match="Maximum number of jobs already in queue") as full:
+        launcher.launch(request(unique_workflow(), "true\n"))
+    assert full.value.retryable is True and len(fake.calls("qsub")) == 1
+    fake.answer("qsub", "qsub-unknown-queue")
+    with pytest.raises(ResourceError, match="Unknown queue") as unknown:
+        launcher.launch(request(unique_workflow(), "true\n", node_id=2))
+    assert unknown.value.retryable is False
+
+
+def test_cancel_runs_qdel_and_the_cancelled_job_ends_cancelled(launcher, fake):
+    req = request(unique_workflow(), "true\n")
+    job = job_of(launcher, req)
+    fake.answer("qsub", "qsub-ok", job_id=ID)
+    fake.answer("qstat", "qstat-f-queued", **job)
+    handle = launcher.launch(req)
+    fake.answer("qdel", "qdel-ok")
+    launcher.cancel(handle)
+    assert fake.calls("qdel") == [f"qdel {ID}"]
+    fake.answer("qstat", "qstat-f-completed", exit_status=271, comment="Job deleted", **job)
+    result = run_to_end(launcher, handle)
+    assert (result.outcome, result.message) == (base.CANCELLED, "cancelled")
+    fake.answer("qdel", "qdel-unknown", job_id=ID)
+    launcher.cancel(handle)  # ended: nothing to do, no error
+
+
+def test_a_job_that_vanished_from_qstat_without_a_result_is_lost_after_the_deadline(launcher, fake):
+    req = request(unique_workflow(), "true\n")
+    fake.answer("qsub", "qsub-ok", job_id=ID)
+    fake.answer("qstat", "qstat-f-empty")
+    result = run_to_end(launcher, launcher.launch(req))
+    assert (result.outcome, result.message) == (base.LOST, f"PBS no longer knows job {ID} and it left no result")

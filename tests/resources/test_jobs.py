@@ -1,0 +1,83 @@
+"""Batch job specifications: profile to directives, host defaults, and every value checked before a script."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.config import Settings
+from broker.description.model import Scheduling
+from broker.errors import ResourceError
+from broker.launchers.slurm import SlurmDialect
+from broker.resources import Resources
+from broker.resources import jobs as J
+from broker.resources.catalogue import BatchOptions, Catalogue, Host, SshAccess
+
+HPC = Host(name="hpc", launcher="slurm", scratch="/s",
+           batch=BatchOptions(default_queue="normal", queues=("normal", "gpu"), directives=("qos", "exclusive")))
+
+
+def spec(scheduling: Scheduling, **kw) -> J.JobSpec:
+    return J.job_spec(HPC, scheduling, name="wb-1-1-abcd", comment="wf-x/n:1", job_dir="/s/u/wf-x/n/1", **kw)
+
+
+def test_a_profile_becomes_sbatch_directives_with_host_defaults_filled_in():
+    job = spec(Scheduling(nodes=2, cores=4, memory=1536 * 1024**2 + 1, walltime=90061.5, account="chem",
+                          directives=(("qos", "high"), ("exclusive", None))))
+    assert SlurmDialect().directives(job) == [
+        "#SBATCH --job-name=wb-1-1-abcd", "#SBATCH --comment=wf-x/n:1", "#SBATCH --chdir=/s/u/wf-x/n/1",
+        "#SBATCH --output=/s/u/wf-x/n/1/job.out", "#SBATCH --error=/s/u/wf-x/n/1/job.err", "#SBATCH --ntasks=1",
+        "#SBATCH --partition=normal", "#SBATCH --nodes=2", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=1537M",
+        "#SBATCH --time=1-01:01:02", "#SBATCH --account=chem", "#SBATCH --qos=high", "#SBATCH --exclusive"]
+
+
+def test_a_bundle_asks_for_its_members_at_once_and_their_waves_of_walltime():
+    job = spec(Scheduling(cores=2, memory=1024**3, walltime=600.0), parallel=4, waves=3)
+    assert (job.cores, job.memory, job.walltime) == (8, 4 * 1024**3, 1800.0)
+
+
+@pytest.mark.parametrize("scheduling, message", [
+    (Scheduling(queue="normal\n#SBATCH --uid=0"), "queue 'normal\\n#SBATCH --uid=0' is not a plain scheduler value"),
+    (Scheduling(queue="debug"), "host 'hpc' has no queue 'debug' (queues: normal, gpu)"),
+    (Scheduling(account="a b"), "account 'a b' is not a plain scheduler value"),
+    (Scheduling(directives=(("uid", "0"),)), "host 'hpc' does not allow directive 'uid' (allowed: qos, exclusive)"),
+    (Scheduling(directives=(("qos", "x;y"),)), "directive qos 'x;y' is not a plain scheduler value"),
+])
+def test_a_value_that_is_not_a_plain_token_or_not_allowed_never_reaches_a_script(scheduling, message):
+    with pytest.raises(ResourceError) as caught:
+        spec(scheduling)
+    assert message in str(caught.value) and caught.value.retryable is False
+
+
+def test_job_tokens_are_deterministic_short_and_differ_between_work_directories():
+    a = J.job_token(1234, 2, "/s/u/wf-aaa/n/2")
+    assert a == J.job_token(1234, 2, "/s/u/wf-aaa/n/2") and a.startswith("wb-1234-2-") and len(a) == 14
+    assert a != J.job_token(1234, 2, "/s/u/wf-bbb/n/2")
+
+
+def test_a_script_refuses_a_directive_line_that_spans_lines():
+    with pytest.raises(ResourceError, match="spans lines"):
+        J.script(["#SBATCH --comment=a\nrm -rf ~"], ["true"])
+    assert J.script(["#SBATCH --ntasks=1"], ["exec 'a b'"]) == "#!/bin/sh\n#SBATCH --ntasks=1\n\nexec 'a b'\n"
+
+
+def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_path):
+    (tmp_path / "kh").write_text("")
+    catalogue = Catalogue(hosts=(Host("laptop", "local", max_jobs=4),
+                                 Host("lab", "ssh", max_jobs=16, ssh=SshAccess("127.0.0.1", 1, str(tmp_path / "kh")),
+                                      scratch="w")), default="laptop")
+    resources = Resources(Settings(), catalogue=catalogue, accounts={("alice", "lab"): ("alice", None)},
+                          install_transports=False)
+    try:
+        assert (resources.max_jobs("laptop"), resources.max_jobs("lab")) == (4, 16)
+        assert resources.resolve((), Scheduling()).name == "laptop"
+        local = resources.launcher("laptop", "alice")
+        assert resources.launcher_of("localhost") is local
+        remote = resources.launcher("lab", "alice")  # made without connecting: connections open on first use
+        assert resources.launcher("lab", "alice") is remote and resources.launcher_of("alice@lab") is remote
+        assert resources.pool.opened() == 0
+        with pytest.raises(ResourceError, match="no launcher for bob@lab yet"):
+            resources.launcher_of("bob@lab")
+        with pytest.raises(ResourceError, match="user 'bob' has no account on host 'lab'"):
+            resources.launcher("lab", "bob")
+    finally:
+        resources.close()
