@@ -25,7 +25,6 @@ from broker.controllers.monitoring import MonitoringController
 from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
 from broker.errors import BrokerError
-from broker.events.relay import OutboxRelay
 from broker.persistence import changes as c
 from broker.persistence.db import open_database, session_factory
 from broker.persistence.lock import BrokerLock
@@ -98,7 +97,11 @@ class Engine:
                                      all_workflows=self.all_workflows, resources=self.resources)
             self.store = Store(self.sessions, limits=settings.limits)
             # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
-            self.relay = OutboxRelay.from_settings(settings.events, self.sessions)
+            self.relay = None
+            if settings.events.url:
+                from broker.events.relay import OutboxRelay  # stomp.py and the documents: only with a bus
+
+                self.relay = OutboxRelay.from_settings(settings.events, self.sessions)
             self.writer = Writer.start(self.store, [*self.listeners, self.relay.wake] if self.relay else self.listeners)
             if self.relay is not None:
                 self.relay.start()

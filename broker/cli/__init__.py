@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,7 +32,7 @@ EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ("validate", "run", "status", "events", "control", "serve", "user", "db")
+COMMANDS = ("validate", "run", "status", "events", "control", "serve", "user", "admin", "db")
 
 log = logging.getLogger("broker.cli")
 
@@ -124,5 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def console() -> None:
+    """The ``broker`` command's entry point: ``main()``, then exit without tearing the interpreter down.
+
+    By the time ``main`` returns every command has closed what it opened (the engine is stopped, the
+    database disposed); what is left is Python's own teardown of the imported modules, about 0.3 s of a
+    `broker run` that needs 0.5 s for everything else. Output is flushed and logging shut down first.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

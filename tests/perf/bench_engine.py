@@ -174,6 +174,7 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a quick run at small sizes (CI)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sweep", type=int, default=0, help="also run a sweep of N members (memory)")
+    parser.add_argument("--dir", help="where runs keep their databases and work directories (default: var/)")
     args = parser.parse_args()
     scale = 10 if args.tiny else 1
     repeat = 1 if args.tiny else args.repeat
@@ -186,7 +187,11 @@ def main() -> int:
         ("W3 10 x 50 layers", dag_layers(10 // (2 if args.tiny else 1), 50 // scale)),
     ]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+    # work directories go where the broker keeps them by default (the state dir's file system), not /tmp,
+    # which on long-lived test machines can be an order of magnitude slower for file creation
+    scratch = Path(args.dir or ROOT / "var")
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-engine-", dir=scratch) as tmp:
         workdir = Path(tmp)
         for name, dag in workloads:
             walls, rss, base = [], [], []
