@@ -227,6 +227,21 @@ class HostsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    """Where `broker admin archive` and archiveWorkflowsTo may write archives of finished workflows."""
+
+    roots: tuple[str, ...] = field(default=(), metadata=_doc("directories file:// archive targets must lie in "
+                                                             "(space separated); empty: none"))
+    remote_roots: tuple[str, ...] = field(default=(), metadata=_doc("sftp://HOST/DIR prefixes sftp:// archive "
+                                                                    "targets must start with, HOST a host of the "
+                                                                    "catalogue (space separated); empty: none"))
+    max_file_bytes: int = field(default=1024**3, metadata=_doc("largest part of one node output file (stdout, "
+                                                               "stderr) an archive keeps; a longer file keeps "
+                                                               "its first bytes and is marked truncated",
+                                                               "bytes"))
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     """Where log messages go."""
 
@@ -246,6 +261,7 @@ class Settings:
     hosts: HostsSettings = HostsSettings()
     events: EventsSettings = EventsSettings()
     api: ApiSettings = ApiSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     logging: LoggingSettings = LoggingSettings()
     #: the file these settings were read from, if any
     source: str | None = None

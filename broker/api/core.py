@@ -8,7 +8,8 @@ Authorisation, checked here in each operation (the edge has already authenticate
   ``deleteAllForUser``) is refused with Client.NotAuthorized unless the caller is an admin;
 * ``updateNodeStatus`` needs the elf session of the attempt (Client.InvalidCredentials otherwise), and its
   ``sessionId`` argument must be that session;
-* ``archiveWorkflowsTo`` needs the admin role (and is not implemented yet: Server.NotImplemented).
+* ``archiveWorkflowsTo`` needs the admin role; it writes one archive per workflow to ``file://`` under
+  ``[archive] roots`` or ``sftp://`` under ``[archive] remote_roots`` (see broker.admin.archive).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 from spyne import Array, Integer32, Integer64, ServiceBase, Unicode, rpc
 
 from broker.api import deletion, push, wire
-from broker.api.faults import NotImplementedYet
 from broker.api.identity import ELF_KEY, caller, named_user, require_admin, scope_of
 from broker.api.submission import SubmissionFields, submit
 from broker.api.types import (CORE_NS, AggregateSummary, BrokerSubmission, Property, StatusInfo, SubmissionHandle,
@@ -65,9 +65,10 @@ class BrokerCoreService(ServiceBase):
 
     @rpc(Unicode, Unicode, _throws=CoreFault)
     def archiveWorkflowsTo(ctx, archiveURI, configurationXml):
-        """Archive workflows to a location (admin): not in this version."""
-        require_admin(caller(_env(ctx)), "archiveWorkflowsTo")
-        raise NotImplementedYet("archiveWorkflowsTo is not implemented in this version of the broker")
+        """Archive the finished workflows an archive selection (schemas/archive.xsd) chooses (admin only)."""
+        user = caller(_env(ctx))
+        require_admin(user, "archiveWorkflowsTo")
+        deletion.archive(_api(ctx), f"admin:{user.name}", archiveURI, configurationXml)
 
     @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=CoreFault)
     def getDescriptorAsXml(ctx, id):

@@ -1,84 +1,67 @@
-"""Deleting workflows: one rule set for every delete operation of the API.
+"""Deleting and archiving workflows through the API: the rules of :mod:`broker.admin.delete`, inside the broker.
 
 "Completed" is any terminal state (succeeded, failed, cancelled). Bulk deletes skip workflows that are still
-running and report them: in the broker's log and in an ADMIN_ACTION event (service-level, visible to admins
-through getStatusInfo) that lists what was deleted and what was skipped. Deleting one running workflow is
-refused (Client.InvalidState). The rows go in one transaction; the writer records the event afterwards, so
+running (and, with a bus configured, those whose final events are not yet published) and report them: in
+the broker's log and in an ADMIN_ACTION event (service-level, visible to admins through getStatusInfo) that
+lists what was deleted and what was skipped. Deleting one such workflow is refused (Client.InvalidState).
+The rows go in one transaction, then the work directories; the writer records the event afterwards, so
 event ids keep increasing in commit order.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
+from typing import Any
 
-from sqlalchemy import select
-
+from broker.admin.delete import Deleter, Selection, journal_for
+from broker.admin.recorder import WriterRecorder
 from broker.api.context import ApiContext
-from broker.errors import NotFound, StateError
-from broker.events.types import EventType
-from broker.ids import split_global_id
-from broker.persistence import changes as c
 from broker.persistence import queries
-from broker.persistence.models import Workflow
 
-log = logging.getLogger(__name__)
 
-#: most global ids an ADMIN_ACTION event lists (the counts are always complete)
-LISTED = 100
+def deleter_for(api: ApiContext, actor: str) -> Deleter:
+    """A Deleter that records through the running broker's writer and forgets deleted workflows' plans."""
+    engine = api.engine
+    root = engine.workdir
+    deleter = Deleter(api.sessions, WriterRecorder(engine.writer, actor), workdir_root=root,
+                      journal=journal_for(root, api.settings.database_url()),
+                      require_drained=bool(api.settings.events.url.strip()), forget=_forgetter(api))
+    deleter.recover()
+    return deleter
+
+
+def _forgetter(api: ApiContext) -> Any:
+    plans = getattr(getattr(api.engine, "ctx", None), "plans", None)
+    return None if plans is None else plans.forget
 
 
 def delete_selection(api: ApiContext, actor: str, what: str, *, owner_id: int | None = None,
                      finished_before: dt.datetime | None = None, completed_only: bool = False) -> queries.Deletion:
-    """Delete the finished workflows of a selection; running ones are skipped and reported."""
-    with api.sessions.begin() as s:
-        ok, skipped = queries.deletion_candidates(s, owner_id=owner_id, finished_before=finished_before,
-                                                  completed_only=completed_only)
-        queries.delete_workflows(s, [r.id for r in ok])
-    result = queries.Deletion(tuple(r.global_id for r in ok), tuple(r.global_id for r in skipped))
-    _forget(api, [r.id for r in ok])
-    _record(api, actor, what, result)
-    return result
+    """Delete the finished workflows of a selection; the others are skipped and reported."""
+    deleter = deleter_for(api, actor)
+    plan = deleter.plan(Selection(owner_id=owner_id, finished_before=finished_before, completed_only=completed_only))
+    return deleter.delete(plan.deletable, what, skipped=plan.skipped)
 
 
 def delete_one(api: ApiContext, actor: str, global_id: str, owner_id: int | None = None) -> queries.Deletion:
-    """Delete one finished workflow by global id. Raises NotFound, or StateError while it runs."""
+    """Delete one finished workflow by global id. Raises NotFound, or StateError while it cannot go."""
+    return deleter_for(api, actor).delete_one(global_id or "", f"delete {global_id}", owner_id)
+
+
+def archive(api: ApiContext, actor: str, archive_uri: str | None, configuration_xml: str | None) -> Any:
+    """``archiveWorkflowsTo``: archive (and perhaps delete) the workflows the selection document chooses."""
+    from broker.admin.archive import archive_workflows
+    from broker.admin.selection import parse_selection
+    from broker.admin.targets import open_target
+    from broker.errors import ConfigError
+
+    if not archive_uri:
+        raise ConfigError("archiveWorkflowsTo needs an archive URI (file:///DIR or sftp://HOST/DIR)")
+    selection = parse_selection(configuration_xml, filename="configurationXml")
+    target = open_target(archive_uri, api.settings.archive, getattr(api.engine, "resources", None),
+                         actor.partition(":")[2])
     try:
-        wf_gid, path = split_global_id(global_id or "")
-    except ValueError as exc:
-        raise NotFound(str(exc)) from None
-    if path:
-        raise NotFound(f"{global_id!r} names a node: only whole workflows can be deleted")
-    with api.sessions.begin() as s:
-        workflow = s.execute(select(Workflow).where(Workflow.global_id == wf_gid)).scalar_one_or_none()
-        if workflow is None or (owner_id is not None and workflow.owner_id != owner_id):
-            raise NotFound(f"no workflow {wf_gid}")
-        blocker = queries.check_deletable(s, workflow)
-        if blocker is not None:
-            raise StateError(f"cannot delete: {blocker} (cancel it first)")
-        workflow_id = workflow.id
-        if not queries.delete_workflows(s, [workflow_id]):
-            raise StateError(f"cannot delete: workflow {wf_gid} was restarted meanwhile")
-    result = queries.Deletion((wf_gid,), ())
-    _forget(api, [workflow_id])
-    _record(api, actor, f"delete {wf_gid}", result)
-    return result
-
-
-def _forget(api: ApiContext, workflow_ids: list[int]) -> None:
-    plans = getattr(getattr(api.engine, "ctx", None), "plans", None)
-    if plans is not None:
-        for workflow_id in workflow_ids:
-            plans.forget(workflow_id)
-
-
-def _record(api: ApiContext, actor: str, what: str, result: queries.Deletion) -> None:
-    message = f"{what}: deleted {len(result.deleted)} workflow(s)"
-    if result.skipped:
-        message += f", skipped {len(result.skipped)} still running: {', '.join(result.skipped[:LISTED])}"
-    log.info("%s by %s", message, actor)
-    api.engine.writer.tell(c.Note(workflow_id=None, type=EventType.ADMIN_ACTION.value, actor=actor, message=message,
-                                  properties={"operation": what, "deleted": len(result.deleted),
-                                              "skipped": len(result.skipped),
-                                              "deleted_ids": list(result.deleted[:LISTED]),
-                                              "skipped_ids": list(result.skipped[:LISTED])}))
+        return archive_workflows(target, selection, deleter_for(api, actor),
+                                 max_file_bytes=api.settings.archive.max_file_bytes)
+    finally:
+        target.close()

@@ -6,8 +6,9 @@ that another user's workflow exists.
 
 Deletion removes the workflow row; its nodes, edges, events, outbox rows and elf sessions go with it
 through ``ON DELETE CASCADE``. Only finished workflows are deleted: :func:`deletion_candidates` splits a
-selection into what may go and what is still running. (The administration issue adds conditions, such as
-"its outbox has drained", in :func:`_blocker`.)
+selection into what may go and what is still running or, when a bus is configured, still has events to
+publish (its outbox has not drained: consumers must still receive its final events); :func:`_blocker` is
+the one place these conditions live, and :func:`delete_finished` checks them again inside the DELETE.
 """
 
 from __future__ import annotations
@@ -229,53 +230,118 @@ def users_info(s: Session) -> list[UserInfo]:
 
 @dataclass(frozen=True, slots=True)
 class Deletion:
-    """What a delete removed and what it left because it is still running (global ids)."""
+    """What a delete removed and what it left (global ids); ``reasons`` says why each skipped one was left."""
 
     deleted: tuple[str, ...]
     skipped: tuple[str, ...]
+    reasons: tuple[str, ...] = ()
 
 
-def _blocker(row: Any) -> str | None:
-    """Why a workflow cannot be deleted now, or None. The one place deletion conditions live."""
+def _unsent_of(workflow_id: Any) -> Any:
+    """SELECT of the unsent outbox rows of one workflow's events (``workflow_id``: a column or a value)."""
+    return select(Outbox.id).join(Event, Event.id == Outbox.event_id) \
+        .where(Event.workflow_id == workflow_id, Outbox.sent_at.is_(None))
+
+
+def undrained(s: Session) -> set[int]:
+    """Ids of the workflows some of whose events are not published yet (unsent outbox rows)."""
+    # from the outbox side: the partial index ix_outbox_unsent keeps this small however long the history
+    query = select(Event.workflow_id).join(Outbox, Outbox.event_id == Event.id) \
+        .where(Outbox.sent_at.is_(None), Event.workflow_id.is_not(None)).distinct()
+    return set(s.execute(query).scalars())
+
+
+def _blocker(row: Any, undrained_ids: set[int] | frozenset[int] = frozenset()) -> str | None:
+    """Why a workflow cannot be deleted now, or None. The one place deletion conditions live.
+
+    A workflow goes only once finished, and (when ``undrained_ids`` is given: a bus is configured) only once
+    its outbox has drained, so that consumers still receive its final events.
+    """
     if row.state not in COMPLETED:
         return f"workflow {row.global_id} is still {row.state}"
+    if row.id in undrained_ids:
+        return f"workflow {row.global_id} has events not yet published on the bus (its outbox has not drained)"
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A workflow of a deletion's selection, with why it cannot go now (None: it can)."""
+
+    id: int
+    global_id: str
+    state: str
+    finished_at: dt.datetime | None
+    name: str
+    owner: str
+    reason: str | None = None
+
+
 def deletion_candidates(s: Session, *, owner_id: int | None = None, finished_before: dt.datetime | None = None,
-                        completed_only: bool = False) -> tuple[list[Any], list[Any]]:
-    """(deletable rows, rows skipped because they are still running) of a selection of workflows.
+                        completed_only: bool = False, workflow_ids: Sequence[int] | None = None,
+                        require_drained: bool = False) -> tuple[list[Any], list[Any]]:
+    """(deletable rows, rows skipped: still running, or with unpublished events) of a selection of workflows.
 
     ``finished_before`` selects workflows that finished before that time, and the running workflows that
     had finished before it and were restarted since (those are skipped and reported); ``completed_only``
-    selects finished workflows only.
+    selects finished workflows only; ``workflow_ids`` limits the selection to those workflows;
+    ``require_drained`` skips workflows whose outbox has not drained. Rows carry id, global_id, state,
+    finished_at, name, owner (the user name) and ``reason`` (None for deletable rows).
     """
-    query = select(Workflow.id, Workflow.global_id, Workflow.state, Workflow.finished_at).order_by(Workflow.id)
+    query = select(Workflow.id, Workflow.global_id, Workflow.state, Workflow.finished_at, Workflow.name,
+                   User.name.label("owner")).join(User, User.id == Workflow.owner_id).order_by(Workflow.id)
     if owner_id is not None:
         query = query.where(Workflow.owner_id == owner_id)
     if completed_only:
         query = query.where(Workflow.state.in_(COMPLETED))
-    rows = s.execute(query).all()
+    if workflow_ids is not None:
+        wanted = set(workflow_ids)
+        rows = [r for start in range(0, len(wanted), DELETE_CHUNK)
+                for r in s.execute(query.where(Workflow.id.in_(sorted(wanted)[start:start + DELETE_CHUNK])))]
+    else:
+        rows = list(s.execute(query))
     if finished_before is not None:
         rows = [r for r in rows if r.finished_at is not None and r.finished_at < finished_before]
-    ok = [r for r in rows if _blocker(r) is None]
-    skipped = [r for r in rows if _blocker(r) is not None]
+    pending = undrained(s) if require_drained else set()
+    ok, skipped = [], []
+    for row in rows:
+        reason = _blocker(row, pending)
+        (skipped if reason else ok).append(_Candidate(*row, reason=reason))
     return ok, skipped
 
 
-def check_deletable(s: Session, workflow: Workflow) -> str | None:
+def check_deletable(s: Session, workflow: Workflow, require_drained: bool = False) -> str | None:
     """Why this one workflow cannot be deleted now, or None."""
-    return _blocker(workflow)
+    pending: set[int] = set()
+    if require_drained and s.execute(_unsent_of(workflow.id).limit(1)).first() is not None:
+        pending = {workflow.id}
+    return _blocker(workflow, pending)
 
 
-def delete_workflows(s: Session, workflow_ids: Sequence[int]) -> int:
-    """Delete workflows (everything of theirs goes with them through the foreign keys); returns the count."""
-    deleted = 0
+def delete_finished(s: Session, workflow_ids: Sequence[int], *, require_drained: bool = False,
+                    last_event_id: int | None = None) -> list[int]:
+    """Delete workflows that are still deletable at this moment; returns the ids actually deleted.
+
+    Everything of theirs goes with them through the foreign keys. The conditions are checked again inside
+    the DELETE: a restart may have reopened a workflow since it was selected, or an event been added.
+    ``last_event_id`` (for one workflow that was just archived) refuses it if it has a newer event.
+    """
+    conditions = [Workflow.state.in_(COMPLETED)]
+    if require_drained:
+        conditions.append(~_unsent_of(Workflow.id).exists())
+    if last_event_id is not None:
+        conditions.append(~select(Event.id).where(Event.workflow_id == Workflow.id, Event.id > last_event_id)
+                          .exists())
+    deleted: list[int] = []
     ids = list(workflow_ids)
     for start in range(0, len(ids), DELETE_CHUNK):
         chunk = ids[start:start + DELETE_CHUNK]
-        # still finished at the moment of deletion: a restart may have reopened one since it was selected
-        result = s.execute(delete(Workflow).where(Workflow.id.in_(chunk), Workflow.state.in_(COMPLETED))
+        result = s.execute(delete(Workflow).where(Workflow.id.in_(chunk), *conditions).returning(Workflow.id)
                            .execution_options(synchronize_session=False))
-        deleted += result.rowcount or 0
+        deleted.extend(result.scalars())
     return deleted
+
+
+def delete_workflows(s: Session, workflow_ids: Sequence[int], *, require_drained: bool = False) -> int:
+    """Delete workflows still deletable at this moment (see :func:`delete_finished`); returns the count."""
+    return len(delete_finished(s, workflow_ids, require_drained=require_drained))

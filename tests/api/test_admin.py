@@ -116,11 +116,12 @@ def test_delete_all_completed_skips_running_workflows(server, tmp_path):
     server.wait_state(running.id, "succeeded")
 
 
-def test_archive_is_not_implemented_yet_and_says_so(server):
+def test_archive_refuses_a_selection_that_is_not_an_archive_document(server):
+    # the archive operation itself is tested in tests/admin/test_api.py
     with pytest.raises(zeep.exceptions.Fault) as caught:
         server.core("root").archiveWorkflowsTo("file:///tmp/archive", "<config/>")
-    assert fault_code(caught) == "Server.NotImplemented"
-    assert "archiveWorkflowsTo" in caught.value.message
+    assert fault_code(caught) == "Client.InvalidArgument"
+    assert "invalid archive selection" in caught.value.message
 
 
 def all_events(server):

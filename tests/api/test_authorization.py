@@ -15,7 +15,8 @@ from tests.api.conftest import EXAMPLES, fault_code
 
 OK = "ok"
 NF, NA, IC = "Client.NotFound", "Client.NotAuthorized", "Client.InvalidCredentials"
-NI = "Server.NotImplemented"
+#: the admin's call passes authorization and reaches argument checking (its selection "<c/>" is not valid)
+IA = "Client.InvalidArgument"
 
 #: operation -> expected result for (owner, other, admin, no credentials, bad password)
 MATRIX = {
@@ -28,7 +29,7 @@ MATRIX = {
     "getStatusInfoForId":   (OK, NF, OK, IC, IC),
     "getStatusInfo":        (OK, OK, OK, IC, IC),
     "updateNodeStatus":     (IC, IC, IC, IC, IC),
-    "archiveWorkflowsTo":   (NA, NA, NI, IC, IC),
+    "archiveWorkflowsTo":   (NA, NA, IA, IC, IC),
     "getUserInfo":          (NA, NA, OK, IC, IC),
     "getServiceState":      (NA, NA, OK, IC, IC),
     "cancel":               (NA, NA, OK, IC, IC),

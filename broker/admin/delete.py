@@ -1,0 +1,298 @@
+"""Deleting finished workflows: their rows (nodes, events, outbox...) and their work directories, nothing else.
+
+The one rule set, shared by the CLI (``broker admin delete``, ``broker admin archive``) and the API
+(``delete``, ``deleteAll*``, ``archiveWorkflowsTo``); the conditions live in
+:func:`broker.persistence.queries._blocker`:
+
+* only finished workflows go (succeeded, failed, cancelled): a running one is never touched, so never
+  half-deleted; bulk deletes skip and report it, deleting one by id refuses (StateError);
+* when a bus is configured (``[events] url``), a workflow goes only once its outbox has drained, so that
+  consumers still receive its final events; otherwise it is skipped and reported like a running one;
+* the conditions are checked again inside the DELETE, so a workflow restarted (or given an event) since it
+  was selected stays.
+
+Order, for crash safety: the work directories to remove are written to a journal (fsync), the rows are
+deleted and the service-level ADMIN_ACTION event recorded, and only then are the directories removed. A
+crash after the commit leaves directories that the journal names: the next deletion (:meth:`Deleter.recover`)
+removes those whose workflow is gone, and forgets the others (the crash came before the commit).
+
+A workflow's work directories are ``<workdir root>/<global id>`` under the configured root and under every
+root its nodes' recorded work directories show (``broker run --workdir`` elsewhere). Remote hosts' scratch
+directories are not touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.admin.recorder import Recorder
+from broker.errors import NotFound, StateError
+from broker.faults import crash_point
+from broker.ids import GLOBAL_ID_RE, split_global_id
+from broker.persistence import queries
+from broker.persistence.models import Node, Workflow
+
+log = logging.getLogger(__name__)
+
+#: most global ids an ADMIN_ACTION event lists (the counts are always complete)
+LISTED = 100
+#: one lock per journal file: API threads of one broker may delete at the same time
+_JOURNAL_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which workflows a delete considers (every field that is set must match)."""
+
+    owner_id: int | None = None
+    finished_before: Any = None
+    completed_only: bool = False
+    workflow_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a delete would remove now and what it would leave, with why (rows of deletion_candidates)."""
+
+    deletable: tuple[Any, ...]
+    skipped: tuple[Any, ...]
+
+
+@dataclass
+class Journal:
+    """Work directories of workflows being deleted: one JSON line per workflow, fsynced before the commit."""
+
+    path: Path
+    _lock: threading.Lock = field(init=False)
+
+    def __post_init__(self) -> None:
+        with _LOCKS_LOCK:
+            self._lock = _JOURNAL_LOCKS.setdefault(str(self.path), threading.Lock())
+
+    def add(self, entries: dict[str, list[str]]) -> None:
+        """Append entries (global id -> directories) durably."""
+        if not entries:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
+            for gid, dirs in entries.items():
+                fh.write(json.dumps({"gid": gid, "dirs": dirs}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def entries(self) -> dict[str, list[str]]:
+        """Every entry still in the journal (a torn last line, from a crash while appending, is ignored)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        found: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                entry = json.loads(line)
+                found.setdefault(entry["gid"], []).extend(entry["dirs"])
+        return found
+
+    def drop(self, gids: Iterable[str]) -> None:
+        """Forget entries (their directories are gone, or their workflow stays)."""
+        gone = set(gids)
+        with self._lock:
+            left = {gid: dirs for gid, dirs in self.entries().items() if gid not in gone}
+            if not left:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                return
+            partial = self.path.with_name(self.path.name + ".partial")
+            with open(partial, "w", encoding="utf-8") as fh:
+                for gid, dirs in left.items():
+                    fh.write(json.dumps({"gid": gid, "dirs": dirs}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(partial, self.path)
+
+
+def journal_for(workdir_root: Path, database_url: str) -> Journal:
+    """The journal of one database's deletions, kept in its work directory root."""
+    key = hashlib.sha256(database_url.encode()).hexdigest()[:16]
+    return Journal(workdir_root / f".deleting-{key}.jsonl")
+
+
+class Deleter:
+    """Deletes finished workflows and their work directories, and records what it removed."""
+
+    def __init__(self, sessions: sessionmaker[Session], recorder: Recorder, *, workdir_root: Path,
+                 journal: Journal, require_drained: bool, forget: Callable[[int], None] | None = None):
+        """``require_drained``: a bus is configured (``[events] url``); ``forget``: drop cached state of a
+        deleted workflow (the running broker's plan cache)."""
+        self.sessions = sessions
+        self.recorder = recorder
+        self.workdir_root = workdir_root
+        self.journal = journal
+        self.require_drained = require_drained
+        self.forget = forget
+
+    # ----------------------------------------------------------------------------------------- selection
+
+    def plan(self, selection: Selection) -> Plan:
+        """What a delete of ``selection`` would remove now, and what it would leave (with the reason)."""
+        with self.sessions() as s:
+            ok, skipped = queries.deletion_candidates(
+                s, owner_id=selection.owner_id, finished_before=selection.finished_before,
+                completed_only=selection.completed_only, workflow_ids=selection.workflow_ids,
+                require_drained=self.require_drained)
+        return Plan(tuple(ok), tuple(skipped))
+
+    def plan_one(self, global_id: str, owner_id: int | None = None) -> Plan:
+        """The plan of deleting one workflow by global id (or database id). Raises NotFound."""
+        with self.sessions() as s:
+            workflow_id = resolve_workflow(s, global_id, owner_id)
+        return self.plan(Selection(workflow_ids=(workflow_id,)))
+
+    # ------------------------------------------------------------------------------------------ deleting
+
+    def delete(self, rows: Sequence[Any], what: str, *, skipped: Sequence[Any] = (),
+               last_event_id: int | None = None, properties: dict[str, Any] | None = None,
+               record: bool = True) -> queries.Deletion:
+        """Delete the planned ``rows`` (those still deletable now), then their work directories.
+
+        ``skipped`` rows (from the plan) are reported with the deleted ones in the one service-level
+        ADMIN_ACTION event (``what`` names the operation). ``last_event_id``: see
+        :func:`queries.delete_finished`.
+        """
+        rows = list(rows)
+        dirs = self._directories(rows)
+        self.journal.add(dirs)
+        with self.sessions.begin() as s:
+            deleted_ids = set(queries.delete_finished(s, [r.id for r in rows], require_drained=self.require_drained,
+                                                      last_event_id=last_event_id))
+            gone = [r for r in rows if r.id in deleted_ids]
+            left = [r for r in rows if r.id not in deleted_ids]
+            result = queries.Deletion(
+                tuple(r.global_id for r in gone), tuple(r.global_id for r in (*skipped, *left)),
+                tuple([r.reason or "" for r in skipped] + [f"workflow {r.global_id} changed meanwhile (restarted, "
+                                                           "or new events)" for r in left]))
+            message, props = _report(what, result, properties)
+            if record and self.recorder.joins_transactions:
+                self.recorder.record(None, message, props, session=s)
+        crash_point("delete-committed")
+        self._remove({r.global_id: dirs.get(r.global_id, []) for r in gone})
+        self.journal.drop(r.global_id for r in rows)
+        if self.forget is not None:
+            for r in gone:
+                self.forget(r.id)
+        if record and not self.recorder.joins_transactions:
+            self.recorder.record(None, message, props)
+        return result
+
+    def delete_one(self, global_id: str, what: str, owner_id: int | None = None) -> queries.Deletion:
+        """Delete one finished workflow. Raises NotFound, or StateError while it runs or has unpublished events."""
+        plan = self.plan_one(global_id, owner_id)
+        if plan.skipped:
+            raise StateError(f"cannot delete: {plan.skipped[0].reason}"
+                             + (" (cancel it first)" if plan.skipped[0].state not in queries.COMPLETED else
+                                " (try again once the bus has received them)"))
+        result = self.delete(plan.deletable, what)
+        if not result.deleted:
+            raise StateError(f"cannot delete: {result.reasons[0]}")
+        return result
+
+    def recover(self) -> list[str]:
+        """Finish the deletions a crash interrupted: remove the journal's directories of workflows now gone."""
+        entries = self.journal.entries()
+        if not entries:
+            return []
+        with self.sessions() as s:
+            existing = set(s.execute(select(Workflow.global_id).where(Workflow.global_id.in_(list(entries))))
+                           .scalars())
+        finished = {gid: dirs for gid, dirs in entries.items() if gid not in existing}
+        self._remove(finished)
+        self.journal.drop(entries)
+        if finished:
+            log.info("removed the work directories of %d workflow(s) deleted before a crash", len(finished))
+        return sorted(finished)
+
+    # ------------------------------------------------------------------------------------ directories
+
+    def _directories(self, rows: Sequence[Any]) -> dict[str, list[str]]:
+        return work_directories(self.sessions, rows, self.workdir_root)
+
+    def _remove(self, dirs: dict[str, list[str]]) -> None:
+        for gid, paths in dirs.items():
+            for path in paths:
+                target = Path(path)
+                # only ever a directory named after the workflow: a corrupt journal cannot point elsewhere
+                if target.name != gid or not GLOBAL_ID_RE.fullmatch(gid) or not _is_real_dir(target):
+                    continue
+                shutil.rmtree(target, onerror=_log_rmtree_error)
+
+
+def work_directories(sessions: sessionmaker[Session], rows: Sequence[Any], workdir_root: Path) -> dict[str, list[str]]:
+    """Global id -> the existing work directories of each workflow (rows with id and global_id)."""
+    by_id = {r.id: r.global_id for r in rows}
+    roots: dict[str, set[str]] = {gid: {str(workdir_root)} for gid in by_id.values()}
+    ids = list(by_id)
+    with sessions() as s:
+        for start in range(0, len(ids), queries.DELETE_CHUNK):
+            query = select(Node.workflow_id, Node.workdir).where(
+                Node.workflow_id.in_(ids[start:start + queries.DELETE_CHUNK]), Node.workdir.is_not(None)).distinct()
+            for workflow_id, workdir in s.execute(query):
+                gid = by_id[workflow_id]
+                # <root>/<gid>/<node dir>/<attempt>: the part before the global id is a root
+                head, sep, _ = workdir.partition(f"/{gid}/")
+                if sep:
+                    roots[gid].add(head)
+    return {gid: [str(Path(root) / gid) for root in sorted(found) if _is_real_dir(Path(root) / gid)]
+            for gid, found in roots.items()}
+
+
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _log_rmtree_error(function: Any, path: str, exc_info: Any) -> None:
+    log.warning("cannot remove %s: %s", path, exc_info[1])
+
+
+def resolve_workflow(s: Session, text: str, owner_id: int | None = None) -> int:
+    """The database id of a workflow named by its global id or number, if the scope allows. Raises NotFound."""
+    text = (text or "").strip()
+    if text.isdigit():
+        row = s.execute(select(Workflow.id, Workflow.owner_id).where(Workflow.id == int(text))).first()
+        name = f"with id {text}"
+    else:
+        try:
+            wf_gid, path = split_global_id(text)
+        except ValueError as exc:
+            raise NotFound(str(exc)) from None
+        if path:
+            raise NotFound(f"{text!r} names a node: only whole workflows can be deleted or archived")
+        row = s.execute(select(Workflow.id, Workflow.owner_id).where(Workflow.global_id == wf_gid)).first()
+        name = wf_gid
+    if row is None or (owner_id is not None and row.owner_id != owner_id):
+        raise NotFound(f"no workflow {name}")
+    return row.id
+
+
+def _report(what: str, result: queries.Deletion, extra: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The message and properties of the service-level ADMIN_ACTION event of a deletion."""
+    message = f"{what}: deleted {len(result.deleted)} workflow(s)"
+    if result.skipped:
+        message += f", skipped {len(result.skipped)}: {', '.join(result.skipped[:LISTED])}"
+    properties = {"operation": what, "deleted": len(result.deleted), "skipped": len(result.skipped),
+                  "deleted_ids": list(result.deleted[:LISTED]), "skipped_ids": list(result.skipped[:LISTED]),
+                  "skipped_reasons": list(result.reasons[:LISTED]), **(extra or {})}
+    return message, properties

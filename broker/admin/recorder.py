@@ -1,0 +1,81 @@
+"""Recording admin actions as ADMIN_ACTION events, the way the engine writes events.
+
+While a broker runs it owns the events table: its writer commits every event, so event ids increase in
+commit order (the API's ``lastId`` paging relies on it). Two recorders follow that rule:
+
+* :class:`WriterRecorder` (the API, inside ``broker serve``) tells the running broker's writer;
+* :class:`DirectRecorder` (the CLI, holding the broker lock, so no broker runs) adds the event in its own
+  transaction, which may be the deletion's own: then the record and the deletion commit together.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.events.types import EventType
+
+log = logging.getLogger(__name__)
+
+
+class Recorder(Protocol):
+    """Where admin actions are recorded; ``actor`` is ``admin:<name>`` (or ``user:<name>``)."""
+
+    actor: str
+    #: whether :meth:`record` can join the caller's transaction (then the record commits with the change)
+    joins_transactions: bool
+
+    def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
+               session: Session | None = None) -> None:
+        """Record one ADMIN_ACTION event (``workflow_id`` None: service-level)."""
+
+
+class WriterRecorder:
+    """Records through the writer of the broker this process runs (``broker serve``)."""
+
+    joins_transactions = False
+
+    def __init__(self, writer: Any, actor: str):
+        self.writer = writer
+        self.actor = actor
+
+    def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
+               session: Session | None = None) -> None:
+        """Tell the writer; it commits the event with its next batch."""
+        from broker.persistence import changes as c
+
+        log.info("%s by %s", message, self.actor)
+        self.writer.tell(c.Note(workflow_id=workflow_id, type=EventType.ADMIN_ACTION.value, actor=self.actor,
+                                message=message, properties=properties))
+
+
+class DirectRecorder:
+    """Writes the events itself: for a process that holds the broker lock (the CLI with no broker running)."""
+
+    joins_transactions = True
+
+    def __init__(self, sessions: sessionmaker[Session], actor: str):
+        self.sessions = sessions
+        self.actor = actor
+
+    def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
+               session: Session | None = None) -> None:
+        """Add the event in ``session`` (committed with the caller's change), else in a transaction of its own."""
+        log.info("%s by %s", message, self.actor)
+        if session is not None:
+            self._add(session, workflow_id, message, properties)
+            return
+        with self.sessions.begin() as s:
+            self._add(s, workflow_id, message, properties)
+
+    def _add(self, s: Session, workflow_id: int | None, message: str, properties: dict[str, Any]) -> None:
+        from broker.persistence import repository
+        from broker.persistence.models import Workflow
+
+        workflow = None if workflow_id is None else s.get(Workflow, workflow_id)
+        if workflow_id is not None and workflow is None:
+            return  # deleted meanwhile: nothing left to attach the event to
+        repository.add_event(s, workflow, type=EventType.ADMIN_ACTION, actor=self.actor, message=message,
+                             properties=properties)

@@ -1,0 +1,114 @@
+"""``broker admin delete``: each form removes exactly its targets (rows and work directories), on SQLite and
+PostgreSQL; running workflows are never touched; it lists, asks, and refuses to fight a running broker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.admin.conftest import ACTOR, admin_events, example, gated, run_workflows, workflow_rows
+from tests.engine.conftest import Broker
+from tests.fixtures import wait_for
+
+
+@pytest.fixture
+def population(admin_cli, tmp_path):
+    """alice: two finished, one running; bob: one finished, finished later than the others."""
+    gate = tmp_path / "gate"
+    first = run_workflows(admin_cli.url, admin_cli.tmp, {"a-ok": (example("hello.xml"), "alice"),
+                                                         "a-failed": (example("failing.xml"), "alice")},
+                          running={"a-running": (gated(gate), "alice")})
+    # bob's workflow finishes strictly after the cut-off
+    cutoff = time.time() * 1000
+    wait_for(lambda: time.time() * 1000 > cutoff + 5, what="the clock to pass the cut-off", interval=0.005)
+    second = run_workflows(admin_cli.url, admin_cli.tmp, {"b-ok": (example("hello.xml"), "bob")})
+    made = {**first.gids, **second.gids}
+    yield made, int(cutoff)
+    gate.touch()
+
+
+def _delete(cli, *args):
+    return cli("admin", "delete", *args, "--yes")
+
+
+def _gone(cli, before, expected_gone):
+    after = workflow_rows(cli.sessions)
+    assert set(before) - set(after) == set(expected_gone)
+    for gid in after:
+        assert after[gid] == before[gid], f"{gid} was touched"
+    for gid in before:
+        assert (cli.workdir / gid).exists() == (gid not in expected_gone), gid
+
+
+def test_delete_completed_removes_every_finished_workflow_and_skips_the_running_one(admin_cli, population):
+    made, _ = population
+    before = workflow_rows(admin_cli.sessions)
+    done = _delete(admin_cli, "--completed")
+    assert done.returncode == 0, done.stderr
+    _gone(admin_cli, before, {made["a-ok"], made["a-failed"], made["b-ok"]})
+    event = admin_events(admin_cli.sessions)[-1]
+    assert event.workflow_id is None and event.actor == ACTOR and event.properties["deleted"] == 3
+    assert set(event.properties["deleted_ids"]) == {made["a-ok"], made["a-failed"], made["b-ok"]}
+
+
+def test_delete_before_compares_the_finish_time(admin_cli, population):
+    made, cutoff = population
+    before = workflow_rows(admin_cli.sessions)
+    done = _delete(admin_cli, "--before", str(cutoff))
+    assert done.returncode == 0, done.stderr
+    _gone(admin_cli, before, {made["a-ok"], made["a-failed"]})
+
+
+def test_delete_by_id_removes_that_workflow_only_and_refuses_a_running_one(admin_cli, population):
+    made, _ = population
+    before = workflow_rows(admin_cli.sessions)
+    done = _delete(admin_cli, "--id", made["a-failed"])
+    assert done.returncode == 0, done.stderr
+    _gone(admin_cli, before, {made["a-failed"]})
+    refused = _delete(admin_cli, "--id", made["a-running"])
+    assert refused.returncode == 3 and f"workflow {made['a-running']} is still running" in refused.stderr
+    assert made["a-running"] in workflow_rows(admin_cli.sessions)
+    unknown = _delete(admin_cli, "--id", "wf-0000000000000000zz")
+    assert unknown.returncode == 2 and "no workflow" in unknown.stderr
+
+
+def test_delete_for_a_user_removes_that_user_s_finished_workflows(admin_cli, population):
+    made, _ = population
+    before = workflow_rows(admin_cli.sessions)
+    done = _delete(admin_cli, "--user", "alice")
+    assert done.returncode == 0, done.stderr
+    assert f"skipped: workflow {made['a-running']} is still running" in done.stdout
+    _gone(admin_cli, before, {made["a-ok"], made["a-failed"]})
+    assert _delete(admin_cli, "--user", "nobody").returncode == 2
+
+
+def test_it_lists_and_asks_first_and_a_dry_run_only_lists(sqlite_admin_cli):
+    cli = sqlite_admin_cli
+    made = run_workflows(cli.url, cli.tmp, {"hello": (example("hello.xml"), "alice")})
+    before = workflow_rows(cli.sessions)
+    dry = cli("admin", "delete", "--completed", "--dry-run")
+    assert dry.returncode == 0 and made.gids["hello"] in dry.stdout and "will delete 1 workflow" in dry.stdout
+    declined = cli("admin", "delete", "--completed", stdin="n\n")
+    assert declined.returncode == 1 and "[y/N]" in declined.stdout and "nothing deleted" in declined.stdout
+    assert workflow_rows(cli.sessions) == before and not admin_events(cli.sessions)
+    accepted = cli("admin", "delete", "--completed", stdin="y\n")
+    assert accepted.returncode == 0 and workflow_rows(cli.sessions) == {}
+
+
+def test_changing_commands_refuse_while_a_broker_runs_and_say_to_use_the_api(sqlite_admin_cli):
+    cli = sqlite_admin_cli
+    run_workflows(cli.url, cli.tmp, {"hello": (example("hello.xml"), "alice")})
+    broker = Broker(cli.url, cli.tmp).start()
+    try:
+        before = workflow_rows(cli.sessions)
+        for done in (cli("admin", "delete", "--completed", "--yes"), cli.archive(delete_after=True)):
+            assert done.returncode == 3
+            assert "a broker is running on this database" in done.stderr and "admin API" in done.stderr
+        assert workflow_rows(cli.sessions) == before
+        # reading works alongside the broker
+        assert cli("admin", "delete", "--completed", "--dry-run").returncode == 0
+        state = cli("admin", "state")
+        assert state.returncode == 0 and "broker: running" in state.stdout
+    finally:
+        broker.stop()
