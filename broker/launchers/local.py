@@ -78,9 +78,11 @@ class LocalLauncher:
         """``max_output_bytes``: the largest output value accepted; ``kill_grace``: seconds from SIGTERM to SIGKILL."""
         self._max_output_bytes = max_output_bytes
         self._kill_grace = kill_grace
-        # The broker's own settings never reach a payload; nor do WB_* names it may have inherited.
-        self._base_env = {k: v for k, v in os.environ.items()
-                          if not (k.startswith("BROKER_") or k.startswith("WB_"))}
+        # The broker's own settings never reach a payload; nor do WB_* names it may have inherited. Kept as
+        # bytes: Popen encodes every str key and value of the environment on each launch, which was a
+        # tenth of a launch's CPU time with a typical environment of a few dozen variables.
+        self._base_env = {k: v for k, v in os.environb.items()
+                          if not (k.startswith(b"BROKER_") or k.startswith(b"WB_"))}
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._attempts: dict[tuple[int, int], _Attempt] = {}
@@ -118,8 +120,8 @@ class LocalLauncher:
                 mkdirs(cwd)
         interpreter = request.interpreter or elf.DEFAULT_INTERPRETERS[request.payload_type]
         env = self._base_env.copy()
-        env.update(request.env)
-        env["WB_WORKDIR"] = workdir
+        env.update((os.fsencode(k), os.fsencode(v)) for k, v in request.env)
+        env[b"WB_WORKDIR"] = os.fsencode(workdir)
         try:
             proc = subprocess.Popen(["/bin/sh", WRAPPER, workdir, interpreter, payload_path],
                                     stdin=self._devnull, stdout=self._devnull, stderr=self._devnull,

@@ -15,8 +15,9 @@ inserted through SQLAlchemy.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 JSON_COLUMNS = frozenset({"outputs", "bindings", "properties"})
 TIME_COLUMNS = frozenset({"retry_at", "started_at", "finished_at", "time", "applied_at", "created_at"})
 BOOL_COLUMNS = frozenset({"cancel_requested"})
+
+#: rows per executemany: an expansion of 100,000 members then never holds every converted row at once
+CHUNK_ROWS = 5000
 
 EVENT_COLUMNS = ("id", "workflow_id", "seq", "node_path", "actor", "level", "type", "state", "message", "time",
                  "properties")
@@ -103,7 +107,8 @@ class RawWriter:
                        (count,))
         return sorted(int(r[0]) for r in cursor.fetchall())
 
-    def insert(self, cursor: Any, table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> None:
+    def insert(self, cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """``INSERT INTO table (columns)`` every row, :data:`CHUNK_ROWS` at a time (rows may be a generator)."""
         key = ("insert", table, tuple(columns))
         cached = self._sql.get(key)
         if cached is None:
@@ -111,7 +116,14 @@ class RawWriter:
             cached = self._sql[key] = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
                                        [f for _, f in self._converters(columns)])
         sql, converters = cached
-        cursor.executemany(sql, [tuple(v if f is None else f(v) for f, v in zip(converters, row)) for row in rows])
+        if not any(converters):
+            convert = tuple
+        else:
+            def convert(row: Sequence[Any]) -> tuple[Any, ...]:
+                return tuple(v if f is None else f(v) for f, v in zip(converters, row))
+        it = iter(rows)
+        while chunk := [convert(row) for row in itertools.islice(it, CHUNK_ROWS)]:
+            cursor.executemany(sql, chunk)
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -127,11 +139,10 @@ class RawWriter:
             if batch.events:
                 ids = self.next_ids(cursor, "events", len(batch.events))
                 self.insert(cursor, "events", EVENT_COLUMNS,
-                           [(event_id, *(row[c] for c in EVENT_COLUMNS[1:]))
-                            for event_id, (row, _) in zip(ids, batch.events)])
-                outbox = [(event_id, dest) for event_id, (_, dests) in zip(ids, batch.events) for dest in dests]
-                if outbox:
-                    self.insert(cursor, "outbox", ("event_id", "destination"), outbox)
+                            ((event_id, *(row[c] for c in EVENT_COLUMNS[1:]))
+                             for event_id, (row, _) in zip(ids, batch.events)))
+                self.insert(cursor, "outbox", ("event_id", "destination"),
+                            ((event_id, dest) for event_id, (_, dests) in zip(ids, batch.events) for dest in dests))
             wf_shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
             for wf, cols in batch.wf_cols.values():
                 wf_shapes.setdefault(tuple(sorted(cols)), []).append((wf.id, cols))
@@ -150,14 +161,13 @@ class RawWriter:
             members = [m for m, _, _ in batch.creations]
             for member, new_id in zip(members, self.next_ids(cursor, "nodes", len(members))):
                 member.id = new_id
-            self.insert(cursor, "nodes", NODE_COLUMNS, [_node_row(m, batch) for m in members])
+            self.insert(cursor, "nodes", NODE_COLUMNS, (_node_row(m, batch) for m in members))
             body = [n for _, nodes, _ in batch.creations for n in nodes]
             for node, new_id in zip(body, self.next_ids(cursor, "nodes", len(body))):
                 node.id = new_id
-            self.insert(cursor, "nodes", NODE_COLUMNS, [_node_row(n, batch) for n in body])
-            edges = [(nodes[p].id, nodes[ch].id) for _, nodes, es in batch.creations for p, ch in es]
-            if edges:
-                self.insert(cursor, "dependencies", ("parent_id", "child_id"), edges)
+            self.insert(cursor, "nodes", NODE_COLUMNS, (_node_row(n, batch) for n in body))
+            self.insert(cursor, "dependencies", ("parent_id", "child_id"),
+                        ((nodes[p].id, nodes[ch].id) for _, nodes, es in batch.creations for p, ch in es))
         finally:
             cursor.close()
 
