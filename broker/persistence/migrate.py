@@ -15,6 +15,7 @@ Alembic's ``CommandError`` (e.g. an unknown revision) is raised as it is.
 from __future__ import annotations
 
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,10 +44,16 @@ Target = Engine | str | URL
 def migrations_dir() -> Path:
     """The directory holding ``env.py`` and ``versions/``: the one place that knows where it is.
 
-    It is the repository's top-level ``migrations/``; a wheel that ships it inside the package changes only
-    this function.
+    Looked up in order: the repository's top-level ``migrations/`` (a checkout or an editable install), then
+    ``<prefix>/share/workflow-broker/migrations/`` (where a wheel installs it, as data files).
     """
-    return Path(__file__).resolve().parents[2] / "migrations"
+    candidates = [Path(__file__).resolve().parents[2] / "migrations",
+                  Path(sys.prefix) / "share" / "workflow-broker" / "migrations"]
+    for candidate in candidates:
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("the migration scripts (env.py) are not in any of: "
+                            + ", ".join(str(c) for c in candidates))
 
 
 def alembic_config(connection: Connection | None = None, *, script_location: Path | None = None) -> Config:
