@@ -183,7 +183,13 @@ class SshShell:
                         from None
                 try:
                     if stdin:
-                        channel.sendall(stdin)
+                        try:
+                            channel.sendall(stdin)
+                        except _LINK_ERRORS:
+                            # A command may end without reading all its input (a missing interpreter): the
+                            # server then closes the channel after sending the exit status, which says why.
+                            if not channel.exit_status_ready():
+                                raise
                     channel.shutdown_write()
                     return self._read(channel, deadline, timeout)
                 except _LINK_ERRORS as exc:

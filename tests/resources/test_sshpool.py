@@ -45,6 +45,14 @@ def test_a_command_gives_its_exit_code_stdout_and_stderr(pool, sshd, host):
     assert (done.returncode, done.stdout, done.stderr) == (7, b"out:in\n", b"err\n")
 
 
+def test_a_command_that_ends_without_reading_its_input_gives_its_exit_status_not_a_link_error(pool, sshd, host):
+    # e.g. a missing interpreter: the command is gone while its stdin is still being sent
+    shell = pool.shell(host, account(sshd, host))
+    done = shell.run("echo 'no such python' >&2; exit 127", stdin=b"x" * 8_000_000)
+    assert (done.returncode, done.stderr) == (127, b"no such python\n")
+    assert shell.run("echo still").stdout == b"still\n"  # the connection was not dropped
+
+
 def test_large_stdout_and_stderr_at_once_do_not_deadlock(pool, sshd, host):
     done = pool.shell(host, account(sshd, host)).run(
         "head -c 3000000 /dev/zero | tr '\\0' a; head -c 3000000 /dev/zero | tr '\\0' b >&2")
