@@ -10,6 +10,7 @@ ended gets a few more polls for its status file to appear.
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,14 +52,18 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, J.JobInfo] | Non
     cancelled = t.cancelled or bool(item.get("cancel"))
     if status and status.get("outcome"):
         override = None
-        if status["outcome"] == base.CANCELLED and not cancelled:
+        # A scheduler at the time limit signals every process of the job: the elf (which then records
+        # "cancelled") or the payload first (which then dies with 128+SIGTERM, and the elf records "failed").
+        terminated = status["outcome"] == base.CANCELLED or (
+            status["outcome"] == base.FAILED and status.get("exit_code") == 128 + signal.SIGTERM)
+        if terminated and not cancelled:
             # SIGTERMed, not by the broker: at its time limit, or by someone else?
             if job is not None and job.state == J.TIMEOUT:
                 override = (base.TIMEOUT, f"killed by {rules.scheduler} at the job's time limit ({job.raw})")
             elif not final and t.settle < rules.settle_polls and (job is None or job.state not in J.ENDED):
                 t.settle += 1
                 return False  # the scheduler has not said why yet
-            else:
+            elif status["outcome"] == base.CANCELLED:
                 override = (base.LOST, "killed by a signal that did not come from the broker")
         t.status, t.override = status, override
         return True

@@ -41,6 +41,19 @@ def test_an_elf_killed_at_the_time_limit_is_a_timeout_not_a_cancel():
     assert tracked.override == (base.TIMEOUT, "killed by Slurm at the job's time limit (TIMEOUT (TimeLimit))")
 
 
+def test_a_payload_terminated_at_the_time_limit_before_its_elf_is_a_timeout_not_a_failure():
+    # the scheduler signals every process of the job: the payload may die first and the elf record "failed"
+    payload_first = {"outcome": base.FAILED, "exit_code": 143, "message": "exit code 143 (SIGTERM)"}
+    tracked = attempt()
+    assert polls(tracked, {"status": payload_first}, job(J.RUNNING, "COMPLETING"))[:2] == [False, False]
+    assert reconcile(tracked, {"status": payload_first}, job(J.TIMEOUT, "TIMEOUT"), final=False, rules=RULES)
+    assert tracked.override == (base.TIMEOUT, "killed by Slurm at the job's time limit (TIMEOUT)")
+    # a job the scheduler ended otherwise: it stays what the elf recorded, a failure with its exit code
+    other = attempt()
+    assert reconcile(other, {"status": payload_first}, job(J.FAILED), final=False, rules=RULES)
+    assert (other.status, other.override) == (payload_first, None)
+
+
 def test_an_elf_killed_by_someone_else_waits_for_the_scheduler_then_is_lost():
     tracked = attempt()
     assert polls(tracked, {"status": TERMED}, job(J.RUNNING, "COMPLETING")) == [False, False, True]
