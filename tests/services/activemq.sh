@@ -111,14 +111,21 @@ cmd_start() {
     say "ActiveMQ ready: STOMP $STOMP_PORT, OpenWire $OPENWIRE_PORT, persistent=$PERSISTENT ($(since "$t0") s)"
 }
 
+# Neither port accepts any more: what the fault tests mean by "the bus is down".
+ports_closed() { ! port_open "$STOMP_PORT" && ! port_open "$OPENWIRE_PORT"; }
+
 cmd_stop() {
+    load_ports
     stop_pidfile "$PIDFILE" TERM
+    wait_until 10 ports_closed || die "ActiveMQ exited but its ports $STOMP_PORT/$OPENWIRE_PORT still accept"
     say "ActiveMQ stopped"
 }
 
 # A crash, not a shutdown: the fault tests kill the bus mid-run and start it again.
 cmd_kill() {
+    load_ports
     stop_pidfile "$PIDFILE" KILL
+    wait_until 10 ports_closed || die "ActiveMQ killed but its ports $STOMP_PORT/$OPENWIRE_PORT still accept"
     say "ActiveMQ killed"
 }
 

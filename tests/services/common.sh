@@ -93,10 +93,15 @@ wait_until() {
 }
 
 # True when process $1 exists and is not a zombie: our daemons are re-parented to PID 1, which here reaps
-# them only after a while, and `kill -0` succeeds on a zombie.
+# them only after a while, and `kill -0` succeeds on a zombie. A zombie main thread is not enough: in a
+# many-threaded process (a JVM) killed with SIGKILL the main thread can be a zombie while the other threads
+# are still exiting, and until the last one has, the process's sockets stay open.
 pid_alive() {
-    local state
-    state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n $state && $state != Z* ]]
+    local state tasks
+    state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n $state ]] || return 1
+    [[ $state != Z* ]] && return 0
+    tasks=$(find "/proc/$1/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+    [ "$tasks" -gt 1 ]
 }
 
 # When process $1 started; with the pid it names a process for good, even after the pid is reused.
