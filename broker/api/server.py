@@ -92,6 +92,8 @@ class Service:
             server.prepare()  # binds: with port 0 the real port is known from here on
             bound_host, bound_port = server.bind_addr[:2]
             public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound_port}"
+            # elves on hosts with push="true" report here from now on (attempts started before: files only)
+            engine.ctx.push_url = public + "/broker"
             api = ApiContext(self.settings, engine)
             routes = [Route(path, app, namespace, wsdl) for path, (app, namespace, wsdl)
                       in build(api, public, api_settings.max_request_bytes).items()]

@@ -5,6 +5,7 @@ status files); on a remote host it runs as a script::
 
     python3 elf.py run --workdir D --payload FILE --type bash [--interpreter X] [--timeout S]
                        --attempt N --session ID [--env-file F] [--cwd DIR] [--max-value-bytes B]
+                       [--push FILE]
 
 Report protocol
 ---------------
@@ -40,6 +41,16 @@ Each attempt has its own work directory (mode 0700) holding ``payload`` (the ren
 ``elf.pid`` and ``status.json``. The status file is replaced atomically (temporary file, fsync, rename);
 it names the session (the node's global id) and the attempt, and a reader that expects another session or
 attempt ignores it, so a stale or duplicate file can never be taken for the current attempt's result.
+
+Push channel
+------------
+With ``--push FILE`` (a JSON object ``{"url", "session", "secret"}`` in the work directory, written 0600 by
+the launcher and removed by the elf once read) the elf also reports to the broker's SOAP API with
+``updateNodeStatus``, authenticated by the attempt's own session id and secret (a WS-Security
+UsernameToken): ``RUNNING`` once the payload has started, then ``SUCCEEDED``/``FAILED <exit code> <message>``
+or ``CANCELLED`` with the output properties. The status file is written first and stays the primary
+channel: a push that fails (broker unreachable, fault) is retried once and then only counted
+(``push_failures`` in the status file).
 """
 
 # Python 3.8 compatible on purpose: no match statements, no ``X | Y`` types evaluated at run time, no
@@ -55,6 +66,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 #: outcomes, the same strings as broker.launchers.base (the elf cannot import the broker package)
@@ -393,6 +405,78 @@ class _Run:
         self.kill(CANCELLED)
 
 
+# ------------------------------------------------------------------------------------------- push channel
+
+_SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+_WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+_PASSWORD_TEXT = ("http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
+                  "#PasswordText")
+#: namespaces of the core service and of its types (the checked-in wsdl/broker-core.wsdl)
+CORE_NS = "urn:workflow-broker:core:v1"
+TYPES_NS = "urn:workflow-broker:types:v1"
+#: seconds one push may take
+PUSH_TIMEOUT = 15.0
+
+
+def _xml_text(value: Any) -> str:
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # characters XML 1.0 cannot carry at all are dropped (a message is informative, not data)
+    return "".join(c for c in text if c in "\t\n\r" or ord(c) >= 0x20)
+
+
+def push_envelope(session: int, secret: str, status: str, outputs: Dict[str, Any]) -> bytes:
+    """The SOAP 1.1 request of ``updateNodeStatus(session, status, outputs)``; values are sent as JSON text."""
+    props = "".join('<c:output><t:name>%s</t:name><t:value>%s</t:value></c:output>'
+                    % (_xml_text(name), _xml_text(json.dumps(value, ensure_ascii=False)))
+                    for name, value in outputs.items())
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            '<s:Envelope xmlns:s="%s" xmlns:c="%s" xmlns:t="%s"><s:Header>'
+            '<w:Security xmlns:w="%s"><w:UsernameToken><w:Username>%d</w:Username>'
+            '<w:Password Type="%s">%s</w:Password></w:UsernameToken></w:Security></s:Header>'
+            '<s:Body><c:updateNodeStatus><c:sessionId>%d</c:sessionId><c:status>%s</c:status>%s'
+            '</c:updateNodeStatus></s:Body></s:Envelope>'
+            % (_SOAP_NS, CORE_NS, TYPES_NS, _WSSE_NS, session, _PASSWORD_TEXT, _xml_text(secret), session,
+               _xml_text(status), props)).encode("utf-8")
+
+
+def push(target: Dict[str, Any], status: str, outputs: Optional[Dict[str, Any]] = None,
+         attempts: int = 2) -> Optional[str]:
+    """Send one status to the broker; None when it was accepted, else why not (after ``attempts`` tries)."""
+    body = push_envelope(int(target["session"]), str(target["secret"]), status, outputs or {})
+    request = urllib.request.Request(str(target["url"]), data=body, method="POST",
+                                     headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'})
+    problem = None  # type: Optional[str]
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(1.0)
+        try:
+            with urllib.request.urlopen(request, timeout=PUSH_TIMEOUT) as response:
+                response.read()
+            return None
+        except Exception as exc:  # HTTPError (a fault), URLError, timeouts: the status file still holds it all
+            problem = "%s: %s" % (type(exc).__name__, exc)
+    return problem
+
+
+def read_push_file(path: str) -> Dict[str, Any]:
+    """The push target of ``--push``; the file (it holds a secret) is removed once read."""
+    with open(path, encoding="utf-8") as handle:
+        target = json.load(handle)
+    os.remove(path)
+    if not isinstance(target, dict) or not {"url", "session", "secret"} <= set(target):
+        raise ValueError("%s: expected a JSON object with url, session and secret" % path)
+    return target
+
+
+def final_push_status(outcome: str, exit_code: Optional[int], message: str) -> str:
+    """The updateNodeStatus string of an ended attempt (a timeout is a failure with its message)."""
+    if outcome == SUCCEEDED:
+        return "SUCCEEDED %d %s" % (exit_code or 0, message)
+    if outcome == CANCELLED:
+        return "CANCELLED %s" % message
+    return "FAILED %d %s" % (exit_code if exit_code is not None else 1, message)
+
+
 def _killpg(pgid: int, signum: int) -> None:
     try:
         os.killpg(pgid, signum)
@@ -407,6 +491,7 @@ def run(args: argparse.Namespace) -> int:
     os.chmod(workdir, 0o700)  # also when the launcher created it to upload the payload
     write_small_file(os.path.join(workdir, ELF_PID_FILE), "%d\n" % os.getpid())
     pairs = _read_env_file(args.env_file) if args.env_file else []
+    target = read_push_file(os.path.join(workdir, args.push)) if args.push else None
     env = payload_environment(dict(os.environ), pairs, workdir)
     interpreter = args.interpreter or DEFAULT_INTERPRETERS[args.type]
     payload = os.path.join(workdir, args.payload)
@@ -434,6 +519,8 @@ def run(args: argparse.Namespace) -> int:
     status["pid"] = state.proc.pid
     write_small_file(os.path.join(workdir, PID_FILE), "%d\n" % state.proc.pid)
     write_status(workdir, status)
+    if target is not None and push(target, "RUNNING") is not None:
+        status["push_failures"] = 1
     if state.reason is not None:
         state.signal_group()  # cancelled while the payload was starting
     elif args.timeout > 0:
@@ -459,6 +546,10 @@ def run(args: argparse.Namespace) -> int:
                   ended_at=time.time(), progress=list(progress) if progress else None, outputs=outputs,
                   ignored_lines=found.ignored, message=message + ignored_note(found.ignored))
     write_status(workdir, status)
+    if target is not None and push(target, final_push_status(outcome, exit_code, status["message"]),
+                                   outputs) is not None:
+        status["push_failures"] = status.get("push_failures", 0) + 1
+        write_status(workdir, status)
     return exit_code
 
 
@@ -477,6 +568,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--env-file", help="JSON object or list of [name, value] pairs added to the environment")
     cmd.add_argument("--cwd", help="payload working directory, relative to the work directory or absolute")
     cmd.add_argument("--max-value-bytes", type=int, default=DEFAULT_MAX_VALUE_BYTES)
+    cmd.add_argument("--push", help="push target file (JSON url, session, secret), relative to the work directory")
     return parser
 
 

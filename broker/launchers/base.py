@@ -45,6 +45,8 @@ class LaunchRequest:
     cwd: str | None = None
     #: seconds; the launcher kills the payload's whole process group past it
     timeout: float | None = None
+    #: where and how the elf also pushes its status: (updateNodeStatus URL, session id, secret); None: it does not
+    push: tuple[str, int, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

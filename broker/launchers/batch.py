@@ -34,7 +34,7 @@ from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
-from broker.launchers.ssh import elf_args, payload_env, session_of
+from broker.launchers.ssh import elf_args, payload_env, push_files, session_of
 from broker.resources import hostagent
 from broker.resources import jobs as J
 from broker.resources.reconcile import Rules, reconcile, scheduler_name
@@ -99,7 +99,8 @@ class BatchLauncher:
         record = self._record(request, started_at, workdir, token)
         item = {"workdir": workdir, "record": record,
                 "files": {"payload": request.payload_text, "env.json": json.dumps(payload_env(
-                    self.endpoint.host.env, request)), "job.sh": J.script(self.dialect.directives(spec), body)}}
+                    self.endpoint.host.env, request)), "job.sh": J.script(self.dialect.directives(spec), body),
+                          **push_files(request)}}
         job_id = self._submit(workdir, token, [item])
         handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir, job_id=job_id,
                               host=self.endpoint.label, started_at=started_at, timeout=request.timeout)
@@ -135,7 +136,8 @@ class BatchLauncher:
             members.append(dict(elf_args(request, self._max_output_bytes), workdir=workdir))
             items.append({"workdir": workdir, "record": self._record(request, started_at, job_dir, token, True),
                           "files": {"payload": request.payload_text,
-                                    "env.json": json.dumps(payload_env(self.endpoint.host.env, request))}})
+                                    "env.json": json.dumps(payload_env(self.endpoint.host.env, request)),
+                                    **push_files(request)}})
         manifest = {"python": self.endpoint.host.python, "elf": self.endpoint.elf_path, "parallel": parallel,
                     "members": members}
         runner = [self.endpoint.host.python, "-I", "-S", self.endpoint.agent_path, "bundle", f"{job_dir}/manifest.json"]
@@ -337,9 +339,7 @@ class BatchLauncher:
 
     def _probe(self, tracked: list[Tracked], scan: bool = True) -> list[dict[str, Any]]:
         self.calls["probe"] += 1
-        items = [[t.handle.workdir, t.handle.attempt, t.session, t.scan_offset if scan else None] for t in tracked]
-        return self.endpoint.agent("probe", {"elf": self.endpoint.elf_path, "max_value_bytes": self._max_output_bytes,
-                                             "items": items})["items"]
+        return self.endpoint.probe(tracked, self._max_output_bytes, scan)
 
     def _query(self) -> dict[str, J.JobInfo]:
         self.calls["query"] += 1

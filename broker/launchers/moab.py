@@ -13,11 +13,10 @@ from collections.abc import Sequence
 
 from lxml import etree
 
-from broker.errors import ResourceError
 from broker.launchers.batch import BatchLauncher
-from broker.launchers.pbs import hours
+from broker.launchers.pbs import torque_directives
 from broker.resources.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
-                                   SchedulerUnreachable, SubmitRejected, command, mebibytes)
+                                   SchedulerUnreachable, SubmitRejected, command)
 from broker.resources.shell import Completed
 
 #: Moab job states -> normalised states (Completed is decided by the completion code)
@@ -84,24 +83,8 @@ class MoabDialect:
         self._bin = (commands.rstrip("/") + "/") if commands else ""
 
     def directives(self, job: JobSpec) -> list[str]:
-        """``#MSUB`` lines."""
-        lines = [f"-N {job.name}", f"-o {job.job_dir}/job.out", f"-e {job.job_dir}/job.err", f"-d {job.job_dir}"]
-        if job.queue:
-            lines.append(f"-q {job.queue}")
-        resources = [f"nodes={job.nodes or 1}:ppn={job.cores or 1}"]
-        if job.memory:
-            resources.append(f"mem={mebibytes(job.memory)}mb")
-        if job.walltime:
-            resources.append(f"walltime={hours(job.walltime)}")
-        for key, value in job.directives:
-            if value is None:
-                raise ResourceError(f"Moab directive '{key}' needs a value (it becomes -l {key}=VALUE)",
-                                    retryable=False)
-            resources.append(f"{key}={value}")
-        lines.append("-l " + ",".join(resources))
-        if job.account:
-            lines.append(f"-A {job.account}")
-        return [f"#MSUB {line}" for line in lines]
+        """``#MSUB`` lines (the same Torque option syntax as PBS)."""
+        return torque_directives(job, "#MSUB", "Moab")
 
     def submit(self, script_name: str) -> list[str]:
         return [f"{self._bin}msub", script_name]

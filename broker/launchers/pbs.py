@@ -66,6 +66,27 @@ def parse_full(text: str) -> dict[str, dict[str, str]]:
     return jobs
 
 
+def torque_directives(job: JobSpec, prefix: str, scheduler: str) -> list[str]:
+    """Job directives in Torque's option syntax (``-l nodes=N:ppn=C,...``), shared by PBS and MOAB."""
+    lines = [f"-N {job.name}", f"-o {job.job_dir}/job.out", f"-e {job.job_dir}/job.err", f"-d {job.job_dir}"]
+    if job.queue:
+        lines.append(f"-q {job.queue}")
+    resources = [f"nodes={job.nodes or 1}:ppn={job.cores or 1}"]
+    if job.memory:
+        resources.append(f"mem={mebibytes(job.memory)}mb")
+    if job.walltime:
+        resources.append(f"walltime={hours(job.walltime)}")
+    for key, value in job.directives:
+        if value is None:
+            raise ResourceError(f"{scheduler} directive '{key}' needs a value (it becomes -l {key}=VALUE)",
+                                retryable=False)
+        resources.append(f"{key}={value}")
+    lines.append("-l " + ",".join(resources))
+    if job.account:
+        lines.append(f"-A {job.account}")
+    return [f"{prefix} {line}" for line in lines]
+
+
 class PbsDialect:
     """The PBS/Torque side of the batch launcher."""
 
@@ -76,23 +97,7 @@ class PbsDialect:
 
     def directives(self, job: JobSpec) -> list[str]:
         """``#PBS`` lines (Torque resource syntax: nodes=N:ppn=C)."""
-        lines = [f"-N {job.name}", f"-o {job.job_dir}/job.out", f"-e {job.job_dir}/job.err", f"-d {job.job_dir}"]
-        if job.queue:
-            lines.append(f"-q {job.queue}")
-        resources = [f"nodes={job.nodes or 1}:ppn={job.cores or 1}"]
-        if job.memory:
-            resources.append(f"mem={mebibytes(job.memory)}mb")
-        if job.walltime:
-            resources.append(f"walltime={hours(job.walltime)}")
-        for key, value in job.directives:
-            if value is None:
-                raise ResourceError(f"PBS directive '{key}' needs a value (it becomes -l {key}=VALUE)",
-                                    retryable=False)
-            resources.append(f"{key}={value}")
-        lines.append("-l " + ",".join(resources))
-        if job.account:
-            lines.append(f"-A {job.account}")
-        return [f"#PBS {line}" for line in lines]
+        return torque_directives(job, "#PBS", "PBS")
 
     def submit(self, script_name: str) -> list[str]:
         return [f"{self._bin}qsub", script_name]

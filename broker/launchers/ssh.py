@@ -13,6 +13,7 @@ Handles name the host as ``login@host``; ``job_id`` is the elf's pid.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
+from broker.resources import hostagent
 from broker.resources.remote import Endpoint
 from broker.resources.tracking import Poller, Tracked, Watchlist, fire, status_result
 
@@ -41,7 +43,15 @@ def elf_args(request: LaunchRequest, max_output_bytes: int) -> dict[str, Any]:
     """The elf's ``run`` options for one request (see hostagent.elf_argv)."""
     return {"type": request.payload_type, "attempt": request.attempt, "session": session_of(request),
             "max_value_bytes": max_output_bytes, "timeout": request.timeout, "interpreter": request.interpreter,
-            "cwd": request.cwd}
+            "cwd": request.cwd, "push": request.push is not None}
+
+
+def push_files(request: LaunchRequest) -> dict[str, str]:
+    """The push target file of an attempt whose elf pushes (written 0600 by the agent; the elf removes it)."""
+    if request.push is None:
+        return {}
+    url, session_id, secret = request.push
+    return {hostagent.PUSH_FILE: json.dumps({"url": url, "session": session_id, "secret": secret})}
 
 
 def session_of(request: LaunchRequest) -> str:
@@ -75,7 +85,7 @@ class SshLauncher:
                   "timeout": request.timeout, "session": session_of(request)}
         if workdir != request.workdir:
             ep.push_inputs(request.workdir, workdir, self._stage_max_bytes)
-        reply = ep.agent("start", {"workdir": workdir, "payload": request.payload_text,
+        reply = ep.agent("start", {"workdir": workdir, "payload": request.payload_text, "files": push_files(request),
                                    "env": payload_env(ep.host.env, request), "python": ep.host.python,
                                    "elf": ep.elf_path, "args": elf_args(request, self._max_output_bytes),
                                    "record": record})
@@ -168,10 +178,7 @@ class SshLauncher:
     # ------------------------------------------------------------------------------------------ inside
 
     def _probe(self, tracked: list[Tracked], scan: bool = True) -> list[dict[str, Any]]:
-        items = [[t.handle.workdir, t.handle.attempt, t.session, t.scan_offset if scan else None] for t in tracked]
-        reply = self.endpoint.agent("probe", {"elf": self.endpoint.elf_path,
-                                              "max_value_bytes": self._max_output_bytes, "items": items})
-        return reply["items"]
+        return self.endpoint.probe(tracked, self._max_output_bytes, scan)
 
     def _judge(self, tracked: Tracked, item: dict[str, Any], final_look: bool = False) -> bool:
         """Decide from one probe whether the attempt has ended; sets status/override. True when ended."""

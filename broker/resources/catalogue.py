@@ -114,6 +114,8 @@ class Host:
     batch: BatchOptions | None = None
     limits: HostLimits = HostLimits()
     accounts: tuple[AccountRule, ...] = ()
+    #: elves here also push their status through updateNodeStatus (under `broker serve`)
+    push: bool = False
     #: line of the <host> element (0 for the built-in local host)
     line: int = 0
 
@@ -272,7 +274,10 @@ def _host(el: etree._Element, base: Path, filename: str, problems: list[Problem]
         problem(f"launcher {launcher} needs a <scratch> directory")
     if launcher in BATCH_LAUNCHERS and batch is None:
         batch = BatchOptions()
-    return Host(name=name, launcher=launcher, max_jobs=int(el.get("maxJobs", "0")), ssh=ssh, scratch=scratch,
+    if el.get("push", "false") in ("true", "1") and launcher == "local":
+        problem("push applies to remote hosts (ssh, slurm, pbs, moab): local payloads are watched directly")
+    return Host(name=name, launcher=launcher, max_jobs=int(el.get("maxJobs", "0")),
+                push=el.get("push", "false") in ("true", "1"), ssh=ssh, scratch=scratch,
                 python=python, env=tuple(env), batch=batch, limits=limits, accounts=tuple(accounts), line=line)
 
 

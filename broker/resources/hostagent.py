@@ -28,6 +28,8 @@ ENV_FILE = "env.json"
 CANCEL_FILE = "cancel"
 JOB_FILE = "job.json"
 JOBID_FILE = "jobid"
+#: the elf's push target (URL, session id, secret), when its host pushes
+PUSH_FILE = "push.json"
 #: seconds between two looks at the members' cancel files in a bundle
 BUNDLE_TICK = 0.5
 
@@ -122,13 +124,16 @@ def elf_argv(python, elf, args):
         argv += ["--interpreter", args["interpreter"]]
     if args.get("cwd"):
         argv += ["--cwd", args["cwd"]]
+    if args.get("push"):
+        argv += ["--push", PUSH_FILE]
     return argv
 
 
 def cmd_start(req):
     """Prepare one attempt and start its elf detached (own session, no terminal, no inherited output)."""
     workdir = req["workdir"]
-    files = {"payload": req["payload"], ENV_FILE: json.dumps(req["env"])}
+    files = dict(req.get("files") or {}, payload=req["payload"])
+    files[ENV_FILE] = json.dumps(req["env"])
     if _prepare(workdir, files, req["record"]) == "exists":
         return {"error": "exists"}
     argv = elf_argv(req["python"], req["elf"], dict(req["args"], workdir=workdir))

@@ -19,6 +19,7 @@ import posixpath
 import re
 import shlex
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,12 @@ class Endpoint:
         data = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         done = self.shell.run(line, stdin=data, timeout=timeout or self._timeout)
         return self.reply(command, done)
+
+    def probe(self, tracked: Sequence[Any], max_output_bytes: int, scan: bool = True) -> list[dict[str, Any]]:
+        """The agent's look at the work directories of tracked attempts (status, elf alive, new reports)."""
+        items = [[t.handle.workdir, t.handle.attempt, t.session, t.scan_offset if scan else None] for t in tracked]
+        return self.agent("probe", {"elf": self.elf_path, "max_value_bytes": max_output_bytes,
+                                    "items": items})["items"]
 
     def reply(self, command: str, done: Completed) -> dict[str, Any]:
         """The agent's JSON reply from a finished command (ResourceError for an error or no reply).

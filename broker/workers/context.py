@@ -66,6 +66,8 @@ class WorkerContext:
     resources: Any = None
     #: whether this broker serves every workflow (``broker serve``) or only those it was given (``broker run``)
     all_workflows: bool = True
+    #: the core service's URL elves push to (updateNodeStatus); set by ``broker serve`` once it listens
+    push_url: str | None = None
 
     def launcher_for(self, host: str, owner: str) -> Launcher:
         """The launcher of ``owner``'s nodes on a catalogue host (``login@host`` is accepted too)."""

@@ -23,7 +23,17 @@ class LaunchWorker(Worker):
         return LaunchRequest(node_id=ref.node_id, attempt=ref.attempt, workflow_global_id=ref.workflow_global_id,
                              node_path=ref.path, workdir=str(workdir), payload_type=spec.payload.type,
                              payload_text=text, interpreter=spec.execution.interpreter, env=tuple(env),
-                             cwd=spec.execution.workdir, timeout=spec.execution.timeout)
+                             cwd=spec.execution.workdir, timeout=spec.execution.timeout, push=self._push(ref))
+
+    def _push(self, ref: NodeRef) -> tuple[str, int, str] | None:
+        """A push-channel session of this attempt, when its host pushes and an API listens (``broker serve``)."""
+        resources, url = self.ctx.resources, self.ctx.push_url
+        if resources is None or url is None or not resources.catalogue.get(ref.host.rpartition("@")[2]).push:
+            return None
+        from broker.api.sessions import create_session  # a credential row, not node state: no writer needed
+
+        session_id, secret = create_session(self.ctx.session_factory, ref.node_id, ref.attempt)
+        return url, session_id, secret
 
     def _batch(self, ref: NodeRef) -> bool:
         resources = self.ctx.resources

@@ -127,3 +127,65 @@ def test_the_elf_needs_nothing_newer_than_python_3_8():
                             text=True)
     minimum = result.stdout.split("Minimum required versions:")[1].split()[0]
     assert tuple(int(p) for p in minimum.split(".")) <= (3, 8)
+
+
+def _push_file(workdir, url):
+    os.makedirs(workdir, exist_ok=True)
+    (workdir / "push.json").write_text(json.dumps({"url": url, "session": 17, "secret": "s3cret&<"}))
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_with_push_the_elf_reports_running_then_its_result_with_outputs(tmp_path, python):
+    import http.server
+    import threading
+
+    from lxml import etree
+
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    workdir = tmp_path / "w"
+    _push_file(workdir, f"http://127.0.0.1:{server.server_port}/broker")
+    try:
+        proc = start_elf(workdir, "test -e push.json && exit 9\necho '@broker output best={\"x\": 1.5}'\n",
+                         python=python, extra=("--push", "push.json"))
+        assert proc.wait(timeout=30) == 0
+    finally:
+        server.shutdown()
+    ns = {"s": "http://schemas.xmlsoap.org/soap/envelope/", "c": "urn:workflow-broker:core:v1",
+          "t": "urn:workflow-broker:types:v1",
+          "w": "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"}
+    calls = [etree.fromstring(body) for body in received]
+    assert [c.findtext(".//c:status", namespaces=ns) for c in calls] == ["RUNNING", "SUCCEEDED 0 exit code 0"]
+    assert {c.findtext(".//w:Password", namespaces=ns) for c in calls} == {"s3cret&<"}
+    assert {c.findtext(".//c:sessionId", namespaces=ns) for c in calls} == {"17"}
+    last = calls[-1]
+    assert [(o.findtext("t:name", namespaces=ns), json.loads(o.findtext("t:value", namespaces=ns)))
+            for o in last.iterfind(".//c:output", namespaces=ns)] == [("best", {"x": 1.5})]
+    assert "push_failures" not in read_status(str(workdir), attempt=1)
+
+
+def test_a_push_that_cannot_reach_the_broker_is_counted_and_changes_nothing_else(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    workdir = tmp_path / "w"
+    _push_file(workdir, f"http://127.0.0.1:{port}/broker")
+    proc = start_elf(workdir, "exit 4\n", extra=("--push", "push.json"))
+    assert proc.wait(timeout=30) == 4
+    status = read_status(str(workdir), attempt=1)
+    assert (status["outcome"], status["exit_code"], status["push_failures"]) == ("failed", 4, 2)
+    assert not (workdir / "push.json").exists()

@@ -212,3 +212,15 @@ def test_an_unknown_host_name_in_a_workflow_is_an_error_naming_the_known_ones(ho
     with pytest.raises(ResourceError, match=r"host 'gpu-box' is not in the host catalogue hosts.xml "
                                             r"\(known: laptop, lab, hpc\)"):
         resolve(("gpu-box",), Scheduling(), hosts)
+
+
+def test_push_is_read_for_remote_hosts_and_refused_for_the_local_launcher(tmp_path):
+    (tmp_path / "known_hosts").write_text("")
+    ssh = '<ssh address="h" knownHosts="known_hosts"/>'
+    found = parse(f"""
+        <host name="far" launcher="ssh" push="true">{ssh}<scratch>/s</scratch></host>
+        <host name="near" launcher="ssh">{ssh}<scratch>/s</scratch></host>""", tmp_path, default="far")
+    assert (found.get("far").push, found.get("near").push) == (True, False)
+    assert problems('<host name="here" launcher="local" push="true"/>', tmp_path) == [
+        "hosts.xml:3:0: host 'here': push applies to remote hosts (ssh, slurm, pbs, moab): local payloads are "
+        "watched directly"]
