@@ -76,7 +76,10 @@ class MonitoringController(Controller):
         handle, ref = msg.handle, msg.node
         changes: list[Any] = []
         if msg.state == N.QUEUED.value:
-            fields = (("job_id", handle.job_id), ("host", handle.host), ("workdir", handle.workdir))
+            # remote handles name the account and catalogue host (login@host); local ones say "localhost"
+            # whatever the catalogue calls the host, so the catalogue name set with the intent is kept
+            host = handle.host if "@" in handle.host else ref.host
+            fields = (("job_id", handle.job_id), ("host", host), ("workdir", handle.workdir))
             changes.append(c.Transition(node_id=ref.node_id, to=N.RUNNING, actor=self.NAME, attempt=ref.attempt,
                                         fields=fields))
         changes.append(c.Note(workflow_id=ref.workflow_id, node_id=ref.node_id, type=EventType.NODE_LAUNCH.value,

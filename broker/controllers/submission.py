@@ -87,6 +87,8 @@ class SubmissionController(Controller):
                 slots.in_flight = info.in_flight
                 self.in_flight += info.in_flight
                 self.user_in_flight[info.owner] += info.in_flight
+        if msg.resume:
+            self._adopt(msg.resume)
         for m in msg.moved:
             if m.old in IN_FLIGHT and m.new not in IN_FLIGHT:
                 self._release(m.workflow_id, m.node_id)
@@ -106,6 +108,23 @@ class SubmissionController(Controller):
             if state in WORKFLOW_TERMINAL:
                 self._forget(workflow_id)
         self._fill()
+
+    def _adopt(self, resumed: tuple[c.InFlight, ...]) -> None:
+        """Attempts a previous broker left in flight hold their host's job slots, like those started here.
+
+        Without this a restarted broker would see every host empty and start up to ``maxJobs`` more jobs
+        next to the ones it adopted. Members of one bundle share a job id, and so one slot.
+        """
+        jobs: dict[tuple[int, str, str], int] = {}
+        for flying in resumed:
+            host = (flying.host or "localhost").rpartition("@")[2]
+            node_id = flying.node.node_id
+            key = jobs.setdefault((flying.node.workflow_id, host, flying.job_id), node_id) if flying.job_id \
+                else node_id
+            if key not in self.job_left:
+                self.host_jobs[host] += 1
+            self.job_left[key] += 1
+            self.node_job[node_id] = (host, key)
 
     def on_rejected(self, msg: c.Rejected) -> None:
         change = msg.change

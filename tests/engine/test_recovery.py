@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -124,3 +125,39 @@ def test_resuming_a_cancelled_workflow_kills_the_attempts_its_previous_broker_le
     second.engine.track(wf)
     assert second.wait(wf, deadline=20) is WorkflowState.CANCELLED
     wait_for(lambda: process_gone(pid), deadline=10, what="the payload to be killed")
+
+
+def test_a_restarted_broker_counts_adopted_attempts_against_their_hosts_job_limit(make_broker, tmp_path):
+    catalogue = tmp_path / "hosts.xml"
+    catalogue.write_text('<hosts xmlns="urn:workflow-broker:hosts:1.0" default="laptop">'
+                         '<host name="laptop" launcher="local" maxJobs="2"/></hosts>')
+
+    def with_catalogue(b):
+        b.settings = dataclasses.replace(b.settings, hosts=dataclasses.replace(b.settings.hosts,
+                                                                              catalogue=str(catalogue)))
+        return b.start()
+
+    # four independent nodes, each running until its own gate file appears
+    nodes = "".join(f'<node id="{n}"><payload type="sh">{marker(tmp_path, n)}; i=0; '
+                    f'while [ ! -e "{tmp_path}/gate-{n}" ] &amp;&amp; [ $i -lt 3000 ]; do sleep 0.01; '
+                    f'i=$((i+1)); done</payload></node>' for n in "abcd")
+    first = with_catalogue(make_broker())
+    wf = first.submit(workflow(nodes))
+    running = lambda b: sorted(p for p, s in b.node_states(wf).items() if s == "running")  # noqa: E731
+    started = wait_for(lambda: len(running(first)) == 2 and running(first), what="two nodes to run")
+    assert first.nodes(wf)[started[0]].host == "laptop"  # the catalogue name, not the launcher's "localhost"
+    first.stop()  # both payloads keep running
+    second = with_catalogue(make_broker())
+    second.engine.track(wf)
+    # the host is full with the two adopted attempts: the other two wait until one of them ends
+    (tmp_path / f"gate-{started[0]}").touch()
+    wait_for(lambda: second.node_states(wf)[started[0]] == "succeeded", what="the first gated node to end")
+    waiting = [n for n in "abcd" if n not in started]
+    wait_for(lambda: any(lines(tmp_path, n) for n in waiting), what="a third node to start")
+    # the node still waiting has not even been given a launch intent (states after "ready" mean it was)
+    states = second.node_states(wf)
+    assert [states[n] for n in waiting].count("ready") == 1, f"a restarted broker overfilled the host: {states}"
+    for n in "abcd":
+        (tmp_path / f"gate-{n}").touch()
+    assert second.wait(wf) is WorkflowState.SUCCEEDED
+    assert all(len(lines(tmp_path, n)) == 1 for n in "abcd")
