@@ -55,6 +55,10 @@ class LaunchBundle:
 
     nodes: tuple[NodeRef, ...]
 
+    def only(self, node_ids: frozenset[int]) -> LaunchBundle:
+        """The bundle without the members not in ``node_ids`` (their launch intents were refused)."""
+        return LaunchBundle(tuple(ref for ref in self.nodes if ref.node_id in node_ids))
+
 
 @dataclass(frozen=True, slots=True)
 class StageIn:
@@ -151,6 +155,10 @@ class Work:
 
     action: Any
     reply_to: Any
+
+    def only(self, node_ids: frozenset[int]) -> Work:
+        """This work for some of its action's nodes only (see broker.persistence.changes.AfterIntents)."""
+        return Work(self.action.only(node_ids), self.reply_to)
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,16 +227,19 @@ class SubmissionController(Controller):
             self.node_job[ready.node_id] = (host.name, job)
             transitions.append(c.Transition(node_id=ready.node_id, to=N.QUEUED, actor=self.NAME, attempt=ready.attempt,
                                             new_attempt=True, fields=(("host", host.name),), reply_to=self.actor_ref))
+        if len(refs) > 1:
+            # a bundle starts with the members whose intents were committed (another may have been cancelled)
+            after = c.AfterIntents(self.after_commit(LaunchBundle(tuple(refs))),
+                                   tuple((ref.node_id, ref.attempt) for ref in refs))
+            self.writer.tell(c.Changes((*transitions, after)))
+            return
         if isinstance(spec, NodeSpec) and spec.stage_in:
             then: Any = (self.peers["staging"], StageInRequest(refs[0]))
             transitions[0] = dataclasses.replace(transitions[0], to=N.STAGING_IN)
-        elif len(refs) > 1:
-            then = self.after_commit(LaunchBundle(tuple(refs)))
         else:
             then = self.after_commit(Launch(refs[0]))
-        # the follow-up rides on the last intent: all of them are committed before anything starts
-        transitions[-1] = dataclasses.replace(transitions[-1], then=then)
-        self.writer.tell(c.Changes(tuple(transitions)))
+        # the follow-up rides on the intent: it is told only once the intent is committed
+        self.writer.tell(dataclasses.replace(transitions[0], then=then))
 
     def _release(self, workflow_id: int, node_id: int) -> None:
         self.in_flight -= 1

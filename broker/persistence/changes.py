@@ -152,6 +152,22 @@ class MarkControl:
 
 
 @dataclass(frozen=True, slots=True)
+class AfterIntents:
+    """A follow-up for launch intents committed together (one bundle), told with only the nodes whose intent
+    was committed.
+
+    Each intent is a :class:`Transition` to QUEUED that may be refused on its own (the node was cancelled a
+    moment before the scheduler heard of it). Riding on one of the transitions, the follow-up would launch a
+    cancelled member, or nothing at all for members whose intents were committed. Placed after the intents,
+    this checks each node (QUEUED at its new attempt) and narrows the message with its ``only(node_ids)``.
+    """
+
+    then: tuple[Any, Any]
+    #: (node id, attempt) of each intent
+    nodes: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Changes:
     """Several changes sent as one message (they join the same commit, in order)."""
 
@@ -159,7 +175,7 @@ class Changes:
 
 
 Change = (Transition | Reported | Note | Expansion | CancelWorkflow | CancelNodes | Restart | Submit | Track
-          | MarkControl)
+          | MarkControl | AfterIntents)
 
 
 # ------------------------------------------------------------------------------------ from the writer

@@ -162,6 +162,21 @@ class Store:
         if ch.then is not None:
             out.followups.append(ch.then)
 
+    def _after_intents(self, s: Session, ch: c.AfterIntents, batch: Batch, out: Outcome) -> None:
+        kept = []
+        for node_id, attempt in ch.nodes:
+            try:
+                node = self._node(s, node_id, batch)
+            except BrokerError:
+                continue
+            if node.state is N.QUEUED and node.attempt == attempt:
+                kept.append(node_id)
+        if len(kept) == len(ch.nodes):
+            out.followups.append(ch.then)
+        elif kept:
+            ref, message = ch.then
+            out.followups.append((ref, message.only(frozenset(kept))))
+
     def _retry_or_fail(self, node: MNode, fields: dict[str, Any], batch: Batch, actor: str) -> NodeState:
         """Turn a failed attempt into a retry when the node's policy has retries left."""
         spec = node.wf.templates[node.template]
@@ -355,4 +370,5 @@ _HANDLERS = {
     c.Submit: Store._submit,
     c.Track: Store._track,
     c.MarkControl: Store._mark_control,
+    c.AfterIntents: Store._after_intents,
 }

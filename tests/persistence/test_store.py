@@ -1,0 +1,91 @@
+"""The store (the writer's one path to the database): follow-ups told only for what was committed."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from broker.actions import LaunchBundle, NodeRef, Work
+from broker.description.model import WorkflowSpec
+from broker.persistence import changes as c
+from broker.persistence import repository as repo
+from broker.persistence.models import Node
+from broker.persistence.store import Store
+from broker.states import NodeState
+from tests.persistence.specs import DESCRIPTOR, node
+
+
+def ready_nodes(sessions, store: Store, names: str) -> dict[str, int]:
+    """A tracked workflow of independent nodes, all READY; their ids by name."""
+    with sessions.begin() as s:
+        wf = repo.submit_workflow(s, WorkflowSpec(name="flat", nodes=tuple(node(n) for n in names)),
+                                  descriptor=DESCRIPTOR, owner=repo.ensure_user(s, "alice"))
+        wf_id = wf.id
+    store.commit([c.Track(wf_id)])
+    with sessions() as s:
+        ids = dict(s.execute(select(Node.path, Node.id).where(Node.workflow_id == wf_id)).all())
+        assert {s.get(Node, i).state for i in ids.values()} == {NodeState.READY.value}
+    return ids
+
+
+def intents(ids: dict[str, int], names: str, then: tuple) -> list:
+    """What the scheduler sends for one bundle: an intent per member, then the bundle's launch."""
+    out: list = [c.Transition(node_id=ids[n], to=NodeState.QUEUED, actor="submission", attempt=0,
+                              new_attempt=True) for n in names]
+    return [*out, c.AfterIntents(then, tuple((ids[n], 1) for n in names))]
+
+
+def bundle(ids: dict[str, int], names: str) -> tuple:
+    refs = tuple(NodeRef(node_id=ids[n], workflow_id=1, workflow_global_id="g", path=n, template=n, attempt=1)
+                 for n in names)
+    return ("worker", Work(LaunchBundle(refs), "monitoring"))
+
+
+def launched(out) -> list[str]:
+    [(ref, work)] = out.followups
+    assert ref == "worker" and work.reply_to == "monitoring"
+    return [r.path for r in work.action.nodes]
+
+
+def test_a_bundle_whose_intents_all_commit_is_launched_whole(sessions):
+    store = Store(sessions)
+    ids = ready_nodes(sessions, store, "abc")
+    out = store.commit(intents(ids, "abc", bundle(ids, "abc")))
+    assert launched(out) == ["a", "b", "c"]
+
+
+def test_a_bundle_launches_without_a_member_cancelled_before_its_intent(sessions):
+    store = Store(sessions)
+    ids = ready_nodes(sessions, store, "abc")
+    # the cancel reaches the writer first; the scheduler had not heard of it when it made the bundle
+    store.commit([c.CancelNodes((ids["c"],), "user:alice")])
+    out = store.commit(intents(ids, "abc", bundle(ids, "abc")))
+    assert launched(out) == ["a", "b"]
+    with sessions() as s:
+        assert s.get(Node, ids["c"]).state == NodeState.CANCELLED.value
+        assert s.get(Node, ids["a"]).state == NodeState.QUEUED.value
+
+
+def test_a_bundle_whose_every_intent_was_refused_launches_nothing(sessions):
+    store = Store(sessions)
+    ids = ready_nodes(sessions, store, "ab")
+    store.commit([c.CancelNodes((ids["a"], ids["b"]), "user:alice")])
+    assert store.commit(intents(ids, "ab", bundle(ids, "ab"))).followups == []
+
+
+def test_the_check_holds_when_a_failed_batch_is_applied_change_by_change(sessions, monkeypatch):
+    store = Store(sessions)
+    ids = ready_nodes(sessions, store, "abc")
+    store.commit([c.CancelNodes((ids["b"],), "user:alice")])
+    real = store._commit
+    calls = []
+
+    def first_batch_fails(changes):
+        calls.append(len(changes))
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        return real(changes)
+
+    monkeypatch.setattr(store, "_commit", first_batch_fails)
+    out = store.commit(intents(ids, "abc", bundle(ids, "abc")))
+    assert calls[0] == 4 and len(calls) == 5  # the batch, then each of its four changes alone
+    assert launched(out) == ["a", "c"]
