@@ -1,8 +1,8 @@
 """``broker serve``: the engine, the two SOAP services on cheroot, and the SIGTERM drain.
 
-Start: the engine (every workflow: ``track_all`` resumes the unfinished ones), then the HTTP server; a
-line ``serving on <url>`` on standard output says the service is ready (the port is the real one when
-``[api] listen`` asks for port 0). SIGTERM or SIGINT drains: the server stops accepting connections,
+Start: the engine (every workflow: ``track_all`` resumes the unfinished ones), then the HTTP server; the
+``on_ready`` callback gets the bound URL once requests are served (the port is the real one when ``[api]
+listen`` asks for port 0; ``broker serve`` prints it). SIGTERM or SIGINT drains: the server stops accepting connections,
 calls in progress get up to ``[api] drain_timeout`` seconds to finish, then the engine stops its actors
 in order (running payloads keep running; the next broker re-attaches to them) and the process exits 0.
 A second signal exits at once with status 130.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -53,9 +52,12 @@ def quiet_spyne() -> None:
 class Service:
     """The running service: engine, HTTP server, signal handling."""
 
-    def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings], Any] | None = None):
+    def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings], Any] | None = None,
+                 on_ready: Callable[[str, str], None] | None = None):
+        """``on_ready(bound_url, public_url)`` is called once the server accepts calls."""
         self.settings = settings
         self.engine_factory = engine_factory
+        self.on_ready = on_ready
         self.stopping = threading.Event()
         self._signals = 0
 
@@ -103,7 +105,8 @@ class Service:
             thread.start()
             log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,
                      public, len(resumed))
-            print(f"serving on http://{_url_host(bound_host)}:{bound_port} (public URL {public})", flush=True)
+            if self.on_ready is not None:
+                self.on_ready(f"http://{_url_host(bound_host)}:{bound_port}", public)
             self.stopping.wait()
             log.info("stopping: no new connections; waiting up to %g s for calls in progress",
                      api_settings.drain_timeout)
@@ -127,9 +130,3 @@ def _url_host(host: str) -> str:
 
         return socket.getfqdn()
     return f"[{host}]" if ":" in host else host
-
-
-def serve(settings: Settings) -> int:
-    """Run ``broker serve`` until a signal; returns the exit status."""
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    return Service(settings).run()

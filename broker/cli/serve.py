@@ -37,10 +37,15 @@ def serve_command(args: argparse.Namespace, settings: Any) -> int:
         for path in write_wsdls(args.write_wsdl):
             print(f"wrote {path}")
         return EXIT_OK
-    from broker.api.server import serve
+    from broker.api.server import Service
 
     if args.listen:
         settings = settings.replace("api", listen=args.listen)
     if args.workdir:
         settings = settings.replace("engine", workdir=args.workdir)
-    return serve(settings)
+    return Service(settings, on_ready=_announce).run()
+
+
+def _announce(bound: str, public: str) -> None:
+    # the one line on standard output: scripts and tests wait for it to know the service is ready
+    print(f"serving on {bound} (public URL {public})", flush=True)
