@@ -17,8 +17,10 @@ crash after the commit leaves directories that the journal names: the next delet
 removes those whose workflow is gone, and forgets the others (the crash came before the commit).
 
 A workflow's work directories are ``<workdir root>/<global id>`` under the configured root and under every
-root its nodes' recorded work directories show (``broker run --workdir`` elsewhere). Remote hosts' scratch
-directories are not touched.
+root its nodes' recorded work directories show (``broker run --workdir`` elsewhere), and ``<work root>/<global
+id>`` on each remote host where its nodes ran, as the owner's account there (``remove`` callback, given by the
+CLI and the API from the host catalogue). A remote host that cannot be reached keeps its entry in the
+journal: the next deletion tries again.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.admin.recorder import Recorder
-from broker.errors import NotFound, StateError
+from broker.errors import NotFound, ResourceError, StateError
 from broker.faults import crash_point
 from broker.ids import GLOBAL_ID_RE, split_global_id
 from broker.persistence import queries
@@ -83,8 +85,8 @@ class Journal:
         with _LOCKS_LOCK:
             self._lock = _JOURNAL_LOCKS.setdefault(str(self.path), threading.Lock())
 
-    def add(self, entries: dict[str, list[str]]) -> None:
-        """Append entries (global id -> directories) durably."""
+    def add(self, entries: dict[str, list[Any]]) -> None:
+        """Append entries (global id -> local directories, and [host, owner] of remote ones) durably."""
         if not entries:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -94,13 +96,13 @@ class Journal:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def entries(self) -> dict[str, list[str]]:
+    def entries(self) -> dict[str, list[Any]]:
         """Every entry still in the journal (a torn last line, from a crash while appending, is ignored)."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
-        found: dict[str, list[str]] = {}
+        found: dict[str, list[Any]] = {}
         for line in text.splitlines():
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 entry = json.loads(line)
@@ -135,15 +137,18 @@ class Deleter:
     """Deletes finished workflows and their work directories, and records what it removed."""
 
     def __init__(self, sessions: sessionmaker[Session], recorder: Recorder, *, workdir_root: Path,
-                 journal: Journal, require_drained: bool, forget: Callable[[int], None] | None = None):
+                 journal: Journal, require_drained: bool, forget: Callable[[int], None] | None = None,
+                 remove_remote: RemoveRemote | None = None):
         """``require_drained``: a bus is configured (``[events] url``); ``forget``: drop cached state of a
-        deleted workflow (the running broker's plan cache)."""
+        deleted workflow (the running broker's plan cache); ``remove_remote(host, owner, global_id)``: remove
+        a workflow's directory on a remote catalogue host (without it, remote directories are left)."""
         self.sessions = sessions
         self.recorder = recorder
         self.workdir_root = workdir_root
         self.journal = journal
         self.require_drained = require_drained
         self.forget = forget
+        self.remove_remote = remove_remote
 
     # ----------------------------------------------------------------------------------------- selection
 
@@ -189,8 +194,9 @@ class Deleter:
             if record and self.recorder.joins_transactions:
                 self.recorder.record(None, message, props, session=s)
         crash_point("delete-committed")
-        self._remove({r.global_id: dirs.get(r.global_id, []) for r in gone})
+        kept = self._remove({r.global_id: dirs.get(r.global_id, []) for r in gone})
         self.journal.drop(r.global_id for r in rows)
+        self.journal.add(kept)
         if self.forget is not None:
             for r in gone:
                 self.forget(r.id)
@@ -211,7 +217,8 @@ class Deleter:
         return result
 
     def recover(self) -> list[str]:
-        """Finish the deletions a crash interrupted: remove the journal's directories of workflows now gone."""
+        """Finish earlier deletions (interrupted by a crash, or with a remote host down): remove the journal's
+        directories of workflows now gone; returns the global ids whose directories are all gone now."""
         entries = self.journal.entries()
         if not entries:
             return []
@@ -219,36 +226,80 @@ class Deleter:
             existing = set(s.execute(select(Workflow.global_id).where(Workflow.global_id.in_(list(entries))))
                            .scalars())
         finished = {gid: dirs for gid, dirs in entries.items() if gid not in existing}
-        self._remove(finished)
+        kept = self._remove(finished)
         self.journal.drop(entries)
-        if finished:
-            log.info("removed the work directories of %d workflow(s) deleted before a crash", len(finished))
-        return sorted(finished)
+        self.journal.add(kept)
+        done = sorted(set(finished) - set(kept))
+        if done:
+            log.info("removed the remaining work directories of %d deleted workflow(s)", len(done))
+        return done
 
     # ------------------------------------------------------------------------------------ directories
 
-    def _directories(self, rows: Sequence[Any]) -> dict[str, list[str]]:
-        return work_directories(self.sessions, rows, self.workdir_root)
+    def _directories(self, rows: Sequence[Any]) -> dict[str, list[Any]]:
+        """Global id -> local directories (paths) and remote places ([host, owner]) to remove."""
+        found: dict[str, list[Any]] = dict(work_directories(self.sessions, rows, self.workdir_root))
+        for gid, places in remote_places(self.sessions, rows).items():
+            found.setdefault(gid, []).extend(places)
+        return found
 
-    def _remove(self, dirs: dict[str, list[str]]) -> None:
-        for gid, paths in dirs.items():
-            for path in paths:
-                target = Path(path)
+    def _remove(self, dirs: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Remove the directories; returns the remote places that could not be reached (to try again)."""
+        kept: dict[str, list[Any]] = {}
+        for gid, places in dirs.items():
+            if not GLOBAL_ID_RE.fullmatch(gid):
+                continue
+            for place in places:
+                if isinstance(place, list):
+                    if not self._remove_remote(gid, place):
+                        kept.setdefault(gid, []).append(place)
+                    continue
+                target = Path(place)
                 # only ever a directory named after the workflow: a corrupt journal cannot point elsewhere
-                if target.name != gid or not GLOBAL_ID_RE.fullmatch(gid) or not _is_real_dir(target):
+                if target.name != gid or not _is_real_dir(target):
                     continue
                 shutil.rmtree(target, onerror=_log_rmtree_error)
+        return kept
+
+    def _remove_remote(self, gid: str, place: list[Any]) -> bool:
+        """Remove ``gid``'s directory on a remote host; False when it should be tried again later."""
+        if len(place) != 2 or not all(isinstance(p, str) for p in place):
+            return True  # not a place this code wrote: nothing to retry
+        host, owner = place
+        if self.remove_remote is None:
+            log.warning("left the work directory of %s on %s (no host catalogue here)", gid, host)
+            return True
+        try:
+            self.remove_remote(host, owner, gid)
+        except ResourceError as exc:
+            if not exc.retryable:  # the host or the account is gone from the catalogue: no use retrying
+                log.warning("left the work directory of %s on %s: %s", gid, host, exc)
+                return True
+            log.warning("cannot remove the work directory of %s on %s yet (tried again at the next "
+                        "deletion): %s", gid, host, exc)
+            return False
+        except Exception as exc:  # never fail a deletion whose rows are gone; keep it for the next one
+            log.warning("cannot remove the work directory of %s on %s yet (tried again at the next "
+                        "deletion): %s", gid, host, exc)
+            return False
+        return True
+
+
+#: removes one workflow's work directory on a remote catalogue host: (host name, owner, global id)
+RemoveRemote = Callable[[str, str, str], None]
 
 
 def work_directories(sessions: sessionmaker[Session], rows: Sequence[Any], workdir_root: Path) -> dict[str, list[str]]:
-    """Global id -> the existing work directories of each workflow (rows with id and global_id)."""
+    """Global id -> the existing local work directories of each workflow (rows with id and global_id)."""
     by_id = {r.id: r.global_id for r in rows}
     roots: dict[str, set[str]] = {gid: {str(workdir_root)} for gid in by_id.values()}
     ids = list(by_id)
     with sessions() as s:
         for start in range(0, len(ids), queries.DELETE_CHUNK):
             query = select(Node.workflow_id, Node.workdir).where(
-                Node.workflow_id.in_(ids[start:start + queries.DELETE_CHUNK]), Node.workdir.is_not(None)).distinct()
+                Node.workflow_id.in_(ids[start:start + queries.DELETE_CHUNK]), Node.workdir.is_not(None),
+                # remote attempts (host login@name) record the remote path: not a directory here
+                Node.host.is_(None) | Node.host.not_like("%@%")).distinct()
             for workflow_id, workdir in s.execute(query):
                 gid = by_id[workflow_id]
                 # <root>/<gid>/<node dir>/<attempt>: the part before the global id is a root
@@ -257,6 +308,27 @@ def work_directories(sessions: sessionmaker[Session], rows: Sequence[Any], workd
                     roots[gid].add(head)
     return {gid: [str(Path(root) / gid) for root in sorted(found) if _is_real_dir(Path(root) / gid)]
             for gid, found in roots.items()}
+
+
+def remote_places(sessions: sessionmaker[Session], rows: Sequence[Any]) -> dict[str, list[list[str]]]:
+    """Global id -> [catalogue host, owner] of each remote host the workflow's attempts ran on.
+
+    Rows carry id, global_id and owner (the user name); a remote attempt records its host as login@name.
+    """
+    by_id = {r.id: r for r in rows}
+    ids = list(by_id)
+    found: dict[str, list[list[str]]] = {}
+    with sessions() as s:
+        for start in range(0, len(ids), queries.DELETE_CHUNK):
+            query = select(Node.workflow_id, Node.host).where(
+                Node.workflow_id.in_(ids[start:start + queries.DELETE_CHUNK]), Node.host.like("%@%")).distinct()
+            hosts: dict[int, set[str]] = {}
+            for workflow_id, host in s.execute(query):
+                hosts.setdefault(workflow_id, set()).add(host.rpartition("@")[2])
+            for workflow_id, names in hosts.items():
+                row = by_id[workflow_id]
+                found[row.global_id] = [[name, row.owner] for name in sorted(names)]
+    return found
 
 
 def _is_real_dir(path: Path) -> bool:

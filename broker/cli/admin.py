@@ -165,18 +165,43 @@ def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
         except BrokerLocked:
             raise BrokerLocked(BROKER_RUNNING) from None
     try:
-        with reader(settings) as sessions:
+        with reader(settings) as sessions, _RemoteHosts(settings, sessions) as remote:
             root = Path(settings.engine.workdir or default_state_dir() / "work").absolute()
             deleter = Deleter(sessions, DirectRecorder(sessions, actor), workdir_root=root,
                               journal=journal_for(root, settings.database_url()),
-                              require_drained=bool(settings.events.url.strip()))
+                              require_drained=bool(settings.events.url.strip()), remove_remote=remote)
             if lock:
                 for gid in deleter.recover():
-                    print(f"removed the work directories of {gid}, deleted before a crash")
+                    print(f"removed the remaining work directories of {gid} (deleted earlier)")
             yield deleter
     finally:
         if lock:
             held.release()
+
+
+class _RemoteHosts:
+    """Removes deleted workflows' directories on remote hosts; connects (catalogue, accounts) on first use."""
+
+    def __init__(self, settings: Any, sessions: Any):
+        self.settings, self.sessions = settings, sessions
+        self.resources: Any = None
+
+    def __enter__(self) -> _RemoteHosts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.resources is not None:
+            self.resources.close()
+
+    def __call__(self, host: str, owner: str, global_id: str) -> None:
+        if self.resources is None:
+            from broker.resources import Resources
+            from broker.resources.accounts import load_table
+
+            with self.sessions() as s:
+                accounts = load_table(s)
+            self.resources = Resources(self.settings, accounts=accounts, install_transports=False)
+        self.resources.remove_workflow(host, owner, global_id)
 
 
 @not_found_is_usage

@@ -108,6 +108,15 @@ class Resources:
                 launcher = self._launchers[(host.name, account.login)] = self._make(host, account)
             return launcher
 
+    def remove_workflow(self, host_name: str, user: str, global_id: str) -> bool:
+        """Remove a deleted workflow's work directory on a remote host, as ``user``'s account there.
+
+        True when there was one. Local hosts are no-ops (their directories are removed as local paths).
+        """
+        if self.catalogue.get(host_name).launcher == "local":
+            return False
+        return self.launcher(host_name, user).endpoint.remove_workflow(global_id)
+
     def launcher_of(self, handle_host: str) -> Any:
         """The launcher behind a handle's ``host`` (``login@host`` for remote hosts, a name for local ones).
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from broker.elf import elf as elf_module
 from broker.errors import ResourceError
+from broker.ids import GLOBAL_ID_RE
 from broker.resources import hostagent
 from broker.resources.accounts import Account, work_root
 from broker.resources.catalogue import Host
@@ -128,6 +129,22 @@ class Endpoint:
         if self._local_root is None or not remote.startswith(root + "/"):
             return None
         return posixpath.join(self._local_root, remote[len(root) + 1:])
+
+    def remove_workflow(self, global_id: str) -> bool:
+        """Remove ``<work root>/<global id>`` (a deleted workflow's directories here); True when it existed.
+
+        Never installs anything: a host where the work root does not exist has nothing to remove.
+        """
+        if not GLOBAL_ID_RE.fullmatch(global_id):
+            raise ValueError(f"not a workflow global id: {global_id!r}")
+        wanted = shlex.quote(work_root(self.host, self.account))
+        script = (f"cd {wanted} 2>/dev/null || exit 0; "
+                  f"if test -d {global_id} && ! test -L {global_id}; then rm -rf -- {global_id} && echo removed; fi")
+        done = self.shell.run(script, timeout=self._timeout)
+        if done.returncode != 0:
+            raise ResourceError(f"{self.label}: cannot remove {global_id}: "
+                                f"{done.err.strip() or 'exit code %d' % done.returncode}")
+        return done.out.strip() == "removed"
 
     # -------------------------------------------------------------------------------------- staging
 

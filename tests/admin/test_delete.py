@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from broker.admin.delete import Selection
 from tests.admin.conftest import ACTOR, admin_events, example, gated, run_workflows, workflow_rows
 from tests.engine.conftest import Broker
 from tests.fixtures import wait_for
@@ -112,3 +113,40 @@ def test_changing_commands_refuse_while_a_broker_runs_and_say_to_use_the_api(sql
         assert state.returncode == 0 and "broker: running" in state.stdout
     finally:
         broker.stop()
+
+
+def test_remote_work_directories_are_removed_as_the_owner_and_retried_when_a_host_is_down(admin_cli, tmp_path):
+    """The Deleter's logic with a stand-in for the hosts (the real SSH host: tests/engine/test_remote.py)."""
+    from sqlalchemy import update
+
+    from broker.admin.delete import Deleter, journal_for
+    from broker.admin.recorder import DirectRecorder
+    from broker.errors import ResourceError
+    from broker.persistence.models import Node
+
+    made = run_workflows(admin_cli.url, admin_cli.tmp, {"remote": (example("hello.xml"), "alice"),
+                                                        "gone-host": (example("hello.xml"), "alice")})
+    with admin_cli.sessions.begin() as s:  # as if their attempts had run on remote hosts
+        s.execute(update(Node).where(Node.workflow_id == made.ids["remote"]).values(host="al@lab"))
+        s.execute(update(Node).where(Node.workflow_id == made.ids["gone-host"]).values(host="al@old"))
+    calls, down = [], {"lab"}
+
+    def remove(host, owner, gid):
+        calls.append((host, owner, gid))
+        if host == "old":
+            raise ResourceError("host 'old' is not in the host catalogue", retryable=False)
+        if host in down:
+            raise ResourceError("lab: connection refused")
+
+    journal = journal_for(tmp_path, admin_cli.url)
+    deleter = Deleter(admin_cli.sessions, DirectRecorder(admin_cli.sessions, ACTOR), workdir_root=admin_cli.workdir,
+                      journal=journal, require_drained=False, remove_remote=remove)
+    plan = deleter.plan(Selection(workflow_ids=(made.ids["remote"], made.ids["gone-host"])))
+    assert len(deleter.delete(plan.deletable, "delete").deleted) == 2
+    remote, old = made.gids["remote"], made.gids["gone-host"]
+    assert sorted(calls) == [("lab", "alice", remote), ("old", "alice", old)]
+    # the host that was down stays in the journal; the one no longer in the catalogue does not
+    assert journal.entries() == {remote: [["lab", "alice"]]}
+    down.clear()
+    assert deleter.recover() == [remote]
+    assert calls[-1] == ("lab", "alice", remote) and journal.entries() == {}

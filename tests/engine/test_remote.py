@@ -166,6 +166,42 @@ def test_a_workflow_on_the_ssh_host_stages_in_and_out_through_sftp(remote, sshd,
     shutil.rmtree(remote_dir, ignore_errors=True)
 
 
+def test_deleting_a_workflow_removes_its_directories_on_the_ssh_host_as_the_owner(remote, sshd, scratch, catalogue,
+                                                                                   tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test puts a directory the test account cannot remove in its tree")
+    wf, state = remote.run(workflow(on("sshtest", f'<node id="a"><payload type="sh">{WHO}; echo x > f</payload>'
+                                                  '<output name="who"/></node>')))
+    assert state is WorkflowState.SUCCEEDED
+    gid = remote.workflow(wf).global_id
+    remote_dir = scratch / "ssh" / sshd.user / gid
+    assert (remote_dir / "a").is_dir()
+    # root's, inside the account's tree: the account cannot remove it (the broker's own rights could)
+    (remote_dir / "locked").mkdir()
+    (remote_dir / "locked" / "file").write_text("x")
+    other = scratch / "ssh" / sshd.user / "wf-000000000000000000"  # another workflow's: must stay
+    subprocess.run(["runuser", "-u", sshd.user, "--", "mkdir", str(other)], check=True)
+    remote.stop()  # the command line refuses to delete beside a running broker
+    config = tmp_path / "broker.ini"
+    config.write_text(f"[hosts]\ncatalogue = {catalogue}\n[engine]\nuser = alice\nworkdir = {tmp_path / 'work'}\n")
+
+    def admin_delete(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "broker.cli", "admin", "delete", *args, "--yes",
+                               "--db", remote.url], env=dict(os.environ, BROKER_CONFIG=str(config)),
+                              capture_output=True, text=True, timeout=120)
+
+    done = admin_delete("--id", gid)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"cannot remove the work directory of {gid} on sshtest yet" in done.stderr
+    assert not (remote_dir / "a").exists() and (remote_dir / "locked").is_dir() and other.is_dir()
+    assert not (tmp_path / "work" / gid).exists()
+    shutil.rmtree(remote_dir / "locked")
+    again = admin_delete("--completed")  # any deletion first finishes what the previous ones left
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"removed the remaining work directories of {gid}" in again.stdout
+    assert not remote_dir.exists() and other.is_dir()
+
+
 def test_an_sftp_source_outside_the_owners_reach_is_refused(remote, scratch):
     doc = workflow(on("sshtest", '<node id="copy"><payload type="sh">true</payload>'
                                  '<stageIn source="sftp://sshtest/etc/../etc/shadow" target="x"/></node>'))
