@@ -29,6 +29,7 @@ from broker.persistence import changes as c
 from broker.persistence.db import open_database, session_factory
 from broker.persistence.lock import BrokerLock
 from broker.persistence.models import Workflow
+from broker.persistence.progress import ProgressBoard
 from broker.persistence.store import Store
 from broker.persistence.writer import Listener, Subscribe, Writer
 from broker.states import WorkflowState
@@ -72,7 +73,9 @@ class Engine:
         tracked through this engine (``broker run``), and control commands for others are refused."""
         self.settings = settings
         self.all_workflows = all_workflows
-        self.listeners = list(listeners)
+        #: each workflow's committed progress, for the API's status reads
+        self.progress = ProgressBoard()
+        self.listeners = [self.progress, *listeners]
         self.workdir = Path(workdir or settings.engine.workdir or default_state_dir() / "work").absolute()
         self._launcher = launcher
         self._started = False

@@ -29,6 +29,11 @@ class ApiContext:
         """Session factory for reads and for the API's own writes (users, deletions)."""
         return self.engine.sessions
 
+    @property
+    def progress(self) -> Any:
+        """The engine's ProgressBoard (committed node counts per workflow), or None."""
+        return getattr(self.engine, "progress", None)
+
     def connect(self) -> Any:
         """A plain database connection (SQLAlchemy Core) for hot reads."""
         return self.engine.db.connect()

@@ -124,8 +124,10 @@ class BrokerCoreService(ServiceBase):
     def getStatusInfoForId(ctx, globalId):
         """The current status of a workflow or node global id, with the id of the newest event about it."""
         user = caller(_env(ctx))
-        with _api(ctx).connect() as connection:  # Core, no ORM session: the hottest read of the API
-            return wire.status_info(queries.current_status(connection, globalId or "", scope_of(user)))
+        api = _api(ctx)
+        with api.connect() as connection:  # Core, no ORM session: the hottest read of the API
+            return wire.status_info(queries.current_status(connection, globalId or "", scope_of(user),
+                                                           api.progress))
 
     @rpc(Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return", _throws=CoreFault)
     def getStatusInfo(ctx, lastId):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select
 from sqlalchemy.engine import Connection
@@ -26,6 +26,9 @@ from broker.errors import NotFound
 from broker.ids import split_global_id
 from broker.persistence.models import Event, Node, Outbox, User, Workflow
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL
+
+if TYPE_CHECKING:
+    from broker.persistence.progress import ProgressBoard
 
 #: workflow states that count as completed (any terminal state)
 COMPLETED = tuple(state.value for state in WORKFLOW_TERMINAL)
@@ -102,8 +105,8 @@ class Status:
     progress: float | None
 
 
-def _status_statements() -> tuple[Any, Any]:
-    """The two statements of :func:`current_status`, built once: this is the API's hottest read."""
+def _status_statements() -> tuple[Any, Any, Any]:
+    """The statements of :func:`current_status`, built once: this is the API's hottest read."""
     wf = Workflow.__table__
     nodes = Node.__table__
     events = Event.__table__
@@ -111,10 +114,13 @@ def _status_statements() -> tuple[Any, Any]:
                          or_(nodes.c.kind == "node", and_(nodes.c.kind == "sweep", nodes.c.members.is_(None))))
     last = select(events.c.id, events.c.time).where(events.c.workflow_id == wf.c.id) \
         .order_by(events.c.id.desc()).limit(1)
+    columns = (wf.c.id, wf.c.owner_id, wf.c.state, wf.c.submitted_at,
+               last.with_only_columns(events.c.id).scalar_subquery().label("last_id"),
+               last.with_only_columns(events.c.time).scalar_subquery().label("last_time"))
+    # without the node counts (two scans of the workflow's nodes): when a ProgressBoard has them
+    light = select(*columns).where(wf.c.global_id == bindparam("gid"))
     workflow = select(
-        wf.c.id, wf.c.owner_id, wf.c.state, wf.c.submitted_at,
-        last.with_only_columns(events.c.id).scalar_subquery().label("last_id"),
-        last.with_only_columns(events.c.time).scalar_subquery().label("last_time"),
+        *columns,
         select(func.count()).select_from(nodes).where(counted_nodes).scalar_subquery().label("total"),
         select(func.count()).select_from(nodes).where(counted_nodes, nodes.c.state.in_(DONE_STATES))
         .scalar_subquery().label("done"),
@@ -128,23 +134,35 @@ def _status_statements() -> tuple[Any, Any]:
         node_last.with_only_columns(events.c.time).scalar_subquery().label("last_time"),
     ).join(nodes, nodes.c.workflow_id == wf.c.id).where(wf.c.global_id == bindparam("gid"),
                                                          nodes.c.path == bindparam("path"))
-    return workflow, node
+    return workflow, light, node
 
 
-_STATUS_WORKFLOW, _STATUS_NODE = _status_statements()
+_STATUS_WORKFLOW, _STATUS_WORKFLOW_LIGHT, _STATUS_NODE = _status_statements()
 
 
-def current_status(s: Session | Connection, global_id: str, owner_id: int | None) -> Status:
-    """The status of a workflow or node global id, if the scope allows (one statement). Raises NotFound."""
+def current_status(s: Session | Connection, global_id: str, owner_id: int | None,
+                   board: ProgressBoard | None = None) -> Status:
+    """The status of a workflow or node global id, if the scope allows (one statement). Raises NotFound.
+
+    ``board``: the running broker's committed node counts; a workflow's progress comes from there when it
+    has them (see :mod:`broker.persistence.progress`), else from counting its nodes.
+    """
     try:
         wf_gid, path = split_global_id(global_id)
     except ValueError as exc:
         raise NotFound(str(exc)) from None
     if not path:
-        row = s.execute(_STATUS_WORKFLOW, {"gid": wf_gid}).first()
+        known = board.get(wf_gid) if board is not None else None
+        row = s.execute(_STATUS_WORKFLOW if known is None else _STATUS_WORKFLOW_LIGHT, {"gid": wf_gid}).first()
         if row is None or (owner_id is not None and row.owner_id != owner_id):
             raise NotFound(f"no workflow {wf_gid}")
-        progress = 100.0 * row.done / row.total if row.total else None
+        if known is None:
+            total, done = row.total, row.done
+            if board is not None and row.state in COMPLETED:  # a running one's counts come from the writer
+                board.remember(wf_gid, total, done)
+        else:
+            total, done = known
+        progress = 100.0 * done / total if total else None
         return Status(wf_gid, row.id, wf_gid, None, row.state, row.last_id or 0,
                       _utc(row.last_time) or row.submitted_at, None, progress)
     row = s.execute(_STATUS_NODE, {"gid": wf_gid, "path": path}).first()

@@ -5,6 +5,8 @@
   calls more than once a minute). Calls/s, p50 and p99 latency.
 - ceiling: the same load generator against a plain WSGI application (a fixed SOAP-sized answer) on the same
   server (cheroot, same thread count), started the same way: what the generator and cheroot alone reach.
+- large: one status read of a 100,000-node workflow in process (no HTTP), counting its nodes (the baseline)
+  and from the running broker's ProgressBoard (what ``getStatusInfoForId`` uses).
 - submit: ``submit`` of a 100-node and of a 1,000-node workflow (chains: at most one node of each runs at
   once, and [engine] max_in_flight is 1, so the engine's work in the background stays small), one
   connection, sequentially; each call returns after the workflow is committed.
@@ -139,12 +141,44 @@ def submit_rate(server: Server, nodes: int, count: int) -> tuple[float, int]:
     return rate, wrong
 
 
+def large_status(url: str, nodes: int, reads: int) -> tuple[float, float, bool]:
+    """(ms per status read counting the nodes, ms per read from a ProgressBoard, same answer) of one workflow
+    of ``nodes`` independent nodes, in process (no HTTP): what the API's call costs beyond spyne and cheroot."""
+    from broker.description.model import NodeSpec, Payload, WorkflowSpec
+    from broker.persistence import queries
+    from broker.persistence import repository as repo
+    from broker.persistence.db import make_engine, session_factory
+    from broker.persistence.progress import ProgressBoard
+
+    engine = make_engine(url)
+    try:
+        sessions = session_factory(engine)
+        spec = WorkflowSpec(name="large", nodes=tuple(NodeSpec(id=f"n{i}", payload=Payload(type="sh", text="true"))
+                                                      for i in range(nodes)))
+        with sessions.begin() as s:
+            gid = repo.submit_workflow(s, spec, descriptor="<workflow/>", owner=repo.ensure_user(s, "alice")).global_id
+        board = ProgressBoard()
+        board(0, gid, None, {"waiting": nodes})  # as the writer reports it
+        timings, answers = [], []
+        with engine.connect() as connection:
+            for use in (None, board):
+                answers.append(queries.current_status(connection, gid, None, use).progress)
+                t0 = time.perf_counter()
+                for _ in range(reads):
+                    queries.current_status(connection, gid, None, use)
+                timings.append((time.perf_counter() - t0) * 1000 / reads)
+        return timings[0], timings[1], answers[0] == answers[1]
+    finally:
+        engine.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a few seconds: CI's smoke run")
     args = parser.parse_args()
     calls = 40 if args.tiny else 500
     submits_100, submits_1000 = (3, 1) if args.tiny else (40, 8)
+    large_nodes = 2_000 if args.tiny else 100_000
     failures = 0
     with tempfile.TemporaryDirectory(prefix="bench-api-") as scratch:
         tmp = Path(scratch)
@@ -179,6 +213,12 @@ def main() -> int:
             ceiling.wait(timeout=30)
             server.stop(expect=None)
             server.close()
+        large_url = f"sqlite:///{tmp / 'large.db'}"
+        migrate.upgrade(large_url)
+        counted_ms, board_ms, same = large_status(large_url, large_nodes, 20 if args.tiny else 100)
+        if not same:
+            print("WRONG: the progress from the board differs from counting the nodes")
+            failures += 1
     rows = [
         ("getStatusInfoForId calls/s (8 conn.)", f"{rate:,.0f}", f">= {TARGET_CALLS:,.0f}", rate >= TARGET_CALLS),
         ("getStatusInfoForId p50 ms", f"{statistics.median(latencies):.1f}", "", None),
@@ -189,12 +229,15 @@ def main() -> int:
          None),
         ("submit 100-node workflows/s", f"{s100:.1f}", f">= {TARGET_SUBMITS_100:g}", s100 >= TARGET_SUBMITS_100),
         ("submit 1,000-node workflows/s", f"{s1000:.2f}", "", None),
+        (f"status read, {large_nodes:,}-node workflow: counting ms", f"{counted_ms:.2f}", "", None),
+        (f"status read, {large_nodes:,}-node workflow: board ms", f"{board_ms:.3f} ({counted_ms / board_ms:.0f}x)",
+         "", None),
     ]
     print(f"\nbench_api{' --tiny' if args.tiny else ''}: {os.cpu_count()} CPUs, {calls} calls per connection")
-    print(f"{'measure':40} {'result':>14} {'target':>10}  verdict")
+    print(f"{'measure':50} {'result':>14} {'target':>10}  verdict")
     for name, value, target, ok in rows:
         verdict = "" if ok is None else ("PASS" if ok else "MISS")
-        print(f"{name:40} {value:>14} {target:>10}  {verdict}")
+        print(f"{name:50} {value:>14} {target:>10}  {verdict}")
     return 1 if failures else 0
 
 
