@@ -47,10 +47,12 @@ Push channel
 With ``--push FILE`` (a JSON object ``{"url", "session", "secret"}`` in the work directory, written 0600 by
 the launcher and removed by the elf once read) the elf also reports to the broker's SOAP API with
 ``updateNodeStatus``, authenticated by the attempt's own session id and secret (a WS-Security
-UsernameToken): ``RUNNING`` once the payload has started, then ``SUCCEEDED``/``FAILED <exit code> <message>``
-or ``CANCELLED`` with the output properties. The status file is written first and stays the primary
-channel: a push that fails (broker unreachable, fault) is retried once and then only counted
-(``push_failures`` in the status file).
+UsernameToken): ``RUNNING`` once the payload has started, ``PROGRESS <percent> <message>`` when the payload's
+latest progress line changed (looked for every ``interval`` seconds, a key of the push file, default 10),
+then ``SUCCEEDED``/``FAILED <exit code> <message>`` or ``CANCELLED`` with the output properties. The status
+file is written first and stays the primary channel: a push that fails (broker unreachable, fault) is
+counted (``push_failures`` in the status file); a failed progress push ends the progress pushes of the
+attempt, and the final push is retried once.
 """
 
 # Python 3.8 compatible on purpose: no match statements, no ``X | Y`` types evaluated at run time, no
@@ -416,6 +418,8 @@ CORE_NS = "urn:workflow-broker:core:v1"
 TYPES_NS = "urn:workflow-broker:types:v1"
 #: seconds one push may take
 PUSH_TIMEOUT = 15.0
+#: seconds between looks for a new progress line to push (the push file's "interval" overrides it)
+PUSH_PROGRESS_INTERVAL = 10.0
 
 
 def _xml_text(value: Any) -> str:
@@ -466,6 +470,31 @@ def read_push_file(path: str) -> Dict[str, Any]:
     if not isinstance(target, dict) or not {"url", "session", "secret"} <= set(target):
         raise ValueError("%s: expected a JSON object with url, session and secret" % path)
     return target
+
+
+def _wait_pushing_progress(proc: Any, target: Dict[str, Any], stdout_path: str, max_value_bytes: int,
+                           status: Dict[str, Any]) -> int:
+    """Wait for the payload; meanwhile push its latest progress whenever it changed (best effort)."""
+    try:
+        interval = max(0.05, float(target.get("interval", PUSH_PROGRESS_INTERVAL)))
+    except (TypeError, ValueError):
+        interval = PUSH_PROGRESS_INTERVAL
+    offset, progress, sent = 0, None, None  # type: int, Optional[Tuple[float, Optional[str]]], Any
+    while True:
+        try:
+            return proc.wait(timeout=interval)
+        except subprocess.TimeoutExpired:
+            pass
+        found = scan(stdout_path, offset, max_value_bytes)
+        offset = found.offset
+        progress = fold(found.reports, {}, progress)
+        if progress is None or progress == sent:
+            continue
+        sent = progress
+        text = "PROGRESS %r%s" % (progress[0], " " + progress[1] if progress[1] else "")
+        if push(target, text, attempts=1) is not None:
+            status["push_failures"] = status.get("push_failures", 0) + 1
+            return proc.wait()  # the broker is not answering: the status file carries the rest
 
 
 def final_push_status(outcome: str, exit_code: Optional[int], message: str) -> str:
@@ -525,7 +554,11 @@ def run(args: argparse.Namespace) -> int:
         state.signal_group()  # cancelled while the payload was starting
     elif args.timeout > 0:
         signal.setitimer(signal.ITIMER_REAL, args.timeout)
-    returncode = state.proc.wait()
+    if target is None:
+        returncode = state.proc.wait()
+    else:
+        returncode = _wait_pushing_progress(state.proc, target, os.path.join(workdir, STDOUT_FILE),
+                                            args.max_value_bytes, status)
     signal.setitimer(signal.ITIMER_REAL, 0)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # it has ended: a late cancel must not relabel the outcome

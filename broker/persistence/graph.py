@@ -22,7 +22,7 @@ class MNode:
 
     __slots__ = ("id", "wf", "path", "template", "kind", "state", "attempt", "retries", "priority", "parent",
                  "deps", "children", "unfinished", "ok_units", "bad_units", "named_bad", "pending", "g_ok",
-                 "g_bad", "g_cancelled", "members", "bindings", "member_index", "name", "inside")
+                 "g_bad", "g_cancelled", "members", "bindings", "member_index", "name", "inside", "last_progress")
 
     def __init__(self, id: int | None, wf: MWorkflow, path: str, template: str, kind: str, state: NodeState,
                  *, attempt: int = 0, retries: int = 0, priority: int = 0, parent: MNode | None = None,
@@ -48,6 +48,9 @@ class MNode:
         self.member_index = member_index
         #: a group's direct children (a sweep's members, a member's body nodes)
         self.inside: list[MNode] = []
+        #: (attempt, percent, message) of the last progress recorded: the same report arriving through both
+        #: channels (the elf's push, the broker's read of the output) becomes one event
+        self.last_progress: tuple[int, float, str | None] | None = None
         #: the node's id in the description (last path segment without a member index)
         self.name = path.rsplit("/", 1)[-1].split("[", 1)[0]
 

@@ -195,7 +195,8 @@ class Store:
         node = self._node(s, ch.node_id, batch)
         if ch.attempt != node.attempt or node.state in TERMINAL:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}'")
-        if ch.progress is not None:
+        if ch.progress is not None and node.last_progress != (node.attempt, *ch.progress):
+            node.last_progress = (node.attempt, *ch.progress)
             percent, text = ch.progress
             batch.update(node, {"progress": percent})
             batch.event(node.wf, EventType.NODE_PROGRESS, actor=ch.actor, node=node, message=text,

@@ -1,5 +1,6 @@
 """``python3 elf.py run`` as a real subprocess: outcomes, reports, environment, timeout and cancel."""
 
+import contextlib
 import glob
 import json
 import os
@@ -129,9 +130,61 @@ def test_the_elf_needs_nothing_newer_than_python_3_8():
     assert tuple(int(p) for p in minimum.split(".")) <= (3, 8)
 
 
-def _push_file(workdir, url):
+def _push_file(workdir, url, **more):
     os.makedirs(workdir, exist_ok=True)
-    (workdir / "push.json").write_text(json.dumps({"url": url, "session": 17, "secret": "s3cret&<"}))
+    (workdir / "push.json").write_text(json.dumps({"url": url, "session": 17, "secret": "s3cret&<", **more}))
+
+
+PUSH_NS = {"s": "http://schemas.xmlsoap.org/soap/envelope/", "c": "urn:workflow-broker:core:v1",
+           "t": "urn:workflow-broker:types:v1",
+           "w": "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"}
+
+
+@contextlib.contextmanager
+def push_receiver():
+    """A local HTTP server standing in for the broker: yields (url, list of the status strings received)."""
+    import http.server
+    import threading
+
+    from lxml import etree
+
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(etree.fromstring(body).findtext(".//c:status", namespaces=PUSH_NS))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/broker", received
+    finally:
+        server.shutdown()
+
+
+def test_with_push_the_elf_pushes_each_new_progress_while_the_payload_runs(tmp_path):
+    workdir = tmp_path / "w"
+    gate = 'i=0; while [ ! -e {0} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\n'
+    with push_receiver() as (url, received):
+        _push_file(workdir, url, interval=0.05)
+        proc = start_elf(workdir, "echo '@broker progress 25 \"a\"'\n" + gate.format("gate1")
+                         + "echo '@broker progress 25 \"a\"'\necho '@broker progress 75 \"b\"'\n" + gate.format("gate2"),
+                         extra=("--push", "push.json"))
+        wait_for(lambda: "PROGRESS 25.0 a" in received)
+        (workdir / "gate1").touch()
+        wait_for(lambda: "PROGRESS 75.0 b" in received)
+        (workdir / "gate2").touch()
+        assert proc.wait(timeout=30) == 0
+    # the repeated line is no news: pushed once
+    assert received == ["RUNNING", "PROGRESS 25.0 a", "PROGRESS 75.0 b", "SUCCEEDED 0 exit code 0"]
+    assert read_status(str(workdir), attempt=1)["progress"] == [75.0, "b"]
 
 
 @pytest.mark.parametrize("python", PYTHONS)

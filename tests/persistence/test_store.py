@@ -89,3 +89,20 @@ def test_the_check_holds_when_a_failed_batch_is_applied_change_by_change(session
     out = store.commit(intents(ids, "abc", bundle(ids, "abc")))
     assert calls[0] == 4 and len(calls) == 5  # the batch, then each of its four changes alone
     assert launched(out) == ["a", "c"]
+
+
+def test_the_same_progress_from_both_channels_is_one_event(sessions):
+    from broker.events.types import EventType
+    from broker.persistence.models import Event
+
+    store = Store(sessions)
+    ids = ready_nodes(sessions, store, "a")
+    store.commit([c.Transition(node_id=ids["a"], to=NodeState.QUEUED, actor="submission", attempt=0,
+                               new_attempt=True)])
+    # the elf's push and the broker's read of the output report the same line; then a new one
+    for progress in [(25.0, "a"), (25.0, "a"), (75.0, "b"), (75.0, "b")]:
+        store.commit([c.Reported(node_id=ids["a"], attempt=1, actor="elf", progress=progress)])
+    with sessions() as s:
+        events = s.scalars(select(Event).where(Event.type == EventType.NODE_PROGRESS.value).order_by(Event.id)).all()
+        assert [(e.properties["percent"], e.message) for e in events] == [(25.0, "a"), (75.0, "b")]
+        assert s.get(Node, ids["a"]).progress == 75.0
