@@ -127,7 +127,8 @@ def read_archive(target: Target, name: str, *, check_bundle: bool = True) -> Arc
     descriptor_el = root.find(f"{_NS}descriptor")
     descriptor = None
     if descriptor_el is not None:
-        descriptor = descriptor_el.text or ""
+        parts = descriptor_el.findall(f"{_NS}part")
+        descriptor = "".join(part.text or "" for part in parts) if parts else (descriptor_el.text or "")
         if hashlib.sha256(descriptor.encode("utf-8")).hexdigest() != descriptor_el.get("sha256"):
             raise ArchiveError(f"{where}: the descriptor does not match its SHA-256")
     state_el = root.find(f"{_NS}state")

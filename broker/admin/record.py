@@ -43,6 +43,8 @@ _Q = "{%s}%%s" % NAMESPACE
 _NSMAP = {None: NAMESPACE}
 #: events read per query while writing a document
 EVENT_PAGE = 2000
+#: characters of a descriptor <part> (at most 4 MiB of UTF-8: well under libxml2's 10 MB text limit)
+DESCRIPTOR_PART_CHARS = 1024 * 1024
 #: bytes read per chunk while bundling a file
 CHUNK = 1024 * 1024
 #: the streams a bundle keeps of each attempt
@@ -147,9 +149,14 @@ def write_document(out: IO[bytes], snap: Snapshot, sessions: sessionmaker[Sessio
                                                  for k in ("descriptor", "state", "events", "outputs")},
                                    nsmap=_NSMAP))
             if keep.descriptor:
+                text = wf.descriptor
                 element = etree.Element(_Q % "descriptor", nsmap=_NSMAP,
-                                        sha256=hashlib.sha256(wf.descriptor.encode("utf-8")).hexdigest())
-                element.text = wf.descriptor
+                                        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+                if len(text) <= DESCRIPTOR_PART_CHARS:
+                    element.text = text
+                else:  # every text of the document stays readable without libxml2's "huge" mode
+                    for start in range(0, len(text), DESCRIPTOR_PART_CHARS):
+                        etree.SubElement(element, _Q % "part").text = text[start:start + DESCRIPTOR_PART_CHARS]
                 xf.write(element)
             if snap.state_xml is not None:
                 with xf.element(_Q % "state"):

@@ -187,3 +187,29 @@ def test_a_crash_in_archive_and_delete_leaves_every_workflow_intact_or_archived(
     assert sorted(p.name for p in cli.archives.glob("*.xml")) == sorted(f"{g}.xml" for g in made.gids.values())
     assert not [p for p in cli.workdir.iterdir() if p.name.startswith("wf-")]
     assert not [p for p in cli.archives.iterdir() if ".partial" in p.name]
+
+
+def test_a_descriptor_over_libxml2s_text_limit_is_archived_in_parts_and_read_back_whole(sqlite_admin_cli):
+    from sqlalchemy import update
+
+    from broker.admin.reader import read_archive
+    from broker.admin.targets import open_target
+    from broker.config import Settings
+    from broker.persistence.models import Workflow
+
+    cli = sqlite_admin_cli
+    made = run_workflows(cli.url, cli.tmp, {"hello": (example("hello.xml"), "alice")})
+    # 12 MB of UTF-8 (descriptions may be up to [limits] max_document_bytes, 64 MiB): set in the database,
+    # as building and running a real one of that size would take the test a minute
+    big = "<!-- café\r\n -->" * 800_000
+    with cli.sessions.begin() as s:
+        s.execute(update(Workflow).where(Workflow.id == made.ids["hello"]).values(descriptor=big))
+    assert cli.archive().returncode == 0
+    document = cli.archives / f"{made.gids['hello']}.xml"
+    assert document.read_bytes().count(b"<part>") == 12
+    shown = cli("admin", "archive", "--show", document.as_uri(), "--descriptor")
+    assert shown.returncode == 0, shown.stderr
+    # read through a text pipe (\r\n becomes \n), with the line end the command adds
+    assert shown.stdout == big.replace("\r\n", "\n") + "\n"
+    target = open_target(cli.archives.as_uri(), Settings().replace("archive", roots=(str(cli.archives),)).archive)
+    assert read_archive(target, f"{made.gids['hello']}.xml").descriptor == big
