@@ -193,6 +193,9 @@ class ApiSettings:
                                                                      "workflowUrl is refused"))
     drain_timeout: float = field(default=30.0, metadata=_doc("on SIGTERM, how long in-flight calls may take to "
                                                              "finish", "s"))
+    fast_status: bool = field(default=True, metadata=_doc("answer getStatusInfoForId without going through spyne "
+                                                          "(the same answer, written directly: the most frequent "
+                                                          "call); False: through spyne like every other call"))
 
 
 @dataclass(frozen=True, slots=True)

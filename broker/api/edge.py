@@ -48,6 +48,9 @@ _FAULTCODE = re.compile(rb"<faultcode>(?:[^:<]*:)?([^<]{1,200})</faultcode>")
 READ_BLOCK = 64 * 1024
 
 StartResponse = Callable[..., Any]
+#: answers one operation from the parsed envelope and the environ (holding the caller): the response body,
+#: or None to leave the request to spyne
+FastHandler = Callable[[Any, dict[str, Any]], "bytes | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +72,14 @@ def _parser() -> etree.XMLParser:
 class Edge:
     """The WSGI application ``broker serve`` runs: checks, authenticates, then hands over to spyne."""
 
-    def __init__(self, routes: Iterable[Route], authenticator: Authenticator | None, max_request_bytes: int):
+    def __init__(self, routes: Iterable[Route], authenticator: Authenticator | None, max_request_bytes: int,
+                 fast: dict[tuple[str, str], FastHandler] | None = None):
+        """``fast``: (path, operation) -> a handler answering that operation without spyne
+        (:mod:`broker.api.fastpath`); it gets the parsed envelope and the environ with the caller."""
         self.routes = {r.path: r for r in routes}
         self.auth = authenticator
         self.max_bytes = max_request_bytes
+        self.fast = dict(fast or {})
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "").rstrip("/") or "/"
@@ -97,6 +104,10 @@ class Edge:
             tree = _parse(body)
             operation = _operation(tree)
             who = self._authenticate(environ, tree, operation)
+            handler = self.fast.get((path, operation))
+            answer = None if handler is None else handler(tree, environ)
+            if answer is not None:
+                return _respond(start_response, "200 OK", answer, "text/xml; charset=utf-8")
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             return self._call_spyne(route, environ, start_response, operation, who)

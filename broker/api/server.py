@@ -99,8 +99,13 @@ class Service:
             api = ApiContext(self.settings, engine)
             routes = [Route(path, app, namespace, wsdl) for path, (app, namespace, wsdl)
                       in build(api, public, api_settings.max_request_bytes).items()]
+            fast = {}
+            if api_settings.fast_status:
+                from broker.api.fastpath import OPERATION, status_handler
+
+                fast[("/broker", OPERATION)] = status_handler(api)
             server.wsgi_app = Edge(routes, Authenticator(engine.sessions, api_settings.credential_ttl),
-                                   api_settings.max_request_bytes)
+                                   api_settings.max_request_bytes, fast)
             thread = threading.Thread(target=server.serve, name="broker-http")
             thread.start()
             log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,

@@ -8,6 +8,7 @@ from typing import Any
 
 from broker import __version__
 from broker.api.context import ApiContext
+from broker.api.faults import xml_safe
 from broker.events.types import EventLevel
 from broker.persistence import queries
 from broker.persistence.models import Event
@@ -19,7 +20,12 @@ def _counts(counts: dict[str, int]) -> list[StateCount]:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return _text(json.dumps(value, ensure_ascii=False, sort_keys=True, default=str))
+
+
+def _text(value: str | None) -> str | None:
+    """Text XML can carry: spyne's serialiser, given a control character, answers with an empty envelope."""
+    return None if value is None else xml_safe(value)
 
 
 def event_info(event: Event, workflow_global_id: str | None) -> StatusInfo:
@@ -31,7 +37,7 @@ def event_info(event: Event, workflow_global_id: str | None) -> StatusInfo:
     return StatusInfo(
         eventId=event.id, time=event.time, type=event.type, level=EventLevel(event.level).name, state=event.state,
         globalId=global_id, workflowId=event.workflow_id, workflowGlobalId=workflow_global_id,
-        nodePath=event.node_path, actor=event.actor, message=event.message,
+        nodePath=event.node_path, actor=_text(event.actor), message=_text(event.message),
         progress=props.get("percent") if event.type == "NODE_PROGRESS" else None,
         properties=[Property(name=str(k), value=_json(v)) for k, v in sorted(props.items())])
 
@@ -42,7 +48,7 @@ def status_info(status: queries.Status) -> StatusInfo:
         eventId=status.last_event_id, time=status.time,
         type="NODE_STATE" if status.node_path else "WORKFLOW_STATE", state=status.state,
         globalId=status.global_id, workflowId=status.workflow_id, workflowGlobalId=status.workflow_global_id,
-        nodePath=status.node_path, message=status.message, progress=status.progress, properties=[])
+        nodePath=status.node_path, message=_text(status.message), progress=status.progress, properties=[])
 
 
 def events(api: ApiContext, last_id: int | None, owner_id: int | None, every_event: bool = False) -> list[StatusInfo]:

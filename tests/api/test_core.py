@@ -217,3 +217,17 @@ def _last_event_id(server) -> int:
 
     with server.sessions()() as s:
         return s.execute(select(func.coalesce(func.max(Event.id), 0))).scalar_one()
+
+
+def test_a_progress_message_with_a_control_character_reaches_the_client_with_it_replaced(server):
+    # JSON lets a payload send any character; XML 1.0 cannot carry U+0001 (spyne answered an empty envelope)
+    doc = workflow('<node id="p"><payload type="sh">echo \'@broker progress 50 "bad \\u0001 char"\'</payload></node>')
+    handle = server.core().submit({"workflowContent": doc})
+    server.wait_state(handle.id, "succeeded")
+    events = []
+    last = 0
+    while page := server.core().getStatusInfo(last):
+        events.extend(page)
+        last = page[-1].eventId
+    progress = [e for e in events if e.type == "NODE_PROGRESS" and e.workflowId == handle.id]
+    assert [(e.progress, e.message) for e in progress] == [(50.0, "bad \ufffd char")]
