@@ -142,7 +142,7 @@ PUSH_NS = {"s": "http://schemas.xmlsoap.org/soap/envelope/", "c": "urn:workflow-
 
 @contextlib.contextmanager
 def push_receiver():
-    """A local HTTP server standing in for the broker: yields (url, list of the status strings received)."""
+    """A local HTTP server standing in for the broker: yields (url, the envelopes received, parsed)."""
     import http.server
     import threading
 
@@ -153,7 +153,7 @@ def push_receiver():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(etree.fromstring(body).findtext(".//c:status", namespaces=PUSH_NS))
+            received.append(etree.fromstring(body))
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -169,58 +169,39 @@ def push_receiver():
         server.shutdown()
 
 
+def statuses(calls):
+    """The status strings of the envelopes received so far."""
+    return [c.findtext(".//c:status", namespaces=PUSH_NS) for c in list(calls)]
+
+
 def test_with_push_the_elf_pushes_each_new_progress_while_the_payload_runs(tmp_path):
     workdir = tmp_path / "w"
     gate = 'i=0; while [ ! -e {0} ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\n'
-    with push_receiver() as (url, received):
+    with push_receiver() as (url, calls):
         _push_file(workdir, url, interval=0.05)
         proc = start_elf(workdir, "echo '@broker progress 25 \"a\"'\n" + gate.format("gate1")
                          + "echo '@broker progress 25 \"a\"'\necho '@broker progress 75 \"b\"'\n" + gate.format("gate2"),
                          extra=("--push", "push.json"))
-        wait_for(lambda: "PROGRESS 25.0 a" in received)
+        wait_for(lambda: "PROGRESS 25.0 a" in statuses(calls))
         (workdir / "gate1").touch()
-        wait_for(lambda: "PROGRESS 75.0 b" in received)
+        wait_for(lambda: "PROGRESS 75.0 b" in statuses(calls))
         (workdir / "gate2").touch()
         assert proc.wait(timeout=30) == 0
     # the repeated line is no news: pushed once
-    assert received == ["RUNNING", "PROGRESS 25.0 a", "PROGRESS 75.0 b", "SUCCEEDED 0 exit code 0"]
+    assert statuses(calls) == ["RUNNING", "PROGRESS 25.0 a", "PROGRESS 75.0 b", "SUCCEEDED 0 exit code 0"]
     assert read_status(str(workdir), attempt=1)["progress"] == [75.0, "b"]
 
 
 @pytest.mark.parametrize("python", PYTHONS)
 def test_with_push_the_elf_reports_running_then_its_result_with_outputs(tmp_path, python):
-    import http.server
-    import threading
-
-    from lxml import etree
-
-    received = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     workdir = tmp_path / "w"
-    _push_file(workdir, f"http://127.0.0.1:{server.server_port}/broker")
-    try:
+    with push_receiver() as (url, calls):
+        _push_file(workdir, url)
         proc = start_elf(workdir, "test -e push.json && exit 9\necho '@broker output best={\"x\": 1.5}'\n",
                          python=python, extra=("--push", "push.json"))
         assert proc.wait(timeout=30) == 0
-    finally:
-        server.shutdown()
-    ns = {"s": "http://schemas.xmlsoap.org/soap/envelope/", "c": "urn:workflow-broker:core:v1",
-          "t": "urn:workflow-broker:types:v1",
-          "w": "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"}
-    calls = [etree.fromstring(body) for body in received]
-    assert [c.findtext(".//c:status", namespaces=ns) for c in calls] == ["RUNNING", "SUCCEEDED 0 exit code 0"]
+    ns = PUSH_NS
+    assert statuses(calls) == ["RUNNING", "SUCCEEDED 0 exit code 0"]
     assert {c.findtext(".//w:Password", namespaces=ns) for c in calls} == {"s3cret&<"}
     assert {c.findtext(".//c:sessionId", namespaces=ns) for c in calls} == {"17"}
     last = calls[-1]
