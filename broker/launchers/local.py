@@ -6,9 +6,8 @@ The broker keeps no state that the work directory does not also hold, so a paylo
 is killed, and a restarted broker finds its result (:meth:`LocalLauncher.recover`). The elf's parsing runs
 in the broker process: no Python starts per node.
 
-Work directory files besides the elf's (``payload``, ``stdout``, ``stderr``, ``pid``): ``exit`` (written by
-the wrapper), ``launch.json`` (start time and timeout, for a broker that adopts the attempt) and ``killed``
-(why the launcher killed it: ``timeout`` or ``cancelled``, written before the first signal).
+The work directory's own files, and how a wrapper process is told from a reused pid, are in
+:mod:`broker.launchers.workdir`.
 
 One watcher thread serves every attempt: an epoll set holds a pidfd per wrapper process (readable the
 moment it exits, whether or not it is our child) and an eventfd that wakes it; its timeout is the nearest
@@ -34,16 +33,11 @@ from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
+from broker.launchers.workdir import (EXIT_FILE, KILLED_FILE, LAUNCH_FILE, WRAPPER, candidate_pids, mkdirs,
+                                      open_if_wrapper, read_launch, read_reason, write_new)
 
 log = logging.getLogger(__name__)
 
-#: the wrapper script, shipped as package data next to this module
-WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wb-run.sh")
-_WRAPPER_NAME = os.fsencode(os.path.basename(WRAPPER))
-#: work directory files of the local launcher (besides the elf's)
-EXIT_FILE = "exit"
-LAUNCH_FILE = "launch.json"
-KILLED_FILE = "killed"
 
 
 class _Attempt:
@@ -204,7 +198,7 @@ class LocalLauncher:
         handle = LaunchHandle(node_id=node_id, attempt=attempt, workdir=workdir, job_id=job_id or "0",
                               started_at=launch.get("started_at", 0.0), timeout=launch.get("timeout"))
         if elf.read_int_file(os.path.join(workdir, EXIT_FILE)) is None:
-            for pid in _candidate_pids(workdir, job_id):
+            for pid in candidate_pids(workdir, job_id):
                 pidfd = open_if_wrapper(pid, workdir)
                 if pidfd is not None:
                     adopted = dataclasses.replace(handle, job_id=str(pid))
@@ -376,80 +370,3 @@ def _killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-# ----------------------------------------------------------------------------------- work directory
-
-def mkdirs(path: str) -> None:
-    """Create ``path`` and its missing parents with mode 0700 (os.makedirs applies the mode to the leaf only)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileNotFoundError:
-        mkdirs(os.path.dirname(path))
-        mkdirs(path)
-    except FileExistsError:
-        pass
-
-
-def write_new(path: str, data: bytes, exclusive: bool = False) -> None:
-    """Write a file of this attempt (mode 0600) in one call; ``exclusive``: FileExistsError if it exists."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def read_launch(workdir: str) -> dict:
-    """The launch record (start time, timeout) of the attempt in ``workdir``; empty if unreadable."""
-    try:
-        with open(os.path.join(workdir, LAUNCH_FILE), "rb") as handle:
-            record = json.loads(handle.read())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def read_reason(workdir: str) -> str | None:
-    """Why the launcher killed the attempt in ``workdir`` (timeout or cancelled), None if it did not."""
-    try:
-        with open(os.path.join(workdir, KILLED_FILE), "rb") as handle:
-            reason = handle.read(32).decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return reason if reason in (elf.TIMEOUT, elf.CANCELLED) else None
-
-
-def _is_wrapper_of(pid: int, workdir: bytes) -> bool:
-    """Whether process ``pid`` runs the wrapper for ``workdir`` (a reused pid does not)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            args = handle.read().split(b"\0")
-    except OSError:
-        return False
-    return len(args) >= 3 and os.path.basename(args[1]) == _WRAPPER_NAME and args[2] == workdir
-
-
-def open_if_wrapper(pid: int, workdir: str) -> int | None:
-    """A pidfd for ``pid`` if it is alive and is the wrapper of ``workdir``, else None."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (ProcessLookupError, ValueError, OSError):
-        return None
-    # Checked after opening: the pidfd then names the very process whose command line was read.
-    if _is_wrapper_of(pid, os.fsencode(workdir)):
-        return pidfd
-    os.close(pidfd)
-    return None
-
-
-def _candidate_pids(workdir: str, job_id: str | None):
-    """Pids that may be the wrapper of ``workdir``: its pid file, the job id, then any found in /proc."""
-    yield from dict.fromkeys(p for p in (elf.read_int_file(os.path.join(workdir, elf.PID_FILE)),
-                                         int(job_id) if job_id else None) if p)
-    # The broker may have died between starting the wrapper and the wrapper writing its pid.
-    target = os.fsencode(workdir)
-    for name in os.listdir("/proc"):
-        if name.isdigit() and _is_wrapper_of(int(name), target):
-            yield int(name)
