@@ -87,6 +87,7 @@ class Service:
             signal.signal(signum, self._on_signal)
 
         engine = (self.engine_factory or (lambda s: Engine(s, all_workflows=True)))(self.settings).start()
+        status_db = None
         try:
             resumed = engine.track_all()
             server = wsgi.Server((host, port), _unavailable, numthreads=api_settings.threads,
@@ -101,9 +102,13 @@ class Service:
                       in build(api, public, api_settings.max_request_bytes).items()]
             fast = {}
             if api_settings.fast_status:
-                from broker.api.fastpath import OPERATION, status_handler
+                from broker.api.fastpath import OPERATION, StatusReader, status_handler
+                from broker.persistence.db import make_engine
 
-                fast[("/broker", OPERATION)] = status_handler(api)
+                # its own pool: each request thread keeps one connection for status reads
+                status_db = make_engine(self.settings.database_url(), self.settings,
+                                        pool_size=api_settings.threads + 1)
+                fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress))
             server.wsgi_app = Edge(routes, Authenticator(engine.sessions, api_settings.credential_ttl),
                                    api_settings.max_request_bytes, fast)
             thread = threading.Thread(target=server.serve, name="broker-http")
@@ -118,6 +123,8 @@ class Service:
             server.stop()
             thread.join()
         finally:
+            if status_db is not None:
+                status_db.dispose()
             engine.stop()
         log.info("stopped")
         return 0

@@ -83,21 +83,22 @@ def _database_settings(settings: Any) -> DatabaseSettings:
     return getattr(settings, "database", settings)
 
 
-def make_engine(url: str | URL, settings: Any = None) -> Engine:
+def make_engine(url: str | URL, settings: Any = None, *, pool_size: int | None = None) -> Engine:
     """An engine for ``url`` configured from ``settings`` (a Settings or DatabaseSettings; None: defaults).
 
-    Creates the directory of a SQLite file. Raises ConfigError for a bad URL or setting, DatabaseError when
-    the directory cannot be created.
+    ``pool_size``: connections the pool keeps (SQLAlchemy's default: 5). Creates the directory of a SQLite
+    file. Raises ConfigError for a bad URL or setting, DatabaseError when the directory cannot be created.
     """
     db = _database_settings(settings)
     parsed = normalise_url(url)
+    pool = {} if pool_size is None else {"pool_size": pool_size}
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, db)
+        return _sqlite_engine(parsed, db, pool)
     # pre-ping: a PostgreSQL restart must cost one reconnect, not one failed transaction per pooled connection
-    return create_engine(parsed, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True, **pool)
 
 
-def _sqlite_engine(url: URL, db: DatabaseSettings) -> Engine:
+def _sqlite_engine(url: URL, db: DatabaseSettings, pool: dict[str, Any]) -> Engine:
     synchronous = db.sqlite_synchronous.strip().lower()
     if synchronous not in SYNCHRONOUS_LEVELS:
         raise ConfigError(f"[database] sqlite_synchronous: invalid value {db.sqlite_synchronous!r} "
@@ -111,6 +112,7 @@ def _sqlite_engine(url: URL, db: DatabaseSettings) -> Engine:
         # one shared connection, or every session would see its own empty database
         options["poolclass"] = StaticPool
     else:
+        options.update(pool)
         # SQLite would take "~" literally
         url = url.set(database=str(Path(url.database).expanduser()))
         directory = Path(url.database).resolve().parent

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from broker.api.app import build
 from broker.api.context import ApiContext
 from broker.api.edge import Edge, Route
-from broker.api.fastpath import OPERATION, status_handler
+from broker.api.fastpath import OPERATION, StatusReader, status_handler
 from broker.api.identity import Authenticator
 from broker.persistence.models import Node
 from tests.api.conftest import USERS, add_users
@@ -33,9 +33,9 @@ class Edges:
                   for path, (app, namespace, wsdl) in build(api, "http://localhost:8080", MAX).items()]
         auth = Authenticator(broker.engine.sessions, 60.0)
         self.spyne = Edge(routes, auth, MAX)
-        self.fast = Edge(routes, auth, MAX, {("/broker", OPERATION): status_handler(api)})
+        handler = status_handler(StatusReader(broker.engine.db, broker.engine.progress))
+        self.fast = Edge(routes, auth, MAX)
         self.handled = 0
-        handler = status_handler(api)
 
         def counting(tree, environ):
             answer = handler(tree, environ)
@@ -141,3 +141,19 @@ def test_requests_the_fast_path_does_not_recognise_go_to_spyne(running):
         (spyne_status, spyne), (fast_status, fast) = edges.both(call)
         assert (fast_status, fast) == (spyne_status, spyne), call
     assert edges.handled == 0
+
+
+def test_a_status_reader_whose_connection_broke_opens_another(running):
+    from sqlalchemy.exc import SQLAlchemyError
+
+    broker, _ = running
+    wf, _ = broker.run(workflow('<node id="a"><payload type="sh">true</payload></node>'))
+    gid = broker.workflow(wf).global_id
+    reader = StatusReader(broker.engine.db, broker.engine.progress)
+    assert reader.status(gid, None).state == "succeeded"
+    kept = reader._local.connection
+    kept.connection.dbapi_connection.close()  # the server went away under it
+    with pytest.raises(SQLAlchemyError):
+        reader.status(gid, None)
+    assert reader.status(gid, None).state == "succeeded"
+    assert reader._local.connection is not kept
