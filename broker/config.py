@@ -138,11 +138,19 @@ class StagingSettings:
 class EventsSettings:
     """The message bus events are published on (the outbox relay)."""
 
-    url: str = field(default="", metadata=_doc("bus URL: stomp://host:port, memory:// (tests); empty: events are "
-                                               "only stored, never published"))
+    url: str = field(default="", metadata=_doc("bus URL: stomp://host:port, stomp+ssl://host:port (STOMP over "
+                                               "TLS), memory:// (tests); empty: events are only stored, never "
+                                               "published"))
     login: str = field(default="", metadata=_doc("user name the relay logs in to the bus with; empty: no login"))
     passcode: str = field(default="", metadata=_doc("password of login (prefer the environment variable "
                                                     "BROKER_EVENTS_PASSCODE to writing it here)"))
+    ssl_ca_file: str = field(default="", metadata=_doc("stomp+ssl: the CA certificates (PEM) the bus's certificate "
+                                                       "must chain to; empty: the system's trusted CAs. The "
+                                                       "certificate must also name the URL's host"))
+    ssl_cert_file: str = field(default="", metadata=_doc("stomp+ssl: the relay's own certificate (PEM), for a bus "
+                                                         "that asks clients for one; empty: none"))
+    ssl_key_file: str = field(default="", metadata=_doc("stomp+ssl: the private key of ssl_cert_file (PEM); empty: "
+                                                        "in ssl_cert_file"))
     vhost: str = field(default="", metadata=_doc("STOMP host header; RabbitMQ reads it as the virtual host (usually "
                                                  "/); empty: the host name of url"))
     heartbeat: float = field(default=10.0, metadata=_doc("STOMP heart-beat interval, both ways: a silent bus is "

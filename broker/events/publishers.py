@@ -3,7 +3,8 @@
 One small interface, two implementations chosen by the URL scheme of ``[events] url``:
 
 - ``stomp://host:port`` (several: ``stomp://h1:61613,h2:61613``, tried in order): STOMP 1.2 with stomp.py
-  (broker.events.stompbus);
+  (broker.events.stompbus); ``stomp+ssl://`` the same over TLS (the bus's certificate is verified, host
+  name included, against ``[events] ssl_ca_file`` or the system's CAs);
 - ``memory://NAME``: an in-process bus for unit tests (:class:`MemoryBus`), with switches to take it down,
   hold receipts back or refuse a destination.
 
@@ -100,11 +101,12 @@ def open_publisher(settings: EventsSettings) -> Publisher:
     scheme = url.partition("://")[0].lower()
     if scheme == "memory":
         return MemoryPublisher(MemoryBus.named(url.partition("://")[2]))
-    if scheme == "stomp":
+    if scheme in ("stomp", "stomp+ssl"):
         from broker.events.stompbus import StompPublisher
 
-        return StompPublisher(parse_stomp_url(url), settings)
-    raise ConfigError(f"[events] url: unsupported bus URL {url!r} (expected stomp://host:port or memory://name)")
+        return StompPublisher(parse_stomp_url(url), settings, tls=scheme == "stomp+ssl")
+    raise ConfigError(f"[events] url: unsupported bus URL {url!r} (expected stomp://host:port, "
+                      "stomp+ssl://host:port or memory://name)")
 
 
 def parse_stomp_url(url: str) -> list[tuple[str, int]]:
@@ -120,7 +122,7 @@ def parse_stomp_url(url: str) -> list[tuple[str, int]]:
         except ValueError:
             port = None
         if not parts.hostname or port is None or parts.path:
-            raise ConfigError(f"[events] url: expected stomp://host:port[,host:port...], got {url!r}")
+            raise ConfigError(f"[events] url: expected stomp[+ssl]://host:port[,host:port...], got {url!r}")
         hosts.append((parts.hostname, port))
     return hosts
 

@@ -5,11 +5,17 @@ contains NUL: see broker.events.document). The connection is tuned for a stream 
 (TCP_NODELAY), and a send the bus does not read (ActiveMQ producer flow control) fails after the receipt
 timeout instead of blocking the relay for ever (SO_SNDTIMEO; the socket stays blocking for stomp.py's
 receiver thread). stomp.py's own reconnection is off: the relay retries with its own backoff.
+
+Over TLS (``stomp+ssl://``) stomp.py verifies the bus's certificate and host name with the configured CAs.
+When it cannot connect it only says so; the publisher then makes one handshake of its own to say why
+(certificate not trusted, name mismatch...), which is what an operator needs to fix it.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -19,6 +25,7 @@ from typing import Any
 import stomp
 
 from broker.config import EventsSettings
+from broker.errors import ConfigError
 from broker.events.publishers import BusError, Confirmations, Message
 
 #: seconds a clean DISCONNECT may wait for the bus's receipt before the socket is simply closed
@@ -78,11 +85,18 @@ class _Answers:
 class StompPublisher:
     """A publisher over STOMP 1.2."""
 
-    def __init__(self, hosts: list[tuple[str, int]], settings: EventsSettings):
+    def __init__(self, hosts: list[tuple[str, int]], settings: EventsSettings, *, tls: bool = False):
+        """``tls``: STOMP over TLS (``stomp+ssl://``); raises ConfigError for a TLS file that cannot be read."""
         self.hosts = hosts
         self.settings = settings
+        self.tls = tls
         self._conn: Any = None
         self._answers = _Answers()
+        if tls:
+            for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+                path = getattr(settings, name)
+                if path and not os.access(path, os.R_OK):
+                    raise ConfigError(f"[events] {name}: cannot read {path}")
 
     def connect(self, timeout: float) -> None:
         self.close()
@@ -93,6 +107,9 @@ class StompPublisher:
             # one try per host: the relay backs off and retries itself, without blocking its actor
             reconnect_attempts_max=1, reconnect_sleep_initial=0.0, reconnect_sleep_increase=0.0,
             reconnect_sleep_jitter=0.0, try_loopback_connect=False)
+        if self.tls:
+            conn.set_ssl(for_hosts=self.hosts, ca_certs=self.settings.ssl_ca_file or None,
+                         cert_file=self.settings.ssl_cert_file or None, key_file=self.settings.ssl_key_file or None)
         answers = _Answers()
         conn.set_listener("relay", answers)
         self._conn, self._answers = conn, answers
@@ -105,7 +122,8 @@ class StompPublisher:
                                               wait=False)
         except Exception as exc:
             self.close()
-            raise BusError(f"cannot connect to {_where(self.hosts)}: {_describe(exc)}") from None
+            reason = (_tls_problem(self.hosts, self.settings, timeout) if self.tls else None) or _describe(exc)
+            raise BusError(f"cannot connect to {_where(self.hosts)}: {reason}") from None
         with answers.cond:
             answers.cond.wait_for(lambda: answers.connected or answers.failure is not None,
                                   max(0.0, deadline - time.monotonic()))
@@ -185,6 +203,36 @@ def _tune(sock: Any, send_timeout: float) -> None:
         seconds = int(send_timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         struct.pack("ll", seconds, int((send_timeout - seconds) * 1_000_000)))
+
+
+def _tls_problem(hosts: list[tuple[str, int]], settings: EventsSettings, timeout: float) -> str | None:
+    """Why TLS connections to the bus fail, from handshakes of our own (set up as stomp.py sets up its own);
+    None when a handshake succeeds or no host is reachable at all (not a TLS problem)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
+    problems = []
+    try:
+        if settings.ssl_ca_file:
+            context.load_verify_locations(settings.ssl_ca_file)
+        else:
+            context.load_default_certs()
+        if settings.ssl_cert_file:
+            context.load_cert_chain(settings.ssl_cert_file, settings.ssl_key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        return f"TLS: cannot use the configured certificates: {exc}"
+    for host, port in hosts:
+        try:
+            with socket.create_connection((host, port), max(timeout, 0.1)) as raw, \
+                    context.wrap_socket(raw, server_hostname=host):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            problems.append(f"TLS: the bus's certificate is not accepted: {exc.verify_message}"
+                            + ("" if settings.ssl_ca_file else " ([events] ssl_ca_file is empty: the system's CAs "
+                               "were used)"))
+        except ssl.SSLError as exc:
+            problems.append(f"TLS handshake failed: {exc.reason or exc}")
+        except OSError:
+            continue
+    return "; ".join(dict.fromkeys(problems)) or None
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,6 +7,8 @@
 # Ports are picked once and kept in $DIR/ports.env, so `kill` (SIGKILL, a crash) followed by `start` brings
 # the same broker back on the same ports with the same KahaDB store: the fault tests rely on that.
 # BROKER_TEST_ACTIVEMQ_PERSISTENT=0 runs without a store (faster, nothing survives a restart).
+# A third connector speaks STOMP over TLS (stomp+ssl) with a server certificate for the name localhost only
+# (so that 127.0.0.1 is a name it does not match), signed by a throwaway CA made here ($DIR/tls/ca.pem).
 # shellcheck source=tests/services/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -18,13 +20,18 @@ PERSISTENT=${BROKER_TEST_ACTIVEMQ_PERSISTENT:-1}
 #: JMS client jars (Debian's libactivemq-java and its dependencies) for a Java consumer in the tests
 JMS_JARS=(activemq-client geronimo-jms_1.1_spec hawtbuf slf4j-api slf4j-nop geronimo-j2ee-management-1.1-spec)
 
+TLS_DIR=$DIR/tls
+#: password of the server's PKCS#12 key store (a throwaway key on loopback)
+KEYSTORE_PASSWORD=broker-test
+
 load_ports() {
-    STOMP_PORT='' OPENWIRE_PORT=''
+    STOMP_PORT='' OPENWIRE_PORT='' SSL_PORT=''
     # shellcheck source=/dev/null
     if [ -s "$DIR/ports.env" ]; then source "$DIR/ports.env"; fi
 }
 
-running() { live_pid "$PIDFILE" >/dev/null && port_open "$STOMP_PORT" && port_open "$OPENWIRE_PORT"; }
+all_ports_open() { port_open "$STOMP_PORT" && port_open "$OPENWIRE_PORT" && port_open "$SSL_PORT"; }
+running() { live_pid "$PIDFILE" >/dev/null && all_ports_open; }
 
 ensure_installed() {
     # The Java JMS consumer in the interop tests is compiled at test time, so a JDK, not just a JRE.
@@ -32,16 +39,38 @@ ensure_installed() {
         apt_install default-jdk-headless
     fi
     [ -f "$HOME_DIR/bin/activemq.jar" ] || apt_install activemq
+    command -v openssl >/dev/null || apt_install openssl
 }
 
 # Keep the saved ports unless another process took one while the broker was down.
 choose_ports() {
     load_ports
-    if [ -z "$STOMP_PORT" ] || port_in_use "$STOMP_PORT" || port_in_use "$OPENWIRE_PORT"; then
+    if [ -z "$STOMP_PORT" ] || [ -z "$SSL_PORT" ] || port_in_use "$STOMP_PORT" || port_in_use "$OPENWIRE_PORT" \
+            || port_in_use "$SSL_PORT"; then
         pick_port STOMP_PORT
         pick_port OPENWIRE_PORT
-        printf 'STOMP_PORT=%s\nOPENWIRE_PORT=%s\n' "$STOMP_PORT" "$OPENWIRE_PORT" >"$DIR/ports.env"
+        pick_port SSL_PORT
+        printf 'STOMP_PORT=%s\nOPENWIRE_PORT=%s\nSSL_PORT=%s\n' "$STOMP_PORT" "$OPENWIRE_PORT" "$SSL_PORT" \
+            >"$DIR/ports.env"
     fi
+}
+
+# A CA and a server certificate (localhost) in a PKCS#12 key store; made once, kept.
+make_tls() {
+    [ -s "$TLS_DIR/server.p12" ] && return 0
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=broker-test CA" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile server.ext -out server.pem 2>/dev/null
+        openssl pkcs12 -export -in server.pem -inkey server.key -certfile ca.pem -name broker-test \
+            -passout "pass:$KEYSTORE_PASSWORD" -out server.p12.tmp
+        mv server.p12.tmp server.p12
+    ) || die "could not make the TLS certificates in $TLS_DIR"
 }
 
 write_config() {
@@ -74,16 +103,20 @@ EOF
       <storeUsage><storeUsage limit="1 gb"/></storeUsage>
       <tempUsage><tempUsage limit="512 mb"/></tempUsage>
     </systemUsage></systemUsage>
+    <sslContext>
+      <sslContext keyStore="file:$TLS_DIR/server.p12" keyStoreType="pkcs12" keyStorePassword="$KEYSTORE_PASSWORD"/>
+    </sslContext>
     <transportConnectors>
       <transportConnector name="openwire" uri="tcp://127.0.0.1:$OPENWIRE_PORT"/>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:$STOMP_PORT"/>
+      <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:$SSL_PORT"/>
     </transportConnectors>
   </broker>
 </beans>
 EOF
 }
 
-ready_or_dead() { ! live_pid "$PIDFILE" >/dev/null || { port_open "$STOMP_PORT" && port_open "$OPENWIRE_PORT"; }; }
+ready_or_dead() { ! live_pid "$PIDFILE" >/dev/null || all_ports_open; }
 
 cmd_start() {
     local t0
@@ -94,9 +127,14 @@ cmd_start() {
         return 0
     fi
     ensure_installed
+    if [ -z "$SSL_PORT" ] && live_pid "$PIDFILE" >/dev/null; then
+        say "ActiveMQ runs without the TLS connector (started by an older version of this script): restarting it"
+        stop_pidfile "$PIDFILE" TERM
+    fi
     # A JVM that is still starting (pid alive, ports not open yet) is waited for, not started twice.
     if ! live_pid "$PIDFILE" >/dev/null; then
         choose_ports
+        make_tls
         write_config
         t0=$(now)
         daemonize "$PIDFILE" "$LOG" java -Xms64M -Xmx256M -XX:+UseSerialGC -Djava.awt.headless=true \
@@ -108,11 +146,12 @@ cmd_start() {
     fi
     wait_until "$READY_TIMEOUT" ready_or_dead || fail_with_log "ActiveMQ not ready after $READY_TIMEOUT s" "$LOG"
     running || fail_with_log "ActiveMQ exited during start-up" "$LOG"
-    say "ActiveMQ ready: STOMP $STOMP_PORT, OpenWire $OPENWIRE_PORT, persistent=$PERSISTENT ($(since "$t0") s)"
+    say "ActiveMQ ready: STOMP $STOMP_PORT, OpenWire $OPENWIRE_PORT, STOMP+TLS $SSL_PORT, persistent=$PERSISTENT" \
+        "($(since "$t0") s)"
 }
 
 # Neither port accepts any more: what the fault tests mean by "the bus is down".
-ports_closed() { ! port_open "$STOMP_PORT" && ! port_open "$OPENWIRE_PORT"; }
+ports_closed() { ! port_open "$STOMP_PORT" && ! port_open "$OPENWIRE_PORT" && ! port_open "$SSL_PORT"; }
 
 cmd_stop() {
     load_ports
@@ -142,6 +181,8 @@ cmd_env() {
         [ -f "/usr/share/java/$jar.jar" ] && classpath=${classpath:+$classpath:}/usr/share/java/$jar.jar
     done
     print_env BROKER_TEST_ACTIVEMQ_STOMP_URL "stomp://127.0.0.1:$STOMP_PORT" \
+        BROKER_TEST_ACTIVEMQ_STOMP_SSL_URL "stomp+ssl://localhost:$SSL_PORT" \
+        BROKER_TEST_ACTIVEMQ_CA "$TLS_DIR/ca.pem" \
         BROKER_TEST_ACTIVEMQ_OPENWIRE_URL "tcp://127.0.0.1:$OPENWIRE_PORT" \
         BROKER_TEST_ACTIVEMQ_DIR "$DIR" \
         BROKER_TEST_ACTIVEMQ_PERSISTENT "$(grep -q 'persistent="true"' "$DIR/conf/activemq.xml" && echo 1 || echo 0)" \
