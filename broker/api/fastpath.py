@@ -79,17 +79,27 @@ class StatusReader:
         if connection is None:
             connection = self._local.connection = self._engine.connect()
         try:
-            return queries.current_status(connection, global_id, owner_id, self._board)
+            status = queries.current_status(connection, global_id, owner_id, self._board)
         except BrokerError:
-            raise  # not found: the connection is fine
-        except BaseException:
-            self._local.connection = None
-            with contextlib.suppress(Exception):
-                connection.close()
+            self._end(connection)  # not found: the connection is fine
             raise
-        finally:
-            if self._local.connection is connection:
-                connection.rollback()
+        except BaseException:
+            self._drop(connection)
+            raise
+        self._end(connection)
+        return status
+
+    def _end(self, connection: Any) -> None:
+        """End the read's transaction; a connection that cannot is dropped (the next call opens another)."""
+        try:
+            connection.rollback()
+        except Exception:
+            self._drop(connection)
+
+    def _drop(self, connection: Any) -> None:
+        self._local.connection = None
+        with contextlib.suppress(Exception):
+            connection.close()
 
 
 def status_handler(reader: StatusReader) -> Callable[[Any, dict[str, Any]], bytes | None]:
