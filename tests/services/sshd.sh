@@ -28,7 +28,13 @@ authorize() {
     local user=$1 home
     home=$(getent passwd "$user" | cut -d: -f6)
     install -d -m 700 -o "$user" -g "$user" "$home/.ssh"
-    install -m 600 -o "$user" -g "$user" "$DIR/client_key.pub" "$home/.ssh/authorized_keys"
+    # Appended, not replaced: several test-service directories (one per worktree or CI run) may each run an
+    # sshd for the same test accounts, and replacing the file would lock the others' clients out.
+    touch "$home/.ssh/authorized_keys"
+    grep -qxF "$(cat "$DIR/client_key.pub")" "$home/.ssh/authorized_keys" \
+        || cat "$DIR/client_key.pub" >>"$home/.ssh/authorized_keys"
+    chown "$user:$user" "$home/.ssh/authorized_keys"
+    chmod 600 "$home/.ssh/authorized_keys"
 }
 
 write_config() {
