@@ -105,9 +105,17 @@ class LimitSettings:
 class EngineSettings:
     """How the running broker schedules nodes: work directories, concurrency, worker pools, clocks."""
 
-    workdir: str = field(default="", metadata=_doc("root of node work directories; empty: <state dir>/work"))
+    workdir: str = field(default="", metadata=_doc("root of node work directories; empty: <state dir>/work. A root "
+                                                   "broker that runs payloads as their owners' accounts needs every "
+                                                   "directory above it passable by others (mode o+x): not under "
+                                                   "/root"))
     user: str = field(default="", metadata=_doc("the broker user that `broker run` submits as; empty: the login "
                                                 "name (it must match [a-z][a-z0-9_-]*)"))
+    run_as_broker_account: bool = field(
+        default=False, metadata=_doc("run every local payload and file:// transfer as the broker's own account, "
+                                     "whoever owns it (a single-user broker); false: as the owner's account from "
+                                     "the accounts mapping, which needs the broker to run as root unless the owner "
+                                     "is mapped to the broker's own account"))
     max_in_flight: int = field(default=8, metadata=_doc("most nodes in flight at once, broker-wide", "nodes"))
     max_in_flight_per_user: int = field(default=0, metadata=_doc("most nodes in flight per user; 0: no limit",
                                                                  "nodes"))

@@ -95,6 +95,11 @@ class Engine:
                 self._launcher = LocalLauncher(max_output_bytes=settings.limits.max_output_bytes)
             self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.resources = self._resources()
+            if self.resources.switches_accounts():
+                from broker.runas import check_traversable
+
+                # payloads started as other accounts reach their directories through the work root
+                check_traversable(self.workdir)
             self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
                                      plans=PlanCache(self.sessions), workdir=self.workdir,
                                      all_workflows=self.all_workflows, resources=self.resources)

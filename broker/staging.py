@@ -6,17 +6,26 @@ resolving symlinks); paths inside the work directory are relative, never absolut
 place once complete (and, when a checksum is given, verified), so a retried or interrupted transfer
 never leaves a half-written file that looks finished. Other schemes (``sftp://``, ``http(s)://``) are
 provided by the resources layer through :data:`TRANSPORTS`.
+
+With an :class:`Owner` (a root broker staging for another account) every ``file://`` path, and the work
+directory when it is the account's, is opened by a child process running as that account
+(:func:`broker.runas.copy`): a user reads and writes only what their account may. A transfer of another
+scheme into or out of the account's directory passes through a file in the broker's own spool directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from broker import runas
 from broker.description.model import Stage
 from broker.errors import ResourceError
 
@@ -89,10 +98,24 @@ def _copy_file(source: Path, target: Path, max_bytes: int) -> None:
     os.replace(partial, target)
 
 
-def stage_in(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int) -> None:
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Whose rights staging uses on this machine, when not the broker's own."""
+
+    run_as: runas.RunAs
+    #: the attempt directory belongs to the account (a node of a local host): the child opens it too
+    owns_workdir: bool
+    #: a directory of the broker's own that other schemes' transfers pass through
+    spool: Path
+
+
+def stage_in(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int, owner: Owner | None = None) -> None:
     """Bring one input into the work directory."""
     target = inside_workdir(workdir, stage.target)
     scheme = urlsplit(stage.source).scheme
+    if owner is not None and (scheme == "file" or owner.owns_workdir):
+        _stage_in_as(owner, stage, scheme, target, roots, max_bytes)
+        return
     if scheme == "file":
         _copy_file(local_path(stage.source, roots), target, max_bytes)
     elif scheme in TRANSPORTS:
@@ -103,14 +126,90 @@ def stage_in(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int) 
     verify(target, stage.checksum)
 
 
-def stage_out(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int) -> None:
+def stage_out(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int, owner: Owner | None = None) -> None:
     """Copy one output of the work directory to its target."""
     source = inside_workdir(workdir, stage.source)
-    verify(source, stage.checksum)
     scheme = urlsplit(stage.target).scheme
+    if owner is not None and (scheme == "file" or owner.owns_workdir):
+        _stage_out_as(owner, stage, scheme, source, roots, max_bytes)
+        return
+    verify(source, stage.checksum)
     if scheme == "file":
         _copy_file(source, local_path(stage.target, roots), max_bytes)
     elif scheme in PUSHERS:
         PUSHERS[scheme](source, stage.target, max_bytes)
     else:
         raise ResourceError(f"unsupported stage-out target {stage.target!r}", retryable=False)
+
+
+# ----------------------------------------------------------------------------------- as the owner's account
+
+def _stage_in_as(owner: Owner, stage: Stage, scheme: str, target: Path, roots: Sequence[str],
+                 max_bytes: int) -> None:
+    if scheme == "file":
+        source = str(local_path(stage.source, roots))
+        if owner.owns_workdir:
+            runas.copy(owner.run_as, source, str(target), max_bytes, checksum=stage.checksum)
+        else:
+            with _broker_file(target) as fd:
+                runas.copy(owner.run_as, source, fd, max_bytes, checksum=stage.checksum)
+        return
+    if scheme not in TRANSPORTS:
+        raise ResourceError(f"unsupported stage-in source {stage.source!r}", retryable=False)
+    with _spooled(owner.spool) as spooled:
+        TRANSPORTS[scheme](stage.source, spooled, max_bytes)
+        fd = os.open(spooled, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            runas.copy(owner.run_as, fd, str(target), max_bytes, checksum=stage.checksum)
+        finally:
+            os.close(fd)
+
+
+def _stage_out_as(owner: Owner, stage: Stage, scheme: str, source: Path, roots: Sequence[str],
+                  max_bytes: int) -> None:
+    # the source as the child opens it: a path in the account's directory, else a descriptor of the broker's
+    with contextlib.ExitStack() as stack:
+        if owner.owns_workdir:
+            opened: str | int = str(source)
+        else:
+            try:
+                opened = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ResourceError(f"no such file to stage: {source}", retryable=False) from None
+            stack.callback(os.close, opened)
+        if scheme == "file":
+            target = str(local_path(stage.target, roots))
+            runas.copy(owner.run_as, opened, target, max_bytes, checksum=stage.checksum)
+            return
+        if scheme not in PUSHERS:
+            raise ResourceError(f"unsupported stage-out target {stage.target!r}", retryable=False)
+        spooled = stack.enter_context(_spooled(owner.spool))
+        with _broker_file(spooled) as fd:
+            runas.copy(owner.run_as, opened, fd, max_bytes, checksum=stage.checksum)
+        PUSHERS[scheme](spooled, stage.target, max_bytes)
+
+
+@contextlib.contextmanager
+def _broker_file(target: Path) -> Iterator[int]:
+    """A descriptor to fill with ``target``'s content (the broker's side), renamed into place if no error."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        yield fd
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    os.close(fd)
+    os.replace(partial, target)
+
+
+@contextlib.contextmanager
+def _spooled(spool: Path) -> Iterator[Path]:
+    """A file name in a private directory of the broker's, removed afterwards with whatever it holds."""
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spool) as folder:
+        yield Path(folder) / "file"

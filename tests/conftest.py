@@ -8,4 +8,5 @@ A fixture whose service is missing skips the test on a laptop, and fails it when
 pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.services",
+    "tests.fixtures.accounts",
 ]

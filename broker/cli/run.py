@@ -194,6 +194,9 @@ def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any) -> It
 
     # alembic announces each of its plugins at INFO when a new embedded database is migrated
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # The command line is the invoking user's own run: its local payloads run as that account, whatever the
+    # accounts mapping says (it maps users of a shared `broker serve`).
+    settings = settings.replace("engine", run_as_broker_account=True)
     engine = Engine(settings, listeners=[tracker], workdir=getattr(args, "workdir", None)).start()
     try:
         yield engine

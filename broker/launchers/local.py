@@ -7,7 +7,8 @@ is killed, and a restarted broker finds its result (:meth:`LocalLauncher.recover
 in the broker process: no Python starts per node.
 
 The work directory's own files, and how a wrapper process is told from a reused pid, are in
-:mod:`broker.launchers.workdir`.
+:mod:`broker.launchers.workdir`. A root broker starts an attempt as its owner's account (uid, gid, groups,
+umask 077, the account's clean environment) in a work directory that account owns: :mod:`broker.runas`.
 
 One watcher thread serves every attempt: an epoll set holds a pidfd per wrapper process (readable the
 moment it exits, whether or not it is our child) and an eventfd that wakes it; its timeout is the nearest
@@ -33,8 +34,9 @@ from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
-from broker.launchers.workdir import (EXIT_FILE, KILLED_FILE, LAUNCH_FILE, WRAPPER, candidate_pids, mkdirs,
+from broker.launchers.workdir import (EXIT_FILE, KILLED_FILE, LAUNCH_FILE, WRAPPER, candidate_pids,
                                       open_if_wrapper, read_launch, read_reason, write_new)
+from broker.runas import RunAs, make_subdirs, make_workdir, write_owned
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class LocalLauncher:
         # tenth of a launch's CPU time with a typical environment of a few dozen variables.
         self._base_env = {k: v for k, v in os.environb.items()
                           if not (k.startswith(b"BROKER_") or k.startswith(b"WB_"))}
+        #: (account or None, host variables) -> the environment payloads start from, encoded once
+        self._envs: dict[tuple[RunAs | None, tuple[tuple[str, str], ...]], dict[bytes, bytes]] = {}
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._attempts: dict[tuple[int, int], _Attempt] = {}
@@ -93,11 +97,16 @@ class LocalLauncher:
 
     # ------------------------------------------------------------------------------------ the interface
 
-    def launch(self, request: LaunchRequest) -> LaunchHandle:
-        """Create the work directory, write the payload, start it under the wrapper; return at once."""
+    def launch(self, request: LaunchRequest, run_as: RunAs | None = None,
+               host_env: tuple[tuple[str, str], ...] = ()) -> LaunchHandle:
+        """Create the work directory, write the payload, start it under the wrapper; return at once.
+
+        ``run_as``: the account it starts as (the broker being root), in that account's clean environment;
+        None: as the broker, in the broker's environment. ``host_env``: the host's variables, before the node's.
+        """
         started_at = time.time()
         workdir = request.workdir
-        mkdirs(workdir)
+        make_workdir(workdir, run_as)
         record = {"node_id": request.node_id, "attempt": request.attempt, "started_at": started_at,
                   "timeout": request.timeout}
         try:
@@ -106,20 +115,21 @@ class LocalLauncher:
             raise StateError(f"node {request.node_path} attempt {request.attempt}: work directory {workdir} "
                              "already holds a started attempt") from None
         payload_path = os.path.join(workdir, elf.PAYLOAD_FILE)
-        write_new(payload_path, request.payload_text.encode("utf-8"))
+        write_owned(payload_path, request.payload_text.encode("utf-8"), run_as)
         cwd = workdir
         if request.cwd:
             cwd = os.path.join(workdir, request.cwd)
             if not os.path.isabs(request.cwd):
-                mkdirs(cwd)
+                cwd = make_subdirs(workdir, request.cwd, run_as)
         interpreter = request.interpreter or elf.DEFAULT_INTERPRETERS[request.payload_type]
-        env = self._base_env.copy()
+        env = self._environment(run_as, host_env).copy()
         env.update((os.fsencode(k), os.fsencode(v)) for k, v in request.env)
         env[b"WB_WORKDIR"] = os.fsencode(workdir)
         try:
             proc = subprocess.Popen(["/bin/sh", WRAPPER, workdir, interpreter, payload_path],
                                     stdin=self._devnull, stdout=self._devnull, stderr=self._devnull,
-                                    cwd=cwd, env=env, start_new_session=True, close_fds=True)
+                                    cwd=cwd, env=env, start_new_session=True, close_fds=True,
+                                    **(run_as.popen() if run_as is not None else {}))
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             raise ResourceError(f"node {request.node_path} attempt {request.attempt}: cannot start in "
                                 f"{cwd}: {exc.strerror}", retryable=False) from None
@@ -236,6 +246,16 @@ class LocalLauncher:
         self.close()
 
     # ------------------------------------------------------------------------------------------ inside
+
+    def _environment(self, run_as: RunAs | None, host_env: tuple[tuple[str, str], ...]) -> dict[bytes, bytes]:
+        """The broker's environment (as itself) or the account's clean one (switched), then the host's."""
+        key = (run_as, host_env)
+        env = self._envs.get(key)
+        if env is None:
+            env = self._base_env.copy() if run_as is None else run_as.environment()
+            env.update((os.fsencode(k), os.fsencode(v)) for k, v in host_env)
+            self._envs[key] = env
+        return env
 
     def _track(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None,
                on_exit: base.ExitCallback | None = None) -> _Attempt:

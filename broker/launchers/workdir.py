@@ -36,8 +36,11 @@ def mkdirs(path: str) -> None:
 
 
 def write_new(path: str, data: bytes, exclusive: bool = False) -> None:
-    """Write a file of this attempt (mode 0600) in one call; ``exclusive``: FileExistsError if it exists."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    """Write a file of this attempt (mode 0600) in one call; ``exclusive``: FileExistsError if it exists.
+
+    Never through a symbolic link: the directory may belong to the payload's account (broker.runas).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = os.open(path, flags, 0o600)
     try:
         os.write(fd, data)

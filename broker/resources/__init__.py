@@ -17,6 +17,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from broker import runas
 from broker.config import Settings
 from broker.description.model import Scheduling
 from broker.errors import ResourceError
@@ -46,7 +47,7 @@ class Resources:
         hosts = settings.hosts
         self.settings = settings
         self.catalogue = catalogue or cat.load_catalogue(hosts.catalogue)
-        self.accounts = AccountMap(self.catalogue, accounts)
+        self.accounts = AccountMap(self.catalogue, accounts, local_as_broker=settings.engine.run_as_broker_account)
         self._pool: Any = None
         self._local = local_launcher
         self._own_local = local_launcher is None
@@ -85,6 +86,53 @@ class Resources:
         """The account ``user``'s nodes run under on the host."""
         return self.accounts.account(user, host_name)
 
+    # ------------------------------------------------------------------------- accounts of this machine
+
+    def local_run_as(self, user: str, host_name: str) -> runas.RunAs | None:
+        """Whom ``user``'s processes and files on host ``host_name`` (one without <ssh>) run as.
+
+        None: as the broker itself (``[engine] run_as_broker_account``, or the owner is mapped to the broker's
+        own account). A root broker switches to the mapped account; any other broker cannot, and refuses.
+        Raises ResourceError (not retryable) naming the missing or impossible mapping.
+        """
+        account = self.accounts.account(user, host_name)
+        if self.accounts.local_as_broker:
+            return None
+        if runas.is_root():
+            return runas.lookup(account.login)
+        own = runas.own_login()
+        if account.login == own:
+            return None
+        raise ResourceError(f"user '{user}' is mapped to account '{account.login}' on host '{host_name}', but the "
+                            f"broker runs as '{own}', not root: it can only run the nodes of users mapped to "
+                            f"'{own}' (or set [engine] run_as_broker_account = true for a single-user broker)",
+                            retryable=False)
+
+    def switches_accounts(self) -> bool:
+        """Whether local payloads may start as accounts other than the broker's (their work root must let
+        them through: :func:`broker.runas.check_traversable`)."""
+        return runas.is_root() and not self.accounts.local_as_broker and \
+            any(h.launcher == "local" for h in self.catalogue.hosts)
+
+    def staging_account(self, user: str, host_name: str) -> tuple[runas.RunAs | None, bool]:
+        """Whose rights ``file://`` staging of ``user``'s node on ``host_name`` uses on this machine.
+
+        (account, whether the attempt directory is the account's too: a node of a local host). For a node on
+        a host with <ssh>, the account is the user's on the catalogue's first local host: file:// paths are
+        paths of this machine, whatever host the node runs on.
+        """
+        host = self.catalogue.get(host_name)
+        if host.ssh is None:
+            return self.local_run_as(user, host.name), host.launcher == "local"
+        if self.accounts.local_as_broker:
+            return None, False
+        here = next((h for h in self.catalogue.hosts if h.launcher == "local"), None)
+        if here is None:
+            raise ResourceError(f"file:// staging of user '{user}''s node on host '{host_name}' runs as the "
+                                "user's account on the broker's machine, and the catalogue has no local host to "
+                                "map it: add one with an <account> for the user", retryable=False)
+        return self.local_run_as(user, here.name), False
+
     # ----------------------------------------------------------------------------------------- launchers
 
     def local_launcher(self) -> Any:
@@ -100,12 +148,12 @@ class Resources:
         """The launcher running ``user``'s nodes on ``host_name`` (made on first use, then cached)."""
         host = self.catalogue.get(host_name)
         if host.launcher == "local":
-            return self.local_launcher()
+            return _LocalAs(self, host, user)
         account = self.accounts.account(user, host_name)
         with self._lock:
             launcher = self._launchers.get((host.name, account.login))
             if launcher is None:
-                launcher = self._launchers[(host.name, account.login)] = self._make(host, account)
+                launcher = self._launchers[(host.name, account.login)] = self._make(host, account, user)
             return launcher
 
     def remove_workflow(self, host_name: str, user: str, global_id: str) -> bool:
@@ -133,13 +181,16 @@ class Resources:
                                 retryable=False)
         return launcher
 
-    def _make(self, host: Host, account: Account) -> Any:
+    def _make(self, host: Host, account: Account, user: str) -> Any:
         from broker.resources.remote import Endpoint
         from broker.resources.shell import LocalShell
 
         hosts = self.settings.hosts
-        shell = LocalShell(account.label, command_timeout=hosts.ssh_command_timeout) if account.local else \
-            self.pool.shell(host, account)
+        if account.local:
+            shell = LocalShell(account.label, command_timeout=hosts.ssh_command_timeout,
+                               run_as=self.local_run_as(user, host.name))
+        else:
+            shell = self.pool.shell(host, account)
         endpoint = Endpoint(host, account, shell, local_root=self._local_root,
                             command_timeout=hosts.ssh_command_timeout)
         options: dict[str, Any] = {"max_output_bytes": self.settings.limits.max_output_bytes,
@@ -170,6 +221,23 @@ class Resources:
         if self._pool is not None:
             self._pool.close()
         transports.uninstall()
+
+
+class _LocalAs:
+    """The shared local launcher as one user's nodes on one local host see it: launch() starts the attempt as
+    the user's account with the host's variables; everything else (watch, collect, cancel, recover) is the
+    shared launcher's and needs no account, so an attempt is recovered whatever the mapping says now."""
+
+    def __init__(self, resources: Resources, host: Host, user: str):
+        self._resources, self._host, self._user = resources, host, user
+        self._launcher = resources.local_launcher()
+
+    def launch(self, request: Any) -> Any:
+        run_as = self._resources.local_run_as(self._user, self._host.name)
+        return self._launcher.launch(request, run_as=run_as, host_env=self._host.env)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._launcher, name)
 
 
 __all__ = ["Resources"]

@@ -265,8 +265,9 @@ def _host(el: etree._Element, base: Path, filename: str, problems: list[Problem]
                 problem(f"account of user '{rule.user}': a key path with {{user}} must be absolute", child)
             if any(a.user == rule.user for a in accounts):
                 problem(f"user '{rule.user}' has two <account> entries", child)
-            if ssh is None:
-                problem("<account> needs <ssh>: without it every node runs as the broker's own user", child)
+            if ssh is None and rule.key:  # <ssh> comes first (the schema's order)
+                # without <ssh> it is an account of the broker's own machine: nothing logs in with a key
+                problem(f"account of user '{rule.user}': key applies only to hosts reached over <ssh>", child)
             accounts.append(rule)
     if launcher == "ssh" and ssh is None:
         problem("launcher ssh needs an <ssh> element")

@@ -1,8 +1,9 @@
 """Running commands and moving files on a host: the one seam between launchers and the machines they drive.
 
 A :class:`Shell` runs a POSIX ``sh`` command line on a host as one account and moves files there. Two real
-implementations: :class:`LocalShell` (this machine, the broker's own user: a batch system submitted to from
-the broker's host) and ``broker.resources.sshpool.SshShell`` (a pooled SSH connection). The PBS and MOAB
+implementations: :class:`LocalShell` (this machine: a batch system submitted to from the broker's host, as
+the owner's account when the broker is root, see :mod:`broker.runas`) and
+``broker.resources.sshpool.SshShell`` (a pooled SSH connection). The PBS and MOAB
 tests inject a recorded-output shell through the same interface, because no such server can be installed
 here.
 
@@ -19,7 +20,9 @@ import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
+from broker import runas
 from broker.errors import ResourceError
+from broker.runas import RunAs
 
 #: bytes a command may print on stdout or stderr before it is cut off (a probe of many attempts is large)
 MAX_OUTPUT_BYTES = 256 * 1024**2
@@ -78,17 +81,27 @@ def _too_big(what: str, size: int, max_bytes: int) -> ResourceError:
 
 
 class LocalShell:
-    """Commands and files on this machine, as the broker's own user."""
+    """Commands and files on this machine, as ``run_as`` (None: the broker's own user).
 
-    def __init__(self, label: str = "localhost", *, command_timeout: float = 60.0):
+    As another account, commands start with its credentials and clean environment in its home directory,
+    and files are read and written by a child process running as it (:func:`broker.runas.copy`), so the
+    broker's own rights never touch that account's directories.
+    """
+
+    def __init__(self, label: str = "localhost", *, command_timeout: float = 60.0, run_as: RunAs | None = None):
         self.label = label
         self._timeout = command_timeout
+        self.run_as = run_as
+        if run_as is None:
+            self._spawn: dict = {"cwd": os.path.expanduser("~")}
+        else:
+            self._spawn = {"cwd": run_as.home, "env": run_as.environment(), **run_as.popen()}
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> Completed:
         """Run ``/bin/sh -c command`` in the home directory (as an SSH session would)."""
         try:
             done = subprocess.run(["/bin/sh", "-c", command], input=stdin or b"", capture_output=True,
-                                  timeout=timeout or self._timeout, cwd=os.path.expanduser("~"), check=False)
+                                  timeout=timeout or self._timeout, check=False, **self._spawn)
         except subprocess.TimeoutExpired:
             raise ShellError(f"{self.label}: command timed out after {timeout or self._timeout:g} s",
                              ambiguous=True) from None
@@ -98,6 +111,15 @@ class LocalShell:
 
     def put(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Write ``path`` atomically with ``mode``."""
+        if self.run_as is not None:
+            fd = os.memfd_create("put", os.MFD_CLOEXEC)
+            try:
+                os.write(fd, data)
+                os.lseek(fd, 0, os.SEEK_SET)
+                runas.copy(self.run_as, fd, self._home_path(path), len(data), mode=mode)
+            finally:
+                os.close(fd)
+            return
         path = os.path.expanduser(path)
         partial = f"{path}.partial.{os.getpid()}"
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -110,14 +132,44 @@ class LocalShell:
 
     def upload(self, local: str, remote: str, max_bytes: int) -> int:
         """Copy ``local`` to ``remote`` on this machine."""
+        if self.run_as is not None:
+            try:
+                fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise ResourceError(f"cannot read {local}: {exc.strerror}", retryable=False) from None
+            try:
+                return runas.copy(self.run_as, fd, self._home_path(remote), max_bytes)
+            finally:
+                os.close(fd)
         return _copy(local, os.path.expanduser(remote), max_bytes)
 
     def download(self, remote: str, local: str, max_bytes: int) -> int:
         """Copy ``remote`` (a regular file, not a symlink) to ``local``."""
+        if self.run_as is not None:
+            partial = f"{local}.partial.{os.getpid()}"
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                size = runas.copy(self.run_as, self._home_path(remote), fd, max_bytes, no_symlink=True)
+                os.close(fd)
+                fd = -1
+                os.replace(partial, local)
+                return size
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(partial)
         remote = os.path.expanduser(remote)
         if os.path.islink(remote):
             raise ResourceError(f"{self.label}:{remote} is a symbolic link: refused", retryable=False)
         return _copy(remote, local, max_bytes)
+
+    def _home_path(self, path: str) -> str:
+        """``path`` as the account sees it: ``~`` and relative paths are in its home directory."""
+        assert self.run_as is not None
+        if path.startswith("~/"):
+            path = path[2:]
+        return os.path.join(self.run_as.home, path)
 
 
 def _copy(source: str, target: str, max_bytes: int) -> int:

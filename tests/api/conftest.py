@@ -71,9 +71,11 @@ class Server:
     @property
     def env(self) -> dict[str, str]:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_") or k.startswith("BROKER_TEST_")}
+        # Most servers here test the API, not accounts: a single-user broker whose payloads run as the
+        # account running the tests, whoever submits them (test_runas.py maps users to accounts instead).
         return {**clean, "BROKER_DATABASE_URL": self.url, "BROKER_ENGINE_WORKDIR": str(self.tmp / "work"),
                 "XDG_STATE_HOME": str(self.tmp / "state"), "BROKER_API_PAGE_SIZE": str(PAGE_SIZE),
-                "BROKER_LOGGING_LEVEL": "INFO", **self.env_extra}
+                "BROKER_LOGGING_LEVEL": "INFO", "BROKER_ENGINE_RUN_AS_BROKER_ACCOUNT": "true", **self.env_extra}
 
     def start(self) -> Server:
         """Start the server on a free port and wait for its ``serving on`` line."""

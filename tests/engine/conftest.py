@@ -44,6 +44,9 @@ class Broker:
 
         from broker.config import EngineSettings, load_settings
 
+        # These tests are about the engine's semantics, not about accounts: a single-user broker, whose
+        # payloads run as the account running the tests (tests/api/test_runas.py tests the mapping).
+        engine_settings.setdefault("run_as_broker_account", True)
         base = load_settings(environ={})
         self.settings: Settings = dataclasses.replace(
             base.replace("database", url=url),

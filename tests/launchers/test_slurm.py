@@ -16,17 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from broker.config import Settings
 from broker.description.model import Scheduling
+from broker.errors import ResourceError
 from broker.launchers import base
 from broker.launchers.slurm import SlurmDialect, SlurmLauncher
+from broker.resources import Resources
 from broker.resources import jobs as J
 from broker.resources.accounts import Account
-from broker.resources.catalogue import BatchOptions, Host
+from broker.resources.catalogue import AccountRule, BatchOptions, Catalogue, Host
 from broker.resources.remote import Endpoint
 from broker.resources.shell import LocalShell
 from broker.resources.sshpool import SshPool
-from tests.resources.helpers import (WAIT_FOR_GO, Ended, account, alive, endpoint, poll_until, read_int, release,
-                                     request, run_to_end, ssh_host, unique_workflow, wait_started)
+from tests.resources.helpers import (LOCAL_ROOT, WAIT_FOR_GO, Ended, account, alive, endpoint, poll_until, read_int,
+                                     release, request, run_to_end, ssh_host, unique_workflow, wait_started)
 
 COMMANDS = ("sbatch", "squeue", "sacct", "scancel")
 SLOW = 200.0  # seconds: SLURM checks time limits about every 30 s after the limit (1 min at least)
@@ -274,6 +277,25 @@ def test_an_unreachable_controller_leaves_jobs_unknown_never_failed(launcher, sh
     launcher.cancel(pending)
     poll_until(lambda: ended.has(pending.node_id), what="the pending job to end")
     assert launcher.collect(pending).outcome == base.CANCELLED
+
+
+def test_a_cluster_reached_without_ssh_runs_jobs_as_the_owners_mapped_account(slurm, scratch, test_accounts):
+    # a root broker: sbatch, the elf's installation and the job all run as the account the catalogue maps
+    first = test_accounts.first
+    host = Host(name="local-slurm", launcher="slurm", scratch=f"{scratch}/mapped",
+                batch=BatchOptions(default_queue=slurm.partition), accounts=(AccountRule("alice", first.login),))
+    resources = Resources(Settings(), catalogue=Catalogue(hosts=(host,), default="local-slurm"),
+                          local_root=LOCAL_ROOT, install_transports=False)
+    try:
+        launcher = resources.launcher("local-slurm", "alice")
+        handle = launcher.launch(request(unique_workflow(), WHO, env=(("WB_N", "2"),)))
+        assert run_to_end(launcher, handle).outputs == {"who": first.login, "n": 2}
+        root = Path(scratch) / "mapped" / first.login
+        assert {p.stat().st_uid for p in (root, *root.joinpath(".broker").iterdir())} == {first.uid}
+        with pytest.raises(ResourceError, match="user 'bob' has no account on host 'local-slurm'"):
+            resources.launcher("local-slurm", "bob")
+    finally:
+        resources.close()
 
 
 def test_a_cluster_reached_without_ssh_runs_jobs_as_the_brokers_own_user(slurm, scratch, tmp_path):

@@ -108,7 +108,7 @@ def test_semantic_errors_are_all_reported_in_line_order(tmp_path):
           <batch/>
         </host>
         <host name="a" launcher="slurm">
-          <account user="bob" login="{{user}}"/>
+          <account user="bob" login="{{user}}" key="/keys/bob"/>
         </host>""", tmp_path, default="nowhere")
     missing = tmp_path / "missing_known_hosts"
     assert found == [
@@ -121,8 +121,23 @@ def test_semantic_errors_are_all_reported_in_line_order(tmp_path):
         "hosts.xml:12:0: host 'a': launcher slurm needs a <scratch> directory",
         "hosts.xml:12:0: host 'a' is declared twice (first at line 3)",
         "hosts.xml:13:0: host 'a': account of user 'bob': {user} is only allowed with user=\"*\"",
-        "hosts.xml:13:0: host 'a': <account> needs <ssh>: without it every node runs as the broker's own user",
+        "hosts.xml:13:0: host 'a': account of user 'bob': key applies only to hosts reached over <ssh>",
     ]
+
+
+def test_a_host_without_ssh_takes_account_entries_of_the_brokers_machine(tmp_path):
+    catalogue = parse("""
+        <host name="here" launcher="local">
+          <account user="alice" login="broker-test"/>
+          <account user="*" login="{user}"/>
+        </host>
+        <host name="queue" launcher="slurm">
+          <scratch>/scratch</scratch>
+          <account user="bob" login="bsmith"/>
+        </host>""", tmp_path)
+    assert catalogue.get("here").accounts == (cat.AccountRule("alice", "broker-test"),
+                                              cat.AccountRule("*", "{user}"))
+    assert catalogue.get("queue").accounts == (cat.AccountRule("bob", "bsmith"),)
 
 
 def test_the_hardened_parser_refuses_a_doctype(tmp_path):

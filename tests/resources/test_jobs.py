@@ -70,8 +70,9 @@ def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_pa
     try:
         assert (resources.max_jobs("laptop"), resources.max_jobs("lab")) == (4, 16)
         assert resources.resolve((), Scheduling()).name == "laptop"
-        local = resources.launcher("laptop", "alice")
-        assert resources.launcher_of("localhost") is local
+        local = resources.launcher("laptop", "alice")  # the shared local launcher, starting as alice's account
+        assert resources.launcher_of("localhost") is resources.local_launcher()
+        assert local.collect == resources.local_launcher().collect
         remote = resources.launcher("lab", "alice")  # made without connecting: connections open on first use
         assert resources.launcher("lab", "alice") is remote and resources.launcher_of("alice@lab") is remote
         assert resources.pool.opened() == 0
