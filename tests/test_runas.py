@@ -29,11 +29,17 @@ def test_an_account_is_looked_up_with_its_groups_and_gets_a_clean_environment(te
     assert first.environment() == {b"HOME": first.home.encode(), b"USER": first.login.encode(),
                                    b"LOGNAME": first.login.encode(), b"SHELL": first.shell.encode(),
                                    b"PATH": runas.PATH.encode(), b"LANG": runas.LANG.encode()}
-    assert first.popen() == {"user": first.uid, "group": first.gid, "extra_groups": list(first.groups),
+    assert first.credentials() == {"user": first.uid, "group": first.gid, "extra_groups": list(first.groups),
                              "umask": 0o077}
     with pytest.raises(ResourceError, match="account 'no-such-account' does not exist on this machine") as caught:
         runas.lookup("no-such-account")
     assert caught.value.retryable is False
+
+
+def test_an_environment_is_exported_quoted_and_a_bad_name_is_refused():
+    assert runas.exports({b"A": b"it's $(x)\n", b"B_2": b""}) == b"export A='it'\\''s $(x)\n'\nexport B_2=''\n"
+    with pytest.raises(ResourceError, match="environment variable name b'A;B' is not valid"):
+        runas.exports({b"A;B": b"1"})
 
 
 def test_a_work_root_other_accounts_cannot_traverse_is_refused_naming_the_setting(tmp_path, test_accounts):

@@ -36,10 +36,12 @@ from broker.launchers import base
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
 from broker.launchers.workdir import (EXIT_FILE, KILLED_FILE, LAUNCH_FILE, WRAPPER, candidate_pids,
                                       open_if_wrapper, read_launch, read_reason, write_new)
-from broker.runas import RunAs, make_subdirs, make_workdir, write_owned
+from broker.runas import SOURCE, RunAs, exports, make_subdirs, make_workdir, popen, write_owned
 
 log = logging.getLogger(__name__)
 
+#: a payload's environment when it starts as another account, sourced by a shell running as that account
+ENV_FILE = "env.sh"
 
 
 class _Attempt:
@@ -125,11 +127,18 @@ class LocalLauncher:
         env = self._environment(run_as, host_env).copy()
         env.update((os.fsencode(k), os.fsencode(v)) for k, v in request.env)
         env[b"WB_WORKDIR"] = os.fsencode(workdir)
+        argv = ["/bin/sh", WRAPPER, workdir, interpreter, payload_path]
         try:
-            proc = subprocess.Popen(["/bin/sh", WRAPPER, workdir, interpreter, payload_path],
-                                    stdin=self._devnull, stdout=self._devnull, stderr=self._devnull,
-                                    cwd=cwd, env=env, start_new_session=True, close_fds=True,
-                                    **(run_as.popen() if run_as is not None else {}))
+            if run_as is None:
+                proc = subprocess.Popen(argv, env=env, stdin=self._devnull, stdout=self._devnull,
+                                        stderr=self._devnull, cwd=cwd, start_new_session=True, close_fds=True)
+            else:
+                # the environment, which the user chose, is read by a shell already running as the account
+                env_file = os.path.join(workdir, ENV_FILE)
+                write_owned(env_file, exports(env), run_as)
+                proc = popen(run_as, ["/bin/sh", "-c", SOURCE, env_file, *argv], stdin=self._devnull,
+                             stdout=self._devnull, stderr=self._devnull, cwd=cwd, start_new_session=True,
+                             close_fds=True)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
             raise ResourceError(f"node {request.node_path} attempt {request.attempt}: cannot start in "
                                 f"{cwd}: {exc.strerror}", retryable=False) from None

@@ -14,6 +14,7 @@ interprets text.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -93,21 +94,26 @@ class LocalShell:
         self._timeout = command_timeout
         self.run_as = run_as
         if run_as is None:
-            self._spawn: dict = {"cwd": os.path.expanduser("~")}
+            self._start = functools.partial(subprocess.Popen, cwd=os.path.expanduser("~"))
         else:
-            self._spawn = {"cwd": run_as.home, "env": run_as.environment(), **run_as.popen()}
+            self._start = functools.partial(runas.popen, run_as, cwd=run_as.home)
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> Completed:
         """Run ``/bin/sh -c command`` in the home directory (as an SSH session would)."""
         try:
-            done = subprocess.run(["/bin/sh", "-c", command], input=stdin or b"", capture_output=True,
-                                  timeout=timeout or self._timeout, check=False, **self._spawn)
-        except subprocess.TimeoutExpired:
-            raise ShellError(f"{self.label}: command timed out after {timeout or self._timeout:g} s",
-                             ambiguous=True) from None
+            proc = self._start(["/bin/sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
         except OSError as exc:
             raise ShellError(f"{self.label}: cannot run /bin/sh: {exc.strerror}") from None
-        return Completed(done.returncode, done.stdout, done.stderr)
+        with proc:
+            try:
+                out, err = proc.communicate(stdin or b"", timeout=timeout or self._timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise ShellError(f"{self.label}: command timed out after {timeout or self._timeout:g} s",
+                                 ambiguous=True) from None
+        return Completed(proc.returncode, out, err)
 
     def put(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Write ``path`` atomically with ``mode``."""

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from broker import runas
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
 from tests.launchers.helpers import Exits, request, run_to_end, wait_for
@@ -19,13 +20,20 @@ def launcher(monkeypatch):
         yield it
 
 
-def test_a_payload_runs_with_the_accounts_ids_umask_077_and_a_clean_environment(launcher, open_tmp, test_accounts):
+@pytest.mark.parametrize("switch", ["setpriv", "fork"])
+def test_a_payload_runs_with_the_accounts_ids_umask_077_and_a_clean_environment(launcher, open_tmp, test_accounts,
+                                                                                 monkeypatch, switch):
+    if switch == "fork":  # a machine without util-linux setpriv: Popen's own switch
+        monkeypatch.setattr(runas, "SETPRIV", None)
+    else:
+        assert runas.SETPRIV is not None
     first = test_accounts.first
     workdir = open_tmp / "wf" / "n1" / "1"
     text = ('echo "@broker output who=\\"$(id -un)\\""; echo "@broker output ids=\\"$(id -u):$(id -g):$(id -G)\\""\n'
             'echo "@broker output umask=\\"$(umask)\\""; touch made; env -0 > env.bin\n')
-    handle = launcher.launch(request(workdir, text, env=(("WB_NODE_ID", "n1"), ("NODE_VAR", "1"))), run_as=first,
-                             host_env=(("OMP_NUM_THREADS", "1"),))
+    hostile = "it's $(touch PWNED) `touch PWNED2` \"x\"\nline 2\\"
+    handle = launcher.launch(request(workdir, text, env=(("WB_NODE_ID", "n1"), ("NODE_VAR", hostile))),
+                             run_as=first, host_env=(("OMP_NUM_THREADS", "1"),))
     result = run_to_end(launcher, handle)
     assert result.outcome == base.SUCCEEDED, result.message
     groups = " ".join(str(g) for g in sorted(set(first.groups) | {first.gid}))
@@ -34,10 +42,11 @@ def test_a_payload_runs_with_the_accounts_ids_umask_077_and_a_clean_environment(
     env.pop("PWD", None)  # the shell sets it
     assert env == {"HOME": first.home, "USER": first.login, "LOGNAME": first.login, "SHELL": first.shell,
                    "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-                   "WB_NODE_ID": "n1", "NODE_VAR": "1", "WB_WORKDIR": str(workdir)}
+                   "WB_NODE_ID": "n1", "NODE_VAR": hostile, "WB_WORKDIR": str(workdir)}
+    assert not list(workdir.glob("PWNED*"))  # values are data, never shell code
     st = os.stat(workdir)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (first.uid, first.gid, 0o700)
-    for name in ("made", "payload", "stdout"):
+    for name in ("made", "payload", "stdout", "env.sh"):
         st = os.stat(workdir / name)
         assert (st.st_uid, st.st_mode & 0o777) == (first.uid, 0o600), name
     assert os.stat(workdir.parent).st_mode & 0o777 == 0o711
