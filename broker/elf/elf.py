@@ -65,6 +65,7 @@ import math
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -202,9 +203,8 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
     reports = []  # type: List[ElfReport]
     ignored = 0
     limit = max_value_bytes + LINE_OVERHEAD_BYTES
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
+    handle = open_regular(path)
+    if handle is None:
         return Scan(reports, offset, 0)
     with handle:
         # An offset inside a line means an earlier pass skipped that line's head as too long: skip its tail.
@@ -321,10 +321,33 @@ def read_status(workdir: str, attempt: Optional[int] = None,
     return status
 
 
+def open_regular(path: str) -> Optional[Any]:
+    """``path`` opened for reading if it is a regular file, else None (missing, a link, a FIFO...).
+
+    The directory may belong to the payload's account while the reader is root (a local attempt started as
+    its owner): a link planted there must not be followed, nor a FIFO block the reader.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+    except OSError:
+        os.close(fd)
+        return None
+
+
 def read_int_file(path: str) -> Optional[int]:
     """The integer on the one complete line of ``path`` (ending with a newline), else None."""
+    handle = open_regular(path)
+    if handle is None:
+        return None
     try:
-        with open(path, "rb") as handle:
+        with handle:
             data = handle.read(64)
     except OSError:
         return None

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from broker import runas
+from broker.elf import elf
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
 from tests.launchers.helpers import Exits, request, run_to_end, wait_for
@@ -85,3 +86,21 @@ def test_a_payload_that_cannot_start_as_the_account_fails_with_the_reason(launch
     result = run_to_end(launcher, launcher.launch(request(workdir, "touch ran"), run_as=test_accounts.first))
     assert result.outcome == base.LOST, result.message  # not even its exit status could be written
     assert not (workdir / "ran").exists()
+
+
+def test_files_a_payload_replaces_with_links_or_fifos_are_never_followed_by_the_broker(launcher, open_tmp,
+                                                                                       test_accounts):
+    # as root, the broker reads the attempt's files: a link to a file only root may read would leak it, a
+    # FIFO would block the reading thread for good
+    secret = open_tmp / "root-only"
+    secret.write_text('@broker output stolen="yes"\n12\n')
+    secret.chmod(0o600)
+    workdir = open_tmp / "wf" / "n1" / "1"
+    text = f'rm -f stdout; ln -s "{secret}" stdout; mkfifo fifo\n'
+    result = run_to_end(launcher, launcher.launch(request(workdir, text), run_as=test_accounts.first))
+    assert (result.outcome, result.outputs) == (base.SUCCEEDED, {})
+    assert (workdir / "stdout").is_symlink()
+    assert elf.read_int_file(str(workdir / "fifo")) is None  # at once: no writer will ever come
+    (workdir / "fifo").unlink()
+    (workdir / "fifo").symlink_to(secret)
+    assert elf.read_int_file(str(workdir / "fifo")) is None and elf.scan(str(workdir / "fifo")).reports == []
