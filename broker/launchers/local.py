@@ -9,6 +9,15 @@ in the broker process: no Python starts per node.
 The work directory's own files, and how a wrapper process is told from a reused pid, are in
 :mod:`broker.launchers.workdir`. A root broker starts an attempt as its owner's account (uid, gid, groups,
 umask 077, the account's clean environment) in a work directory that account owns: :mod:`broker.runas`.
+Two facts in the work directory do not depend on timing:
+
+- *started and alive*: the launch record is locked (``flock``) before the wrapper is spawned, and the
+  wrapper holds that lock for its whole life; recovery asks the lock, never the clock or /proc. An adopted
+  attempt whose wrapper has not written its pid yet (a broker died between the fork and the wrapper's
+  first instruction) is watched through its lock until its pid appears or the lock is released.
+- *ended by itself or killed*: the ``exit`` file is created exclusively by whichever comes first, the
+  wrapper (the payload's exit status) or this launcher (``cancelled``/``timeout``, before any signal). A
+  kill that comes second sends nothing, and the attempt keeps its real result.
 
 One watcher thread serves every attempt: an epoll set holds a pidfd per wrapper process (readable the
 moment it exits, whether or not it is our child) and an eventfd that wakes it; its timeout is the nearest
@@ -17,8 +26,6 @@ deadline (a node's timeout, or the end of a kill grace period).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import heapq
 import itertools
 import json
@@ -33,9 +40,10 @@ import time
 from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
-from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
-from broker.launchers.workdir import (EXIT_FILE, KILLED_FILE, LAUNCH_FILE, WRAPPER, candidate_pids,
-                                      open_if_wrapper, read_launch, read_reason, write_new)
+from broker.launchers.adoption import IDENTIFY_FIRST, Adoption, find_wrapper, is_legacy
+from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Report
+from broker.launchers.workdir import (LAUNCH_FILE, WRAPPER, claim, is_alive, lock_exclusive, read_exit, read_launch,
+                                      write_new)
 from broker.runas import SOURCE, RunAs, exports, make_subdirs, make_workdir, popen, write_owned
 
 log = logging.getLogger(__name__)
@@ -48,19 +56,25 @@ class _Attempt:
     """What the launcher tracks about one started or adopted attempt (guarded by the launcher's lock)."""
 
     __slots__ = ("handle", "pid", "proc", "pidfd", "callbacks", "ended", "reason", "scan_offset", "outputs",
-                 "progress", "ignored")
+                 "progress", "ignored", "legacy", "retry")
 
-    def __init__(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None, ended: bool = False):
+    def __init__(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None, ended: bool = False,
+                 legacy: bool = False):
         self.handle = handle
+        #: the wrapper's pid, which is its process group's id; 0 while an adopted wrapper is not identified
         self.pid = int(handle.job_id)
         #: our own child (None when adopted from a previous broker): reaped by the watcher
         self.proc = proc
+        #: -1 while not identified
         self.pidfd = pidfd
         self.callbacks: list[base.ExitCallback] = []
         self.ended = ended
-        #: why the launcher killed it (elf.TIMEOUT or elf.CANCELLED), None if it did not; for an attempt
-        #: that this launcher does not track, what the work directory says
-        self.reason: str | None = read_reason(handle.workdir) if ended else None
+        #: why the launcher killed it (elf.TIMEOUT or elf.CANCELLED; its verdict file says so too), None if not
+        self.reason: str | None = None
+        #: started by a broker from before the launch lock and the verdict file
+        self.legacy = legacy
+        #: seconds until the next look for an unidentified wrapper's pid
+        self.retry = IDENTIFY_FIRST
         # reports already read from stdout, so collect() does not read them again
         self.scan_offset = 0
         self.outputs: dict = {}
@@ -68,7 +82,7 @@ class _Attempt:
         self.ignored = 0
 
 
-class LocalLauncher:
+class LocalLauncher(Adoption):
     """Runs payloads on this host (implements :class:`broker.launchers.base.Launcher`)."""
 
     def __init__(self, *, max_output_bytes: int = elf.DEFAULT_MAX_VALUE_BYTES,
@@ -110,7 +124,7 @@ class LocalLauncher:
         workdir = request.workdir
         make_workdir(workdir, run_as)
         record = {"node_id": request.node_id, "attempt": request.attempt, "started_at": started_at,
-                  "timeout": request.timeout}
+                  "timeout": request.timeout, "lock": 1}
         try:
             write_new(os.path.join(workdir, LAUNCH_FILE), json.dumps(record).encode(), exclusive=True)
         except FileExistsError:
@@ -128,15 +142,17 @@ class LocalLauncher:
         env.update((os.fsencode(k), os.fsencode(v)) for k, v in request.env)
         env[b"WB_WORKDIR"] = os.fsencode(workdir)
         argv = ["/bin/sh", WRAPPER, workdir, interpreter, payload_path]
+        # locked before the spawn and handed to the wrapper as its stdin: see broker.launchers.workdir
+        lock = lock_exclusive(os.path.join(workdir, LAUNCH_FILE))
         try:
             if run_as is None:
-                proc = subprocess.Popen(argv, env=env, stdin=self._devnull, stdout=self._devnull,
+                proc = subprocess.Popen(argv, env=env, stdin=lock, stdout=self._devnull,
                                         stderr=self._devnull, cwd=cwd, start_new_session=True, close_fds=True)
             else:
                 # the environment, which the user chose, is read by a shell already running as the account
                 env_file = os.path.join(workdir, ENV_FILE)
                 write_owned(env_file, exports(env), run_as)
-                proc = popen(run_as, ["/bin/sh", "-c", SOURCE, env_file, *argv], stdin=self._devnull,
+                proc = popen(run_as, ["/bin/sh", "-c", SOURCE, env_file, *argv], stdin=lock,
                              stdout=self._devnull, stderr=self._devnull, cwd=cwd, start_new_session=True,
                              close_fds=True)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
@@ -145,6 +161,8 @@ class LocalLauncher:
         except OSError as exc:
             raise ResourceError(f"node {request.node_path} attempt {request.attempt}: cannot start the "
                                 f"payload: {exc.strerror or exc}") from None
+        finally:
+            os.close(lock)
         try:
             pidfd = os.pidfd_open(proc.pid)
         except OSError as exc:  # EMFILE: each running attempt holds one descriptor
@@ -170,15 +188,16 @@ class LocalLauncher:
         on_exit(handle.node_id, handle.attempt)
 
     def cancel(self, handle: LaunchHandle) -> None:
-        """SIGTERM the attempt's process group, SIGKILL after the grace; a no-op once it has ended."""
+        """Record the kill verdict, SIGTERM the process group, SIGKILL after the grace; a no-op once it has ended.
+
+        Nothing is sent if the wrapper recorded the payload's exit status first: the attempt keeps its result.
+        """
         with self._lock:
             attempt = self._attempts.get((handle.node_id, handle.attempt))
         if attempt is None:
             attempt = self._adopt(handle, None)
             if attempt is None:
                 return
-        if elf.read_int_file(os.path.join(handle.workdir, EXIT_FILE)) is not None:
-            return  # it ended just now; the watcher has not seen it yet
         self._kill(attempt, elf.CANCELLED)
 
     def reports(self, handle: LaunchHandle, offset: int) -> tuple[list[Report], int]:
@@ -199,39 +218,13 @@ class LocalLauncher:
                 raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
             self._attempts.pop(key, None)
         if attempt is None:
-            attempt = _Attempt(handle, -1, None, ended=True)
-            if elf.read_int_file(os.path.join(handle.workdir, EXIT_FILE)) is None and attempt.reason is None:
-                pidfd = open_if_wrapper(attempt.pid, handle.workdir)
-                if pidfd is not None:
-                    os.close(pidfd)
-                    raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
+            attempt = _Attempt(handle, -1, None, ended=True, legacy=is_legacy(handle.workdir))
+            found = find_wrapper(handle.workdir, handle.job_id) if attempt.legacy else None
+            if found is not None:
+                os.close(found[1])
+            if found is not None or not attempt.legacy and is_alive(handle.workdir):
+                raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
         return self._result(attempt)
-
-    def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
-        """Finished (exit status or kill recorded), running (adopted: watch it), absent (never started), or lost."""
-        with self._lock:
-            known = self._attempts.get((node_id, attempt))
-        if known is not None and not known.ended:
-            return Recovered("running", handle=known.handle)
-        launch = read_launch(workdir)
-        handle = LaunchHandle(node_id=node_id, attempt=attempt, workdir=workdir, job_id=job_id or "0",
-                              started_at=launch.get("started_at", 0.0), timeout=launch.get("timeout"))
-        if elf.read_int_file(os.path.join(workdir, EXIT_FILE)) is None:
-            for pid in candidate_pids(workdir, job_id):
-                pidfd = open_if_wrapper(pid, workdir)
-                if pidfd is not None:
-                    adopted = dataclasses.replace(handle, job_id=str(pid))
-                    return Recovered("running", handle=self._track(adopted, pidfd, None).handle)
-            if elf.read_int_file(os.path.join(workdir, elf.PID_FILE)) is None:
-                # The wrapper writes its pid before anything else: without one, nothing of this attempt
-                # ever ran (the broker died between committing the launch intent and starting it). Clear
-                # the launch record so the same attempt can be started now.
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(workdir, LAUNCH_FILE))
-                return Recovered("absent")
-        # Nothing of it runs: its files say how it ended (read again: it may have ended just now).
-        result = self._result(_Attempt(handle, -1, None, ended=True))
-        return Recovered("lost" if result.outcome == base.LOST else "finished", result=result)
 
     def close(self) -> None:
         """Stop and join the watcher thread; running payloads keep running."""
@@ -267,25 +260,23 @@ class LocalLauncher:
         return env
 
     def _track(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None,
-               on_exit: base.ExitCallback | None = None) -> _Attempt:
-        attempt = _Attempt(handle, pidfd, proc)
+               on_exit: base.ExitCallback | None = None, legacy: bool = False) -> _Attempt:
+        """Watch an attempt: through its pidfd, or (-1) through its lock until its wrapper is identified."""
+        attempt = _Attempt(handle, pidfd, proc, legacy=legacy)
         if on_exit is not None:
             attempt.callbacks.append(on_exit)
         with self._lock:
             self._attempts[(handle.node_id, handle.attempt)] = attempt
-            self._by_fd[pidfd] = attempt
-            self._epoll.register(pidfd, select.EPOLLIN)
+            if pidfd >= 0:
+                self._by_fd[pidfd] = attempt
+                self._epoll.register(pidfd, select.EPOLLIN)
+            else:
+                self._add_timer(time.monotonic() + attempt.retry, attempt, "identify")
             if handle.timeout:
                 # A node's timeout counts from its start, also for an attempt adopted after a restart.
                 delay = handle.started_at + handle.timeout - time.time()
                 self._add_timer(time.monotonic() + delay, attempt, "timeout")
         return attempt
-
-    def _adopt(self, handle: LaunchHandle, on_exit: base.ExitCallback | None) -> _Attempt | None:
-        """Track an attempt this launcher did not start, if its wrapper still runs."""
-        pid = int(handle.job_id)
-        pidfd = open_if_wrapper(pid, handle.workdir) if pid > 0 else None
-        return None if pidfd is None else self._track(handle, pidfd, None, on_exit)
 
     def _add_timer(self, when: float, attempt: _Attempt, kind: str) -> None:
         """Queue a deadline (lock held); wake the watcher if it is now the nearest."""
@@ -296,15 +287,25 @@ class LocalLauncher:
             os.eventfd_write(self._wake_fd, 1)
 
     def _kill(self, attempt: _Attempt, reason: str) -> None:
-        """Record why, SIGTERM the group, and have the watcher SIGKILL it after the grace."""
+        """Record the verdict ``reason`` unless the attempt has one; if it is ours, kill (see :meth:`cancel`)."""
         with self._lock:
             if attempt.ended or attempt.reason is not None:
                 return
-            attempt.reason = reason
             try:
-                write_new(os.path.join(attempt.handle.workdir, KILLED_FILE), f"{reason}\n".encode())
+                if not claim(attempt.handle.workdir, reason):
+                    # the payload's exit status came first (it keeps it), or an earlier kill did (finish it)
+                    reason = read_exit(attempt.handle.workdir)[1]
+                    if reason is None:
+                        return
             except OSError as exc:
+                # kill all the same: the verdict lives in memory only, until this broker stops
                 log.warning("cannot record the kill of %s: %s", attempt.handle.workdir, exc)
+            attempt.reason = reason
+            self._strike(attempt)
+
+    def _strike(self, attempt: _Attempt) -> None:
+        """SIGTERM the group now and SIGKILL it after the grace (lock held); once identified if it is not yet."""
+        if attempt.pid > 1:
             _killpg(attempt.pid, signal.SIGTERM)
             self._add_timer(time.monotonic() + self._kill_grace, attempt, "kill")
 
@@ -338,8 +339,10 @@ class LocalLauncher:
         for attempt, kind in due:
             if kind == "timeout":
                 self._kill(attempt, elf.TIMEOUT)
-            else:
+            elif kind == "kill":
                 _killpg(attempt.pid, signal.SIGKILL)
+            else:
+                fired.extend(self._identify(attempt))
         for callback, node_id, number in fired:
             try:
                 callback(node_id, number)
@@ -348,8 +351,9 @@ class LocalLauncher:
 
     def _ended(self, attempt: _Attempt) -> list[tuple[base.ExitCallback, int, int]]:
         """The wrapper exited (lock held): clean up, reap, and return the callbacks to run."""
-        self._epoll.unregister(attempt.pidfd)
-        os.close(attempt.pidfd)
+        if attempt.pidfd >= 0:
+            self._epoll.unregister(attempt.pidfd)
+            os.close(attempt.pidfd)
         if attempt.reason is not None:
             # Killed: what remains of its group goes too. Sent before reaping, while the group id is taken.
             _killpg(attempt.pid, signal.SIGKILL)
@@ -363,6 +367,9 @@ class LocalLauncher:
         node_id, number = attempt.handle.node_id, attempt.handle.attempt
         return [(callback, node_id, number) for callback in attempt.callbacks]
 
+    def _result_from_files(self, handle: LaunchHandle, legacy: bool) -> AttemptResult:
+        return self._result(_Attempt(handle, -1, None, ended=True, legacy=legacy))
+
     def _fold(self, attempt: _Attempt, found: elf.Scan) -> None:
         attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress)
         attempt.ignored += found.ignored
@@ -373,8 +380,8 @@ class LocalLauncher:
         found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), attempt.scan_offset,
                          self._max_output_bytes, final=True)
         self._fold(attempt, found)
-        exit_code = elf.read_int_file(os.path.join(handle.workdir, EXIT_FILE))
-        reason = attempt.reason or read_reason(handle.workdir)
+        exit_code, reason = read_exit(handle.workdir, legacy=attempt.legacy)
+        reason = reason or attempt.reason
         if reason == elf.TIMEOUT:
             timeout = handle.timeout if handle.timeout is not None else read_launch(handle.workdir).get("timeout")
             outcome, message = base.TIMEOUT, f"killed after the timeout of {elf.format_seconds(timeout or 0)} s"
@@ -395,6 +402,8 @@ class LocalLauncher:
 
 
 def _killpg(pgid: int, signum: int) -> None:
+    if pgid <= 1:
+        return  # not identified yet: 0 would be the broker's own group
     try:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):

@@ -23,8 +23,8 @@ def request(workdir, text, *, node_id=1, attempt=1, kind="sh", **fields):
 
 
 def wait_for(predicate, timeout=PATIENCE, interval=POLL):
-    """Poll ``predicate`` until it is true; fail the test past ``timeout`` seconds."""
-    shared_wait_for(predicate, deadline=timeout, interval=interval)
+    """Poll ``predicate`` until it is true (its value is returned); fail the test past ``timeout`` seconds."""
+    return shared_wait_for(predicate, deadline=timeout, interval=interval)
 
 
 class Exits:
@@ -49,27 +49,38 @@ def run_to_end(launcher, handle):
 
 def alive(pid):
     """Whether ``pid`` is a live process (a zombie is not)."""
+    return state_of(pid) not in (None, "Z", "X")
+
+
+def _stat(pid):
+    """(state letter, parent pid) of process ``pid``, None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+            fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
-        return False
+        return None
+    return fields[0], int(fields[1])
+
+
+def state_of(pid):
+    """The one-letter state of process ``pid`` (R, S, T for stopped, Z...), None once it is gone."""
+    found = _stat(pid)
+    return found[0] if found else None
+
+
+def children_of(parent, state=None):
+    """Pids of the processes whose parent is ``parent`` (only those in ``state`` if given)."""
+    found = []
+    for name in os.listdir("/proc"):
+        stat = _stat(name) if name.isdigit() else None
+        if stat is not None and stat[1] == parent and state in (None, stat[0]):
+            found.append(int(name))
+    return found
 
 
 def zombie_children():
     """Pids of this process's children that have exited and were never reaped."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and int(fields[1]) == os.getpid():
-            found.append(int(name))
-    return found
+    return children_of(os.getpid(), "Z")
 
 
 def make_fifo(path):

@@ -10,7 +10,8 @@ import pytest
 
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
-from tests.launchers.helpers import Exits, alive, make_fifo, release, request, run_to_end, wait_for
+from tests.launchers.helpers import (Exits, alive, children_of, make_fifo, release, request, run_to_end, state_of,
+                                     wait_for)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -71,29 +72,38 @@ def test_a_wrapper_without_a_pid_file_is_found_in_proc(launcher, tmp_path):
     assert run_to_end(launcher, found.handle).exit_code == 6
 
 
-def test_an_attempt_whose_process_is_gone_without_a_status_is_lost(launcher, tmp_path):
+def started_workdir(tmp_path, pid, lock=True):
+    """A work directory as a launch leaves it once the wrapper wrote ``pid``, its wrapper since gone."""
     workdir = tmp_path / "w"
     workdir.mkdir()
+    record = {"node_id": 1, "attempt": 1, "started_at": 0.0, "timeout": None}
+    (workdir / "launch.json").write_text(json.dumps(dict(record, lock=1) if lock else record))
+    (workdir / "pid").write_text(f"{pid}\n")
+    return workdir
+
+
+def test_an_attempt_whose_process_is_gone_without_a_status_is_lost(launcher, tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (workdir / "pid").write_text(f"{gone.pid}\n")
+    workdir = started_workdir(tmp_path, gone.pid)
     found = launcher.recover(1, 1, str(workdir), str(gone.pid))
     assert found.status == "lost"
     assert (found.result.outcome, found.result.message) == (base.LOST, "no exit status: the process disappeared")
 
 
-def test_a_reused_pid_is_not_taken_for_the_attempt(launcher, tmp_path):
-    workdir = tmp_path / "w"
-    workdir.mkdir()
-    (workdir / "pid").write_text(f"{os.getpid()}\n")  # alive, but not this attempt's wrapper
+@pytest.mark.parametrize("lock", [True, False], ids=["locked", "legacy"])
+def test_a_reused_pid_is_not_taken_for_the_attempt(launcher, tmp_path, lock):
+    # alive, but not this attempt's wrapper (and, for a record from before the lock, no wrapper in /proc)
+    workdir = started_workdir(tmp_path, os.getpid(), lock)
     assert launcher.recover(1, 1, str(workdir), str(os.getpid())).status == "lost"
 
 
 def test_an_attempt_killed_before_the_broker_died_is_recovered_as_killed(launcher, tmp_path):
     with LocalLauncher() as old:
         handle = old.launch(request(tmp_path / "w", "trap '' TERM\nsleep 100\n", timeout=0.2))
-        run_to_end(old, handle)  # the wrapper was SIGKILLed: no exit status, only the kill record
-    assert not (tmp_path / "w" / "exit").exists()
+        run_to_end(old, handle)  # the wrapper was SIGKILLed: no exit status, only the kill verdict
+    assert (tmp_path / "w" / "exit").read_text() == "timeout\n"
+    assert not (tmp_path / "w" / "killed_exit").exists()
     found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
     assert (found.status, found.result.outcome) == ("finished", base.TIMEOUT)
 
@@ -141,3 +151,74 @@ def test_a_payload_that_ended_while_no_broker_ran_is_recovered_as_finished(launc
     found = launcher.recover(7, 2, str(tmp_path / "w"), str(pid))
     assert found.status == "finished"
     assert (found.result.outcome, found.result.progress) == (base.SUCCEEDED, (100.0, None))
+
+
+# ---------------------------------------------------- started or not: the launch lock, whatever the timing
+
+
+def test_a_wrapper_stopped_before_its_first_instruction_is_running_never_absent(launcher, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    text = f"echo ran >> {tmp_path}/ran\nread x < {fifo}\necho '@broker output done=true'\n"
+    with LocalLauncher() as old:
+        pid = int(old.launch(request(tmp_path / "w", text)).job_id)
+        os.kill(pid, signal.SIGSTOP)  # at once: the shell has had no time to write its pid
+    try:
+        wait_for(lambda: state_of(pid) == "T")
+        # the broker's record of the pid is not needed either: the launch record's lock answers
+        found = launcher.recover(1, 1, str(tmp_path / "w"), None)
+        assert found.status == "running"
+        assert launcher.recover(1, 1, str(tmp_path / "w"), None).status == "running"
+        exits = Exits()
+        launcher.watch(found.handle, exits)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    release(fifo)
+    exits.next()
+    result = launcher.collect(found.handle)
+    assert (result.outcome, result.outputs) == (base.SUCCEEDED, {"done": True})
+    assert (tmp_path / "ran").read_text() == "ran\n"
+
+
+def stopped_before_exec(tmp_path, text):
+    """A broker that died between forking the wrapper and the child's exec: returns the stopped child's pid."""
+    broker = subprocess.Popen([sys.executable, "-m", "tests.launchers.broker_that_dies", str(tmp_path / "w"), text,
+                               "--stop-before-exec"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        child = wait_for(lambda: children_of(broker.pid, "T"))[0]
+    finally:
+        broker.kill()
+        broker.wait()
+    assert not (tmp_path / "w" / "pid").exists()  # nothing of the wrapper has run
+    return child
+
+
+def test_an_attempt_whose_broker_died_between_fork_and_exec_is_running_and_watched_to_its_end(launcher, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    child = stopped_before_exec(tmp_path, f"echo ran >> {tmp_path}/ran\nread x < {fifo}\nexit 4\n")
+    try:
+        found = launcher.recover(7, 2, str(tmp_path / "w"), None)
+        assert found.status == "running"
+        exits = Exits()
+        launcher.watch(found.handle, exits)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    release(fifo)  # the wrapper runs once continued, and the launcher finds it by its pid file
+    assert exits.next()[:2] == (7, 2)
+    result = launcher.collect(found.handle)
+    assert (result.outcome, result.exit_code) == (base.FAILED, 4)
+    assert (tmp_path / "ran").read_text() == "ran\n"
+
+
+def test_a_cancel_of_an_attempt_whose_wrapper_never_ran_keeps_its_payload_from_running(launcher, tmp_path):
+    child = stopped_before_exec(tmp_path, f"echo ran >> {tmp_path}/ran\n")
+    try:
+        found = launcher.recover(7, 2, str(tmp_path / "w"), None)
+        assert found.status == "running"
+        launcher.cancel(found.handle)  # recorded; there is no process group to signal yet
+        exits = Exits()
+        launcher.watch(found.handle, exits)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    exits.next()
+    assert launcher.collect(found.handle).outcome == base.CANCELLED
+    assert not (tmp_path / "ran").exists()
