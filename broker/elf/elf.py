@@ -42,6 +42,16 @@ Each attempt has its own work directory (mode 0700) holding ``payload`` (the ren
 it names the session (the node's global id) and the attempt, and a reader that expects another session or
 attempt ignores it, so a stale or duplicate file can never be taken for the current attempt's result.
 
+Ended by itself, or killed
+--------------------------
+Whether the payload ended by itself or was killed is decided once, by the first side to create the
+attempt's verdict file (``cancel``, :data:`VERDICT_FILE`) exclusively: the elf writes ``exited`` once the
+payload has ended by itself, ``timeout`` at the node's timeout and ``terminated`` on a SIGTERM that no
+verdict explains (a scheduler's time limit, an administrator); the host agent writes ``cancelled`` before
+it signals the elf. A side that finds a verdict there goes by it: a cancel that comes after ``exited``
+sends nothing, and the attempt keeps the payload's own result; an elf whose payload ends after a
+``cancelled`` records the attempt as cancelled. The status file's outcome always follows the verdict.
+
 Push channel
 ------------
 With ``--push FILE`` (a JSON object ``{"url", "session", "secret"}`` in the work directory, written 0600 by
@@ -85,6 +95,12 @@ STDERR_FILE = "stderr"
 PID_FILE = "pid"
 ELF_PID_FILE = "elf.pid"
 STATUS_FILE = "status.json"
+#: the attempt's verdict (see "Ended by itself, or killed"); named ``cancel`` because earlier versions wrote
+#: only the broker's cancel mark there, which reads as the same verdict
+VERDICT_FILE = "cancel"
+#: verdicts besides the outcomes TIMEOUT and CANCELLED
+EXITED = "exited"
+TERMINATED = "terminated"
 
 #: payload type -> interpreter used when the node names none (a command name is looked up in PATH)
 DEFAULT_INTERPRETERS = {"sh": "/bin/sh", "bash": "bash", "python": "python3", "csh": "csh"}
@@ -341,6 +357,45 @@ def open_regular(path: str) -> Optional[Any]:
         return None
 
 
+def claim_file(path: str, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists; True if this call created it (False: it existed).
+
+    The text is written to a name of its own first and hard-linked into place, so the file appears whole
+    or not at all; never through a symlink. Raises OSError when it cannot be written.
+    """
+    tmp = "%s.%d.%s" % (path, os.getpid(), os.urandom(6).hex())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode("ascii"))
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
+
+
+def claim_verdict(workdir: str, verdict: str) -> bool:
+    """Claim the attempt's verdict (see "Ended by itself, or killed"); True if this call decided it."""
+    return claim_file(os.path.join(workdir, VERDICT_FILE), verdict + "\n")
+
+
+def read_verdict(workdir: str) -> Optional[str]:
+    """The attempt's verdict (``exited``, ``cancelled``, ``timeout``, ``terminated``), None if there is none."""
+    handle = open_regular(os.path.join(workdir, VERDICT_FILE))
+    if handle is None:
+        return None
+    try:
+        with handle:
+            text = handle.read(64).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return text or None
+
+
 def read_int_file(path: str) -> Optional[int]:
     """The integer on the one complete line of ``path`` (ending with a newline), else None."""
     handle = open_regular(path)
@@ -405,14 +460,28 @@ def _read_env_file(path: str) -> List[Tuple[str, str]]:
 class _Run:
     """The state of one ``run``: the child, why it was killed, and the signal handlers that kill it."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
         self.proc = None  # type: Optional[subprocess.Popen]
+        #: the verdict that kills it (TIMEOUT, CANCELLED, TERMINATED), None while there is none
         self.reason = None  # type: Optional[str]
 
+    def decide(self, verdict: str) -> Optional[str]:
+        """Claim ``verdict`` unless there is one already; the verdict that stands (None: unreadable)."""
+        try:
+            if claim_verdict(self.workdir, verdict):
+                return verdict
+        except OSError:
+            return verdict  # cannot be recorded: this elf still goes by it
+        return read_verdict(self.workdir)
+
     def kill(self, reason: str) -> None:
+        """Kill for ``reason`` (TIMEOUT or TERMINATED), or for the verdict already there; never after EXITED."""
         if self.reason is None:
-            self.reason = reason
-            self.signal_group()
+            verdict = self.decide(reason)
+            if verdict in (TIMEOUT, CANCELLED, TERMINATED):
+                self.reason = verdict
+                self.signal_group()
 
     def signal_group(self) -> None:
         """SIGTERM the payload's group now, SIGKILL after the grace (the alarm handler sends it)."""
@@ -427,7 +496,8 @@ class _Run:
             _killpg(self.proc.pid, signal.SIGKILL)
 
     def on_term(self, signum: int, frame: Any) -> None:
-        self.kill(CANCELLED)
+        # the host agent claims "cancelled" before it signals: a SIGTERM without a verdict came from elsewhere
+        self.kill(TERMINATED)
 
 
 # ------------------------------------------------------------------------------------------- push channel
@@ -551,10 +621,15 @@ def run(args: argparse.Namespace) -> int:
     status = {"session": args.session, "attempt": args.attempt, "outcome": None, "exit_code": None,
               "signal": None, "started_at": time.time(), "ended_at": None, "pid": None, "progress": None,
               "outputs": {}, "ignored_lines": 0, "message": "running"}  # type: Dict[str, Any]
-    state = _Run()
+    state = _Run(workdir)
     signal.signal(signal.SIGALRM, state.on_alarm)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, state.on_term)
+    if read_verdict(workdir) == CANCELLED:
+        # cancelled before it could start: the payload does not run at all
+        status.update(outcome=CANCELLED, ended_at=time.time(), message="cancelled before it started")
+        write_status(workdir, status)
+        return 0
     try:
         if not (args.cwd and os.path.isabs(args.cwd)):
             os.makedirs(cwd, mode=0o700, exist_ok=True)
@@ -585,6 +660,11 @@ def run(args: argparse.Namespace) -> int:
     signal.setitimer(signal.ITIMER_REAL, 0)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # it has ended: a late cancel must not relabel the outcome
+    if state.reason is None:
+        # ended by itself, unless a kill verdict came first (a cancel just before the end): the verdict decides
+        verdict = state.decide(EXITED)
+        if verdict in (TIMEOUT, CANCELLED, TERMINATED):
+            state.reason = verdict
     if state.reason is not None:
         _killpg(state.proc.pid, signal.SIGKILL)  # whatever of the group outlived the payload
     exit_code = returncode if returncode >= 0 else 128 - returncode
@@ -595,6 +675,8 @@ def run(args: argparse.Namespace) -> int:
         outcome, message = TIMEOUT, "killed after the timeout of %s s" % format_seconds(args.timeout)
     elif state.reason == CANCELLED:
         outcome, message = CANCELLED, "cancelled"
+    elif state.reason == TERMINATED:
+        outcome, message = CANCELLED, "terminated by a signal the broker did not send"
     else:
         outcome = SUCCEEDED if exit_code == 0 else FAILED
         message = exit_message(exit_code)

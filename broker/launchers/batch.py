@@ -271,8 +271,10 @@ class BatchLauncher:
             if tracked.ended:
                 return
         self.calls["cancel"] += 1
-        self.endpoint.agent("cancel", {"items": [[self.endpoint.workdir(handle.workdir), elf.CANCELLED]],
-                                       "signal": False})
+        reply = self.endpoint.agent("cancel", {"items": [[self.endpoint.workdir(handle.workdir), elf.CANCELLED]],
+                                               "signal": False, "elf": self.endpoint.elf_path})
+        if reply.get("items") == ["ended"]:
+            return  # its payload ended first (the elf's verdict): it keeps its result, the job ends by itself
         job = tracked.extra if tracked is not None else None
         with self._lock:
             members = self._bundles.get(handle.job_id)

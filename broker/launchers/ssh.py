@@ -6,7 +6,12 @@ account's private root), writes the payload, its environment and an exclusive la
 outlives the SSH channel, the connection and the broker. From then on the elf's files in the work
 directory are the truth: one poller thread per (host, account) reads the status files and new reports of
 every running attempt in one command per interval. The elf enforces the node's timeout itself; ``cancel``
-marks the attempt and SIGTERMs its elf, which kills the payload's process group and records the outcome.
+claims the attempt's verdict and SIGTERMs its elf, which kills the payload's process group and records the
+outcome, unless the elf's own verdict (the payload ended) came first: then nothing is sent and the attempt
+keeps its result (see :mod:`broker.resources.hostagent` and the elf).
+
+Whether an attempt runs is the launch record's lock, held by its elf from the spawn on (the agent's
+``held``): no clock and no pid decide it. Attempts started before the lock go by the elf's pid as before.
 
 Handles name the host as ``login@host``; ``job_id`` is the elf's pid.
 """
@@ -24,7 +29,8 @@ from broker.launchers import base
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
 from broker.resources import hostagent
 from broker.resources.remote import Endpoint
-from broker.resources.tracking import Poller, Tracked, Watchlist, fire, status_result
+from broker.resources.tracking import (Poller, Tracked, Watchlist, fire, killed_by_broker, status_result,
+                                      timeout_message)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +144,8 @@ class SshLauncher:
             tracked.cancelled = True
             if tracked.ended:
                 return
-        self.endpoint.agent("cancel", {"items": [[self.endpoint.workdir(handle.workdir), elf.CANCELLED]]})
+        self.endpoint.agent("cancel", {"items": [[self.endpoint.workdir(handle.workdir), elf.CANCELLED]],
+                                       "elf": self.endpoint.elf_path})
         self.poller.wake()
 
     def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
@@ -183,21 +190,27 @@ class SshLauncher:
     def _judge(self, tracked: Tracked, item: dict[str, Any], final_look: bool = False) -> bool:
         """Decide from one probe whether the attempt has ended; sets status/override. True when ended."""
         status = item.get("status")
-        cancelled = tracked.cancelled or bool(item.get("cancel"))
+        cancelled = killed_by_broker(tracked, item)
         if status and status.get("outcome"):
             tracked.status = status
             if status["outcome"] == base.CANCELLED and not cancelled:
                 tracked.override = (base.LOST, "killed by a signal that did not come from the broker")
             return True
-        if item.get("elf_alive"):
+        record = item.get("record") or {}
+        if record.get("lock"):
+            # its elf holds the launch lock: started and alive, whatever it has written yet
+            alive = bool(item.get("held"))
+        else:
+            # started before the launch lock: the elf's pid says it, once the elf has had time to write it
+            young = time.time() - (record.get("started_at") or tracked.handle.started_at) < self._lost_after
+            alive = bool(item.get("elf_alive")) or (item.get("elf_pid") is None and young)
+        if alive:
             return False
-        started_at = (item.get("record") or {}).get("started_at") or tracked.handle.started_at
-        young = time.time() - started_at < self._lost_after
-        if item.get("elf_pid") is None and young:
-            return False  # the elf has not written its pid yet
         tracked.status = status
         if cancelled:
             tracked.override = (base.CANCELLED, "cancelled")
+        elif item.get("verdict") == elf.TIMEOUT:
+            tracked.override = (base.TIMEOUT, timeout_message(record.get("timeout") or tracked.handle.timeout))
         elif item.get("elf_pid") is None:
             tracked.override = (base.LOST, "the elf never started (see the host's python and the work directory)")
         else:

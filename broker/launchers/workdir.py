@@ -54,9 +54,9 @@ LAUNCH_FILE = "launch.json"
 LEGACY_KILLED_FILE = "killed"
 #: kill verdicts the launcher writes into the exit file
 KILL_REASONS = (elf.TIMEOUT, elf.CANCELLED)
-#: opening a file of an attempt the broker reads: never through a symlink, never blocking on a FIFO that
-#: the payload's account (which owns the directory) may have put there
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: opening the launch record to ask its lock: never through a symlink, never blocking on a FIFO that the
+#: payload's account (which owns the directory) may have put there (see elf.open_regular)
+_LOCK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def mkdirs(path: str) -> None:
@@ -104,7 +104,7 @@ def lock_if_free(workdir: str) -> int | None:
     None means started and alive. The caller closes the descriptor; while it holds it, the attempt's files
     are final. FileNotFoundError without a launch record.
     """
-    fd = os.open(os.path.join(workdir, LAUNCH_FILE), _READ_FLAGS)
+    fd = os.open(os.path.join(workdir, LAUNCH_FILE), _LOCK_FLAGS)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -130,9 +130,11 @@ def is_alive(workdir: str) -> bool:
 
 def read_launch(workdir: str) -> dict:
     """The launch record (start time, timeout) of the attempt in ``workdir``; empty if unreadable."""
+    handle = elf.open_regular(os.path.join(workdir, LAUNCH_FILE))
+    if handle is None:
+        return {}
     try:
-        fd = os.open(os.path.join(workdir, LAUNCH_FILE), _READ_FLAGS)
-        with open(fd, "rb") as handle:
+        with handle:
             record = json.loads(handle.read(65536))
     except (OSError, ValueError):
         return {}
@@ -145,17 +147,7 @@ def claim(workdir: str, reason: str) -> bool:
     False: the wrapper recorded the payload's exit status first (or a kill was recorded before). Raises
     OSError when the verdict cannot be written at all.
     """
-    path = os.path.join(workdir, EXIT_FILE)
-    # a new name of its own, linked into place: the verdict appears with its text or not at all
-    tmp = f"{path}.{os.getpid()}.{os.urandom(6).hex()}"
-    write_new(tmp, f"{reason}\n".encode(), exclusive=True)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
+    return elf.claim_file(os.path.join(workdir, EXIT_FILE), f"{reason}\n")
 
 
 def read_exit(workdir: str, legacy: bool = False) -> tuple[int | None, str | None]:
@@ -177,16 +169,14 @@ def read_exit(workdir: str, legacy: bool = False) -> tuple[int | None, str | Non
 
 def _read_line(path: str) -> str | None:
     """The one complete line of a small file (ending with a newline), without it; None otherwise."""
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
+    handle = elf.open_regular(path)
+    if handle is None:
         return None
     try:
-        data = os.read(fd, 64)
+        with handle:
+            data = handle.read(64)
     except OSError:
         return None
-    finally:
-        os.close(fd)
     if not data.endswith(b"\n"):
         return None  # absent, or caught half written
     return data[:-1].decode("ascii", "replace").strip()

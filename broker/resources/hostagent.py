@@ -10,11 +10,21 @@ one on stdout, so a launcher does a whole host's work in one command per interva
     python3 agent-<v>.py bundle MANIFEST        (inside a batch job: run the members' elfs)
 
 Work directory files it adds to the elf's: ``launch.json`` (the launch record, created exclusively so an
-attempt is never started twice), ``env.json`` (the payload's variables), ``cancel`` (why the broker
-cancelled it, written before any signal) and, for batch jobs, ``job.sh``/``job.json``.
+attempt is never started twice), ``env.json`` (the payload's variables) and, for batch jobs,
+``job.sh``/``job.json``. ``cancel`` is the attempt's verdict (see the elf): ``cancel`` claims it with
+``cancelled`` before any signal, and signals nothing when the elf's ``exited`` came first.
+
+Started and alive (SSH attempts): ``start`` takes an exclusive ``flock`` on the launch record before it
+spawns the elf and hands it the locked descriptor as its standard input (the elf gives its payload
+/dev/null), so the lock is held, from the fork on, exactly as long as the elf lives; ``probe`` reports it
+as ``held``. Whether the attempt started and lives therefore never depends on how far the elf has got, nor
+on a pid that may have been reused. Batch attempts are started by their scheduler: their scheduler's
+record says whether they run. Whatever replaces the elf later must keep both: the lock from before the
+spawn to the last write, and the verdict decided by one exclusive creation.
 """
 
 import errno
+import fcntl
 import importlib.util
 import json
 import os
@@ -25,7 +35,6 @@ import time
 
 LAUNCH_FILE = "launch.json"
 ENV_FILE = "env.json"
-CANCEL_FILE = "cancel"
 JOB_FILE = "job.json"
 JOBID_FILE = "jobid"
 #: the elf's push target (URL, session id, secret), when its host pushes
@@ -82,6 +91,29 @@ def _read_int(path):
         return None
 
 
+def _locked(workdir):
+    """Whether the attempt was started under the launch lock (its record says so)."""
+    try:
+        return bool(json.loads(_read(os.path.join(workdir, LAUNCH_FILE)) or "{}").get("lock"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _held(path):
+    """Whether something holds the ``flock`` on ``path`` (the elf of a started attempt, while it lives)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def _alive(pid):
     if pid is None or pid <= 0:
         return False
@@ -134,17 +166,22 @@ def cmd_start(req):
     workdir = req["workdir"]
     files = dict(req.get("files") or {}, payload=req["payload"])
     files[ENV_FILE] = json.dumps(req["env"])
-    if _prepare(workdir, files, req["record"]) == "exists":
+    if _prepare(workdir, files, dict(req["record"], lock=1)) == "exists":
         return {"error": "exists"}
     argv = elf_argv(req["python"], req["elf"], dict(req["args"], workdir=workdir))
+    # locked before the spawn and handed to the elf as its stdin: held exactly as long as the elf lives
+    lock = os.open(os.path.join(workdir, LAUNCH_FILE), os.O_RDONLY | os.O_NOFOLLOW)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with open(os.devnull, "r+b") as null:
-            proc = subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, cwd=workdir, close_fds=True,
+            proc = subprocess.Popen(argv, stdin=lock, stdout=null, stderr=null, cwd=workdir, close_fds=True,
                                     start_new_session=True)
     except OSError as exc:
         # Nothing started: clear the record so the same attempt can be started once the cause is fixed.
         os.unlink(os.path.join(workdir, LAUNCH_FILE))
         return {"error": "cannot start %s: %s" % (argv[0], exc.strerror or exc)}
+    finally:
+        os.close(lock)
     return {"pid": proc.pid}
 
 
@@ -159,21 +196,24 @@ def cmd_probe(req):
     limit = int(req["max_value_bytes"])
     out = []
     for workdir, attempt, session, offset in req["items"]:
-        # Liveness first, status second: an elf that wrote its final status and exited in between is then
-        # seen with its status, never as dead without one.
-        elf_pid = _read_int(os.path.join(workdir, elf.ELF_PID_FILE))
-        item = {"elf_pid": elf_pid, "elf_alive": _alive(elf_pid) if elf_pid is not None else None}
-        item["status"] = elf.read_status(workdir, attempt, session)
         record = _read(os.path.join(workdir, LAUNCH_FILE))
         try:
-            item["record"] = json.loads(record) if record is not None else None
+            item = {"record": json.loads(record) if record is not None else None}
         except ValueError:
-            item["record"] = {}
+            item = {"record": {}}
         item["started"] = record is not None
+        # Liveness first, status second: an elf that wrote its final status and exited in between is then
+        # seen with its status, never as dead without one. The launch lock says it (SSH attempts since the
+        # lock); the elf's pid is for attempts started before it, and for messages.
+        if (item["record"] or {}).get("lock"):
+            item["held"] = _held(os.path.join(workdir, LAUNCH_FILE))
+        elf_pid = _read_int(os.path.join(workdir, elf.ELF_PID_FILE))
+        item.update(elf_pid=elf_pid, elf_alive=_alive(elf_pid) if elf_pid is not None else None)
+        item["status"] = elf.read_status(workdir, attempt, session)
         job_dir = (item["record"] or {}).get("job_dir")
         if job_dir:
             item["submitted"] = _read(os.path.join(job_dir, "submit.out"), 4096)
-        item["cancel"] = _read(os.path.join(workdir, CANCEL_FILE), 64)
+        item["verdict"] = elf.read_verdict(workdir)
         item["jobid"] = (_read(os.path.join(workdir, JOBID_FILE), 256) or "").strip() or None
         if offset is not None and not (item["status"] or {}).get("outcome"):
             found = elf.scan(os.path.join(workdir, elf.STDOUT_FILE), offset, limit)
@@ -193,21 +233,30 @@ def _killpg(pgid, signum):
 
 
 def cmd_cancel(req):
-    """Mark each item cancelled (unless already marked), then SIGTERM its elf (it kills the payload group)."""
+    """Claim each item's verdict ``cancelled``, then SIGTERM its elf (it kills the payload group).
+
+    An item whose verdict is already another one (its payload ended first) gets no signal: "ended".
+    """
+    elf = _elf(req["elf"])
     out = []
     for workdir, reason in req["items"]:
-        marker = os.path.join(workdir, CANCEL_FILE)
         try:
-            _write(marker, reason + "\n", exclusive=True)
+            if not elf.claim_verdict(workdir, reason) and elf.read_verdict(workdir) != reason:
+                out.append("ended")
+                continue
         except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOENT):
+            if exc.errno != errno.ENOENT:
                 raise
         if not req.get("signal", True):
             # Batch jobs: the elf runs on a compute node, where a pid of this host means nothing.
             out.append(None)
             continue
-        elf_pid = _read_int(os.path.join(workdir, "elf.pid"))
-        if elf_pid is not None and _alive(elf_pid):
+        elf_pid = _read_int(os.path.join(workdir, elf.ELF_PID_FILE))
+        if _locked(workdir):
+            alive = elf_pid is not None and _held(os.path.join(workdir, LAUNCH_FILE))  # so not a reused pid
+        else:
+            alive = elf_pid is not None and _alive(elf_pid)
+        if alive:
             os.kill(elf_pid, signal.SIGTERM)
             out.append("elf")
             continue
@@ -240,7 +289,7 @@ def cmd_bundle(manifest_path):
         while pending and len(running) < parallel and not stopping:
             args = pending.pop(0)
             workdir = args["workdir"]
-            if os.path.exists(os.path.join(workdir, CANCEL_FILE)):
+            if elf.read_verdict(workdir) == elf.CANCELLED:
                 elf.write_status(workdir, {"session": args["session"], "attempt": args["attempt"],
                                            "outcome": elf.CANCELLED, "exit_code": None, "signal": None,
                                            "started_at": time.time(), "ended_at": time.time(), "pid": None,
@@ -252,7 +301,7 @@ def cmd_bundle(manifest_path):
         for workdir, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[workdir]
-            elif os.path.exists(os.path.join(workdir, CANCEL_FILE)) and not getattr(proc, "_wb_cancelled", 0):
+            elif elf.read_verdict(workdir) == elf.CANCELLED and not getattr(proc, "_wb_cancelled", 0):
                 proc._wb_cancelled = 1
                 proc.send_signal(signal.SIGTERM)
         if stopping and not running:

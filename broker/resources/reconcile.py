@@ -17,7 +17,7 @@ from typing import Any
 
 from broker.launchers import base
 from broker.resources import jobs as J
-from broker.resources.tracking import Tracked
+from broker.resources.tracking import Tracked, killed_by_broker
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, J.JobInfo] | Non
     if job is not None:
         t.job_state = job.state
     status = item.get("status")
-    cancelled = t.cancelled or bool(item.get("cancel"))
+    cancelled = killed_by_broker(t, item)
     if status and status.get("outcome"):
         override = None
         # A scheduler at the time limit signals every process of the job: the elf (which then records

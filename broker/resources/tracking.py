@@ -165,6 +165,15 @@ def status_result(handle: LaunchHandle, status: dict[str, Any] | None, override:
                          progress=(float(progress[0]), progress[1]) if progress else None, message=message)
 
 
+def killed_by_broker(tracked: Tracked, item: dict[str, Any]) -> bool:
+    """Whether the broker's cancel decided the attempt's end: its verdict, or (none yet) the broker's own word.
+
+    A verdict of another side (the payload ended first, a timeout) stands even if the broker asked to cancel.
+    """
+    verdict = item.get("verdict")
+    return verdict == elf.CANCELLED or (verdict is None and tracked.cancelled)
+
+
 def timeout_message(seconds: float | None) -> str:
     return f"killed after the timeout of {elf.format_seconds(seconds or 0)} s"
 
@@ -211,4 +220,4 @@ class Poller:
         self._thread.join()
 
 
-__all__ = ["Poller", "Tracked", "Watchlist", "fire", "status_result", "timeout_message"]
+__all__ = ["Poller", "Tracked", "Watchlist", "fire", "killed_by_broker", "status_result", "timeout_message"]

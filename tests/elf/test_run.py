@@ -13,7 +13,7 @@ import time
 import pytest
 
 from broker.elf import ELF_SCRIPT
-from broker.elf.elf import read_int_file, read_status
+from broker.elf.elf import claim_verdict, read_int_file, read_status, read_verdict
 from tests.launchers.helpers import alive, wait_for
 
 
@@ -108,15 +108,38 @@ def test_a_payload_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
     assert read_status(str(tmp_path / "w"))["outcome"] == "timeout"
 
 
-def test_sigterm_to_the_elf_cancels_the_payload(tmp_path):
+def test_sigterm_to_the_elf_after_the_cancel_verdict_cancels_the_payload(tmp_path):
     workdir = tmp_path / "w"
     proc = start_elf(workdir, "echo started > started\nsleep 100\n")
     wait_for(lambda: (workdir / "started").exists())
+    assert claim_verdict(str(workdir), "cancelled")  # what the host agent's cancel does before it signals
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     status = read_status(str(workdir))
     assert (status["outcome"], status["message"]) == ("cancelled", "cancelled")
     assert not alive(status["pid"])
+
+
+def test_a_sigterm_no_verdict_explains_kills_the_payload_and_says_so(tmp_path):
+    workdir = tmp_path / "w"
+    proc = start_elf(workdir, "echo started > started\nsleep 100\n")
+    wait_for(lambda: (workdir / "started").exists())
+    proc.send_signal(signal.SIGTERM)  # a scheduler at its time limit, an administrator...
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    status = read_status(str(workdir))
+    assert (status["outcome"], status["message"]) == ("cancelled", "terminated by a signal the broker did not send")
+    assert read_verdict(str(workdir)) == "terminated"
+    assert not alive(status["pid"])
+
+
+def test_a_payload_cancelled_before_its_elf_started_never_runs(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    assert claim_verdict(str(workdir), "cancelled")
+    assert start_elf(workdir, f"echo ran > {tmp_path}/ran\n").wait(timeout=30) == 0
+    status = read_status(str(workdir))
+    assert (status["outcome"], status["message"]) == ("cancelled", "cancelled before it started")
+    assert not (tmp_path / "ran").exists()
 
 
 def test_the_elf_needs_nothing_newer_than_python_3_8():

@@ -104,3 +104,29 @@ def release(fifo, timeout=PATIENCE):
     finally:
         os.close(fd)
     return now
+
+
+def release_unless(fifo, ended, timeout=PATIENCE):
+    """Release the payload waiting on ``fifo``, unless ``ended()`` says its attempt ended first (killed)."""
+    deadline = time.monotonic() + timeout
+    while not ended():
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            assert exc.errno == errno.ENXIO and time.monotonic() < deadline, "no payload opened the FIFO"
+            time.sleep(POLL)
+            continue
+        try:
+            os.write(fd, b"go\n")
+        except BrokenPipeError:
+            pass  # killed at this very moment
+        finally:
+            os.close(fd)
+        return
+
+
+def busy_wait(seconds):
+    """Spin for ``seconds`` (a sleep wakes far too late to aim at a payload's end within microseconds)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass

@@ -7,14 +7,12 @@ file (``exit``) and the result must agree: an exit status written first means th
 (succeeded), a kill verdict written first means cancelled (or timed out).
 """
 
-import errno
-import os
 import time
 from pathlib import Path
 
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
-from tests.launchers.helpers import PATIENCE, POLL, Exits, make_fifo, release, request
+from tests.launchers.helpers import Exits, busy_wait, make_fifo, release, release_unless, request
 
 #: cancel-at-exit trials, launched this many at a time
 TRIALS, BATCH = 300, 20
@@ -22,34 +20,8 @@ TRIALS, BATCH = 300, 20
 FIRST_DELAY, LEAST_DELAY, MOST_DELAY = 0.0005, 0.00002, 0.05
 
 
-def busy_wait(seconds):
-    """Spin for ``seconds`` (a sleep would wake far too late to aim at a payload's end)."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
 def verdict(handle):
     return (Path(handle.workdir) / "exit").read_text()
-
-
-def release_unless_ended(fifo, handle):
-    """Release the payload waiting on ``fifo``, unless its attempt has ended (killed before it got there)."""
-    deadline = time.monotonic() + PATIENCE
-    while not (Path(handle.workdir) / "exit").exists():
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:  # ENXIO: no reader yet
-            assert exc.errno == errno.ENXIO and time.monotonic() < deadline, "no payload opened the FIFO"
-            time.sleep(POLL)
-            continue
-        try:
-            os.write(fd, b"go\n")
-        except BrokenPipeError:
-            pass  # killed at this very moment
-        finally:
-            os.close(fd)
-        return
 
 
 def launch_batch(launcher, tmp_path, first, count, **fields):
@@ -106,7 +78,7 @@ def test_a_timeout_racing_the_payloads_exit_never_records_an_attempt_that_ended_
                           in zip(batch, leads))
             for due, handle, fifo, _ in plan:
                 busy_wait(due - time.time())
-                release_unless_ended(fifo, handle)
+                release_unless(fifo, (Path(handle.workdir) / "exit").exists)
             for _, handle, _, exits in plan:
                 won[check(launcher, handle, exits, base.TIMEOUT, "timeout\n")] += 1
     assert won["exit"] and won["kill"]

@@ -18,6 +18,7 @@ import pytest
 
 from broker.config import Settings
 from broker.description.model import Scheduling
+from broker.elf.elf import read_verdict
 from broker.errors import ResourceError
 from broker.launchers import base
 from broker.launchers.slurm import SlurmDialect, SlurmLauncher
@@ -314,3 +315,14 @@ def test_a_cluster_reached_without_ssh_runs_jobs_as_the_brokers_own_user(slurm, 
     assert (history[ok.job_id].state, history[ok.job_id].exit_code) == (J.COMPLETED, 0)
     assert (history[bad.job_id].state, history[bad.job_id].exit_code) == (J.FAILED, 3)
     assert history[ok.job_id].workdir == ok.workdir
+
+
+def test_a_cancel_after_the_payload_ended_by_itself_keeps_its_result_and_cancels_no_job(launcher, shims):
+    handle = launcher.launch(request(unique_workflow(), "echo '@broker output n=1'\n"))
+    # the elf's verdict: its payload ended by itself (the job may still be writing the status, or be over)
+    poll_until(lambda: read_verdict(handle.workdir) == "exited", what="the payload to end")
+    before = calls(shims)["scancel"]
+    launcher.cancel(handle)
+    result = run_to_end(launcher, handle)
+    assert (result.outcome, result.outputs) == (base.SUCCEEDED, {"n": 1})
+    assert calls(shims)["scancel"] == before  # nothing to kill: the job ends by itself

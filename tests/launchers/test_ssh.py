@@ -4,6 +4,7 @@ installed once."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pwd
@@ -11,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -251,3 +253,41 @@ def test_a_host_without_the_configured_python_fails_with_a_clear_message(sshd, s
     with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1) as launcher:
         with pytest.raises(ResourceError, match=r"/no/such/python3 not found \(set <python> in the host catalogue\)"):
             launcher.launch(request(unique_workflow(), "true\n"))
+
+
+def test_an_elf_stopped_before_its_first_instruction_is_running_never_lost_nor_absent(sshd, scratch, pool):
+    # the host's python stops itself when it is about to become the elf (never when it runs the agent), as an
+    # elf that has not run a single instruction yet: on a loaded host, or between the agent's fork and exec
+    place = Path(tempfile.mkdtemp(prefix="broker-test-python-"))
+    place.chmod(0o755)  # the account can run what is in it, not change it
+    stopper = place / "stopping-python"
+    stopper.write_text('#!/bin/sh\n[ "$4" = run ] && kill -STOP $$\nexec python3 "$@"\n')
+    stopper.chmod(0o755)
+    host = ssh_host(sshd, scratch, python=str(stopper))
+    req = request(unique_workflow(), "echo ran >> ran\n" + WAIT_FOR_GO)
+    # lost_after=0: the old rule (a young elf without a pid is given that long) cannot hide the answer
+    with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1, lost_after=0.0) as first:
+        handle = first.launch(req)
+    elf = int(handle.job_id)
+    try:
+        poll_until(lambda: alive(elf) and open(f"/proc/{elf}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+                   what="the elf to stop")
+        assert not os.path.exists(f"{handle.workdir}/elf.pid")
+        with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1, lost_after=0.0) as new:
+            found = new.recover(1, 1, req.workdir, None)
+            assert found.status == "running"
+            ended = Ended()
+            new.watch(found.handle, ended)
+            rounds = new.poller.rounds
+            poll_until(lambda: new.poller.rounds >= rounds + 3, what="three polls")
+            assert not ended.has(1)  # still running, poll after poll
+            os.kill(elf, signal.SIGCONT)
+            wait_started(handle.workdir)
+            release(handle.workdir)
+            poll_until(lambda: ended.has(1), what="the adopted attempt to end")
+            assert new.collect(found.handle).outputs == {"done": True}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(elf, signal.SIGCONT)
+        shutil.rmtree(place)
+    assert Path(handle.workdir, "ran").read_text() == "ran\n"

@@ -66,6 +66,17 @@ def test_an_elf_the_broker_cancelled_is_cancelled():
     assert tracked.override is None and tracked.status == TERMED
 
 
+def test_a_payload_that_ended_before_the_cancel_is_never_recorded_cancelled():
+    # the elf's verdict "exited" came first; the broker's cancel then signalled nothing, and the job went
+    # away without a status file (the host died): lost, to be run again, not cancelled
+    tracked = attempt(cancelled=True)
+    assert reconcile(tracked, {"status": None, "verdict": "exited"}, job(J.CANCELLED), final=True, rules=RULES)
+    assert tracked.override == (base.LOST, "job 7 was cancelled outside the broker (CANCELLED)")
+    finished = attempt(cancelled=True)
+    assert reconcile(finished, {"status": DONE, "verdict": "exited"}, job(J.COMPLETED), final=False, rules=RULES)
+    assert (finished.status, finished.override) == (DONE, None)
+
+
 def test_a_scheduler_that_does_not_answer_decides_nothing_even_long_after():
     tracked = attempt()
     rules = Rules(settle_polls=0, lost_after=0.0, scheduler="Slurm")
