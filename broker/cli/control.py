@@ -206,7 +206,11 @@ def _directly(sessions: Any, settings: Any, command: str, target: Target, actor:
 
 
 def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int], ...], actor: str) -> None:
-    """Kill in-flight local attempts left by a broker that is gone, then mark them cancelled."""
+    """Kill in-flight local attempts left by a broker that is gone, then mark them cancelled.
+
+    An attempt whose payload ended by itself before the kill (its verdict says so) is not cancelled: it
+    stays in flight, and the next broker (``broker resume``) takes its result, as for any finished attempt.
+    """
     from sqlalchemy import select
 
     from broker.config import default_state_dir
@@ -230,7 +234,10 @@ def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int],
         for node_id, attempt in kill:
             row = rows[node_id]
             workdir = row.workdir or str(root / row.global_id / path_to_dirname(row.path) / str(attempt))
-            found = _stop_attempt(launcher, node_id, attempt, workdir, row.job_id)
+            found, ended_first = _stop_attempt(launcher, node_id, attempt, workdir, row.job_id)
+            if ended_first:
+                print(f"node {row.path}: {found}; `broker resume {row.global_id}` takes its result")
+                continue
             transitions.append(c.Transition(node_id=node_id, to=NodeState.CANCELLED, actor=actor, attempt=attempt,
                                             message=f"cancelled by {actor} ({found})"))
     finally:
@@ -238,16 +245,26 @@ def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int],
     store.commit(transitions)
 
 
-def _stop_attempt(launcher: Any, node_id: int, attempt: int, workdir: str, job_id: str | None) -> str:
-    """Kill one attempt if it still runs and wait for its end; returns what was found, for the node's message."""
+def _stop_attempt(launcher: Any, node_id: int, attempt: int, workdir: str, job_id: str | None) -> tuple[str, bool]:
+    """Kill one attempt if it still runs and wait for its end: (what was found, for the node's message; whether
+    its payload ended by itself before the kill, so that its result stands)."""
+    from broker.launchers import base
+
     found = launcher.recover(node_id, attempt, workdir, job_id)
     if found.status != "running" or found.handle is None:
+        if found.status == "finished" and found.result.outcome != base.CANCELLED:
+            return f"its payload ended by itself before the kill ({found.result.message})", True
         if found.result is not None and found.result.message:
-            return f"its payload had ended meanwhile: {found.result.message}"
-        return "its payload was not running"
+            return f"its payload had ended meanwhile: {found.result.message}", False
+        return "its payload was not running", False
     ended = threading.Event()
     launcher.watch(found.handle, lambda *_: ended.set())
     launcher.cancel(found.handle)
     if not ended.wait(KILL_TIMEOUT):
-        return f"its payload (process group {found.handle.job_id}) did not end within {KILL_TIMEOUT:g} s of the kill"
-    return f"its payload (process group {found.handle.job_id}) was killed"
+        return (f"its payload (process group {found.handle.job_id}) did not end within {KILL_TIMEOUT:g} s of the "
+                "kill"), False
+    result = launcher.collect(found.handle)
+    if result.outcome != base.CANCELLED:
+        # its exit status came first (the verdict), so nothing was sent
+        return f"its payload ended by itself before the kill ({result.message})", True
+    return f"its payload (process group {found.handle.job_id}) was killed", False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 from tests.cli.conftest import DEADLINE, alive, wait_for, waits_for, workflow
 
@@ -54,6 +55,28 @@ def test_cancel_without_a_broker_kills_the_payload_and_marks_the_node_cancelled(
     nodes = sqlite_cli.nodes()
     assert (nodes["long"].state, nodes["after"].state) == ("cancelled", "cancelled")
     assert f"(its payload (process group {nodes['long'].job_id}) was killed)" in nodes["long"].message
+    assert sqlite_cli.workflows()[0].state == "cancelled"
+
+
+def test_cancel_without_a_broker_keeps_the_result_of_a_payload_that_ended_before_it(sqlite_cli, payloads):
+    path, pidfile, go = _long(sqlite_cli)
+    run = sqlite_cli.start("run", str(path))
+    payloads.append(_pid(sqlite_cli, pidfile))
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=DEADLINE)
+    go.touch()  # the payload ends by itself while no broker runs: its verdict is its exit status
+    (wf,) = sqlite_cli.workflows()
+    workdir = sqlite_cli.nodes()["long"].workdir
+    wait_for(lambda: (Path(workdir) / "exit").exists(), what="the payload to end")
+    result = sqlite_cli("cancel", wf.global_id)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("node long: its payload ended by itself before the kill (exit code 0); "
+                                    f"`broker resume {wf.global_id}` takes its result\n")
+    assert sqlite_cli.nodes()["long"].state == "running"  # not cancelled: its result is still to be taken
+    resumed = sqlite_cli("resume", wf.global_id)
+    nodes = sqlite_cli.nodes()
+    assert (nodes["long"].state, nodes["long"].attempt, nodes["after"].state) == ("succeeded", 1, "cancelled"), \
+        resumed.stdout + resumed.stderr
     assert sqlite_cli.workflows()[0].state == "cancelled"
 
 
