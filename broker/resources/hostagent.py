@@ -161,25 +161,54 @@ def elf_argv(python, elf, args):
     return argv
 
 
+def _create_locked(path, text):
+    """Create ``path`` holding ``text`` with an exclusive ``flock`` already on it; its descriptor, None if it exists.
+
+    Written aside, locked, then hard-linked into place: the record never appears unlocked, so a probe can
+    never take an attempt being started for one whose elf is gone.
+    """
+    tmp = "%s.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, text.encode("utf-8"))
+        os.link(tmp, path)
+        return fd
+    except FileExistsError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        os.unlink(tmp)
+
+
 def cmd_start(req):
-    """Prepare one attempt and start its elf detached (own session, no terminal, no inherited output)."""
+    """Prepare one attempt and start its elf detached (own session, no terminal, no inherited output).
+
+    The launch record is created locked and handed to the elf as its stdin: locked before the spawn, held
+    exactly as long as the elf lives.
+    """
     workdir = req["workdir"]
     files = dict(req.get("files") or {}, payload=req["payload"])
     files[ENV_FILE] = json.dumps(req["env"])
-    if _prepare(workdir, files, dict(req["record"], lock=1)) == "exists":
+    _makedirs(workdir)
+    lock = _create_locked(os.path.join(workdir, LAUNCH_FILE), json.dumps(dict(req["record"], lock=1)))
+    if lock is None:
         return {"error": "exists"}
     argv = elf_argv(req["python"], req["elf"], dict(req["args"], workdir=workdir))
-    # locked before the spawn and handed to the elf as its stdin: held exactly as long as the elf lives
-    lock = os.open(os.path.join(workdir, LAUNCH_FILE), os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with open(os.devnull, "r+b") as null:
-            proc = subprocess.Popen(argv, stdin=lock, stdout=null, stderr=null, cwd=workdir, close_fds=True,
-                                    start_new_session=True)
-    except OSError as exc:
-        # Nothing started: clear the record so the same attempt can be started once the cause is fixed.
-        os.unlink(os.path.join(workdir, LAUNCH_FILE))
-        return {"error": "cannot start %s: %s" % (argv[0], exc.strerror or exc)}
+        for name, text in files.items():
+            _write(os.path.join(workdir, name), text)
+        try:
+            with open(os.devnull, "r+b") as null:
+                proc = subprocess.Popen(argv, stdin=lock, stdout=null, stderr=null, cwd=workdir, close_fds=True,
+                                        start_new_session=True)
+        except OSError as exc:
+            # Nothing started: clear the record so the same attempt can be started once the cause is fixed.
+            os.unlink(os.path.join(workdir, LAUNCH_FILE))
+            return {"error": "cannot start %s: %s" % (argv[0], exc.strerror or exc)}
     finally:
         os.close(lock)
     return {"pid": proc.pid}
