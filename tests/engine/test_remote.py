@@ -23,8 +23,14 @@ from tests.fixtures import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ("sbatch", "squeue", "sacct", "scancel")
-#: seconds: a workflow of SLURM jobs needs a few scheduling rounds
+#: seconds: a workflow of SLURM jobs needs a few scheduling rounds (more on a busy machine and shared cluster)
 PATIENCE = 240.0
+
+
+def run(remote: Broker, document: bytes) -> tuple[int, WorkflowState]:
+    """Submit ``document`` and wait for its end, as Broker.run does, with this module's patience."""
+    workflow_id = remote.submit(document)
+    return workflow_id, remote.wait(workflow_id, deadline=PATIENCE)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +111,7 @@ def test_a_workflow_of_fifty_slurm_jobs_with_a_bundled_sweep_runs_as_the_test_ac
       {fan}
       <node id="join"><dependsOn node="s"/>{"".join(f'<dependsOn node="f{i}"/>' for i in range(10))}
         <payload type="sh">{WHO}</payload><output name="who"/></node>"""))
-    wf, state = remote.run(doc)
+    wf, state = run(remote, doc)
     assert state is WorkflowState.SUCCEEDED, remote.node_states(wf)
     nodes = remote.nodes(wf)
     work = [n for n in nodes.values() if n.kind == "node"]
@@ -118,7 +124,7 @@ def test_a_workflow_of_fifty_slurm_jobs_with_a_bundled_sweep_runs_as_the_test_ac
 
 
 def test_a_failing_slurm_job_fails_its_node_with_its_exit_code(remote):
-    wf, state = remote.run(workflow(on("cluster", '<node id="bad"><payload type="sh">exit 3</payload></node>')))
+    wf, state = run(remote, workflow(on("cluster", '<node id="bad"><payload type="sh">exit 3</payload></node>')))
     assert state is WorkflowState.FAILED
     node = remote.nodes(wf)["bad"]
     assert (node.state, node.exit_code) == ("failed", 3)
@@ -140,7 +146,7 @@ def test_cancelling_a_running_slurm_job_cancels_the_node(remote, slurm):
 def test_a_slurm_node_over_its_timeout_is_killed_and_fails(remote):
     doc = workflow(on("cluster", '<node id="slow"><execution><timeout>2s</timeout></execution>'
                                  '<payload type="sh">exec sleep 300</payload></node>'))
-    wf, state = remote.run(doc)
+    wf, state = run(remote, doc)
     assert state is WorkflowState.FAILED
     assert "timeout" in remote.nodes(wf)["slow"].message
 
@@ -159,7 +165,7 @@ def test_a_workflow_on_the_ssh_host_stages_in_and_out_through_sftp(remote, sshd,
         <stageOut source="out.txt" target="file://{tmp_path}/result.txt"/>
         <output name="who"/>
       </node>"""))
-    wf, state = remote.run(doc)
+    wf, state = run(remote, doc)
     assert state is WorkflowState.SUCCEEDED, remote.nodes(wf)["copy"].message
     assert (tmp_path / "result.txt").read_text() == "HELLO OVER SFTP\n"
     assert remote.nodes(wf)["copy"].outputs["who"] == sshd.user
@@ -170,7 +176,7 @@ def test_deleting_a_workflow_removes_its_directories_on_the_ssh_host_as_the_owne
                                                                                    tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root: the test puts a directory the test account cannot remove in its tree")
-    wf, state = remote.run(workflow(on("sshtest", f'<node id="a"><payload type="sh">{WHO}; echo x > f</payload>'
+    wf, state = run(remote, workflow(on("sshtest", f'<node id="a"><payload type="sh">{WHO}; echo x > f</payload>'
                                                   '<output name="who"/></node>')))
     assert state is WorkflowState.SUCCEEDED
     gid = remote.workflow(wf).global_id
@@ -205,7 +211,7 @@ def test_deleting_a_workflow_removes_its_directories_on_the_ssh_host_as_the_owne
 def test_an_sftp_source_outside_the_owners_reach_is_refused(remote, scratch):
     doc = workflow(on("sshtest", '<node id="copy"><payload type="sh">true</payload>'
                                  '<stageIn source="sftp://sshtest/etc/../etc/shadow" target="x"/></node>'))
-    wf, state = remote.run(doc)
+    wf, state = run(remote, doc)
     assert state is WorkflowState.FAILED
     assert "stage-in failed" in remote.nodes(wf)["copy"].message
 

@@ -186,7 +186,10 @@ def test_a_failing_callback_does_not_stop_the_watcher(launcher, tmp_path):
     def broken(node_id, attempt):
         raise RuntimeError("callback bug")
 
-    launcher.watch(launcher.launch(request(tmp_path / "a", "true\n")), broken)
+    # held until watched: a payload that ended before watch() would have its callback run by watch() itself
+    fifo = make_fifo(tmp_path / "go")
+    launcher.watch(launcher.launch(request(tmp_path / "a", f"read x < {fifo}\n")), broken)
+    release(fifo)
     assert run_to_end(launcher, launcher.launch(request(tmp_path / "b", "true\n", node_id=2))).outcome == base.SUCCEEDED
 
 
