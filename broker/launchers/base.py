@@ -125,10 +125,18 @@ class Launcher(Protocol):
         """``@broker`` reports printed since byte ``offset`` of the payload's stdout, and the new offset."""
 
     def cancel(self, handle: LaunchHandle) -> None:
-        """Kill the attempt's whole process group (idempotent); ``on_exit`` then fires with CANCELLED."""
+        """Kill the attempt's whole process group (idempotent); ``on_exit`` then fires with CANCELLED.
+
+        Unless the attempt ended by itself first: whichever of its end and the kill is recorded first (its
+        verdict, created exclusively by one side) decides, and an attempt that ended first keeps its result.
+        """
 
     def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
-        """Find out what became of an attempt started by a broker that has since died."""
+        """Find out what became of an attempt started by a broker that has since died.
+
+        "running" must not depend on how far the attempt has got since its spawn (the local and SSH
+        launchers ask the launch lock, batch launchers the scheduler): "absent" starts it again.
+        """
 
     def close(self) -> None:
         """Stop background threads; running payloads are left running (a restarted broker re-attaches)."""

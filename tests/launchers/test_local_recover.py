@@ -10,6 +10,7 @@ import pytest
 
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
+from broker.launchers.workdir import WRAPPER
 from tests.launchers.helpers import (Exits, alive, children_of, make_fifo, release, request, run_to_end, state_of,
                                      wait_for)
 
@@ -96,6 +97,23 @@ def test_a_reused_pid_is_not_taken_for_the_attempt(launcher, tmp_path, lock):
     # alive, but not this attempt's wrapper (and, for a record from before the lock, no wrapper in /proc)
     workdir = started_workdir(tmp_path, os.getpid(), lock)
     assert launcher.recover(1, 1, str(workdir), str(os.getpid())).status == "lost"
+
+
+def test_a_running_attempt_started_before_the_launch_lock_is_adopted_by_its_pid(launcher, tmp_path):
+    # as a broker from before the lock left it: a record without "lock", a wrapper that holds nothing
+    fifo = make_fifo(tmp_path / "go")
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "launch.json").write_text(json.dumps({"node_id": 1, "attempt": 1, "started_at": 0.0}))
+    (workdir / "payload").write_text(f"read x < {fifo}\nexit 5\n")
+    wrapper = subprocess.Popen(["/bin/sh", WRAPPER, str(workdir), "sh", str(workdir / "payload")],
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: (workdir / "pid").exists())
+    found = launcher.recover(1, 1, str(workdir), None)
+    assert (found.status, found.handle.job_id) == ("running", str(wrapper.pid))
+    release(fifo)
+    assert run_to_end(launcher, found.handle).exit_code == 5
+    wrapper.wait()
 
 
 def test_an_attempt_killed_before_the_broker_died_is_recovered_as_killed(launcher, tmp_path):
