@@ -12,7 +12,8 @@ Attempts started by a broker from before the launch lock are recognised by their
 the old way, by their pid or in /proc.
 
 :class:`Adoption` is the part of :class:`broker.launchers.local.LocalLauncher` that does this; it uses the
-launcher's tracking (``_track``, ``_ended``, ``_strike``, ``_add_timer``) and lock.
+launcher's tracking (``_track``, ``_ended``, ``_strike``, ``_add_timer``) and lock. :class:`Attempt` is what
+the launcher tracks of each attempt, started or adopted.
 """
 
 from __future__ import annotations
@@ -21,20 +22,48 @@ import contextlib
 import dataclasses
 import os
 import select
+import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.launchers import base
 from broker.launchers.base import LaunchHandle, Recovered
 from broker.launchers.workdir import (LAUNCH_FILE, candidate_pids, is_alive, lock_if_free, open_if_wrapper,
                                       read_exit, read_launch, read_pid)
 
-if TYPE_CHECKING:
-    from broker.launchers.local import _Attempt
-
 #: seconds between two looks for the pid of an adopted wrapper that has not written it yet (doubling)
 IDENTIFY_FIRST = 0.01
 IDENTIFY_MAX = 1.0
+
+
+class Attempt:
+    """What the local launcher tracks about one started or adopted attempt (guarded by the launcher's lock)."""
+
+    __slots__ = ("handle", "pid", "proc", "pidfd", "callbacks", "ended", "reason", "scan_offset", "outputs",
+                 "progress", "ignored", "legacy", "retry")
+
+    def __init__(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None, ended: bool = False,
+                 legacy: bool = False):
+        self.handle = handle
+        #: the wrapper's pid, which is its process group's id; 0 while an adopted wrapper is not identified
+        self.pid = int(handle.job_id)
+        #: our own child (None when adopted from a previous broker): reaped by the watcher
+        self.proc = proc
+        #: -1 while not identified
+        self.pidfd = pidfd
+        self.callbacks: list[base.ExitCallback] = []
+        self.ended = ended
+        #: why the launcher killed it (elf.TIMEOUT or elf.CANCELLED; its verdict file says so too), None if not
+        self.reason: str | None = None
+        #: started by a broker from before the launch lock and the verdict file
+        self.legacy = legacy
+        #: seconds until the next look for an unidentified wrapper's pid
+        self.retry = IDENTIFY_FIRST
+        # reports already read from stdout, so collect() does not read them again
+        self.scan_offset = 0
+        self.outputs: dict = {}
+        self.progress: tuple[float, str | None] | None = None
+        self.ignored = 0
 
 
 class Adoption:
@@ -42,8 +71,8 @@ class Adoption:
 
     _lock: Any
     _closing: bool
-    _attempts: dict[tuple[int, int], _Attempt]
-    _by_fd: dict[int, _Attempt]
+    _attempts: dict[tuple[int, int], Attempt]
+    _by_fd: dict[int, Attempt]
     _epoll: Any
     _track: Any
     _strike: Any
@@ -92,13 +121,13 @@ class Adoption:
         result = self._result_from_files(handle, legacy)
         return Recovered("lost" if result.outcome == base.LOST else "finished", result=result)
 
-    def _adopt(self, handle: LaunchHandle, on_exit: base.ExitCallback | None) -> _Attempt | None:
+    def _adopt(self, handle: LaunchHandle, on_exit: base.ExitCallback | None) -> Attempt | None:
         """Track an attempt this launcher did not start, if it still runs."""
         legacy = is_legacy(handle.workdir)
         return self._adopt_live(handle, on_exit, legacy) if legacy or is_alive(handle.workdir) else None
 
     def _adopt_live(self, handle: LaunchHandle, on_exit: base.ExitCallback | None, legacy: bool
-                    ) -> _Attempt | None:
+                    ) -> Attempt | None:
         """Track an attempt whose lock is held: by its wrapper's pidfd if found now, else until it is found.
 
         ``legacy`` (no lock to ask): only if its wrapper is found, else None.
@@ -116,7 +145,7 @@ class Adoption:
                 self._strike(attempt)
         return attempt
 
-    def _identify(self, attempt: _Attempt) -> list[tuple[base.ExitCallback, int, int]]:
+    def _identify(self, attempt: Attempt) -> list[tuple[base.ExitCallback, int, int]]:
         """Look again for an adopted wrapper's pid: watch its pidfd once found, end it once its lock is free."""
         found = find_wrapper(attempt.handle.workdir, None)
         alive = found is not None or is_alive(attempt.handle.workdir)

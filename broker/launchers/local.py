@@ -9,15 +9,10 @@ in the broker process: no Python starts per node.
 The work directory's own files, and how a wrapper process is told from a reused pid, are in
 :mod:`broker.launchers.workdir`. A root broker starts an attempt as its owner's account (uid, gid, groups,
 umask 077, the account's clean environment) in a work directory that account owns: :mod:`broker.runas`.
-Two facts in the work directory do not depend on timing:
-
-- *started and alive*: the launch record is locked (``flock``) before the wrapper is spawned, and the
-  wrapper holds that lock for its whole life; recovery asks the lock, never the clock or /proc. An adopted
-  attempt whose wrapper has not written its pid yet (a broker died between the fork and the wrapper's
-  first instruction) is watched through its lock until its pid appears or the lock is released.
-- *ended by itself or killed*: the ``exit`` file is created exclusively by whichever comes first, the
-  wrapper (the payload's exit status) or this launcher (``cancelled``/``timeout``, before any signal). A
-  kill that comes second sends nothing, and the attempt keeps its real result.
+Whether an attempt started and lives is its launch record's lock, held by its wrapper from the spawn on,
+and whether it ended by itself or was killed is its verdict (the ``exit`` file, created exclusively by the
+first side): neither depends on timing (:mod:`broker.launchers.workdir`; re-attaching to attempts of a
+broker that died: :mod:`broker.launchers.adoption`).
 
 One watcher thread serves every attempt: an epoll set holds a pidfd per wrapper process (readable the
 moment it exits, whether or not it is our child) and an eventfd that wakes it; its timeout is the nearest
@@ -40,7 +35,7 @@ import time
 from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
-from broker.launchers.adoption import IDENTIFY_FIRST, Adoption, find_wrapper, is_legacy
+from broker.launchers.adoption import Adoption, Attempt, find_wrapper, is_legacy
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Report
 from broker.launchers.workdir import (LAUNCH_FILE, WRAPPER, claim, is_alive, lock_exclusive, read_exit, read_launch,
                                       write_new)
@@ -50,36 +45,6 @@ log = logging.getLogger(__name__)
 
 #: a payload's environment when it starts as another account, sourced by a shell running as that account
 ENV_FILE = "env.sh"
-
-
-class _Attempt:
-    """What the launcher tracks about one started or adopted attempt (guarded by the launcher's lock)."""
-
-    __slots__ = ("handle", "pid", "proc", "pidfd", "callbacks", "ended", "reason", "scan_offset", "outputs",
-                 "progress", "ignored", "legacy", "retry")
-
-    def __init__(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None, ended: bool = False,
-                 legacy: bool = False):
-        self.handle = handle
-        #: the wrapper's pid, which is its process group's id; 0 while an adopted wrapper is not identified
-        self.pid = int(handle.job_id)
-        #: our own child (None when adopted from a previous broker): reaped by the watcher
-        self.proc = proc
-        #: -1 while not identified
-        self.pidfd = pidfd
-        self.callbacks: list[base.ExitCallback] = []
-        self.ended = ended
-        #: why the launcher killed it (elf.TIMEOUT or elf.CANCELLED; its verdict file says so too), None if not
-        self.reason: str | None = None
-        #: started by a broker from before the launch lock and the verdict file
-        self.legacy = legacy
-        #: seconds until the next look for an unidentified wrapper's pid
-        self.retry = IDENTIFY_FIRST
-        # reports already read from stdout, so collect() does not read them again
-        self.scan_offset = 0
-        self.outputs: dict = {}
-        self.progress: tuple[float, str | None] | None = None
-        self.ignored = 0
 
 
 class LocalLauncher(Adoption):
@@ -99,8 +64,8 @@ class LocalLauncher(Adoption):
         self._envs: dict[tuple[RunAs | None, tuple[tuple[str, str], ...]], dict[bytes, bytes]] = {}
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._lock = threading.Lock()
-        self._attempts: dict[tuple[int, int], _Attempt] = {}
-        self._by_fd: dict[int, _Attempt] = {}
+        self._attempts: dict[tuple[int, int], Attempt] = {}
+        self._by_fd: dict[int, Attempt] = {}
         #: (monotonic deadline, sequence, key, "timeout" or "kill")
         self._timers: list[tuple[float, int, tuple[int, int], str]] = []
         self._sequence = itertools.count()
@@ -218,7 +183,7 @@ class LocalLauncher(Adoption):
                 raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
             self._attempts.pop(key, None)
         if attempt is None:
-            attempt = _Attempt(handle, -1, None, ended=True, legacy=is_legacy(handle.workdir))
+            attempt = Attempt(handle, -1, None, ended=True, legacy=is_legacy(handle.workdir))
             found = find_wrapper(handle.workdir, handle.job_id) if attempt.legacy else None
             if found is not None:
                 os.close(found[1])
@@ -260,9 +225,9 @@ class LocalLauncher(Adoption):
         return env
 
     def _track(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None,
-               on_exit: base.ExitCallback | None = None, legacy: bool = False) -> _Attempt:
+               on_exit: base.ExitCallback | None = None, legacy: bool = False) -> Attempt:
         """Watch an attempt: through its pidfd, or (-1) through its lock until its wrapper is identified."""
-        attempt = _Attempt(handle, pidfd, proc, legacy=legacy)
+        attempt = Attempt(handle, pidfd, proc, legacy=legacy)
         if on_exit is not None:
             attempt.callbacks.append(on_exit)
         with self._lock:
@@ -278,7 +243,7 @@ class LocalLauncher(Adoption):
                 self._add_timer(time.monotonic() + delay, attempt, "timeout")
         return attempt
 
-    def _add_timer(self, when: float, attempt: _Attempt, kind: str) -> None:
+    def _add_timer(self, when: float, attempt: Attempt, kind: str) -> None:
         """Queue a deadline (lock held); wake the watcher if it is now the nearest."""
         key = (attempt.handle.node_id, attempt.handle.attempt)
         nearest = self._timers[0][0] if self._timers else None
@@ -286,7 +251,7 @@ class LocalLauncher(Adoption):
         if nearest is None or when < nearest:
             os.eventfd_write(self._wake_fd, 1)
 
-    def _kill(self, attempt: _Attempt, reason: str) -> None:
+    def _kill(self, attempt: Attempt, reason: str) -> None:
         """Record the verdict ``reason`` unless the attempt has one; if it is ours, kill (see :meth:`cancel`)."""
         with self._lock:
             if attempt.ended or attempt.reason is not None:
@@ -303,7 +268,7 @@ class LocalLauncher(Adoption):
             attempt.reason = reason
             self._strike(attempt)
 
-    def _strike(self, attempt: _Attempt) -> None:
+    def _strike(self, attempt: Attempt) -> None:
         """SIGTERM the group now and SIGKILL it after the grace (lock held); once identified if it is not yet."""
         if attempt.pid > 1:
             _killpg(attempt.pid, signal.SIGTERM)
@@ -321,7 +286,7 @@ class LocalLauncher(Adoption):
             timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else -1
         events = self._epoll.poll(timeout)
         fired: list[tuple[base.ExitCallback, int, int]] = []
-        due: list[tuple[_Attempt, str]] = []
+        due: list[tuple[Attempt, str]] = []
         with self._lock:
             if self._closing:
                 return
@@ -349,7 +314,7 @@ class LocalLauncher(Adoption):
             except Exception:  # a failing callback must not stop the watcher of every other attempt
                 log.exception("exit callback of node %s attempt %s failed", node_id, number)
 
-    def _ended(self, attempt: _Attempt) -> list[tuple[base.ExitCallback, int, int]]:
+    def _ended(self, attempt: Attempt) -> list[tuple[base.ExitCallback, int, int]]:
         """The wrapper exited (lock held): clean up, reap, and return the callbacks to run."""
         if attempt.pidfd >= 0:
             self._epoll.unregister(attempt.pidfd)
@@ -368,14 +333,14 @@ class LocalLauncher(Adoption):
         return [(callback, node_id, number) for callback in attempt.callbacks]
 
     def _result_from_files(self, handle: LaunchHandle, legacy: bool) -> AttemptResult:
-        return self._result(_Attempt(handle, -1, None, ended=True, legacy=legacy))
+        return self._result(Attempt(handle, -1, None, ended=True, legacy=legacy))
 
-    def _fold(self, attempt: _Attempt, found: elf.Scan) -> None:
+    def _fold(self, attempt: Attempt, found: elf.Scan) -> None:
         attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress)
         attempt.ignored += found.ignored
         attempt.scan_offset = found.offset
 
-    def _result(self, attempt: _Attempt) -> AttemptResult:
+    def _result(self, attempt: Attempt) -> AttemptResult:
         handle = attempt.handle
         found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), attempt.scan_offset,
                          self._max_output_bytes, final=True)

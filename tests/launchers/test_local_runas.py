@@ -2,6 +2,7 @@
 environment, the work directory's owner, and the broker still watching, cancelling and recovering them."""
 
 import os
+import signal
 
 import pytest
 
@@ -104,3 +105,23 @@ def test_files_a_payload_replaces_with_links_or_fifos_are_never_followed_by_the_
     (workdir / "fifo").unlink()
     (workdir / "fifo").symlink_to(secret)
     assert elf.read_int_file(str(workdir / "fifo")) is None and elf.scan(str(workdir / "fifo")).reports == []
+
+
+def test_an_accounts_attempt_runs_by_its_lock_and_ends_by_the_verdict_the_broker_wrote(launcher, open_tmp,
+                                                                                       test_accounts):
+    workdir = open_tmp / "wf" / "n1" / "1"
+    handle = launcher.launch(request(workdir, "exec sleep 60"), run_as=test_accounts.first)
+    group = int(handle.job_id)
+    os.killpg(group, signal.SIGSTOP)  # at once: setpriv, the account's shell or the wrapper, with little written
+    try:
+        # the lock was handed on through the switch of account: a restarted broker finds it held
+        with LocalLauncher(kill_grace=0.5) as other:
+            assert other.recover(handle.node_id, handle.attempt, str(workdir), None).status == "running"
+        exits = Exits()
+        launcher.watch(handle, exits)
+        launcher.cancel(handle)  # root's verdict in the account's directory, before the (pending) signal
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    exits.next()
+    assert launcher.collect(handle).outcome == base.CANCELLED
+    assert (workdir / "exit").read_text() == "cancelled\n"  # the account's wrapper could not replace it
