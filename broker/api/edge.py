@@ -7,8 +7,12 @@ For every request, before spyne sees it:
   Content-Length before anything is read, and again while reading);
 * the envelope is parsed once with a parser that loads no DTD, resolves no entity and reaches no network;
   any DOCTYPE, a root other than a SOAP 1.1 Envelope, a Body that is missing, repeated, empty or holds
-  more than one element, and any ``href`` reference (SOAP encoding's multi-references, which spyne does not
-  bound) are refused;
+  more than one element, any ``href`` reference (SOAP encoding's multi-references, which spyne does not
+  bound), and more attributes (namespace declarations included) on one element or in the whole envelope
+  than the caps (spyne's handling of them is quadratic: 100,000 attributes took 40 s) are refused;
+* a header entry marked ``mustUnderstand="1"`` (for this node: no ``actor``, or ``actor`` "next") that
+  the broker does not process is a ``MustUnderstand`` fault (SOAP 1.1 4.2.3, 4.4.1); ``wsse:Security``
+  is the one it processes;
 * authentication: HTTP Basic or a WS-Security UsernameToken (PasswordText). ``updateNodeStatus`` takes an
   elf session (Username: the session id, Password: its secret); every other operation a user's password.
 
@@ -30,7 +34,7 @@ from typing import Any
 
 from lxml import etree
 
-from broker.api.faults import InvalidRequest, envelope, fault_for, log_fault
+from broker.api.faults import InvalidRequest, NotUnderstood, envelope, fault_for, log_fault
 from broker.api.identity import ELF_KEY, USER_KEY, Authenticator
 from broker.errors import InvalidCredentials, LimitExceeded
 
@@ -46,6 +50,12 @@ ELF_OPERATION = "updateNodeStatus"
 _FAULTCODE = re.compile(rb"<faultcode>(?:[^:<]*:)?([^<]{1,200})</faultcode>")
 #: bytes read from the request body at a time
 READ_BLOCK = 64 * 1024
+#: SOAP 1.1 4.2.2: a header entry without an actor, or with this one, is meant for the broker
+ACTOR_NEXT = "http://schemas.xmlsoap.org/soap/actor/next"
+#: header entries the broker processes; mustUnderstand="1" on any other is a MustUnderstand fault
+UNDERSTOOD_HEADERS = frozenset({f"{{{WSSE}}}Security"})
+#: default caps on attributes (namespace declarations count) per element and per envelope
+MAX_ATTRIBUTES_PER_ELEMENT, MAX_ATTRIBUTES = 256, 1_000_000
 
 StartResponse = Callable[..., Any]
 #: answers one operation from the parsed envelope and the environ (holding the caller): the response body,
@@ -73,13 +83,16 @@ class Edge:
     """The WSGI application ``broker serve`` runs: checks, authenticates, then hands over to spyne."""
 
     def __init__(self, routes: Iterable[Route], authenticator: Authenticator | None, max_request_bytes: int,
-                 fast: dict[tuple[str, str], FastHandler] | None = None):
+                 fast: dict[tuple[str, str], FastHandler] | None = None, *,
+                 max_attributes: tuple[int, int] = (MAX_ATTRIBUTES_PER_ELEMENT, MAX_ATTRIBUTES)):
         """``fast``: (path, operation) -> a handler answering that operation without spyne
-        (:mod:`broker.api.fastpath`); it gets the parsed envelope and the environ with the caller."""
+        (:mod:`broker.api.fastpath`); it gets the parsed envelope and the environ with the caller.
+        ``max_attributes``: (per element, per envelope)."""
         self.routes = {r.path: r for r in routes}
         self.auth = authenticator
         self.max_bytes = max_request_bytes
         self.fast = dict(fast or {})
+        self.max_attributes = max_attributes
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "").rstrip("/") or "/"
@@ -101,7 +114,7 @@ class Edge:
                 raise InvalidRequest(f"method {method} is not allowed: POST a SOAP 1.1 envelope",
                                      "405 Method Not Allowed")
             body = self._read(environ)
-            tree = _parse(body)
+            tree = _parse(body, *self.max_attributes)
             operation = _operation(tree)
             who = self._authenticate(environ, tree, operation)
             handler = self.fast.get((path, operation))
@@ -213,13 +226,17 @@ def _too_large(size: int, cap: int) -> LimitExceeded:
     return error
 
 
-def _parse(body: bytes) -> Any:
-    """The envelope's tree, refusing DTDs, non-SOAP-1.1 roots, bad Bodies and href references."""
+def _parse(body: bytes, per_element: int = MAX_ATTRIBUTES_PER_ELEMENT, total: int = MAX_ATTRIBUTES) -> Any:
+    """The envelope's tree, refusing DTDs, too many attributes, non-SOAP-1.1 roots, bad Bodies, href
+    references and headers it must but cannot understand."""
     head = body[:4096].lstrip()
     if b"<!DOCTYPE" in head.upper() or b"<!ENTITY" in head.upper():
         raise InvalidRequest("a DOCTYPE is not allowed in a SOAP message")
     try:
         root = etree.fromstring(body, _parser())
+        # every attribute and namespace declaration has its '=': when there are few, no count is needed
+        if body.count(b"=") > min(per_element, total):
+            _count_attributes(body, per_element, total)
     except etree.XMLSyntaxError as exc:
         raise InvalidRequest(f"not well-formed XML: {exc}") from None
     docinfo = root.getroottree().docinfo
@@ -239,7 +256,41 @@ def _parse(body: bytes) -> Any:
     for element in root.iter():
         if isinstance(element.tag, str) and ("href" in element.attrib or element.tag.endswith("}Include")):
             raise InvalidRequest("references (href, xop:Include) are not accepted: send values inline")
+    _check_headers(root)
     return root
+
+
+def _count_attributes(body: bytes, per_element: int, total: int) -> None:
+    """Refuse an envelope with more attributes (namespace declarations included) on one element than
+    ``per_element`` or in all than ``total``: one linear pass (lxml's own nsmap is per element and
+    cumulative, so counting declarations through it would be quadratic)."""
+    declared = seen = 0
+    for event, element in etree.iterparse(io.BytesIO(body), events=("start-ns", "start"), resolve_entities=False,
+                                          no_network=True, load_dtd=False, huge_tree=True):
+        if event == "start-ns":
+            declared += 1
+            continue
+        count, declared = len(element.attrib) + declared, 0
+        seen += count
+        if count > per_element:
+            raise InvalidRequest(f"element <{etree.QName(element).localname}> has {count} attributes and namespace "
+                                 f"declarations; at most {per_element} are accepted")
+        if seen > total:
+            raise InvalidRequest(f"the envelope has more than {total} attributes and namespace declarations; "
+                                 f"at most {total} are accepted")
+
+
+def _check_headers(root: Any) -> None:
+    """SOAP 1.1 4.2.3: a header entry for this node marked mustUnderstand="1" must be one the broker
+    processes, else the message is not processed at all."""
+    header = root.find(f"{{{SOAP11_ENV}}}Header")
+    for entry in () if header is None else header:
+        if not isinstance(entry.tag, str) or entry.tag in UNDERSTOOD_HEADERS:
+            continue
+        if (entry.get(f"{{{SOAP11_ENV}}}mustUnderstand", "0").strip() in ("1", "true")
+                and entry.get(f"{{{SOAP11_ENV}}}actor", ACTOR_NEXT) == ACTOR_NEXT):
+            raise NotUnderstood(f"header {entry.tag} is marked mustUnderstand but this service does not "
+                                "process it")
 
 
 def _operation(root: Any) -> str:

@@ -11,6 +11,8 @@ Stable fault codes (the ``faultcode`` of a SOAP 1.1 fault, in the envelope names
     Client.InvalidState         the object is not in a state the operation applies to (delete running)
     Client.InvalidArgument      an argument has a wrong value (unknown event level, bad user name)
     Client.InvalidRequest       a malformed or hostile envelope (DOCTYPE, no Body, two Bodies, href)
+    MustUnderstand              a header marked mustUnderstand="1" that the broker does not process
+                                (SOAP 1.1 4.2.3; no detail element, as 4.4 asks for header faults)
     Server                      anything else; the message never carries internals
     Server.NotImplemented       an operation that this version does not provide yet
 
@@ -52,6 +54,13 @@ class InvalidRequest(BrokerError):
         self.status = status
 
 
+class NotUnderstood(InvalidRequest):
+    """Raised by the edge for a header with mustUnderstand="1" that the broker does not process."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "500 Internal Server Error")
+
+
 #: error class -> fault code; the first matching class (in this order) wins
 CODES: tuple[tuple[type[BaseException], str], ...] = (
     (DescriptionError, "Client.InvalidDescription"),
@@ -61,6 +70,7 @@ CODES: tuple[tuple[type[BaseException], str], ...] = (
     (LimitExceeded, "Client.LimitExceeded"),
     (StateError, "Client.InvalidState"),
     (ConfigError, "Client.InvalidArgument"),
+    (NotUnderstood, "MustUnderstand"),
     (InvalidRequest, "Client.InvalidRequest"),
     (NotImplementedYet, "Server.NotImplemented"),
 )
@@ -79,7 +89,7 @@ class FaultSpec:
 
     @property
     def client(self) -> bool:
-        return self.code.startswith("Client")
+        return self.code.startswith("Client") or self.code == "MustUnderstand"
 
 
 def fault_for(exc: BaseException) -> FaultSpec:
@@ -117,7 +127,9 @@ def detail_xml(spec: FaultSpec, namespace: str) -> str:
 
 def envelope(spec: FaultSpec, namespace: str) -> bytes:
     """A complete SOAP 1.1 fault envelope, as spyne would write it."""
+    # SOAP 1.1 4.4: a fault about a header entry carries no detail element
+    detail = "" if spec.code == "MustUnderstand" else f"<detail>{detail_xml(spec, namespace)}</detail>"
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<soap11env:Envelope xmlns:soap11env="{SOAP11_ENV}">'
             f"<soap11env:Body><soap11env:Fault><faultcode>soap11env:{spec.code}</faultcode>"
-            f"<faultstring>{escape(xml_safe(spec.message))}</faultstring><detail>{detail_xml(spec, namespace)}</detail>"
+            f"<faultstring>{escape(xml_safe(spec.message))}</faultstring>{detail}"
             "</soap11env:Fault></soap11env:Body></soap11env:Envelope>").encode("utf-8")

@@ -126,3 +126,55 @@ def test_missing_and_malformed_credentials_get_401_with_a_fault(server):
     for header in ("", "Basic !!!", "Bearer abc", "Basic " + base64.b64encode(b"no-colon").decode()):
         status, answer = call(server, VALID, headers={"Authorization": header})
         assert status == 401 and fault_of(answer)[0] == "Client.InvalidCredentials", header
+
+
+# ------------------------------------------------------------------------------- SOAP 1.1 header processing
+
+def _header(entries: str) -> str:
+    return f"<s:Header>{entries}</s:Header>"
+
+
+@pytest.mark.parametrize("body", ["getStatusInfo", "getStatusInfoForId"])
+def test_a_mandatory_header_the_broker_does_not_understand_is_a_must_understand_fault(server, body):
+    inner = ("<c:getStatusInfo><c:lastId>0</c:lastId></c:getStatusInfo>" if body == "getStatusInfo" else
+             "<c:getStatusInfoForId><c:globalId>wf-0000000000000000000</c:globalId></c:getStatusInfoForId>")
+    for value in ("1", "true"):
+        header = _header(f'<x:Trace xmlns:x="urn:example:trace" s:mustUnderstand="{value}">t</x:Trace>')
+        status, answer = call(server, envelope(inner, header))
+        assert status == 500, answer
+        code, message = fault_of(answer)
+        assert code == "MustUnderstand" and "urn:example:trace" in message
+        assert etree.fromstring(answer).find(f".//{{{ENV}}}Fault/detail") is None  # SOAP 1.1 4.4
+
+
+def test_optional_headers_and_headers_for_another_actor_are_ignored_and_wsse_security_is_understood(server):
+    optional = _header('<x:Trace xmlns:x="urn:example:trace" s:mustUnderstand="0">t</x:Trace>'
+                       '<y:Hint xmlns:y="urn:example:hint">h</y:Hint>'
+                       '<z:Route xmlns:z="urn:example:route" s:mustUnderstand="1" '
+                       's:actor="urn:example:a-proxy">r</z:Route>')
+    inner = "<c:getStatusInfo><c:lastId>0</c:lastId></c:getStatusInfo>"
+    status, answer = call(server, envelope(inner, optional))
+    assert status == 200 and b"getStatusInfoResponse" in answer
+    wsse = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+    token = _header(f'<w:Security xmlns:w="{wsse}" s:mustUnderstand="1"><w:UsernameToken>'
+                    "<w:Username>alice</w:Username><w:Password>alice-pw</w:Password></w:UsernameToken></w:Security>")
+    status, answer = call(server, envelope(inner, token), headers={"Authorization": ""})
+    assert status == 200 and b"getStatusInfoResponse" in answer
+
+
+# ------------------------------------------------------------------------------------------ attribute floods
+
+def test_an_envelope_with_too_many_attributes_is_refused_before_spyne_sees_it(server):
+    flood = " ".join(f'a{i}="x"' for i in range(100_000))
+    for inner in (f"<c:getStatusInfo {flood}><c:lastId>0</c:lastId></c:getStatusInfo>",
+                  f"<c:getStatusInfoForId {flood}><c:globalId>wf-x</c:globalId></c:getStatusInfoForId>"):
+        status, answer = call(server, envelope(inner))
+        code, message = fault_of(answer)
+        assert (status, code) == (400, "Client.InvalidRequest") and "100000 attributes" in message, message
+    declarations = " ".join(f'xmlns:n{i}="urn:n{i}"' for i in range(300))
+    code, message = fault_of(call(server, envelope(f"<c:getStatusInfo {declarations}/>"))[1])
+    assert code == "Client.InvalidRequest" and "at most 256" in message
+    spread = "".join(f'<c:lastId {" ".join(f"a{j}={chr(34)}x{chr(34)}" for j in range(200))}/>' for _ in range(6000))
+    code, message = fault_of(call(server, envelope(f"<c:getStatusInfo>{spread}</c:getStatusInfo>"))[1])
+    assert code == "Client.InvalidRequest" and "more than 1000000" in message
+    assert call(server, VALID)[0] == 200
