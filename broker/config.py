@@ -185,6 +185,12 @@ class EventsSettings:
                                                          "error in the log; 0: never skip (the events behind it "
                                                          "wait). Refusals on the broker's own topics are never "
                                                          "skipped", "times"))
+    metadata_destinations: tuple[str, ...] = field(
+        default=("/topic/", "/queue/"),
+        metadata=_doc("prefixes a workflow's publishMetadataTo must start with (/topic/lab. /queue/results., "
+                      "space separated); whatever they say, it must be /topic/NAME or /queue/NAME with NAME of "
+                      "1-200 letters, digits, '_', '.', '-' not starting with 'broker.' (the broker's own "
+                      "topics); empty: publishMetadataTo is refused"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +218,16 @@ class ApiSettings:
     fast_status: bool = field(default=True, metadata=_doc("answer getStatusInfoForId without going through spyne "
                                                           "(the same answer, written directly: the most frequent "
                                                           "call); False: through spyne like every other call"))
+    header_timeout: float = field(default=10.0, metadata=_doc("how long a connection may take to send a request's "
+                                                              "line and headers (from its opening or its previous "
+                                                              "answer); an idle connection is closed after it", "s"))
+    min_body_rate: int = field(default=1024, metadata=_doc("slowest a request body may arrive, averaged from the end "
+                                                           "of its headers, after a first header_timeout",
+                                                           "bytes/s"))
+    max_pending_per_address: int = field(default=8, metadata=_doc("connections from one client address that have "
+                                                                  "not sent a complete request yet; more are "
+                                                                  "refused (503); 0: no limit (behind a proxy)",
+                                                                  "connections"))
 
 
 @dataclass(frozen=True, slots=True)

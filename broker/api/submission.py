@@ -6,6 +6,7 @@ handle.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import urllib.parse
 import urllib.request
@@ -20,6 +21,7 @@ from broker.api.identity import named_user
 from broker.api.passwords import Verified
 from broker.description.load import load_description
 from broker.errors import ConfigError, LimitExceeded, NotFound, StateError
+from broker.events.routing import metadata_destination_problem
 from broker.events.types import EventLevel
 from broker.persistence import queries
 from broker.persistence.models import Workflow
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT = 30.0
 #: column lengths checked before the writer sees the submission (its refusal would lose the error's kind)
 LENGTHS = {"workflowId": 200, "id": 200, "experimentId": 200, "publishMetadataTo": 256}
+#: a submission's priority, as the description's (schemas/workflow.xsd Priority)
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,42 +75,73 @@ def submit(api: ApiContext, caller: Verified, f: SubmissionFields) -> Handle:
         except KeyError:
             raise ConfigError(f"invalid eventLevel {f.event_level!r}: expected one of "
                               f"{', '.join(lv.name for lv in EventLevel)}") from None
+    if f.priority is not None and not PRIORITY_RANGE[0] <= f.priority <= PRIORITY_RANGE[1]:
+        raise ConfigError(f"priority {f.priority} is out of range: from {PRIORITY_RANGE[0]:,} to "
+                          f"{PRIORITY_RANGE[1]:,}")
+    allowed = api.settings.events.metadata_destinations
+    if f.publish_metadata_to is not None and (why := metadata_destination_problem(f.publish_metadata_to, allowed)):
+        raise ConfigError(why)
     with api.sessions() as s:
         if owner != caller.name:
             queries.user_by_name(s, owner)  # an admin submitting for a user that does not exist: NotFound
         earlier = _earlier(s, owner, f)
-        if earlier is not None:
-            return earlier
     source, filename = _source(api, f)
-    spec = load_description(source, api.settings, filename=filename)
     # the description is kept verbatim: as the client sent the text, or as fetched
     descriptor = f.content if f.content is not None else source.decode("utf-8", "replace")
+    if earlier is not None:
+        return _same_request(earlier, f, descriptor, level)
+    spec = load_description(source, api.settings, filename=filename)
     if len(spec.name) > 200:
         raise LimitExceeded(f"workflow name is {len(spec.name)} characters long; at most 200 are allowed")
+    if f.publish_metadata_to is None and spec.publish_metadata_to is not None:
+        if why := metadata_destination_problem(spec.publish_metadata_to, allowed):
+            raise ConfigError(f"{filename}: {why}")
     accepted = api.engine.submit(spec, descriptor, owner, label=f.label,
                                  request_id=f.request_id, experiment_id=f.experiment_id, event_level=level,
                                  priority=f.priority, publish_metadata_to=f.publish_metadata_to)
     return Handle(accepted.global_id, accepted.workflow_id, f.label, f.request_id)
 
 
-def _earlier(s: Any, owner: str, f: SubmissionFields) -> Handle | None:
-    """The handle of an earlier submission with the same request id; refuses a label already in use."""
+def _earlier(s: Any, owner: str, f: SubmissionFields) -> Any:
+    """The row of an earlier submission with the same request id; refuses a label already in use."""
     from broker.persistence.models import User
 
     owner_id = s.execute(select(User.id).where(User.name == owner)).scalar()
     if owner_id is None:
         return None
     if f.request_id is not None:
-        row = s.execute(select(Workflow.id, Workflow.global_id, Workflow.label).where(
+        row = s.execute(select(Workflow.id, Workflow.global_id, Workflow.label, Workflow.descriptor_sha256,
+                               Workflow.experiment_id, Workflow.event_level, Workflow.priority,
+                               Workflow.publish_metadata_to).where(
             Workflow.owner_id == owner_id, Workflow.request_id == f.request_id)).first()
         if row is not None:
-            return Handle(row.global_id, row.id, row.label, f.request_id)
+            return row
     if f.label is not None:
         taken = s.execute(select(Workflow.global_id).where(Workflow.owner_id == owner_id,
                                                            Workflow.label == f.label)).scalar()
         if taken is not None:
             raise StateError(f"workflowId {f.label!r} is already used by workflow {taken} of user {owner}")
     return None
+
+
+def _same_request(row: Any, f: SubmissionFields, descriptor: str, level: str | None) -> Handle:
+    """The earlier workflow's handle when this submission repeats it: the same description (SHA-256) and
+    every field given now equal to the stored one; a different submission under the same request id is
+    refused, so a client's mix-up is not mistaken for a retry."""
+    given = {
+        "the description (SHA-256)": (hashlib.sha256(descriptor.encode("utf-8", "surrogatepass")).hexdigest(),
+                                      row.descriptor_sha256),
+        "workflowId": (f.label, row.label),
+        "experimentId": (f.experiment_id, row.experiment_id),
+        "eventLevel": (None if level is None else int(EventLevel[level]), row.event_level),
+        "priority": (f.priority, row.priority),
+        "publishMetadataTo": (f.publish_metadata_to, row.publish_metadata_to),
+    }
+    differ = [name for name, (now, before) in given.items() if now is not None and now != before]
+    if differ:
+        raise ConfigError(f"request id {f.request_id!r} was used for workflow {row.global_id}, whose "
+                          f"{', '.join(differ)} differ(s) from this submission's: use a new request id")
+    return Handle(row.global_id, row.id, row.label, f.request_id)
 
 
 def _source(api: ApiContext, f: SubmissionFields) -> tuple[bytes, str]:

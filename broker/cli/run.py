@@ -74,6 +74,12 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         for problem in checked.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
+    from broker.events.routing import metadata_destination_problem
+
+    metadata_to = checked.spec.publish_metadata_to
+    if metadata_to and (why := metadata_destination_problem(metadata_to, settings.events.metadata_destinations)):
+        print(f"{filename}: {why}", file=sys.stderr)
+        return EXIT_INVALID
     descriptor = _text(source)
     digest = hashlib.sha256(descriptor.encode("utf-8")).hexdigest()
 

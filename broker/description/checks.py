@@ -19,6 +19,7 @@ from broker.config import Settings
 from broker.description.expansion import member_count
 from broker.description.model import AnyNode, NodeSpec, Param, SweepSpec, WorkflowSpec
 from broker.errors import Problem
+from broker.events.routing import metadata_destination_problem
 
 
 def static_member_count(sweep: SweepSpec) -> int:
@@ -79,6 +80,8 @@ class _Checker:
         if total > self.limits.max_nodes:
             self.problem(self.workflow_line, f"workflow expands to {total} nodes, over the limit of "
                                              f"{self.limits.max_nodes} ([limits] max_nodes)")
+        if spec.publish_metadata_to is not None and (why := metadata_destination_problem(spec.publish_metadata_to)):
+            self.problem(self.workflow_line, why)
         return self.problems
 
     def ids(self, nodes: tuple[AnyNode, ...], prefix: str, where: str) -> dict[str, AnyNode]:
