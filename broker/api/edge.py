@@ -8,8 +8,9 @@ For every request, before spyne sees it:
 * the envelope is parsed once with a parser that loads no DTD, resolves no entity and reaches no network;
   any DOCTYPE, a root other than a SOAP 1.1 Envelope, a Body that is missing, repeated, empty or holds
   more than one element, any ``href`` reference (SOAP encoding's multi-references, which spyne does not
-  bound), and more attributes (namespace declarations included) on one element or in the whole envelope
-  than the caps (spyne's handling of them is quadratic: 100,000 attributes took 40 s) are refused;
+  bound), more attributes (namespace declarations included) on one element or in the whole envelope than
+  the caps, and more than :data:`MAX_ELEMENTS` elements (spyne's handling of either is quadratic: 100,000
+  attributes took 40 s, 200,000 sibling elements 41 s) are refused;
 * a header entry marked ``mustUnderstand="1"`` (for this node: no ``actor``, or ``actor`` "next") that
   the broker does not process is a ``MustUnderstand`` fault (SOAP 1.1 4.2.3, 4.4.1); ``wsse:Security``
   is the one it processes;
@@ -34,6 +35,7 @@ from typing import Any
 
 from lxml import etree
 
+from broker.api.answer import call
 from broker.api.faults import InvalidRequest, NotUnderstood, envelope, fault_for, log_fault
 from broker.api.identity import ELF_KEY, USER_KEY, Authenticator
 from broker.errors import InvalidCredentials, LimitExceeded
@@ -56,6 +58,9 @@ ACTOR_NEXT = "http://schemas.xmlsoap.org/soap/actor/next"
 UNDERSTOOD_HEADERS = frozenset({f"{{{WSSE}}}Security"})
 #: default caps on attributes (namespace declarations count) per element and per envelope
 MAX_ATTRIBUTES_PER_ELEMENT, MAX_ATTRIBUTES = 256, 1_000_000
+#: most elements in one envelope: no operation needs more (an updateNodeStatus with 3,000 output properties
+#: is 9,000), and spyne's handling of many siblings is quadratic (200,000 took 41 s)
+MAX_ELEMENTS = 10_000
 
 StartResponse = Callable[..., Any]
 #: answers one operation from the parsed envelope and the environ (holding the caller): the response body,
@@ -189,22 +194,8 @@ class Edge:
 
     def _call_spyne(self, route: Route, environ: dict[str, Any], start_response: StartResponse, operation: str,
                     who: str) -> Iterable[bytes]:
-        captured: dict[str, Any] = {}
-
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-            captured["status"], captured["headers"] = status, headers
-            return lambda data: None
-
-        result = route.app(environ, capture)
-        try:
-            body = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        status = captured.get("status", "500 Internal Server Error")
-        headers = [(k, v) for k, v in captured.get("headers", []) if k.lower() not in ("content-length",
-                                                                                    "content-type")]
+        status, headers, body = call(route.app, environ)
+        headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "content-type")]
         if not body.lstrip().startswith(b"<") or b"Envelope" not in body[:400]:
             # spyne answered with plain text (an error it did not turn into a fault): never pass it on
             log.error("%s by %s: spyne answered %s with a non-SOAP body: %r", operation, who, status, body[:200])
@@ -234,9 +225,13 @@ def _parse(body: bytes, per_element: int = MAX_ATTRIBUTES_PER_ELEMENT, total: in
         raise InvalidRequest("a DOCTYPE is not allowed in a SOAP message")
     try:
         root = etree.fromstring(body, _parser())
-        # every attribute and namespace declaration has its '=': when there are few, no count is needed
+        # every attribute and namespace declaration has its '=', every element its '<': when there are few,
+        # no count is needed
         if body.count(b"=") > min(per_element, total):
             _count_attributes(body, per_element, total)
+        if body.count(b"<") > MAX_ELEMENTS and sum(1 for _ in root.iter()) > MAX_ELEMENTS:
+            raise InvalidRequest(f"the envelope has more than {MAX_ELEMENTS} elements; at most {MAX_ELEMENTS} are "
+                                 "accepted")
     except etree.XMLSyntaxError as exc:
         raise InvalidRequest(f"not well-formed XML: {exc}") from None
     docinfo = root.getroottree().docinfo

@@ -1,4 +1,4 @@
-"""``broker serve``: the engine, the two SOAP services on cheroot, and the SIGTERM drain.
+"""``broker serve``: the engine, the two SOAP services on :mod:`broker.api.httpd`, and the SIGTERM drain.
 
 Start: the engine (every workflow: ``track_all`` resumes the unfinished ones), then the HTTP server; the
 ``on_ready`` callback gets the bound URL once requests are served (the port is the real one when ``[api]
@@ -70,11 +70,10 @@ class Service:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
-        from cheroot import wsgi
-
         from broker.api.app import build
         from broker.api.context import ApiContext
         from broker.api.edge import Edge, Route
+        from broker.api.httpd import HttpServer, Limits
         from broker.api.identity import Authenticator
         from broker.engine import Engine
 
@@ -82,6 +81,10 @@ class Service:
         host, port = parse_listen(api_settings.listen)
         if api_settings.threads < 1:
             raise ConfigError(f"[api] threads: must be at least 1, got {api_settings.threads}")
+        if api_settings.header_timeout <= 0 or min(api_settings.min_body_rate,
+                                                   api_settings.max_pending_per_address) < 0:
+            raise ConfigError("[api] header_timeout must be above 0, min_body_rate and max_pending_per_address at "
+                              "least 0")
         quiet_spyne()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
@@ -90,8 +93,10 @@ class Service:
         status_db = None
         try:
             resumed = engine.track_all()
-            server = wsgi.Server((host, port), _unavailable, numthreads=api_settings.threads,
-                                 shutdown_timeout=api_settings.drain_timeout, server_name="workflow-broker")
+            server = HttpServer((host, port), _unavailable, api_settings.threads, Limits(
+                header_timeout=api_settings.header_timeout, min_body_rate=api_settings.min_body_rate,
+                max_pending_per_address=api_settings.max_pending_per_address,
+                max_body=api_settings.max_request_bytes, drain_timeout=api_settings.drain_timeout))
             server.prepare()  # binds: with port 0 the real port is known from here on
             bound_host, bound_port = server.bind_addr[:2]
             public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound_port}"
@@ -109,8 +114,8 @@ class Service:
                 status_db = make_engine(self.settings.database_url(), self.settings,
                                         pool_size=api_settings.threads + 1)
                 fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress))
-            server.wsgi_app = Edge(routes, Authenticator(engine.sessions, api_settings.credential_ttl),
-                                   api_settings.max_request_bytes, fast)
+            authenticator = Authenticator(engine.sessions, api_settings.credential_ttl, api_settings.threads)
+            server.app = Edge(routes, authenticator, api_settings.max_request_bytes, fast)
             thread = threading.Thread(target=server.serve, name="broker-http")
             thread.start()
             log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,

@@ -178,3 +178,10 @@ def test_an_envelope_with_too_many_attributes_is_refused_before_spyne_sees_it(se
     code, message = fault_of(call(server, envelope(f"<c:getStatusInfo>{spread}</c:getStatusInfo>"))[1])
     assert code == "Client.InvalidRequest" and "more than 1000000" in message
     assert call(server, VALID)[0] == 200
+
+
+def test_an_envelope_with_too_many_elements_is_refused_before_spyne_sees_it(server):
+    siblings = "<c:lastId>1</c:lastId>" * 200_000
+    status, answer = call(server, envelope(f"<c:getStatusInfo>{siblings}</c:getStatusInfo>"))
+    code, message = fault_of(answer)
+    assert (status, code) == (400, "Client.InvalidRequest") and "more than 10000 elements" in message, message
