@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.api.passwords import CredentialCache, Verified, hash_password, verify_password
+from broker.api.passwords import Busy, CredentialCache, HashGate, Verified, hash_password, verify_password
 from broker.api.sessions import ElfIdentity, verify_session
 from broker.errors import InvalidCredentials, NotAuthorized
 from broker.persistence.models import User
@@ -28,17 +29,48 @@ ELF_KEY = "broker.elf"
 
 
 class Authenticator:
-    """Checks user passwords (through the credential cache) and elf session secrets."""
+    """Checks user passwords (through the credential cache) and elf session secrets.
 
-    def __init__(self, sessions: sessionmaker[Session], ttl: float):
+    A pair missing from the cache is checked once however many threads present it at the same time: the
+    first checks it, the others wait for its answer (a client's parallel calls after its login expired). The
+    checks themselves go through a :class:`HashGate` that at most half the request threads may be in, so
+    the other half always serve calls whose login is cached.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], ttl: float, threads: int = 8):
         self.sessions = sessions
         self.cache = CredentialCache(ttl)
+        self.gate = HashGate(threads // 2)
+        self._lock = threading.Lock()
+        #: cache key -> the check of that pair in progress
+        self._checks: dict[bytes, _Check] = {}
 
     def user(self, name: str, password: str) -> Verified:
-        """The user with these credentials. Raises InvalidCredentials."""
+        """The user with these credentials. Raises InvalidCredentials, or Busy when too many are checked."""
         cached = self.cache.get(name, password)
         if cached is not None:
             return cached
+        key = self.cache.key(name, password)
+        with self._lock:
+            check = self._checks.get(key)
+            first = check is None
+            if first:
+                check = self._checks[key] = _Check()
+        if not first:
+            return check.answer()
+        try:
+            check.user = self.gate.run(lambda: self._verify(name, password))
+            self.cache.put(name, password, check.user)
+            return check.user
+        except BaseException as exc:
+            check.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._checks[key]
+            check.done.set()
+
+    def _verify(self, name: str, password: str) -> Verified:
         with self.sessions() as s:
             row = s.execute(select(User.id, User.name, User.role, User.password_hash)
                             .where(User.name == name)).first()
@@ -46,14 +78,30 @@ class Authenticator:
         stored = row.password_hash if row is not None else _dummy_hash()
         if not verify_password(password, stored) or row is None:
             raise InvalidCredentials("wrong user name or password")
-        user = Verified(row.name, row.role, row.id)
-        self.cache.put(name, password, user)
-        return user
+        return Verified(row.name, row.role, row.id)
 
     def elf(self, session_id: str, secret: str) -> ElfIdentity:
         """The node attempt of an elf session. Raises InvalidCredentials."""
         with self.sessions() as s:
             return verify_session(s, session_id, secret)
+
+
+class _Check:
+    """One password check in progress, which other threads with the same credentials wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.user: Verified | None = None
+        self.error: BaseException | None = None
+
+    def answer(self) -> Verified:
+        """The check's answer once it is known (each waiter raises its own copy of the error)."""
+        self.done.wait()
+        if self.user is not None:
+            return self.user
+        if isinstance(self.error, (InvalidCredentials, Busy)):
+            raise type(self.error)(str(self.error))
+        raise RuntimeError("the password check of another call with these credentials failed") from self.error
 
 
 @functools.cache

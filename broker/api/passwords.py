@@ -2,8 +2,13 @@
 
 A password hash costs tens of milliseconds on purpose (it slows down anyone who steals the database). An
 API client sends its password with every call, so a verified (name, password) pair is remembered for
-``[api] credential_ttl`` seconds, keyed by a keyed digest of the pair: the cache never holds a password.
-A changed password or role takes effect within that time.
+between half of ``[api] credential_ttl`` and all of it, chosen at random per entry, so that the logins of
+many clients started together do not all expire together; entries are keyed by a keyed digest of the pair:
+the cache never holds a password. A changed password or role takes effect within that time.
+
+Each check costs about 100 ms of CPU and 32 MiB: :class:`HashGate` lets :data:`HASH_SLOTS` run at once and
+bounds how many request threads may wait for one, so that logins (or a flood of wrong passwords) cannot take
+every request thread from the calls of users already logged in.
 """
 
 from __future__ import annotations
@@ -12,9 +17,16 @@ import base64
 import hashlib
 import hmac
 import os
+import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from broker.errors import BrokerError
+
+T = TypeVar("T")
 
 #: scrypt cost parameters: N=2**15, r=8 uses 32 MiB and about 50-100 ms here
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
@@ -26,6 +38,11 @@ KEY_BYTES = 32
 CACHE_MAX = 10_000
 #: longest password accepted (scrypt would hash megabytes, but nobody needs them)
 MAX_PASSWORD_CHARS = 1024
+#: password checks that may run at once (each about 100 ms of CPU and 32 MiB): half the CPUs, so that
+#: logins leave CPU time to the calls of users already logged in
+HASH_SLOTS = max(1, (os.cpu_count() or 2) // 2)
+#: seconds a login waits for a free slot before it is refused as busy
+HASH_WAIT = 5.0
 
 
 def _b64(data: bytes) -> str:
@@ -89,6 +106,10 @@ class CredentialCache:
         return hmac.new(self._key, f"{len(name)}:{name}:{password}".encode("utf-8", "surrogatepass"),
                         hashlib.sha256).digest()
 
+    def key(self, name: str, password: str) -> bytes:
+        """The digest a pair is known by (the same pair, the same key; never the password itself)."""
+        return self._digest(name, password)
+
     def get(self, name: str, password: str) -> Verified | None:
         """The user verified with exactly these credentials within the last ``ttl`` seconds, else None."""
         if self.ttl <= 0:
@@ -111,4 +132,40 @@ class CredentialCache:
         with self._lock:
             if len(self._entries) >= CACHE_MAX:
                 self._entries.clear()
-            self._entries[key] = (time.monotonic() + self.ttl, user)
+            # spread at random: entries made in the same second must not all expire in the same second
+            self._entries[key] = (time.monotonic() + self.ttl * random.uniform(0.5, 1.0), user)
+
+
+class Busy(BrokerError):
+    """Raised when too many password checks are running or waiting: the caller should try again."""
+
+    retryable = True
+    status = "503 Service Unavailable"
+
+
+class HashGate:
+    """At most ``slots`` password checks at once, and at most ``threads`` request threads in the gate
+    (checking or waiting to check).
+
+    A login beyond those (or one that waited :data:`HASH_WAIT` seconds) is refused with :class:`Busy` at
+    once, so the request threads it would have held stay free for calls that need no check.
+    """
+
+    def __init__(self, threads: int, slots: int = HASH_SLOTS, wait: float = HASH_WAIT):
+        self._slots = threading.BoundedSemaphore(max(1, min(slots, threads)))
+        self._room = threading.BoundedSemaphore(max(1, threads))
+        self._wait = wait
+
+    def run(self, check: Callable[[], T]) -> T:
+        """The result of ``check()``, run when a slot is free. Raises Busy."""
+        if not self._room.acquire(blocking=False):
+            raise Busy("too many logins are being checked at once: try again in a moment")
+        try:
+            if not self._slots.acquire(timeout=self._wait):
+                raise Busy("too many logins are being checked at once: try again in a moment")
+            try:
+                return check()
+            finally:
+                self._slots.release()
+        finally:
+            self._room.release()
