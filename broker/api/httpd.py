@@ -34,6 +34,7 @@ import threading
 import time
 from typing import Any
 
+from broker import memory
 from broker.api.answer import App, Connection, Limits, answer, head
 from broker.api.faults import FaultSpec, envelope
 from broker.api.intake import HttpError, Intake, Request
@@ -371,15 +372,18 @@ class HttpServer:
             if item is None:
                 return
             conn, request = item
-            keep = False
+            keep, big = False, len(request.body) >= memory.BIG
             try:
                 keep = answer(conn, request, self.app, self.bind_addr, self.limits)
             except OSError as exc:  # the client went away, or did not read the answer in time
                 log.warning("answer to %s:%d not delivered: %s", conn.address, conn.port, exc.strerror or exc)
             except Exception:
                 log.exception("request from %s:%d failed", conn.address, conn.port)
+            del item, request
             self._returned.append((conn, keep))
             self._wake()
+            if big:  # its body, trees and copies are garbage now: give the pages back
+                memory.trim()
 
 
 __all__ = ["HttpServer", "Limits"]

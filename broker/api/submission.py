@@ -91,6 +91,7 @@ def submit(api: ApiContext, caller: Verified, f: SubmissionFields) -> Handle:
     if earlier is not None:
         return _same_request(earlier, f, descriptor, level)
     spec = load_description(source, api.settings, filename=filename)
+    del source  # a copy of the description: it is stored as ``descriptor``
     if len(spec.name) > 200:
         raise LimitExceeded(f"workflow name is {len(spec.name)} characters long; at most 200 are allowed")
     if f.publish_metadata_to is None and spec.publish_metadata_to is not None:

@@ -33,6 +33,8 @@ from broker.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 N = NodeState
+#: queued nodes a finished workflow must leave behind for the scheduler to sweep its queues at once
+STALE_SWEEP = 1000
 
 
 class WorkflowSlots:
@@ -273,8 +275,17 @@ class SubmissionController(Controller):
             return
         self.in_flight -= slots.in_flight
         self.user_in_flight[slots.info.owner] -= slots.in_flight
-        for node_id in [i for i, r in self.queued.items() if r.workflow_id == workflow_id]:
+        gone = [i for i, r in self.queued.items() if r.workflow_id == workflow_id]
+        for node_id in gone:
             del self.queued[node_id]
+        if len(gone) >= STALE_SWEEP:
+            # a big workflow ended with nodes still queued (a cancelled 100,000-node one): its entries in the
+            # heap and the parked queues would stay until popped, holding memory; small ones are left to that
+            self.heap = [entry for entry in self.heap if entry[3] in self.queued]
+            heapq.heapify(self.heap)
+            for queues in (self.user_parked, self.host_parked):
+                for name, parked in queues.items():
+                    queues[name] = deque(r for r in parked if r.workflow_id != workflow_id)
         for key in [k for k in self.by_template if k[0] == workflow_id]:
             del self.by_template[key]
         for key in [k for k in self.hosts if k[0] == workflow_id]:

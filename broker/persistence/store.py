@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker import memory
 from broker.errors import BrokerError
 from broker.faults import crash_point
 from broker.events.types import EventType
@@ -104,10 +105,14 @@ class Store:
             self._sql(s).write(s, batch)
             if batch.expanded:
                 crash_point("expansion")
+        freed = 0
         for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
             # finished workflows leave the mirror (also one loaded for a command, e.g. cancel of an ended one)
             self.mirror.drop(wf)
             self._stopping.discard(wf.id)
+            freed += wf.total_nodes
+        if freed >= memory.BIG_NODES:
+            memory.trim()
         self._notify(batch, out)
         return out
 

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker import memory
 from broker.config import Settings
 from broker.description.model import AnyNode, WorkflowSpec, from_json, walk
 from broker.launchers.base import Launcher
@@ -51,7 +52,10 @@ class PlanCache:
 
     def forget(self, workflow_id: int) -> None:
         with self._lock:
-            self._plans.pop(workflow_id, None)
+            plan = self._plans.pop(workflow_id, None)
+        if plan is not None and len(plan.templates) >= memory.BIG_NODES:
+            del plan
+            memory.trim()
 
 
 @dataclass
