@@ -278,12 +278,14 @@ class HttpServer:
         """A request thread has answered: release the request's memory and read the next one, or close."""
         conn.busy = False
         self._release(conn)
-        if not keep or self._stop.is_set() or conn not in self._connections:
-            self._close(conn)
+        if conn not in self._connections:
             return
-        conn.since = time.monotonic()
         conn.sock.setblocking(False)
         self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        if not keep or self._stop.is_set():
+            self._linger(conn)  # the client may still be sending (a body too large to read)
+            return
+        conn.since = time.monotonic()
         if conn.intake.buffer:  # the client sent its next request already (pipelining)
             if self._count(conn):
                 self._advance(conn)
@@ -322,12 +324,22 @@ class HttpServer:
         body = envelope(FaultSpec(code, message), FAULT_NAMESPACE)
         try:
             conn.sock.send(head(status, len(body), close=True) + body)
-            conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._close(conn)
             return
         if conn.reserved:
             self._release(conn)
+        self._linger(conn)
+
+    def _linger(self, conn: Connection) -> None:
+        """Close after the answer: stop writing, then read and drop what the client still sends for up to
+        LINGER seconds, so that it gets the answer instead of a reset."""
+        self._uncount(conn)
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
         conn.body_since = None
         conn.linger_until = time.monotonic() + LINGER
 

@@ -165,7 +165,12 @@ def latencies_under(server, status_body, attackers: list[tuple[bytes, str]]) -> 
     def attack(body: bytes, auth: str) -> None:
         connection = http.client.HTTPConnection(*address(server), timeout=DEADLINE)
         while not stop.is_set():
-            status, answer = post(connection, body, auth)
+            try:
+                status, answer = post(connection, body, auth)
+            except ConnectionError:  # refused while still sending: an answer too
+                connection.close()
+                answers.append((0, "reset"))
+                continue
             found = re.search(rb"faultcode>[^:<]*:([^<]*)<", answer)
             answers.append((status, found.group(1).decode() if found else None))
         connection.close()
