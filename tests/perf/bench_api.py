@@ -4,7 +4,8 @@
   prebuilt envelope with HTTP Basic credentials (the credential cache is warm, as for any client that
   calls more than once a minute). Calls/s, p50 and p99 latency.
 - ceiling: the same load generator against a plain WSGI application (a fixed SOAP-sized answer) on the same
-  server (cheroot, same thread count), started the same way: what the generator and cheroot alone reach.
+  server (broker.api.httpd, same thread count), started the same way: what the generator and the server alone
+  reach.
 - large: one status read of a 100,000-node workflow in process (no HTTP), counting its nodes (the baseline)
   and from the running broker's ProgressBoard (what ``getStatusInfoForId`` uses).
 - submit: ``submit`` of a 100-node and of a 1,000-node workflow (chains: at most one node of each runs at
@@ -47,7 +48,7 @@ TARGET_CALLS, TARGET_P99_MS, TARGET_SUBMITS_100 = 1000.0, 50.0, 20.0
 
 CEILING_APP = r'''
 import sys
-from cheroot import wsgi
+from broker.api.httpd import HttpServer, Limits
 ENV = b"http://schemas.xmlsoap.org/soap/envelope/"
 BODY = (b"<?xml version='1.0' encoding='UTF-8'?>\n<e:Envelope xmlns:e='" + ENV + b"'><e:Body><r>" + b"x" * 700
         + b"</r></e:Body></e:Envelope>")
@@ -55,7 +56,7 @@ def app(environ, start_response):
     environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     start_response("200 OK", [("Content-Type", "text/xml; charset=utf-8"), ("Content-Length", str(len(BODY)))])
     return [BODY]
-server = wsgi.Server(("127.0.0.1", 0), app, numthreads=int(sys.argv[1]))
+server = HttpServer(("127.0.0.1", 0), app, int(sys.argv[1]), Limits())
 server.prepare()
 print("serving on http://127.0.0.1:%d" % server.bind_addr[1], flush=True)
 server.serve()
@@ -143,7 +144,7 @@ def submit_rate(server: Server, nodes: int, count: int) -> tuple[float, int]:
 
 def large_status(url: str, nodes: int, reads: int) -> tuple[float, float, bool]:
     """(ms per status read counting the nodes, ms per read from a ProgressBoard, same answer) of one workflow
-    of ``nodes`` independent nodes, in process (no HTTP): what the API's call costs beyond spyne and cheroot."""
+    of ``nodes`` independent nodes, in process (no HTTP): what the API's call costs beyond spyne and the HTTP server."""
     from broker.description.model import NodeSpec, Payload, WorkflowSpec
     from broker.persistence import queries
     from broker.persistence import repository as repo
