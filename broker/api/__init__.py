@@ -11,5 +11,9 @@ Layout (only ``app``, ``types``, ``core``, ``admin`` and ``server`` import spyne
     core, admin the two services (IBrokerCore, IBroker); authorisation is checked in each operation
     app         the two applications, the one place broker errors become SOAP faults, the WSDLs
     statexml    the XML of getWorkflowAsXml / getNodeAsXml (schemas/workflow-state.xsd)
-    server      the cheroot server, start-up and the SIGTERM drain of ``broker serve``
+    intake      reading HTTP requests from bytes as they arrive (pure logic)
+    httpd       the HTTP/1.1 server: one intake thread reads whole requests (deadlines, per-address cap,
+                memory budget) before a request thread runs the edge on them
+    answer      one request's WSGI environ, the application call and its answer written with a deadline
+    server      start-up and the SIGTERM drain of ``broker serve``
 """
