@@ -254,6 +254,12 @@ class HttpServer:
         self._used += need
         conn.reserved = need
         conn.body_since, conn.body_start = time.monotonic(), conn.intake.received
+        waiting = conn.intake.request
+        if waiting is not None and (waiting.header("expect") or "").lower() == "100-continue":
+            try:  # the client waits for this before it sends the body (curl does for large ones)
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                pass
 
     def _release(self, conn: Connection) -> None:
         self._used -= conn.reserved

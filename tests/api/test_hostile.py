@@ -185,3 +185,18 @@ def test_an_envelope_with_too_many_elements_is_refused_before_spyne_sees_it(serv
     status, answer = call(server, envelope(f"<c:getStatusInfo>{siblings}</c:getStatusInfo>"))
     code, message = fault_of(answer)
     assert (status, code) == (400, "Client.InvalidRequest") and "more than 10000 elements" in message, message
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(server):
+    import socket
+
+    url = urllib.parse.urlsplit(server.base)
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(f"POST /broker HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nAuthorization: {AUTH}\r\n"
+                     f"Expect: 100-continue\r\nContent-Length: {len(VALID)}\r\n\r\n".encode())
+        assert sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(VALID)
+        answer = b""
+        while b"</soap11env:Envelope>" not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"getStatusInfoResponse" in answer
