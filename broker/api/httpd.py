@@ -1,30 +1,26 @@
 """The HTTP/1.1 server of ``broker serve``: requests are read whole before a request thread sees them.
 
-A thread-per-connection server (cheroot's model: a worker thread reads the request it serves) lets ten
-clients that send a byte every few seconds hold every request thread, and every other call waits. Here one
-intake thread reads every connection without blocking (a selector) and hands a request to the pool of
-``[api] threads`` request threads only once it has fully arrived, so slow or idle connections cost a socket
-and a buffer, never a thread. The intake thread enforces (each refusal is one WARNING line, never a
-traceback):
+With a thread per connection (cheroot's model) ten clients sending a byte every few seconds held every
+request thread. Here one intake thread reads every connection without blocking and hands a request to one of
+``[api] threads`` request threads only once it has fully arrived: a slow or idle connection costs a socket
+and a buffer, never a thread. The intake thread enforces (each refusal one WARNING line, never a traceback):
 
-* ``[api] header_timeout``: the request line and fields must arrive within it of the connection's opening
-  or of its previous answer (408); an idle connection that sent nothing is closed quietly after it;
-* ``[api] min_body_rate``: the body must arrive at that many bytes per second or faster, averaged from the
-  end of the head, after a first ``header_timeout`` (408);
-* ``[api] max_pending_per_address``: connections from one address that have not sent a complete request
-  (keep-alive connections between requests do not count); one more is answered 429 and closed;
-* memory: bodies being received and waiting for a thread share a budget (:data:`BUDGET_REQUESTS` largest
-  requests); a body that does not fit waits, unread and with its clock stopped, until one is answered;
-* :data:`MAX_CONNECTIONS` at most (fewer when the process's file limit is low): beyond it, new connections
-  wait in the kernel's backlog.
+* ``[api] header_timeout`` for the request line and fields, from the connection's opening or its previous
+  answer (408; an idle connection that sent nothing is closed quietly), and ``[api] min_body_rate`` for
+  the body, averaged from the end of the head after a first ``header_timeout`` (408);
+* ``[api] max_pending_per_address``: connections from one address without a complete request (keep-alive
+  connections between requests do not count); one more is answered 429;
+* a memory budget of :data:`BUDGET_REQUESTS` largest requests for bodies being received or waiting: a body
+  that does not fit waits, unread and with its clock stopped; :data:`MAX_CONNECTIONS` at most (beyond it,
+  new connections wait in the kernel's backlog).
 
-Answers are written by the request threads (:mod:`broker.api.answer`). Refusals carry a SOAP 1.1 fault
-(``Client.InvalidRequest`` or ``Client.LimitExceeded``).
+Answers are written by the request threads (:mod:`broker.api.answer`); refusals are SOAP 1.1 faults.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import resource
@@ -47,8 +43,7 @@ MAX_CONNECTIONS = 1000
 BUDGET_REQUESTS = 4
 #: seconds between two looks at the deadlines
 TICK = 0.25
-#: seconds a refused connection is read from (and the bytes dropped) before it is closed, so the client
-#: gets the answer instead of a reset
+#: seconds a closing connection is read from (bytes dropped) so its client gets the answer, not a reset
 LINGER = 2.0
 #: seconds between two warnings about the same address's refused connections
 WARN_EVERY = 10.0
@@ -129,10 +124,8 @@ class HttpServer:
         self._wake()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     def _drain(self) -> None:
         assert self._listener is not None
@@ -156,10 +149,8 @@ class HttpServer:
             if key.fileobj is self._listener:
                 self._accept()
             elif key.fileobj is self._wake_r:
-                try:
+                with contextlib.suppress(OSError):
                     self._wake_r.recv(4096)
-                except OSError:
-                    pass
             else:
                 self._readable(key.data)
         while self._returned:
@@ -363,10 +354,8 @@ class HttpServer:
                 pass
         if conn.reserved and not conn.busy:
             self._release(conn)
-        try:
+        with contextlib.suppress(OSError):
             conn.sock.close()
-        except OSError:
-            pass
         if not self._accepting and not self._stop.is_set() and len(self._connections) < self.max_connections:
             assert self._listener is not None
             self._selector.register(self._listener, selectors.EVENT_READ, None)
