@@ -89,6 +89,10 @@ class LimitSettings:
     max_xml_depth: int = field(default=64, metadata=_doc("deepest element nesting in a description", "levels"))
     max_text_bytes: int = field(default=1024**2,
                                 metadata=_doc("largest attribute value or text (payloads included)", "bytes"))
+    max_attributes_per_element: int = field(default=256, metadata=_doc(
+        "most attributes one element of a description or of a SOAP request may carry", "attributes"))
+    max_attributes: int = field(default=1_000_000, metadata=_doc(
+        "most attributes in one description or SOAP request, all elements together", "attributes"))
     max_file_bytes: int = field(default=8 * 1024**2,
                                 metadata=_doc("largest referenced payload or parameter line file", "bytes"))
     max_nodes: int = field(default=1_000_000,

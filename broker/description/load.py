@@ -57,7 +57,7 @@ def check_description(source: bytes, settings: Settings, *, filename: str = "<st
         tree = parse_document(source, settings.limits, filename=filename)
     except DescriptionError as exc:
         return Checked(None, _sorted(list(exc.problems)))
-    problems = validate_tree(tree, filename=filename)
+    problems = validate_tree(tree, filename=filename, source=source)
     if problems:
         return Checked(None, _sorted(problems))
     spec, problems = build_spec(tree, settings, filename=filename)

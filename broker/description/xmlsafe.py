@@ -10,9 +10,16 @@ The defences, in the order they run:
    blowup, external entities, parameter entities) and no DTD is ever expanded, loaded or fetched;
 4. libxml2 runs with entity substitution, DTD loading and network access off and its default (non-huge)
    resource limits, so an undefined entity reference or a 10,000-level nesting fails fast;
-5. after parsing: the tree is checked again for a DTD (defence in depth), for XInclude elements (never
-   processed: the XSD would reject them anyway, this says why), for elements nested deeper than
-   ``[limits] max_xml_depth`` and for text or attribute values over ``[limits] max_text_bytes``.
+5. after parsing, before anything whose cost grows faster than the document: attributes are counted
+   (``[limits] max_attributes_per_element`` and ``max_attributes``: libxml2 parses 100,000 attributes on one
+   element in a blink, but every later step that looks at them, the XSD validator first, pays per attribute
+   and per sibling);
+6. the tree is checked again for a DTD (defence in depth), for XInclude elements (never processed: the XSD
+   would reject them anyway, this says why), for elements nested deeper than ``[limits] max_xml_depth`` and
+   for text or attribute values over ``[limits] max_text_bytes``.
+
+Every check after parsing is one walk over the tree. :func:`attribute_flood` is public: the SOAP edge applies
+the same attribute caps to request envelopes.
 
 Comments and processing instructions are dropped while parsing, so a payload's text is never split by one.
 """
@@ -145,7 +152,65 @@ def _syntax_problems(parser: etree.XMLParser, error: etree.XMLSyntaxError, file:
     return problems
 
 
+def attribute_flood(root: etree._Element, limits: LimitSettings) -> tuple[int, str] | None:
+    """``(line, message)`` for the first attribute cap the tree under ``root`` exceeds, else None.
+
+    The caps are ``limits.max_attributes_per_element`` (checked element by element, in document order) and
+    ``limits.max_attributes`` (all elements together). One walk over the elements, constant work per
+    attribute; comments and processing instructions are skipped. The message names the element, the count
+    and the setting: ``<node> has 100000 attributes, over the limit of 256 ([limits]
+    max_attributes_per_element)``.
+    """
+    return _scan(root, limits, None)[0]
+
+
+def _scan(root: etree._Element, limits: LimitSettings,
+          text_limit: int | None) -> tuple[tuple[int, str] | None, list[etree._Element]]:
+    """One walk over the elements: the first attribute cap broken (see attribute_flood), and the elements
+    holding a text or attribute value that may be over ``text_limit`` bytes (None: sizes are not looked at).
+
+    A string of n characters is at most 4n UTF-8 bytes: only strings over a quarter of the limit are
+    suspects (measured later). This loop runs over every element of large documents: it stays flat, and it
+    never asks lxml for an element's attribute values (``values()``, ``items()``: lxml looks each one up by
+    name, which is quadratic in the attributes of the element: 230 s for 100,000); counting them is linear,
+    and long values are found by one XPath over the whole tree.
+    """
+    per_element, most = limits.max_attributes_per_element, limits.max_attributes
+    quarter = None if text_limit is None else text_limit // 4
+    total = 0
+    suspects: list[etree._Element] = []
+    for el in root.iter(etree.Element):
+        count = len(el.attrib)
+        total += count
+        if count > per_element or total > most:
+            name = etree.QName(el).localname
+            if count > per_element:
+                message = (f"<{name}> has {count} attributes, over the limit of {per_element} "
+                           "([limits] max_attributes_per_element)")
+            else:
+                message = (f"the document has more than {most} attributes, over the limit ([limits] "
+                           f"max_attributes); the limit was passed at <{name}>")
+            return (el.sourceline or 1, message), suspects
+        if quarter is not None:
+            text, tail = el.text, el.tail
+            if (text is not None and len(text) > quarter) or (tail is not None and len(tail) > quarter):
+                suspects.append(el)
+    if quarter is not None:
+        seen = set(suspects)
+        for value in root.xpath("//@*[string-length() > $q]", q=quarter):
+            owner = value.getparent()
+            if owner not in seen:
+                seen.add(owner)
+                suspects.append(owner)
+        suspects.sort(key=lambda el: el.sourceline or 0)
+    return None, suspects
+
+
 def _check_tree(root: etree._Element, data: bytes, file: str, limits: LimitSettings) -> list[Problem]:
+    # No text can be longer than the whole document: sizes are looked at only in documents over the limit.
+    flood, suspects = _scan(root, limits, limits.max_text_bytes if len(data) > limits.max_text_bytes else None)
+    if flood is not None:
+        return [_problem(file, flood[1], flood[0])]  # the later checks would walk the flood again
     problems: list[Problem] = []
     docinfo = root.getroottree().docinfo
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
@@ -160,9 +225,7 @@ def _check_tree(root: etree._Element, data: bytes, file: str, limits: LimitSetti
     if deep:
         problems.append(_problem(file, f"elements nested deeper than {depth} levels ([limits] max_xml_depth)",
                                  deep[0].sourceline or 1))
-    # No text can be longer than the whole document: skip the walk for documents under the limit.
-    if len(data) > limits.max_text_bytes:
-        problems.extend(_oversized_texts(root, file, limits.max_text_bytes))
+    problems.extend(_oversized_texts(suspects, file, limits.max_text_bytes))
     return problems
 
 
@@ -170,20 +233,7 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
 
-def _oversized_texts(root: etree._Element, file: str, limit: int) -> list[Problem]:
-    # A string of n characters is at most 4n UTF-8 bytes: only strings over limit/4 characters are encoded.
-    # This loop runs over every element of large documents, so it stays flat and cheap.
-    quarter = limit // 4
-    suspects = []
-    for el in root.iter():
-        text, tail = el.text, el.tail
-        if (text is not None and len(text) > quarter) or (tail is not None and len(tail) > quarter):
-            suspects.append(el)
-        else:
-            for value in el.values():
-                if len(value) > quarter:
-                    suspects.append(el)
-                    break
+def _oversized_texts(suspects: list[etree._Element], file: str, limit: int) -> list[Problem]:
     problems = []
     for el in suspects:
         name = etree.QName(el).localname
@@ -191,8 +241,8 @@ def _oversized_texts(root: etree._Element, file: str, limit: int) -> list[Proble
         for what, text in (("text", el.text), ("text after the element", el.tail)):
             if text is not None and (size := _utf8_size(text)) > limit:
                 problems.append(_problem(file, f"{what} {where.format(size)}", el.sourceline or 1))
-        for key, value in el.items():
-            if (size := _utf8_size(value)) > limit:
+        for key in el.keys():  # only suspects come here; no flood of attributes either
+            if (size := _utf8_size(el.get(key, ""))) > limit:
                 problems.append(_problem(file, f"attribute '{etree.QName(key).localname}' {where.format(size)}",
                                          el.sourceline or 1))
     return problems
@@ -217,4 +267,4 @@ def parse_document(source: bytes, limits: LimitSettings, *, filename: str = "<st
     return root.getroottree()
 
 
-__all__ = ["ALLOWED_ENCODINGS", "PARSER_MAX_DEPTH", "parse_document"]
+__all__ = ["ALLOWED_ENCODINGS", "PARSER_MAX_DEPTH", "attribute_flood", "parse_document"]
