@@ -7,7 +7,8 @@ workflow global id     ``wf-`` + 10 time chars + 8 random chars  ``wf-01jd3k2m9x
                        (Crockford base32, lower case: sorts by
                        submission time, URL- and file-name-safe)
 workflow database id   integer primary key                       ``42``
-node id (in XML)       ``[A-Za-z0-9_.-]{1,64}``                  ``step-1``
+node id (in XML)       ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}``      ``step-1``
+                       (path-safe: never ``.``, ``..``, ``-x``)
 node path              node ids joined by ``/``; a sweep member  ``sweep[3]/step``
                        is ``<sweep id>[<index>]``, 0-based
 node global id         ``<workflow global id>/<node path>``      ``wf-01jd3k2m9x7q4tz8ha0c/sweep[3]/step``
@@ -29,7 +30,10 @@ import os
 import re
 import time
 
-NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: a node id a description may declare: path-safe, so never "." or "..", nor starting with "." or "-" (ids become
+#: directory names and command arguments). Stored workflows may hold ids of the older, wider form
+#: [A-Za-z0-9_.-]{1,64}: the node paths of global ids still accept it, so they keep running and resuming.
+NODE_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 #: a user name: never contains a STOMP/JMS destination wildcard or separator
 USER_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 GLOBAL_ID_RE = re.compile(r"wf-[0-9a-hjkmnp-tv-z]{18}")

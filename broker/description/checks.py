@@ -2,9 +2,9 @@
 
 Every problem is collected (the checks never stop at the first) and names the node by its template path
 (``sweep/step``); its line is the node's, with column 0. Checked per scope (the top level, or one sweep's
-body): duplicate ids, dependencies on unknown nodes, on itself, twice, and cycles. Per sweep: duplicate
-parameters, ``fromOutput`` sources, static zip lengths, members and nesting limits. For the workflow: the
-node count after static expansion.
+body): path-safe ids (again after the XSD: never ``.``, ``..`` or ``-x``), duplicate ids, dependencies on
+unknown nodes, on itself, twice, and cycles. Per sweep: duplicate parameters, ``fromOutput`` sources, static
+zip lengths, members and nesting limits. For the workflow: the node count after static expansion.
 
 Counts are computed arithmetically, never by materialising members: a sweep counts ``1 + members x (nodes of
 its body)``, with members from :func:`~broker.description.expansion.member_count` over the static value
@@ -20,6 +20,7 @@ from broker.description.expansion import member_count
 from broker.description.model import AnyNode, NodeSpec, Param, SweepSpec, WorkflowSpec
 from broker.errors import Problem
 from broker.events.routing import metadata_destination_problem
+from broker.ids import NODE_ID_RE
 
 
 def static_member_count(sweep: SweepSpec) -> int:
@@ -87,6 +88,11 @@ class _Checker:
     def ids(self, nodes: tuple[AnyNode, ...], prefix: str, where: str) -> dict[str, AnyNode]:
         siblings: dict[str, AnyNode] = {}
         for node in nodes:
+            if not NODE_ID_RE.fullmatch(node.id):
+                # the XSD says so too; this holds for specs built any other way (ids become directory names)
+                self.problem(node.line, f"{node.kind} '{prefix}{node.id}': id '{node.id}' is not path-safe "
+                                        "(letters, digits, '_', '.', '-'; not '.' or '..', not starting with "
+                                        "'.' or '-')")
             first = siblings.get(node.id)
             if first is not None:
                 self.problem(node.line, f"{node.kind} '{prefix}{node.id}': duplicate id {where} "

@@ -56,7 +56,8 @@ _TYPE_MEANING = {
 _PATTERN_MEANING = {
     r"[0-9]{1,9}(\.[0-9]{1,6})?(ms|s|min|h|d)": "a duration with a unit: 500ms, 90s, 15min, 1.5h or 2d",
     r"[0-9]{1,12}(B|kB|MB|GB|TB|KiB|MiB|GiB|TiB)": "a size with a unit: 500MB, 512MiB or 4GiB",
-    r"[A-Za-z0-9_.\-]{1,64}": "a node id (1 to 64 letters, digits, '_', '.' or '-')",
+    r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}": "a node id (1 to 64 letters, digits, '_', '.' or '-', not starting "
+                                         "with '.' or '-')",
     r"[A-Za-z_][A-Za-z0-9_]{0,63}": "a name (a letter or '_', then up to 63 letters, digits or '_')",
     r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}": "a profile name (a letter or '_', then letters, digits, '_', '.', '-')",
     r"[A-Za-z_][A-Za-z0-9_]{0,127}": "an environment variable name",

@@ -40,8 +40,11 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from broker.elf import elf
+from broker.errors import ResourceError
+from broker.ids import path_to_dirname
 
 #: the wrapper script, shipped as package data next to this module
 WRAPPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wb-run.sh")
@@ -57,6 +60,30 @@ KILL_REASONS = (elf.TIMEOUT, elf.CANCELLED)
 #: opening the launch record to ask its lock: never through a symlink, never blocking on a FIFO that the
 #: payload's account (which owns the directory) may have put there (see elf.open_regular)
 _LOCK_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def attempt_dir(root: str | os.PathLike[str], workflow_global_id: str, node_path: str, attempt: int) -> Path:
+    """The work directory of one attempt: ``<root>/<workflow global id>/<node path, [i] as @i>/<attempt>``.
+
+    Defence in depth behind the path-safe node ids of descriptions (a workflow stored before they were
+    required may hold a node ``..``, which ran in ``<root>/<workflow>/../1``, shared by every workflow):
+    raises ResourceError, not retryable, unless the directory lies strictly inside its workflow's
+    directory, both as written (no ``.``, ``..`` or empty segment) and once the symbolic links that already
+    exist on the way are resolved.
+    """
+    base = os.path.normpath(os.fspath(root))  # the configured root may be written with '..' (--workdir ../w)
+    workflow_dir = os.path.join(base, workflow_global_id)
+    written = os.path.join(workflow_dir, path_to_dirname(node_path), str(attempt))
+    inside = (os.path.normpath(written) == written and os.path.dirname(workflow_dir) == base
+              and _strictly_under(os.path.realpath(written), os.path.realpath(workflow_dir)))
+    if not inside:
+        raise ResourceError(f"work directory {written!r} of node {node_path!r} is not inside its workflow's "
+                            f"directory {workflow_dir}: refused", retryable=False)
+    return Path(written)
+
+
+def _strictly_under(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/")
 
 
 def mkdirs(path: str) -> None:

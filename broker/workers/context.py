@@ -86,7 +86,8 @@ class WorkerContext:
         return self.resources.launcher_of(handle.host)
 
     def attempt_dir(self, workflow_global_id: str, path: str, attempt: int) -> Path:
-        """The work directory of one attempt (see broker.ids for the naming)."""
-        from broker.ids import path_to_dirname
+        """The work directory of one attempt (see broker.ids for the naming); raises ResourceError for one that
+        would not lie inside its workflow's directory."""
+        from broker.launchers.workdir import attempt_dir
 
-        return self.workdir / workflow_global_id / path_to_dirname(path) / str(attempt)
+        return attempt_dir(self.workdir, workflow_global_id, path, attempt)

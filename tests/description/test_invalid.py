@@ -371,4 +371,4 @@ def test_long_values_are_shortened_in_messages():
     found = problems(workflow(f'<node id="{long_id}"><payload type="sh">echo</payload></node>'))
     shown = "x" * 64 + "..."
     assert found == [f"bad.xml:2:0: node '{shown}': <node> attribute 'id': '{shown}' (5000 characters) "
-                     "is not a node id (1 to 64 letters, digits, '_', '.' or '-')"]
+                     "is not a node id (1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-')"]
