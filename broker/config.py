@@ -96,7 +96,11 @@ class LimitSettings:
     max_file_bytes: int = field(default=8 * 1024**2,
                                 metadata=_doc("largest referenced payload or parameter line file", "bytes"))
     max_nodes: int = field(default=1_000_000,
-                           metadata=_doc("most nodes in one workflow, after every expansion", "nodes"))
+                           metadata=_doc("most nodes in one workflow, after every expansion (checked at validation, "
+                                         "and again before each run-time expansion is written)", "nodes"))
+    max_nodes_per_user: int = field(default=2_000_000, metadata=_doc(
+        "most nodes of one user's unfinished workflows together, admins and the command line included "
+        "(checked at submission and before each run-time expansion); 0: no limit", "nodes"))
     max_members: int = field(default=200_000,
                              metadata=_doc("most members one parameterized node may expand to", "members"))
     max_nesting: int = field(default=8, metadata=_doc("deepest nesting of parameterized nodes", "levels"))

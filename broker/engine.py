@@ -150,7 +150,7 @@ class Engine:
         self.writer.tell(change_factory(future))
         answer = future.get(timeout=timeout)
         if isinstance(answer, c.Rejected):
-            raise BrokerError(answer.reason)
+            raise answer.error if isinstance(answer.error, BrokerError) else BrokerError(answer.reason)
         return answer
 
     def submit(self, spec: Any, descriptor: str, owner: str, **kw: Any) -> c.Accepted:

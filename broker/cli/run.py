@@ -90,7 +90,13 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             done_before = _announce_resume(engine.sessions, found)
             accepted = engine.track(found)
         else:
-            accepted = engine.submit(checked.spec, descriptor, owner)
+            from broker.errors import LimitExceeded
+
+            try:
+                accepted = engine.submit(checked.spec, descriptor, owner)
+            except LimitExceeded as exc:  # refused content, like an invalid description ([limits] max_nodes_per_user)
+                print(f"broker: {exc}", file=sys.stderr)
+                return EXIT_INVALID
             done_before = 0
             print(f"submitted workflow {accepted.global_id} (id {accepted.workflow_id}): {checked.spec.name}",
                   flush=True)

@@ -34,6 +34,11 @@ def expanded_node_count(spec: WorkflowSpec) -> int:
     return _scope_count(spec.nodes)
 
 
+def body_node_count(sweep: SweepSpec) -> int:
+    """Nodes one member of ``sweep`` adds, its nested sweeps expanded statically (what expansion is checked with)."""
+    return _scope_count(sweep.body)
+
+
 def _scope_count(nodes: tuple[AnyNode, ...]) -> int:
     # recursion depth is bounded by the sweep nesting, itself bounded by [limits] max_xml_depth
     total = 0
@@ -194,4 +199,4 @@ def check_spec(spec: WorkflowSpec, settings: Settings, *, filename: str = "<stri
     return _Checker(settings, filename, workflow_line).run(spec)
 
 
-__all__ = ["check_spec", "expanded_node_count", "static_member_count"]
+__all__ = ["body_node_count", "check_spec", "expanded_node_count", "static_member_count"]

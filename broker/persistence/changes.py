@@ -259,6 +259,8 @@ class Committed:
 class Rejected:
     change: Any
     reason: str
+    #: the error that refused the change, when it was one: its kind reaches the caller (LimitExceeded...)
+    error: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ class MNode:
 class MWorkflow:
     __slots__ = ("id", "global_id", "owner", "spec", "templates", "event_level", "event_seq", "state", "counts",
                  "constraint", "cancel_requested", "priority", "max_in_flight", "publish_metadata_to", "nodes",
-                 "started_at", "total_nodes")
+                 "started_at", "total_nodes", "size")
 
     def __init__(self, row: Any, owner: str):
         self.id: int = row.id
@@ -103,6 +103,8 @@ class MWorkflow:
         self.nodes: list[MNode] = []
         self.started_at = row.started_at
         self.total_nodes = 0
+        #: stored nodes as [limits] max_nodes counts them (as validation does): every row but sweep members
+        self.size = 0
 
     def count(self, state: NodeState, delta: int) -> None:
         self.counts[state] = self.counts.get(state, 0) + delta

@@ -12,7 +12,7 @@ It can always be rebuilt from the database (:meth:`Mirror.load`), which is what 
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +31,8 @@ class Mirror:
     def __init__(self) -> None:
         self.workflows: dict[int, MWorkflow] = {}
         self.nodes: dict[int, MNode] = {}
+        #: owner -> the sizes of their tracked workflows added up ([limits] max_nodes_per_user)
+        self.owner_nodes: Counter[str] = Counter()
 
     # ------------------------------------------------------------------------------------------- loading
 
@@ -58,6 +60,8 @@ class Mirror:
         nodes = list(by_id.values())
         wf.nodes = nodes
         wf.total_nodes = len(nodes)
+        wf.size = sum(1 for node in nodes if node.kind != "member")
+        self.owner_nodes[wf.owner] += wf.size
         self.nodes.update(by_id)
         # group counters bottom-up need children first: regroup every group once its children are known
         for node in nodes:
@@ -80,7 +84,8 @@ class Mirror:
         """Stop tracking a finished workflow (its rows stay in the database)."""
         for node in wf.nodes:
             self.nodes.pop(node.id, None)  # type: ignore[arg-type]
-        self.workflows.pop(wf.id, None)
+        if self.workflows.pop(wf.id, None) is not None:
+            self.owner_nodes[wf.owner] -= wf.size
 
     # ------------------------------------------------------------------------------------ transitions
 
@@ -244,6 +249,9 @@ class Mirror:
         sweep.pending = count
         wf.nodes.extend(created)
         wf.total_nodes += len(created)
+        added = len(created) - count  # the members are groups, not nodes
+        wf.size += added
+        self.owner_nodes[wf.owner] += added
         for node in created:
             if node.counted:
                 wf.count(node.state, 1)

@@ -69,6 +69,12 @@ def get_user(session: Session, name: str) -> User:
 
 # ------------------------------------------------------------------------------------------- submission
 
+def request_known(session: Session, owner: User, request_id: str) -> bool:
+    """Whether ``owner`` used ``request_id`` before (:func:`submit_workflow` then stores nothing)."""
+    return session.scalar(select(Workflow.id).where(Workflow.owner_id == owner.id,
+                                                    Workflow.request_id == request_id)) is not None
+
+
 def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, owner: User,
                     label: str | None = None, request_id: str | None = None, experiment_id: str | None = None,
                     event_level: EventLevel | str | None = None, priority: int | None = None,

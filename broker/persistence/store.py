@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker import memory
+from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError
 from broker.faults import crash_point
 from broker.events.types import EventType
@@ -27,6 +28,7 @@ from broker.persistence import changes as c
 from broker.persistence.batch import Batch
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
+from broker.persistence.quota import NodeQuota
 from broker.persistence.rawsql import RawWriter
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
 
@@ -57,6 +59,7 @@ class Store:
         self.session_factory = session_factory
         self.mirror = Mirror()
         self.limits = limits
+        self.quota = NodeQuota(limits)
         self._stopping: set[int] = set()
         self._rawsql: RawWriter | None = None
 
@@ -121,6 +124,7 @@ class Store:
         for wf in list(self.mirror.workflows.values()):
             self.mirror.drop(wf)
         self._stopping.clear()
+        self.quota.forget()
 
     # ----------------------------------------------------------------------------------------- apply
 
@@ -132,13 +136,13 @@ class Store:
         try:
             handler(self, s, change, batch, out)
         except BrokerError as exc:
-            self._reject(out, change, str(exc))
+            self._reject(out, change, str(exc), exc)
 
-    def _reject(self, out: Outcome, change: Any, reason: str) -> None:
+    def _reject(self, out: Outcome, change: Any, reason: str, error: BrokerError | None = None) -> None:
         log.debug("rejected %r: %s", change, reason)
         reply_to = getattr(change, "reply_to", None)
         if reply_to is not None:
-            out.replies.append((reply_to, c.Rejected(change, reason)))
+            out.replies.append((reply_to, c.Rejected(change, reason, error)))
 
     def _node(self, s: Session, node_id: int, batch: Batch) -> MNode:
         node = self.mirror.nodes.get(node_id)
@@ -222,6 +226,11 @@ class Store:
 
     def _expansion(self, s: Session, ch: c.Expansion, batch: Batch, out: Outcome) -> None:
         sweep = self._node(s, ch.node_id, batch)
+        if sweep.state is N.READY:  # otherwise the mirror refuses the expansion itself
+            refusal = self.quota.refuse_expansion(s, self.mirror, sweep, len(ch.members))
+            if refusal is not None:
+                self.mirror.transition(sweep, N.FAILED, batch, actor=ch.actor, message=refusal)
+                return
         created = self.mirror.expand(sweep, ch.members, batch, actor=ch.actor)
         batch.expanded.append((sweep, created))
 
@@ -250,6 +259,8 @@ class Store:
         from broker.persistence import repository
 
         owner = repository.ensure_user(s, ch.owner)
+        if ch.request_id is None or not repository.request_known(s, owner, ch.request_id):
+            self.quota.check_submission(s, self.mirror, ch.owner, expanded_node_count(ch.spec))
         row = repository.submit_workflow(s, ch.spec, descriptor=ch.descriptor, owner=owner, label=ch.label,
                                          request_id=ch.request_id, experiment_id=ch.experiment_id,
                                          event_level=ch.event_level, priority=ch.priority,
@@ -292,6 +303,7 @@ class Store:
                           .join(NODES, NODES.c.id == dt_.c.child_id)
                           .where(NODES.c.workflow_id == workflow_id)).all()
         wf = self.mirror.add_workflow(row, owner, nodes, edges, batch)
+        self.quota.forget(owner)  # its nodes were counted as untracked, if they were counted
         batch.tracked.append(wf)
         batch.touched[wf.id] = wf
         # groups (expanded sweeps, members) run while their children do: they are no attempts to recover

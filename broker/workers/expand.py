@@ -2,7 +2,10 @@
 
 Values from upstream outputs are read from the database now, which is why expansion is lazy: they exist
 only once the upstream node has run. The same limits as validation apply; an over-limit expansion fails
-the node with a message naming the limit.
+the node with a message naming the limit. Values, members and nesting are checked here; so is what the
+expansion alone would add against ``max_nodes``, before any member is built. The workflow's and its
+owner's stored nodes are checked by the writer (broker.persistence.quota), which sees every expansion in
+commit order.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from broker.actions import Expand
-from broker.description.expansion import expand
+from broker.description.checks import body_node_count
+from broker.description.expansion import expand, member_count
 from broker.description.model import SweepSpec
 from broker.errors import BrokerError, LimitExceeded
 from broker.ids import join_path
@@ -44,6 +48,10 @@ class ExpandWorker(Worker):
         sweep = plan.templates[ref.template]
         assert isinstance(sweep, SweepSpec)
         limits = self.ctx.settings.limits
+        nesting = ref.template.count("/") + 1  # every '/' of a sweep's template path is a sweep around it
+        if nesting > limits.max_nesting:
+            raise LimitExceeded(f"parameterized node '{ref.path}': sweeps nested {nesting} deep, limit "
+                                f"{limits.max_nesting} ([limits] max_nesting)")
         values: dict[str, Any] = {}
         for param in sweep.params:
             if param.source == "output":
@@ -51,17 +59,15 @@ class ExpandWorker(Worker):
                                                     param.from_property or "", ref.path, limits.max_values)
             else:
                 values[param.name] = param.values or ()
+        count = member_count(sweep, {name: len(found) for name, found in values.items()})
+        adding = count * body_node_count(sweep)
+        if count <= limits.max_members and adding > limits.max_nodes:  # too many members: expand() says so
+            raise LimitExceeded(f"parameterized node '{ref.path}': expanding {count:,} members would make more than "
+                                f"{adding:,} nodes, limit {limits.max_nodes:,} ([limits] max_nodes)")
         try:
             members = expand(sweep, values, _scope(ref.path), max_members=limits.max_members)
         except ValueError as exc:
             raise BrokerError(str(exc)) from None
-        per_member = 1 + len(sweep.body)
-        with self.ctx.session_factory() as s:
-            existing = s.execute(select(func.count()).select_from(Node)
-                                 .where(Node.workflow_id == ref.workflow_id)).scalar_one()
-        if existing + per_member * len(members) > limits.max_nodes:
-            raise LimitExceeded(f"parameterized node '{ref.path}': expanding {len(members)} members would bring the "
-                                f"workflow to {existing + per_member * len(members)} nodes (limit {limits.max_nodes})")
         rows = []
         for m in members:
             nodes, edges = body_rows(sweep, ref.template, m.path)

@@ -48,7 +48,10 @@ class Worker(pykka.ThreadingActor):
             answer = Failed(action, f"internal error: {type(exc).__name__}: {exc}", retryable=False)
         else:
             answer = Done(action, result)
-        message.reply_to.tell(answer)
+        try:
+            message.reply_to.tell(answer)
+        except pykka.ActorDeadError:  # the engine is stopping: controllers stop before their workers
+            log.debug("%s: %s stopped before the answer to %r", type(self).__name__, message.reply_to, action)
 
 
 class WorkerPool:

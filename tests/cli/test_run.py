@@ -155,3 +155,26 @@ def test_starting_a_run_imports_neither_alembic_nor_spyne(sqlite_cli):
                             timeout=DEADLINE, env=sqlite_cli.env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_workflow_that_would_pass_the_users_node_limit_is_refused_with_exit_1(cli):
+    # an unfinished workflow of the same user left by an earlier run: this run does not track it, it counts
+    from broker.config import Settings
+    from broker.description.load import load_description
+    from broker.persistence import repository
+    from tests.cli.conftest import OWNER
+
+    earlier = workflow('<node id="a"><payload type="sh">true</payload></node>\n'
+                       '<node id="b"><payload type="sh">true</payload></node>\n'
+                       '<node id="c"><payload type="sh">true</payload></node>')
+    with cli.sessions.begin() as s:
+        repository.submit_workflow(s, load_description(earlier.encode(), Settings()), descriptor=earlier,
+                                   owner=repository.ensure_user(s, OWNER))
+    path = cli.file("two.xml", workflow('<node id="x"><payload type="sh">true</payload></node>\n'
+                                        '<node id="y"><payload type="sh">true</payload></node>'))
+    result = cli("run", str(path), env={"BROKER_LIMITS_MAX_NODES_PER_USER": "4"})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f"broker: a workflow of 2 nodes would bring the unfinished workflows of user {OWNER} "
+                             "to 5 nodes, limit 4 ([limits] max_nodes_per_user)\n")
+    assert len(cli.workflows()) == 1
+    assert cli("run", str(path), env={"BROKER_LIMITS_MAX_NODES_PER_USER": "5"}).returncode == 0

@@ -1,0 +1,56 @@
+"""[limits] max_nodes_per_user through the API (issue 12, section 1): a submission that would take a user's
+unfinished workflows past the limit is refused as Client.LimitExceeded with the numbers, for admins too; nodes
+of finished workflows do not count."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zeep
+
+from tests.api.conftest import Server, add_users, fault_code, waits_for, workflow
+
+LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("limited")
+    shutil.copy(sqlite_template, tmp / "broker.db")
+    url = f"sqlite:///{tmp / 'broker.db'}"
+    add_users(url)
+    srv = Server(url, tmp, {"BROKER_LIMITS_MAX_NODES_PER_USER": str(LIMIT)}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop(expect=None)
+        srv.close()
+
+
+def nodes(count: int, first: str = "") -> str:
+    return workflow(first + "\n".join(f'<node id="n{i}"><payload type="sh">true</payload></node>'
+                                      for i in range(count)))
+
+
+def test_a_submission_past_the_users_node_limit_is_a_limit_fault_until_the_other_workflow_ends(limited, tmp_path):
+    release = tmp_path / "release"
+    running = limited.core().submit({"workflowContent": nodes(2, f'<node id="wait">{waits_for(release)}</node>')})
+    with pytest.raises(zeep.exceptions.Fault) as refused:
+        limited.core().submit({"workflowContent": nodes(2)})
+    assert fault_code(refused) == "Client.LimitExceeded"
+    assert refused.value.message == ("a workflow of 2 nodes would bring the unfinished workflows of user alice to "
+                                     f"5 nodes, limit {LIMIT} ([limits] max_nodes_per_user)")
+    assert limited.core("bob").submit({"workflowContent": nodes(2)}).id > 0  # the limit is per user
+    release.touch()
+    assert limited.wait_state(running.id, "succeeded", "failed") == "succeeded"
+    assert limited.core().submit({"workflowContent": nodes(2)}).id > 0
+
+
+def test_admins_are_held_to_the_limit_too(limited):
+    with pytest.raises(zeep.exceptions.Fault) as refused:
+        limited.core("root").submit({"workflowContent": nodes(LIMIT + 1)})
+    assert fault_code(refused) == "Client.LimitExceeded"
+    assert "unfinished workflows of user root to 5 nodes" in refused.value.message

@@ -1,0 +1,87 @@
+"""Limits hold at run time (issue 12, section 1): sweeps whose values come from upstream outputs are checked, before
+anything is written, against the workflow's stored nodes ([limits] max_nodes), and fail with the numbers."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from broker.persistence.models import Event, Node
+from broker.states import WorkflowState
+from tests.engine.conftest import Broker, workflow
+
+
+def _outputs(count: int) -> str:
+    return (f'<payload type="python">import json; print("@broker output v=" + json.dumps(list(range({count}))))'
+            '</payload><output name="v"/>')
+
+
+def _limited(make_broker, **limits) -> Broker:
+    broker = make_broker()
+    broker.settings = broker.settings.replace("limits", **limits)
+    return broker.start()
+
+
+def _nodes(broker: Broker, workflow_id: int) -> int:
+    """Stored nodes as [limits] max_nodes counts them: sweep members are groups, not nodes."""
+    with broker.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Node)
+                        .where(Node.workflow_id == workflow_id, Node.kind != "member"))
+
+
+def _messages(broker: Broker, workflow_id: int, path: str) -> list[str]:
+    with broker.sessions() as s:
+        return list(s.scalars(select(Event.message).where(Event.workflow_id == workflow_id, Event.node_path == path)))
+
+
+def test_a_sweep_over_an_output_fails_with_the_numbers_when_its_nested_sweep_would_pass_max_nodes(make_broker):
+    # statically 103 nodes (the output counts one value); at run time 100 members x (inner sweep + 100 nodes)
+    broker = _limited(make_broker, max_nodes=2000)
+    workflow_id, state = broker.run(workflow(f"""
+        <node id="list">{_outputs(100)}</node>
+        <sweep id="outer"><dependsOn node="list"/><param name="v"><fromOutput node="list" property="v"/></param>
+          <body><sweep id="inner"><param name="w"><range from="0" to="99"/></param>
+            <body><node id="work"><payload type="sh">true</payload></node></body></sweep></body></sweep>"""))
+    assert state is WorkflowState.FAILED
+    assert broker.node_states(workflow_id) == {"list": "succeeded", "outer": "failed"}
+    assert ("expansion failed: parameterized node 'outer': expanding 100 members would make more than 10,100 "
+            "nodes, limit 2,000 ([limits] max_nodes)") in _messages(broker, workflow_id, "outer")
+
+
+def test_sweeps_expanding_one_after_another_each_see_the_nodes_the_others_stored(make_broker):
+    # 13 nodes once the outer sweep has expanded (outer, 6 x (producer + inner)); each inner sweep then adds 10:
+    # three fit in 45, the other three would make 53 and fail, whatever order they expand in
+    broker = _limited(make_broker, max_nodes=45)
+    workflow_id, state = broker.run(workflow(f"""
+        <sweep id="outer"><param name="i"><range from="1" to="6"/></param><body>
+          <node id="producer">{_outputs(10)}</node>
+          <sweep id="inner"><dependsOn node="producer"/>
+            <param name="v"><fromOutput node="producer" property="v"/></param>
+            <body><node id="work"><payload type="sh">true</payload></node></body></sweep></body></sweep>"""))
+    assert state is WorkflowState.FAILED
+    inner = {path: st for path, st in broker.node_states(workflow_id).items() if path.endswith("/inner")}
+    assert sorted(inner.values()) == ["failed"] * 3 + ["succeeded"] * 3
+    assert _nodes(broker, workflow_id) == 43
+    for path, st in inner.items():
+        if st == "failed":
+            assert _messages(broker, workflow_id, path)[-1] == (
+                f"parameterized node '{path}': expanding 10 members would make 53 nodes, limit 45 "
+                "([limits] max_nodes)")
+
+
+def test_a_sweep_nested_deeper_than_max_nesting_fails_when_it_expands(make_broker):
+    # validated under a nesting of 2, run by a broker whose operator has since lowered it to 1
+    broker = make_broker().start()
+    document = workflow("""
+        <sweep id="a"><param name="i"><value>1</value></param><body>
+          <sweep id="b"><param name="j"><value>1</value></param>
+            <body><node id="work"><payload type="sh">true</payload></node></body></sweep></body></sweep>""")
+    from broker.description.load import load_description
+
+    spec = load_description(document, broker.settings)
+    broker.stop()
+    broker = _limited(make_broker, max_nesting=1)
+    workflow_id = broker.engine.submit(spec, document.decode(), "alice").workflow_id
+    assert broker.wait(workflow_id) is WorkflowState.FAILED
+    assert broker.node_states(workflow_id) == {"a": "failed", "a[0]": "failed", "a[0]/b": "failed"}
+    assert _messages(broker, workflow_id, "a[0]/b")[-1] == (
+        "expansion failed: parameterized node 'a[0]/b': sweeps nested 2 deep, limit 1 ([limits] max_nesting)")
