@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.printable import printable
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -36,7 +38,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+        # one line, whatever the file name and the text the message quotes
+        return f"{printable(self.file)}:{self.line}:{self.column}: {printable(self.message)}"
 
 
 class BrokerError(Exception):

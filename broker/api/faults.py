@@ -29,6 +29,7 @@ from xml.sax.saxutils import escape
 
 from broker.errors import (BrokerError, ConfigError, DescriptionError, InvalidCredentials, LimitExceeded, NotAuthorized,
                            NotFound, StateError)
+from broker.printable import printable
 
 log = logging.getLogger("broker.api")
 
@@ -96,14 +97,15 @@ def fault_for(exc: BaseException) -> FaultSpec:
     """The fault an exception becomes. Unexpected exceptions become a ``Server`` fault without details."""
     for cls, code in CODES:
         if isinstance(exc, cls):
+            # each problem is one line already (Problem.__str__ escapes what it quotes)
             problems = tuple(str(p) for p in exc.problems) if isinstance(exc, DescriptionError) else ()
-            message = str(exc)
+            message = printable(str(exc))
             if problems:
                 message = f"invalid workflow description: {len(problems)} problem(s)\n" + "\n".join(problems)
             return FaultSpec(code, message, problems)
     if isinstance(exc, BrokerError):
         # deliberate messages (a database that is unreachable, a rejected change): no internals in them
-        return FaultSpec("Server", str(exc))
+        return FaultSpec("Server", printable(str(exc)))
     return FaultSpec("Server", INTERNAL_MESSAGE)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from broker import __version__
 from broker.errors import BrokerError, ConfigError
+from broker.printable import PrintableLogRecord, printable
 
 #: success (for ``run``: the workflow succeeded)
 EXIT_OK = 0
@@ -80,6 +81,7 @@ def settings_for(args: argparse.Namespace):
 
 
 def _setup_logging(settings) -> None:
+    logging.setLogRecordFactory(PrintableLogRecord)  # whatever the configured formatters: one line per record
     if settings.logging.config:
         # not `import logging.config`: that would make `logging` a local name of this whole function
         from logging import config as logging_config
@@ -110,17 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"broker: {exc}", file=sys.stderr)
+        print(f"broker: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokerError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"broker: {exc}", file=sys.stderr)
+        print(f"broker: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # the one place an unexpected error becomes one clear line
         if getattr(args, "debug", False):
             raise
-        print(f"broker: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+        print(f"broker: internal error: {type(exc).__name__}: {printable(str(exc))} (run with --debug for details)",
               file=sys.stderr)
         return EXIT_ERROR
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli import EXIT_INVALID, EXIT_OK, UsageError, add_db_option
+from broker.printable import printable
 from broker.cli.common import (local_time, not_found_is_usage, one_line, plural, print_json, print_table,
                                stops_when_output_closes)
 
@@ -241,7 +242,7 @@ def delete_command(args: argparse.Namespace, settings: Any) -> int:
                                                                   if len(result.deleted) <= 10 else ""))
     left = [(gid, reason) for gid, reason in zip(result.skipped, result.reasons)]
     for gid, reason in left[len(plan.skipped):]:
-        print(f"not deleted: {reason}")
+        print(f"not deleted: {printable(reason)}")
     if args.id and len(result.deleted) < len(args.id):
         raise StateError(f"{plural(len(args.id) - len(result.deleted), 'workflow')} could not be deleted")
     return EXIT_OK
@@ -287,11 +288,11 @@ def _show_plan(rows: Sequence[Any], skipped: Sequence[Any], verb: str) -> None:
     else:
         print(f"nothing to {verb}")
     for row in skipped:
-        print(f"skipped: {row.reason}")
+        print(f"skipped: {printable(row.reason)}")
 
 
 def _confirm(question: str) -> bool:
-    sys.stdout.write(f"{question} [y/N] ")
+    sys.stdout.write(f"{printable(question)} [y/N] ")
     sys.stdout.flush()
     answer = sys.stdin.readline().strip().lower()
     return answer in ("y", "yes")
@@ -337,8 +338,8 @@ def _archive_to(args: argparse.Namespace, settings: Any) -> int:
                 return EXIT_INVALID
             report = archive_workflows(target, selection, deleter, max_file_bytes=settings.archive.max_file_bytes,
                                        progress=lambda gid: print(f"archived {gid}", flush=True))
-    print(f"archived {plural(len(report.archived), 'workflow')} to {report.target}"
+    print(f"archived {plural(len(report.archived), 'workflow')} to {printable(report.target)}"
           + (f", deleted {len(report.deleted)}" if selection.delete_after else ""))
     for gid, reason in report.skipped[len(left):]:
-        print(f"not done: {reason}")
+        print(f"not done: {printable(reason)}")
     return EXIT_OK

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from broker.cli import EXIT_OK, UsageError
+from broker.printable import printable
 from broker.cli.common import not_found_is_usage, one_line, plural, print_table, stops_when_output_closes
 
 
@@ -65,7 +66,7 @@ def list_command(args: argparse.Namespace, settings: Any) -> int:
     with _reading(args.list, settings) as target:
         found = list_archives(target)
     if not found:
-        print(f"no archives in {args.list}")
+        print(f"no archives in {printable(args.list)}")
         return EXIT_OK
     print_table(("WORKFLOW", "USER", "STATE", "FINISHED", "ARCHIVED", "BY", "NAME"),
                 [(a.global_id, a.owner, a.state, _shown(a.finished, local_time), _shown(a.archived, local_time),
@@ -127,11 +128,12 @@ def show_command(args: argparse.Namespace, settings: Any) -> int:
 
 def _summary(archive: Any) -> None:
     f = archive.fields
-    print(f"archive   {archive.uri}")
-    print(f"workflow  {f['globalId']} (id {f['id']}, name {f['name']!r}) of {f['owner']}: {f['state']}")
-    print(f"times     submitted {f['submitted']}, started {f.get('started', '-')}, finished {f.get('finished', '-')}")
-    print(f"archived  {f['archived']} by {f['archivedBy']} (broker {f['brokerVersion']}; events up to id "
-          f"{f['lastEventId']})")
+    print(printable(f"archive   {archive.uri}"))
+    print(printable(f"workflow  {f['globalId']} (id {f['id']}, name {f['name']!r}) of {f['owner']}: {f['state']}"))
+    print(printable(f"times     submitted {f['submitted']}, started {f.get('started', '-')}, "
+                    f"finished {f.get('finished', '-')}"))
+    print(printable(f"archived  {f['archived']} by {f['archivedBy']} (broker {f['brokerVersion']}; events up to "
+                    f"id {f['lastEventId']})"))
     kept = [part for part in ("descriptor", "state") if archive.keep[part]]
     if archive.events is not None:
         kept.append(f"events ({len(archive.events)})")

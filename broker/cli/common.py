@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from broker.errors import ConfigError, NotFound
+from broker.printable import printable
 from broker.states import IN_FLIGHT, TERMINAL
 
 #: node states that count as "done" in done/total figures (the node will not run again by itself)
@@ -206,9 +207,10 @@ def one_line(text: str | None, width: int = 80) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
-    """Print rows as left-aligned columns under their headers (the last column is not padded)."""
+    """Print rows as left-aligned columns under their headers (the last column is not padded); every cell is
+    shown through :func:`~broker.printable.printable`, so no value can break a row or the terminal."""
     out = out or sys.stdout
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [["" if v is None else printable(str(v)) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         line = "  ".join(value.ljust(widths[i]) if i < len(row) - 1 else value for i, value in enumerate(row))
@@ -216,8 +218,17 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Text
 
 
 def print_json(value: Any) -> None:
-    """Print a JSON document (UTF-8, stable key order) on stdout."""
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    """Print a JSON document (UTF-8, stable key order) on stdout; the format and bidi characters JSON leaves
+    raw in strings are escaped (``\\u202e``, which JSON reads back as the same character)."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    sys.stdout.write(printable(text, keep="\n") + "\n")
+
+
+def print_fields(rows: Sequence[tuple[str, Any]]) -> None:
+    """Print ``key  value`` lines, the keys padded to one width, the values shown through printable()."""
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {printable(str(value))}")
 
 
 def plural(count: int, word: str) -> str:
@@ -238,7 +249,7 @@ def not_found_is_usage(handler: Any) -> Any:
         except NotFound as exc:
             if getattr(args, "debug", False):
                 raise
-            print(f"broker: {exc}", file=sys.stderr)
+            print(f"broker: {printable(str(exc))}", file=sys.stderr)
             return EXIT_USAGE
 
     return wrapped

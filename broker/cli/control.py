@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli import EXIT_ERROR, EXIT_OK, add_db_option
+from broker.printable import printable
 from broker.cli.common import (DONE_STATES, IN_FLIGHT_STATES, Target, not_found_is_usage, owner_name, plural,
                                reader, resolve)
 
@@ -76,7 +77,7 @@ def _change(args: argparse.Namespace, settings: Any, command: str) -> int:
             before = _before(s, target)
         nothing = _nothing_to_do(command, target, before)
         if nothing:
-            print(nothing)
+            print(printable(nothing))
             return EXIT_OK
         lock = BrokerLock(settings.database_url())
         try:
@@ -148,15 +149,15 @@ def _through_broker(sessions: Any, command: str, target: Target, actor: str, bef
         if applied:
             break
         if time.monotonic() >= deadline:
-            print(f"broker: the running broker has not applied the {command} of {target.what} within {wait:g} s "
-                  f"(control request {control_id} stays queued: it will be applied when the broker reads it)",
-                  file=sys.stderr)
+            print(printable(f"broker: the running broker has not applied the {command} of {target.what} within "
+                            f"{wait:g} s (control request {control_id} stays queued: it will be applied when the "
+                            "broker reads it)"), file=sys.stderr)
             return EXIT_ERROR
         time.sleep(APPLY_POLL)  # a poll interval: the broker reads the control table a few times a second
     if result != "applied":
-        print(f"broker: the running broker could not {command} {target.what}: {result}", file=sys.stderr)
+        print(printable(f"broker: the running broker could not {command} {target.what}: {result}"), file=sys.stderr)
         return EXIT_ERROR
-    print(_done_message(command, target, before, running_broker=True))
+    print(printable(_done_message(command, target, before, running_broker=True)))
     return EXIT_OK
 
 
@@ -201,7 +202,7 @@ def _directly(sessions: Any, settings: Any, command: str, target: Target, actor:
         # the exact number: a node's restart also brings back the dependants it had caused to be skipped
         restarted = {m.node_id for m in out.committed.moved if m.new.value == "waiting"}
         before = dataclasses.replace(before, again=len(restarted))
-    print(_done_message(command, target, before, running_broker=False))
+    print(printable(_done_message(command, target, before, running_broker=False)))
     return EXIT_OK
 
 

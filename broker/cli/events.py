@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from broker.cli import EXIT_OK, UsageError, add_db_option
+from broker.printable import printable
 from broker.cli.common import (local_time, not_found_is_usage, one_line, reader, resolve,
                                stops_when_output_closes)
 
@@ -84,7 +85,7 @@ def format_event(event: Any) -> str:
     fields = [str(event.id), local_time(event.time, millis=True).replace(" ", "T"),
               "-" if event.seq is None else str(event.seq), level, event.type, event.node_path or "-",
               event.state or "-", one_line(event.message, 500) or "-"]
-    return " ".join(fields)
+    return printable(" ".join(fields))
 
 
 def _ended(sessions: Any, workflow_id: int) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from broker.cli.common import done_total, duration, one_line, ordered_counts, plural, print_table
+from broker.printable import printable
 
 #: seconds between redraws of the terminal status line
 TTY_INTERVAL = 0.2
@@ -130,7 +131,7 @@ class Display:
     def note(self, text: str) -> None:
         """Print a message line (above the status line on a terminal)."""
         self.clear()
-        self.stream.write(text + "\n")
+        self.stream.write(printable(text) + "\n")
         self.stream.flush()
 
     def clear(self) -> None:
@@ -174,7 +175,7 @@ def print_summary(sessions: Any, workflow_id: int, *, wall: float, done_before: 
     done, total = done_total(counts)
     ran = max(0, done - done_before)
     rate = ran / wall if wall > 0 else 0.0
-    out.write(f"workflow {wf.global_id} ({wf.name}): {wf.state}\n")
+    out.write(f"workflow {wf.global_id} ({printable(wf.name)}): {wf.state}\n")
     rows: list[tuple[Any, ...]] = [(state, n) for state, n in ordered_counts(counts)]
     rows.append(("total", f"{plural(total, 'node')}, {done} done"))
     rows.append(("wall time", duration(wall)))

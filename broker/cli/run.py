@@ -24,6 +24,7 @@ from typing import Any
 
 from broker.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, add_db_option
 from broker.cli.common import local_time, not_found_is_usage, owner_name
+from broker.printable import printable
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         else:
             source = read_description_file(args.file, settings)
     except OSError as exc:
-        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{printable(args.file)}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     filename = "<stdin>" if args.file == "-" else args.file
     checked = check_description(source, settings, filename=filename)
@@ -95,10 +96,10 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             try:
                 accepted = engine.submit(checked.spec, descriptor, owner)
             except LimitExceeded as exc:  # refused content, like an invalid description ([limits] max_nodes_per_user)
-                print(f"broker: {exc}", file=sys.stderr)
+                print(f"broker: {printable(str(exc))}", file=sys.stderr)
                 return EXIT_INVALID
             done_before = 0
-            print(f"submitted workflow {accepted.global_id} (id {accepted.workflow_id}): {checked.spec.name}",
+            print(f"submitted workflow {accepted.global_id} (id {accepted.workflow_id}): {printable(checked.spec.name)}",
                   flush=True)
         return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from broker.cli import EXIT_OK, UsageError, add_db_option
 from broker.cli.common import (done_total, iso, local_time, node_counts, not_found_is_usage, one_line,
-                               ordered_counts, print_json, print_table, reader, resolve, sqlite_file_missing,
-                               stops_when_output_closes)
+                               ordered_counts, print_fields, print_json, print_table, reader, resolve,
+                               sqlite_file_missing, stops_when_output_closes)
+from broker.printable import printable
 
 #: workflows listed without --all
 DEFAULT_LIMIT = 20
@@ -144,9 +145,7 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
               ("finished", local_time(wf.finished_at))]
     if wf.label:
         header.insert(2, ("label", wf.label))
-    width = max(len(k) for k, _ in header)
-    for key, value in header:
-        print(f"{key.ljust(width)}  {value}")
+    print_fields(header)
     print()
     print_table(("NODE", "KIND", "STATE", "ATTEMPT", "EXIT", "HOST", "MESSAGE"),
                 [(n.path, n.kind, n.state, n.attempt, "" if n.exit_code is None else n.exit_code, n.host or "",
@@ -188,14 +187,12 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
         rows.insert(3, ("members", node.members))
     if bindings:
         rows.append(("parameters", ", ".join(f"{k}={v}" for k, v in bindings)))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key.ljust(width)}  {value}")
+    print_fields(rows)
     outputs = node.outputs or {}
     if outputs:
         print("outputs:")
         for name in sorted(outputs):
-            print(f"  {name} = {json.dumps(outputs[name], ensure_ascii=False)}")
+            print(printable(f"  {name} = {json.dumps(outputs[name], ensure_ascii=False)}"))
 
 
 def _visible_bindings(s: Any, node: Any) -> list[tuple[str, str]]:

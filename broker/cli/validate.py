@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from broker.cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE
+from broker.printable import printable
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace, settings) -> int:
             else:
                 checked = check_description_file(name, settings)
         except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            print(f"{printable(name)}: cannot read: {exc.strerror or exc}", file=sys.stderr)
             unreadable = True
             continue
         if checked.spec is None:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace, settings) -> int:
             continue
         stats = spec_stats(checked.spec)
         label = "<stdin>" if name == "-" else name
-        print(f"{label}: valid ({_plural(stats.nodes, 'node')}, {_plural(stats.sweeps, 'sweep')}, "
+        print(f"{printable(label)}: valid ({_plural(stats.nodes, 'node')}, {_plural(stats.sweeps, 'sweep')}, "
               f"up to {_plural(stats.expanded, 'node')} after expansion)")
     if unreadable:
         return EXIT_USAGE
