@@ -115,7 +115,9 @@ class Service:
                                         pool_size=api_settings.threads + 1)
                 fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress))
             authenticator = Authenticator(engine.sessions, api_settings.credential_ttl, api_settings.threads)
-            server.app = Edge(routes, authenticator, api_settings.max_request_bytes, fast)
+            limits = self.settings.limits  # one setting caps attributes in descriptions and in envelopes
+            server.app = Edge(routes, authenticator, api_settings.max_request_bytes, fast,
+                              max_attributes=(limits.max_attributes_per_element, limits.max_attributes))
             thread = threading.Thread(target=server.serve, name="broker-http")
             thread.start()
             log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import zeep
+from lxml import etree
 
-from tests.api.conftest import Server, add_users, fault_code, waits_for, workflow
+from tests.api.conftest import USERS, Server, add_users, fault_code, waits_for, workflow
 
 LIMIT = 4
 
@@ -22,7 +24,8 @@ def limited(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> 
     shutil.copy(sqlite_template, tmp / "broker.db")
     url = f"sqlite:///{tmp / 'broker.db'}"
     add_users(url)
-    srv = Server(url, tmp, {"BROKER_LIMITS_MAX_NODES_PER_USER": str(LIMIT)}).start()
+    srv = Server(url, tmp, {"BROKER_LIMITS_MAX_NODES_PER_USER": str(LIMIT),
+                            "BROKER_LIMITS_MAX_ATTRIBUTES_PER_ELEMENT": "6"}).start()
     try:
         yield srv
     finally:
@@ -54,3 +57,20 @@ def test_admins_are_held_to_the_limit_too(limited):
         limited.core("root").submit({"workflowContent": nodes(LIMIT + 1)})
     assert fault_code(refused) == "Client.LimitExceeded"
     assert "unfinished workflows of user root to 5 nodes" in refused.value.message
+
+
+def test_the_attribute_caps_of_limits_hold_for_envelopes_too(limited):
+    client = limited.client()
+    envelope = etree.tostring(client.create_message(client.service, "getStatusInfoForId", "wf-x"))
+    attributes = " ".join(f'a{i}="1"' for i in range(7))
+    flooded = envelope.replace(b"<soap-env:Body>", f"<soap-env:Body {attributes}>".encode())
+    assert flooded != envelope
+
+    def post(body: bytes) -> requests.Response:
+        return requests.post(limited.base + "/broker", data=body, auth=("alice", USERS["alice"][0]),
+                             headers={"Content-Type": "text/xml; charset=utf-8"}, timeout=60)
+
+    assert b"Client.NotFound" in post(envelope).content  # the plain call goes through
+    refused = post(flooded)  # [limits] max_attributes_per_element = 6 for this server
+    assert refused.status_code == 400
+    assert b"Client.InvalidRequest" in refused.content and b"at most 6 are accepted" in refused.content
