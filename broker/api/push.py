@@ -13,9 +13,11 @@ Output properties travel in ``output[]``: ``name`` matches ``[A-Za-z_][A-Za-z0-9
 JSON text (anything else is kept as a JSON string), at most ``[limits] max_output_bytes`` bytes.
 
 Every call is idempotent: a status the node already has, a report for an attempt that is no longer
-current (stale), and a report on a finished node are ignored without a fault. A call that changes the
-state returns after the change is committed; a progress or output report is handed to the writer and is
-committed with its next batch.
+current (stale), and a report on an attempt that has ended are ignored without a fault. The report is the
+monitoring controller's to apply, exactly as what it reads from the attempt's status files (one completion
+path: an end, with stage-out from the attempt's host; progress and outputs). A call that ends the attempt
+returns after the result is committed; a progress or output report is handed over and committed with the
+writer's next batch.
 """
 
 from __future__ import annotations
@@ -33,18 +35,17 @@ from sqlalchemy import select
 from broker.api.context import COMMIT_TIMEOUT, ApiContext
 from broker.api.sessions import ElfIdentity
 from broker.errors import BrokerError, ConfigError, LimitExceeded
-from broker.events.types import EventType
-from broker.persistence import changes as c
-from broker.persistence.models import Event, Node
-from broker.states import TERMINAL, NodeState
+from broker.launchers.base import CANCELLED, FAILED, SUCCEEDED, AttemptResult
+from broker.persistence.models import Node
+from broker.states import NodeState
 
 log = logging.getLogger(__name__)
 
 N = NodeState
 STATUSES = ("RUNNING", "PROGRESS", "OUTPUT", "SUCCEEDED", "FAILED", "CANCELLED")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-#: the transition each state-changing status asks for
-TARGETS = {"RUNNING": N.RUNNING, "SUCCEEDED": N.SUCCEEDED, "FAILED": N.FAILED, "CANCELLED": N.CANCELLED}
+#: the outcome of the attempt's result each end status reports
+OUTCOMES = {"SUCCEEDED": SUCCEEDED, "FAILED": FAILED, "CANCELLED": CANCELLED}
 #: longest message kept from a status string
 MAX_MESSAGE_CHARS = 4096
 
@@ -106,98 +107,59 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class _Waiter:
-    """Receives the writer's follow-up (applied) or reply (rejected); forwards a follow-up if asked."""
+class Receipt:
+    """The pusher's side of a Pushed message: learns that its report was committed, or why it was ignored."""
 
-    def __init__(self, forward: Any = None):
-        self.forward = forward
+    def __init__(self) -> None:
+        self.forward: Any = None
         self.done = threading.Event()
         self.rejected: str | None = None
 
-    def tell(self, message: Any) -> None:  # the writer delivers the transition's follow-up: committed
+    def via(self, follow_up: tuple[Any, Any] | None) -> tuple[Any, Any]:
+        """A transition's follow-up routed through this receipt: it passes the message on once committed."""
+        if follow_up is None:
+            return self, None
+        self.forward = follow_up[0]
+        return self, follow_up[1]
+
+    def tell(self, message: Any) -> None:  # committed (the follow-up), or nothing to commit
         if self.forward is not None and message is not None:
             self.forward.tell(message)
         self.done.set()
 
-    def set(self, message: Any) -> None:  # the writer's reply: only ever a Rejected
+    def set(self, message: Any) -> None:  # ignored: the writer's Rejected, or the controller's reason
         self.rejected = getattr(message, "reason", str(message))
         self.done.set()
 
 
 def apply_push(api: ApiContext, elf: ElfIdentity, status_text: str | None,
                output: list[tuple[str | None, str | None]]) -> str:
-    """Apply one updateNodeStatus call; returns what happened ("applied", "reported", "ignored: ...")."""
+    """Apply one updateNodeStatus call; returns what happened ("applied", "ignored: ...").
+
+    The report goes to the monitoring controller, which takes it as it takes what it reads from the attempt's
+    files; the call returns once that is committed (or known to change nothing)."""
+    from broker.controllers.messages import Pushed
+
     status = parse_status(status_text)
     outputs = parse_outputs(output, api.settings.limits.max_output_bytes)
     with api.sessions() as s:
-        node = s.execute(select(Node.id, Node.workflow_id, Node.path, Node.template, Node.state, Node.attempt,
-                                Node.parent_id, Node.member_index, Node.bindings)
-                         .where(Node.id == elf.node_id)).first()
-        if node is None:
-            return "ignored: the node no longer exists"
-        if node.attempt != elf.attempt:
-            return f"ignored: attempt {elf.attempt} is stale (the node is at attempt {node.attempt})"
-        if N(node.state) in TERMINAL:
-            return f"ignored: the node has already ended ({node.state})"
-        target = TARGETS.get(status.kind)
-        if target is not None and node.state == target.value:
-            target = None  # the same status again: idempotent
-        earlier = _earlier_outputs(s, node) if target in TERMINAL else {}
-        stage_out = _stage_out(api, s, node) if target is N.SUCCEEDED else None
-    writer = api.engine.writer
-    if outputs or status.percent is not None:
-        progress = (status.percent, status.message) if status.percent is not None else None
-        writer.tell(c.Reported(node_id=elf.node_id, attempt=elf.attempt, actor="elf", progress=progress,
-                               outputs=outputs))
-    if target is None:
-        return "reported"
-    fields: list[tuple[str, Any]] = []
-    if status.exit_code is not None:
-        fields.append(("exit_code", status.exit_code))
-    if target in TERMINAL and (earlier or outputs):
-        fields.append(("outputs", {**earlier, **dict(outputs)}))
-    if target is N.FAILED:
-        fields.append(("retryable", True))
-    to = target
-    waiter = _Waiter()
-    if stage_out is not None:
-        to, waiter = N.STAGING_OUT, _Waiter(forward=api.engine.staging)
-    writer.tell(c.Transition(node_id=elf.node_id, to=to, actor="elf", attempt=elf.attempt, fields=tuple(fields),
-                             message=status.message, then=(waiter, stage_out), reply_to=waiter))
-    if not waiter.done.wait(COMMIT_TIMEOUT):
+        node = s.execute(select(Node.state, Node.attempt).where(Node.id == elf.node_id)).first()
+    if node is None:
+        return "ignored: the node no longer exists"
+    if node.attempt != elf.attempt:
+        return f"ignored: attempt {elf.attempt} is stale (the node is at attempt {node.attempt})"
+    if N(node.state) not in (N.QUEUED, N.RUNNING):
+        return f"ignored: the attempt has already ended (the node is {node.state})"
+    result = None
+    if status.kind in OUTCOMES:
+        result = AttemptResult(elf.node_id, elf.attempt, OUTCOMES[status.kind], status.exit_code,
+                               message=status.message or "")
+    progress = (status.percent, status.message) if status.percent is not None else None
+    receipt = Receipt()
+    api.engine.monitoring.tell(Pushed(elf.node_id, elf.attempt, progress, outputs, result, receipt))
+    if not receipt.done.wait(COMMIT_TIMEOUT):
         raise BrokerError(f"the status of node {elf.node_id} was not committed within {COMMIT_TIMEOUT:g} s")
-    if waiter.rejected is not None:
-        log.debug("updateNodeStatus of session %s ignored: %s", elf.session_id, waiter.rejected)
-        return f"ignored: {waiter.rejected}"
+    if receipt.rejected is not None:
+        log.debug("updateNodeStatus of session %s ignored: %s", elf.session_id, receipt.rejected)
+        return f"ignored: {receipt.rejected}"
     return "applied"
-
-
-def _earlier_outputs(s: Any, node: Any) -> dict[str, Any]:
-    """Outputs this attempt pushed before (NODE_OUTPUT events): kept on the node with the final status."""
-    rows = s.execute(select(Event.properties).where(Event.workflow_id == node.workflow_id,
-                                                    Event.node_path == node.path,
-                                                    Event.type == EventType.NODE_OUTPUT.value)
-                     .order_by(Event.id)).scalars()
-    return {p["name"]: p.get("value") for p in rows if p and p.get("attempt") == node.attempt and "name" in p}
-
-
-def _stage_out(api: ApiContext, s: Any, node: Any) -> Any:
-    """The StageOutRequest for the staging controller when the node has stage-out files, else None."""
-    from broker.actions import NodeRef
-    from broker.controllers.messages import StageOutRequest
-
-    plan = api.engine.ctx.plans.get(node.workflow_id)
-    spec = plan.templates.get(node.template)
-    if not getattr(spec, "stage_out", ()):
-        return None
-    chain: list[tuple[tuple[str, str], ...]] = [tuple(tuple(p) for p in node.bindings)] if node.bindings else []
-    parent = node.parent_id
-    while parent is not None:  # bindings of every enclosing member, outer first
-        row = s.execute(select(Node.parent_id, Node.bindings).where(Node.id == parent)).one()
-        if row.bindings:
-            chain.append(tuple(tuple(p) for p in row.bindings))
-        parent = row.parent_id
-    bindings = tuple(pair for level in reversed(chain) for pair in level)
-    ref = NodeRef(node_id=node.id, workflow_id=node.workflow_id, workflow_global_id=plan.global_id, path=node.path,
-                  template=node.template, attempt=node.attempt, bindings=bindings, member_index=node.member_index)
-    return StageOutRequest(ref)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.actions import NodeRef
-from broker.launchers.base import LaunchHandle
+from broker.launchers.base import AttemptResult, LaunchHandle
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,27 @@ class Collected:
 
     handle: LaunchHandle
     result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """What an elf reported for its attempt through updateNodeStatus (the push channel).
+
+    The monitoring controller takes it as it takes what it reads from the attempt's files: progress and
+    outputs as reports, an end as the attempt's result, so a pushed and a polled result finish alike.
+    """
+
+    node_id: int
+    attempt: int
+    #: the latest progress: (percent, message)
+    progress: tuple[float, str | None] | None = None
+    #: output properties: (name, JSON value)
+    outputs: tuple[tuple[str, Any], ...] = ()
+    #: the attempt's result when the elf reported its end; None for RUNNING, PROGRESS, OUTPUT
+    result: AttemptResult | None = None
+    #: the pusher's receipt: ``tell(None)`` once the report is committed or needs nothing, ``set(reason)``
+    #: when it is ignored, ``via(follow_up)`` routes a transition's follow-up through it
+    receipt: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,20 +3,23 @@
 It hears from launchers when an attempt ends (an exit seen at once, not by polling), has a poll worker
 read the result, and asks the writer for the transition: succeeded (or staging out), failed (retried if
 the node's policy allows), or cancelled. While attempts run it reads their progress and output reports
-periodically. It also kills attempts on cancel, and re-attaches to attempts that were in flight when a
-previous broker died.
+periodically. An elf that pushes (updateNodeStatus) reports the same facts, which it takes the same way:
+progress and outputs as reports, an end as the attempt's result (stage-out then fetches the files from the
+attempt's host through its launch handle, as for a polled result). It also kills attempts on cancel, and
+re-attaches to attempts that were in flight when a previous broker died.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pykka
 
 from broker.actions import Collect, Failed, Kill, Launch, LaunchBundle, NodeRef, ReadReports, Recover
 from broker.controllers.base import Controller
-from broker.controllers.messages import Collected, Exited, Resume, StageOutRequest, Tick, Watch
+from broker.controllers.messages import Collected, Exited, Pushed, Resume, StageOutRequest, Tick, Watch
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
 from broker.faults import crash_point
@@ -28,6 +31,11 @@ from broker.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 N = NodeState
+#: seconds a push about an attempt this controller does not follow yet (its launch has not been answered)
+#: waits for it; less than the API's commit timeout, so the pusher hears that it was ignored
+PUSH_HOLD = 30.0
+#: what a pushed end becomes: the outcome of the attempt's result
+PUSHED_OUTCOMES = {"SUCCEEDED": lb.SUCCEEDED, "FAILED": lb.FAILED, "CANCELLED": lb.CANCELLED}
 
 
 class Attempt:
@@ -38,8 +46,8 @@ class Attempt:
         self.node = node
         self.offset = 0
         self.reading = False
-        #: output names already sent as events
-        self.reported: set[str] = set()
+        #: outputs already sent as events: name -> JSON value
+        self.reported: dict[str, Any] = {}
         self.next_read = 0.0
         #: the last progress sent as an event
         self.progress: tuple[float, str | None] | None = None
@@ -55,6 +63,9 @@ class MonitoringController(Controller):
         self.running: dict[int, Attempt] = {}
         #: (node id, attempt) to kill as soon as the attempt is known (cancel raced with its launch)
         self.to_kill: set[tuple[int, int]] = set()
+        #: node id -> pushes (with the time they came) about an attempt not followed yet (it pushed before its
+        #: launch was answered): taken up when it is
+        self.held: dict[int, list[tuple[Pushed, float]]] = {}
 
     # ---------------------------------------------------------------------------------------- follow
 
@@ -92,6 +103,8 @@ class MonitoringController(Controller):
         if (ref.node_id, ref.attempt) in self.to_kill:
             self.to_kill.discard((ref.node_id, ref.attempt))
             self.dispatch(Kill(handle))
+        for pushed, _ in self.held.pop(ref.node_id, ()):
+            self.on_pushed(pushed)
 
     def _exited(self, handle: lb.LaunchHandle) -> None:
         """Called in the launcher's thread when an attempt ended.
@@ -120,6 +133,7 @@ class MonitoringController(Controller):
         attempt = self.running.pop(action.handle.node_id, None)
         if attempt is None or attempt.node.attempt != result.attempt:
             return
+        self._drop_held(action.handle.node_id, "the attempt's result was read from its files first")
         self._finish(attempt.node, result, attempt.reported, attempt.progress, attempt.handle)
 
     def collect_failed(self, action: Collect, failed: Failed) -> None:
@@ -130,9 +144,13 @@ class MonitoringController(Controller):
                                           fields=(("retryable", True),),
                                           message=f"could not read the result: {failed.error}"))
 
-    def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: set[str],
+    def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: dict[str, Any],
                 last_progress: tuple[float, str | None] | None = None,
-                handle: lb.LaunchHandle | None = None) -> None:
+                handle: lb.LaunchHandle | None = None, receipt: Any = None, actor: str = NAME) -> None:
+        """Commit an ended attempt's result: read from its files (polled) or reported by its elf (pushed).
+
+        ``receipt``: the pusher's, told once the result is committed (or why it was not); ``actor``: who the
+        events name ("elf" for a pushed result)."""
         crash_point("exit")
         new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
@@ -157,13 +175,55 @@ class MonitoringController(Controller):
         else:
             to, then, message = N.FAILED, None, result.message
             fields.append(("retryable", True))
-        changes.append(c.Transition(node_id=ref.node_id, to=to, actor=self.NAME, attempt=ref.attempt,
-                                    fields=tuple(fields), message=message, then=then))
+        if receipt is not None:
+            then = receipt.via(then)
+        changes.append(c.Transition(node_id=ref.node_id, to=to, actor=actor, attempt=ref.attempt,
+                                    fields=tuple(fields), message=message, then=then, reply_to=receipt))
         self.writer.tell(c.Changes(tuple(changes)))
+
+    # ------------------------------------------------------------------------------------------ push
+
+    def on_pushed(self, msg: Pushed) -> None:
+        attempt = self.running.get(msg.node_id)
+        if attempt is not None and attempt.node.attempt > msg.attempt:
+            msg.receipt.set(f"attempt {msg.attempt} is stale (the node is at attempt {attempt.node.attempt})")
+            return
+        if attempt is None or attempt.node.attempt != msg.attempt:
+            # pushed before the launch was answered (or before a restarted broker re-attached to it)
+            self.held.setdefault(msg.node_id, []).append((msg, time.time()))
+            return
+        if msg.progress is not None or msg.outputs:
+            self._report(attempt, msg.progress, msg.outputs)
+        if msg.result is None:
+            msg.receipt.tell(None)  # RUNNING: the launch has already moved the node; reports: handed over
+            return
+        del self.running[msg.node_id]
+        result = msg.result
+        # the elf's end carries its whole result but its progress: that is the last one it reported
+        outputs = {**attempt.reported, **result.outputs}
+        self._finish(attempt.node, lb.AttemptResult(result.node_id, result.attempt, result.outcome, result.exit_code,
+                                                    outputs, attempt.progress, result.message),
+                     attempt.reported, attempt.progress, attempt.handle, receipt=msg.receipt, actor="elf")
+
+    def _drop_held(self, node_id: int, why: str) -> None:
+        for pushed, _ in self.held.pop(node_id, ()):
+            pushed.receipt.set(why)
+
+    def _report(self, attempt: Attempt, progress: tuple[float, str | None] | None,
+                outputs: tuple[tuple[str, Any], ...]) -> None:
+        """Progress and outputs an attempt reported (printed, or pushed by its elf): events for the new ones."""
+        if progress is not None:
+            attempt.progress = progress
+        attempt.reported.update(outputs)
+        ref = attempt.node
+        self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
+                                    outputs=tuple(outputs)))
 
     # -------------------------------------------------------------------------------------- progress
 
     def on_tick(self, msg: Tick) -> None:
+        for node_id in [n for n, held in self.held.items() if msg.now - held[0][1] > PUSH_HOLD]:
+            self._drop_held(node_id, "the broker does not follow this attempt")
         for attempt in self.running.values():
             if not attempt.reading and msg.now >= attempt.next_read:
                 attempt.reading = True
@@ -183,13 +243,8 @@ class MonitoringController(Controller):
                 progress = (report.percent, report.text)
             elif report.kind == "output" and report.text:
                 outputs.append((report.text, report.value))
-                attempt.reported.add(report.text)
-        if progress is not None:
-            attempt.progress = progress
         if progress is not None or outputs:
-            ref = attempt.node
-            self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
-                                        outputs=tuple(outputs)))
+            self._report(attempt, progress, tuple(outputs))
 
     def reports_failed(self, action: ReadReports, failed: Failed) -> None:
         attempt = self.running.get(action.handle.node_id)
@@ -228,7 +283,8 @@ class MonitoringController(Controller):
     def recovered(self, action: Recover, found: lb.Recovered) -> None:
         ref = action.node
         if found.status == "finished" and found.result is not None:
-            self._finish(ref, found.result, set(), handle=found.handle)
+            self._drop_held(ref.node_id, "the attempt's result was read from its files first")
+            self._finish(ref, found.result, {}, handle=found.handle)
         elif found.status == "running" and found.handle is not None:
             self.on_watch(Watch(found.handle, ref, state=action.state))
         elif found.status == "absent" and action.state == N.QUEUED.value:
@@ -244,7 +300,8 @@ class MonitoringController(Controller):
         self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
                                       fields=(("retryable", True),), message=f"could not recover: {failed.error}"))
 
-    HANDLERS = {Watch: on_watch, Exited: on_exited, Collected: on_collected, Tick: on_tick, c.Committed: on_committed,
+    HANDLERS = {Watch: on_watch, Exited: on_exited, Collected: on_collected, Pushed: on_pushed, Tick: on_tick,
+                c.Committed: on_committed,
                 c.Rejected: lambda self, msg: None}
     ON_DONE = {Launch: launched, LaunchBundle: bundle_launched, Collect: collected, ReadReports: reports_read, Kill: lambda self, a, r: None,
                Recover: recovered}

@@ -59,7 +59,8 @@ the launcher and removed by the elf once read) the elf also reports to the broke
 ``updateNodeStatus``, authenticated by the attempt's own session id and secret (a WS-Security
 UsernameToken): ``RUNNING`` once the payload has started, ``PROGRESS <percent> <message>`` when the payload's
 latest progress line changed (looked for every ``interval`` seconds, a key of the push file, default 10),
-then ``SUCCEEDED``/``FAILED <exit code> <message>`` or ``CANCELLED`` with the output properties. The status
+then, once it has ended, its last progress if that was not pushed yet, and ``SUCCEEDED``/``FAILED <exit code>
+<message>`` or ``CANCELLED`` with the output properties. The status
 file is written first and stays the primary channel: a push that fails (broker unreachable, fault) is
 counted (``push_failures`` in the status file); a failed progress push ends the progress pushes of the
 attempt, and the final push is retried once.
@@ -566,8 +567,9 @@ def read_push_file(path: str) -> Dict[str, Any]:
 
 
 def _wait_pushing_progress(proc: Any, target: Dict[str, Any], stdout_path: str, max_value_bytes: int,
-                           status: Dict[str, Any]) -> int:
-    """Wait for the payload; meanwhile push its latest progress whenever it changed (best effort)."""
+                           status: Dict[str, Any]) -> Tuple[int, Any]:
+    """Wait for the payload; meanwhile push its latest progress whenever it changed (best effort).
+    Returns the payload's return code and the last progress pushed."""
     try:
         interval = max(0.05, float(target.get("interval", PUSH_PROGRESS_INTERVAL)))
     except (TypeError, ValueError):
@@ -575,7 +577,7 @@ def _wait_pushing_progress(proc: Any, target: Dict[str, Any], stdout_path: str, 
     offset, progress, sent = 0, None, None  # type: int, Optional[Tuple[float, Optional[str]]], Any
     while True:
         try:
-            return proc.wait(timeout=interval)
+            return proc.wait(timeout=interval), sent
         except subprocess.TimeoutExpired:
             pass
         found = scan(stdout_path, offset, max_value_bytes)
@@ -584,10 +586,14 @@ def _wait_pushing_progress(proc: Any, target: Dict[str, Any], stdout_path: str, 
         if progress is None or progress == sent:
             continue
         sent = progress
-        text = "PROGRESS %r%s" % (progress[0], " " + progress[1] if progress[1] else "")
-        if push(target, text, attempts=1) is not None:
+        if push(target, progress_status(progress), attempts=1) is not None:
             status["push_failures"] = status.get("push_failures", 0) + 1
-            return proc.wait()  # the broker is not answering: the status file carries the rest
+            return proc.wait(), sent  # the broker is not answering: the status file carries the rest
+
+
+def progress_status(progress: Tuple[float, Optional[str]]) -> str:
+    """The updateNodeStatus string of a progress report."""
+    return "PROGRESS %r%s" % (progress[0], " " + progress[1] if progress[1] else "")
 
 
 def final_push_status(outcome: str, exit_code: Optional[int], message: str) -> str:
@@ -652,11 +658,12 @@ def run(args: argparse.Namespace) -> int:
         state.signal_group()  # cancelled while the payload was starting
     elif args.timeout > 0:
         signal.setitimer(signal.ITIMER_REAL, args.timeout)
+    pushed_progress = None  # type: Any
     if target is None:
         returncode = state.proc.wait()
     else:
-        returncode = _wait_pushing_progress(state.proc, target, os.path.join(workdir, STDOUT_FILE),
-                                            args.max_value_bytes, status)
+        returncode, pushed_progress = _wait_pushing_progress(state.proc, target, os.path.join(workdir, STDOUT_FILE),
+                                                             args.max_value_bytes, status)
     signal.setitimer(signal.ITIMER_REAL, 0)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # it has ended: a late cancel must not relabel the outcome
@@ -684,6 +691,10 @@ def run(args: argparse.Namespace) -> int:
                   ended_at=time.time(), progress=list(progress) if progress else None, outputs=outputs,
                   ignored_lines=found.ignored, message=message + ignored_note(found.ignored))
     write_status(workdir, status)
+    # the end's status string has no room for progress: the last one printed since the last look goes first
+    if target is not None and progress is not None and progress != pushed_progress:
+        if push(target, progress_status(progress), attempts=1) is not None:
+            status["push_failures"] = status.get("push_failures", 0) + 1
     if target is not None and push(target, final_push_status(outcome, exit_code, status["message"]),
                                    outputs) is not None:
         status["push_failures"] = status.get("push_failures", 0) + 1

@@ -38,8 +38,11 @@ def push_server(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template:
       <host name="pushing" launcher="{request.param}" push="true">{ssh}<scratch>{scratch}</scratch>{extra}
         <account user="alice" login="{sshd.user}" key="{sshd.key}"/></host>
     </hosts>""")
+    results = tmp_path / "results"
+    results.mkdir()
     srv = Server(url, tmp_path, {"BROKER_HOSTS_CATALOGUE": str(hosts), "BROKER_HOSTS_SSH_POLL_INTERVAL": "60",
-                                 "BROKER_HOSTS_BATCH_POLL_INTERVAL": "60"}).start()
+                                 "BROKER_HOSTS_BATCH_POLL_INTERVAL": "60", "BROKER_STAGING_ROOTS": str(results)}).start()
+    srv.results = results  # type: ignore[attr-defined]
     try:
         yield srv
     finally:
@@ -67,3 +70,43 @@ def test_an_elf_on_a_push_host_reports_its_run_and_result_through_the_api(push_s
         assert ("succeeded", "elf") in moved_by and ("succeeded", "monitoring") not in moved_by, moved_by
         # one session for the one attempt; the elf removed its secret file before the payload ran (exit 0)
         assert s.scalars(select(ElfSession.attempt).where(ElfSession.node_id == far.id)).all() == [1]
+
+
+def _moved_by(server: Server, workflow_id: int, path: str) -> set[tuple[str, str]]:
+    from broker.persistence.models import Event
+
+    with server.sessions()() as s:
+        return {(e.state, e.actor) for e in s.scalars(select(Event).where(
+            Event.workflow_id == workflow_id, Event.node_path == path, Event.type == "NODE_STATE"))}
+
+
+@pytest.mark.parametrize("push_server", ["ssh"], indirect=True)
+def test_a_pushed_result_stages_out_from_the_push_host_like_a_polled_one(push_server: Server) -> None:
+    target = push_server.results / "result.txt"  # type: ignore[attr-defined]
+    body = (f'<node id="far"><scheduling><host>pushing</host></scheduling><payload type="sh">'
+            f'echo pushed > out.txt</payload><stageOut source="out.txt" target="{target.as_uri()}"/></node>')
+    handle = push_server.core().submit({"workflowContent": workflow(body)})
+    state = push_server.wait_state(handle.id, "succeeded", "failed")
+    far = push_server.node(handle.id, "far")
+    assert state == "succeeded", far.message
+    assert target.read_text() == "pushed\n"
+    # the result came through the push (the host's status files are read once a minute)
+    assert ("staging_out", "elf") in _moved_by(push_server, handle.id, "far")
+
+
+@pytest.mark.parametrize("push_server", ["ssh"], indirect=True)
+def test_the_last_progress_a_pushing_payload_printed_is_recorded(push_server: Server) -> None:
+    from broker.persistence.models import Event
+
+    # the elf looks for new progress every 10 s: this payload ends before its first look
+    body = ('<node id="far"><scheduling><host>pushing</host></scheduling><payload type="sh">'
+            'echo "@broker progress 30 started"; echo \'@broker progress 90 "almost"\'</payload></node>')
+    handle = push_server.core().submit({"workflowContent": workflow(body)})
+    assert push_server.wait_state(handle.id, "succeeded", "failed") == "succeeded"
+    assert push_server.node(handle.id, "far").progress == 90
+    with push_server.sessions()() as s:
+        last = s.scalars(select(Event).where(Event.workflow_id == handle.id, Event.node_path == "far",
+                                             Event.type == "NODE_PROGRESS").order_by(Event.id.desc())).first()
+    assert last is not None and (last.properties["percent"], last.message) == (90, "almost")
+    status = push_server.core().getStatusInfoForId(f"{handle.globalId}/far")
+    assert status.progress == 90
