@@ -22,7 +22,8 @@ from spyne.server.wsgi import WsgiApplication
 from broker.api.admin import BrokerAdminService
 from broker.api.context import ApiContext
 from broker.api.core import BrokerCoreService
-from broker.api.faults import detail_xml, fault_for, log_fault
+from broker.api.faults import detail_xml, fault_for, log_fault, spyne_spec
+from broker.printable import printable
 from broker.api.identity import ELF_KEY, USER_KEY
 from broker.api.types import ADMIN_NS, CORE_NS
 
@@ -59,6 +60,63 @@ class BrokerApplication(Application):
                         detail=etree.fromstring(detail_xml(spec, self.tns))) from None
 
 
+class BrokerWsgi(WsgiApplication):
+    """spyne's WSGI application whose own faults (unknown operation, an argument that is not of its type) are
+    turned into documented ones with the ``<BrokerFault>`` detail, like the operations' faults."""
+
+    def handle_error(self, p_ctx: Any, others: Any, error: Any, start_response: Any) -> Any:
+        if isinstance(error, Fault) and error.detail is None:
+            spec = spyne_spec(str(error.faultcode), _spyne_message(p_ctx, error))
+            error = Fault(faultcode=spec.code, faultstring=spec.message,
+                          detail=etree.fromstring(detail_xml(spec, self.app.tns)))
+            p_ctx.in_error = p_ctx.in_error and error
+            p_ctx.out_error = error
+        return super().handle_error(p_ctx, others, error, start_response)
+
+
+def _spyne_message(ctx: Any, error: Any) -> str:
+    """spyne's fault string, naming the operation and the argument where spyne's does not."""
+    text = printable(str(error.faultstring))
+    operation = etree.QName(ctx.method_request_string).localname if ctx.method_request_string else None
+    if str(error.faultcode) == "Client.ResourceNotFound":
+        return f"the service has no operation {operation or '?'}: see its WSDL"
+    # spyne names the value ("Could not cast 'abc' to integer", "The value 2147483648 could not be
+    # validated"), not the argument: the argument is the element holding that value
+    quoted = re.search(r"'([^']*)'|[Vv]alue (\S+) could not", text)
+    body = getattr(ctx, "in_body_doc", None)
+    if quoted is None or body is None or operation is None:
+        return text
+    value = (quoted.group(1) if quoted.group(1) is not None else quoted.group(2)).strip("'")
+    names = [etree.QName(e).localname for e in body.iter() if isinstance(e.tag, str) and len(e) == 0
+             and (e.text or "").strip() == value]
+    if not names:
+        return text
+    expected = _expected(ctx, names[0])
+    return f"{operation}: invalid {names[0]} {value!r}" + (f": expected {expected}" if expected else f" ({text})")
+
+
+def _expected(ctx: Any, name: str) -> str | None:
+    """What an argument (or a field of one) must be, for the integer types the API uses."""
+    kind = _field_type(ctx.descriptor.in_message, name, 4) if ctx.descriptor else None
+    low = getattr(getattr(kind, "Attributes", None), "min_bound", None)
+    high = getattr(getattr(kind, "Attributes", None), "max_bound", None)
+    if low is None or high is None or getattr(kind, "__type_name__", None) not in ("int", "long"):
+        return None
+    return f"an xs:{kind.__type_name__}, an integer from {low} to {high}"
+
+
+def _field_type(model: Any, name: str, depth: int) -> Any:
+    """The type of the field ``name`` of a message or of the complex types in it (breadth first)."""
+    fields = getattr(model, "_type_info", None) or {}
+    if name in fields:
+        return fields[name]
+    for kind in fields.values() if depth else ():
+        found = _field_type(kind, name, depth - 1)
+        if found is not None:
+            return found
+    return None
+
+
 def _who(ctx: Any) -> str:
     env = getattr(ctx.transport, "req_env", {}) or {}
     user, elf = env.get(USER_KEY), env.get(ELF_KEY)
@@ -80,7 +138,7 @@ def build(api: ApiContext | None, public_url: str,
                                                                                       huge_tree=True),
                                 out_protocol=Soap11())
         app.api = api
-        wsgi = WsgiApplication(app, max_content_length=max_request_bytes + 1024)
+        wsgi = BrokerWsgi(app, max_content_length=max_request_bytes + 1024)
         wsgi.doc.wsdl11.build_interface_document(public_url.rstrip("/") + path)
         built[path] = (wsgi, namespace, clean_wsdl(wsgi.doc.wsdl11.get_interface_document()))
     return built

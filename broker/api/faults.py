@@ -17,7 +17,8 @@ Stable fault codes (the ``faultcode`` of a SOAP 1.1 fault, in the envelope names
     Server.NotImplemented       an operation that this version does not provide yet
 
 Every fault carries a ``<BrokerFault>`` detail in the service's namespace with the code again and the
-problem lines. Nothing here imports spyne.
+problem lines; spyne's own faults are given one of these codes too (:data:`SPYNE_CODES`). Nothing here
+imports spyne.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ CODES: tuple[tuple[type[BaseException], str], ...] = (
     (NotImplementedYet, "Server.NotImplemented"),
 )
 
+#: spyne's own fault codes (raised before an operation runs: the envelope names no operation of the service, an
+#: argument does not match its type) -> the documented code they become; any other Client one is InvalidRequest
+SPYNE_CODES = {
+    "Client.ValidationError": "Client.InvalidArgument",
+    "Client.SchemaValidationError": "Client.InvalidArgument",
+    "Client.ResourceNotFound": "Client.InvalidRequest",
+}
+#: every code a fault may carry
+DOCUMENTED = frozenset(code for _, code in CODES) | {"Server"}
+
 #: the message of a Server fault for an unexpected error: the details stay in the broker's log
 INTERNAL_MESSAGE = "internal error (the broker's log has the details)"
 
@@ -106,6 +117,15 @@ def fault_for(exc: BaseException) -> FaultSpec:
     if isinstance(exc, BrokerError):
         # deliberate messages (a database that is unreachable, a rejected change): no internals in them
         return FaultSpec("Server", printable(str(exc)))
+    return FaultSpec("Server", INTERNAL_MESSAGE)
+
+
+def spyne_spec(code: str, message: str) -> FaultSpec:
+    """The documented fault a fault of spyne's own (``code``, ``message``) becomes."""
+    if code in DOCUMENTED:
+        return FaultSpec(code, message)
+    if code.startswith("Client"):
+        return FaultSpec(SPYNE_CODES.get(code, "Client.InvalidRequest"), message)
     return FaultSpec("Server", INTERNAL_MESSAGE)
 
 
