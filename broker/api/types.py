@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from spyne import Array, Boolean, ComplexModel, DateTime, Double, Fault, Integer32, Integer64, Unicode
 
+# spyne caps an xs:int's text at ceil(log10(2**32)) = 10 characters, one short of "-2147483648" (a sign and
+# ten digits): the smallest xs:int would be refused as invalid before any operation could answer it
+Integer32.Attributes.max_str_len = 11
+
 #: the namespace of every type; the version changes when a type changes incompatibly
 TYPES_NS = "urn:workflow-broker:types:v1"
 #: the namespaces of the two services (and of their faults' detail)

@@ -62,3 +62,17 @@ def test_a_post_to_a_path_with_doubled_slashes_gets_a_soap_fault(server, path):
     assert status in (404, 500), (status, answer)
     assert broker_fault(answer)[0] == "Client.InvalidRequest"
 
+
+def test_the_smallest_xs_int_is_not_found_as_an_id_and_out_of_range_as_a_priority(server):
+    for operation in ("getDescriptorAsXml", "getWorkflowAsXml", "getNodeAsXml"):
+        status, answer = call(server, _id_call(operation, "-2147483648"))
+        assert broker_fault(answer)[::2] == ("Client.NotFound", "Client.NotFound"), answer
+    submission = ("<c:submit><c:submission><t:priority>-2147483648</t:priority><t:workflowContent>"
+                  "&lt;workflow xmlns='urn:workflow-broker:workflow:1.0' name='x'&gt;&lt;node id='a'&gt;"
+                  "&lt;payload type='sh'&gt;true&lt;/payload&gt;&lt;/node&gt;&lt;/workflow&gt;"
+                  "</t:workflowContent></c:submission></c:submit>")
+    body = envelope(submission).replace(b'xmlns:c=', b'xmlns:t="urn:workflow-broker:types:v1" xmlns:c=')
+    status, answer = call(server, body)
+    code, message, detail = broker_fault(answer)
+    assert (code, detail) == ("Client.InvalidArgument", "Client.InvalidArgument"), answer
+    assert "priority" in message and "1,000,000" in message.replace("1000000", "1,000,000"), message
