@@ -17,9 +17,8 @@ import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
-from xml.sax.saxutils import escape
 
-from broker.api.faults import xml_safe
+from broker.api.faults import xml_text as _text
 from broker.api.identity import caller, scope_of
 from broker.errors import BrokerError
 from broker.persistence import queries
@@ -35,11 +34,6 @@ _HEAD = ("<?xml version='1.0' encoding='UTF-8'?>\n"
 _TAIL = "</tns:return></tns:getStatusInfoForIdResponse></soap11env:Body></soap11env:Envelope>"
 _CALL = f"{{{SOAP11_ENV}}}Body/{{{CORE_NS}}}{OPERATION}"
 _ARGUMENT = f"{{{CORE_NS}}}globalId"
-
-
-def _text(value: str) -> str:
-    # as lxml writes text: &, <, > escaped, and a carriage return as a character reference (kept by parsers)
-    return escape(xml_safe(value)).replace("\r", "&#13;")
 
 
 def status_answer(status: queries.Status) -> bytes:

@@ -141,17 +141,27 @@ def log_fault(spec: FaultSpec, operation: str, who: str, exc: BaseException | No
 
 
 def detail_xml(spec: FaultSpec, namespace: str) -> str:
-    """The ``<BrokerFault>`` detail element as XML text."""
+    """The ``<BrokerFault>`` detail element as XML text (for spyne, which writes it with its own prefix)."""
     problems = "".join(f"<problem>{escape(xml_safe(p))}</problem>" for p in spec.problems)
     return (f'<BrokerFault xmlns="{escape(namespace)}"><code>{escape(spec.code)}</code>{problems}'
             "</BrokerFault>")
 
 
+def xml_text(value: str) -> str:
+    # as lxml writes text: &, <, > escaped, a carriage return as a character reference
+    return escape(xml_safe(value)).replace("\r", "&#13;")
+
+
 def envelope(spec: FaultSpec, namespace: str) -> bytes:
-    """A complete SOAP 1.1 fault envelope, as spyne would write it."""
+    """A complete SOAP 1.1 fault envelope, byte for byte as spyne writes the faults of the operations
+    (its XML declaration's quotes, the service namespace as ``tns``, an empty ``faultactor``)."""
+    detail = ""
     # SOAP 1.1 4.4: a fault about a header entry carries no detail element
-    detail = "" if spec.code == "MustUnderstand" else f"<detail>{detail_xml(spec, namespace)}</detail>"
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<soap11env:Envelope xmlns:soap11env="{SOAP11_ENV}">'
+    if spec.code != "MustUnderstand":
+        problems = "".join(f"<tns:problem>{xml_text(p)}</tns:problem>" for p in spec.problems)
+        detail = f"<detail><tns:BrokerFault><tns:code>{xml_text(spec.code)}</tns:code>{problems}</tns:BrokerFault></detail>"
+    return ("<?xml version='1.0' encoding='UTF-8'?>\n"
+            f'<soap11env:Envelope xmlns:soap11env="{SOAP11_ENV}" xmlns:tns="{escape(namespace, {chr(34): "&quot;"})}">'
             f"<soap11env:Body><soap11env:Fault><faultcode>soap11env:{spec.code}</faultcode>"
-            f"<faultstring>{escape(xml_safe(spec.message))}</faultstring>{detail}"
+            f"<faultstring>{xml_text(spec.message)}</faultstring><faultactor></faultactor>{detail}"
             "</soap11env:Fault></soap11env:Body></soap11env:Envelope>").encode("utf-8")

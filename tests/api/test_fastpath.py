@@ -126,7 +126,7 @@ def test_faults_mean_the_same_and_other_users_workflows_stay_hidden(running):
                          (gid, "alice"), (f"{gid}/a", "alice"), (f"{gid}/nope", "bob")]:
         (spyne_status, spyne), (fast_status, fast) = edges.both(status_call(target), user)
         assert spyne_status == fast_status == "500 Internal Server Error", (target, spyne)
-        assert fault(fast) == fault(spyne), target
+        assert fast == spyne, (target, spyne, fast)  # the same bytes: declaration, prefixes, empty faultactor
         assert fault(fast)[0] == "Client.NotFound"
     (_, spyne), (_, fast) = edges.both(status_call(gid), "root")  # an admin sees everyone's
     assert fast == spyne and b"<s0:state>succeeded</s0:state>" in fast
@@ -157,3 +157,12 @@ def test_a_status_reader_whose_connection_broke_opens_another(running):
         reader.status(gid, None)
     assert reader.status(gid, None).state == "succeeded"
     assert reader._local.connection is not kept
+
+
+def test_the_edge_writes_its_faults_with_the_bytes_spyne_writes_for_the_operations_faults(running):
+    from broker.api.faults import FaultSpec, envelope
+
+    broker, edges = running
+    call = "<c:getDescriptorAsXml><c:id>999</c:id></c:getDescriptorAsXml>"
+    (_, spyne), _ = edges.both(call)
+    assert spyne == envelope(FaultSpec("Client.NotFound", "no workflow with id 999"), "urn:workflow-broker:core:v1")
