@@ -1,5 +1,9 @@
 """The admin service (``IBroker``): every operation needs the admin role (Client.NotAuthorized otherwise).
 
+As in the Java interfaces, IBroker extends IBrokerCore: the service offers every core operation too (same
+signatures and behaviour, in the admin namespace), and its own ``cancel`` and ``restart`` act on anyone's
+workflows.
+
 ``cancel`` and ``restart`` take a workflow or a node global id and go through the engine's writer (this
 broker holds the database); ``delete*`` follow the rules of :mod:`broker.api.deletion`; ``deleteAllBefore``
 takes epoch milliseconds and compares the finish time.
@@ -13,6 +17,7 @@ from typing import Any
 from spyne import Array, Integer64, ServiceBase, Unicode, rpc
 
 from broker.api import deletion, wire
+from broker.api.core import core_operations
 from broker.api.identity import caller, require_admin
 from broker.api.types import ADMIN_NS, AggregateSummary, UserSubmissions, fault_class
 from broker.errors import ConfigError, NotFound
@@ -29,8 +34,8 @@ def _admin(ctx: Any, operation: str) -> tuple[Any, str]:
     return ctx.app.api, f"admin:{user.name}"
 
 
-class BrokerAdminService(ServiceBase):
-    """IBroker: operating the service."""
+class _AdminOperations:
+    """IBroker's own operations: operating the service."""
 
     @rpc(_returns=Array(UserSubmissions, wrapped=False), _out_variable_name="return", _throws=AdminFault)
     def getUserInfo(ctx):
@@ -91,3 +96,9 @@ def _target(api: Any, global_id: str | None) -> tuple[int, list[int] | None]:
         raise NotFound("no global id given")
     with api.sessions() as s:
         return resolve_target(s, global_id)
+
+
+#: IBroker: every core operation, then operating the service (its own cancel and restart replace the core's)
+BrokerAdminService = type(ServiceBase)("BrokerAdminService", (ServiceBase,), {
+    "__module__": __name__, **core_operations(AdminFault),
+    **{name: value for name, value in vars(_AdminOperations).items() if getattr(value, "_is_rpc", False)}})

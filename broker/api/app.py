@@ -1,7 +1,7 @@
 """The two spyne applications, the one place errors become SOAP faults, and the WSDLs.
 
-Core (``IBrokerCore``) is served at ``<public_url>/broker`` and admin (``IBroker``) at
-``<public_url>/admin``: one application with both services would give an invalid WSDL (two ports with
+Core (``IBrokerCore``) is served at ``<public_url>/broker`` and admin (``IBroker``, which offers every core
+operation too, to admins only) at ``<public_url>/admin``: one application with both services would give an invalid WSDL (two ports with
 the same name). Each WSDL is built once at start-up with the public URL in its ``soap:address`` and
 cleaned of the SOAP 1.2 namespaces spyne declares but never uses (gSOAP would otherwise generate a SOAP
 1.2 client that the SOAP 1.1 server rejects).
@@ -24,15 +24,15 @@ from broker.api.context import ApiContext
 from broker.api.core import BrokerCoreService
 from broker.api.faults import detail_xml, fault_for, log_fault, spyne_spec
 from broker.printable import printable
-from broker.api.identity import ELF_KEY, USER_KEY
+from broker.api.identity import ELF_KEY, USER_KEY, caller, require_admin
 from broker.api.types import ADMIN_NS, CORE_NS
 
 log = logging.getLogger("broker.api")
 
-#: path -> (application name, service class, namespace)
+#: path -> (application name, service class, namespace, admins only)
 SERVICES = {
-    "/broker": ("IBrokerCore", BrokerCoreService, CORE_NS),
-    "/admin": ("IBroker", BrokerAdminService, ADMIN_NS),
+    "/broker": ("IBrokerCore", BrokerCoreService, CORE_NS, False),
+    "/admin": ("IBroker", BrokerAdminService, ADMIN_NS, True),
 }
 #: where the checked-in WSDLs point (``broker serve --write-wsdl``); a server writes its public URL
 PLACEHOLDER_URL = "http://localhost:8080"
@@ -47,9 +47,13 @@ class BrokerApplication(Application):
 
     #: the running service, set by :func:`build`; None while only building WSDLs
     api: ApiContext | None = None
+    #: every operation needs the admin role (the admin service, core operations included)
+    admin_only = False
 
     def call_wrapper(self, ctx: Any) -> Any:
         try:
+            if self.admin_only:
+                require_admin(caller(ctx.transport.req_env), ctx.descriptor.name)
             return super().call_wrapper(ctx)
         except Fault:
             raise
@@ -132,12 +136,13 @@ def build(api: ApiContext | None, public_url: str,
     # this API never opens): with a large engine in the process that stalls every call for tens of ms
     spyne_const.MIN_GC_INTERVAL = float("inf")
     built = {}
-    for path, (name, service, namespace) in SERVICES.items():
+    for path, (name, service, namespace, admin_only) in SERVICES.items():
         # huge_tree: a description may be one text node above libxml2's 10 MB default; the edge caps the size
         app = BrokerApplication([service], tns=namespace, name=name, in_protocol=Soap11(validator="soft",
                                                                                       huge_tree=True),
                                 out_protocol=Soap11())
         app.api = api
+        app.admin_only = admin_only
         wsgi = BrokerWsgi(app, max_content_length=max_request_bytes + 1024)
         wsgi.doc.wsdl11.build_interface_document(public_url.rstrip("/") + path)
         built[path] = (wsgi, namespace, clean_wsdl(wsgi.doc.wsdl11.get_interface_document()))

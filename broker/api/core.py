@@ -19,8 +19,9 @@ from typing import Any
 from spyne import Array, Integer32, Integer64, ServiceBase, Unicode, rpc
 
 from broker.api import deletion, push, wire
+from broker.api import submission as submissions
 from broker.api.identity import ELF_KEY, caller, named_user, require_admin, scope_of
-from broker.api.submission import SubmissionFields, submit
+from broker.api.submission import SubmissionFields
 from broker.api.types import (CORE_NS, AggregateSummary, BrokerSubmission, Property, StatusInfo, SubmissionHandle,
                               fault_class)
 from broker.errors import InvalidCredentials, NotAuthorized
@@ -37,10 +38,11 @@ def _api(ctx: Any) -> Any:
     return ctx.app.api
 
 
-class BrokerCoreService(ServiceBase):
-    """IBrokerCore: what every user (and every remote elf) calls."""
+def core_operations(fault: type) -> dict[str, Any]:
+    """IBrokerCore's operations, declared to throw ``fault``, for one service class: spyne binds an operation to
+    the class it is declared in, and both services offer them (IBroker extends IBrokerCore)."""
 
-    @rpc(BrokerSubmission, _returns=SubmissionHandle, _out_variable_name="return", _throws=CoreFault)
+    @rpc(BrokerSubmission, _returns=SubmissionHandle, _out_variable_name="return", _throws=fault)
     def submit(ctx, submission):
         """Validate and store a workflow; the handle is returned once the workflow is committed."""
         user = caller(_env(ctx))
@@ -49,11 +51,11 @@ class BrokerCoreService(ServiceBase):
             event_level=sub.eventLevel, experiment_id=sub.experimentId, request_id=sub.id, priority=sub.priority,
             publish_metadata_to=sub.publishMetadataTo, user=sub.user, content=sub.workflowContent,
             url=sub.workflowUrl, label=sub.workflowId)
-        handle = submit(_api(ctx), user, fields)
+        handle = submissions.submit(_api(ctx), user, fields)
         return SubmissionHandle(globalId=handle.global_id, id=handle.workflow_id, label=handle.label,
                                 requestId=handle.request_id)
 
-    @rpc(Integer32, Unicode, Array(Property, wrapped=False), _throws=CoreFault)
+    @rpc(Integer32, Unicode, Array(Property, wrapped=False), _throws=fault)
     def updateNodeStatus(ctx, sessionId, status, output):
         """An elf's status, progress and output properties for its attempt (see broker.api.push)."""
         elf = _env(ctx).get(ELF_KEY)
@@ -63,21 +65,21 @@ class BrokerCoreService(ServiceBase):
             raise NotAuthorized(f"elf session {elf.session_id} may not report for session {sessionId}")
         push.apply_push(_api(ctx), elf, status, [(p.name, p.value) for p in output or ()])
 
-    @rpc(Unicode, Unicode, _throws=CoreFault)
+    @rpc(Unicode, Unicode, _throws=fault)
     def archiveWorkflowsTo(ctx, archiveURI, configurationXml):
         """Archive the finished workflows an archive selection (schemas/archive.xsd) chooses (admin only)."""
         user = caller(_env(ctx))
         require_admin(user, "archiveWorkflowsTo")
         deletion.archive(_api(ctx), f"admin:{user.name}", archiveURI, configurationXml)
 
-    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=CoreFault)
+    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=fault)
     def getDescriptorAsXml(ctx, id):
         """The description of a workflow exactly as submitted."""
         user = caller(_env(ctx))
         with _api(ctx).sessions() as s:
             return queries.visible_workflow(s, _id(id), scope_of(user)).descriptor
 
-    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=CoreFault)
+    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=fault)
     def getWorkflowAsXml(ctx, id):
         """The workflow with every node's current state (schemas/workflow-state.xsd)."""
         from broker.api.statexml import workflow_xml
@@ -89,7 +91,7 @@ class BrokerCoreService(ServiceBase):
             owner = s.get(User, workflow.owner_id).name
             return workflow_xml(workflow, owner, queries.workflow_nodes(s, workflow.id), _node_counts(s, workflow.id))
 
-    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=CoreFault)
+    @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=fault)
     def getNodeAsXml(ctx, id):
         """One node (by database id) with everything inside it (schemas/workflow-state.xsd)."""
         from broker.api.statexml import node_xml
@@ -99,7 +101,7 @@ class BrokerCoreService(ServiceBase):
             node, workflow = queries.visible_node(s, _id(id), scope_of(user))
             return node_xml(workflow, node, queries.node_subtree(s, node))
 
-    @rpc(Unicode, _returns=AggregateSummary, _out_variable_name="return", _throws=CoreFault)
+    @rpc(Unicode, _returns=AggregateSummary, _out_variable_name="return", _throws=fault)
     def getStateForUser(ctx, user):
         """A user's workflows and nodes by state (the caller's when null)."""
         me = caller(_env(ctx))
@@ -110,7 +112,7 @@ class BrokerCoreService(ServiceBase):
         return wire.summary(api, owner.id, name, service=False)
 
     @rpc(Unicode, Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return",
-         _throws=CoreFault)
+         _throws=fault)
     def getStatusInfoForUser(ctx, user, lastId):
         """A user's events after lastId, oldest first, at most [api] page_size of them."""
         me = caller(_env(ctx))
@@ -120,7 +122,7 @@ class BrokerCoreService(ServiceBase):
             owner = queries.user_by_name(s, name)
         return wire.events(api, lastId, owner.id)
 
-    @rpc(Unicode, _returns=StatusInfo, _out_variable_name="return", _throws=CoreFault)
+    @rpc(Unicode, _returns=StatusInfo, _out_variable_name="return", _throws=fault)
     def getStatusInfoForId(ctx, globalId):
         """The current status of a workflow or node global id, with the id of the newest event about it."""
         user = caller(_env(ctx))
@@ -129,13 +131,13 @@ class BrokerCoreService(ServiceBase):
             return wire.status_info(queries.current_status(connection, globalId or "", scope_of(user),
                                                            api.progress))
 
-    @rpc(Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return", _throws=CoreFault)
+    @rpc(Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return", _throws=fault)
     def getStatusInfo(ctx, lastId):
         """The caller's events after lastId (an admin's: every event), oldest first, one page."""
         user = caller(_env(ctx))
         return wire.events(_api(ctx), lastId, scope_of(user), every_event=user.admin)
 
-    @rpc(Unicode, _throws=CoreFault)
+    @rpc(Unicode, _throws=fault)
     def deleteAllForUser(ctx, user):
         """Delete a user's finished workflows (the caller's when null); running ones are skipped."""
         me = caller(_env(ctx))
@@ -145,6 +147,14 @@ class BrokerCoreService(ServiceBase):
             owner = queries.user_by_name(s, name)
         actor = f"{'admin' if me.admin else 'user'}:{me.name}"
         deletion.delete_selection(api, actor, f"deleteAllForUser {name}", owner_id=owner.id)
+
+    found = dict(locals())  # in declaration order
+    return {name: value for name, value in found.items() if getattr(value, "_is_rpc", False)}
+
+
+#: IBrokerCore: what every user (and every remote elf) calls
+BrokerCoreService = type(ServiceBase)("BrokerCoreService", (ServiceBase,), {"__module__": __name__,
+                                                                           **core_operations(CoreFault)})
 
 
 def _id(value: int | None) -> int:

@@ -130,3 +130,24 @@ def all_events(server):
         out.extend(page)
         last = page[-1].eventId
     return out
+
+
+def _operations(server, path: str) -> set[str]:
+    return {name for service in server.client(path).wsdl.services.values() for port in service.ports.values()
+            for name in port.binding._operations}
+
+
+def test_the_admin_service_offers_every_core_operation_to_admins_only(server):
+    assert _operations(server, "/broker") < _operations(server, "/admin")  # IBroker extends IBrokerCore
+    admin = server.admin()
+    handle = admin.submit({"workflowContent": HELLO, "user": "alice"})
+    server.wait_state(handle.id, "succeeded")
+    assert "<workflow" in admin.getWorkflowAsXml(handle.id)
+    assert admin.getStatusInfoForId(handle.globalId).state == "succeeded"
+    assert admin.getStatusInfo(0)  # a page of everyone's events
+    assert admin.getStateForUser("alice").user == "alice"
+    for call in (lambda s: s.getStateForUser(None), lambda s: s.getWorkflowAsXml(handle.id),
+                 lambda s: s.submit({"workflowContent": HELLO})):
+        with pytest.raises(zeep.exceptions.Fault) as caught:
+            call(server.admin("alice"))
+        assert fault_code(caught) == "Client.NotAuthorized"

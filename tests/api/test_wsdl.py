@@ -58,19 +58,33 @@ GSOAP_CLIENT = r"""
 #include "soapIBrokerProxy.h"
 #include "IBroker.nsmap"
 #include <cstdio>
-int main(int argc, char **argv) {
-    IBrokerProxy proxy(SOAP_C_UTFSTRING);
+// gSOAP clears userid and passwd after every call: they are set again before each one
+static void login(IBrokerProxy &proxy, char **argv) {
     proxy.soap->userid = argv[2];
     proxy.soap->passwd = argv[3];
+}
+static int failed(IBrokerProxy &proxy, int code) {
+    proxy.soap_stream_fault(std::cerr);
+    return code;
+}
+int main(int argc, char **argv) {
+    IBrokerProxy proxy(SOAP_C_UTFSTRING);
     ns1__getServiceState request;
     ns1__getServiceStateResponse response;
-    if (proxy.getServiceState(argv[1], NULL, &request, response) != SOAP_OK) {
-        proxy.soap_stream_fault(std::cerr);
-        return 1;
-    }
+    login(proxy, argv);
+    if (proxy.getServiceState(argv[1], NULL, &request, response) != SOAP_OK) return failed(proxy, 1);
     if (response.return_ == NULL || response.return_->uptimeSeconds == NULL) return 2;
     printf("uptime %f version %s\n", *response.return_->uptimeSeconds,
            response.return_->version ? response.return_->version->c_str() : "?");
+    // a core operation, which the admin service offers too (IBroker extends IBrokerCore)
+    ns1__getStateForUser mine;
+    ns1__getStateForUserResponse state;
+    login(proxy, argv);
+    if (proxy.getStateForUser(argv[1], NULL, &mine, state) != SOAP_OK) return failed(proxy, 3);
+    printf("user %s\n", state.return_ && state.return_->user ? state.return_->user->c_str() : "?");
+    // without login() again, the next call goes without credentials
+    int status = proxy.getServiceState(argv[1], NULL, &request, response);
+    printf("third call without credentials: HTTP %d\n", proxy.soap->error == 401 ? 401 : status);
     proxy.destroy();
     return 0;
 }
@@ -83,7 +97,7 @@ def _gsoap() -> tuple[str, str, str] | None:
 
 
 @pytest.mark.slow
-def test_gsoap_accepts_the_wsdls_and_a_compiled_client_calls_get_service_state(server, tmp_path):
+def test_gsoap_accepts_the_wsdls_and_a_compiled_client_makes_two_calls_on_one_proxy(server, tmp_path):
     tools = _gsoap()
     require(tools is not None and Path("/usr/share/gsoap/import").is_dir(),
             "gSOAP (Debian packages gsoap libgsoap-dev) and g++")
@@ -108,7 +122,9 @@ def test_gsoap_accepts_the_wsdls_and_a_compiled_client_calls_get_service_state(s
     run = subprocess.run([str(binary), server.base + "/admin", "root", "root-pw"], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("uptime ") and "version" in run.stdout
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("uptime ") and "version" in lines[0]
+    assert lines[1:] == ["user root", "third call without credentials: HTTP 401"], run.stdout
     denied = subprocess.run([str(binary), server.base + "/admin", "alice", "alice-pw"], capture_output=True,
                             text=True, timeout=60)
     assert denied.returncode == 1 and "NotAuthorized" in denied.stderr
