@@ -1,12 +1,10 @@
 """The admin service (``IBroker``): every operation needs the admin role (Client.NotAuthorized otherwise).
 
 As in the Java interfaces, IBroker extends IBrokerCore: the service offers every core operation too (same
-signatures and behaviour, in the admin namespace), and its own ``cancel`` and ``restart`` act on anyone's
-workflows.
+signatures and behaviour, in the admin namespace).
 
-``cancel`` and ``restart`` take a workflow or a node global id and go through the engine's writer (this
-broker holds the database); ``delete*`` follow the rules of :mod:`broker.api.deletion`; ``deleteAllBefore``
-takes epoch milliseconds and compares the finish time.
+``cancel`` and ``restart`` are the core's (an admin's act on anyone's workflows); ``delete*`` follow the rules
+of :mod:`broker.api.deletion`; ``deleteAllBefore`` takes epoch milliseconds and compares the finish time.
 """
 
 from __future__ import annotations
@@ -20,9 +18,7 @@ from broker.api import deletion, wire
 from broker.api.core import core_operations
 from broker.api.identity import caller, require_admin
 from broker.api.types import ADMIN_NS, AggregateSummary, UserSubmissions, fault_class
-from broker.errors import ConfigError, NotFound
-from broker.persistence import changes as c
-from broker.persistence.control import resolve_target
+from broker.errors import ConfigError
 
 AdminFault = fault_class(ADMIN_NS)
 
@@ -49,23 +45,6 @@ class _AdminOperations:
         api, _ = _admin(ctx, "getServiceState")
         return wire.summary(api, None, None, service=True)
 
-    @rpc(Unicode, _throws=AdminFault)
-    def cancel(ctx, globalId):
-        """Cancel a workflow, or one node (its dependants are skipped); returns once committed."""
-        api, actor = _admin(ctx, "cancel")
-        workflow_id, node_ids = _target(api, globalId)
-        if node_ids is None:
-            api.ask(lambda f: c.CancelWorkflow(workflow_id, actor, reply_to=f))
-        else:
-            api.ask(lambda f: c.CancelNodes(tuple(node_ids), actor, reply_to=f))
-
-    @rpc(Unicode, _throws=AdminFault)
-    def restart(ctx, globalId):
-        """Give a workflow's (or a node's and its dependants') failed, cancelled, skipped nodes a fresh attempt."""
-        api, actor = _admin(ctx, "restart")
-        workflow_id, node_ids = _target(api, globalId)
-        api.ask(lambda f: c.Restart(workflow_id, actor, None if node_ids is None else tuple(node_ids), reply_to=f))
-
     @rpc(_throws=AdminFault)
     def deleteAllCompleted(ctx):
         """Delete every finished workflow."""
@@ -91,14 +70,7 @@ class _AdminOperations:
         deletion.delete_one(api, actor, globalId or "")
 
 
-def _target(api: Any, global_id: str | None) -> tuple[int, list[int] | None]:
-    if not global_id:
-        raise NotFound("no global id given")
-    with api.sessions() as s:
-        return resolve_target(s, global_id)
-
-
-#: IBroker: every core operation, then operating the service (its own cancel and restart replace the core's)
+#: IBroker: every core operation, then operating the service
 BrokerAdminService = type(ServiceBase)("BrokerAdminService", (ServiceBase,), {
     "__module__": __name__, **core_operations(AdminFault),
     **{name: value for name, value in vars(_AdminOperations).items() if getattr(value, "_is_rpc", False)}})

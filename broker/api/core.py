@@ -8,6 +8,8 @@ Authorisation, checked here in each operation (the edge has already authenticate
   ``deleteAllForUser``) is refused with Client.NotAuthorized unless the caller is an admin;
 * ``updateNodeStatus`` needs the elf session of the attempt (Client.InvalidCredentials otherwise), and its
   ``sessionId`` argument must be that session;
+* ``cancel`` and ``restart`` (a documented widening of the Java IBrokerCore, which had them only in IBroker)
+  act on the caller's own workflows and nodes (an admin's: anyone's); another user's is "not found";
 * ``archiveWorkflowsTo`` needs the admin role; it writes one archive per workflow to ``file://`` under
   ``[archive] roots`` or ``sftp://`` under ``[archive] remote_roots`` (see broker.admin.archive).
 """
@@ -24,7 +26,8 @@ from broker.api.identity import ELF_KEY, caller, named_user, require_admin, scop
 from broker.api.submission import SubmissionFields
 from broker.api.types import (CORE_NS, AggregateSummary, BrokerSubmission, Property, StatusInfo, SubmissionHandle,
                               fault_class)
-from broker.errors import InvalidCredentials, NotAuthorized
+from broker.errors import InvalidCredentials, NotAuthorized, NotFound
+from broker.persistence import changes as c
 from broker.persistence import queries
 
 CoreFault = fault_class(CORE_NS)
@@ -148,6 +151,28 @@ def core_operations(fault: type) -> dict[str, Any]:
         actor = f"{'admin' if me.admin else 'user'}:{me.name}"
         deletion.delete_selection(api, actor, f"deleteAllForUser {name}", owner_id=owner.id)
 
+    @rpc(Unicode, _throws=fault)
+    def cancel(ctx, globalId):
+        """Cancel one's own workflow, or one node of it (its dependants are skipped); returns once committed.
+        An admin may cancel anyone's."""
+        user = caller(_env(ctx))
+        api = _api(ctx)
+        workflow_id, node_ids = _own_target(api, user, globalId)
+        if node_ids is None:
+            api.ask(lambda f: c.CancelWorkflow(workflow_id, _actor(user), reply_to=f))
+        else:
+            api.ask(lambda f: c.CancelNodes(tuple(node_ids), _actor(user), reply_to=f))
+
+    @rpc(Unicode, _throws=fault)
+    def restart(ctx, globalId):
+        """Give one's own workflow's (or a node's and its dependants') failed, cancelled, skipped nodes a fresh
+        attempt. An admin may restart anyone's."""
+        user = caller(_env(ctx))
+        api = _api(ctx)
+        workflow_id, node_ids = _own_target(api, user, globalId)
+        api.ask(lambda f: c.Restart(workflow_id, _actor(user), None if node_ids is None else tuple(node_ids),
+                                    reply_to=f))
+
     found = dict(locals())  # in declaration order
     return {name: value for name, value in found.items() if getattr(value, "_is_rpc", False)}
 
@@ -157,7 +182,32 @@ BrokerCoreService = type(ServiceBase)("BrokerCoreService", (ServiceBase,), {"__m
                                                                            **core_operations(CoreFault)})
 
 
+def _actor(user: Any) -> str:
+    """Who acts, as the events name them: ``user:<name>`` (an owner) or ``admin:<name>``."""
+    return f"{'admin' if user.admin else 'user'}:{user.name}"
+
+
+def _own_target(api: Any, user: Any, global_id: str | None) -> tuple[int, list[int] | None]:
+    """(workflow id, [node id] or None) of a global id the caller may act on; another user's workflow is
+    "not found", in the very words of a workflow that does not exist."""
+    from broker.ids import split_global_id
+    from broker.persistence.control import resolve_target
+    from broker.persistence.models import Workflow
+
+    if not global_id:
+        raise NotFound("no global id given")
+    with api.sessions() as s:
+        workflow_id, node_ids = resolve_target(s, global_id)
+        scope = scope_of(user)
+        if scope is not None and s.get(Workflow, workflow_id).owner_id != scope:
+            raise NotFound(f"no workflow {split_global_id(global_id)[0]}")
+    return workflow_id, node_ids
+
+
 def _id(value: int | None) -> int:
+    from broker.errors import NotFound
+
+
     from broker.errors import NotFound
 
     if value is None:

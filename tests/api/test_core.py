@@ -231,3 +231,45 @@ def test_a_progress_message_with_a_control_character_reaches_the_client_with_it_
         last = page[-1].eventId
     progress = [e for e in events if e.type == "NODE_PROGRESS" and e.workflowId == handle.id]
     assert [(e.progress, e.message) for e in progress] == [(50.0, "bad \ufffd char")]
+
+
+# ------------------------------------------------------------------- cancel and restart of one's own work
+
+def _gated(gate) -> str:
+    from tests.api.conftest import waits_for
+
+    return workflow(f'<node id="wait">{waits_for(gate)}</node>'
+                    '<node id="after"><dependsOn node="wait"/><payload type="sh">true</payload></node>')
+
+
+def test_a_user_cancels_and_restarts_their_own_workflow_and_nodes_through_the_core_service(server, tmp_path):
+    from tests.fixtures import wait_for
+
+    gate = tmp_path / "go"
+    handle = server.core("alice").submit({"workflowContent": _gated(gate)})
+    wait_for(lambda: server.node(handle.id, "wait").state == "running", what="the node to run")
+    server.core("alice").cancel(handle.globalId + "/wait")
+    assert server.wait_state(handle.id, "cancelled", "failed")
+    assert server.node(handle.id, "after").state == "skipped"
+    gate.touch()
+    server.core("alice").restart(handle.globalId)
+    wait_for(lambda: server.node(handle.id, "wait").attempt == 2, what="the cancelled node's second attempt")
+    assert server.wait_state(handle.id, "succeeded") == "succeeded"
+    other = server.core("alice").submit({"workflowContent": _gated(tmp_path / "never")})
+    server.core("alice").cancel(other.globalId)
+    assert server.wait_state(other.id, "cancelled") == "cancelled"
+
+
+def test_another_user_s_workflow_cannot_be_cancelled_and_looks_like_one_that_does_not_exist(server, tmp_path):
+    handle = server.core("alice").submit({"workflowContent": _gated(tmp_path / "never")})
+    missing = "wf-0000000000000000zz"
+    for operation in ("cancel", "restart"):
+        faults = []
+        for target in (handle.globalId, handle.globalId + "/wait", missing):
+            with pytest.raises(zeep.exceptions.Fault) as caught:
+                getattr(server.core("bob"), operation)(target)
+            faults.append((fault_code(caught), caught.value.message.replace(handle.globalId, missing)))
+        assert faults == [("Client.NotFound", f"no workflow {missing}")] * 3, faults
+    assert server.workflow_state(handle.id) not in ("cancelled",)
+    server.admin().cancel(handle.globalId)  # an admin may, through /admin and through /broker
+    assert server.wait_state(handle.id, "cancelled") == "cancelled"
