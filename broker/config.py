@@ -139,6 +139,11 @@ class EngineSettings:
                                                                 "restart commands", "s"))
     report_interval: float = field(default=0.5, metadata=_doc("how often running payloads' progress and output "
                                                               "reports are read", "s"))
+    lease_renew: float = field(default=5.0, metadata=_doc("PostgreSQL: how often the broker renews its lease on "
+                                                          "the database (its right to write)", "s"))
+    lease_timeout: float = field(default=30.0, metadata=_doc(
+        "PostgreSQL: a lease not renewed for this long is free: the broker that held it writes nothing more and "
+        "another may take over. At least twice lease_renew", "s"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The engine: builds the actors, starts them in dependency order, stops them in reverse.
 
-Start: database lock -> database -> writer (and the outbox relay) -> worker pools -> monitoring -> staging ->
+Start: database lock (PostgreSQL: the lease) -> database -> writer (and the outbox relay) -> worker pools -> monitoring -> staging ->
 submission -> clock. Stop: the reverse; the writer goes last so every change already sent is committed. Running
 payloads are left running on stop: a restarted engine re-attaches to them.
 
@@ -68,10 +68,14 @@ class Clock(threading.Thread):
 
 class Engine:
     def __init__(self, settings: Settings, *, launcher: Any = None, listeners: Iterable[Listener] = (),
-                 workdir: str | Path | None = None, all_workflows: bool = False):
+                 workdir: str | Path | None = None, all_workflows: bool = False,
+                 on_lease_lost: Callable[[str], None] | None = None):
         """``all_workflows``: serve every workflow (``broker serve``); otherwise only those submitted or
-        tracked through this engine (``broker run``), and control commands for others are refused."""
+        tracked through this engine (``broker run``), and control commands for others are refused.
+        ``on_lease_lost``: called with one line when another broker took over the database's lease
+        (PostgreSQL); by default the process prints it and exits 3 at once, writing nothing more."""
         self.settings = settings
+        self.on_lease_lost = on_lease_lost
         self.all_workflows = all_workflows
         #: each workflow's committed progress, for the API's status reads
         self.progress = ProgressBoard()
@@ -84,7 +88,11 @@ class Engine:
 
     def start(self) -> Engine:
         settings = self.settings
-        self.lock = BrokerLock(settings.database_url())
+        from broker.persistence.lease import exit_at_once
+
+        self.lock = BrokerLock(settings.database_url(), settings.engine,
+                               role="broker serve" if self.all_workflows else "broker run",
+                               on_lost=self.on_lease_lost or exit_at_once)
         self.lock.acquire()
         try:
             self.db = open_database(settings, auto_migrate=True)
@@ -102,8 +110,10 @@ class Engine:
                 check_traversable(self.workdir)
             self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
                                      plans=PlanCache(self.sessions), workdir=self.workdir,
-                                     all_workflows=self.all_workflows, resources=self.resources)
-            self.store = Store(self.sessions, limits=settings.limits)
+                                     all_workflows=self.all_workflows, resources=self.resources,
+                                     lease=self.lock.lease)
+            # every commit checks, in its own transaction, that the lease is still this broker's
+            self.store = Store(self.sessions, limits=settings.limits, guard=self.lock.guard)
             # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
             self.relay = None
             if settings.events.url:

@@ -13,7 +13,8 @@ the API's fault mapping read that flag, never the class name::
     ├── InvalidCredentials          authentication failed
     ├── StateError                  an illegal state transition or a command that does not apply now
     ├── DatabaseError               the database is unreachable, locked or not migrated
-    │   └── BrokerLocked            another broker already holds this database
+    │   ├── BrokerLocked            another broker already holds this database
+    │   └── LeaseLost               this broker's lease was taken over: it must write nothing more
     ├── RenderError                 a payload template could not be rendered safely
     └── ResourceError               a compute resource failed (retryable unless said otherwise)
 """
@@ -91,6 +92,13 @@ class DatabaseError(BrokerError):
 
 class BrokerLocked(DatabaseError):
     """Raised when another broker process already holds the database."""
+
+    retryable = False
+
+
+class LeaseLost(DatabaseError):
+    """Raised when this broker's lease on the database was taken by another broker (it stopped renewing it
+    for longer than ``[engine] lease_timeout``): it must write nothing more and start nothing more."""
 
     retryable = False
 

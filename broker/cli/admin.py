@@ -159,7 +159,7 @@ def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     from broker.persistence.lock import BrokerLock
 
     actor = f"admin:{owner_name(settings)}"
-    held = BrokerLock(settings.database_url())
+    held = BrokerLock(settings.database_url(), settings.engine, role="broker admin")
     if lock:
         try:
             held.acquire()

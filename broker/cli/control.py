@@ -79,7 +79,7 @@ def _change(args: argparse.Namespace, settings: Any, command: str) -> int:
         if nothing:
             print(printable(nothing))
             return EXIT_OK
-        lock = BrokerLock(settings.database_url())
+        lock = BrokerLock(settings.database_url(), settings.engine, role=f"broker {command}")
         try:
             lock.acquire()
         except BrokerLocked:

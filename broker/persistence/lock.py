@@ -1,30 +1,38 @@
 """One broker at a time per database.
 
 SQLite: an exclusive ``flock`` on ``<database file>.lock`` (released by the kernel when the process dies,
-so a kill -9 never leaves a stale lock). PostgreSQL: a session-level advisory lock held on a dedicated
-connection for the broker's lifetime (a lease: it is released when that connection ends).
+so a kill -9 never leaves a stale lock; the file is on this machine, so its holder is too). PostgreSQL: the
+lease row of :mod:`broker.persistence.lease`, renewed while the broker runs and checked by every commit.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
-from broker.errors import BrokerLocked
-
-#: advisory lock key on PostgreSQL ("wfbroker" as a 63-bit integer)
-ADVISORY_KEY = 0x7766_6272_6F6B_6572 & 0x7FFF_FFFF_FFFF_FFFF
+from broker.errors import BrokerLocked, DatabaseError
 
 
 class BrokerLock:
-    def __init__(self, url: str):
+    """``engine``: the [engine] settings (lease_renew, lease_timeout; None: the defaults); ``role`` names the
+    holder in messages; ``on_lost`` is called with one line when another broker took the lease over."""
+
+    def __init__(self, url: str, engine: Any = None, *, role: str = "broker",
+                 on_lost: Callable[[str], None] | None = None):
+        from broker.config import EngineSettings
+
         self.url = make_url(url)
+        self.settings = engine if engine is not None else EngineSettings()
+        self.role = role
+        self.on_lost = on_lost
         self._fd: int | None = None
-        self._conn: Any = None
+        #: the PostgreSQL lease while held
+        self.lease: Any = None
         self._engine: Any = None
 
     def acquire(self) -> None:
@@ -45,42 +53,52 @@ class BrokerLock:
             os.write(fd, f"{os.getpid()}\n".encode())
             self._fd = fd
         else:
-            from broker.persistence.db import normalise_url
+            self._acquire_lease()
 
-            self._engine = create_engine(normalise_url(str(self.url)), pool_size=1, max_overflow=0)
-            conn = self._engine.connect()
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar()
-            conn.commit()
-            if not got:
-                conn.close()
-                self._engine.dispose()
-                raise BrokerLocked(f"another broker is using {self.url.render_as_string(hide_password=True)}")
-            self._conn = conn
+    def _acquire_lease(self) -> None:
+        from broker.persistence.db import current_revision, display_url, driver_message, make_engine, \
+            revision_problem
+        from broker.persistence.lease import Lease, check_settings, has_lease_table
+
+        check_settings(self.settings.lease_renew, self.settings.lease_timeout)
+        where = display_url(self.url)
+        # one connection for the claim and the renewals, apart from the writer's (pre-ping: reconnects)
+        self._engine = make_engine(self.url, pool_size=1)
+        try:
+            if not has_lease_table(self._engine):
+                problem = revision_problem(current_revision(self._engine), self.url)
+                raise DatabaseError(problem or f"database {where} has no broker_lease table")
+            lease = Lease(self._engine, where, renew=self.settings.lease_renew, timeout=self.settings.lease_timeout,
+                          role=self.role, on_lost=self.on_lost)
+            lease.acquire()
+        except DBAPIError as exc:
+            self._engine.dispose()
+            raise DatabaseError(f"cannot use database {where}: {driver_message(exc)}") from None
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self.lease = lease
+
+    @property
+    def guard(self) -> Callable[[Any], None] | None:
+        """What a writer calls in each transaction before it commits (PostgreSQL), or None."""
+        return self.lease.check if self.lease is not None else None
 
     def alive(self) -> bool:
-        """Whether the lease still holds (PostgreSQL: the lock's connection is still up)."""
-        if self._conn is None:
-            return True
-        try:
-            self._conn.execute(text("SELECT 1"))
-            self._conn.commit()
-            return True
-        except Exception:
-            return False
+        """Whether the lease still holds (PostgreSQL: by its last renewal; SQLite: while this process lives)."""
+        return self.lease is None or self.lease.held()
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-        if self._conn is not None:
+        if self.lease is not None:
             try:
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
-                self._conn.commit()
-                self._conn.close()
+                self.lease.release()
             finally:
                 self._engine.dispose()
-                self._conn = None
+                self.lease = None
 
     def __enter__(self) -> BrokerLock:
         self.acquire()
@@ -91,7 +109,16 @@ class BrokerLock:
 
 
 def broker_running(url: str) -> bool:
-    """Whether a broker currently holds the database (by trying the lock and letting it go)."""
+    """Whether a broker currently holds the database (SQLite: by trying the lock and letting it go)."""
+    if make_url(url).get_backend_name() != "sqlite":
+        from broker.persistence.db import make_engine
+        from broker.persistence.lease import current_holder
+
+        engine = make_engine(url, pool_size=1)
+        try:
+            return current_holder(engine) is not None
+        finally:
+            engine.dispose()
     lock = BrokerLock(url)
     try:
         lock.acquire()

@@ -275,3 +275,27 @@ class ElfSession(Base):
     #: "sha256$<salt hex>$<digest hex>" of the secret (a random 256-bit token, so a fast hash suffices)
     secret_hash: Mapped[str] = mapped_column(String(160))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BrokerLease(Base):
+    """The lease a broker on PostgreSQL holds to write (one row, id 1; see ``broker.persistence.lease``).
+
+    Times come from the database's clock only, so the hosts' clocks never matter. A takeover increments
+    ``epoch``: every commit of the holder checks its epoch in the same transaction.
+    """
+
+    __tablename__ = "broker_lease"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: who holds it, for messages: "broker run on HOST, pid N"; NULL when released
+    holder: Mapped[str | None] = mapped_column(String(300))
+    #: the holder's boot id and pid namespace: a broker on the same machine may check that its pid is gone
+    machine: Mapped[str | None] = mapped_column(String(100))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    #: the holder's start time in clock ticks since boot (/proc/PID/stat), so a reused pid is not taken for it
+    pid_start: Mapped[int | None] = mapped_column(BigInteger)
+    acquired_at: Mapped[dt.datetime | None]
+    renewed_at: Mapped[dt.datetime | None]
+    #: the lease is free from this time on unless renewed before it
+    expires_at: Mapped[dt.datetime | None]

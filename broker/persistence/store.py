@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker import memory
 from broker.description.checks import expanded_node_count
-from broker.errors import BrokerError
+from broker.errors import BrokerError, LeaseLost
 from broker.faults import crash_point
 from broker.events.types import EventType
 from broker.persistence import changes as c
@@ -55,8 +56,11 @@ class Outcome:
 class Store:
     """Applies changes; the only code that writes node and workflow state."""
 
-    def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None):
+    def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None,
+                 guard: Callable[[Session], None] | None = None):
         self.session_factory = session_factory
+        #: called in each transaction before it commits: raises LeaseLost when this process may write no more
+        self.guard = guard
         self.mirror = Mirror()
         self.limits = limits
         self.quota = NodeQuota(limits)
@@ -76,6 +80,8 @@ class Store:
         while True:
             try:
                 return self._commit(changes)
+            except LeaseLost:  # nothing was written, and nothing may be: not a fault to retry or split
+                raise
             except OperationalError as exc:  # unreachable or locked: the same batch will work later
                 log.warning("database unavailable, retrying in %.2f s: %s", delay, exc.orig)
                 self._reload(changes)
@@ -108,6 +114,8 @@ class Store:
             self._sql(s).write(s, batch)
             if batch.expanded:
                 crash_point("expansion")
+            if self.guard is not None:
+                self.guard(s)
         freed = 0
         for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
             # finished workflows leave the mirror (also one loaded for a command, e.g. cancel of an ended one)

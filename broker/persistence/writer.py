@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from broker.errors import LeaseLost
 from broker.faults import crash_point
 from broker.persistence.changes import Changes
 from broker.persistence.store import Outcome, Store
@@ -70,6 +71,9 @@ class Writer(pykka.ThreadingActor):
             return
         try:
             out = self.store.commit(changes)
+        except LeaseLost as exc:  # another broker holds the database now: these changes are its to make
+            log.error("%d changes not committed: %s", len(changes), exc)
+            return
         except Exception:  # never let the writer die: it would stop the whole engine
             log.exception("writer failed to commit %d changes", len(changes))
             return

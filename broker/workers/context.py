@@ -72,6 +72,14 @@ class WorkerContext:
     all_workflows: bool = True
     #: the core service's URL elves push to (updateNodeStatus); set by ``broker serve`` once it listens
     push_url: str | None = None
+    #: the broker's lease on a PostgreSQL database; None: nothing to check (SQLite's flock lasts as the process)
+    lease: Any = None
+
+    def hold(self) -> None:
+        """Return only while this broker surely holds the database: a broker stopped past its lease's expiry
+        must not start, copy or kill anything another broker now owns. Raises LeaseLost."""
+        if self.lease is not None:
+            self.lease.ensure()
 
     def launcher_for(self, host: str, owner: str) -> Launcher:
         """The launcher of ``owner``'s nodes on a catalogue host (``login@host`` is accepted too)."""

@@ -44,6 +44,7 @@ class LaunchWorker(Worker):
         spec = self._spec(ref)
         launcher = self.ctx.launcher_for(ref.host, ref.owner)
         request = self._request(ref, spec)
+        self.ctx.hold()  # again, as late as can be: rendering and the push session took time
         if self._batch(ref):
             # a batch job is written from the node's scheduling profile
             return launcher.launch(request, spec.scheduling)  # type: ignore[call-arg]
@@ -55,6 +56,7 @@ class LaunchWorker(Worker):
         spec = self._spec(first)
         launcher = self.ctx.launcher_for(first.host, first.owner)
         requests = [self._request(ref, self._spec(ref)) for ref in action.nodes]
+        self.ctx.hold()
         return launcher.launch_bundle(requests, spec.scheduling)  # type: ignore[attr-defined]
 
     HANDLERS = {Launch: launch, LaunchBundle: launch_bundle}

@@ -37,6 +37,7 @@ class Worker(pykka.ThreadingActor):
             return
         action = message.action
         try:
+            self.ctx.hold()  # every action acts outside the database: only while the lease is ours
             result = self.HANDLERS[type(action)](self, action)
         except BrokerError as exc:
             answer: Any = Failed(action, str(exc), retryable=exc.retryable)

@@ -20,7 +20,8 @@ from broker.persistence.db import make_engine
 from broker.persistence.models import Base, Dependency, Node, User, Workflow, utcnow
 from broker.persistence.schema_version import HEAD_REVISION, REVISIONS
 
-TABLES = {"users", "accounts", "workflows", "nodes", "dependencies", "events", "outbox", "control", "elf_sessions"}
+TABLES = {"users", "accounts", "workflows", "nodes", "dependencies", "events", "outbox", "control", "elf_sessions",
+          "broker_lease"}
 
 
 def tables(url: str) -> set[str]:
