@@ -95,7 +95,8 @@ class Engine:
                                on_lost=self.on_lease_lost or exit_at_once)
         self.lock.acquire()
         try:
-            self.db = open_database(settings, auto_migrate=True)
+            # named as the lease's holder: a broker taking the lease over after it expired ends these connections
+            self.db = open_database(settings, auto_migrate=True, application_name=self.lock.holder_name)
             self.sessions = session_factory(self.db)
             if self._launcher is None:
                 from broker.launchers.local import LocalLauncher

@@ -83,11 +83,14 @@ def _database_settings(settings: Any) -> DatabaseSettings:
     return getattr(settings, "database", settings)
 
 
-def make_engine(url: str | URL, settings: Any = None, *, pool_size: int | None = None) -> Engine:
+def make_engine(url: str | URL, settings: Any = None, *, pool_size: int | None = None,
+                application_name: str | None = None) -> Engine:
     """An engine for ``url`` configured from ``settings`` (a Settings or DatabaseSettings; None: defaults).
 
-    ``pool_size``: connections the pool keeps (SQLAlchemy's default: 5). Creates the directory of a SQLite
-    file. Raises ConfigError for a bad URL or setting, DatabaseError when the directory cannot be created.
+    ``pool_size``: connections the pool keeps (SQLAlchemy's default: 5). ``application_name`` (PostgreSQL):
+    how the connections show in ``pg_stat_activity``; a broker taking over an expired lease ends those of
+    its holder by it. Creates the directory of a SQLite file. Raises ConfigError for a bad URL or setting,
+    DatabaseError when the directory cannot be created.
     """
     db = _database_settings(settings)
     parsed = normalise_url(url)
@@ -95,6 +98,8 @@ def make_engine(url: str | URL, settings: Any = None, *, pool_size: int | None =
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, db, pool)
     # pre-ping: a PostgreSQL restart must cost one reconnect, not one failed transaction per pooled connection
+    if application_name:
+        pool["connect_args"] = {"application_name": application_name}
     return create_engine(parsed, pool_pre_ping=True, **pool)
 
 
@@ -183,7 +188,7 @@ def revision_problem(revision: str | None, url: str | URL) -> str | None:
             f"with it (`broker db downgrade {HEAD_REVISION}`)")
 
 
-def open_database(settings: Any, *, auto_migrate: bool) -> Engine:
+def open_database(settings: Any, *, auto_migrate: bool, application_name: str | None = None) -> Engine:
     """The engine of the configured database, checked to be at the head revision.
 
     With ``auto_migrate``, a SQLite database that is empty or at an older revision is created and migrated
@@ -191,7 +196,7 @@ def open_database(settings: Any, *, auto_migrate: bool) -> Engine:
     not at the head raises DatabaseError naming the revisions and ``broker db upgrade``.
     """
     url = normalise_url(settings.database_url())
-    engine = make_engine(url, settings)
+    engine = make_engine(url, settings, application_name=application_name)
     try:
         revision = current_revision(engine)
         problem = revision_problem(revision, url)

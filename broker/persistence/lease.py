@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 WAIT_POLL = 0.25
 #: seconds between renewals while the database cannot be reached (at most; lease_renew if shorter)
 RETRY = 1.0
+#: bytes of an application name PostgreSQL keeps
+NAME_BYTES = 63
 
 _SELECT = text("SELECT epoch, holder, machine, pid, pid_start, renewed_at, expires_at, "
                "(expires_at IS NULL OR expires_at <= clock_timestamp()) AS expired, "
@@ -55,6 +57,8 @@ _CLAIM = text("UPDATE broker_lease SET epoch = epoch + 1, holder = :holder, mach
               "expires_at = clock_timestamp() + :timeout * interval '1 second' "
               "WHERE id = 1 AND epoch = :seen AND (holder IS NULL OR expires_at <= clock_timestamp() OR :dead) "
               "RETURNING epoch")
+_FENCE = text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+              "AND application_name = :name AND pid <> pg_backend_pid()")
 _RENEW = text("UPDATE broker_lease SET renewed_at = clock_timestamp(), "
               "expires_at = clock_timestamp() + :timeout * interval '1 second' WHERE id = 1 AND epoch = :epoch")
 _CHECK = text("SELECT epoch FROM broker_lease WHERE id = 1 AND epoch = :epoch FOR SHARE")
@@ -102,7 +106,10 @@ class Holder:
     def me(cls, role: str) -> Holder:
         pid = os.getpid()
         found = _process(pid)
-        return cls(f"{role} on {socket.gethostname()}, pid {pid}", _machine(), pid, found[1] if found else None)
+        # also the application name of the holder's connections: PostgreSQL keeps 63 bytes of it
+        room = NAME_BYTES - len(f"{role} on , pid {pid}".encode())
+        host = socket.gethostname().encode()[:max(room, 1)].decode(errors="ignore")
+        return cls(f"{role} on {host}, pid {pid}", _machine(), pid, found[1] if found else None)
 
 
 def _here(row: Any, machine: str | None) -> str | None:
@@ -134,6 +141,7 @@ class Lease:
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._lost = False
+        self._losing = threading.Lock()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------- claim
@@ -149,6 +157,10 @@ class Lease:
                     continue
                 here = _here(row, self.holder.machine) if row.holder is not None else None
                 if row.holder is None or row.expired or here == "gone":
+                    if row.holder is not None:
+                        # a holder stopped in a transaction keeps the lease row locked: end its connections
+                        # (nothing it has not committed may be), or the claim would wait for it forever
+                        conn.execute(_FENCE, {"name": row.holder})
                     sent = _clock()
                     epoch = conn.execute(_CLAIM, {
                         "holder": self.holder.text, "machine": self.holder.machine, "pid": self.holder.pid,
@@ -235,7 +247,8 @@ class Lease:
 
     def _lose(self, session: Any = None) -> LeaseLost:
         """The lease is another broker's: call on_lost once (the engine exits there); the error to raise."""
-        first, self._lost = not self._lost, True
+        with self._losing:
+            first, self._lost = not self._lost, True
         self._stop.set()
         now = None
         try:

@@ -58,12 +58,12 @@ class BrokerLock:
     def _acquire_lease(self) -> None:
         from broker.persistence.db import current_revision, display_url, driver_message, make_engine, \
             revision_problem
-        from broker.persistence.lease import Lease, check_settings, has_lease_table
+        from broker.persistence.lease import Holder, Lease, check_settings, has_lease_table
 
         check_settings(self.settings.lease_renew, self.settings.lease_timeout)
         where = display_url(self.url)
         # one connection for the claim and the renewals, apart from the writer's (pre-ping: reconnects)
-        self._engine = make_engine(self.url, pool_size=1)
+        self._engine = make_engine(self.url, pool_size=1, application_name=Holder.me(self.role).text)
         try:
             if not has_lease_table(self._engine):
                 problem = revision_problem(current_revision(self._engine), self.url)
@@ -78,6 +78,11 @@ class BrokerLock:
             self._engine.dispose()
             raise
         self.lease = lease
+
+    @property
+    def holder_name(self) -> str | None:
+        """The application name of this broker's connections while it holds a lease (PostgreSQL), or None."""
+        return self.lease.holder.text if self.lease is not None else None
 
     @property
     def guard(self) -> Callable[[Any], None] | None:

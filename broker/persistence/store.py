@@ -59,8 +59,7 @@ class Store:
     def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None,
                  guard: Callable[[Session], None] | None = None):
         self.session_factory = session_factory
-        #: called in each transaction before it commits: raises LeaseLost when this process may write no more
-        self.guard = guard
+        self.guard = guard  #: called first in each transaction: raises LeaseLost when this process may not write
         self.mirror = Mirror()
         self.limits = limits
         self.quota = NodeQuota(limits)
@@ -80,10 +79,11 @@ class Store:
         while True:
             try:
                 return self._commit(changes)
-            except LeaseLost:  # nothing was written, and nothing may be: not a fault to retry or split
+            except LeaseLost:  # nothing was written, nor may be: not a fault to retry or split
                 raise
             except OperationalError as exc:  # unreachable or locked: the same batch will work later
-                log.warning("database unavailable, retrying in %.2f s: %s", delay, exc.orig)
+                level = logging.DEBUG if delay == RETRY_FIRST else logging.WARNING  # one cut: a quiet reconnect
+                log.log(level, "database unavailable, retrying in %.2f s: %s", delay, exc.orig)
                 self._reload(changes)
                 time.sleep(delay)  # the writer has nothing else it could do meanwhile
                 delay = min(RETRY_CAP, delay * 2)
@@ -106,6 +106,8 @@ class Store:
         out = Outcome()
         batch = Batch()
         with self.session_factory.begin() as s:
+            if self.guard is not None:  # first: it locks the lease row until this transaction ends
+                self.guard(s)
             for change in changes:
                 self._apply(s, change, batch, out)
             self._insert_created(s, batch)
@@ -114,8 +116,6 @@ class Store:
             self._sql(s).write(s, batch)
             if batch.expanded:
                 crash_point("expansion")
-            if self.guard is not None:
-                self.guard(s)
         freed = 0
         for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
             # finished workflows leave the mirror (also one loaded for a command, e.g. cancel of an ended one)

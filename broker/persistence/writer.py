@@ -71,8 +71,8 @@ class Writer(pykka.ThreadingActor):
             return
         try:
             out = self.store.commit(changes)
-        except LeaseLost as exc:  # another broker holds the database now: these changes are its to make
-            log.error("%d changes not committed: %s", len(changes), exc)
+        except LeaseLost:  # another broker holds the database now: on_lost has said so (and ended the process)
+            log.debug("%d changes not committed: the lease is lost", len(changes))
             return
         except Exception:  # never let the writer die: it would stop the whole engine
             log.exception("writer failed to commit %d changes", len(changes))
