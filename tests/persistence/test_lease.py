@@ -1,0 +1,152 @@
+"""The broker lease on PostgreSQL (broker.persistence.lease): claimed once, renewed, checked by every commit and
+before every action, taken over only once expired (or once its holder's process is gone from this machine)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from broker.config import EngineSettings
+from broker.errors import BrokerLocked, ConfigError, LeaseLost
+from broker.persistence import changes as c
+from broker.persistence.db import make_engine, session_factory
+from broker.persistence.lock import BrokerLock, broker_running
+from broker.persistence.store import Store
+from broker.workers.context import WorkerContext
+from tests.fixtures import wait_for
+
+pytestmark = pytest.mark.parametrize("db_backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+
+#: renewals far apart: a test decides when a lease expires (by setting its expiry in the past)
+SLOW = EngineSettings(lease_renew=30.0, lease_timeout=60.0)
+
+
+class Locks:
+    """Brokers' locks on one database, and what their on_lost heard; all released at the end."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.db = make_engine(url)
+        self.lost: list[str] = []
+        self._held: list[BrokerLock] = []
+
+    def take(self, settings: EngineSettings = SLOW, role: str = "broker run") -> BrokerLock:
+        lock = BrokerLock(self.url, settings, role=role, on_lost=self.lost.append)
+        lock.acquire()
+        self._held.append(lock)
+        return lock
+
+    def sql(self, statement: str, **params: object) -> object:
+        with self.db.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return result.one() if result.returns_rows else None
+
+    def row(self) -> object:
+        return self.sql("SELECT epoch, holder, pid FROM broker_lease WHERE id = 1")
+
+    def expire(self) -> None:
+        """As if the holder had stopped renewing lease_timeout ago."""
+        self.sql("UPDATE broker_lease SET expires_at = clock_timestamp() - interval '1 second'")
+
+    def close(self) -> None:
+        for lock in self._held:
+            lock.release()
+        self.db.dispose()
+
+
+@pytest.fixture
+def locks(migrated_url: str) -> Iterator[Locks]:
+    held = Locks(migrated_url)
+    try:
+        yield held
+    finally:
+        held.close()
+
+
+def test_a_second_broker_is_refused_while_the_holder_runs_and_the_lease_is_free_once_released(locks):
+    first = locks.take()
+    epoch = first.lease.epoch
+    assert broker_running(locks.url)
+    with pytest.raises(BrokerLocked, match="another broker is using .*: broker run on .*, pid"):
+        locks.take()
+    first.release()
+    assert locks.row().holder is None and not broker_running(locks.url)
+    second = locks.take()
+    assert second.lease.epoch == epoch + 1
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_holder_can_commit_nothing(locks):
+    first = locks.take()
+    store = Store(session_factory(locks.db), guard=first.guard)
+    locks.expire()
+    second = locks.take(role="broker serve")
+    assert locks.row().epoch == first.lease.epoch + 1
+    note = c.Note(None, "ADMIN_ACTION", "admin:root", message="written by the lease's holder only")
+    with pytest.raises(LeaseLost):
+        store.commit([note])
+    assert locks.sql("SELECT count(*) AS n FROM events").n == 0
+    (line,) = locks.lost  # on_lost heard it once, in one line naming who holds the lease now
+    assert line.startswith("lost the lease on ") and "broker serve on " in line and "writing nothing more" in line
+    assert not first.alive() and second.alive()
+    Store(session_factory(locks.db), guard=second.guard).commit([note])
+    assert locks.sql("SELECT count(*) AS n FROM events").n == 1
+
+
+def test_a_holder_that_renews_after_its_connections_were_cut_keeps_its_lease(locks):
+    first = locks.take(EngineSettings(lease_renew=0.2, lease_timeout=2.0))
+    epoch = first.lease.epoch
+    renewed = locks.sql("SELECT renewed_at FROM broker_lease").renewed_at
+    ended = locks.sql("SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                      "WHERE datname = current_database() AND pid <> pg_backend_pid()").n
+    assert ended >= 1
+    wait_for(lambda: locks.sql("SELECT renewed_at FROM broker_lease").renewed_at > renewed, what="a renewal")
+    assert locks.row().epoch == epoch and first.alive() and locks.lost == []
+    with session_factory(locks.db).begin() as s:
+        first.guard(s)  # a commit checks the same epoch: still ours
+
+
+def test_a_lease_whose_holder_is_gone_from_this_machine_is_taken_at_once(locks):
+    locks.take()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    locks.sql("UPDATE broker_lease SET pid = :pid", pid=gone.pid)  # unexpired, but its process has ended
+    started = time.monotonic()
+    second = locks.take()
+    assert time.monotonic() - started < SLOW.lease_timeout / 2
+    assert locks.row().pid == second.lease.holder.pid
+
+
+def test_a_holder_on_another_machine_that_renews_is_refused_and_one_that_does_not_is_waited_for(locks):
+    first = locks.take(EngineSettings(lease_renew=0.2, lease_timeout=2.0))
+    locks.sql("UPDATE broker_lease SET machine = 'elsewhere'")  # its pid means nothing here: watch it renew
+    with pytest.raises(BrokerLocked, match="it renews its lease"):
+        locks.take()
+    first.lease._stop.set()  # it stops renewing, as a stopped process or a dead host would
+    first.lease._thread.join()
+    started = time.monotonic()
+    second = locks.take(EngineSettings(lease_renew=0.2, lease_timeout=2.0))
+    assert time.monotonic() - started < 10
+    assert second.lease.epoch == first.lease.epoch + 1
+
+
+def test_a_broker_whose_lease_was_taken_starts_nothing(locks, tmp_path):
+    first = locks.take()
+    ctx = WorkerContext(settings=None, session_factory=None, launcher=None, plans=None, workdir=tmp_path,
+                        lease=first.lease)
+    ctx.hold()  # held: the action may go ahead
+    locks.expire()
+    locks.take()
+    first.lease._until = 0.0  # as after a stop longer than the lease: its own clock says it must look again
+    with pytest.raises(LeaseLost):
+        ctx.hold()
+    assert len(locks.lost) == 1
+
+
+def test_a_renewal_interval_that_leaves_no_second_chance_is_a_config_error(locks):
+    with pytest.raises(ConfigError, match="lease_timeout at least twice"):
+        locks.take(EngineSettings(lease_renew=5.0, lease_timeout=8.0))
+
