@@ -10,7 +10,7 @@ writing; and a stopped process or a dead host keeps it until TCP gives up. The l
   the database's clock only, so the hosts' clocks never matter; a renewal matches ``epoch = mine`` only, so a
   holder reconnecting after a cut connection renews the same lease and goes on;
 - is checked by every writer commit in the same transaction (:meth:`Lease.check`, ``epoch = mine ... FOR
-  SHARE``: a takeover waits for that commit to end), and before every side effect outside the database
+  KEY SHARE``: a takeover, which locks the row FOR UPDATE, waits for that commit to end), and before every side effect outside the database
   (starting a payload, a transfer, a kill: :meth:`Lease.ensure`) against the holder's own boot-time clock,
   started before its last renewal was sent: a broker stopped past its expiry finds out before it acts;
 - when a renewal or a commit finds another epoch, ``on_lost`` is called once: the engine prints one line
@@ -61,7 +61,10 @@ _FENCE = text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHE
               "AND application_name = :name AND pid <> pg_backend_pid()")
 _RENEW = text("UPDATE broker_lease SET renewed_at = clock_timestamp(), "
               "expires_at = clock_timestamp() + :timeout * interval '1 second' WHERE id = 1 AND epoch = :epoch")
-_CHECK = text("SELECT epoch FROM broker_lease WHERE id = 1 AND epoch = :epoch FOR SHARE")
+# KEY SHARE: renewals (which change no key) go on beside a long writer transaction; a claim, which first
+# locks the row FOR UPDATE, waits for it to end
+_CHECK = text("SELECT epoch FROM broker_lease WHERE id = 1 AND epoch = :epoch FOR KEY SHARE")
+_LOCK = text("SELECT epoch FROM broker_lease WHERE id = 1 FOR UPDATE")
 _RELEASE = text("UPDATE broker_lease SET holder = NULL, expires_at = clock_timestamp() "
                 "WHERE id = 1 AND epoch = :epoch")
 
@@ -161,6 +164,7 @@ class Lease:
                         # a holder stopped in a transaction keeps the lease row locked: end its connections
                         # (nothing it has not committed may be), or the claim would wait for it forever
                         conn.execute(_FENCE, {"name": row.holder})
+                    conn.execute(_LOCK)
                     sent = _clock()
                     epoch = conn.execute(_CLAIM, {
                         "holder": self.holder.text, "machine": self.holder.machine, "pid": self.holder.pid,
@@ -216,8 +220,8 @@ class Lease:
     # ------------------------------------------------------------------------------------------- check
 
     def check(self, session: Any) -> None:
-        """In a writer's transaction, before it commits: raise LeaseLost unless the lease is still ours (a
-        takeover waits for this transaction to end: the row is locked FOR SHARE until then)."""
+        """First in a writer's transaction: raise LeaseLost unless the lease is still ours (a takeover waits for
+        this transaction to end: the row is locked FOR KEY SHARE until then)."""
         if session.execute(_CHECK, {"epoch": self.epoch}).first() is None:
             raise self._lose(session)
 

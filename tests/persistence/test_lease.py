@@ -4,6 +4,7 @@ before every action, taken over only once expired (or once its holder's process 
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -150,3 +151,13 @@ def test_a_renewal_interval_that_leaves_no_second_chance_is_a_config_error(locks
     with pytest.raises(ConfigError, match="lease_timeout at least twice"):
         locks.take(EngineSettings(lease_renew=5.0, lease_timeout=8.0))
 
+
+
+def test_a_renewal_does_not_wait_for_a_writer_transaction_that_checked_the_lease(locks):
+    first = locks.take()
+    with session_factory(locks.db).begin() as s:
+        first.guard(s)  # the writer's transaction keeps the row locked until it ends
+        renewal = threading.Thread(target=first.lease._renew)
+        renewal.start()
+        renewal.join(timeout=30)
+        assert not renewal.is_alive(), "the renewal waited for the writer's transaction"
