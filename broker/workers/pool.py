@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pykka
+from sqlalchemy.exc import DBAPIError
 
 from broker.actions import Done, Failed, Work
 from broker.errors import BrokerError
@@ -43,6 +44,9 @@ class Worker(pykka.ThreadingActor):
             answer: Any = Failed(action, str(exc), retryable=exc.retryable)
         except OSError as exc:
             answer = Failed(action, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                            retryable=True)
+        except DBAPIError as exc:  # a cut connection or a server restart: a fault to retry, not a bug to trace
+            answer = Failed(action, "database unavailable: " + str(exc.orig or exc).strip().splitlines()[0],
                             retryable=True)
         except Exception as exc:  # a bug in a handler must not kill the worker
             log.exception("%s failed on %r", type(self).__name__, action)
