@@ -5,6 +5,10 @@ a message the relay publishes again after a crash (at-least-once delivery) is id
 Text is made safe for XML 1.0 first: characters XML cannot carry (NUL and other C0 controls, lone
 surrogates, U+FFFE/U+FFFF) become U+FFFD. Besides keeping the document well-formed, that guarantees the
 body has no NUL byte, which STOMP without ``content-length`` would read as the end of the frame.
+Characters outside the Basic Multilingual Plane (emoji...) are written as numeric character references
+(``&#x1F600;``): ActiveMQ keeps their 4-byte UTF-8 sequences in the JMS TextMessage it makes of a STOMP
+frame, and its decoder (modified UTF-8) then refuses them, so ``getText()`` throws. Every XML parser reads
+the reference back as the character.
 
 Headers (all strings, fixed names, usable in JMS selectors): ``workflowId``, ``user``, ``nodeId``,
 ``eventType``, ``level``, ``seq``, ``eventId``, plus ``type`` (JMSType) and ``persistent: true``. Values
@@ -32,6 +36,8 @@ _NS = "{" + NAMESPACE + "}"
 #: characters XML 1.0 cannot carry (its Char production), replaced by U+FFFD
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _REPLACEMENT = "\ufffd"
+#: a 4-byte UTF-8 sequence: a character outside the Basic Multilingual Plane
+_ASTRAL_UTF8 = re.compile(rb"[\xf0-\xf4][\x80-\xbf]{3}")
 
 #: the header names, fixed: stomp.py never escapes names, and JMS selectors refer to them
 HEADER_NAMES = ("workflowId", "user", "nodeId", "eventType", "level", "seq", "eventId")
@@ -108,7 +114,9 @@ def render(doc: EventDocument) -> bytes:
         for name in sorted(doc.properties):
             prop = etree.SubElement(props, _NS + "property", name=xml_safe(str(name)))
             prop.text = xml_safe(json_text(doc.properties[name]))
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    body = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    # only inside text and attribute values (the names are ASCII), where a character reference is allowed
+    return _ASTRAL_UTF8.sub(lambda m: b"&#x%X;" % ord(m.group().decode("utf-8")), body)
 
 
 def headers(doc: EventDocument) -> dict[str, str]:

@@ -88,6 +88,16 @@ def test_characters_xml_cannot_carry_are_replaced_and_the_body_never_contains_nu
     assert back.properties == {"out\ufffdput": "v\x00"}
 
 
+def test_characters_outside_the_bmp_are_character_references_and_read_back_as_themselves():
+    # ActiveMQ's TextMessage cannot decode 4-byte UTF-8 (tests/interop checks the Java side)
+    body = render(node_event(message="face \U0001f600", properties={"v\U0001f4a9": "\U0001f600 \u00e9"}))
+    assert b"\xf0" not in body and body.count(b"&#x1F600;") == 2 and b"&#x1F4A9;" in body
+    assert "\u00e9".encode() in body  # the rest of Unicode stays UTF-8
+    assert validation_errors(body) == []
+    back = parse(body)
+    assert back.message == "face \U0001f600" and back.properties == {"v\U0001f4a9": "\U0001f600 \u00e9"}
+
+
 def test_headers_are_strings_under_fixed_names_carrying_the_events_identity():
     event = node_event()
     assert headers(event) == {"workflowId": WF, "user": "alice", "nodeId": f"{WF}/sweep[3]/step",

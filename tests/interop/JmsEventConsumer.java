@@ -17,11 +17,13 @@ import org.apache.activemq.ActiveMQConnectionFactory;
 /**
  * A plain JMS 1.1 consumer of the workflow broker's events, as a Java client would write it.
  *
- * Usage: java JmsEventConsumer OPENWIRE_URL TOPIC SELECTOR DEADLINE_SECONDS
+ * Usage: java JmsEventConsumer OPENWIRE_URL DESTINATION SELECTOR DEADLINE_SECONDS
+ * (DESTINATION: a topic name, or queue://NAME for a queue; SELECTOR may be empty)
  *
  * Prints READY once subscribed, then one line per message, fields separated by tabs:
  *   MSG, the message class, JMSType, the delivery mode, the properties (name:JavaType:base64 value,
- *   sorted, separated by commas), the text body in base64 (or "-" when it is not a TextMessage).
+ *   sorted, separated by commas), the text body in base64 (or "-" when it is not a TextMessage, or
+ *   "!" followed by the exception's class and message when getText() throws).
  * Stops at the first message whose eventType property is TEST_END (printing END), or at the deadline.
  */
 public final class JmsEventConsumer {
@@ -36,7 +38,9 @@ public final class JmsEventConsumer {
         try {
             connection.start();
             Session session = connection.createSession(false, Session.AUTO_ACKNOWLEDGE);
-            MessageConsumer consumer = session.createConsumer(session.createTopic(topic), selector);
+            javax.jms.Destination destination = topic.startsWith("queue://")
+                    ? session.createQueue(topic.substring("queue://".length())) : session.createTopic(topic);
+            MessageConsumer consumer = session.createConsumer(destination, selector.isEmpty() ? null : selector);
             System.out.println("READY");
             System.out.flush();
             while (System.currentTimeMillis() < deadline) {
@@ -62,7 +66,14 @@ public final class JmsEventConsumer {
                     props.append(name).append(':').append(value.getClass().getSimpleName()).append(':')
                          .append(b64(String.valueOf(value)));
                 }
-                String body = message instanceof TextMessage ? b64(((TextMessage) message).getText()) : "-";
+                String body = "-";
+                if (message instanceof TextMessage) {
+                    try {
+                        body = b64(((TextMessage) message).getText());
+                    } catch (Exception e) {  // what a consumer sees of a body it cannot decode
+                        body = "!" + e.getClass().getName() + ": " + e.getMessage();
+                    }
+                }
                 String mode = message.getJMSDeliveryMode() == DeliveryMode.PERSISTENT ? "PERSISTENT" : "NON_PERSISTENT";
                 System.out.println(String.join("\t", "MSG", message.getClass().getSimpleName(),
                         String.valueOf(message.getJMSType()), mode, props.toString(), body));

@@ -78,8 +78,9 @@ def parse_line(line: str) -> dict:
     for item in props.split(","):
         name, java_type, value = item.split(":")
         properties[name] = (java_type, base64.b64decode(value).decode())
-    return {"class": cls, "type": jms_type, "mode": mode, "properties": properties,
-            "body": None if body == "-" else base64.b64decode(body).decode()}
+    error = body[1:] if body.startswith("!") else None
+    return {"class": cls, "type": jms_type, "mode": mode, "properties": properties, "error": error,
+            "body": None if body == "-" or error else base64.b64decode(body).decode()}
 
 
 def test_a_jms_consumer_selecting_one_workflow_gets_exactly_its_events_as_text_messages(
@@ -131,3 +132,68 @@ def test_a_jms_consumer_selecting_one_workflow_gets_exactly_its_events_as_text_m
         assert document.parse(m["body"]).workflow_id == chosen_gid
     assert {"NODE_LAUNCH", "NODE_EXPANDED", "WORKFLOW_STATE"} <= {m["type"] for m in messages}
 
+
+
+EMOJI = "\U0001F600"
+#: an emoji in the workflow's name, a progress message and an output value
+EMOJI_WORKFLOW = f"""<workflow xmlns="urn:workflow-broker:workflow:1.0" name="smile {EMOJI}" eventLevel="PROGRESS"
+    publishMetadataTo="QUEUE">
+  <node id="say">
+    <payload type="sh"><![CDATA[
+      echo '@broker progress 50 "half way {EMOJI}"'
+      echo '@broker output face="{EMOJI}"'
+    ]]></payload>
+    <output name="face"/>
+  </node>
+</workflow>
+"""
+
+
+def test_characters_outside_the_bmp_reach_java_consumers_as_text_on_topics_and_metadata_queues(
+        activemq, consumer_classes, migrated_url, tmp_path):
+    # ActiveMQ keeps a 4-byte UTF-8 sequence of a STOMP frame in the JMS TextMessage, and its decoder then
+    # refuses it (UTFDataFormatException from getText()): the body carries such characters as references
+    _, classpath = consumer_classes
+    user = unique_user()
+    queue = f"/queue/test.emoji.{user}"
+    holding = Broker(migrated_url, tmp_path, max_in_flight=0).start()
+    try:
+        workflow = holding.submit(EMOJI_WORKFLOW.replace("QUEUE", queue).encode(), owner=user)
+    finally:
+        holding.stop()
+    with reading(migrated_url) as sessions:
+        gid = global_id(sessions, workflow)
+    on_topic = JavaConsumer(classpath, activemq.openwire_url, ALL_EVENTS_TOPIC.removeprefix("/topic/"),
+                            f"workflowId = '{gid}'")
+    on_queue = JavaConsumer(classpath, activemq.openwire_url, "queue://" + queue.removeprefix("/queue/"), "")
+    try:
+        on_topic.wait_line("READY")
+        on_queue.wait_line("READY")
+        broker = bus_broker(migrated_url, tmp_path, activemq.stomp_url).start()
+        try:
+            broker.engine.track(workflow)
+            assert broker.wait(workflow) is WorkflowState.SUCCEEDED
+            wait_for(lambda: all_sent(broker.sessions), what="every outbox row marked sent")
+        finally:
+            broker.stop()
+        send_sentinel(activemq.stomp_url, ALL_EVENTS_TOPIC, workflowId=gid)
+        send_sentinel(activemq.stomp_url, queue)
+        on_topic.wait_line("END")
+        on_queue.wait_line("END")
+    finally:
+        on_topic.close()
+        on_queue.close()
+
+    for java, where in ((on_topic, "topic"), (on_queue, "queue")):
+        messages = [parse_line(line) for line in java.lines if line.startswith("MSG\t")]
+        assert messages, f"no message on the {where}"
+        assert [(m["type"], m["error"]) for m in messages if m["error"]] == [], where
+        events = {t: [document.parse(m["body"]) for m in messages if m["type"] == t]
+                  for t in {m["type"] for m in messages}}
+        assert EMOJI in events["WORKFLOW_SUBMITTED"][0].properties["name"], where
+        assert [e.properties["value"] for e in events["NODE_OUTPUT"]] == [EMOJI], where
+        if where == "topic":  # progress is not metadata: it goes to the topics only
+            assert [e.message for e in events["NODE_PROGRESS"]] == [f"half way {EMOJI}"]
+        for m in messages:
+            assert EMOJI not in m["body"] and "&#x1F600;" in m["body"] or m["type"] not in (
+                "WORKFLOW_SUBMITTED", "NODE_OUTPUT", "NODE_PROGRESS"), m["body"]
