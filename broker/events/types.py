@@ -16,7 +16,7 @@ NODE_OUTPUT            INFO      yes        a payload reported an output propert
 NODE_PROGRESS          PROGRESS  no         a payload reported progress (percent and message)
 NODE_RETRY             INFO      no         a failed attempt will be retried after a backoff
 NODE_LAUNCH            DEBUG     no         launcher detail: host, pid or job id, work directory
-ADMIN_ACTION           INFO      no         an operator cancelled, restarted, archived or deleted
+ADMIN_ACTION           INFO      no         an owner/admin cancelled or restarted; an admin archived/deleted
 SERVICE                INFO      no         service-level events (no workflow): start, stop
 =====================  ========  =========  ======================================================
 

@@ -25,6 +25,7 @@ from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.faults import crash_point
 from broker.events.types import EventType
+from broker.persistence import acted
 from broker.persistence import changes as c
 from broker.persistence.batch import Batch
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
@@ -247,19 +248,23 @@ class Store:
         wf.cancel_requested = True
         batch.workflow_update(wf, {"cancel_requested": True})
         self.mirror.cancel_nodes([n for n in wf.nodes if n.parent is None], batch, actor=ch.actor)
+        acted.record(batch, wf, None, "cancel", ch.actor)
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id)))
 
     def _cancel_nodes(self, s: Session, ch: c.CancelNodes, batch: Batch, out: Outcome) -> None:
         nodes = [self._node(s, i, batch) for i in ch.node_ids]
         self.mirror.cancel_nodes(nodes, batch, actor=ch.actor)
+        if nodes:
+            acted.record(batch, nodes[0].wf, nodes, "cancel", ch.actor)
         if ch.reply_to is not None and nodes:
             out.replies.append((ch.reply_to, c.Accepted(nodes[0].wf.id, nodes[0].wf.global_id)))
 
     def _restart(self, s: Session, ch: c.Restart, batch: Batch, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
         targets = None if ch.node_ids is None else [self._node(s, i, batch) for i in ch.node_ids]
-        self.mirror.restart(wf, targets, batch, actor=ch.actor)
+        count = self.mirror.restart(wf, targets, batch, actor=ch.actor)
+        acted.record(batch, wf, targets, "restart", ch.actor, nodes=count)
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id)))
 

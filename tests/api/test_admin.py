@@ -49,6 +49,10 @@ def test_cancel_of_a_node_skips_its_dependants_and_cancel_of_a_workflow_ends_it(
     other = server.core().submit({"workflowContent": gated(tmp_path / "never", "other")})
     server.admin().cancel(other.globalId)
     assert server.wait_state(other.id, "cancelled") == "cancelled"
+    actions = [(e.actor, e.message, e.properties["role"]) for e in admin_actions(server)
+               if e.properties.get("operation") == "cancel"]
+    assert actions[-2:] == [("admin:root", f"cancel of {handle.globalId}/wait by admin root", "admin"),
+                            ("admin:root", f"cancel of {other.globalId} by admin root", "admin")]
 
 
 def test_restart_gives_failed_nodes_a_fresh_attempt(server):
@@ -60,6 +64,20 @@ def test_restart_gives_failed_nodes_a_fresh_attempt(server):
              what="the restarted node to fail again")
     server.admin().restart(handle.globalId + "/broken")
     wait_for(lambda: server.node(handle.id, "broken").attempt == 3, what="the restarted node's third attempt")
+    actions = [(e.actor, e.message, e.properties["nodes"]) for e in admin_actions(server)
+               if e.properties.get("operation") == "restart"]
+    # broken and the two dependants it had caused to be skipped, each time
+    assert actions[-2:] == [("admin:root", f"restart of {handle.globalId} by admin root", 3),
+                            ("admin:root", f"restart of {handle.globalId}/broken by admin root", 3)]
+
+
+def admin_actions(server) -> list:
+    from sqlalchemy import select
+
+    from broker.persistence.models import Event
+
+    with server.sessions()() as s:
+        return list(s.scalars(select(Event).where(Event.type == "ADMIN_ACTION").order_by(Event.id)))
 
 
 def test_cancel_and_restart_of_unknown_ids_are_not_found(server):

@@ -116,6 +116,15 @@ class Cli:
         with self.sessions() as s:
             return {n.path: n for n in s.scalars(select(Node).where(Node.workflow_id == workflow_id))}
 
+    def admin_actions(self) -> list[Any]:
+        """Every ADMIN_ACTION event, oldest first."""
+        from sqlalchemy import select
+
+        from broker.persistence.models import Event
+
+        with self.sessions() as s:
+            return list(s.scalars(select(Event).where(Event.type == "ADMIN_ACTION").order_by(Event.id)))
+
     def node_state(self, path: str) -> str | None:
         if not self.workflows():
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.cli.conftest import DEADLINE, alive, wait_for, waits_for, workflow
+from tests.cli.conftest import DEADLINE, OWNER, alive, wait_for, waits_for, workflow
 
 
 def _long(cli):
@@ -37,6 +37,9 @@ def test_cancel_reaches_a_running_broker_which_ends_the_run_cancelled(cli, paylo
     assert f"workflow {wf.global_id} (test): cancelled" in out
     assert cli.workflows()[0].state == "cancelled"
     wait_for(lambda: not alive(pid), what="the payload to be killed")
+    (action,) = cli.admin_actions()
+    assert (action.actor, action.message) == (f"owner:{OWNER}", f"cancel of {wf.global_id} by owner {OWNER}")
+    assert action.properties == {"operation": "cancel", "targets": [wf.global_id], "by": OWNER, "role": "owner"}
 
 
 def test_cancel_without_a_broker_kills_the_payload_and_marks_the_node_cancelled(sqlite_cli, payloads):
@@ -48,7 +51,7 @@ def test_cancel_without_a_broker_kills_the_payload_and_marks_the_node_cancelled(
     run.communicate(timeout=DEADLINE)
     assert alive(pid)
     (wf,) = sqlite_cli.workflows()
-    result = sqlite_cli("cancel", str(wf.id))
+    result = sqlite_cli("cancel", str(wf.id), env={"BROKER_ENGINE_USER": "carol"})
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"cancelled workflow {wf.global_id} (1 node was running)\n"
     assert not alive(pid)
@@ -56,6 +59,9 @@ def test_cancel_without_a_broker_kills_the_payload_and_marks_the_node_cancelled(
     assert (nodes["long"].state, nodes["after"].state) == ("cancelled", "cancelled")
     assert f"(its payload (process group {nodes['long'].job_id}) was killed)" in nodes["long"].message
     assert sqlite_cli.workflows()[0].state == "cancelled"
+    # someone else with the database acts as an operator: recorded as an admin
+    assert [(a.actor, a.message, a.properties["role"]) for a in sqlite_cli.admin_actions()] == [
+        ("admin:carol", f"cancel of {wf.global_id} by admin carol", "admin")]
 
 
 def test_cancel_without_a_broker_keeps_the_result_of_a_payload_that_ended_before_it(sqlite_cli, payloads):
@@ -109,6 +115,9 @@ def test_restart_without_a_broker_then_resume_runs_only_what_failed(sqlite_cli):
     assert ok.read_text() == "ran\n"
     assert flaky.read_text() == "ran\nran\n"
     assert sqlite_cli.workflows()[0].state == "succeeded"
+    (action,) = sqlite_cli.admin_actions()
+    assert (action.actor, action.properties) == (f"owner:{OWNER}", {
+        "operation": "restart", "targets": [wf.global_id], "by": OWNER, "role": "owner", "nodes": 2})
 
 
 def test_restart_of_one_node_reaches_a_running_broker(cli):
@@ -130,6 +139,9 @@ def test_restart_of_one_node_reaches_a_running_broker(cli):
     out, err = run.communicate(timeout=DEADLINE)
     assert run.returncode == 0, err
     assert cli.nodes()["flaky"].attempt == 2
+    (action,) = cli.admin_actions()
+    assert (action.actor, action.message, action.node_path) == (
+        f"owner:{OWNER}", f"restart of {wf.global_id}/flaky by owner {OWNER}", "flaky")
 
 
 def test_a_running_broker_that_does_not_apply_a_command_in_time_is_exit_3(sqlite_cli):
