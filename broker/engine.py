@@ -1,10 +1,13 @@
 """The engine: builds the actors, starts them in dependency order, stops them in reverse.
 
-Start: database lock (PostgreSQL: the lease) -> database -> writer (and the outbox relay) -> worker pools -> monitoring -> staging ->
-submission -> clock. Stop: the reverse; the writer goes last so every change already sent is committed. Running
-payloads are left running on stop: a restarted engine re-attaches to them.
+Start: database lock (PostgreSQL: the lease) -> database -> writer (and the outbox relay) -> worker pools ->
+monitoring -> staging -> submission -> clock. Stop: the reverse, except that the relay stops after the writer:
+every change already sent is committed, and what the writer committed last is in the outbox for the relay to
+publish. Running payloads are left running on stop: a restarted engine re-attaches to them.
 
 Used by ``broker run`` (one workflow, in-process) and ``broker serve`` (every workflow, as a service).
+Those commands name themselves (``service``): the engine then records a SERVICE event when it has started
+and another as the writer's last change when it stops, so that bus consumers see brokers come and go.
 """
 
 from __future__ import annotations
@@ -69,11 +72,13 @@ class Clock(threading.Thread):
 class Engine:
     def __init__(self, settings: Settings, *, launcher: Any = None, listeners: Iterable[Listener] = (),
                  workdir: str | Path | None = None, all_workflows: bool = False,
-                 on_lease_lost: Callable[[str], None] | None = None):
+                 on_lease_lost: Callable[[str], None] | None = None, service: str | None = None):
         """``all_workflows``: serve every workflow (``broker serve``); otherwise only those submitted or
         tracked through this engine (``broker run``), and control commands for others are refused.
         ``on_lease_lost``: called with one line when another broker took over the database's lease
-        (PostgreSQL); by default the process prints it and exits 3 at once, writing nothing more."""
+        (PostgreSQL); by default the process prints it and exits 3 at once, writing nothing more.
+        ``service``: the command running the engine (serve, run, resume), named in its SERVICE events; None
+        (tests, tools) records none."""
         self.settings = settings
         self.on_lease_lost = on_lease_lost
         self.all_workflows = all_workflows
@@ -83,6 +88,9 @@ class Engine:
         self.workdir = Path(workdir or settings.engine.workdir or default_state_dir() / "work").absolute()
         self._launcher = launcher
         self._started = False
+        self.service = service
+        #: whether the start's SERVICE event was sent (then the stop's is too)
+        self._announced = False
 
     # ---------------------------------------------------------------------------------------- start
 
@@ -137,12 +145,28 @@ class Engine:
             self.writer.tell(Subscribe(self.monitoring))
             self.clock = Clock(settings.engine.tick_interval, (self.submission, self.monitoring, self.staging))
             self.clock.start()
+            self._announce("started")
         except BaseException:
             self._stop_actors()
             self.lock.release()
             raise
         self._started = True
         return self
+
+    def _announce(self, what: str) -> None:
+        """Send the writer this broker's SERVICE event (started / stopped), when the command named itself."""
+        if self.service is None:
+            return
+        import os
+        import socket
+
+        from broker.events.types import EventType
+
+        host, pid = socket.gethostname(), os.getpid()
+        self.writer.tell(c.Note(workflow_id=None, type=EventType.SERVICE.value, actor="broker",
+                                message=f"broker {self.service} {what} on {host} (pid {pid})",
+                                properties={"what": what, "command": self.service, "host": host, "pid": pid}))
+        self._announced = what == "started"
 
     def _resources(self) -> Any:
         """The host catalogue, accounts and launchers per host (the local launcher for local hosts)."""
@@ -213,12 +237,15 @@ class Engine:
         resources = getattr(self, "resources", None)
         if resources is not None:
             resources.close()  # pollers and SSH connections; remote payloads and jobs keep running
-        relay = getattr(self, "relay", None)
-        if relay is not None:
-            relay.stop()  # publishes what is left for at most [events] stop_timeout
         writer = getattr(self, "writer", None)
         if writer is not None:
+            if self._announced:
+                self._announce("stopped")  # the writer's last change
             writer.stop()
+        relay = getattr(self, "relay", None)
+        if relay is not None:
+            # after the writer: what it committed last (final states, the SERVICE event) is in the outbox
+            relay.stop()  # publishes what is left for at most [events] stop_timeout
         if self._launcher is not None:
             self._launcher.close()
         db = getattr(self, "db", None)

@@ -89,7 +89,7 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
 
-        engine = (self.engine_factory or (lambda s: Engine(s, all_workflows=True)))(self.settings).start()
+        engine = (self.engine_factory or (lambda s: Engine(s, all_workflows=True, service="serve")))(self.settings).start()
         status_db = None
         try:
             resumed = engine.track_all()

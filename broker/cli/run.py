@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     digest = hashlib.sha256(descriptor.encode("utf-8")).hexdigest()
 
     tracker = Tracker()
-    with _running_engine(settings, args, tracker) as engine:
+    with _running_engine(settings, args, tracker, "run") as engine:
         found = _unfinished(engine.sessions, owner, digest)
         if found is not None:
             done_before = _announce_resume(engine.sessions, found)
@@ -122,7 +122,7 @@ def resume(args: argparse.Namespace, settings: Any) -> int:
                                                  "failed, cancelled and skipped nodes a fresh attempt)"))
         return EXIT_OK if state == "succeeded" else EXIT_INVALID
     tracker = Tracker()
-    with _running_engine(settings, args, tracker) as engine:
+    with _running_engine(settings, args, tracker, "resume") as engine:
         done_before = _announce_resume(engine.sessions, target.workflow_id)
         accepted = engine.track(target.workflow_id)
         return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
@@ -199,7 +199,7 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
 # --------------------------------------------------------------------------------------------- internals
 
 @contextmanager
-def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any) -> Iterator[Any]:
+def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any, command: str) -> Iterator[Any]:
     """The started engine for this command, stopped on the way out whatever happened."""
     import logging
 
@@ -210,7 +210,7 @@ def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any) -> It
     # The command line is the invoking user's own run: its local payloads run as that account, whatever the
     # accounts mapping says (it maps users of a shared `broker serve`).
     settings = settings.replace("engine", run_as_broker_account=True)
-    engine = Engine(settings, listeners=[tracker], workdir=getattr(args, "workdir", None)).start()
+    engine = Engine(settings, listeners=[tracker], workdir=getattr(args, "workdir", None), service=command).start()
     try:
         yield engine
     finally:

@@ -17,7 +17,7 @@ NODE_PROGRESS          PROGRESS  no         a payload reported progress (percent
 NODE_RETRY             INFO      no         a failed attempt will be retried after a backoff
 NODE_LAUNCH            DEBUG     no         launcher detail: host, pid or job id, work directory
 ADMIN_ACTION           INFO      no         an owner/admin cancelled or restarted; an admin archived/deleted
-SERVICE                INFO      no         service-level events (no workflow): start, stop
+SERVICE                INFO      no         a broker (serve, run, resume) started or stopped
 =====================  ========  =========  ======================================================
 
 Metadata events also go to the workflow's ``publishMetadataTo`` destination when it names one.

@@ -64,6 +64,10 @@ class Writer(pykka.ThreadingActor):
                 self.actor_ref.tell(_FLUSH)
         return None
 
+    def on_stop(self) -> None:
+        # changes told just before the stop have their flush marker behind the stop message: commit them now
+        self._flush()
+
     def _flush(self) -> None:
         self._scheduled = False
         changes, self._pending = self._pending, []

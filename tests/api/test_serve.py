@@ -30,6 +30,8 @@ def test_sigterm_drains_and_a_new_server_resumes_the_running_workflow(migrated_u
         first.stop(expect=0)
         caller.join()
         assert "stopped" in first.log_text()
+        pid = first.process.pid
+        assert service_events(first) == [("serve", "started", pid), ("serve", "stopped", pid)]
         second = Server(migrated_url, tmp_path).start()  # the database lock was released
         try:
             assert "workflows resumed" in second.log_text()
@@ -43,6 +45,17 @@ def test_sigterm_drains_and_a_new_server_resumes_the_running_workflow(migrated_u
     finally:
         gate.touch()
         first.close()
+
+
+def service_events(server) -> list[tuple[str, str, int]]:
+    """(command, what, pid) of every SERVICE event, oldest first."""
+    from sqlalchemy import select
+
+    from broker.persistence.models import Event
+
+    with server.sessions()() as s:
+        return [(e.properties["command"], e.properties["what"], e.properties["pid"])
+                for e in s.scalars(select(Event).where(Event.type == "SERVICE").order_by(Event.id))]
 
 
 def test_a_second_server_on_the_same_database_refuses_to_start(server):

@@ -78,7 +78,8 @@ class Cli:
         """Start a command in the background (stopped at the end of the test if still running)."""
         options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         options.update(popen)
-        proc = subprocess.Popen(self.args(command, *args), env=self.env, cwd=self.tmp, **options)
+        options.setdefault("env", self.env)
+        proc = subprocess.Popen(self.args(command, *args), cwd=self.tmp, **options)
         self._started.append(proc)
         return proc
 

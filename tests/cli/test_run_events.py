@@ -1,0 +1,66 @@
+"""``broker run`` and ``broker resume`` on a real bus (ActiveMQ): what a consumer sees of a command's life.
+
+Each command announces itself with SERVICE events (started, stopped: the stop is the last event it writes),
+and it waits at exit for the outbox to drain, so a consumer has the final WORKFLOW_STATE as soon as the
+command has exited.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from broker.events import document
+from broker.events.routing import ALL_EVENTS_TOPIC
+from tests.cli.conftest import DEADLINE, EXAMPLES, wait_for, waits_for, workflow
+from tests.events.helpers import StompConsumer, all_sent
+
+
+def bus(activemq, **settings: str) -> dict[str, str]:
+    return {"BROKER_EVENTS_URL": activemq.stomp_url, **{f"BROKER_EVENTS_{k.upper()}": v for k, v in settings.items()}}
+
+
+def service_events(messages, pid: int) -> list[str]:
+    """(what) of the SERVICE events of the process ``pid``, in arrival order."""
+    events = [document.parse(m.body) for m in messages if m.headers.get("eventType") == "SERVICE"]
+    return [e.properties["what"] for e in events if e.properties["pid"] == pid]
+
+
+def test_run_and_resume_announce_their_start_and_stop_on_the_bus(cli, activemq):
+    consumer = StompConsumer(activemq.stomp_url, ALL_EVENTS_TOPIC).start()
+    try:
+        path = cli.file("hello.xml", (EXAMPLES / "hello.xml").read_text())
+        run = cli.start("run", str(path), env={**cli.env, **bus(activemq)})
+        out, err = run.communicate(timeout=DEADLINE)
+        assert run.returncode == 0, err
+        (wf,) = cli.workflows()
+        messages = consumer.wait(lambda ms: len(service_events(ms, run.pid)) == 2 and ms,
+                                 "the run's SERVICE events")
+        assert service_events(messages, run.pid) == ["started", "stopped"]
+        mine = [document.parse(m.body) for m in messages
+                if m.headers["workflowId"] == wf.global_id or m.headers["eventType"] == "SERVICE"]
+        kinds = [(e.type.value, e.properties.get("pid")) for e in mine]
+        # the start comes before the workflow's events, the stop after its final state
+        assert kinds[0] == ("SERVICE", run.pid) and kinds[-1] == ("SERVICE", run.pid)
+        assert mine[-1].message.startswith("broker run stopped on ") and mine[-1].workflow_id is None
+        assert mine[-2].type.value == "WORKFLOW_STATE" and mine[-2].state == "succeeded"
+
+        # a run killed while its node waits: it announced its start, never its stop; the resume does both
+        gate = cli.tmp / "go"
+        path = cli.file("gated.xml", workflow(f'<node id="w">{waits_for(gate)}</node>'))
+        killed = cli.start("run", str(path), env={**cli.env, **bus(activemq)})
+        wait_for(lambda: len(cli.workflows()) == 2 and cli.nodes(cli.workflows()[-1].id)["w"].state == "running",
+                 what="the gated node to run")
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate(timeout=DEADLINE)
+        gated = cli.workflows()[-1]
+        gate.touch()
+        resumed = cli.start("resume", gated.global_id, env={**cli.env, **bus(activemq)})
+        _, err = resumed.communicate(timeout=DEADLINE)
+        assert resumed.returncode == 0, err
+        messages = consumer.wait(lambda ms: len(service_events(ms, resumed.pid)) == 2 and ms,
+                                 "the resume's SERVICE events")
+        assert service_events(messages, resumed.pid) == ["started", "stopped"]
+        assert service_events(messages, killed.pid) == ["started"]
+    finally:
+        consumer.disconnect()
+    wait_for(lambda: all_sent(cli.sessions), what="every outbox row sent")
