@@ -160,8 +160,8 @@ class EventsSettings:
     """The message bus events are published on (the outbox relay)."""
 
     url: str = field(default="", metadata=_doc("bus URL: stomp://host:port, stomp+ssl://host:port (STOMP over "
-                                               "TLS), memory:// (tests); empty: events are only stored, never "
-                                               "published"))
+                                               "TLS), memory:// (tests); empty: events are only stored (no "
+                                               "outbox rows), never published, not even later with a bus"))
     login: str = field(default="", metadata=_doc("user name the relay logs in to the bus with; empty: no login"))
     passcode: str = field(default="", metadata=_doc("password of login (prefer the environment variable "
                                                     "BROKER_EVENTS_PASSCODE to writing it here)"))
@@ -204,6 +204,11 @@ class EventsSettings:
                       "space separated); whatever they say, it must be /topic/NAME or /queue/NAME with NAME of "
                       "1-200 letters, digits, '_', '.', '-' not starting with 'broker.' (the broker's own "
                       "topics); empty: publishMetadataTo is refused"))
+
+    @property
+    def publishing(self) -> bool:
+        """Whether a bus is configured; without one events are only stored (no outbox rows, never published)."""
+        return bool(self.url.strip())
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,8 @@ class Engine:
                                      all_workflows=self.all_workflows, resources=self.resources,
                                      lease=self.lock.lease)
             # every commit checks, in its own transaction, that the lease is still this broker's
-            self.store = Store(self.sessions, limits=settings.limits, guard=self.lock.guard)
+            self.store = Store(self.sessions, limits=settings.limits, guard=self.lock.guard,
+                               publishing=settings.events.publishing)
             # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
             self.relay = None
             if settings.events.url:

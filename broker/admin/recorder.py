@@ -56,9 +56,11 @@ class DirectRecorder:
 
     joins_transactions = True
 
-    def __init__(self, sessions: sessionmaker[Session], actor: str):
+    def __init__(self, sessions: sessionmaker[Session], actor: str, *, publishing: bool = True):
+        """``publishing``: whether a bus is configured (without one, the events get no outbox rows)."""
         self.sessions = sessions
         self.actor = actor
+        self.publishing = publishing
 
     def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
                session: Session | None = None) -> None:
@@ -78,4 +80,4 @@ class DirectRecorder:
         if workflow_id is not None and workflow is None:
             return  # deleted meanwhile: nothing left to attach the event to
         repository.add_event(s, workflow, type=EventType.ADMIN_ACTION, actor=self.actor, message=message,
-                             properties=properties)
+                             properties=properties, publishing=self.publishing)

@@ -45,10 +45,12 @@ def users(s: Session) -> list[queries.UserInfo]:
     return queries.users_info(s)
 
 
-def as_json(state: ServiceState, broker_running: bool) -> dict[str, Any]:
-    """The service state as a JSON document (the field names of AggregateSummary)."""
+def as_json(state: ServiceState, broker_running: bool, bus: bool = True) -> dict[str, Any]:
+    """The service state as a JSON document (the field names of AggregateSummary, plus whether a broker runs
+    and whether a bus is configured: without one, events are never published and the backlog means nothing)."""
     return {"time": state.time.isoformat(), "workflows": state.workflows, "nodes": state.nodes,
-            "hosts": state.hosts, "outboxBacklog": state.outbox_backlog, "brokerRunning": broker_running}
+            "hosts": state.hosts, "outboxBacklog": state.outbox_backlog, "brokerRunning": broker_running,
+            "bus": bus}
 
 
 def user_json(info: queries.UserInfo) -> dict[str, Any]:

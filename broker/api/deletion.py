@@ -26,7 +26,7 @@ def deleter_for(api: ApiContext, actor: str) -> Deleter:
     resources = getattr(getattr(engine, "ctx", None), "resources", None)
     deleter = Deleter(api.sessions, WriterRecorder(engine.writer, actor), workdir_root=root,
                       journal=journal_for(root, api.settings.database_url()),
-                      require_drained=bool(api.settings.events.url.strip()), forget=_forgetter(api),
+                      require_drained=api.settings.events.publishing, forget=_forgetter(api),
                       remove_remote=None if resources is None else resources.remove_workflow)
     deleter.recover()
     return deleter

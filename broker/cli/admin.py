@@ -116,11 +116,14 @@ def state_command(args: argparse.Namespace, settings: Any) -> int:
     with reader(settings) as sessions, sessions() as s:
         state = service_state(s)
     running = broker_running(settings.database_url())
+    bus = settings.events.publishing
     if args.json:
-        print_json(as_json(state, running))
+        print_json(as_json(state, running, bus))
         return EXIT_OK
-    print(f"broker: {'running' if running else 'not running'} on this database; outbox backlog: "
-          f"{plural(state.outbox_backlog, 'event')}")
+    # without a bus no outbox rows are written: a backlog would mean nothing (rows of an earlier configuration)
+    events = f"outbox backlog: {plural(state.outbox_backlog, 'event')}" if bus else (
+        "events: no bus ([events] url is empty: events are stored, never published)")
+    print(f"broker: {'running' if running else 'not running'} on this database; {events}")
     print("workflows: " + (", ".join(f"{n} {s}" for s, n in ordered_counts(state.workflows)) or "none"))
     print("nodes: " + (", ".join(f"{n} {s}" for s, n in ordered_counts(state.nodes)) or "none"))
     if state.hosts:
@@ -168,9 +171,9 @@ def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     try:
         with reader(settings) as sessions, _RemoteHosts(settings, sessions) as remote:
             root = Path(settings.engine.workdir or default_state_dir() / "work").absolute()
-            deleter = Deleter(sessions, DirectRecorder(sessions, actor), workdir_root=root,
-                              journal=journal_for(root, settings.database_url()),
-                              require_drained=bool(settings.events.url.strip()), remove_remote=remote)
+            deleter = Deleter(sessions, DirectRecorder(sessions, actor, publishing=settings.events.publishing),
+                              workdir_root=root, journal=journal_for(root, settings.database_url()),
+                              require_drained=settings.events.publishing, remove_remote=remote)
             if lock:
                 for gid in deleter.recover():
                     print(f"removed the remaining work directories of {gid} (deleted earlier)")

@@ -183,7 +183,7 @@ def _directly(sessions: Any, settings: Any, command: str, target: Target, actor:
     from broker.persistence import changes as c
     from broker.persistence.store import Store
 
-    store = Store(sessions, limits=settings.limits)
+    store = Store(sessions, limits=settings.limits, publishing=settings.events.publishing)
     # a marker to find the store's answer among its replies (it hands them back instead of sending them)
     reply = object()
     node_ids = None if target.node_id is None else (target.node_id,)

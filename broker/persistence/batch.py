@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 class Batch:
     """The rows and notifications of one commit."""
 
-    def __init__(self, now: dt.datetime | None = None):
+    def __init__(self, now: dt.datetime | None = None, *, publishing: bool = True):
+        """``publishing``: whether a bus is configured; without one, events get no outbox rows."""
         self.now = now or dt.datetime.now(dt.timezone.utc)
+        self.publishing = publishing
         #: id(node) -> (node, columns to set)
         self.node_cols: dict[int, tuple[MNode, dict[str, Any]]] = {}
         #: id(wf) -> (wf, columns to set)
@@ -77,7 +79,9 @@ class Batch:
                "node_path": node.path if node is not None else None, "actor": actor, "level": int(level),
                "type": event_type.value, "state": state, "message": message, "time": self.now,
                "properties": properties}
-        if wf is None:
+        if not self.publishing:
+            targets = []
+        elif wf is None:
             targets = destinations(owner=None, workflow_level=None, metadata_to=None, event_type=event_type,
                                    level=level)
         else:

@@ -79,7 +79,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
                     label: str | None = None, request_id: str | None = None, experiment_id: str | None = None,
                     event_level: EventLevel | str | None = None, priority: int | None = None,
                     publish_metadata_to: str | None = None, max_in_flight: int | None = None,
-                    actor: str = "submission", now: dt.datetime | None = None) -> Workflow:
+                    actor: str = "submission", now: dt.datetime | None = None, publishing: bool = True) -> Workflow:
     """Store a validated workflow: its row, its top-level nodes and edges, and its WORKFLOW_SUBMITTED event.
 
     ``descriptor`` is kept verbatim with its SHA-256 (of its UTF-8 encoding). ``event_level``, ``priority``,
@@ -122,7 +122,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
     edges = [(ids[parent], ids[node.id]) for node in spec.nodes for parent in dict.fromkeys(node.depends)]
     _insert_edges(session, edges)
 
-    add_event(session, workflow, type=EventType.WORKFLOW_SUBMITTED, actor=actor, time=now,
+    add_event(session, workflow, type=EventType.WORKFLOW_SUBMITTED, actor=actor, time=now, publishing=publishing,
               message=f"workflow {spec.name!r} submitted with {len(spec.nodes)} top-level nodes",
               properties={"name": spec.name, "label": label, "nodes": len(spec.nodes), "edges": len(edges)})
     return workflow
@@ -227,12 +227,14 @@ def _level(value: EventLevel | str | int) -> EventLevel:
 
 def add_event(session: Session, workflow: Workflow | None, *, type: EventType | str, actor: str,
               node_path: str | None = None, state: str | None = None, message: str | None = None,
-              properties: dict[str, Any] | None = None, time: dt.datetime | None = None) -> int:
+              properties: dict[str, Any] | None = None, time: dt.datetime | None = None,
+              publishing: bool = True) -> int:
     """Record an event (next per-workflow seq) with the outbox rows of every destination; returns its id.
 
     ``workflow`` None records a service-level event. The event is always kept; it is queued for publishing
     when its level is within the workflow's event level, and a metadata event also goes to the workflow's
-    ``publish_metadata_to`` destination whatever that level.
+    ``publish_metadata_to`` destination whatever that level. ``publishing`` False (no bus configured):
+    no outbox rows at all, the event is never published.
     """
     event_type = EventType(type)
     level = level_of(event_type, state)
@@ -245,7 +247,9 @@ def add_event(session: Session, workflow: Workflow | None, *, type: EventType | 
         "actor": actor, "level": int(level), "type": event_type.value, "state": state, "message": message,
         "time": time or utcnow(), "properties": properties,
     }).scalar_one()
-    if workflow is None:
+    if not publishing:
+        targets = []
+    elif workflow is None:
         targets = destinations(owner=None, workflow_level=None, metadata_to=None, event_type=event_type,
                                level=level)
     else:

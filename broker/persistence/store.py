@@ -58,9 +58,11 @@ class Store:
     """Applies changes; the only code that writes node and workflow state."""
 
     def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None,
-                 guard: Callable[[Session], None] | None = None):
+                 guard: Callable[[Session], None] | None = None, publishing: bool = True):
+        """``publishing``: whether a bus is configured ([events] url); without one, events get no outbox rows."""
         self.session_factory = session_factory
         self.guard = guard  #: called first in each transaction: raises LeaseLost when this process may not write
+        self.publishing = publishing
         self.mirror = Mirror()
         self.limits = limits
         self.quota = NodeQuota(limits)
@@ -105,7 +107,7 @@ class Store:
 
     def _commit(self, changes: list[Any]) -> Outcome:
         out = Outcome()
-        batch = Batch()
+        batch = Batch(publishing=self.publishing)
         with self.session_factory.begin() as s:
             if self.guard is not None:  # first: it locks the lease row until this transaction ends
                 self.guard(s)
@@ -277,7 +279,8 @@ class Store:
         row = repository.submit_workflow(s, ch.spec, descriptor=ch.descriptor, owner=owner, label=ch.label,
                                          request_id=ch.request_id, experiment_id=ch.experiment_id,
                                          event_level=ch.event_level, priority=ch.priority,
-                                         publish_metadata_to=ch.publish_metadata_to, now=batch.now)
+                                         publish_metadata_to=ch.publish_metadata_to, now=batch.now,
+                                         publishing=batch.publishing)
         s.flush()
         resumed = row.id in self.mirror.workflows
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:

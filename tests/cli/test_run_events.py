@@ -64,3 +64,22 @@ def test_run_and_resume_announce_their_start_and_stop_on_the_bus(cli, activemq):
     finally:
         consumer.disconnect()
     wait_for(lambda: all_sent(cli.sessions), what="every outbox row sent")
+
+
+def test_without_a_bus_a_run_writes_no_outbox_rows_and_admin_state_says_no_bus(sqlite_cli):
+    from sqlalchemy import func, select
+
+    from broker.persistence.models import Event, Outbox
+
+    cli = sqlite_cli
+    path = cli.file("hello.xml", (EXAMPLES / "hello.xml").read_text())
+    assert cli("run", str(path)).returncode == 0
+    (wf,) = cli.workflows()
+    with cli.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) > 5
+        assert s.scalar(select(func.count()).select_from(Outbox)) == 0
+    state = cli("admin", "state")
+    assert state.returncode == 0, state.stderr
+    assert state.stdout.splitlines()[0] == ("broker: not running on this database; events: no bus ([events] url is "
+                                            "empty: events are stored, never published)")
+    assert '"bus": false' in cli("admin", "state", "--json").stdout

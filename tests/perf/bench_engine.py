@@ -1,7 +1,8 @@
 """Benchmark of the engine: whole `broker run` processes against a plain thread-pool baseline.
 
 Workloads (trivial payloads, at most 4 nodes at once, the shipped configuration: SQLite with
-synchronous=full, every transition and event persisted):
+synchronous=full, every transition and event persisted; the in-process bus ``memory://``, so that the
+outbox is written and published as with a real bus: without a bus no outbox rows are written):
 
 - W0: one node on a migrated database (start-up);
 - W1: a chain of 100 (also the hand-off latency from a parent's end to its child's start);
@@ -167,11 +168,14 @@ def check_rows(db: Path, nodes: int) -> tuple[int, int]:
     # ready, queued, running, succeeded for every node; plus submitted and at least two workflow states
     if transitions < 4 * nodes:
         raise SystemExit(f"only {transitions} state events for {nodes} nodes")
-    published = con.execute("SELECT count(*) FROM events WHERE level <= 2").fetchone()[0]
+    # a workflow's events within its level (STATUS) go to two topics; the run's SERVICE events to one
+    published = con.execute("SELECT count(*) FROM events WHERE level <= 2 AND workflow_id IS NOT NULL").fetchone()[0]
+    service = con.execute("SELECT count(*) FROM events WHERE type = 'SERVICE'").fetchone()[0]
     outbox = con.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    if outbox != 2 * published:
-        raise SystemExit(f"{outbox} outbox rows for {published} published events (expected 2 each)")
-    seqs = [r[0] for r in con.execute("SELECT seq FROM events ORDER BY id")]
+    if service != 2 or outbox != 2 * published + service:
+        raise SystemExit(f"{outbox} outbox rows for {published} published events (expected 2 each) and {service} "
+                         "SERVICE events (expected 2, 1 row each)")
+    seqs = [r[0] for r in con.execute("SELECT seq FROM events WHERE workflow_id IS NOT NULL ORDER BY id")]
     if seqs != list(range(1, len(seqs) + 1)):
         raise SystemExit("event sequence numbers are not 1..N in commit order")
     return events, outbox
@@ -198,7 +202,8 @@ def main() -> int:
     args = parser.parse_args()
     scale = 10 if args.tiny else 1
     repeat = 1 if args.tiny else args.repeat
-    env = dict(os.environ, BROKER_ENGINE_MAX_IN_FLIGHT=str(SLOTS), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, BROKER_ENGINE_MAX_IN_FLIGHT=str(SLOTS), PYTHONPATH=str(ROOT),
+               BROKER_EVENTS_URL="memory://bench-engine")
     env.pop("BROKER_CONFIG", None)
     workloads = [
         ("W0 one node", {"n0": []}),
