@@ -192,6 +192,12 @@ class EventsSettings:
     stop_timeout: float = field(default=5.0, metadata=_doc("on stop, how long the relay goes on publishing unsent "
                                                            "events; the rest is published after the next start",
                                                            "s"))
+    exit_drain_timeout: float = field(default=10.0, metadata=_doc("broker run and broker resume: at exit, how "
+                                                                 "long to wait for the outbox to drain (trying "
+                                                                 "to reach the bus if it is down), so consumers "
+                                                                 "get the final events when the command has "
+                                                                 "exited; it says how many are left; the next "
+                                                                 "broker on the database publishes them", "s"))
     max_rejections: int = field(default=5, metadata=_doc("how often the bus may refuse an event for a workflow's "
                                                          "publishMetadataTo destination (an ERROR frame: not "
                                                          "authorized...) before the relay skips it there, with an "

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: seconds to wait for the writer's answer to a submission before giving up
 SUBMIT_TIMEOUT = 120.0
+#: commands whose engine waits at stop for the outbox to drain ([events] exit_drain_timeout)
+EXIT_DRAIN_COMMANDS = ("run", "resume")
 
 
 class Clock(threading.Thread):
@@ -89,6 +91,8 @@ class Engine:
         self._launcher = launcher
         self._started = False
         self.service = service
+        #: outbox rows the relay left unsent when the engine stopped (None: no bus, or not known)
+        self.unsent_at_stop: int | None = None
         #: whether the start's SERVICE event was sent (then the stop's is too)
         self._announced = False
 
@@ -129,7 +133,9 @@ class Engine:
             if settings.events.url:
                 from broker.events.relay import OutboxRelay  # stomp.py and the documents: only with a bus
 
-                self.relay = OutboxRelay.from_settings(settings.events, self.sessions)
+                # a command that exits when its workflow is done waits for its events to reach the bus
+                self.relay = OutboxRelay.from_settings(settings.events, self.sessions,
+                                                       exit_drain=self.service in EXIT_DRAIN_COMMANDS)
             self.writer = Writer.start(self.store, [*self.listeners, self.relay.wake] if self.relay else self.listeners)
             if self.relay is not None:
                 self.relay.start()
@@ -246,7 +252,8 @@ class Engine:
         relay = getattr(self, "relay", None)
         if relay is not None:
             # after the writer: what it committed last (final states, the SERVICE event) is in the outbox
-            relay.stop()  # publishes what is left for at most [events] stop_timeout
+            # publishes what is left for at most [events] stop_timeout (exit_drain_timeout: run, resume)
+            self.unsent_at_stop = relay.stop()
         if self._launcher is not None:
             self._launcher.close()
         db = getattr(self, "db", None)

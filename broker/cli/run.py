@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from broker.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, add_db_option
-from broker.cli.common import local_time, not_found_is_usage, owner_name
+from broker.cli.common import local_time, not_found_is_usage, owner_name, plural
 from broker.printable import printable
 
 
@@ -215,6 +215,12 @@ def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any, comma
         yield engine
     finally:
         engine.stop()
+        if engine.unsent_at_stop:
+            # outbox rows: one per event and destination
+            left = plural(engine.unsent_at_stop, "event message")
+            print(f"broker: {left} not yet published on the bus after waiting up "
+                  f"to {settings.events.exit_drain_timeout:g} s ([events] exit_drain_timeout); the next broker "
+                  "started on this database publishes them", file=sys.stderr)
 
 
 def _text(source: bytes) -> str:

@@ -26,7 +26,10 @@ republishes that window after the restart (crash point ``relay-published``).
 
 The relay wakes up when the writer commits (:meth:`OutboxRelay.wake` is a writer Listener), and every
 ``poll_interval`` for rows written by other processes. It reconnects with exponential backoff and jitter;
-STOMP heart-beats notice a silent bus. On stop it goes on publishing for at most ``stop_timeout``.
+STOMP heart-beats notice a silent bus. On stop it goes on publishing for at most ``stop_timeout`` (not at
+all when the bus is known to be down); a command that exits once its workflow is done (``broker run``,
+``broker resume``) instead waits up to ``exit_drain_timeout`` for the outbox to drain, trying to reach a
+bus that is down, so that consumers have the final events when the command has exited.
 """
 
 from __future__ import annotations
@@ -91,9 +94,11 @@ class Relay(pykka.ThreadingActor):
     """The actor that publishes the outbox (see the module docstring)."""
 
     def __init__(self, settings: EventsSettings, sessions: sessionmaker[Session], publisher: Publisher,
-                 doorbell: Doorbell, on_confirmed: ConfirmedHook | None = None):
+                 doorbell: Doorbell, on_confirmed: ConfirmedHook | None = None, exit_drain: bool = False):
         super().__init__()
         self.settings = settings
+        #: on stop, wait for the outbox to drain (exit_drain_timeout, through outages) rather than stop_timeout
+        self.exit_drain = exit_drain
         self.sessions = sessions
         self.publisher = publisher
         self.doorbell = doorbell
@@ -128,8 +133,9 @@ class Relay(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self.doorbell.stop()
+        wait = self.settings.exit_drain_timeout if self.exit_drain else self.settings.stop_timeout
         try:
-            self._drain(time.monotonic() + self.settings.stop_timeout)
+            self._drain(time.monotonic() + wait)
         finally:
             self.publisher.close()
 
@@ -295,14 +301,21 @@ class Relay(pykka.ThreadingActor):
     # ------------------------------------------------------------------------------------------- stop
 
     def _drain(self, deadline: float) -> None:
-        """On stop: go on publishing until nothing is left, the bus fails, or the deadline passes."""
-        if self.failures and self._not_before > time.monotonic():
+        """On stop: go on publishing until nothing is left, the bus fails (unless ``exit_drain``: then it
+        waits for the bus, with the usual backoff), or the deadline passes."""
+        if self.failures and self._not_before > time.monotonic() and not self.exit_drain:
             pass  # the bus is known to be down: do not make the stop wait for it
         else:
             while (left := deadline - time.monotonic()) > 0:
+                if self._not_before > time.monotonic():
+                    if not self.exit_drain:
+                        break
+                    # the backoff after a failure; this actor is stopping, nothing else waits for it
+                    time.sleep(min(self._not_before, deadline) - time.monotonic())
+                    continue
                 not_before, more = self._round(min(self.settings.receipt_timeout, left),
                                                min(self.settings.connect_timeout, left))
-                if not_before or not more:
+                if not more and not not_before:
                     break
         try:
             with self.sessions() as s:
@@ -319,23 +332,25 @@ class OutboxRelay:
     """The engine's handle on the relay: build it, pass :meth:`wake` to the writer, start, stop."""
 
     def __init__(self, settings: EventsSettings, sessions: sessionmaker[Session], publisher: Publisher,
-                 on_confirmed: ConfirmedHook | None = None):
+                 on_confirmed: ConfirmedHook | None = None, exit_drain: bool = False):
+        """``exit_drain``: on stop, wait up to ``exit_drain_timeout`` for the outbox to drain (broker run)."""
         self.settings = settings
         self.sessions = sessions
         self.publisher = publisher
         self.on_confirmed = on_confirmed
+        self.exit_drain = exit_drain
         self.doorbell = Doorbell(settings.poll_interval)
         self.ref: pykka.ActorRef[Relay] | None = None
 
     @classmethod
     def from_settings(cls, settings: EventsSettings, sessions: sessionmaker[Session],
-                      on_confirmed: ConfirmedHook | None = None) -> OutboxRelay | None:
+                      on_confirmed: ConfirmedHook | None = None, exit_drain: bool = False) -> OutboxRelay | None:
         """The relay of ``[events]``; None when no bus is configured. Raises ConfigError for a bad URL."""
         if not settings.url.strip():
             return None
         if settings.window < 1:
             raise ConfigError(f"[events] window: must be at least 1, got {settings.window}")
-        return cls(settings, sessions, open_publisher(settings), on_confirmed)
+        return cls(settings, sessions, open_publisher(settings), on_confirmed, exit_drain)
 
     def wake(self, *_: Any) -> None:
         """A writer Listener: something was committed, publish it soon (cheap; any arguments ignored)."""
@@ -343,14 +358,21 @@ class OutboxRelay:
 
     def start(self) -> OutboxRelay:
         """Start the actor (it connects and publishes in its own thread)."""
-        self.ref = Relay.start(self.settings, self.sessions, self.publisher, self.doorbell, self.on_confirmed)
+        self.ref = Relay.start(self.settings, self.sessions, self.publisher, self.doorbell, self.on_confirmed,
+                               self.exit_drain)
         return self
 
-    def stop(self) -> None:
-        """Stop: publish what is left for at most ``stop_timeout`` s, then disconnect."""
+    def stop(self) -> int | None:
+        """Stop: publish what is left for at most ``stop_timeout`` s (``exit_drain_timeout`` with
+        ``exit_drain``), then disconnect. Returns how many outbox rows are left unsent (None: unknown)."""
         ref, self.ref = self.ref, None
         if ref is not None:
             try:
                 ref.stop()
             except pykka.ActorDeadError:
                 pass
+        try:
+            with self.sessions() as s:
+                return count_unsent(s)
+        except SQLAlchemyError:
+            return None

@@ -175,6 +175,9 @@ def check_rows(db: Path, nodes: int) -> tuple[int, int]:
     if service != 2 or outbox != 2 * published + service:
         raise SystemExit(f"{outbox} outbox rows for {published} published events (expected 2 each) and {service} "
                          "SERVICE events (expected 2, 1 row each)")
+    unsent = con.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+    if unsent:
+        raise SystemExit(f"{unsent} outbox rows unsent after broker run exited (it waits for them to drain)")
     seqs = [r[0] for r in con.execute("SELECT seq FROM events WHERE workflow_id IS NOT NULL ORDER BY id")]
     if seqs != list(range(1, len(seqs) + 1)):
         raise SystemExit("event sequence numbers are not 1..N in commit order")
