@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     which.add_argument("--id", action="append", metavar="ID", help="one workflow (wf-... or its number); repeatable")
     which.add_argument("--user", metavar="USER", help="every finished workflow of USER")
     delete.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="with a bus configured: first publish pending events for up to SECONDS (this "
-                             "command runs the outbox relay, as no broker runs)")
+                        help="with a bus configured: first publish pending events, then the deletion's own "
+                             "ADMIN_ACTION, within SECONDS (this command runs the outbox relay, as no broker runs)")
     delete.set_defaults(func=delete_command)
 
     archive = actions.add_parser(
@@ -215,6 +215,7 @@ def delete_command(args: argparse.Namespace, settings: Any) -> int:
     from broker.errors import StateError
     from broker.persistence import queries
 
+    deadline = time.monotonic() + args.wait
     with operating(settings, lock=not args.dry_run) as deleter:
         with deleter.sessions() as s:
             if args.user:
@@ -241,6 +242,8 @@ def delete_command(args: argparse.Namespace, settings: Any) -> int:
             print("nothing deleted")
             return EXIT_INVALID
         result = deleter.delete(plan.deletable, what, skipped=plan.skipped)
+        if args.wait > 0:
+            _publish_record(deleter, settings, deadline)
     print(f"deleted {plural(len(result.deleted), 'workflow')}" + (f": {', '.join(result.deleted)}"
                                                                   if len(result.deleted) <= 10 else ""))
     left = [(gid, reason) for gid, reason in zip(result.skipped, result.reasons)]
@@ -281,6 +284,23 @@ def _drain(deleter: Any, settings: Any, selection: Any, plan: Any, wait: float) 
     finally:
         relay.stop()
     return deleter.plan(selection)
+
+
+def _publish_record(deleter: Any, settings: Any, deadline: float) -> None:
+    """Run the outbox relay (no broker runs) until the deletion's own ADMIN_ACTION is published, within --wait."""
+    import dataclasses
+
+    from broker.events.relay import OutboxRelay
+
+    # what is left of --wait, but never nothing: the record was just written, publishing it is quick
+    wait = max(deadline - time.monotonic(), 1.0)
+    relay = OutboxRelay.from_settings(dataclasses.replace(settings.events, exit_drain_timeout=wait),
+                                      deleter.sessions, exit_drain=True)
+    if relay is None:
+        return
+    left = relay.start().stop()  # the stop drains the outbox, for at most ``wait`` s
+    if left:
+        print(f"{plural(left, 'event message')} not yet published on the bus (the next broker publishes them)")
 
 
 def _show_plan(rows: Sequence[Any], skipped: Sequence[Any], verb: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from broker.events import document
+from broker.events.routing import ALL_EVENTS_TOPIC
 from tests.admin.conftest import admin_events, example, run_workflows, workflow_rows
-from tests.events.helpers import FAST, StompConsumer, unique_user
+from tests.events.helpers import FAST, StompConsumer, all_sent, unique_user
 
 #: a STOMP URL nothing listens on: the relay of the engine cannot publish there
 DEAD_BUS = "stomp://127.0.0.1:9"
@@ -16,6 +18,8 @@ def test_a_workflow_whose_events_are_unpublished_is_kept_until_they_reach_the_bu
     made = run_workflows(cli.url, cli.tmp, {"hello": (example("hello.xml"), user)}, events=events)
     gid = made.gids["hello"]
     consumer = StompConsumer(activemq.stomp_url, f"/topic/broker.user.{user}").start()
+    # the deletion's own record has no workflow: it goes to the admins' topic only
+    records = StompConsumer(activemq.stomp_url, ALL_EVENTS_TOPIC, selector="eventType = 'ADMIN_ACTION'").start()
     try:
         bus = {"BROKER_EVENTS_URL": activemq.stomp_url}
         refused = cli("admin", "delete", "--id", gid, "--yes", env=bus)
@@ -33,5 +37,11 @@ def test_a_workflow_whose_events_are_unpublished_is_kept_until_they_reach_the_bu
                                           and "succeeded" in m.body], "the final WORKFLOW_STATE")
         assert final
         assert admin_events(cli.sessions)[-1].properties["deleted_ids"] == [gid]
+        # --wait also publishes the deletion's own ADMIN_ACTION, before the command exits
+        assert all_sent(cli.sessions)
+        record = records.wait(lambda ms: [document.parse(m.body) for m in ms if gid in m.body],
+                              "the deletion's ADMIN_ACTION", deadline=5)
+        assert record[0].properties["deleted_ids"] == [gid] and record[0].workflow_id is None
     finally:
         consumer.disconnect()
+        records.disconnect()
