@@ -76,6 +76,9 @@ class Publisher(Protocol):
     def connected(self) -> bool:
         """Whether the last connection is still usable."""
 
+    def reachable(self, timeout: float) -> bool:
+        """A cheap probe of a bus that is down (no login, nothing sent): whether it accepts connections."""
+
     def begin(self, transaction: str) -> None:
         """Start a transaction; raises BusError (the connection is then unusable)."""
 
@@ -213,6 +216,10 @@ class MemoryPublisher:
     def connected(self) -> bool:
         with self.bus.cond:
             return self._alive()
+
+    def reachable(self, timeout: float) -> bool:
+        with self.bus.cond:
+            return not self.bus.down
 
     def begin(self, transaction: str) -> None:
         with self.bus.cond:

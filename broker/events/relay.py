@@ -26,7 +26,11 @@ republishes that window after the restart (crash point ``relay-published``).
 
 The relay wakes up when the writer commits (:meth:`OutboxRelay.wake` is a writer Listener), and every
 ``poll_interval`` for rows written by other processes. It reconnects with exponential backoff and jitter;
-STOMP heart-beats notice a silent bus. On stop it goes on publishing for at most ``stop_timeout`` (not at
+STOMP heart-beats notice a silent bus. While it backs off, it probes the bus every ``probe_interval`` (a
+TCP connection, no login: cheap for both sides); a bus that refused connections and accepts them again is
+reconnected to at once, with the backoff starting over, so a returning bus is found within about
+``probe_interval`` however long the outage was. A bus that accepts connections but refuses the login keeps
+the full backoff. On stop it goes on publishing for at most ``stop_timeout`` (not at
 all when the bus is known to be down); a command that exits once its workflow is done (``broker run``,
 ``broker resume``) instead waits up to ``exit_drain_timeout`` for the outbox to drain, trying to reach a
 bus that is down, so that consumers have the final events when the command has exited.
@@ -106,6 +110,12 @@ class Relay(pykka.ThreadingActor):
         #: failures in a row (connection, receipts, database); 0 when the last round went through
         self.failures = 0
         self._not_before = 0.0
+        #: monotonic time the backoff ends (the probes may end it sooner)
+        self._retry_at = 0.0
+        #: failures not counted in the backoff: those before the bus was found to be back
+        self._backoff_base = 0
+        #: the bus was found refusing connections since the last attempt to connect (at it, or by a probe)
+        self._seen_down = False
         self._serial = 0
         #: while > 0: a window was refused; rows up to this outbox id go one by one
         self._narrow_until = 0
@@ -147,6 +157,9 @@ class Relay(pykka.ThreadingActor):
 
     def _round(self, receipt_timeout: float, connect_timeout: float | None = None) -> tuple[float, bool]:
         """Publish one window. Returns (monotonic time before which not to try again, whether rows remain)."""
+        waiting = self._probe()
+        if waiting:
+            return waiting, False
         prefetched, self._prefetched = self._prefetched, None
         if not self.publisher.connected():
             prefetched = None
@@ -170,7 +183,7 @@ class Relay(pykka.ThreadingActor):
             except SQLAlchemyError as exc:
                 return self._failed(f"cannot read the outbox: {exc}"), False
         if not window_rows:
-            self.failures = 0
+            self.failures = self._backoff_base = 0
             return 0.0, False
         done, problem = self._publish(window_rows, receipt_timeout, prefetch=len(window_rows) >= window)
         if done:
@@ -186,7 +199,7 @@ class Relay(pykka.ThreadingActor):
             self._prefetched = None
             self.publisher.close()
             return self._failed(problem), False
-        self.failures = 0
+        self.failures = self._backoff_base = 0
         if self._narrow_until and done and done[-1] >= self._narrow_until:
             self._narrow_until = 0  # every row of the refused window is settled
         return 0.0, len(window_rows) >= window or narrow or bool(self._prefetched)
@@ -287,15 +300,47 @@ class Relay(pykka.ThreadingActor):
                     reason, count, f" of {limit}" if limit else "")
         return False
 
+    def _probe(self) -> float:
+        """Before connecting while backing off: 0.0 to connect now, else the monotonic time of the next round.
+
+        Within the backoff the bus is probed each ``probe_interval``: one that refused connections and now
+        accepts them has come back, and is connected to at once (the backoff starts over from there).
+        """
+        now = time.monotonic()
+        if not self.failures or now >= self._retry_at:
+            return 0.0
+        if self.publisher.connected():  # not the bus's failure (the database): wait out the backoff
+            self._not_before = self._retry_at
+            return self._not_before
+        interval = max(self.settings.probe_interval, 0.01)
+        if not self.publisher.reachable(min(self.settings.connect_timeout, interval)):
+            self._seen_down = True
+            self._not_before = min(self._retry_at, time.monotonic() + interval)
+            return self._not_before
+        if not self._seen_down:
+            # it accepted connections at the last attempt too (login refused, still starting): back off
+            self._not_before = self._retry_at
+            return self._not_before
+        self._backoff_base = self.failures
+        return 0.0
+
     def _failed(self, reason: str) -> float:
-        """Record a failure; the monotonic time of the next attempt (exponential backoff with jitter)."""
+        """Record a failure; the monotonic time of the next round: the backoff's end (exponential, with
+        jitter), or the next probe of the bus before it (see :meth:`_probe`)."""
         self.failures += 1
-        delay = backoff_delay(self.failures, self.settings.reconnect_initial, self.settings.reconnect_max,
-                              random.random())
+        interval = max(self.settings.probe_interval, 0.01)
+        # whether the bus refused connections at this failure: then a probe that finds it accepting them
+        # means it came back (a bus refusing the login accepts connections all along)
+        self._seen_down = not self.publisher.connected() and not self.publisher.reachable(
+            min(self.settings.connect_timeout, interval))
+        delay = backoff_delay(self.failures - self._backoff_base, self.settings.reconnect_initial,
+                              self.settings.reconnect_max, random.random())
         level = logging.WARNING if self.failures == 1 else logging.DEBUG
         log.log(level, "event relay: %s; events wait in the outbox; next try in %.1f s (failure %d in a row)",
                 reason, delay, self.failures)
-        self._not_before = time.monotonic() + delay
+        now = time.monotonic()
+        self._retry_at = now + delay
+        self._not_before = min(self._retry_at, now + interval)
         return self._not_before
 
     # ------------------------------------------------------------------------------------------- stop

@@ -137,6 +137,16 @@ class StompPublisher:
         with answers.cond:
             return self._conn is not None and answers.connected and answers.failure is None
 
+    def reachable(self, timeout: float) -> bool:
+        """Whether one of the hosts accepts a TCP connection (closed at once: no STOMP, no TLS handshake)."""
+        for host, port in self.hosts:
+            try:
+                with socket.create_connection((host, port), timeout=max(timeout, 0.05)):
+                    return True
+            except OSError:
+                continue
+        return False
+
     def begin(self, transaction: str) -> None:
         self._frame(lambda conn: conn.begin(transaction=transaction))
 

@@ -155,6 +155,22 @@ def test_while_the_bus_is_down_events_accumulate_and_then_drain_in_order(session
     assert delivered(bus) == expected(sessions)
 
 
+def test_a_returning_bus_is_found_by_the_probe_long_before_the_backoff_ends(sessions, bus, relays):
+    wf = submit(sessions)
+    # a backoff of a minute after the first failure: only the probes can find the bus sooner
+    relay = relays(sessions, bus, reconnect_initial=60.0, reconnect_max=60.0, probe_interval=0.1)
+    wait_for(lambda: sent_count(sessions) == 2, what="the first event published")
+    bus.set_down(True)
+    add_events(sessions, wf, 5)
+    relay.wake()
+    wait_for(lambda: relay.ref.proxy().failures.get() >= 1, what="a failed attempt while the bus is down")
+    back = time.monotonic()
+    bus.set_down(False)
+    wait_for(lambda: sent_count(sessions) == 12, what="the backlog drained", deadline=10)
+    assert time.monotonic() - back < 5
+    assert delivered(bus) == expected(sessions)
+
+
 def test_a_commit_wakes_the_relay_at_once_without_waiting_for_the_poll_interval(sessions, bus, relays):
     wf = submit(sessions)
     relay = relays(sessions, bus, poll_interval=3600.0)
