@@ -177,7 +177,7 @@ class EventsSettings:
     heartbeat: float = field(default=10.0, metadata=_doc("STOMP heart-beat interval, both ways: a silent bus is "
                                                          "noticed after about 1.5 times this; 0: no heart-beats", "s"))
     connect_timeout: float = field(default=10.0, metadata=_doc("how long connecting to the bus may take", "s"))
-    window: int = field(default=200, metadata=_doc("messages the relay publishes as one bus transaction, confirmed "
+    window: int = field(default=1000, metadata=_doc("messages the relay publishes as one bus transaction, confirmed "
                                                    "by one receipt and marked sent by one database update",
                                                    "messages"))
     receipt_timeout: float = field(default=10.0, metadata=_doc("how long the relay waits for a window's receipt "
