@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: fraction of a backoff delay added at random, so many brokers do not reconnect in step
 JITTER = 0.2
+#: seconds one PUMP may go on publishing windows of a backlog before the actor reads its inbox (a stop)
+ROUND_BUDGET = 0.5
 
 #: called with (outbox ids, time.monotonic()) when the bus confirmed them (benchmarks, metrics)
 ConfirmedHook = Callable[[Sequence[int], float], None]
@@ -133,8 +135,13 @@ class Relay(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if message is PUMP:
             not_before, more = 0.0, False
+            busy_until = time.monotonic() + ROUND_BUDGET
             try:
-                not_before, more = self._round(self.settings.receipt_timeout)
+                # a backlog goes window after window without a trip through the doorbell's thread each time
+                while True:
+                    not_before, more = self._round(self.settings.receipt_timeout)
+                    if not more or not_before or time.monotonic() >= busy_until:
+                        break
             except Exception:  # never let the actor die: it would stop publishing for good
                 log.exception("event relay round failed")
                 not_before = self._failed("internal error (see above)")
