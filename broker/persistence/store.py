@@ -25,8 +25,7 @@ from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.faults import crash_point
 from broker.events.types import EventType
-from broker.persistence import acted
-from broker.persistence import changes as c
+from broker.persistence import acted, changes as c
 from broker.persistence.batch import Batch
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
@@ -59,10 +58,9 @@ class Store:
 
     def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None,
                  guard: Callable[[Session], None] | None = None, publishing: bool = True):
-        """``publishing``: whether a bus is configured ([events] url); without one, events get no outbox rows."""
         self.session_factory = session_factory
         self.guard = guard  #: called first in each transaction: raises LeaseLost when this process may not write
-        self.publishing = publishing
+        self.publishing = publishing  #: a bus is configured ([events] url); without one, no outbox rows
         self.mirror = Mirror()
         self.limits = limits
         self.quota = NodeQuota(limits)
@@ -259,8 +257,8 @@ class Store:
         self.mirror.cancel_nodes(nodes, batch, actor=ch.actor)
         if nodes:
             acted.record(batch, nodes[0].wf, nodes, "cancel", ch.actor)
-        if ch.reply_to is not None and nodes:
-            out.replies.append((ch.reply_to, c.Accepted(nodes[0].wf.id, nodes[0].wf.global_id)))
+            if ch.reply_to is not None:
+                out.replies.append((ch.reply_to, c.Accepted(nodes[0].wf.id, nodes[0].wf.global_id)))
 
     def _restart(self, s: Session, ch: c.Restart, batch: Batch, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
