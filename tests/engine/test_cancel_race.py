@@ -39,6 +39,9 @@ def test_a_node_whose_payload_ended_before_the_cancel_keeps_its_result_and_is_no
         wf = broker.submit(document(tmp))
         nodes = wait_for(lambda: (n := broker.nodes(wf)) and all(x.workdir for x in n.values()) and n,
                          what="every node to run")
+        # a recorded work directory is the launch, not yet the payload: wait for each first attempt's marker,
+        # so that every attempt 1 has run its first line before a cancel can kill it
+        wait_for(lambda: all((tmp / f"n{i}.marker").exists() for i in range(NODES)), what="every payload to start")
         for i, fifo in enumerate(fifos):
             if i == int(cancel_at * NODES):
                 broker.engine.cancel(wf, "user:alice")
