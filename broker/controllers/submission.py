@@ -84,7 +84,8 @@ class SubmissionController(Controller):
 
     def on_committed(self, msg: c.Committed) -> None:
         for info in msg.tracked:
-            if info.workflow_id not in self.workflows:
+            # one loaded and still finished (a command on an ended workflow) would never be forgotten
+            if info.workflow_id not in self.workflows and info.state not in WORKFLOW_TERMINAL:
                 slots = self.workflows[info.workflow_id] = WorkflowSlots(info)
                 slots.in_flight = info.in_flight
                 self.in_flight += info.in_flight

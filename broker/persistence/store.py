@@ -20,12 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker import memory
 from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.faults import crash_point
 from broker.events.types import EventType
-from broker.persistence import acted, changes as c
+from broker.persistence import acted, changes as c, settled
 from broker.persistence.batch import Batch
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
@@ -51,6 +50,9 @@ class Outcome:
     replies: list[tuple[Any, Any]] = field(default_factory=list)
     #: (workflow id, global id, state, counts) of every workflow touched, for progress listeners
     summaries: list[tuple[int, str, WorkflowState, dict[str, int]]] = field(default_factory=list)
+    #: nodes of the workflows that left the mirror: the writer gives memory back (memory.trim) after a big
+    #: one, once this commit's batch and changes are no longer referenced (before, the trim found them alive)
+    freed: int = 0
 
 
 class Store:
@@ -117,14 +119,11 @@ class Store:
             self._sql(s).write(s, batch)
             if batch.expanded:
                 crash_point("expansion")
-        freed = 0
         for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
             # finished workflows leave the mirror (also one loaded for a command, e.g. cancel of an ended one)
             self.mirror.drop(wf)
             self._stopping.discard(wf.id)
-            freed += wf.total_nodes
-        if freed >= memory.BIG_NODES:
-            memory.trim()
+            out.freed += wf.total_nodes
         self._notify(batch, out)
         return out
 
@@ -153,9 +152,12 @@ class Store:
         if reply_to is not None:
             out.replies.append((reply_to, c.Rejected(change, reason, error)))
 
-    def _node(self, s: Session, node_id: int, batch: Batch) -> MNode:
+    def _node(self, s: Session, node_id: int, batch: Batch, change: Any = None) -> MNode:
         node = self.mirror.nodes.get(node_id)
         if node is None:
+            refused = None if change is None else settled.refusal(s, change, node_id)
+            if refused is not None:  # its workflow has finished: not loaded again just to say no
+                raise refused
             wf_id = s.execute(select(NODES.c.workflow_id).where(NODES.c.id == node_id)).scalar()
             if wf_id is None:
                 raise BrokerError(f"no node with id {node_id}")
@@ -166,7 +168,7 @@ class Store:
         return node
 
     def _transition(self, s: Session, ch: c.Transition, batch: Batch, out: Outcome) -> None:
-        node = self._node(s, ch.node_id, batch)
+        node = self._node(s, ch.node_id, batch, ch)
         if ch.attempt is not None and ch.attempt != node.attempt:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (now {node.attempt})")
         fields = dict(ch.fields)
@@ -184,7 +186,7 @@ class Store:
         kept = []
         for node_id, attempt in ch.nodes:
             try:
-                node = self._node(s, node_id, batch)
+                node = self._node(s, node_id, batch, ch)
             except BrokerError:
                 continue
             if node.state is N.QUEUED and node.attempt == attempt:
@@ -210,7 +212,7 @@ class Store:
         return N.RETRY_WAIT
 
     def _reported(self, s: Session, ch: c.Reported, batch: Batch, out: Outcome) -> None:
-        node = self._node(s, ch.node_id, batch)
+        node = self._node(s, ch.node_id, batch, ch)
         if ch.attempt != node.attempt or node.state in TERMINAL:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}'")
         if ch.progress is not None and node.last_progress != (node.attempt, *ch.progress):
@@ -234,7 +236,7 @@ class Store:
         batch.event(wf, EventType(ch.type), actor=ch.actor, node=node, message=ch.message, properties=ch.properties)
 
     def _expansion(self, s: Session, ch: c.Expansion, batch: Batch, out: Outcome) -> None:
-        sweep = self._node(s, ch.node_id, batch)
+        sweep = self._node(s, ch.node_id, batch, ch)
         if sweep.state is N.READY:  # otherwise the mirror refuses the expansion itself
             refusal = self.quota.refuse_expansion(s, self.mirror, sweep, len(ch.members))
             if refusal is not None:
@@ -388,7 +390,8 @@ def _merge(a: Outcome, b: Outcome) -> Outcome:
         committed=c.Committed(ready=ca.ready + cb.ready, moved=ca.moved + cb.moved, tracked=ca.tracked + cb.tracked,
                               workflows=ca.workflows + cb.workflows, kill=ca.kill + cb.kill,
                               resume=ca.resume + cb.resume),
-        followups=a.followups + b.followups, replies=a.replies + b.replies, summaries=a.summaries + b.summaries)
+        followups=a.followups + b.followups, replies=a.replies + b.replies, summaries=a.summaries + b.summaries,
+        freed=a.freed + b.freed)
 
 
 _HANDLERS = {

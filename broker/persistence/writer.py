@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from broker import memory
 from broker.errors import LeaseLost
 from broker.faults import crash_point
 from broker.persistence.changes import Changes
@@ -84,6 +85,10 @@ class Writer(pykka.ThreadingActor):
         self.commits += 1
         self.changes += len(changes)
         self._deliver(out)
+        freed = out.freed
+        del out, changes  # what a big workflow's commit held goes before the trim, or the trim cannot free it
+        if freed >= memory.BIG_NODES:
+            memory.trim()
 
     def _deliver(self, out: Outcome) -> None:
         # listeners first: whoever gets a reply next must find them up to date
