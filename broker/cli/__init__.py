@@ -99,6 +99,11 @@ def _setup_logging(settings) -> None:
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+#: whether this process is the ``broker`` command (console()), not main() called by other code: only then may
+#: a command replace the process (``broker serve``: :func:`broker.memory.use_malloc`)
+STARTED_AS_COMMAND = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -134,6 +139,8 @@ def console() -> None:
     database disposed); what is left is Python's own teardown of the imported modules, about 0.3 s of a
     `broker run` that needs 0.5 s for everything else. Output is flushed and logging shut down first.
     """
+    global STARTED_AS_COMMAND
+    STARTED_AS_COMMAND = True
     code = main()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -37,6 +37,10 @@ def serve_command(args: argparse.Namespace, settings: Any) -> int:
         for path in write_wsdls(args.write_wsdl):
             print(f"wrote {path}")
         return EXIT_OK
+    from broker import cli, memory
+
+    if cli.STARTED_AS_COMMAND:  # a long-running process that does big work: see broker.memory
+        memory.use_malloc()
     from broker.api.server import Service
 
     if args.listen:
