@@ -4,7 +4,8 @@ A real ``broker serve`` (SQLite, shipped settings). Ten times in a row: submit a
 nodes (100,000 by default) through the API, cancel it, wait until it is cancelled, delete it (admin API).
 The server's anonymous memory (``RssAnon`` of /proc/PID/status: SQLite's memory map of the database file
 counts in RSS, not here) is sampled every 20 ms throughout; printed: its value before the first submission,
-after each cycle, and the peak.
+after each cycle, and the peak; and the server's CPU time over the cycles (to compare allocators: run with
+PYTHONMALLOC=pymalloc in the environment for CPython's own, which the server then keeps).
 
 Targets: after the tenth cycle within 150 MB of its value after the first; peak under 1 GB.
 
@@ -14,6 +15,7 @@ Targets: after the tenth cycle within 150 MB of its value after the first; peak 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -36,6 +38,13 @@ def rss_anon(pid: int) -> int:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no RssAnon in /proc/PID/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Sampler:
@@ -83,7 +92,7 @@ def main() -> int:
             core, admin = server.core(), server.admin()
             core.getStatusInfo(0)
             admin.getServiceState()
-            before = rss_anon(pid)
+            before, cpu_before = rss_anon(pid), cpu_seconds(pid)
             for cycle in range(cycles):
                 text = description(nodes, cycle)
                 times = [time.perf_counter()]
@@ -97,6 +106,7 @@ def main() -> int:
                 times.append(time.perf_counter())
                 wrong += state != "cancelled"
                 after.append(rss_anon(pid))
+                cpu = cpu_seconds(pid)
                 steps = " / ".join(f"{b - a:.1f}" for a, b in zip(times, times[1:]))
                 print(f"cycle {cycle + 1}: submit / cancel / delete {steps} s, RssAnon {after[-1] / MB:.0f} MB, "
                       f"peak so far {sampler.peak / MB:.0f} MB", flush=True)
@@ -116,6 +126,7 @@ def main() -> int:
         ("growth from the first cycle to the last MB", f"{growth:+.0f}", f"< {TARGET_GROWTH_MB}",
          growth < TARGET_GROWTH_MB),
         ("peak RssAnon MB", f"{sampler.peak / MB:.0f}", f"< {TARGET_PEAK_MB}", sampler.peak / MB < TARGET_PEAK_MB),
+        ("server CPU (user + system) over the cycles s", f"{cpu - cpu_before:.0f}", "", None),
     ]
     print(f"\nbench_memory{' --tiny' if args.tiny else ''}: {cycles} cycles of {nodes:,} nodes "
           "(submit, cancel, delete)")
