@@ -24,6 +24,13 @@ from broker.states import TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState,
 N = NodeState
 
 
+def refuse(s: Session, change: Any, node_id: int) -> None:
+    """Raise the mirror's refusal of ``change`` (a change naming node ``node_id``; None: nothing is checked)
+    when :func:`refusal` knows it without loading the workflow."""
+    if change is not None and (error := refusal(s, change, node_id)) is not None:
+        raise error
+
+
 def refusal(s: Session, change: Any, node_id: int) -> BrokerError | None:
     """The error the mirror would refuse ``change`` with, when node ``node_id`` has ended and its workflow has
     finished; None otherwise (no such node, or unfinished, or the change might apply): then the caller loads
@@ -54,4 +61,4 @@ def refusal(s: Session, change: Any, node_id: int) -> BrokerError | None:
     return None
 
 
-__all__ = ["refusal"]
+__all__ = ["refusal", "refuse"]

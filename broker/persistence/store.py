@@ -50,9 +50,7 @@ class Outcome:
     replies: list[tuple[Any, Any]] = field(default_factory=list)
     #: (workflow id, global id, state, counts) of every workflow touched, for progress listeners
     summaries: list[tuple[int, str, WorkflowState, dict[str, int]]] = field(default_factory=list)
-    #: nodes of the workflows that left the mirror: the writer gives memory back (memory.trim) after a big
-    #: one, once this commit's batch and changes are no longer referenced (before, the trim found them alive)
-    freed: int = 0
+    freed: int = 0  # nodes that left the mirror: after many, the writer trims once batch and changes are gone
 
 
 class Store:
@@ -155,9 +153,7 @@ class Store:
     def _node(self, s: Session, node_id: int, batch: Batch, change: Any = None) -> MNode:
         node = self.mirror.nodes.get(node_id)
         if node is None:
-            refused = None if change is None else settled.refusal(s, change, node_id)
-            if refused is not None:  # its workflow has finished: not loaded again just to say no
-                raise refused
+            settled.refuse(s, change, node_id)  # a node of a finished workflow: not loaded again just to say no
             wf_id = s.execute(select(NODES.c.workflow_id).where(NODES.c.id == node_id)).scalar()
             if wf_id is None:
                 raise BrokerError(f"no node with id {node_id}")
