@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from broker.cli import EXIT_OK, UsageError, add_db_option
-from broker.cli.common import not_found_is_usage
+from broker.cli.common import not_found_is_usage, plural
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -45,8 +45,17 @@ def _password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
+        # getpass falls back to reading standard input with a warning when there is no terminal, then fails
+        # with EOFError on an empty input: say at once how a script gives the password instead
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password on: give it on the first line of standard input "
+                             f"with --password-stdin (broker user {args.user_action} {args.name} --password-stdin)")
+        try:
+            password = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            raise UsageError("no password given (end of input); use --password-stdin in scripts") from None
+        if again != password:
             raise UsageError("the two passwords differ")
     if not password:
         raise UsageError("a password must not be empty")
@@ -114,7 +123,6 @@ def _has_password(s: Any, name: str) -> bool:
 def _remove(args: argparse.Namespace, settings: Any) -> int:
     from sqlalchemy import func, select
 
-    from broker.errors import StateError
     from broker.persistence import repository
     from broker.persistence.models import Workflow
 
@@ -122,8 +130,10 @@ def _remove(args: argparse.Namespace, settings: Any) -> int:
         user = repository.get_user(s, args.name)
         owned = s.execute(select(func.count()).select_from(Workflow).where(Workflow.owner_id == user.id)).scalar_one()
         if owned:
-            raise StateError(f"user {args.name} owns {owned} workflow(s): delete them first "
-                             "(deleteAllForUser, or delete) or keep the user")
+            # the user's own choice to make, not a runtime failure: a usage error (exit 2) saying what to do
+            raise UsageError(f"user {args.name} owns {plural(owned, 'workflow')}: delete {'it' if owned == 1 else 'them'} first with "
+                             f"`broker admin delete --user {args.name}` (finished ones; cancel running ones "
+                             "first) or the API's deleteAllForUser, then remove the user; or keep the user")
         s.delete(user)
     print(f"user {args.name} removed")
     return EXIT_OK
