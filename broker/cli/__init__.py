@@ -32,6 +32,12 @@ EXIT_INTERRUPTED = 130
 #: the values ``[logging] level`` accepts (any case)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+#: libraries that narrate their own work at INFO (alembic's migration steps and its "Detected sequence ...
+#: assuming SERIAL" on PostgreSQL, paramiko's lines per connection and sftp transfer, stomp.py's connection
+#: steps, spyne's client faults): kept at WARNING unless DEBUG is asked for, so the default level shows the
+#: broker's own lines only
+QUIET_LIBRARIES = ("alembic", "paramiko", "stomp.py", "spyne", "sqlalchemy", "cheroot", "pykka")
+
 #: command modules, in the order ``--help`` lists them
 COMMANDS = ("validate", "run", "status", "events", "control", "serve", "user", "admin", "db")
 
@@ -97,6 +103,10 @@ def _setup_logging(settings) -> None:
             raise ConfigError(f"[logging] level: invalid value {settings.logging.level!r} "
                               f"(expected one of {', '.join(LOG_LEVELS)})")
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        if level != "DEBUG":
+            quiet = max(logging.WARNING, logging.getLevelName(level))
+            for name in QUIET_LIBRARIES:
+                logging.getLogger(name).setLevel(quiet)
 
 
 #: whether this process is the ``broker`` command (console()), not main() called by other code: only then may

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -162,6 +163,11 @@ def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     from broker.persistence.lock import BrokerLock
 
     actor = f"admin:{owner_name(settings)}"
+    # this command prints each step itself; the library's INFO lines (written for `broker serve`'s log) would
+    # repeat every one of them
+    admin_log = logging.getLogger("broker.admin")
+    if admin_log.getEffectiveLevel() > logging.DEBUG:
+        admin_log.setLevel(logging.WARNING)
     held = BrokerLock(settings.database_url(), settings.engine, role="broker admin")
     if lock:
         try:

@@ -8,7 +8,6 @@ imported inside the handlers, so ``broker --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,11 +41,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         add_db_option(action)
 
 
-def _quiet_alembic() -> None:
-    """Alembic announces each of its plugins at INFO on every run; its migration steps stay visible."""
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-
-
 @contextmanager
 def _engine(settings: Any) -> Iterator[Any]:
     from broker.persistence.db import make_engine
@@ -60,7 +54,6 @@ def _engine(settings: Any) -> Iterator[Any]:
 
 def _migrate(settings: Any, step: str, revision: str) -> str | None:
     """Run ``migrate.<step>(engine, revision)``; alembic's own errors (unknown revision) are usage errors."""
-    _quiet_alembic()
     from alembic.util import CommandError
 
     from broker.persistence import migrate
@@ -107,7 +100,6 @@ def _current(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Any) -> int:
-    _quiet_alembic()
     from broker.persistence import migrate
 
     with _engine(settings) as engine:

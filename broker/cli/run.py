@@ -201,12 +201,8 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
 @contextmanager
 def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any, command: str) -> Iterator[Any]:
     """The started engine for this command, stopped on the way out whatever happened."""
-    import logging
-
     from broker.engine import Engine
 
-    # alembic announces each of its plugins at INFO when a new embedded database is migrated
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # The command line is the invoking user's own run: its local payloads run as that account, whatever the
     # accounts mapping says (it maps users of a shared `broker serve`).
     settings = settings.replace("engine", run_as_broker_account=True)

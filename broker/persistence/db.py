@@ -206,8 +206,11 @@ def open_database(settings: Any, *, auto_migrate: bool, application_name: str | 
         if auto_migrate and known and url.get_backend_name() == "sqlite":
             from broker.persistence import migrate  # imports alembic: only when there is work to do
 
-            log.info("migrating database %s from revision %s to %s", display_url(url), revision, HEAD_REVISION)
             migrate.upgrade(engine)
+            if revision is None:  # the one line a new user sees about the embedded database
+                log.info("created database %s (revision %s)", display_url(url), HEAD_REVISION)
+            else:
+                log.info("migrated database %s from revision %s to %s", display_url(url), revision, HEAD_REVISION)
             return engine
         raise DatabaseError(problem)
     except BaseException:
