@@ -45,6 +45,24 @@ def decide(requires: Requires, *, unfinished: int, ok_units: int, bad_units: int
     return Decision.WAIT if unfinished else Decision.READY
 
 
+#: parents named in a skip message before "(and N more)"
+NAMED_IN_SKIP = 5
+
+
+def skip_message(requires: Requires, *, ok_units: int, bad_units: int, failed: list[str]) -> str:
+    """Why a node was skipped, for its message: with a tolerance, the numbers that decided it; else the
+    parents (``failed``, their paths) that did not succeed."""
+    if requires.parents is None and requires.tolerance is not None:
+        total = ok_units + bad_units
+        unit = "parent unit" if total == 1 else "parent units"
+        return f"{ok_units} of {total} {unit} succeeded, {requires.tolerance * 100:g}% needed"
+    more = len(failed) - NAMED_IN_SKIP
+    shown = ", ".join(failed[:NAMED_IN_SKIP]) + (f" (and {more} more)" if more > 0 else "")
+    if len(failed) == 1:
+        return f"a required parent did not succeed: {shown}"
+    return f"required parents did not succeed: {shown}"
+
+
 def group_outcome(*, ok: int, bad: int, cancelled: int) -> NodeState:
     """How a sweep or member ended once all its children ended.
 

@@ -25,6 +25,8 @@ DONE_STATES = tuple(state.value for state in TERMINAL)
 IN_FLIGHT_STATES = tuple(state.value for state in IN_FLIGHT)
 #: most ids in one SQL IN list (SQLite allows 32,766 parameters per statement); more: count every workflow
 MAX_IN_LIST = 1000
+#: fewest characters a wrapped message column gets, however narrow the terminal
+MIN_WRAP = 30
 #: the order states are listed in: finished first (what users look at), then work under way, then waiting
 STATE_ORDER = ("succeeded", "failed", "cancelled", "skipped", "running", "staging_out", "queued", "staging_in",
                "retry_wait", "ready", "waiting")
@@ -206,15 +208,43 @@ def one_line(text: str | None, width: int = 80) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None, *,
+                wrap_last: bool = False, width: int | None = None) -> None:
     """Print rows as left-aligned columns under their headers (the last column is not padded); every cell is
-    shown through :func:`~broker.printable.printable`, so no value can break a row or the terminal."""
+    shown through :func:`~broker.printable.printable`, so no value can break a row or the terminal.
+
+    With ``wrap_last`` the last column (a message) is shown whole: its whitespace folded, wrapped to the
+    terminal's width (or ``width``), continuation lines starting under the column.
+    """
     out = out or sys.stdout
-    cells = [[str(h) for h in headers]] + [["" if v is None else printable(str(v)) for v in row] for row in rows]
+    texts = [["" if v is None else str(v) for v in row] for row in rows]
+    if wrap_last:
+        for row in texts:
+            row[-1] = " ".join(row[-1].split())  # before escaping: a newline folds to a space, not to "\\n"
+    cells = [[str(h) for h in headers]] + [[printable(v) for v in row] for row in texts]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    start = sum(widths[:-1]) + 2 * (len(headers) - 1)
+    room = max(MIN_WRAP, (width or terminal_width()) - start)
     for row in cells:
-        line = "  ".join(value.ljust(widths[i]) if i < len(row) - 1 else value for i, value in enumerate(row))
-        out.write(line.rstrip() + "\n")
+        last = _wrapped(row[-1], room) if wrap_last else [row[-1]]
+        head = "  ".join(value.ljust(widths[i]) for i, value in enumerate(row[:-1]))
+        out.write((f"{head}  {last[0]}" if row[:-1] else last[0]).rstrip() + "\n")
+        for more in last[1:]:
+            out.write(" " * start + more + "\n")
+
+
+def terminal_width() -> int:
+    """Columns of the terminal (``$COLUMNS`` first; 100 when output is not a terminal)."""
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters (long words cut); one empty line for no text."""
+    import textwrap
+
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
 
 
 def print_json(value: Any) -> None:

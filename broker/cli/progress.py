@@ -16,15 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from broker.cli.common import done_total, duration, one_line, ordered_counts, plural, print_table
+from broker.cli.common import done_total, duration, ordered_counts, plural, print_table, terminal_width
 from broker.printable import printable
 
 #: seconds between redraws of the terminal status line
 TTY_INTERVAL = 0.2
 #: seconds between plain progress lines when the output is not a terminal
 PLAIN_INTERVAL = 5.0
-#: failed and skipped nodes listed in the summary before "and N more"
+#: nodes that did not succeed listed in the summary before "and N more"
 SUMMARY_NODES = 20
+#: the node states the summary lists: every way of not succeeding
+NOT_SUCCEEDED = ("failed", "cancelled", "skipped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,7 @@ def print_summary(sessions: Any, workflow_id: int, *, wall: float, done_before: 
     with sessions() as s:
         wf = s.get(Workflow, workflow_id)
         counts = node_counts(s, [workflow_id])[workflow_id]
-        bad_filter = (Node.workflow_id == workflow_id, Node.state.in_(("failed", "skipped")), counted_clause())
+        bad_filter = (Node.workflow_id == workflow_id, Node.state.in_(NOT_SUCCEEDED), counted_clause())
         bad = s.execute(select(Node.path, Node.state, Node.exit_code, Node.message).where(*bad_filter)
                         .order_by(Node.id).limit(SUMMARY_NODES)).all()
         bad_total = s.execute(select(func.count()).select_from(Node).where(*bad_filter)).scalar_one()
@@ -182,10 +184,10 @@ def print_summary(sessions: Any, workflow_id: int, *, wall: float, done_before: 
     rows.append(("rate", f"{rate:.2f} nodes/s ({ran} finished in this run)"))
     print_table(("", ""), rows, out=_Indented(out))
     if bad:
-        out.write("\nfailed or skipped nodes:\n")
+        out.write("\nnodes that did not succeed:\n")
         print_table(("NODE", "STATE", "EXIT", "MESSAGE"),
-                    [(r.path, r.state, "" if r.exit_code is None else r.exit_code, one_line(r.message, 100))
-                     for r in bad], out=_Indented(out))
+                    [(r.path, r.state, "" if r.exit_code is None else r.exit_code, r.message) for r in bad],
+                    out=_Indented(out), wrap_last=True, width=terminal_width() - len(_Indented.MARGIN))
         if bad_total > len(bad):
             out.write(f"  and {bad_total - len(bad)} more (broker status {wf.global_id} --nodes all)\n")
     out.flush()
@@ -195,9 +197,11 @@ def print_summary(sessions: Any, workflow_id: int, *, wall: float, done_before: 
 class _Indented:
     """A stream wrapper that indents every line by two spaces (drops print_table's empty header line)."""
 
+    MARGIN = "  "
+
     def __init__(self, out: TextIO):
         self.out = out
 
     def write(self, text: str) -> None:
         if text.strip():
-            self.out.write("  " + text)
+            self.out.write(self.MARGIN + text)

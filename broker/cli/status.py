@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from broker.cli import EXIT_OK, UsageError, add_db_option
-from broker.cli.common import (done_total, iso, local_time, node_counts, not_found_is_usage, one_line,
+from broker.cli.common import (done_total, iso, local_time, node_counts, not_found_is_usage,
                                ordered_counts, print_fields, print_json, print_table, reader, resolve,
                                sqlite_file_missing, stops_when_output_closes)
 from broker.printable import printable
@@ -149,7 +149,7 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
     print()
     print_table(("NODE", "KIND", "STATE", "ATTEMPT", "EXIT", "HOST", "MESSAGE"),
                 [(n.path, n.kind, n.state, n.attempt, "" if n.exit_code is None else n.exit_code, n.host or "",
-                  one_line(n.message, 80)) for n in shown])
+                  n.message) for n in shown], wrap_last=True)
     if len(shown) < stored:
         print(f"... {stored - len(shown)} more nodes (--nodes all shows every node)")
 

@@ -19,7 +19,7 @@ from typing import Any
 from broker.errors import StateError
 from broker.events.types import EventType
 from broker.persistence.graph import MNode, MWorkflow
-from broker.rules import Decision, decide, group_outcome
+from broker.rules import Decision, decide, group_outcome, skip_message
 from broker.states import TERMINAL, NodeState, WorkflowState, check_transition, derive_workflow_state
 
 N = NodeState
@@ -163,8 +163,7 @@ class Mirror:
             self.transition(node, N.READY, batch, actor="submission")
         elif verdict is Decision.SKIP:
             failed = [d.path for d in node.deps if d.state in TERMINAL and d.units()[1]]
-            message = "a required parent did not succeed: " + ", ".join(failed[:5]) + (
-                f" (and {len(failed) - 5} more)" if len(failed) > 5 else "")
+            message = skip_message(requires, ok_units=node.ok_units, bad_units=node.bad_units, failed=failed)
             if propagate:
                 self.transition(node, N.SKIPPED, batch, actor="submission", message=message)
             else:
@@ -255,7 +254,7 @@ class Mirror:
         for node in created:
             if node.counted:
                 wf.count(node.state, 1)
-        batch.event(wf, EventType.NODE_EXPANDED, actor=actor, node=sweep, message=f"expanded into {count} members",
+        batch.event(wf, EventType.NODE_EXPANDED, actor=actor, node=sweep, message=f"expanded into {count} member{'' if count == 1 else 's'}",
                     properties={"members": count})
         return created
 

@@ -72,7 +72,7 @@ def test_the_summary_lists_the_first_twenty_failed_nodes_then_how_many_more(sqli
     nodes = "\n".join(f'<node id="bad{i:02d}"><payload type="sh">exit 1</payload></node>' for i in range(23))
     result = sqlite_cli("run", str(sqlite_cli.file("bad.xml", workflow(nodes))))
     assert result.returncode == 1
-    table = result.stdout.split("failed or skipped nodes:\n", 1)[1].splitlines()
+    table = result.stdout.split("nodes that did not succeed:\n", 1)[1].splitlines()
     assert len(table) == 1 + 20 + 1
     (wf,) = sqlite_cli.workflows()
     assert table[-1] == f"  and 3 more (broker status {wf.global_id} --nodes all)"

@@ -20,7 +20,7 @@ def test_a_succeeding_example_exits_0_and_prints_the_summary(cli):
     assert lines[0] == f"submitted workflow {wf.global_id} (id {wf.id}): diamond"
     assert lines[1] == f"workflow {wf.global_id} (diamond): succeeded"
     assert re.fullmatch(r"  succeeded +4", lines[2])
-    assert "failed or skipped nodes:" not in result.stdout
+    assert "nodes that did not succeed:" not in result.stdout
     assert any(line.startswith("  wall time ") for line in lines)
     assert {n.state for n in cli.nodes().values()} == {"succeeded"}
 
@@ -31,7 +31,7 @@ def test_a_failing_example_exits_1_and_lists_the_failed_and_skipped_nodes(cli):
     assert cli.workflows()[0].state == "failed"
     out = result.stdout
     assert ": failed\n" in out
-    table = out.split("failed or skipped nodes:\n", 1)[1].splitlines()
+    table = out.split("nodes that did not succeed:\n", 1)[1].splitlines()
     assert table[0].split() == ["NODE", "STATE", "EXIT", "MESSAGE"]
     assert table[1].split()[:3] == ["broken", "failed", "3"]
     assert [row.split()[:2] for row in table[2:4]] == [["analyse", "skipped"], ["publish", "skipped"]]
