@@ -349,7 +349,7 @@ def test_the_cli_reports_a_bad_variable_in_one_line_and_exits_2():
 def test_the_cli_validates_with_the_shipped_configuration():
     result = broker("--config", "conf/broker.ini", "validate", "conf/examples/hello.xml")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "conf/examples/hello.xml: valid (1 node, 0 sweeps, up to 1 node after expansion)\n"
+    assert result.stdout == "conf/examples/hello.xml: valid (1 node definition, 0 sweeps: 1 node to run)\n"
     assert result.stderr == ""
 
 

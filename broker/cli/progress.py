@@ -194,6 +194,30 @@ def print_summary(sessions: Any, workflow_id: int, *, wall: float, done_before: 
     return wf.state
 
 
+def planned_total(s: Any, workflow_id: int, counts: dict[str, int]) -> tuple[int, str]:
+    """(nodes the workflow will run, a note or "") from its node ``counts``: each parameterized node not
+    expanded yet counts what its description expands it to, not 1 (see broker.description.counts)."""
+    from sqlalchemy import select
+
+    from broker.description.counts import Planned, execute_nodes, output_driven, sweeps_by_template
+    from broker.description.model import from_json
+    from broker.persistence.models import Node, Workflow
+
+    total = sum(counts.values())
+    pending = s.execute(select(Node.template).where(Node.workflow_id == workflow_id, Node.kind == "sweep",
+                                                    Node.members.is_(None))).scalars().all()
+    if not pending:
+        return total, ""
+    sweeps = sweeps_by_template(from_json(s.get(Workflow, workflow_id).plan).nodes)
+    driven: list[str] = []
+    for template in pending:
+        sweep = sweeps[template]
+        # the row counted 1; once expanded it is its members' execute nodes
+        total += execute_nodes((sweep,)) - 1
+        driven.extend(output_driven((sweep,), template.rpartition("/")[0]))
+    return total, Planned(total, tuple(dict.fromkeys(driven))).note()
+
+
 class _Indented:
     """A stream wrapper that indents every line by two spaces (drops print_table's empty header line)."""
 

@@ -241,14 +241,21 @@ def _unfinished(sessions: Any, owner: str, digest: str) -> int | None:
 
 
 def _announce_resume(sessions: Any, workflow_id: int) -> int:
-    """Print ``resuming workflow ... N of M nodes done``; returns N (not part of this run's rate)."""
+    """Print ``resuming workflow ... N of M nodes done``; returns N (not part of this run's rate).
+
+    M is what the workflow will run, its sweeps not expanded yet counted as they will expand (as ``broker
+    validate`` counts), so it agrees with the summary at the end.
+    """
     from broker.cli.common import done_total, node_counts
+    from broker.cli.progress import planned_total
     from broker.persistence.models import Workflow
 
     with sessions() as s:
         wf = s.get(Workflow, workflow_id)
-        done, total = done_total(node_counts(s, [workflow_id])[workflow_id])
+        counts = node_counts(s, [workflow_id])[workflow_id]
+        done, _ = done_total(counts)
+        total, note = planned_total(s, workflow_id, counts)
     print(f"resuming workflow {wf.global_id} (submitted {local_time(wf.submitted_at)}): "
-          f"{done} of {total} nodes done", flush=True)
+          f"{done} of {plural(total, 'node')} done" + (f" ({note})" if note else ""), flush=True)
     return done
 

@@ -1,7 +1,9 @@
 """``broker validate FILE...``: check descriptions without storing or running anything.
 
 Problems go to stderr, one per line, as ``FILE:LINE:COLUMN: message``; a valid file gets one line on
-stdout: ``FILE: valid (N nodes, M sweeps, up to K nodes after expansion)``. Exit codes: 0 when every file
+stdout: ``FILE: valid (N node definitions, M sweeps: K nodes to run)``, K counted as a run counts its nodes (execute
+nodes once every sweep has expanded), with a note naming the sweeps driven by upstream outputs, which can add
+nodes at run time. Exit codes: 0 when every file
 is valid, 1 when any file was rejected (hostile or oversized input included), 2 when a file cannot be read
 (that wins over 1) or the command line is wrong. ``-`` reads standard input. The description layer is
 imported only when the command runs, so ``broker --help`` stays fast.
@@ -33,6 +35,7 @@ def _plural(count: int, word: str) -> str:
 
 def run(args: argparse.Namespace, settings) -> int:
     """Validate every file named on the command line; returns the exit code."""
+    from broker.description.counts import planned
     from broker.description.load import check_description, check_description_file, spec_stats
 
     unreadable = rejected = False
@@ -54,8 +57,10 @@ def run(args: argparse.Namespace, settings) -> int:
             continue
         stats = spec_stats(checked.spec)
         label = "<stdin>" if name == "-" else name
-        print(f"{printable(label)}: valid ({_plural(stats.nodes, 'node')}, {_plural(stats.sweeps, 'sweep')}, "
-              f"up to {_plural(stats.expanded, 'node')} after expansion)")
+        plan = planned(checked.spec.nodes)
+        note = f", {plan.note()}" if plan.output_driven else ""
+        print(printable(f"{label}: valid ({_plural(stats.nodes, 'node definition')}, {_plural(stats.sweeps, 'sweep')}: "
+                        f"{_plural(plan.nodes, 'node')} to run{note})"))
     if unreadable:
         return EXIT_USAGE
     return EXIT_INVALID if rejected else EXIT_OK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 
+from broker.cli import main
 from tests.cli.conftest import DEADLINE, alive, waits_for, wait_for, workflow
 
 
@@ -17,7 +18,7 @@ def _waiting_workflow(cli):
 
 
 def _kill_once_running(cli, path) -> None:
-    """Start ``broker run`` and SIGKILL it once the waiting node runs (its payload keeps running)."""
+    """Start ``broker run`` and SIGKILL it once the node ``wait`` runs (its payload keeps running)."""
     proc = cli.start("run", str(path))
     cli.wait_node("wait", "running")
     proc.send_signal(signal.SIGKILL)
@@ -88,3 +89,25 @@ def test_waiting_helper_fails_the_payload_when_the_file_never_appears(sqlite_cli
     result = sqlite_cli("run", str(path))
     assert result.returncode == 1
     wait_for(lambda: sqlite_cli.node_state("w") == "failed", what="the bounded wait to fail")
+
+
+def test_resume_counts_the_nodes_its_sweeps_will_expand_to_as_validate_and_the_summary_do(sqlite_cli, capsys):
+    go = sqlite_cli.tmp / "go"
+    path = sqlite_cli.file("sweeps.xml", workflow(f"""
+        <node id="wait">{waits_for(go)}</node>
+        <sweep id="s"><dependsOn node="wait"/>
+          <param name="n"><range from="1" to="10"/></param>
+          <body><node id="a"><payload type="sh">echo a</payload></node>
+                <node id="b"><dependsOn node="a"/><payload type="sh">echo b</payload></node></body>
+        </sweep>
+        <node id="last"><dependsOn node="s"/><payload type="sh">echo last</payload></node>"""))
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: valid (4 node definitions, 1 sweep: 22 nodes to run)\n"
+    _kill_once_running(sqlite_cli, path)
+    (wf,) = sqlite_cli.workflows()
+    proc = sqlite_cli.start("resume", wf.global_id)
+    assert proc.stdout.readline().endswith("): 0 of 22 nodes done\n")
+    go.touch()
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert "  total      22 nodes, 22 done\n" in out

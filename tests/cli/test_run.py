@@ -178,3 +178,17 @@ def test_a_workflow_that_would_pass_the_users_node_limit_is_refused_with_exit_1(
                              "to 5 nodes, limit 4 ([limits] max_nodes_per_user)\n")
     assert len(cli.workflows()) == 1
     assert cli("run", str(path), env={"BROKER_LIMITS_MAX_NODES_PER_USER": "5"}).returncode == 0
+
+
+def test_validate_counts_the_nodes_a_run_reports_and_names_sweeps_that_grow_at_run_time(sqlite_cli, capsys):
+    from broker.cli import main
+
+    for name, nodes in (("sweep", 8), ("nested-sweep", 9), ("tolerance", 11)):
+        assert main(["validate", str(EXAMPLES / f"{name}.xml")]) == 0
+        assert capsys.readouterr().out.endswith(f": {nodes} nodes to run)\n"), name
+        result = sqlite_cli("run", str(EXAMPLES / f"{name}.xml"))
+        assert f"  total      {nodes} nodes, {nodes} done\n" in result.stdout, name
+    assert main(["validate", str(EXAMPLES / "output-sweep.xml")]) == 0
+    assert capsys.readouterr().out == (
+        f"{EXAMPLES / 'output-sweep.xml'}: valid (3 node definitions, 1 sweep: 3 nodes to run, counting one member "
+        "of sweep 'process', whose values come from upstream outputs: it can add nodes at run time)\n")

@@ -20,8 +20,8 @@ def broker(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = 
 def test_a_valid_file_prints_its_sizes_on_stdout_and_exits_0():
     result = broker("validate", str(EXAMPLES / "nested-sweep.xml"))
     assert result.returncode == 0
-    assert result.stdout.decode() == (f"{EXAMPLES / 'nested-sweep.xml'}: valid (3 nodes, 2 sweeps, "
-                                      "up to 12 nodes after expansion)\n")
+    assert result.stdout.decode() == (f"{EXAMPLES / 'nested-sweep.xml'}: valid (3 node definitions, "
+                                      "2 sweeps: 9 nodes to run)\n")
     assert result.stderr == b""
 
 
@@ -31,7 +31,7 @@ def test_every_example_validates_in_one_run():
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
     assert [line.split(": valid (")[0] for line in lines] == files
-    assert f"{EXAMPLES / 'hello.xml'}: valid (1 node, 0 sweeps, up to 1 node after expansion)" in lines
+    assert f"{EXAMPLES / 'hello.xml'}: valid (1 node definition, 0 sweeps: 1 node to run)" in lines
 
 
 def test_an_invalid_file_prints_every_problem_on_stderr_and_exits_1(tmp_path):
@@ -80,7 +80,7 @@ def test_bad_usage_exits_2():
 def test_standard_input_is_read_for_a_dash():
     result = broker("validate", "-", stdin=(EXAMPLES / "diamond.xml").read_bytes())
     assert result.returncode == 0
-    assert result.stdout.decode() == "<stdin>: valid (4 nodes, 0 sweeps, up to 4 nodes after expansion)\n"
+    assert result.stdout.decode() == "<stdin>: valid (4 node definitions, 0 sweeps: 4 nodes to run)\n"
 
 
 def test_include_dirs_and_limits_come_from_the_configuration_file(tmp_path):

@@ -10,7 +10,7 @@ P = '<payload type="sh">echo</payload>'
 
 
 def test_a_newline_in_an_id_cannot_forge_a_valid_line(tmp_path):
-    forged = "hello.xml: valid (1 node, 0 sweeps, up to 1 node after expansion)"
+    forged = "hello.xml: valid (1 node definition, 0 sweeps: 1 node to run)"
     bad = tmp_path / "bad.xml"
     bad.write_bytes(workflow(f'<node id="x&#10;{forged}">{P}</node>'))
     result = broker("validate", str(bad))
@@ -36,5 +36,5 @@ def test_a_file_name_is_shown_escaped_too(tmp_path):
     name.write_bytes(workflow(f'<node id="a">{P}</node>'))
     result = broker("validate", str(name))
     assert result.returncode == 0
-    assert result.stdout.decode() == (f"{tmp_path}/two\\nlines\\u202e.xml: valid (1 node, 0 sweeps, up to 1 node "
-                                      "after expansion)\n")
+    assert result.stdout.decode() == (f"{tmp_path}/two\\nlines\\u202e.xml: valid (1 node definition, 0 sweeps: "
+                                      "1 node to run)\n")
