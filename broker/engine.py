@@ -127,7 +127,7 @@ class Engine:
                                      lease=self.lock.lease)
             # every commit checks, in its own transaction, that the lease is still this broker's
             self.store = Store(self.sessions, limits=settings.limits, guard=self.lock.guard,
-                               publishing=settings.events.publishing)
+                               publishing=settings.events.publishing, work_root=str(self.workdir))
             # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
             self.relay = None
             if settings.events.url:

@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     for parser, handler in ((run_parser, run), (resume_parser, resume)):
         add_db_option(parser)
         parser.add_argument("--workdir", metavar="DIR",
-                            help="root of the node work directories (overrides [engine] workdir)")
+                            help="root of the node work directories (overrides [engine] workdir; for resume, the "
+                                 "default is the root the workflow was submitted with)")
         parser.set_defaults(func=handler)
 
 
@@ -115,7 +116,11 @@ def resume(args: argparse.Namespace, settings: Any) -> int:
     owner = owner_name(settings)
     with reader(settings) as sessions, sessions() as s:
         target = resolve(s, args.id)
-        state = s.get(Workflow, target.workflow_id).state
+        workflow = s.get(Workflow, target.workflow_id)
+        state, work_root = workflow.state, workflow.work_root
+    if args.workdir is None and work_root is not None:
+        # new attempts go where the recovered ones are, not under whatever root this invocation defaults to
+        args.workdir = work_root
     if state in WORKFLOW_TERMINAL:
         print(f"workflow {target.workflow_global_id} has already ended: {state}"
               + ("" if state == "succeeded" else f" (`broker restart {target.workflow_global_id}` gives its "

@@ -113,6 +113,10 @@ class Workflow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     publish_metadata_to: Mapped[str | None] = mapped_column(String(256))
     max_in_flight: Mapped[int | None] = mapped_column(Integer)
+    #: the directory its attempts' work directories are created under (``<root>/<global id>/...``), as the
+    #: submitting broker had it: a resume creates new attempts there too (None: derived from nothing, the
+    #: workflow never launched before revision 0004)
+    work_root: Mapped[str | None] = mapped_column(String(4096))
     #: broker.states.WorkflowState value
     state: Mapped[str] = mapped_column(String(16))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

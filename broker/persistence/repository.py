@@ -79,7 +79,8 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
                     label: str | None = None, request_id: str | None = None, experiment_id: str | None = None,
                     event_level: EventLevel | str | None = None, priority: int | None = None,
                     publish_metadata_to: str | None = None, max_in_flight: int | None = None,
-                    actor: str = "submission", now: dt.datetime | None = None, publishing: bool = True) -> Workflow:
+                    actor: str = "submission", now: dt.datetime | None = None, publishing: bool = True,
+                    work_root: str | None = None) -> Workflow:
     """Store a validated workflow: its row, its top-level nodes and edges, and its WORKFLOW_SUBMITTED event.
 
     ``descriptor`` is kept verbatim with its SHA-256 (of its UTF-8 encoding). ``event_level``, ``priority``,
@@ -114,6 +115,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
         publish_metadata_to=publish_metadata_to if publish_metadata_to is not None else spec.publish_metadata_to,
         max_in_flight=max_in_flight if max_in_flight is not None else spec.max_in_flight,
         state=WorkflowState.ACCEPTED.value, cancel_requested=False, event_seq=0, submitted_at=now,
+        work_root=work_root,
     )
     session.add(workflow)
     session.flush()

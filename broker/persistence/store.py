@@ -57,10 +57,13 @@ class Store:
     """Applies changes; the only code that writes node and workflow state."""
 
     def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None,
-                 guard: Callable[[Session], None] | None = None, publishing: bool = True):
+                 guard: Callable[[Session], None] | None = None, publishing: bool = True,
+                 work_root: str | None = None):
         self.session_factory = session_factory
         self.guard = guard  #: called first in each transaction: raises LeaseLost when this process may not write
         self.publishing = publishing  #: a bus is configured ([events] url); without one, no outbox rows
+        #: the engine's work root, recorded on each workflow it stores (where a resume creates new attempts)
+        self.work_root = work_root
         self.mirror = Mirror()
         self.limits = limits
         self.quota = NodeQuota(limits)
@@ -276,7 +279,7 @@ class Store:
                                          request_id=ch.request_id, experiment_id=ch.experiment_id,
                                          event_level=ch.event_level, priority=ch.priority,
                                          publish_metadata_to=ch.publish_metadata_to, now=batch.now,
-                                         publishing=batch.publishing)
+                                         publishing=batch.publishing, work_root=self.work_root)
         s.flush()
         resumed = row.id in self.mirror.workflows
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:

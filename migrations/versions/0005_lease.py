@@ -1,7 +1,7 @@
 """the broker lease: on PostgreSQL a broker writes only while it holds this row's epoch unexpired
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Created: 2026-12-06 17:10:00
 """
 
@@ -9,7 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = '0005'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

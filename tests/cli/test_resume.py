@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 
 from broker.cli import main
 from tests.cli.conftest import DEADLINE, alive, waits_for, wait_for, workflow
@@ -111,3 +112,30 @@ def test_resume_counts_the_nodes_its_sweeps_will_expand_to_as_validate_and_the_s
     out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0, err
     assert "  total      22 nodes, 22 done\n" in out
+
+
+def test_resume_without_workdir_puts_new_attempts_under_the_root_the_workflow_was_submitted_with(sqlite_cli):
+    go = sqlite_cli.tmp / "go"
+    path = sqlite_cli.file("later.xml", workflow(f"""
+        <node id="wait">{waits_for(go)}</node>
+        <node id="later"><dependsOn node="wait"/><payload type="sh">echo later</payload></node>"""))
+    _kill_once_running(sqlite_cli, path)
+    (wf,) = sqlite_cli.workflows()
+    assert wf.work_root == str(sqlite_cli.workdir)
+    elsewhere = sqlite_cli.tmp / "elsewhere"
+    args = [a for a in sqlite_cli.args("resume", wf.global_id) if a not in ("--workdir", str(sqlite_cli.workdir))]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=sqlite_cli.tmp,
+                            env={**sqlite_cli.env, "BROKER_ENGINE_WORKDIR": str(elsewhere)})
+    try:
+        assert proc.stdout.readline().startswith(f"resuming workflow {wf.global_id}")
+        go.touch()
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    later = sqlite_cli.nodes()["later"]
+    assert later.state == "succeeded"
+    assert later.workdir.startswith(f"{sqlite_cli.workdir}/{wf.global_id}/"), later.workdir
+    assert not (elsewhere / wf.global_id).exists()
