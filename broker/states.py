@@ -103,16 +103,18 @@ class FailureConstraint:
 
 
 def derive_workflow_state(counts: Mapping[NodeState, int], constraint: FailureConstraint,
-                          cancel_requested: bool = False) -> WorkflowState:
+                          cancel_requested: bool = False, *, started: bool = False) -> WorkflowState:
     """The workflow's state from the counts of its nodes' states (a pure function).
 
     ``counts`` covers the nodes that carry work: execute nodes, and parameterized nodes that have not
-    expanded (an expanded one is represented by its members).
+    expanded (an expanded one is represented by its members). ``started``: the workflow has run before; it
+    is then never ``accepted`` again, though its only node may be back to ready (waiting for its retry, or
+    restarted).
     """
     total = sum(counts.values())
     active = sum(n for s, n in counts.items() if s not in TERMINAL)
     if active:
-        if all(s in NOT_STARTED for s, n in counts.items() if n):
+        if not started and all(s in NOT_STARTED for s, n in counts.items() if n):
             return WorkflowState.ACCEPTED
         return WorkflowState.RUNNING
     if cancel_requested and counts.get(N.CANCELLED, 0):

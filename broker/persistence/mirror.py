@@ -254,7 +254,8 @@ class Mirror:
         for node in created:
             if node.counted:
                 wf.count(node.state, 1)
-        batch.event(wf, EventType.NODE_EXPANDED, actor=actor, node=sweep, message=f"expanded into {count} member{'' if count == 1 else 's'}",
+        members = f"{count} member" if count == 1 else f"{count} members"
+        batch.event(wf, EventType.NODE_EXPANDED, actor=actor, node=sweep, message=f"expanded into {members}",
                     properties={"members": count})
         return created
 
@@ -361,7 +362,7 @@ class Mirror:
 
     def derive(self, wf: MWorkflow, batch: Any) -> WorkflowState | None:
         """Recompute the workflow's state; record and return it when it changed."""
-        new = derive_workflow_state(wf.counts, wf.constraint, wf.cancel_requested)
+        new = derive_workflow_state(wf.counts, wf.constraint, wf.cancel_requested, started=wf.started_at is not None)
         if new is wf.state:
             return None
         old, wf.state = wf.state, new

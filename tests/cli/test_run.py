@@ -192,3 +192,18 @@ def test_validate_counts_the_nodes_a_run_reports_and_names_sweeps_that_grow_at_r
     assert capsys.readouterr().out == (
         f"{EXAMPLES / 'output-sweep.xml'}: valid (3 node definitions, 1 sweep: 3 nodes to run, counting one member "
         "of sweep 'process', whose values come from upstream outputs: it can add nodes at run time)\n")
+
+
+def test_a_node_waiting_for_its_retry_leaves_the_workflow_running_in_the_progress_lines(sqlite_cli):
+    marker = sqlite_cli.tmp / "tried"
+    path = sqlite_cli.file("retry.xml", workflow(f"""
+        <node id="flaky">
+          <execution><retry count="1" backoff="300ms"/></execution>
+          <payload type="sh">if [ -e "{marker}" ]; then echo second; else touch "{marker}"; exit 1; fi</payload>
+        </node>"""))
+    result = sqlite_cli("run", str(path))
+    assert result.returncode == 0, result.stderr
+    assert sqlite_cli.nodes()["flaky"].attempt == 2
+    # a plain line is printed at each change of the workflow's state: the retry is not one
+    states = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("[")]
+    assert states == ["accepted", "running", "succeeded"], result.stderr

@@ -69,6 +69,8 @@ def test_groups_have_their_own_table_and_reopen_only_from_failed_or_cancelled():
 def test_the_workflow_state_derives_from_node_counts():
     strict = FailureConstraint()
     assert derive_workflow_state({N.WAITING: 2, N.READY: 1}, strict) is WorkflowState.ACCEPTED
+    # a node back to ready for its retry (or restarted) leaves a started workflow running
+    assert derive_workflow_state({N.READY: 1}, strict, started=True) is WorkflowState.RUNNING
     assert derive_workflow_state({N.SUCCEEDED: 1, N.WAITING: 2}, strict) is WorkflowState.RUNNING
     assert derive_workflow_state({N.SUCCEEDED: 3}, strict) is WorkflowState.SUCCEEDED
     assert derive_workflow_state({N.SUCCEEDED: 2, N.FAILED: 1}, strict) is WorkflowState.FAILED
