@@ -52,6 +52,8 @@ def events(args: argparse.Namespace, settings: Any) -> int:
             target = resolve(s, args.id)
         last = args.after
         left = args.limit
+        if sys.stdout.isatty():  # for a reader; scripts reading a pipe get the event lines only
+            sys.stdout.write(HEADER + "\n")
         while True:
             # read the state before the events: the event of a state change is committed with it, so once
             # the state read here is final, the page read next holds every event there will be
@@ -72,6 +74,10 @@ def events(args: argparse.Namespace, settings: Any) -> int:
             if not args.follow or ended:
                 return EXIT_OK
             time.sleep(FOLLOW_INTERVAL)  # a poll interval, not a wait for a condition
+
+
+#: the names of the fields of :func:`format_event`'s lines, printed first on a terminal
+HEADER = "ID TIME SEQ LEVEL TYPE NODE STATE MESSAGE"
 
 
 def format_event(event: Any) -> str:

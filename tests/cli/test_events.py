@@ -85,3 +85,32 @@ def test_output_into_a_closed_pipe_ends_quietly(sqlite_cli):
             finally:
                 os.close(write_end)
             assert (result.returncode, result.stderr) == (0, ""), argv
+
+
+def test_on_a_terminal_a_header_names_the_fields_and_a_pipe_gets_the_events_only(sqlite_cli):
+    import os
+    import subprocess
+
+    assert sqlite_cli("run", str(EXAMPLES / "hello.xml")).returncode == 0
+    primary, secondary = os.openpty()
+    try:
+        result = subprocess.run(sqlite_cli.args("events", "1"), stdout=secondary, stderr=subprocess.PIPE,
+                                env=sqlite_cli.env, timeout=DEADLINE)
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: every writer of the terminal has closed it
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+    assert result.returncode == 0, result.stderr
+    lines = seen.decode().splitlines()
+    assert lines[0] == "ID TIME SEQ LEVEL TYPE NODE STATE MESSAGE"
+    assert lines[1].split()[4] == "WORKFLOW_SUBMITTED"
+    piped = sqlite_cli("events", "1")
+    assert piped.stdout.splitlines()[0].split()[4] == "WORKFLOW_SUBMITTED"
