@@ -84,7 +84,7 @@ class MoabDialect:
 
     def directives(self, job: JobSpec) -> list[str]:
         """``#MSUB`` lines (the same Torque option syntax as PBS)."""
-        return torque_directives(job, "#MSUB", "Moab")
+        return torque_directives(job, "#MSUB")
 
     def submit(self, script_name: str) -> list[str]:
         return [f"{self._bin}msub", script_name]

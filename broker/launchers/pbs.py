@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from broker.errors import ResourceError
 from broker.launchers.batch import BatchLauncher
 from broker.resources.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
                                    SchedulerUnreachable, SubmitRejected, mebibytes)
@@ -66,8 +65,9 @@ def parse_full(text: str) -> dict[str, dict[str, str]]:
     return jobs
 
 
-def torque_directives(job: JobSpec, prefix: str, scheduler: str) -> list[str]:
-    """Job directives in Torque's option syntax (``-l nodes=N:ppn=C,...``), shared by PBS and MOAB."""
+def torque_directives(job: JobSpec, prefix: str) -> list[str]:
+    """Job directives in Torque's option syntax (``-l nodes=N:ppn=C,...``), shared by PBS and MOAB; extra
+    ``<directive>`` elements join ``-l`` with their value, or come as flags (``-NAME``) without one."""
     lines = [f"-N {job.name}", f"-o {job.job_dir}/job.out", f"-e {job.job_dir}/job.err", f"-d {job.job_dir}"]
     if job.queue:
         lines.append(f"-q {job.queue}")
@@ -76,15 +76,18 @@ def torque_directives(job: JobSpec, prefix: str, scheduler: str) -> list[str]:
         resources.append(f"mem={mebibytes(job.memory)}mb")
     if job.walltime:
         resources.append(f"walltime={hours(job.walltime)}")
+    # a directive with a value is a resource (-l key=value); one without is a flag option of its own
+    # (-n: Torque's node-exclusive), as a <directive> without a value is one for SLURM (--exclusive)
+    flags = []
     for key, value in job.directives:
         if value is None:
-            raise ResourceError(f"{scheduler} directive '{key}' needs a value (it becomes -l {key}=VALUE)",
-                                retryable=False)
-        resources.append(f"{key}={value}")
+            flags.append(f"-{key}")
+        else:
+            resources.append(f"{key}={value}")
     lines.append("-l " + ",".join(resources))
     if job.account:
         lines.append(f"-A {job.account}")
-    return [f"{prefix} {line}" for line in lines]
+    return [f"{prefix} {line}" for line in lines + flags]
 
 
 class PbsDialect:
@@ -97,7 +100,7 @@ class PbsDialect:
 
     def directives(self, job: JobSpec) -> list[str]:
         """``#PBS`` lines (Torque resource syntax: nodes=N:ppn=C)."""
-        return torque_directives(job, "#PBS", "PBS")
+        return torque_directives(job, "#PBS")
 
     def submit(self, script_name: str) -> list[str]:
         return [f"{self._bin}qsub", script_name]

@@ -50,6 +50,9 @@ def test_directives_are_msub_lines():
     assert MoabDialect().directives(job) == [
         "#MSUB -N wb-7-1-3f2a", "#MSUB -o /s/d/job.out", "#MSUB -e /s/d/job.err", "#MSUB -d /s/d", "#MSUB -q batch",
         "#MSUB -l nodes=1:ppn=4,mem=1024mb,walltime=00:01:30", "#MSUB -A chem"]
+    # a <directive> without a value is a flag option, as for PBS
+    flagged = MoabDialect().directives(J.JobSpec("n", "c", "/d", directives=(("n", None),)))
+    assert flagged[-2:] == ["#MSUB -l nodes=1:ppn=1", "#MSUB -n"]
 
 
 def test_msub_outputs_give_the_job_id_or_say_whether_to_retry():

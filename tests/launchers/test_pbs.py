@@ -56,8 +56,10 @@ def test_directives_follow_the_scheduling_profile_in_torque_syntax():
         "#PBS -N wb-7-1-3f2a", "#PBS -o /s/a/wf-x/n/1/job.out", "#PBS -e /s/a/wf-x/n/1/job.err",
         "#PBS -d /s/a/wf-x/n/1", "#PBS -q batch", "#PBS -l nodes=2:ppn=8,mem=3072mb,walltime=50:00:00,gres=gpu:2",
         "#PBS -A chem"]
-    with pytest.raises(ResourceError, match="PBS directive 'exclusive' needs a value"):
-        PbsDialect().directives(J.JobSpec("n", "c", "/d", directives=(("exclusive", None),)))
+    # a <directive> without a value is a flag option (Torque's -n: node-exclusive), not a launch-time failure
+    flagged = PbsDialect().directives(J.JobSpec("n", "c", "/d", directives=(("n", None), ("gres", "gpu:1"))))
+    assert flagged == ["#PBS -N n", "#PBS -o /d/job.out", "#PBS -e /d/job.err", "#PBS -d /d",
+                       "#PBS -l nodes=1:ppn=1,gres=gpu:1", "#PBS -n"]
 
 
 def test_qsub_outputs_give_the_job_id_or_say_whether_to_retry():
