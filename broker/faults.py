@@ -6,7 +6,8 @@ with a kill from outside. A test sets ``BROKER_TEST_CRASH=<point>:<n>`` and the 
 the n-th time it reaches that point. Without the variable, :func:`crash_point` is one dict lookup.
 
 Points: ``expansion`` (an expansion's rows are written, not yet committed), ``launch-intent`` (a launch
-intent is committed, its process not yet started), ``exit`` (a payload ended, its result not yet sent
+intent is committed, its process not yet started), ``launched`` (its process started, its start not yet sent
+to the writer), ``exit`` (a payload ended, its result not yet sent
 to the writer).
 """
 

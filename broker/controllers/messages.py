@@ -24,6 +24,8 @@ class Watch:
     node: NodeRef
     #: the node's state when handed over ("queued" normally, "running" when adopted after a restart)
     state: str = "queued"
+    #: whether the attempt was started by an earlier broker and found running by this one
+    adopted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ re-attaches to attempts that were in flight when a previous broker died.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from typing import Any
@@ -87,16 +88,16 @@ class MonitoringController(Controller):
         handle, ref = msg.handle, msg.node
         changes: list[Any] = []
         if msg.state == N.QUEUED.value:
-            # remote handles name the account and catalogue host (login@host); local ones say "localhost"
-            # whatever the catalogue calls the host, so the catalogue name set with the intent is kept
-            host = handle.host if "@" in handle.host else ref.host
-            fields = (("job_id", handle.job_id), ("host", host), ("workdir", handle.workdir))
             changes.append(c.Transition(node_id=ref.node_id, to=N.RUNNING, actor=self.NAME, attempt=ref.attempt,
-                                        fields=fields))
+                                        fields=self._launch_fields(ref, handle)))
+        # an attempt an earlier broker started is not started again: its event says it was adopted
+        verb = "adopted" if msg.adopted else "started"
         changes.append(c.Note(workflow_id=ref.workflow_id, node_id=ref.node_id, type=EventType.NODE_LAUNCH.value,
-                              actor=self.NAME, message=f"attempt {ref.attempt} started on {handle.host}",
+                              actor=self.NAME, message=f"attempt {ref.attempt} {verb} on {handle.host}",
                               properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
-                                          "workdir": handle.workdir}))
+                                          "workdir": handle.workdir, "adopted": msg.adopted}))
+        if msg.state == N.QUEUED.value:
+            crash_point("launched")
         self.writer.tell(c.Changes(tuple(changes)))
         self.running[ref.node_id] = Attempt(handle, ref)
         self.ctx.launcher_of(handle).watch(handle, lambda node_id, attempt, h=handle: self._exited(h))
@@ -105,6 +106,18 @@ class MonitoringController(Controller):
             self.dispatch(Kill(handle))
         for pushed, _ in self.held.pop(ref.node_id, ()):
             self.on_pushed(pushed)
+
+    @staticmethod
+    def _launch_fields(ref: NodeRef, handle: lb.LaunchHandle, *, started: bool = False) -> tuple[tuple[str, Any], ...]:
+        """The columns a started attempt sets on its node: job id, host, work directory (and, for an attempt
+        whose start was never committed, its start time from the launch record)."""
+        # remote handles name the account and catalogue host (login@host); local ones say "localhost"
+        # whatever the catalogue calls the host, so the catalogue name set with the intent is kept
+        host = handle.host if "@" in handle.host else ref.host
+        fields: tuple[tuple[str, Any], ...] = (("job_id", handle.job_id), ("host", host), ("workdir", handle.workdir))
+        if started and handle.started_at:
+            fields += (("started_at", dt.datetime.fromtimestamp(handle.started_at, dt.timezone.utc)),)
+        return fields
 
     def _exited(self, handle: lb.LaunchHandle) -> None:
         """Called in the launcher's thread when an attempt ended.
@@ -146,11 +159,13 @@ class MonitoringController(Controller):
 
     def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: dict[str, Any],
                 last_progress: tuple[float, str | None] | None = None,
-                handle: lb.LaunchHandle | None = None, receipt: Any = None, actor: str = NAME) -> None:
+                handle: lb.LaunchHandle | None = None, receipt: Any = None, actor: str = NAME,
+                launch: tuple[tuple[str, Any], ...] = ()) -> None:
         """Commit an ended attempt's result: read from its files (polled) or reported by its elf (pushed).
 
         ``receipt``: the pusher's, told once the result is committed (or why it was not); ``actor``: who the
-        events name ("elf" for a pushed result)."""
+        events name ("elf" for a pushed result); ``launch``: the columns of its start too, for an attempt whose
+        start was never committed (it ended while no broker ran)."""
         crash_point("exit")
         new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
@@ -158,7 +173,7 @@ class MonitoringController(Controller):
         if new_outputs or progress is not None:
             changes.append(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
                                       outputs=new_outputs))
-        fields: list[tuple[str, Any]] = [("exit_code", result.exit_code)]
+        fields: list[tuple[str, Any]] = [*launch, ("exit_code", result.exit_code)]
         if result.outputs:
             fields.append(("outputs", result.outputs))
         if result.progress is not None:
@@ -284,9 +299,13 @@ class MonitoringController(Controller):
         ref = action.node
         if found.status == "finished" and found.result is not None:
             self._drop_held(ref.node_id, "the attempt's result was read from its files first")
-            self._finish(ref, found.result, {}, handle=found.handle)
+            # queued: the payload started and ended while no broker ran; the row learns from its work directory
+            # (launch record, pid file) what a running broker would have recorded at its start
+            launch = (self._launch_fields(ref, found.handle, started=True)
+                      if action.state == N.QUEUED.value and found.handle is not None else ())
+            self._finish(ref, found.result, {}, handle=found.handle, launch=launch)
         elif found.status == "running" and found.handle is not None:
-            self.on_watch(Watch(found.handle, ref, state=action.state))
+            self.on_watch(Watch(found.handle, ref, state=action.state, adopted=True))
         elif found.status == "absent" and action.state == N.QUEUED.value:
             # the launch intent was committed but the process never started: start it, same attempt
             self.dispatch(Launch(ref))

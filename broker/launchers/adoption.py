@@ -117,9 +117,10 @@ class Adoption:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(workdir, LAUNCH_FILE))
             return Recovered("absent")
-        # Nothing of it runs: its files say how it ended.
+        # Nothing of it runs: its files say how it ended, and who ran it (the wrapper's pid, for the node's row)
         result = self._result_from_files(handle, legacy)
-        return Recovered("lost" if result.outcome == base.LOST else "finished", result=result)
+        handle = dataclasses.replace(handle, job_id=str(read_pid(workdir) or handle.job_id))
+        return Recovered("lost" if result.outcome == base.LOST else "finished", result=result, handle=handle)
 
     def _adopt(self, handle: LaunchHandle, on_exit: base.ExitCallback | None) -> Attempt | None:
         """Track an attempt this launcher did not start, if it still runs."""

@@ -50,12 +50,14 @@ def test_resume_by_id_reattaches_to_the_payload_that_is_still_running(cli):
     first = proc.stdout.readline()
     assert first.startswith(f"resuming workflow {wf.global_id} (submitted ")
     assert alive(pid)  # the same payload, adopted: not started again
+    wait_for(lambda: len(_launch_events(cli, "wait")) == 2, what="the adoption's NODE_LAUNCH event")
     go.touch()
     out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0, err
     assert f"workflow {wf.global_id} (test): succeeded" in out
     wait = cli.nodes()["wait"]
     assert (wait.state, wait.attempt, wait.job_id) == ("succeeded", 1, str(pid))
+    assert _launch_events(cli, "wait") == ["attempt 1 started on localhost", "attempt 1 adopted on localhost"]
     assert marker.read_text() == "ran\n"
     assert len(cli.workflows()) == 1
 
@@ -139,3 +141,32 @@ def test_resume_without_workdir_puts_new_attempts_under_the_root_the_workflow_wa
     assert later.state == "succeeded"
     assert later.workdir.startswith(f"{sqlite_cli.workdir}/{wf.global_id}/"), later.workdir
     assert not (elsewhere / wf.global_id).exists()
+
+
+def _launch_events(cli, path: str) -> list[str]:
+    from sqlalchemy import select
+
+    from broker.persistence.models import Event
+
+    with cli.sessions() as s:
+        return list(s.scalars(select(Event.message).where(Event.type == "NODE_LAUNCH", Event.node_path == path)
+                              .order_by(Event.id)))
+
+
+def test_a_payload_that_ended_while_no_broker_ran_gets_its_job_id_work_directory_and_start_time(sqlite_cli):
+    path = sqlite_cli.file("quick.xml", workflow('<node id="quick"><payload type="sh">echo quick</payload></node>'))
+    # the broker dies once the payload has started, before its start (queued -> running) is committed
+    crashed = sqlite_cli("run", str(path), env={"BROKER_TEST_CRASH": "launched:1"})
+    assert crashed.returncode == -9, crashed.stderr
+    node = sqlite_cli.nodes()["quick"]
+    assert (node.state, node.job_id, node.workdir, node.started_at) == ("queued", None, None, None)
+    attempt = sqlite_cli.workdir / sqlite_cli.workflows()[0].global_id / "quick" / "1"
+    wait_for(lambda: (attempt / "exit").exists(), what="the payload to end")
+    result = sqlite_cli("resume", "1")
+    assert result.returncode == 0, result.stderr
+    node = sqlite_cli.nodes()["quick"]
+    assert node.state == "succeeded"
+    assert node.workdir == str(attempt)
+    assert node.job_id is not None and int(node.job_id) > 0
+    assert node.started_at is not None and node.started_at <= node.finished_at
+    assert _launch_events(sqlite_cli, "quick") == []  # no start was seen: none is announced
