@@ -23,7 +23,7 @@ import pykka
 from sqlalchemy import select
 
 from broker.config import Settings, default_state_dir
-from broker.controllers.messages import Peers, Tick
+from broker.controllers.messages import Peers, Quiesce, Tick
 from broker.controllers.monitoring import MonitoringController
 from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
@@ -232,15 +232,27 @@ class Engine:
             self.lock.release()
 
     def _stop_actors(self) -> None:
+        """Stop in an order in which no message reaches a stopped actor: the clock; the controllers quiesced
+        (they start no new work, still record answers); the workers (work under way ends, queued work is
+        dropped: its intent is in the database); then the controllers, which record the last answers with
+        the writer, stopped last so that it commits them."""
         clock = getattr(self, "clock", None)
         if clock is not None:
             clock.stop()
-        for name in ("submission", "staging", "monitoring"):
-            ref = getattr(self, name, None)
-            if ref is not None:
-                ref.stop()
-        for pool in getattr(self, "pools", {}).values():
+        controllers = [ref for ref in (getattr(self, name, None) for name in ("submission", "staging", "monitoring"))
+                       if ref is not None]
+        for ref in controllers:
+            try:
+                ref.tell(Quiesce())
+            except pykka.ActorDeadError:  # failed to start: nothing to quiesce
+                pass
+        pools = getattr(self, "pools", {}).values()
+        for pool in pools:
+            pool.closing.set()  # from now on a dispatch is dropped, even one a controller makes before Quiesce
+        for pool in pools:
             pool.stop()
+        for ref in controllers:
+            ref.stop()
         resources = getattr(self, "resources", None)
         if resources is not None:
             resources.close()  # pollers and SSH connections; remote payloads and jobs keep running

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pykka
 
 from broker.actions import OWNER, WORKER, Done, Failed, NodeRef, Work
-from broker.controllers.messages import Peers
+from broker.controllers.messages import Peers, Quiesce
 from broker.persistence.changes import Transition
 from broker.states import NodeState
 from broker.workers.pool import WorkerPool
@@ -38,12 +38,26 @@ class Controller(pykka.ThreadingActor):
         self.writer = writer
         self.pools = pools
         self.peers: dict[str, pykka.ActorRef[Any]] = {}
+        #: set by Quiesce when the engine stops: no new work is handed to workers or peers (the database
+        #: keeps the intent; the next broker picks it up), answers to work under way are still recorded
+        self.quiet = False
 
     def dispatch(self, action: Any) -> None:
-        """Send an action this controller owns to a worker of the right kind."""
+        """Send an action this controller owns to a worker of the right kind (none once quiesced)."""
         if OWNER[type(action)] != self.NAME:
             raise TypeError(f"{self.NAME} does not own {type(action).__name__}")
+        if self.quiet:
+            return
         self.pools[WORKER[type(action)]].submit(action, self.actor_ref)
+
+    def tell_peer(self, name: str, message: Any) -> None:
+        """Tell another controller (none once quiesced: it may already have stopped)."""
+        if self.quiet:
+            return
+        try:
+            self.peers[name].tell(message)
+        except pykka.ActorDeadError:  # stopping: the next broker rebuilds this work from the database
+            log.debug("%s: %s stopped before it could be told %r", self.NAME, name, type(message).__name__)
 
     def after_commit(self, action: Any) -> tuple[pykka.ActorRef[Any], Work]:
         """A follow-up for the writer: once the change is committed, the action goes straight to a worker,
@@ -60,6 +74,8 @@ class Controller(pykka.ThreadingActor):
                 self.ON_FAILED[type(message.action)](self, message.action, message)
             elif isinstance(message, Peers):
                 self.peers.update(message.refs)
+            elif isinstance(message, Quiesce):
+                self.quiet = True
             else:
                 self.HANDLERS[type(message)](self, message)
         except Exception as exc:  # never let one message stop the controller

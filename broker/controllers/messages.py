@@ -90,3 +90,9 @@ class Resume:
 
     #: (node, state, work directory, job id, host as recorded) of each attempt
     nodes: tuple[tuple[NodeRef, str, str | None, str | None, str | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Quiesce:
+    """Sent by the engine when it stops: start no new work (answers are still recorded), so that the workers
+    can be stopped before the controllers and no answer is sent to a stopped controller."""

@@ -281,7 +281,7 @@ class MonitoringController(Controller):
             else:
                 staging.append((ref, flying.state.value, flying.workdir, flying.job_id, flying.host))
         if staging:
-            self.peers["staging"].tell(Resume(tuple(staging)))
+            self.tell_peer("staging", Resume(tuple(staging)))
         for node_id, attempt_no in msg.kill:
             attempt = self.running.get(node_id)
             if attempt is not None and attempt.node.attempt == attempt_no:

@@ -8,6 +8,7 @@ result, or ``Failed`` with a one-line error and whether trying again may help. I
 from __future__ import annotations
 
 import itertools
+import threading
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -28,13 +29,18 @@ class Worker(pykka.ThreadingActor):
     #: action type -> handler(self, action) -> result
     HANDLERS: ClassVar[dict[type, Callable[..., Any]]] = {}
 
-    def __init__(self, ctx: WorkerContext):
+    def __init__(self, ctx: WorkerContext, closing: threading.Event | None = None):
         super().__init__()
         self.ctx = ctx
+        #: set when the engine stops: work still queued here is dropped, not done (its intent is in the
+        #: database, and the next broker recovers it), so stopping waits for the actions under way only
+        self.closing = closing or threading.Event()
 
     def on_receive(self, message: Any) -> None:
         if not isinstance(message, Work):
             log.error("%s got a message that is not work: %r", type(self).__name__, message)
+            return
+        if self.closing.is_set():
             return
         action = message.action
         try:
@@ -64,17 +70,25 @@ class WorkerPool:
 
     def __init__(self, kind: str, worker_class: type[Worker], size: int, ctx: WorkerContext):
         self.kind = kind
-        self.refs = [worker_class.start(ctx) for _ in range(max(1, size))]
+        self.closing = threading.Event()
+        self.refs = [worker_class.start(ctx, self.closing) for _ in range(max(1, size))]
         self._next = itertools.cycle(self.refs)
 
     def submit(self, action: Any, reply_to: pykka.ActorRef[Any]) -> None:
-        next(self._next).tell(Work(action, reply_to))
+        """Hand an action to the next worker; dropped once the pool is closing (the engine is stopping)."""
+        if self.closing.is_set():
+            return
+        try:
+            next(self._next).tell(Work(action, reply_to))
+        except pykka.ActorDeadError:  # stopped between the check and the tell
+            log.debug("%s pool stopped before %r", self.kind, type(action).__name__)
 
     def next_ref(self) -> pykka.ActorRef[Any]:
         """The worker the next action goes to (for work handed over by the writer after a commit)."""
         return next(self._next)
 
     def stop(self) -> None:
+        self.closing.set()
         for ref in self.refs:
             ref.stop(block=False)
         for ref in self.refs:

@@ -73,3 +73,55 @@ def test_sigterm_stops_at_once_like_a_second_ctrl_c(sqlite_cli, payloads):
     assert "stopping now" in err
     assert alive(pid)
     assert sqlite_cli.workflows()[0].state == "running"
+
+
+def _following(proc) -> None:
+    """Wait until ``broker run`` follows its workflow (its first progress line: its signal handlers are set)."""
+    while not proc.stderr.readline().startswith("["):
+        assert proc.poll() is None, "broker run ended before following its workflow"
+
+
+def _stopped_cleanly(proc) -> str:
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "ActorDeadError" not in err, err
+    return err
+
+
+def test_stopping_during_a_large_sweep_expansion_prints_no_traceback(sqlite_cli):
+    gate = sqlite_cli.tmp / "go"
+    path = sqlite_cli.file("big.xml", workflow(f"""
+        <node id="first"><payload type="sh">true</payload></node>
+        <sweep id="big"><dependsOn node="first"/>
+          <param name="n"><range from="1" to="20000"/></param>
+          <body><node id="m">{waits_for(gate)}</node></body>
+        </sweep>"""))
+    try:
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            proc = sqlite_cli.start("run", str(path))
+            _following(proc)
+            wait_for(lambda: sqlite_cli.node_state("big") in ("ready", "running"), what="the sweep to expand")
+            proc.send_signal(stop)
+            if stop is signal.SIGINT:
+                proc.send_signal(stop)  # the second Ctrl-C: stop at once
+            _stopped_cleanly(proc)
+    finally:
+        gate.touch()
+
+
+def test_stopping_while_many_attempts_are_polled_prints_no_traceback(sqlite_cli):
+    gate = sqlite_cli.tmp / "go"
+    path = sqlite_cli.file("many.xml", workflow(f"""
+        <sweep id="many">
+          <param name="n"><range from="1" to="40"/></param>
+          <body><node id="m">{waits_for(gate)}</node></body>
+        </sweep>"""))
+    try:
+        proc = sqlite_cli.start("run", str(path))
+        _following(proc)
+        wait_for(lambda: sum(n.state == "running" for n in sqlite_cli.nodes().values()) >= 10,
+                 what="attempts to run")
+        proc.send_signal(signal.SIGTERM)
+        _stopped_cleanly(proc)
+    finally:
+        gate.touch()
