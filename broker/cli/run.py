@@ -85,6 +85,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     descriptor = _text(source)
     digest = hashlib.sha256(descriptor.encode("utf-8")).hexdigest()
 
+    if args.workdir is None:
+        args.workdir = _recorded_work_root(settings, owner, digest)
     tracker = Tracker()
     with _running_engine(settings, args, tracker, "run") as engine:
         found = _unfinished(engine.sessions, owner, digest)
@@ -243,6 +245,24 @@ def _unfinished(sessions: Any, owner: str, digest: str) -> int | None:
                          .where(User.name == owner, Workflow.descriptor_sha256 == digest,
                                 Workflow.state.in_(("accepted", "running")))
                          .order_by(Workflow.id.desc()).limit(1)).scalar()
+
+
+def _recorded_work_root(settings: Any, owner: str, digest: str) -> str | None:
+    """The work root of the unfinished workflow ``broker run`` will resume, if there is one (else None: the
+    configured root). A database that does not exist yet, or that the engine must migrate first, has none."""
+    from broker.cli.common import reader
+    from broker.errors import DatabaseError, NotFound
+    from broker.persistence.models import Workflow
+
+    try:
+        with reader(settings) as sessions:
+            found = _unfinished(sessions, owner, digest)
+            if found is None:
+                return None
+            with sessions() as s:
+                return s.get(Workflow, found).work_root
+    except (NotFound, DatabaseError):
+        return None
 
 
 def _announce_resume(sessions: Any, workflow_id: int) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 
+import pytest
+
 from broker.cli import main
 from tests.cli.conftest import DEADLINE, alive, waits_for, wait_for, workflow
 
@@ -116,7 +118,9 @@ def test_resume_counts_the_nodes_its_sweeps_will_expand_to_as_validate_and_the_s
     assert "  total      22 nodes, 22 done\n" in out
 
 
-def test_resume_without_workdir_puts_new_attempts_under_the_root_the_workflow_was_submitted_with(sqlite_cli):
+@pytest.mark.parametrize("command", ["resume", "run"])
+def test_resuming_without_workdir_puts_new_attempts_under_the_root_the_workflow_was_submitted_with(sqlite_cli,
+                                                                                                   command):
     go = sqlite_cli.tmp / "go"
     path = sqlite_cli.file("later.xml", workflow(f"""
         <node id="wait">{waits_for(go)}</node>
@@ -125,7 +129,9 @@ def test_resume_without_workdir_puts_new_attempts_under_the_root_the_workflow_wa
     (wf,) = sqlite_cli.workflows()
     assert wf.work_root == str(sqlite_cli.workdir)
     elsewhere = sqlite_cli.tmp / "elsewhere"
-    args = [a for a in sqlite_cli.args("resume", wf.global_id) if a not in ("--workdir", str(sqlite_cli.workdir))]
+    # `broker resume ID`, or `broker run` of the same file, which resumes it too
+    target = wf.global_id if command == "resume" else str(path)
+    args = [a for a in sqlite_cli.args(command, target) if a not in ("--workdir", str(sqlite_cli.workdir))]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=sqlite_cli.tmp,
                             env={**sqlite_cli.env, "BROKER_ENGINE_WORKDIR": str(elsewhere)})
     try:
