@@ -57,13 +57,11 @@ class Store:
     """Applies changes; the only code that writes node and workflow state."""
 
     def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None,
-                 guard: Callable[[Session], None] | None = None, publishing: bool = True,
-                 work_root: str | None = None):
+                 guard: Callable[[Session], None] | None = None, publishing: bool = True, work_root: str = ""):
         self.session_factory = session_factory
         self.guard = guard  #: called first in each transaction: raises LeaseLost when this process may not write
         self.publishing = publishing  #: a bus is configured ([events] url); without one, no outbox rows
-        #: the engine's work root, recorded on each workflow it stores (where a resume creates new attempts)
-        self.work_root = work_root
+        self.work_root = work_root or None  #: recorded on each stored workflow: where a resume creates attempts
         self.mirror = Mirror()
         self.limits = limits
         self.quota = NodeQuota(limits)
