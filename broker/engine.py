@@ -116,6 +116,9 @@ class Engine:
                 self._launcher = LocalLauncher(max_output_bytes=settings.limits.max_output_bytes)
             self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.resources = self._resources()
+            from broker.launchers.registry import Launchers
+
+            self.launchers = Launchers(self.resources, local_launcher=self._launcher, local_root=str(self.workdir))
             if self.resources.switches_accounts():
                 from broker.runas import check_traversable
 
@@ -124,6 +127,7 @@ class Engine:
             self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
                                      plans=PlanCache(self.sessions), workdir=self.workdir,
                                      all_workflows=self.all_workflows, resources=self.resources,
+                                     launchers=self.launchers,
                                      lease=self.lock.lease)
             # every commit checks, in its own transaction, that the lease is still this broker's
             self.store = Store(self.sessions, limits=settings.limits, guard=self.lock.guard,
@@ -176,14 +180,13 @@ class Engine:
         self._announced = what == "started"
 
     def _resources(self) -> Any:
-        """The host catalogue, accounts and launchers per host (the local launcher for local hosts)."""
+        """The host catalogue and accounts (the launchers per host are made from them)."""
         from broker.resources import Resources
         from broker.resources.accounts import load_table
 
         with self.sessions() as s:
             accounts = load_table(s)
-        return Resources(self.settings, local_launcher=self._launcher, accounts=accounts,
-                         local_root=str(self.workdir))
+        return Resources(self.settings, accounts=accounts)
 
     # -------------------------------------------------------------------------------------- requests
 
@@ -253,9 +256,12 @@ class Engine:
             pool.stop()
         for ref in controllers:
             ref.stop()
+        launchers = getattr(self, "launchers", None)
+        if launchers is not None:
+            launchers.close()  # pollers; remote payloads and jobs keep running
         resources = getattr(self, "resources", None)
         if resources is not None:
-            resources.close()  # pollers and SSH connections; remote payloads and jobs keep running
+            resources.close()  # SSH connections
         writer = getattr(self, "writer", None)
         if writer is not None:
             if self._announced:

@@ -23,11 +23,11 @@ def deleter_for(api: ApiContext, actor: str) -> Deleter:
     """A Deleter that records through the running broker's writer and forgets deleted workflows' plans."""
     engine = api.engine
     root = engine.workdir
-    resources = getattr(getattr(engine, "ctx", None), "resources", None)
+    launchers = getattr(getattr(engine, "ctx", None), "launchers", None)
     deleter = Deleter(api.sessions, WriterRecorder(engine.writer, actor), workdir_root=root,
                       journal=journal_for(root, api.settings.database_url()),
                       require_drained=api.settings.events.publishing, forget=_forgetter(api),
-                      remove_remote=None if resources is None else resources.remove_workflow)
+                      remove_remote=None if launchers is None else launchers.remove_workflow)
     deleter.recover()
     return deleter
 

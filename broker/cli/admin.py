@@ -194,24 +194,26 @@ class _RemoteHosts:
 
     def __init__(self, settings: Any, sessions: Any):
         self.settings, self.sessions = settings, sessions
-        self.resources: Any = None
+        self.launchers: Any = None
 
     def __enter__(self) -> _RemoteHosts:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.resources is not None:
-            self.resources.close()
+        if self.launchers is not None:
+            self.launchers.close()
+            self.launchers.resources.close()
 
     def __call__(self, host: str, owner: str, global_id: str) -> None:
-        if self.resources is None:
+        if self.launchers is None:
+            from broker.launchers.registry import Launchers
             from broker.resources import Resources
             from broker.resources.accounts import load_table
 
             with self.sessions() as s:
                 accounts = load_table(s)
-            self.resources = Resources(self.settings, accounts=accounts, install_transports=False)
-        self.resources.remove_workflow(host, owner, global_id)
+            self.launchers = Launchers(Resources(self.settings, accounts=accounts, install_transports=False))
+        self.launchers.remove_workflow(host, owner, global_id)
 
 
 @not_found_is_usage

@@ -3,7 +3,7 @@
 Launch (:meth:`BatchLauncher.launch`, or :meth:`~BatchLauncher.launch_bundle` for several members in one
 job) is one command on the host: the agent writes each attempt's files and an exclusive launch record,
 then the job script is submitted in the same command line. The job carries a deterministic name
-(:func:`broker.resources.jobs.job_token`) and runs in its own directory; when a submission's outcome is
+(:func:`broker.launchers.jobs.job_token`) and runs in its own directory; when a submission's outcome is
 unknown (a lost reply, a timeout), or an attempt turns out to have been prepared before (a broker that
 died mid-launch), the scheduler is asked for that name and directory *before* anything is submitted again.
 So a node is never submitted twice.
@@ -33,14 +33,14 @@ from broker.description.model import Scheduling
 from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
+from broker.launchers import hostagent
+from broker.launchers import jobs as J
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
+from broker.launchers.reconcile import Rules, reconcile, scheduler_name
+from broker.launchers.remote import Endpoint
 from broker.launchers.ssh import elf_args, payload_env, push_files, session_of
-from broker.resources import hostagent
-from broker.resources import jobs as J
-from broker.resources.reconcile import Rules, reconcile, scheduler_name
-from broker.resources.remote import Endpoint
+from broker.launchers.tracking import Poller, Tracked, Watchlist, fire, status_result
 from broker.resources.shell import Completed, ShellError
-from broker.resources.tracking import Poller, Tracked, Watchlist, fire, status_result
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from lxml import etree
 
 from broker.launchers.batch import BatchLauncher
-from broker.launchers.pbs import torque_directives
-from broker.resources.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
+from broker.launchers.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
                                    SchedulerUnreachable, SubmitRejected, command)
+from broker.launchers.pbs import torque_directives
 from broker.resources.shell import Completed
 
 #: Moab job states -> normalised states (Completed is decided by the completion code)

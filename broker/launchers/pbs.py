@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 
 from broker.launchers.batch import BatchLauncher
-from broker.resources.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
+from broker.launchers.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
                                    SchedulerUnreachable, SubmitRejected, mebibytes)
 from broker.resources.shell import Completed
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from broker.launchers.batch import BatchLauncher
-from broker.resources.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
+from broker.launchers.jobs import (CANCELLED, COMPLETED, FAILED, LOST, PENDING, RUNNING, TIMEOUT, JobInfo, JobSpec,
                                    SchedulerUnreachable, SubmitRejected, command, hms, mebibytes)
 from broker.resources.shell import Completed
 

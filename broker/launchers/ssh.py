@@ -8,7 +8,7 @@ directory are the truth: one poller thread per (host, account) reads the status 
 every running attempt in one command per interval. The elf enforces the node's timeout itself; ``cancel``
 claims the attempt's verdict and SIGTERMs its elf, which kills the payload's process group and records the
 outcome, unless the elf's own verdict (the payload ended) came first: then nothing is sent and the attempt
-keeps its result (see :mod:`broker.resources.hostagent` and the elf).
+keeps its result (see :mod:`broker.launchers.hostagent` and the elf).
 
 Whether an attempt runs is the launch record's lock, held by its elf from the spawn on (the agent's
 ``held``): no clock and no pid decide it. Attempts started before the lock go by the elf's pid as before.
@@ -26,10 +26,10 @@ from typing import Any
 from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
+from broker.launchers import hostagent
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
-from broker.resources import hostagent
-from broker.resources.remote import Endpoint
-from broker.resources.tracking import (Poller, Tracked, Watchlist, fire, killed_by_broker, status_result,
+from broker.launchers.remote import Endpoint
+from broker.launchers.tracking import (Poller, Tracked, Watchlist, fire, killed_by_broker, status_result,
                                       timeout_message)
 
 log = logging.getLogger(__name__)

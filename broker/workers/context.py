@@ -66,8 +66,10 @@ class WorkerContext:
     plans: PlanCache
     #: root of every node work directory
     workdir: Path
-    #: the compute resources: catalogue, accounts and one launcher per (host, account)
+    #: the compute resources: catalogue, accounts, SSH pool
     resources: Any = None
+    #: one launcher per (host, account): a :class:`broker.launchers.registry.Launchers`
+    launchers: Any = None
     #: whether this broker serves every workflow (``broker serve``) or only those it was given (``broker run``)
     all_workflows: bool = True
     #: the core service's URL elves push to (updateNodeStatus); set by ``broker serve`` once it listens
@@ -83,15 +85,15 @@ class WorkerContext:
 
     def launcher_for(self, host: str, owner: str) -> Launcher:
         """The launcher of ``owner``'s nodes on a catalogue host (``login@host`` is accepted too)."""
-        if self.resources is None:
+        if self.launchers is None:
             return self.launcher
-        return self.resources.launcher(host.rpartition("@")[2], owner)
+        return self.launchers.launcher(host.rpartition("@")[2], owner)
 
     def launcher_of(self, handle: Any) -> Launcher:
         """The launcher behind a started attempt's handle."""
-        if self.resources is None:
+        if self.launchers is None:
             return self.launcher
-        return self.resources.launcher_of(handle.host)
+        return self.launchers.launcher_of(handle.host)
 
     def attempt_dir(self, workflow_global_id: str, path: str, attempt: int) -> Path:
         """The work directory of one attempt (see broker.ids for the naming); raises ResourceError for one that

@@ -14,11 +14,11 @@ import pytest
 from broker.description.model import Scheduling
 from broker.errors import ResourceError
 from broker.launchers import base
+from broker.launchers import jobs as J
 from broker.launchers.pbs import PbsDialect, PbsLauncher
-from broker.resources import jobs as J
+from broker.launchers.remote import Endpoint
 from broker.resources.accounts import Account
 from broker.resources.catalogue import BatchOptions, Host
-from broker.resources.remote import Endpoint
 from broker.resources.shell import LocalShell
 from tests.launchers.recorded import FakeScheduler, completed, run_job
 from tests.resources.helpers import LOCAL_ROOT, Ended, poll_until, request, run_to_end, unique_workflow

@@ -21,12 +21,13 @@ from broker.description.model import Scheduling
 from broker.elf.elf import read_verdict
 from broker.errors import ResourceError
 from broker.launchers import base
+from broker.launchers import jobs as J
+from broker.launchers.registry import Launchers
+from broker.launchers.remote import Endpoint
 from broker.launchers.slurm import SlurmDialect, SlurmLauncher
 from broker.resources import Resources
-from broker.resources import jobs as J
 from broker.resources.accounts import Account
 from broker.resources.catalogue import AccountRule, BatchOptions, Catalogue, Host
-from broker.resources.remote import Endpoint
 from broker.resources.shell import LocalShell
 from broker.resources.sshpool import SshPool
 from tests.resources.helpers import (LOCAL_ROOT, WAIT_FOR_GO, Ended, account, alive, endpoint, poll_until, read_int,
@@ -286,16 +287,18 @@ def test_a_cluster_reached_without_ssh_runs_jobs_as_the_owners_mapped_account(sl
     host = Host(name="local-slurm", launcher="slurm", scratch=f"{scratch}/mapped",
                 batch=BatchOptions(default_queue=slurm.partition), accounts=(AccountRule("alice", first.login),))
     resources = Resources(Settings(), catalogue=Catalogue(hosts=(host,), default="local-slurm"),
-                          local_root=LOCAL_ROOT, install_transports=False)
+                          install_transports=False)
+    launchers = Launchers(resources, local_root=LOCAL_ROOT)
     try:
-        launcher = resources.launcher("local-slurm", "alice")
+        launcher = launchers.launcher("local-slurm", "alice")
         handle = launcher.launch(request(unique_workflow(), WHO, env=(("WB_N", "2"),)))
         assert run_to_end(launcher, handle).outputs == {"who": first.login, "n": 2}
         root = Path(scratch) / "mapped" / first.login
         assert {p.stat().st_uid for p in (root, *root.joinpath(".broker").iterdir())} == {first.uid}
         with pytest.raises(ResourceError, match="user 'bob' has no account on host 'local-slurm'"):
-            resources.launcher("local-slurm", "bob")
+            launchers.launcher("local-slurm", "bob")
     finally:
+        launchers.close()
         resources.close()
 
 

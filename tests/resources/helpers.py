@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 from broker.launchers.base import LaunchRequest
+from broker.launchers.remote import Endpoint
 from broker.resources.accounts import Account
 from broker.resources.catalogue import BatchOptions, Host, SshAccess
-from broker.resources.remote import Endpoint
 from broker.resources.sshpool import SshPool
 from tests.fixtures import wait_for
 

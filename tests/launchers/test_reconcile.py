@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from broker.launchers import base
+from broker.launchers import jobs as J
 from broker.launchers.base import LaunchHandle
-from broker.resources import jobs as J
-from broker.resources.reconcile import Rules, reconcile
-from broker.resources.tracking import Tracked
+from broker.launchers.reconcile import Rules, reconcile
+from broker.launchers.tracking import Tracked
 
 RULES = Rules(settle_polls=2, lost_after=600.0, scheduler="Slurm")
 DONE = {"outcome": base.SUCCEEDED, "exit_code": 0, "message": "exit code 0"}

@@ -7,9 +7,10 @@ import pytest
 from broker.config import Settings
 from broker.description.model import Scheduling
 from broker.errors import ResourceError
+from broker.launchers import jobs as J
+from broker.launchers.registry import Launchers
 from broker.launchers.slurm import SlurmDialect
 from broker.resources import Resources
-from broker.resources import jobs as J
 from broker.resources.catalogue import BatchOptions, Catalogue, Host, SshAccess
 
 HPC = Host(name="hpc", launcher="slurm", scratch="/s",
@@ -67,18 +68,20 @@ def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_pa
                                       scratch="w")), default="laptop")
     resources = Resources(Settings(), catalogue=catalogue, accounts={("alice", "lab"): ("alice", None)},
                           install_transports=False)
+    launchers = Launchers(resources)
     try:
         assert (resources.max_jobs("laptop"), resources.max_jobs("lab")) == (4, 16)
         assert resources.resolve((), Scheduling()).name == "laptop"
-        local = resources.launcher("laptop", "alice")  # the shared local launcher, starting as alice's account
-        assert resources.launcher_of("localhost") is resources.local_launcher()
-        assert local.collect == resources.local_launcher().collect
-        remote = resources.launcher("lab", "alice")  # made without connecting: connections open on first use
-        assert resources.launcher("lab", "alice") is remote and resources.launcher_of("alice@lab") is remote
+        local = launchers.launcher("laptop", "alice")  # the shared local launcher, starting as alice's account
+        assert launchers.launcher_of("localhost") is launchers.local_launcher()
+        assert local.collect == launchers.local_launcher().collect
+        remote = launchers.launcher("lab", "alice")  # made without connecting: connections open on first use
+        assert launchers.launcher("lab", "alice") is remote and launchers.launcher_of("alice@lab") is remote
         assert resources.pool.opened() == 0
         with pytest.raises(ResourceError, match="no launcher for bob@lab yet"):
-            resources.launcher_of("bob@lab")
+            launchers.launcher_of("bob@lab")
         with pytest.raises(ResourceError, match="user 'bob' has no account on host 'lab'"):
-            resources.launcher("lab", "bob")
+            launchers.launcher("lab", "bob")
     finally:
+        launchers.close()
         resources.close()

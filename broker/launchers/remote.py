@@ -26,7 +26,7 @@ from typing import Any
 from broker.elf import elf as elf_module
 from broker.errors import ResourceError
 from broker.ids import GLOBAL_ID_RE
-from broker.resources import hostagent
+from broker.launchers import hostagent
 from broker.resources.accounts import Account, work_root
 from broker.resources.catalogue import Host
 from broker.resources.shell import Completed, Shell, ShellError

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.launchers import base
-from broker.resources import jobs as J
-from broker.resources.tracking import Tracked, killed_by_broker
+from broker.launchers import jobs as J
+from broker.launchers.tracking import Tracked, killed_by_broker
 
 
 @dataclass(frozen=True, slots=True)
