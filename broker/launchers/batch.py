@@ -18,7 +18,7 @@ job's state unknown, never failed.
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import json
 import logging
 import posixpath
@@ -31,15 +31,14 @@ from typing import Any
 
 from broker.description.model import Scheduling
 from broker.elf import elf
-from broker.errors import ResourceError, StateError
-from broker.launchers import base
+from broker.errors import ResourceError
 from broker.launchers import hostagent
 from broker.launchers import jobs as J
-from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Recovered, Report
+from broker.launchers.base import LaunchHandle, LaunchRequest, Recovered
 from broker.launchers.reconcile import Rules, reconcile, scheduler_name
 from broker.launchers.remote import Endpoint
-from broker.launchers.ssh import elf_args, payload_env, push_files, session_of
-from broker.launchers.tracking import Poller, Tracked, Watchlist, fire, status_result
+from broker.launchers.remote_launcher import RemoteLauncher, elf_args, payload_env, push_files, session_of
+from broker.launchers.tracking import Tracked, Watchlist
 from broker.resources.shell import Completed, ShellError
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,10 @@ _COMMENT_RE = re.compile(r"[A-Za-z0-9_.\-/\[\]@:+]{1,1024}")
 _SEP = b"\x1e"
 
 
-class BatchLauncher:
+class BatchLauncher(RemoteLauncher):
     """Runs payloads as batch jobs on one host as one account (implements base.Launcher, plus bundles)."""
+
+    CANCEL_OPTIONS = {"signal": False}
 
     def __init__(self, endpoint: Endpoint, dialect: J.Dialect, *, poll_interval: float = 5.0,
                  max_output_bytes: int = elf.DEFAULT_MAX_VALUE_BYTES, lost_after: float = LOST_AFTER,
@@ -64,31 +65,23 @@ class BatchLauncher:
                  submit_backoff: float = 2.0, stage_max_bytes: int = 10 * 1024**3):
         """``poll_interval``, ``lost_after``, ``submit_backoff`` (the first wait before a resubmission, doubled
         each time, at most 10): seconds."""
-        self.endpoint = endpoint
+        super().__init__(endpoint, kind=dialect.name, poll_interval=poll_interval, max_output_bytes=max_output_bytes,
+                         stage_max_bytes=stage_max_bytes)
         self.dialect = dialect
-        self._max_output_bytes = max_output_bytes
         self._rules = Rules(settle_polls, lost_after, scheduler_name(dialect.name))
         self._submit_attempts = submit_attempts
         self._submit_backoff = submit_backoff
-        self._stage_max_bytes = stage_max_bytes
-        self._watch = Watchlist()
         #: job id -> keys of the bundle's members (launched by this launcher)
         self._bundles: dict[str, set[tuple[int, int]]] = {}
         self._lock = threading.Lock()
         #: whether the last scheduler query failed (an outage is logged once)
         self._unreachable = False
-        #: commands run, by kind ("submit", "query", "history", "probe", "cancel"): for tests and metrics
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.poller = Poller(f"{dialect.name}-poller-{endpoint.label}", poll_interval, self._poll,
-                             lambda: bool(self._watch.active()))
 
     # --------------------------------------------------------------------------------------- launching
 
     def launch(self, request: LaunchRequest, scheduling: Scheduling | None = None) -> LaunchHandle:
         """Submit one attempt as one job with the node's scheduling profile (host defaults fill the gaps)."""
-        workdir = self.endpoint.workdir(request.workdir)
-        if workdir != request.workdir:
-            self.endpoint.push_inputs(request.workdir, workdir, self._stage_max_bytes)
+        workdir = self._remote_workdir(request)
         token = J.job_token(request.node_id, request.attempt, workdir)
         spec = J.job_spec(self.endpoint.host, scheduling, name=token, comment=self._comment([request]),
                           job_dir=workdir)
@@ -129,9 +122,7 @@ class BatchLauncher:
         started_at = time.time()
         items, members, workdirs = [], [], []
         for request in requests:
-            workdir = self.endpoint.workdir(request.workdir)
-            if workdir != request.workdir:
-                self.endpoint.push_inputs(request.workdir, workdir, self._stage_max_bytes)
+            workdir = self._remote_workdir(request)
             workdirs.append(workdir)
             members.append(dict(elf_args(request, self._max_output_bytes), workdir=workdir))
             items.append({"workdir": workdir, "record": self._record(request, started_at, job_dir, token, True),
@@ -236,43 +227,18 @@ class BatchLauncher:
 
     # -------------------------------------------------------------------------------- the interface
 
-    def watch(self, handle: LaunchHandle, on_exit: base.ExitCallback) -> None:
-        """Call ``on_exit`` from the poller thread once the attempt has ended (at once if it has)."""
-        if self._watch.watch(handle, None, on_exit):
-            on_exit(handle.node_id, handle.attempt)
-            return
+    def _watching(self, handle: LaunchHandle) -> None:
         tracked = self._watch.get(handle)
         if tracked is not None and tracked.extra is None:
             tracked.extra = J.JobRef(handle.job_id, handle.workdir, "")
-        self.poller.wake()
 
-    def reports(self, handle: LaunchHandle, offset: int) -> tuple[list[Report], int]:
-        """Reports the poller read since ``offset`` (no remote call)."""
-        found = self._watch.reports(handle, offset)
-        return found if found is not None else ([], offset)
+    def _ended_now(self, tracked: Tracked) -> bool:
+        if tracked.extra is None:
+            tracked.extra = J.JobRef(tracked.handle.job_id, tracked.handle.workdir, "")
+        return self._look([tracked], final=True)[0]
 
-    def collect(self, handle: LaunchHandle) -> AttemptResult:
-        """The result of an ended attempt (from what the poller read, else read now); then forgotten."""
-        tracked = self._watch.get(handle)
-        if tracked is None or not tracked.ended:
-            tracked = tracked or Tracked(handle, None)
-            if tracked.extra is None:
-                tracked.extra = J.JobRef(handle.job_id, handle.workdir, "")
-            if not self._look([tracked], final=True)[0]:
-                raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
-        self._watch.forget(handle)
-        return status_result(handle, tracked.status, tracked.override)
-
-    def cancel(self, handle: LaunchHandle) -> None:
-        """Mark the attempt cancelled, then cancel its job (a bundle's only once all its members are)."""
-        tracked = self._watch.get(handle)
-        if tracked is not None:
-            tracked.cancelled = True
-            if tracked.ended:
-                return
-        self.calls["cancel"] += 1
-        reply = self.endpoint.agent("cancel", {"items": [[self.endpoint.workdir(handle.workdir), elf.CANCELLED]],
-                                               "signal": False, "elf": self.endpoint.elf_path})
+    def _cancelled(self, handle: LaunchHandle, tracked: Tracked | None, reply: dict[str, Any]) -> None:
+        """Cancel the attempt's job (a bundle's only once all its members are)."""
         if reply.get("items") == ["ended"]:
             return  # its payload ended first (the elf's verdict): it keeps its result, the job ends by itself
         job = tracked.extra if tracked is not None else None
@@ -292,15 +258,11 @@ class BatchLauncher:
 
     def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
         """Finished, running (adopted), absent (never submitted) or lost: by record, job id and token."""
-        remote = self.endpoint.workdir(workdir)
-        handle = LaunchHandle(node_id=node_id, attempt=attempt, workdir=remote, job_id=job_id or "",
-                              host=self.endpoint.label)
-        tracked = Tracked(handle, None)
-        item = self._probe([tracked], scan=False)[0]
+        handle, item = self._first_look(node_id, attempt, workdir, job_id or "")
         record = item.get("record")
         if not item.get("started") or not record:
             return Recovered("absent")
-        job_dir, token = record.get("job_dir") or remote, record.get("token") or ""
+        job_dir, token = record.get("job_dir") or handle.workdir, record.get("token") or ""
         if not job_id and item.get("submitted"):
             try:
                 job_id = self.dialect.parse_submit(Completed(0, item["submitted"].encode(), b""))
@@ -312,36 +274,16 @@ class BatchLauncher:
                 job_id = "?"  # ran (its status says so) and left no trace in the queue: judge by the status
             else:
                 return Recovered("absent")  # prepared, never submitted: launch() submits it (after a lookup)
-        handle = LaunchHandle(node_id=node_id, attempt=attempt, workdir=remote, job_id=job_id,
-                              host=self.endpoint.label, started_at=record.get("started_at", 0.0),
-                              timeout=record.get("timeout"))
+        handle = dataclasses.replace(handle, job_id=job_id, started_at=record.get("started_at", 0.0),
+                                     timeout=record.get("timeout"))
         tracked = Tracked(handle, record.get("session"))
         tracked.extra = J.JobRef(job_id, job_dir, token, bool(record.get("bundle")))
-        if self._look([tracked], final=False, items=[item])[0]:
-            result = status_result(handle, tracked.status, tracked.override)
-            return Recovered("lost" if result.outcome == base.LOST else "finished", result=result)
-        self._track(handle, record.get("session"), tracked.extra)
-        return Recovered("running", handle=handle)
+        return self._recovered(tracked, self._look([tracked], final=False, items=[item])[0])
 
-    def fetch_outputs(self, handle: LaunchHandle, relatives: list[str], local_dir: str) -> int:
-        """Copy files of the attempt's work directory on the host into ``local_dir`` (before stage-out)."""
-        return self.endpoint.fetch_outputs(handle.workdir, relatives, local_dir, self._stage_max_bytes)
-
-    def close(self) -> None:
-        """Stop the poller; jobs keep running (a new launcher recovers them)."""
-        self.poller.close()
-
-    def __enter__(self) -> BatchLauncher:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _watch_from_now(self, tracked: Tracked) -> None:
+        self._track(tracked.handle, tracked.session, tracked.extra)
 
     # ------------------------------------------------------------------------------------------ polling
-
-    def _probe(self, tracked: list[Tracked], scan: bool = True) -> list[dict[str, Any]]:
-        self.calls["probe"] += 1
-        return self.endpoint.probe(tracked, self._max_output_bytes, scan)
 
     def _query(self) -> dict[str, J.JobInfo]:
         self.calls["query"] += 1
@@ -394,12 +336,7 @@ class BatchLauncher:
             ended.append(reconcile(t, item, jobs, final=final, rules=self._rules))
         return ended
 
-    def _poll(self) -> None:
-        tracked = self._watch.active()
-        if tracked:
-            for t, ended in zip(tracked, self._look(tracked, final=False)):
-                if ended:
-                    fire(self._watch.end(t, t.status, t.override), t.handle)
-
+    def _poll_ended(self, tracked: list[Tracked]) -> list[bool]:
+        return self._look(tracked, final=False)
 
 __all__ = ["BatchLauncher"]
