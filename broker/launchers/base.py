@@ -10,9 +10,11 @@ compute side keeps the files that let a restarted broker find out what happened 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from broker.description.model import Scheduling
 
 #: outcomes of a finished attempt
 SUCCEEDED = "succeeded"      # exit code 0
@@ -112,8 +114,23 @@ ExitCallback = Callable[[int, int], None]
 class Launcher(Protocol):
     """What every launcher provides."""
 
-    def launch(self, request: LaunchRequest) -> LaunchHandle:
-        """Prepare the work directory and start the attempt; return once it has started (or raise)."""
+    def launch(self, request: LaunchRequest, scheduling: Scheduling | None = None) -> LaunchHandle:
+        """Prepare the work directory and start the attempt; return once it has started (or raise).
+
+        ``scheduling``: the node's scheduling profile, which batch launchers write the job from (the
+        others start the payload directly and ignore it).
+        """
+
+    def launch_bundle(self, requests: Sequence[LaunchRequest],
+                      scheduling: Scheduling | None = None) -> list[LaunchHandle]:
+        """Start several attempts (members of one sweep) as one batch job: one handle per member.
+
+        Only batch launchers bundle; the others raise ResourceError (not retryable).
+        """
+
+    def fetch_outputs(self, handle: LaunchHandle, relatives: list[str], local_dir: str) -> int:
+        """Copy files of the attempt's work directory on its host into ``local_dir`` (before stage-out);
+        the number of files copied. An attempt whose work directory is ``local_dir`` itself copies none."""
 
     def watch(self, handle: LaunchHandle, on_exit: ExitCallback) -> None:
         """Call ``on_exit`` once the attempt has ended; enforce its timeout until then."""

@@ -31,7 +31,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 
+from broker.description.model import Scheduling
 from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
@@ -78,11 +80,11 @@ class LocalLauncher(Adoption):
 
     # ------------------------------------------------------------------------------------ the interface
 
-    def launch(self, request: LaunchRequest, run_as: RunAs | None = None,
+    def launch(self, request: LaunchRequest, scheduling: Scheduling | None = None, *, run_as: RunAs | None = None,
                host_env: tuple[tuple[str, str], ...] = ()) -> LaunchHandle:
         """Create the work directory, write the payload, start it under the wrapper; return at once.
 
-        ``run_as``: the account it starts as (the broker being root), in that account's clean environment;
+        ``scheduling``: ignored (a batch launcher's). ``run_as``: the account it starts as (the broker being root), in that account's clean environment;
         None: as the broker, in the broker's environment. ``host_env``: the host's variables, before the node's.
         """
         started_at = time.time()
@@ -190,6 +192,14 @@ class LocalLauncher(Adoption):
             if found is not None or not attempt.legacy and is_alive(handle.workdir):
                 raise StateError(f"attempt {handle.attempt} of node {handle.node_id} is still running")
         return self._result(attempt)
+
+    def launch_bundle(self, requests: Sequence[LaunchRequest],
+                      scheduling: Scheduling | None = None) -> list[LaunchHandle]:
+        raise ResourceError("only batch hosts run sweep members as one job (bundles)", retryable=False)
+
+    def fetch_outputs(self, handle: LaunchHandle, relatives: list[str], local_dir: str) -> int:
+        """Nothing to copy: the attempt's work directory is on this machine already."""
+        return 0
 
     def close(self) -> None:
         """Stop and join the watcher thread; running payloads keep running."""

@@ -143,7 +143,7 @@ class _LocalAs:
         self._resources, self._host, self._user = launchers.resources, host, user
         self._launcher = launchers.local_launcher()
 
-    def launch(self, request: Any) -> Any:
+    def launch(self, request: Any, scheduling: Any = None) -> Any:
         run_as = self._resources.local_run_as(self._user, self._host.name)
         return self._launcher.launch(request, run_as=run_as, host_env=self._host.env)
 

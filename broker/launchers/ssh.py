@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from broker.description.model import Scheduling
 from broker.elf import elf
 from broker.errors import ResourceError, StateError
 from broker.launchers import base
@@ -50,8 +52,10 @@ class SshLauncher(RemoteLauncher):
 
     # ------------------------------------------------------------------------------------ the interface
 
-    def launch(self, request: LaunchRequest) -> LaunchHandle:
-        """Write the attempt's files and start its elf detached; one command over the pooled connection."""
+    def launch(self, request: LaunchRequest, scheduling: Scheduling | None = None) -> LaunchHandle:
+        """Write the attempt's files and start its elf detached; one command over the pooled connection.
+
+        ``scheduling``: ignored (a batch launcher's)."""
         ep = self.endpoint
         started_at = time.time()
         workdir = self._remote_workdir(request)
@@ -68,6 +72,11 @@ class SshLauncher(RemoteLauncher):
                               timeout=request.timeout)
         self._watch.add(handle, session_of(request))
         return handle
+
+    def launch_bundle(self, requests: Sequence[LaunchRequest],
+                      scheduling: Scheduling | None = None) -> list[LaunchHandle]:
+        raise ResourceError(f"{self.endpoint.label}: only batch hosts run sweep members as one job (bundles)",
+                            retryable=False)
 
     def _adopt(self, request: LaunchRequest, workdir: str) -> LaunchHandle:
         """The attempt a previous launch of this very request started (its reply was lost): never a second one."""

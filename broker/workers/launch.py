@@ -47,7 +47,7 @@ class LaunchWorker(Worker):
         self.ctx.hold()  # again, as late as can be: rendering and the push session took time
         if self._batch(ref):
             # a batch job is written from the node's scheduling profile
-            return launcher.launch(request, spec.scheduling)  # type: ignore[call-arg]
+            return launcher.launch(request, spec.scheduling)
         return launcher.launch(request)
 
     def launch_bundle(self, action: LaunchBundle) -> list[LaunchHandle]:
@@ -57,6 +57,6 @@ class LaunchWorker(Worker):
         launcher = self.ctx.launcher_for(first.host, first.owner)
         requests = [self._request(ref, self._spec(ref)) for ref in action.nodes]
         self.ctx.hold()
-        return launcher.launch_bundle(requests, spec.scheduling)  # type: ignore[attr-defined]
+        return launcher.launch_bundle(requests, spec.scheduling)
 
     HANDLERS = {Launch: launch, LaunchBundle: launch_bundle}

@@ -72,7 +72,7 @@ class StageWorker(Worker):
         if handle is not None and "@" in handle.host:
             workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
             launcher = self.ctx.launcher_for(handle.host, ref.owner)
-            launcher.fetch_outputs(handle, [s.source for s in spec.stage_out], str(workdir))  # type: ignore[attr-defined]
+            launcher.fetch_outputs(handle, [s.source for s in spec.stage_out], str(workdir))
         settings = self.ctx.settings.staging
         owner = self._owner(ref, spec.stage_out, "target")
         with self._as_owner(ref):
