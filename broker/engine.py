@@ -29,9 +29,10 @@ from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
 from broker.errors import BrokerError
 from broker.persistence import changes as c
-from broker.persistence.db import open_database, session_factory
+from broker.persistence.db import session_factory
 from broker.persistence.lock import BrokerLock
 from broker.persistence.models import Workflow
+from broker.persistence.opening import open_database
 from broker.persistence.progress import ProgressBoard
 from broker.persistence.store import Store
 from broker.persistence.writer import Listener, Subscribe, Writer

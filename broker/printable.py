@@ -59,4 +59,13 @@ class PrintableLogRecord(logging.LogRecord):
         return printable(super().getMessage())
 
 
-__all__ = ["UNSAFE", "PrintableLogRecord", "printable"]
+#: characters XML 1.0 cannot carry at all (not even escaped)
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with the characters XML 1.0 cannot carry replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
+__all__ = ["UNSAFE", "PrintableLogRecord", "printable", "xml_safe"]

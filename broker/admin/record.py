@@ -31,10 +31,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker import __version__
 from broker.admin.selection import Keep
-from broker.api.faults import xml_safe
 from broker.events.types import EventLevel
 from broker.persistence import queries
 from broker.persistence.models import Event, Node, User, Workflow
+from broker.printable import xml_safe
 
 NAMESPACE = "urn:workflow-broker:archive-record:1"
 SCHEMA_FILE = "archive-record.xsd"
@@ -90,7 +90,7 @@ class BundleInfo:
 
 def read_snapshot(sessions: sessionmaker[Session], workflow_id: int, keep: Keep) -> Snapshot:
     """The workflow's fields, owner, last event id and (if kept) state XML. Raises NotFound."""
-    from broker.api.statexml import workflow_xml
+    from broker.statexml import workflow_xml
 
     with sessions() as s:
         last = s.execute(select(func.max(Event.id)).where(Event.workflow_id == workflow_id)).scalar() or 0

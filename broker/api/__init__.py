@@ -3,17 +3,18 @@
 Layout (only ``app``, ``types``, ``core``, ``admin`` and ``server`` import spyne)::
 
     passwords   salted slow password hashes and the short-lived cache of verified credentials
-    sessions    elf sessions: per node attempt an id and a secret for the push channel (no spyne: the
-                resources layer imports it to hand sessions to remote elves)
     identity    who is calling (a user with a role, or an elf session), decided at the edge
     edge        WSGI middleware: size cap, content type, DOCTYPE and malformed envelopes, authentication
     types       spyne wire types (never ORM models)
     core, admin the two services (IBrokerCore, IBroker); authorisation is checked in each operation
     app         the two applications, the one place broker errors become SOAP faults, the WSDLs
-    statexml    the XML of getWorkflowAsXml / getNodeAsXml (schemas/workflow-state.xsd)
     intake      reading HTTP requests from bytes as they arrive (pure logic)
     httpd       the HTTP/1.1 server: one intake thread reads whole requests (deadlines, per-address cap,
                 memory budget) before a request thread runs the edge on them
     answer      one request's WSGI environ, the application call and its answer written with a deadline
     server      start-up and the SIGTERM drain of ``broker serve``
+
+Elf sessions (per node attempt an id and a secret for the push channel) are rows of
+:mod:`broker.persistence.elfsessions`, which the launch worker creates; the XML of getWorkflowAsXml /
+getNodeAsXml is :mod:`broker.statexml`, shared with the admin archive records.
 """

@@ -162,11 +162,25 @@ def clean_wsdl(document: bytes) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
+#: spyne loggers that log every client fault with a traceback and invalid requests in full
+SPYNE_LOGGERS = ("spyne", "spyne.application", "spyne.application.client", "spyne.application.server",
+                 "spyne.protocol", "spyne.server")
+
+
+def quiet_spyne() -> None:
+    """Keep spyne's own fault logging out of the log (the API logs each fault in one line itself).
+
+    A logging configuration that sets a spyne logger to DEBUG keeps it: that is how the edge is diagnosed.
+    """
+    for name in SPYNE_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level != logging.DEBUG:
+            logger.setLevel(logging.CRITICAL)
+
+
 def write_wsdls(directory: str) -> list[str]:
     """Write both WSDLs, pointing at :data:`PLACEHOLDER_URL`, into ``directory``; returns the paths."""
     from pathlib import Path
-
-    from broker.api.server import quiet_spyne
 
     quiet_spyne()
     out = Path(directory)

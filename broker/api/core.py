@@ -85,7 +85,7 @@ def core_operations(fault: type) -> dict[str, Any]:
     @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=fault)
     def getWorkflowAsXml(ctx, id):
         """The workflow with every node's current state (schemas/workflow-state.xsd)."""
-        from broker.api.statexml import workflow_xml
+        from broker.statexml import workflow_xml
         from broker.persistence.models import User
 
         user = caller(_env(ctx))
@@ -97,7 +97,7 @@ def core_operations(fault: type) -> dict[str, Any]:
     @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=fault)
     def getNodeAsXml(ctx, id):
         """One node (by database id) with everything inside it (schemas/workflow-state.xsd)."""
-        from broker.api.statexml import node_xml
+        from broker.statexml import node_xml
 
         user = caller(_env(ctx))
         with _api(ctx).sessions() as s:

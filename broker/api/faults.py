@@ -24,26 +24,17 @@ imports spyne.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 from broker.errors import (BrokerError, ConfigError, DescriptionError, InvalidCredentials, LimitExceeded, NotAuthorized,
                            NotFound, StateError)
-from broker.printable import printable
+from broker.printable import printable, xml_safe
 
 log = logging.getLogger("broker.api")
 
 SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 #: characters XML 1.0 cannot carry (control characters, lone surrogates, U+FFFE/U+FFFF)
-_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def xml_safe(text: str) -> str:
-    """``text`` with the characters XML 1.0 cannot carry replaced by U+FFFD."""
-    return _NOT_XML.sub("\ufffd", text)
-
-
 class NotImplementedYet(BrokerError):
     """Raised by an operation this version of the API does not provide yet."""
 

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.api.passwords import Busy, CredentialCache, HashGate, Verified, hash_password, verify_password
-from broker.api.sessions import ElfIdentity, verify_session
 from broker.errors import InvalidCredentials, NotAuthorized
+from broker.persistence.elfsessions import ElfIdentity, verify_session
 from broker.persistence.models import User
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from typing import Any
 from sqlalchemy import select
 
 from broker.api.context import COMMIT_TIMEOUT, ApiContext
-from broker.api.sessions import ElfIdentity
 from broker.errors import BrokerError, ConfigError, LimitExceeded
 from broker.launchers.base import CANCELLED, FAILED, SUCCEEDED, AttemptResult
+from broker.persistence.elfsessions import ElfIdentity
 from broker.persistence.models import Node
 from broker.states import NodeState
 

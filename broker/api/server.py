@@ -24,11 +24,6 @@ log = logging.getLogger("broker.api")
 
 #: exit status when a second signal forces the exit
 FORCED_EXIT = 130
-#: spyne loggers that log every client fault with a traceback and invalid requests in full
-SPYNE_LOGGERS = ("spyne", "spyne.application", "spyne.application.client", "spyne.application.server",
-                 "spyne.protocol", "spyne.server")
-
-
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port). Raises ConfigError."""
     host, sep, port = listen.strip().rpartition(":")
@@ -36,17 +31,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"[api] listen: invalid address {listen!r} (expected host:port, e.g. 127.0.0.1:8080)")
     return host, int(port)
-
-
-def quiet_spyne() -> None:
-    """Keep spyne's own fault logging out of the log (the API logs each fault in one line itself).
-
-    A logging configuration that sets a spyne logger to DEBUG keeps it: that is how the edge is diagnosed.
-    """
-    for name in SPYNE_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.level != logging.DEBUG:
-            logger.setLevel(logging.CRITICAL)
 
 
 class Service:
@@ -70,7 +54,7 @@ class Service:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
-        from broker.api.app import build
+        from broker.api.app import build, quiet_spyne
         from broker.api.context import ApiContext
         from broker.api.edge import Edge, Route
         from broker.api.httpd import HttpServer, Limits

@@ -8,11 +8,11 @@ from typing import Any
 
 from broker import __version__
 from broker.api.context import ApiContext
-from broker.api.faults import xml_safe
+from broker.api.types import AggregateSummary, HostJobs, Property, StateCount, StatusInfo, UserSubmissions
 from broker.events.types import EventLevel
 from broker.persistence import queries
 from broker.persistence.models import Event
-from broker.api.types import AggregateSummary, HostJobs, Property, StateCount, StatusInfo, UserSubmissions
+from broker.printable import xml_safe
 
 
 def _counts(counts: dict[str, int]) -> list[StateCount]:

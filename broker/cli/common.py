@@ -69,7 +69,8 @@ def reader(settings: Any) -> Iterator[Any]:
 
     Raises NotFound when the SQLite file does not exist: nothing has been submitted to it.
     """
-    from broker.persistence.db import display_url, open_database, session_factory
+    from broker.persistence.db import display_url, session_factory
+    from broker.persistence.opening import open_database
 
     url = settings.database_url()
     missing = sqlite_file_missing(url)

@@ -63,7 +63,8 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def _sessions(settings: Any) -> Any:
-    from broker.persistence.db import open_database, session_factory
+    from broker.persistence.db import session_factory
+    from broker.persistence.opening import open_database
 
     return session_factory(open_database(settings, auto_migrate=True))
 

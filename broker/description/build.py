@@ -61,10 +61,10 @@ def _template_error(payload_type: str, text: str) -> str | None:
     The renderer's own check (sandboxed Jinja2 plus its restrictions), so that a description this layer
     accepts is never refused at launch for its template syntax.
     """
-    from broker.render import check_template  # Jinja2 is imported only when a payload is a template
+    from broker import templates  # Jinja2 is imported only when a payload is a template
 
     try:
-        check_template(Payload(type=payload_type, text=text, template=True), where="-")
+        templates.check(payload_type, text, "-")
     except RenderError as exc:
         return str(exc).removeprefix("-: ").rstrip(".")
     return None

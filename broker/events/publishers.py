@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 from urllib.parse import urlsplit
 
-from broker.config import EventsSettings
 from broker.errors import BrokerError, ConfigError
 
 
@@ -96,20 +95,6 @@ class Publisher(Protocol):
 
     def close(self) -> None:
         """Disconnect (never raises)."""
-
-
-def open_publisher(settings: EventsSettings) -> Publisher:
-    """The publisher of ``[events] url``, by its scheme. Raises ConfigError for an unusable URL."""
-    url = settings.url.strip()
-    scheme = url.partition("://")[0].lower()
-    if scheme == "memory":
-        return MemoryPublisher(MemoryBus.named(url.partition("://")[2]))
-    if scheme in ("stomp", "stomp+ssl"):
-        from broker.events.stompbus import StompPublisher
-
-        return StompPublisher(parse_stomp_url(url), settings, tls=scheme == "stomp+ssl")
-    raise ConfigError(f"[events] url: unsupported bus URL {url!r} (expected stomp://host:port, "
-                      "stomp+ssl://host:port or memory://name)")
 
 
 def parse_stomp_url(url: str) -> list[tuple[str, int]]:

@@ -4,10 +4,8 @@ SQLite connections run in WAL mode (readers never block the writer) with foreign
 busy timeout and ``synchronous`` level (``full`` by default: a commit survives power loss). PostgreSQL URLs
 without a driver (``postgresql://``) are rewritten to psycopg 3.
 
-:func:`open_database` is what a broker process calls at start: it checks the schema revision with plain SQL
-(alembic is imported only when an upgrade actually runs, to keep start-up fast), migrates an embedded
-SQLite database itself, and refuses a PostgreSQL database that is not at the head revision, because
-migrating a shared server is an operator's decision (``broker db upgrade``).
+:func:`broker.persistence.opening.open_database` is what a broker process calls at start (built on this
+module and, only when it migrates, on :mod:`broker.persistence.migrate`, which is built on this one too).
 
 The sqlite3 driver's own transaction handling is kept on purpose: it begins a transaction at the first
 write, so a transaction's reads before that write are not isolated, but a writer waits for the lock (up to
@@ -16,7 +14,6 @@ the busy timeout) instead of failing when another connection committed since its
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +29,6 @@ from broker.persistence.schema_version import HEAD_REVISION, REVISIONS
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-log = logging.getLogger(__name__)
 
 #: bytes of the database file SQLite may memory-map for reads
 SQLITE_MMAP_BYTES = 256 * 1024 * 1024
@@ -186,36 +182,6 @@ def revision_problem(revision: str | None, url: str | URL) -> str | None:
     return (f"database {where} at revision {revision}, which this broker does not know (expected "
             f"{HEAD_REVISION}): it was migrated by a newer broker; use that version, or downgrade the database "
             f"with it (`broker db downgrade {HEAD_REVISION}`)")
-
-
-def open_database(settings: Any, *, auto_migrate: bool, application_name: str | None = None) -> Engine:
-    """The engine of the configured database, checked to be at the head revision.
-
-    With ``auto_migrate``, a SQLite database that is empty or at an older revision is created and migrated
-    here (the embedded default works with no set-up). PostgreSQL is never migrated implicitly: a database
-    not at the head raises DatabaseError naming the revisions and ``broker db upgrade``.
-    """
-    url = normalise_url(settings.database_url())
-    engine = make_engine(url, settings, application_name=application_name)
-    try:
-        revision = current_revision(engine)
-        problem = revision_problem(revision, url)
-        if problem is None:
-            return engine
-        known = revision is None or revision in REVISIONS
-        if auto_migrate and known and url.get_backend_name() == "sqlite":
-            from broker.persistence import migrate  # imports alembic: only when there is work to do
-
-            migrate.upgrade(engine)
-            if revision is None:  # the one line a new user sees about the embedded database
-                log.info("created database %s (revision %s)", display_url(url), HEAD_REVISION)
-            else:
-                log.info("migrated database %s from revision %s to %s", display_url(url), revision, HEAD_REVISION)
-            return engine
-        raise DatabaseError(problem)
-    except BaseException:
-        engine.dispose()
-        raise
 
 
 def driver_message(exc: DBAPIError) -> str:

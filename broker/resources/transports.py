@@ -26,14 +26,22 @@ import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from broker import staging
 from broker.errors import ResourceError
 
-if TYPE_CHECKING:
-    from broker.resources import Resources
+
+class Resources(Protocol):
+    """What sftp:// needs of :class:`broker.resources.Resources` (which installs these transports: a
+    protocol, so that this module does not import the package that imports it)."""
+
+    @property
+    def pool(self) -> Any: ...
+
+    accounts: Any
+
 
 #: the broker user whose account sftp:// transfers use (set by the stage worker around each node's staging)
 STAGING_USER: contextvars.ContextVar[str | None] = contextvars.ContextVar("staging_user", default=None)

@@ -30,7 +30,7 @@ class LaunchWorker(Worker):
         resources, url = self.ctx.resources, self.ctx.push_url
         if resources is None or url is None or not resources.catalogue.get(ref.host.rpartition("@")[2]).push:
             return None
-        from broker.api.sessions import create_session  # a credential row, not node state: no writer needed
+        from broker.persistence.elfsessions import create_session  # a credential row, not node state: no writer needed
 
         session_id, secret = create_session(self.ctx.session_factory, ref.node_id, ref.attempt)
         return url, session_id, secret

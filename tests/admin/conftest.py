@@ -90,7 +90,7 @@ class Snapshot:
 
 
 def snapshot(sessions: Any, workflow_id: int) -> Snapshot:
-    from broker.api.statexml import workflow_xml
+    from broker.statexml import workflow_xml
     from broker.persistence import queries
 
     with sessions() as s:

@@ -23,7 +23,7 @@ def elf_client(server, session_id, secret):
 @pytest.fixture
 def running(server, tmp_path):
     """A workflow whose node runs until the test ends, and an elf session of its current attempt."""
-    from broker.api.sessions import create_session
+    from broker.persistence.elfsessions import create_session
 
     gate = tmp_path / "go"
     handle = server.core().submit({"workflowContent": workflow(
@@ -74,7 +74,7 @@ def test_a_failure_pushed_by_the_elf_fails_the_node_with_its_exit_code(server, r
 
 
 def test_a_stale_attempt_is_ignored(server, running):
-    from broker.api.sessions import create_session
+    from broker.persistence.elfsessions import create_session
 
     handle, node, _, _ = running
     stale_id, stale_secret = create_session(server.sessions(), node.id, node.attempt - 1)

@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from broker.config import EventsSettings, load_settings
 from broker.description.load import load_description
-from broker.events.publishers import BusError, open_publisher
+from broker.events.buses import open_publisher
+from broker.events.publishers import BusError
 from broker.events.relay import OutboxRelay
 from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
 from broker.persistence import repository

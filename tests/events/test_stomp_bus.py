@@ -8,7 +8,8 @@ import pytest
 
 from broker.config import EventsSettings
 from broker.events import document
-from broker.events.publishers import BusError, Message, open_publisher
+from broker.events.buses import open_publisher
+from broker.events.publishers import BusError, Message
 from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
 from broker.events.types import METADATA, EventLevel, EventType
 from broker.states import WorkflowState

@@ -7,7 +7,8 @@ import pytest
 
 from broker.config import EventsSettings
 from broker.errors import ConfigError
-from broker.events.publishers import BusError, open_publisher
+from broker.events.buses import open_publisher
+from broker.events.publishers import BusError
 from broker.events.routing import user_topic
 from broker.states import WorkflowState
 from tests.events.helpers import (StompConsumer, all_sent, bus_broker, has_sentinel, published_rows, send_sentinel,

@@ -64,7 +64,8 @@ class Bench:
 
     def __init__(self, directory: Path, user: str):
         from broker.config import load_settings
-        from broker.persistence.db import open_database, session_factory
+        from broker.persistence.db import session_factory
+        from broker.persistence.opening import open_database
 
         self.settings = load_settings(environ={}).replace("database", url=f"sqlite:///{directory / 'bench.db'}")
         self.db = open_database(self.settings, auto_migrate=True)

@@ -15,8 +15,9 @@ from sqlalchemy.exc import StatementError
 from broker.config import DatabaseSettings, Settings, load_settings
 from broker.errors import ConfigError, DatabaseError
 from broker.persistence import migrate
-from broker.persistence.db import current_revision, make_engine, normalise_url, open_database, session_factory
+from broker.persistence.db import current_revision, make_engine, normalise_url, session_factory
 from broker.persistence.models import User
+from broker.persistence.opening import open_database
 from broker.persistence.schema_version import HEAD_REVISION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,7 +161,7 @@ def test_opening_a_database_at_the_head_does_not_import_alembic(migrated_url):
     # start-up must stay fast: alembic is for upgrades only
     script = ("import sys\n"
               "from broker.config import load_settings\n"
-              "from broker.persistence.db import open_database\n"
+              "from broker.persistence.opening import open_database\n"
               "open_database(load_settings(), auto_migrate=True).dispose()\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n")
     env = {**os.environ, "BROKER_DATABASE_URL": migrated_url}

@@ -9,8 +9,8 @@ from typing import Any
 
 from lxml import etree
 
-from broker.api.faults import xml_safe
 from broker.persistence.models import Node, Workflow
+from broker.printable import xml_safe
 
 STATE_NS = "urn:workflow-broker:state:1"
 _Q = "{%s}%%s" % STATE_NS
