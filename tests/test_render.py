@@ -11,6 +11,7 @@ import pytest
 from broker.description.model import Payload
 from broker.errors import RenderError
 from broker.render import NodeInfo, check_template, render
+from tests.fixtures import require
 
 NODE = NodeInfo(workflow_global_id="wf-01jd3k2m9x7q4tz8ha0c", node_path="sweep[3]/step", attempt=2)
 
@@ -63,9 +64,9 @@ def test_csh_refuses_values_it_cannot_quote(value):
         render(payload("csh", "echo start\necho {{ v }}\n"), node=NODE, bindings=[("v", value)])
 
 
-@pytest.mark.skipif(shutil.which("csh") is None, reason="csh is not installed (Debian package: csh)")
 @pytest.mark.parametrize("value", [v for v in HOSTILE if not any(bad in v for bad in NOT_FOR_CSH)])
 def test_hostile_values_reach_a_csh_payload_byte_exact(tmp_path, value):
+    require(shutil.which("csh") is not None, "csh (Debian package csh, installed by tests/services/tools.sh)")
     rendered = render(payload("csh", "printf '%s' {{ v }} > from-template\n"), node=NODE, bindings=[("v", value)])
     script = tmp_path / "payload"
     script.write_text(rendered.text)

@@ -234,12 +234,20 @@ def test_a_50_megabyte_attribute_stops_at_the_parser_limit():
     assert found[0].endswith("text or attribute value over the limit of 1048576 bytes ([limits] max_text_bytes)")
 
 
-def test_a_document_over_max_document_bytes_is_rejected_before_parsing():
+def test_a_document_over_max_document_bytes_is_rejected_before_parsing(monkeypatch):
+    from broker.description import xmlsafe
+
+    steps: list[str] = []  # every step after the size check, recorded: none may run
+    for name in ("_to_utf8", "_scan_prolog", "_parser"):
+        monkeypatch.setattr(xmlsafe, name, lambda *args, _name=name, _real=getattr(xmlsafe, name):
+                            steps.append(_name) or _real(*args))
     limit = Settings().limits.max_document_bytes
     source = _wrap("", "") + b" " * limit
-    found, elapsed = _rejected(source)
+    found, _ = _rejected(source)
     assert found == [f"hostile.xml:1:0: document is over the limit of {limit} bytes ([limits] max_document_bytes)"]
-    assert elapsed < 0.1  # nothing was parsed
+    assert steps == []  # nothing was decoded, scanned or parsed
+    xmlsafe.parse_document(_wrap("", ""), Settings().limits)  # the recorder does see a document that fits
+    assert steps == ["_to_utf8", "_scan_prolog", "_parser"]
 
 
 def test_nesting_just_over_max_xml_depth_is_rejected_at_the_deep_element():

@@ -208,12 +208,20 @@ def test_explicit_required_parents_let_a_node_run_after_an_unrequired_parent_fai
 
 
 def test_a_workflows_max_in_flight_bounds_its_concurrent_nodes(make_broker, tmp_path):
+    # Each payload logs its start, then waits (bounded) for a gate that the test opens only once two of them are
+    # running at once: the peak is exactly 2 however loaded the machine, at least 2 because of the gate, at most
+    # 2 because of maxInFlight (a payload's start and end lie within the broker's in-flight time for it).
     broker = make_broker(max_in_flight=8).start()
-    body = "".join(f'<node id="n{i}"><payload type="sh">echo start $(date +%s.%N) >> "{tmp_path}/log"; '
-                   f'sleep 0.2; echo end $(date +%s.%N) >> "{tmp_path}/log"</payload></node>' for i in range(6))
-    _, state = broker.run(workflow(body, maxInFlight="2"))
-    assert state is WorkflowState.SUCCEEDED
-    events = sorted((float(t), kind) for kind, t in (line.split() for line in (tmp_path / "log").read_text().splitlines()))
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    body = "".join(f'<node id="n{i}"><payload type="sh">echo start $(date +%s.%N) >> "{log}"; i=0; '
+                   f'while [ ! -e "{gate}" ] &amp;&amp; [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done; '
+                   f'echo end $(date +%s.%N) >> "{log}"</payload></node>' for i in range(6))
+    wf = broker.submit(workflow(body, maxInFlight="2"))
+    wait_for(lambda: log.exists() and log.read_text().count("start") >= 2, what="two payloads running at once")
+    gate.touch()
+    assert broker.wait(wf) is WorkflowState.SUCCEEDED
+    events = sorted((float(t), kind) for kind, t in (line.split() for line in log.read_text().splitlines()))
+    assert len(events) == 12
     running = peak = 0
     for _, kind in events:
         running += 1 if kind == "start" else -1
