@@ -1,8 +1,7 @@
-"""One factory matching each kind of worker to its class, and each action type to its worker kind."""
+"""One factory matching each kind of worker to its class (``broker.actions.WORKER`` gives each action its kind)."""
 
 from __future__ import annotations
 
-from broker.actions import WORKER
 from broker.workers.cancel import CancelWorker
 from broker.workers.expand import ExpandWorker
 from broker.workers.launch import LaunchWorker
@@ -18,8 +17,3 @@ WORKER_CLASSES: dict[str, type[Worker]] = {
     "poll": PollWorker,
     "cancel": CancelWorker,
 }
-
-
-def worker_class(action_type: type) -> type[Worker]:
-    """The worker class that performs ``action_type``."""
-    return WORKER_CLASSES[WORKER[action_type]]

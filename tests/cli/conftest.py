@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures import wait_for  # noqa: F401  (re-exported for the tests here)
+from tests.fixtures import wait_for
+
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "conf" / "examples"

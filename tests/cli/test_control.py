@@ -5,7 +5,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.cli.conftest import DEADLINE, OWNER, alive, wait_for, waits_for, workflow
+from tests.cli.conftest import DEADLINE, OWNER, alive, waits_for, workflow
+from tests.fixtures import wait_for
 
 
 def _long(cli):

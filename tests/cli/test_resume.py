@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from broker.cli import main
-from tests.cli.conftest import DEADLINE, alive, waits_for, wait_for, workflow
+from tests.cli.conftest import DEADLINE, alive, waits_for, workflow
+from tests.fixtures import wait_for
 
 
 def _waiting_workflow(cli):

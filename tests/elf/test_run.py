@@ -14,7 +14,8 @@ import pytest
 
 from broker.elf import ELF_SCRIPT
 from broker.elf.elf import claim_verdict, read_int_file, read_status, read_verdict
-from tests.launchers.helpers import alive, wait_for
+from tests.fixtures import wait_for
+from tests.launchers.helpers import alive
 
 
 def _python38():

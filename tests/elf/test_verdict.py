@@ -16,7 +16,8 @@ from broker.elf import ELF_SCRIPT, elf
 from broker.elf.elf import read_status, read_verdict
 from broker.launchers import hostagent
 from tests.elf.test_run import start_elf
-from tests.launchers.helpers import busy_wait, make_fifo, release, release_unless, wait_for
+from tests.fixtures import wait_for
+from tests.launchers.helpers import busy_wait, make_fifo, release, release_unless
 
 #: cancel-at-exit trials (the 300 of the local launcher's test run there), that many elfs started at a time: each is
 #: a Python process, slow to start on a busy machine

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures import wait_for  # noqa: F401  (re-exported for the tests here)
 from sqlalchemy import select
 
 from broker.config import Settings

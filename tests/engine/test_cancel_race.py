@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from broker.states import WORKFLOW_TERMINAL, WorkflowState
-from tests.engine.conftest import wait_for, workflow
+from tests.fixtures import wait_for
+from tests.engine.conftest import workflow
 from tests.launchers.helpers import make_fifo, release_unless
 
 #: nodes per workflow, and where (fraction of the nodes released) each round's cancel comes

@@ -5,7 +5,8 @@ from __future__ import annotations
 from broker.persistence import queries
 from broker.persistence.progress import ProgressBoard
 from broker.states import WorkflowState
-from tests.engine.conftest import wait_for, workflow
+from tests.fixtures import wait_for
+from tests.engine.conftest import workflow
 
 
 def statuses(broker, gid: str) -> tuple[float | None, float | None]:

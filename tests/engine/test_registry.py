@@ -11,10 +11,15 @@ from broker import actions
 from broker.controllers.monitoring import MonitoringController
 from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
-from broker.workers.factory import WORKER_CLASSES, worker_class
+from broker.workers.factory import WORKER_CLASSES
 
 CONTROLLERS = {c.NAME: c for c in (SubmissionController, StagingController, MonitoringController)}
 ACTION_TYPES = typing.get_args(actions.Action)
+
+
+def worker_class(action_type: type) -> type:
+    """The worker class that performs ``action_type`` (the engine only needs the kinds: tests ask per action)."""
+    return WORKER_CLASSES[actions.WORKER[action_type]]
 
 
 def test_every_action_type_has_exactly_one_owner_and_one_worker_kind():

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from broker.states import WorkflowState
-from tests.engine.conftest import Broker, lines, marker, process_gone, wait_for, workflow
+from tests.engine.conftest import Broker, lines, marker, process_gone, workflow
+from tests.fixtures import wait_for
 
 
 def test_a_failed_attempt_is_retried_with_exponential_backoff_until_it_succeeds(broker, tmp_path):

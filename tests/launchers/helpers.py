@@ -6,7 +6,7 @@ import queue
 import time
 
 from broker.launchers.base import LaunchRequest
-from tests.fixtures import wait_for as shared_wait_for
+from tests.fixtures import wait_for
 
 #: seconds: generous bound for anything that should happen "at once" on a loaded test machine
 PATIENCE = 20.0
@@ -19,12 +19,6 @@ def request(workdir, text, *, node_id=1, attempt=1, kind="sh", **fields):
                          workdir=str(workdir), payload_type=kind, payload_text=text, **fields)
 
 
-
-
-
-def wait_for(predicate, timeout=PATIENCE, interval=POLL):
-    """Poll ``predicate`` until it is true (its value is returned); fail the test past ``timeout`` seconds."""
-    return shared_wait_for(predicate, deadline=timeout, interval=interval)
 
 
 class Exits:
@@ -88,16 +82,19 @@ def make_fifo(path):
     return str(path)
 
 
+def _writer(fifo):
+    """``[fd]``: a write end of ``fifo``, once a payload has opened it for reading; None before (ENXIO)."""
+    try:
+        return [os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)]
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        return None
+
+
 def release(fifo, timeout=PATIENCE):
     """Write a line into ``fifo`` once a payload has opened it for reading; returns the write time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError as exc:  # ENXIO: no reader yet
-            assert exc.errno == errno.ENXIO and time.monotonic() < deadline, "no payload opened the FIFO"
-            time.sleep(POLL)
+    [fd] = wait_for(lambda: _writer(fifo), deadline=timeout, interval=POLL, what="a payload to open the FIFO")
     try:
         now = time.perf_counter()
         os.write(fd, b"go\n")
@@ -108,21 +105,17 @@ def release(fifo, timeout=PATIENCE):
 
 def release_unless(fifo, ended, timeout=PATIENCE):
     """Release the payload waiting on ``fifo``, unless ``ended()`` says its attempt ended first (killed)."""
-    deadline = time.monotonic() + timeout
-    while not ended():
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:  # ENXIO: no reader yet
-            assert exc.errno == errno.ENXIO and time.monotonic() < deadline, "no payload opened the FIFO"
-            time.sleep(POLL)
-            continue
-        try:
-            os.write(fd, b"go\n")
-        except BrokenPipeError:
-            pass  # killed at this very moment
-        finally:
-            os.close(fd)
+    opened = wait_for(lambda: "ended" if ended() else _writer(fifo), deadline=timeout, interval=POLL,
+                      what="a payload to open the FIFO or to end")
+    if opened == "ended":
         return
+    [fd] = opened
+    try:
+        os.write(fd, b"go\n")
+    except BrokenPipeError:
+        pass  # killed at this very moment
+    finally:
+        os.close(fd)
 
 
 def busy_wait(seconds):

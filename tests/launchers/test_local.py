@@ -11,16 +11,8 @@ import pytest
 from broker.errors import StateError
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
-from tests.launchers.helpers import (
-    Exits,
-    alive,
-    make_fifo,
-    release,
-    request,
-    run_to_end,
-    wait_for,
-    zombie_children,
-)
+from tests.fixtures import wait_for
+from tests.launchers.helpers import Exits, alive, make_fifo, release, request, run_to_end, zombie_children
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
 from broker.launchers.workdir import WRAPPER
-from tests.launchers.helpers import (Exits, alive, children_of, make_fifo, release, request, run_to_end, state_of,
-                                     wait_for)
+from tests.fixtures import wait_for
+from tests.launchers.helpers import Exits, alive, children_of, make_fifo, release, request, run_to_end, state_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

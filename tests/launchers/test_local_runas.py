@@ -10,7 +10,8 @@ from broker import runas
 from broker.elf import elf
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
-from tests.launchers.helpers import Exits, request, run_to_end, wait_for
+from tests.fixtures import wait_for
+from tests.launchers.helpers import Exits, request, run_to_end
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from broker.launchers.remote import Endpoint
 from broker.resources.accounts import Account
 from broker.resources.catalogue import BatchOptions, Host
 from broker.resources.shell import Completed, LocalShell
+from tests.fixtures import wait_for
 from tests.launchers.recorded import FakeScheduler, completed, run_job
-from tests.resources.helpers import LOCAL_ROOT, Ended, poll_until, request, run_to_end, unique_workflow
+from tests.resources.helpers import LOCAL_ROOT, Ended, request, run_to_end, unique_workflow
 
 ID = "4567"
 
@@ -110,7 +111,7 @@ def test_a_job_that_left_showq_is_read_back_with_checkjob(launcher, fake):
     run_job(handle.workdir)
     fake.answer("showq", "showq-empty")
     fake.answer("checkjob", "checkjob-completed", code=0, **job)
-    poll_until(lambda: ended.count(), what="the job to end")
+    wait_for(lambda: ended.count(), what="the job to end")
     assert launcher.collect(handle).outputs == {"y": 2}
 
 

@@ -20,8 +20,9 @@ from broker.launchers.remote import Endpoint
 from broker.resources.accounts import Account
 from broker.resources.catalogue import BatchOptions, Host
 from broker.resources.shell import LocalShell
+from tests.fixtures import wait_for
 from tests.launchers.recorded import FakeScheduler, completed, run_job
-from tests.resources.helpers import LOCAL_ROOT, Ended, poll_until, request, run_to_end, unique_workflow
+from tests.resources.helpers import LOCAL_ROOT, Ended, request, run_to_end, unique_workflow
 
 ID = "1234.pbs-server.example.org"
 
@@ -113,7 +114,7 @@ def test_a_job_goes_through_qsub_and_qstat_and_its_result_comes_from_the_status_
     ended = Ended()
     launcher.watch(handle, ended)
     rounds = launcher.poller.rounds
-    poll_until(lambda: launcher.poller.rounds > rounds + 2, what="polls of the queued job")
+    wait_for(lambda: launcher.poller.rounds > rounds + 2, what="polls of the queued job")
     assert not ended.count()
     fake.answer("qstat", "qstat-f-running", **job)
     assert run_job(handle.workdir) == 0  # the compute node runs it
@@ -144,8 +145,8 @@ def test_a_server_that_does_not_answer_leaves_the_job_unknown_never_failed(launc
     launcher.watch(handle, ended)
     rounds, since = launcher.poller.rounds, time.monotonic()
     # polls far past lost_after (0.5 s): counted in time as well as in rounds, which a busy machine slows
-    poll_until(lambda: launcher.poller.rounds > rounds + 5 and time.monotonic() - since > 5.0,
-               what="polls while the server is down")
+    wait_for(lambda: launcher.poller.rounds > rounds + 5 and time.monotonic() - since > 5.0,
+             what="polls while the server is down")
     assert not ended.count()  # unknown is not lost
     fake.answer("qstat", "qstat-f-running", **job)
     run_job(handle.workdir)

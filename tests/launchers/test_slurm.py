@@ -30,8 +30,9 @@ from broker.resources.accounts import Account
 from broker.resources.catalogue import AccountRule, BatchOptions, Catalogue, Host
 from broker.resources.shell import LocalShell
 from broker.resources.sshpool import SshPool
-from tests.resources.helpers import (LOCAL_ROOT, WAIT_FOR_GO, Ended, account, alive, endpoint, poll_until, read_int,
-                                     release, request, run_to_end, ssh_host, unique_workflow, wait_started)
+from tests.fixtures import wait_for
+from tests.resources.helpers import (LOCAL_ROOT, WAIT_FOR_GO, Ended, account, alive, endpoint, read_int, release,
+                                     request, run_to_end, ssh_host, unique_workflow, wait_started)
 
 COMMANDS = ("sbatch", "squeue", "sacct", "scancel")
 SLOW = 200.0  # seconds: SLURM checks time limits about every 30 s after the limit (1 min at least)
@@ -119,8 +120,8 @@ def wait_all(launcher, handles, deadline: float = 180.0):
     ended = Ended()
     for handle in handles:
         launcher.watch(handle, ended)
-    poll_until(lambda: ended.count() == len({(h.node_id, h.attempt) for h in handles}), deadline=deadline,
-               what=f"{len(handles)} attempts to end")
+    wait_for(lambda: ended.count() == len({(h.node_id, h.attempt) for h in handles}), deadline=deadline,
+             what=f"{len(handles)} attempts to end")
     return [launcher.collect(h) for h in handles]
 
 
@@ -157,18 +158,18 @@ def test_a_failing_job_gives_its_exit_code(launcher):
 def test_cancel_of_a_running_job_kills_its_processes_and_cancels_the_job(launcher):
     handle = launcher.launch(request(unique_workflow(), "sleep 300 &\necho $! > child\nsleep 300\n"))
     pgid = wait_started(handle.workdir)
-    child = poll_until(lambda: read_int(f"{handle.workdir}/child"), what="the background child")
+    child = wait_for(lambda: read_int(f"{handle.workdir}/child"), what="the background child")
     launcher.cancel(handle)
     result = run_to_end(launcher, handle)
     assert (result.outcome, result.message) == (base.CANCELLED, "cancelled")
-    poll_until(lambda: not alive(pgid) and not alive(child), what="the payload's processes to be gone")
-    poll_until(lambda: job_state(handle.job_id) == "CANCELLED", what="SLURM to say CANCELLED")
+    wait_for(lambda: not alive(pgid) and not alive(child), what="the payload's processes to be gone")
+    wait_for(lambda: job_state(handle.job_id) == "CANCELLED", what="SLURM to say CANCELLED")
 
 
 def test_cancel_of_a_pending_job_cancels_it_before_it_ever_runs(launcher):
     handle = launcher.launch(request(unique_workflow(), "true\n"),
                              Scheduling(directives=(("begin", "now+3600"),)))
-    poll_until(lambda: job_state(handle.job_id) == "PENDING", what="the job to be pending")
+    wait_for(lambda: job_state(handle.job_id) == "PENDING", what="the job to be pending")
     launcher.cancel(handle)
     result = run_to_end(launcher, handle)
     assert (result.outcome, result.message) == (base.CANCELLED, "cancelled")
@@ -191,12 +192,12 @@ def test_a_job_over_its_slurm_time_limit_times_out(launcher):
 
 def _squeue_per_round(launcher, shims, rounds: int = 5) -> float:
     """squeue runs per poller round, measured over ``rounds`` rounds."""
-    poll_until(lambda: launcher.poller.rounds >= 1, what="a first poll")
+    wait_for(lambda: launcher.poller.rounds >= 1, what="a first poll")
     start_rounds, start_calls = launcher.poller.rounds + 1, None
-    poll_until(lambda: launcher.poller.rounds >= start_rounds, what="a poll round to end")
+    wait_for(lambda: launcher.poller.rounds >= start_rounds, what="a poll round to end")
     start_calls = calls(shims)["squeue"]
     target = start_rounds + rounds
-    poll_until(lambda: launcher.poller.rounds >= target, what=f"{rounds} poll rounds")
+    wait_for(lambda: launcher.poller.rounds >= target, what=f"{rounds} poll rounds")
     # a round may be under way while we read: count whole rounds only
     done_rounds = launcher.poller.rounds - start_rounds
     return (calls(shims)["squeue"] - start_calls) / done_rounds
@@ -266,18 +267,18 @@ def test_an_unreachable_controller_leaves_jobs_unknown_never_failed(launcher, sh
     (shims / "down").touch()
     try:
         rounds = launcher.poller.rounds
-        poll_until(lambda: launcher.poller.rounds >= rounds + 5, what="5 polls with the controller down")
+        wait_for(lambda: launcher.poller.rounds >= rounds + 5, what="5 polls with the controller down")
         assert ended.count() == 0
         release(running.workdir)  # its status file is the primary channel: it still ends, with its result
-        poll_until(lambda: ended.has(running.node_id), what="the running job to end")
+        wait_for(lambda: ended.has(running.node_id), what="the running job to end")
         assert launcher.collect(running).outcome == base.SUCCEEDED
         rounds = launcher.poller.rounds
-        poll_until(lambda: launcher.poller.rounds >= rounds + 3, what="3 more polls")
+        wait_for(lambda: launcher.poller.rounds >= rounds + 3, what="3 more polls")
         assert not ended.has(pending.node_id)
     finally:
         (shims / "down").unlink()
     launcher.cancel(pending)
-    poll_until(lambda: ended.has(pending.node_id), what="the pending job to end")
+    wait_for(lambda: ended.has(pending.node_id), what="the pending job to end")
     assert launcher.collect(pending).outcome == base.CANCELLED
 
 
@@ -323,7 +324,7 @@ def test_a_cluster_reached_without_ssh_runs_jobs_as_the_brokers_own_user(slurm, 
 def test_a_cancel_after_the_payload_ended_by_itself_keeps_its_result_and_cancels_no_job(launcher, shims):
     handle = launcher.launch(request(unique_workflow(), "echo '@broker output n=1'\n"))
     # the elf's verdict: its payload ended by itself (the job may still be writing the status, or be over)
-    poll_until(lambda: read_verdict(handle.workdir) == "exited", what="the payload to end")
+    wait_for(lambda: read_verdict(handle.workdir) == "exited", what="the payload to end")
     before = calls(shims)["scancel"]
     launcher.cancel(handle)
     result = run_to_end(launcher, handle)

@@ -23,9 +23,9 @@ from broker.errors import ResourceError, StateError
 from broker.launchers import base
 from broker.launchers.ssh import SshLauncher
 from broker.resources.sshpool import SshPool
-from tests.resources.helpers import (LOCAL_ROOT, WAIT_FOR_GO, Ended, account, alive, endpoint, poll_until, read_int, release,
-                                     request, run_to_end, server_connections, ssh_host, unique_workflow,
-                                     wait_started)
+from tests.fixtures import wait_for
+from tests.resources.helpers import (LOCAL_ROOT, WAIT_FOR_GO, Ended, account, alive, endpoint, read_int, release,
+                                     request, run_to_end, server_connections, ssh_host, unique_workflow, wait_started)
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +93,18 @@ def test_the_elf_kills_a_payload_over_its_timeout(launcher):
     pgid = wait_started(handle.workdir)
     result = run_to_end(launcher, handle)
     assert (result.outcome, result.message) == (base.TIMEOUT, "killed after the timeout of 1 s")
-    poll_until(lambda: not alive(pgid), what="the payload's group to be gone")
+    wait_for(lambda: not alive(pgid), what="the payload's group to be gone")
 
 
 def test_cancel_kills_the_whole_process_group_of_a_running_payload(launcher):
     handle = launcher.launch(request(unique_workflow(), "sleep 300 &\necho $! > child\nsleep 300\n"))
     pgid = wait_started(handle.workdir)
-    child = poll_until(lambda: read_int(f"{handle.workdir}/child"), what="the background child")
+    child = wait_for(lambda: read_int(f"{handle.workdir}/child"), what="the background child")
     launcher.cancel(handle)
     launcher.cancel(handle)  # idempotent
     result = run_to_end(launcher, handle)
     assert (result.outcome, result.message) == (base.CANCELLED, "cancelled")
-    poll_until(lambda: not alive(pgid) and not alive(child), what="payload and child to be gone")
+    wait_for(lambda: not alive(pgid) and not alive(child), what="payload and child to be gone")
 
 
 def test_reports_arrive_while_the_payload_runs(launcher):
@@ -112,7 +112,7 @@ def test_reports_arrive_while_the_payload_runs(launcher):
     handle = launcher.launch(request(unique_workflow(), text))
     ended = Ended()
     launcher.watch(handle, ended)
-    seen = poll_until(lambda: launcher.reports(handle, 0)[0], what="reports of the running payload")
+    seen = wait_for(lambda: launcher.reports(handle, 0)[0], what="reports of the running payload")
     assert [(r.kind, r.percent, r.text, r.value) for r in seen] == [
         ("progress", 10.0, "start", None), ("output", None, "early", 1)]
     _, offset = launcher.reports(handle, 0)
@@ -120,7 +120,7 @@ def test_reports_arrive_while_the_payload_runs(launcher):
     with pytest.raises(StateError, match="still running"):
         launcher.collect(handle)
     release(handle.workdir)
-    poll_until(lambda: ended.has(1), what="the payload to end")
+    wait_for(lambda: ended.has(1), what="the payload to end")
     assert launcher.collect(handle).outputs == {"early": 1, "done": True}
 
 
@@ -149,7 +149,7 @@ def test_a_new_launcher_recovers_finished_running_lost_and_absent_attempts(sshd,
     # the host crashes under the third: its elf and payload die without a result
     os.kill(read_int(f"{handles[2].workdir}/elf.pid"), signal.SIGKILL)
     os.killpg(doomed_pgid, signal.SIGKILL)
-    poll_until(lambda: not alive(doomed_pgid), what="the doomed payload to die")
+    wait_for(lambda: not alive(doomed_pgid), what="the doomed payload to die")
 
     with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1) as new:
         finished = new.recover(1, 1, quick.workdir, None)
@@ -164,7 +164,7 @@ def test_a_new_launcher_recovers_finished_running_lost_and_absent_attempts(sshd,
         ended = Ended()
         new.watch(running.handle, ended)
         release(handles[1].workdir)
-        poll_until(lambda: ended.has(2), what="the adopted attempt to end")
+        wait_for(lambda: ended.has(2), what="the adopted attempt to end")
         assert new.collect(running.handle).outputs == {"done": True}
 
 
@@ -270,8 +270,8 @@ def test_an_elf_stopped_before_its_first_instruction_is_running_never_lost_nor_a
         handle = first.launch(req)
     elf = int(handle.job_id)
     try:
-        poll_until(lambda: alive(elf) and open(f"/proc/{elf}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
-                   what="the elf to stop")
+        wait_for(lambda: alive(elf) and open(f"/proc/{elf}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+                 what="the elf to stop")
         assert not os.path.exists(f"{handle.workdir}/elf.pid")
         with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1, lost_after=0.0) as new:
             found = new.recover(1, 1, req.workdir, None)
@@ -279,12 +279,12 @@ def test_an_elf_stopped_before_its_first_instruction_is_running_never_lost_nor_a
             ended = Ended()
             new.watch(found.handle, ended)
             rounds = new.poller.rounds
-            poll_until(lambda: new.poller.rounds >= rounds + 3, what="three polls")
+            wait_for(lambda: new.poller.rounds >= rounds + 3, what="three polls")
             assert not ended.has(1)  # still running, poll after poll
             os.kill(elf, signal.SIGCONT)
             wait_started(handle.workdir)
             release(handle.workdir)
-            poll_until(lambda: ended.has(1), what="the adopted attempt to end")
+            wait_for(lambda: ended.has(1), what="the adopted attempt to end")
             assert new.collect(found.handle).outputs == {"done": True}
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -37,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures import wait_for  # noqa: E402
+
 #: events per second of the outage the backlog figure replays
 OUTAGE_RATE = 100
 #: seconds between two producer commits
@@ -179,18 +181,10 @@ def durable_consumer(url: str, user: str) -> Any:
     return child
 
 
-def wait_until(condition: Any, deadline: float, what: str) -> float:
-    """Poll ``condition`` every 10 ms (the measurements' resolution); the monotonic time it held. Exits with
-    WRONG after ``deadline`` s."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise SystemExit(f"WRONG: timed out after {deadline:g} s waiting for {what}")
-        time.sleep(0.01)
-    return time.monotonic()
+def wrong(text: str) -> SystemExit:
+    """The benchmark's end when a wait times out (tests.fixtures.wait_for's ``error``)."""
+    return SystemExit(f"WRONG: {text}")
 
-
-# ---------------------------------------------------------------------------------------------- phases
 
 def ceiling(url: str, count: int, window: int, user: str, transactions: bool) -> float:
     """Raw stomp.py publishing the relay's messages to its two topics, waiting for receipts per window:
@@ -266,7 +260,8 @@ def sustained(bench: Bench, url: str, rate: float, seconds: float, window: int) 
             pause = started + (n + 1) * COMMIT_INTERVAL - time.monotonic()
             if pause > 0:
                 time.sleep(pause)  # pacing the producer at the offered rate
-        wait_until(lambda: len(confirmed) >= len(ids), 120, "the relay to confirm every sustained event")
+        wait_for(lambda: len(confirmed) >= len(ids), deadline=120, what="the relay to confirm every sustained event",
+                 interval=0.01, error=wrong)
         finished = max(confirmed[i] for i in ids)
     finally:
         relay.stop()
@@ -284,7 +279,7 @@ def backlog(bench: Bench, url: str, outage_seconds: float, window: int) -> tuple
     started = time.monotonic()
     relay.start()
     try:
-        wait_until(lambda: bench.unsent() == 0, 600, "the backlog to drain")
+        wait_for(lambda: bench.unsent() == 0, deadline=600, what="the backlog to drain", interval=0.01, error=wrong)
         return time.monotonic() - started, events
     finally:
         relay.stop()

@@ -46,6 +46,7 @@ from broker.launchers import base  # noqa: E402
 from broker.launchers.slurm import SlurmLauncher  # noqa: E402
 from broker.resources.catalogue import BatchOptions  # noqa: E402
 from broker.resources.sshpool import SshPool  # noqa: E402
+from tests.fixtures import wait_for  # noqa: E402
 from tests.fixtures.services import Sshd, parse_env, run_script  # noqa: E402
 from tests.resources.helpers import Ended, account, endpoint, request, ssh_host, unique_workflow  # noqa: E402
 
@@ -89,14 +90,6 @@ def counts(log: Path) -> Counter:
     return Counter(log.read_text().split())
 
 
-def wait(condition, deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise WrongResult(f"timed out after {deadline} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def run_nodes(launcher: SlurmLauncher, n: int, bundled: bool) -> float:
     """Launch, watch and collect n trivial nodes; returns the wall time."""
     workflow = unique_workflow()
@@ -114,7 +107,7 @@ def run_nodes(launcher: SlurmLauncher, n: int, bundled: bool) -> float:
             handles = list(workers.map(launcher.launch, requests))
     for handle in handles:
         launcher.watch(handle, ended)
-    wait(lambda: ended.count() == n, 600, f"{n} nodes to end")
+    wait_for(lambda: ended.count() == n, deadline=600, what=f"{n} nodes to end", error=WrongResult)
     results = [launcher.collect(h) for h in handles]
     wall = time.perf_counter() - started
     expect("outcomes", Counter(r.outcome for r in results), Counter({base.SUCCEEDED: n}))
@@ -147,7 +140,8 @@ def load(launcher: SlurmLauncher, log: Path, queued: int, window: float) -> dict
         for handle in handles:
             launcher.watch(handle, ended)
         rounds = launcher.poller.rounds
-        wait(lambda: launcher.poller.rounds > rounds, 120, "a first poll of every job")
+        wait_for(lambda: launcher.poller.rounds > rounds, deadline=120, what="a first poll of every job",
+                 error=WrongResult)
         before, first_round, started = counts(log), launcher.poller.rounds, time.perf_counter()
         probes, busy = launcher.calls["probe"], launcher.poller.seconds
         time.sleep(window)  # the measurement window itself (nothing is awaited)

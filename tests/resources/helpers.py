@@ -136,10 +136,5 @@ def wait_started(workdir: str, deadline: float = PATIENCE) -> int:
                     what=f"the payload in {workdir} to start")
 
 
-def poll_until(condition, deadline: float = PATIENCE, what: str = "condition"):
-    """wait_for with this module's patience."""
-    return wait_for(condition, deadline=deadline, what=what, interval=0.05)
-
-
 def elapsed(since: float) -> float:
     return time.monotonic() - since

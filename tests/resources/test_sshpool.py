@@ -17,7 +17,8 @@ from broker.errors import ResourceError
 from broker.resources.catalogue import SshAccess
 from broker.resources.shell import ShellError
 from broker.resources.sshpool import SshPool
-from tests.resources.helpers import account, poll_until, server_connections, ssh_host
+from tests.fixtures import wait_for
+from tests.resources.helpers import account, server_connections, ssh_host
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ def test_a_dropped_connection_is_replaced_on_next_use(pool, sshd, host):
                        if f"pid={os.getpid()}," in line)
     for pid in _sshd_pids_serving(sshd.port, client_port):
         os.kill(pid, signal.SIGKILL)  # the server side of our connection dies
-    poll_until(lambda: server_connections(sshd.port) == 0, what="the connection to be gone")
+    wait_for(lambda: server_connections(sshd.port) == 0, what="the connection to be gone")
     assert shell.run("echo two").stdout == b"two\n"
     assert pool.opened() == 2 and server_connections(sshd.port) == 1
 
