@@ -1,7 +1,7 @@
 """SLURM: ``#SBATCH`` directives, ``sbatch``, one ``squeue`` per poll, ``sacct`` for jobs that left it, ``scancel``.
 
-Verified against SLURM 22.05 (see /work/shared/LIBRARIES.md): ``squeue --json`` ignores ``-j`` there, so
-the poll is ``squeue -h -u LOGIN -t all -o ...`` (every job of the account, finished ones included until
+Verified against SLURM 22.05.8 (Debian 12): ``squeue --json`` ignores ``-j`` there (it returns every job) and
+``scontrol --json`` does not exist, so the poll is ``squeue -h -u LOGIN -t all -o ...`` (every job of the account, finished ones included until
 ``MinJobAge``); jobs that left the queue are looked up with ``sacct`` (slurmdbd) or ``sacct -c`` (the
 jobcomp file; it must be writable by the account, which SLURM's plugin opens for appending). A controller
 that does not answer makes every state unknown, never failed.

@@ -6,8 +6,10 @@
 # The commands (sbatch, squeue, ...) read /etc/slurm/slurm.conf, also in SSH sessions of the test users,
 # so that is where the config goes; it carries a marker line and an unmarked one (a real cluster's) is
 # never overwritten. Everything else (spool, state, logs, pids, a shared work directory) is under $DIR.
-# Tuned for tests, per /work/shared/SERVICES.md: the node advertises 16 CPUs (config_overrides),
-# DefMemPerCPU lets jobs share the node, the scheduler runs at once instead of every few seconds.
+# Tuned for tests (each found when the cluster was first brought up on a 2-core Debian 12 machine): the node
+# advertises 16 CPUs (config_overrides; with the 2 real ones only 2 jobs ran at once), DefMemPerCPU lets jobs
+# share the node (without it each job takes the node's whole memory: one job at a time), and the scheduler runs
+# at once (batch_sched_delay=0, sched_min_interval=0: by default a new allocation came only every ~3 s).
 # shellcheck source=tests/services/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
