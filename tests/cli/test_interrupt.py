@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from tests.fixtures import wait_for
 from tests.cli.conftest import DEADLINE, alive, waits_for, workflow
+from tests.fixtures import wait_for
 
 
 def _long_workflow(cli, *, ignore_term: bool = False):

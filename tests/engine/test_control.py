@@ -6,8 +6,8 @@ import time
 
 from broker.persistence import control
 from broker.states import WorkflowState
-from tests.fixtures import wait_for
 from tests.engine.conftest import workflow
+from tests.fixtures import wait_for
 
 
 def test_a_cancel_written_to_the_control_table_is_applied_by_the_running_broker(broker, tmp_path):

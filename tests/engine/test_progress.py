@@ -5,8 +5,8 @@ from __future__ import annotations
 from broker.persistence import queries
 from broker.persistence.progress import ProgressBoard
 from broker.states import WorkflowState
-from tests.fixtures import wait_for
 from tests.engine.conftest import workflow
+from tests.fixtures import wait_for
 
 
 def statuses(broker, gid: str) -> tuple[float | None, float | None]:

@@ -15,8 +15,8 @@ from broker.persistence.db import make_engine, session_factory
 from broker.persistence.models import Node
 from broker.persistence.store import Store
 from broker.states import NodeState, WorkflowState
-from tests.fixtures import wait_for
 from tests.engine.conftest import lines, marker, process_gone, workflow
+from tests.fixtures import wait_for
 
 
 def stored_workdir(url: str, workflow_id: int, path: str) -> str:
