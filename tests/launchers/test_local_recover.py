@@ -43,6 +43,9 @@ def test_a_finished_attempt_is_recovered_with_its_result(launcher, tmp_path):
 def test_a_running_attempt_is_adopted_and_watched_to_its_end(launcher, tmp_path):
     fifo = make_fifo(tmp_path / "go")
     handle = launch_and_abandon(tmp_path, f"read x < {fifo}\necho '@broker output done=true'\n")
+    # its wrapper has written its pid (before that, on a loaded machine, it is adopted as pid 0 until the pid
+    # appears: the stopped-wrapper tests below cover that)
+    wait_for(lambda: (tmp_path / "w" / "pid").exists(), what="the wrapper's pid file")
     found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
     assert found.status == "running" and found.handle.job_id == handle.job_id
     assert found.handle.started_at == pytest.approx(handle.started_at)
@@ -54,6 +57,7 @@ def test_a_running_attempt_is_adopted_and_watched_to_its_end(launcher, tmp_path)
     assert (result.outcome, result.outputs) == (base.SUCCEEDED, {"done": True})
 
 
+@pytest.mark.slow
 def test_the_timeout_of_an_adopted_attempt_counts_from_its_start(launcher, tmp_path):
     handle = launch_and_abandon(tmp_path, "sleep 100\n", timeout=1.0)
     found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
@@ -116,6 +120,7 @@ def test_a_running_attempt_started_before_the_launch_lock_is_adopted_by_its_pid(
     wrapper.wait()
 
 
+@pytest.mark.slow
 def test_an_attempt_killed_before_the_broker_died_is_recovered_as_killed(launcher, tmp_path):
     with LocalLauncher() as old:
         handle = old.launch(request(tmp_path / "w", "trap '' TERM\nsleep 100\n", timeout=0.2))
