@@ -7,11 +7,14 @@ import subprocess
 import sys
 import unicodedata
 
+import pytest
+
 from broker.printable import UNSAFE, printable
 
 UNSAFE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 
 
+@pytest.mark.slow
 def test_the_class_is_exactly_the_control_format_separator_and_surrogate_characters():
     wrong = [hex(cp) for cp in range(sys.maxunicode + 1)
              if (unicodedata.category(chr(cp)) in UNSAFE_CATEGORIES) != bool(UNSAFE.fullmatch(chr(cp)))]

@@ -18,6 +18,8 @@ from tests.admin.conftest import selection
 from tests.api.conftest import BROKER, EXAMPLES, Server, add_users, fault_code, waits_for, workflow
 from tests.fixtures import DEADLINE, wait_for
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 HELLO = (EXAMPLES / "hello.xml").read_text(encoding="utf-8")
 
 

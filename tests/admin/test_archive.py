@@ -13,6 +13,8 @@ from broker.admin.targets import FileTarget
 from tests.admin.conftest import (ACTOR, admin_events, archived_events, example, gated, run_workflows, snapshot,
                                   workflow, workflow_rows)
 
+pytestmark = pytest.mark.slow  # every test here archives whole workflows, through `broker` commands
+
 
 def _outputs(workdir, gid):
     """Bundle path -> content of every stdout/stderr file of a workflow's work directory."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from broker.events import document
 from broker.events.routing import ALL_EVENTS_TOPIC
 from tests.admin.conftest import admin_events, example, run_workflows, workflow_rows
 from tests.events.helpers import FAST, StompConsumer, all_sent, unique_user
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 #: a STOMP URL nothing listens on: the relay of the engine cannot publish there
 DEAD_BUS = "stomp://127.0.0.1:9"

@@ -12,6 +12,8 @@ from tests.admin.conftest import ACTOR, admin_events, example, gated, run_workfl
 from tests.engine.conftest import Broker
 from tests.fixtures import wait_for
 
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
+
 
 @pytest.fixture
 def population(admin_cli, tmp_path):

@@ -3,6 +3,8 @@ run meanwhile are not disturbed, and the records go through the engine's writer.
 
 from __future__ import annotations
 
+import pytest
+
 from broker.admin.archive import archive_workflows
 from broker.admin.delete import Deleter, journal_for
 from broker.admin.reader import read_archive
@@ -13,6 +15,7 @@ from tests.admin.conftest import admin_events, example, gated
 from tests.fixtures import wait_for
 
 
+@pytest.mark.slow
 def test_archiving_and_deleting_beside_running_workflows_leaves_them_undisturbed(running_broker, tmp_path):
     broker = running_broker
     engine = broker.engine

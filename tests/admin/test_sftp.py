@@ -7,9 +7,13 @@ import shutil
 import uuid
 from pathlib import Path
 
+import pytest
+
 from broker.admin.reader import read_archive
 from broker.admin.targets import FileTarget
 from tests.admin.conftest import example, run_workflows, workflow_rows
+
+pytestmark = pytest.mark.slow  # every test here archives whole workflows, through `broker` commands
 
 
 def catalogue(tmp: Path, sshd) -> Path:

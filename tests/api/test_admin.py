@@ -10,6 +10,8 @@ import zeep
 from tests.api.conftest import EXAMPLES, fault_code, waits_for, workflow
 from tests.fixtures import wait_for
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 HELLO = (EXAMPLES / "hello.xml").read_text(encoding="utf-8")
 FAILING = (EXAMPLES / "failing.xml").read_text(encoding="utf-8")
 

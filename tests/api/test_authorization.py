@@ -13,6 +13,8 @@ import zeep
 
 from tests.api.conftest import EXAMPLES, fault_code
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 OK = "ok"
 NF, NA, IC = "Client.NotFound", "Client.NotAuthorized", "Client.InvalidCredentials"
 #: the admin's call passes authorization and reaches argument checking (its selection "<c/>" is not valid)

@@ -21,6 +21,8 @@ from lxml import etree
 from tests.api.conftest import EXAMPLES, Server, add_users
 from tests.fixtures import DEADLINE, wait_for
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 CORE = "urn:workflow-broker:core:v1"
 SLOW = "127.0.0.2"

@@ -9,6 +9,8 @@ from sqlalchemy import func, select
 
 from tests.api.conftest import EXAMPLES, PAGE_SIZE, REPO, fault_code, workflow
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 HELLO = (EXAMPLES / "hello.xml").read_text(encoding="utf-8")
 STATE_XSD = etree.XMLSchema(etree.parse(str(REPO / "schemas" / "workflow-state.xsd")))
 

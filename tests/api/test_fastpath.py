@@ -87,6 +87,7 @@ def running(migrated_url, tmp_path):
         broker.stop()
 
 
+@pytest.mark.slow
 def test_answers_are_the_same_bytes_for_workflows_and_nodes_in_every_situation(running, tmp_path):
     broker, edges = running
     gate = tmp_path / "gate"
@@ -119,6 +120,7 @@ def test_answers_are_the_same_bytes_for_workflows_and_nodes_in_every_situation(r
     assert edges.handled == 2 * len(targets) + 1
 
 
+@pytest.mark.slow
 def test_faults_mean_the_same_and_other_users_workflows_stay_hidden(running):
     broker, edges = running
     wf, _ = broker.run(workflow('<node id="a"><payload type="sh">true</payload></node>'), owner="bob")
@@ -133,6 +135,7 @@ def test_faults_mean_the_same_and_other_users_workflows_stay_hidden(running):
     assert fast == spyne and b"<s0:state>succeeded</s0:state>" in fast
 
 
+@pytest.mark.slow
 def test_requests_the_fast_path_does_not_recognise_go_to_spyne(running):
     broker, edges = running
     other_namespace = '<x:getStatusInfoForId xmlns:x="urn:other"><x:globalId>wf-0</x:globalId></x:getStatusInfoForId>'
@@ -144,6 +147,7 @@ def test_requests_the_fast_path_does_not_recognise_go_to_spyne(running):
     assert edges.handled == 0
 
 
+@pytest.mark.slow
 def test_a_status_reader_whose_connection_broke_opens_another(running):
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -160,6 +164,7 @@ def test_a_status_reader_whose_connection_broke_opens_another(running):
     assert reader._local.connection is not kept
 
 
+@pytest.mark.slow
 def test_the_edge_writes_its_faults_with_the_bytes_spyne_writes_for_the_operations_faults(running):
     from broker.api.faults import FaultSpec, envelope
 

@@ -8,6 +8,8 @@ from lxml import etree
 
 from tests.api.test_hostile import CORE, ENV, call, envelope
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 ADMIN = "urn:workflow-broker:admin:v1"
 #: the codes README and broker/api/faults.py document
 DOCUMENTED = {"Client.InvalidDescription", "Client.NotFound", "Client.NotAuthorized", "Client.InvalidCredentials",

@@ -9,6 +9,8 @@ import urllib.parse
 import pytest
 from lxml import etree
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 CORE = "urn:workflow-broker:core:v1"
 AUTH = "Basic " + base64.b64encode(b"alice:alice-pw").decode()

@@ -15,6 +15,8 @@ from lxml import etree
 
 from tests.api.conftest import USERS, Server, add_users, fault_code, waits_for, workflow
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 LIMIT = 4
 
 

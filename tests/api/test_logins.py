@@ -62,6 +62,7 @@ def in_threads(n: int, target) -> list:
     return threads, results
 
 
+@pytest.mark.slow
 def test_threads_presenting_the_same_credentials_share_one_check(authenticator):
     checks, _, release = authenticator.counted
     threads, results = in_threads(8, lambda i: authenticator.user("alice", "alice-pw"))
@@ -75,6 +76,7 @@ def test_threads_presenting_the_same_credentials_share_one_check(authenticator):
     assert {r.name for r in results} == {"alice"}
 
 
+@pytest.mark.slow
 def test_wrong_passwords_are_checked_at_most_half_the_threads_at_a_time_and_the_rest_are_busy(authenticator):
     from broker.api.passwords import Busy
     from broker.errors import InvalidCredentials

@@ -13,6 +13,8 @@ from zeep.wsse.username import UsernameToken
 from tests.api.conftest import fault_code, waits_for, workflow
 from tests.fixtures import wait_for
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 
 def elf_client(server, session_id, secret):
     with warnings.catch_warnings():

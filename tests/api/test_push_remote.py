@@ -17,6 +17,8 @@ from sqlalchemy import select
 
 from tests.api.conftest import Server, add_users, workflow
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 
 @pytest.fixture(params=["ssh", "slurm"])
 def push_server(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path, sshd) -> Iterator[Server]:

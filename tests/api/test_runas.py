@@ -21,6 +21,8 @@ from tests.api.conftest import BROKER, Server, add_users, workflow
 from tests.fixtures import DEADLINE
 from tests.fixtures.accounts import staging_share
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 ALICE_ACCOUNT, BOB_ACCOUNT = "broker-test", "broker-test2"
 
 

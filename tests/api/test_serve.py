@@ -11,6 +11,8 @@ import pytest
 from tests.api.conftest import BROKER, EXAMPLES, Server, add_users, waits_for, workflow
 from tests.fixtures import wait_for
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 HELLO = (EXAMPLES / "hello.xml").read_text(encoding="utf-8")
 
 

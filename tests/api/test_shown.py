@@ -10,6 +10,8 @@ from lxml import etree
 
 from tests.api.conftest import USERS, fault_code, workflow
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 NS = {"b": "urn:workflow-broker:core:v1"}
 
 

@@ -12,6 +12,8 @@ from sqlalchemy import func, select
 
 from tests.api.conftest import BROKER, EXAMPLES, Server, add_users, fault_code, workflow
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 HELLO = (EXAMPLES / "hello.xml").read_text(encoding="utf-8")
 #: the operator's [events] metadata_destinations on this module's server
 ALLOWED = "/topic/lab. /queue/lab."

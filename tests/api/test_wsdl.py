@@ -16,6 +16,8 @@ from lxml import etree
 from tests.api.conftest import BROKER, REPO
 from tests.fixtures import require
 
+pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
+
 WSDL_DIR = REPO / "wsdl"
 FILES = {"/broker": "broker-core.wsdl", "/admin": "broker-admin.wsdl"}
 SOAP_ADDRESS = "{http://schemas.xmlsoap.org/wsdl/soap/}address"
@@ -96,7 +98,6 @@ def _gsoap() -> tuple[str, str, str] | None:
     return None if None in tools else tuple(tools)  # type: ignore[return-value]
 
 
-@pytest.mark.slow
 def test_gsoap_accepts_the_wsdls_and_a_compiled_client_makes_two_calls_on_one_proxy(server, tmp_path):
     tools = _gsoap()
     require(tools is not None and Path("/usr/share/gsoap/import").is_dir(),

@@ -5,8 +5,12 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.cli.conftest import DEADLINE, OWNER, alive, waits_for, workflow
 from tests.fixtures import wait_for
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def _long(cli):

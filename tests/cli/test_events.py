@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from broker.cli import main
 from tests.cli.conftest import DEADLINE, EXAMPLES, waits_for, workflow
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def events(cli, capsys, *args: str) -> tuple[int, list[list[str]], str]:

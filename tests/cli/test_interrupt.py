@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from tests.cli.conftest import DEADLINE, alive, waits_for, workflow
 from tests.fixtures import wait_for
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def _long_workflow(cli, *, ignore_term: bool = False):

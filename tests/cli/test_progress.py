@@ -6,6 +6,8 @@ import io
 import threading
 import time
 
+import pytest
+
 from broker.cli.progress import PLAIN_INTERVAL, Display, Snapshot, Tracker, clock
 from broker.states import WorkflowState
 from tests.cli.conftest import workflow
@@ -68,6 +70,7 @@ def test_clock_formats_minutes_and_hours():
     assert (clock(5), clock(65), clock(3 * 3600 + 62)) == ("0:05", "1:05", "3:01:02")
 
 
+@pytest.mark.slow
 def test_the_summary_lists_the_first_twenty_failed_nodes_then_how_many_more(sqlite_cli):
     nodes = "\n".join(f'<node id="bad{i:02d}"><payload type="sh">exit 1</payload></node>' for i in range(23))
     result = sqlite_cli("run", str(sqlite_cli.file("bad.xml", workflow(nodes))))

@@ -11,6 +11,8 @@ from broker.cli import main
 from tests.cli.conftest import DEADLINE, alive, waits_for, workflow
 from tests.fixtures import wait_for
 
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
+
 
 def _waiting_workflow(cli):
     """A file whose first node appends to a marker, and whose second waits for a ``go`` file."""

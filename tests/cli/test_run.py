@@ -8,7 +8,11 @@ import select
 import subprocess
 import time
 
+import pytest
+
 from tests.cli.conftest import BROKER, DEADLINE, EXAMPLES, workflow
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def test_a_succeeding_example_exits_0_and_prints_the_summary(cli):

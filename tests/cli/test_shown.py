@@ -8,8 +8,12 @@ import json
 
 from sqlalchemy import select
 
+import pytest
+
 from broker.persistence.models import Event
 from tests.cli.conftest import workflow
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 NAME = "report\u202efdp.exe"
 MESSAGE = "half\u200b way\nINFO forged line"

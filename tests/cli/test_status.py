@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from broker.cli import main
 from tests.cli.conftest import EXAMPLES, OWNER, workflow
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def status(cli, capsys, *args: str) -> tuple[int, str, str]:

@@ -12,6 +12,8 @@ import pytest
 
 from tests.crash.conftest import EXECUTE, SWEEPS, Crashes, expected_rows
 
+pytestmark = pytest.mark.slow  # every test here kills and restarts `broker run` processes
+
 
 @pytest.mark.parametrize("percent", [10, 30, 50, 70, 90])
 def test_a_kill_at_any_point_of_the_run_is_resumed_without_running_a_node_twice(crashes: Crashes, percent: int):

@@ -23,6 +23,7 @@ from tests.description.helpers import BROKER, problems, with_limits
 MEMORY_TARGET_MB = 500
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flood", CORPUS, ids=[f.name for f in CORPUS])
 def test_broker_validate_answers_every_flood_with_its_message_in_under_500_mb(flood, tmp_path):
     path = tmp_path / "flood.xml"
@@ -84,6 +85,7 @@ def test_a_text_just_over_the_limit_is_still_found_among_many_attributes():
         "([limits] max_text_bytes)"]
 
 
+@pytest.mark.slow
 def test_100000_invalid_nodes_give_the_first_100_problems_and_only_those_are_located(monkeypatch):
     kept = []
     prune = schema._prune
@@ -104,6 +106,7 @@ def _nodes(count: int, bad: set[int]) -> bytes:
     return f'<workflow xmlns="{NS}" name="f">{nodes}</workflow>'.encode()
 
 
+@pytest.mark.slow
 def test_problems_after_a_long_valid_start_are_located_exactly():
     found = problems(_nodes(100_000, set(range(50_000, 100_000))))
     assert found[0].startswith("bad.xml:1:0: node 'n50000': <payload> attribute 'type'")

@@ -103,6 +103,7 @@ def test_the_timeout_kills_the_whole_process_group(tmp_path, python):
     wait_for(lambda: not alive(grandchild))
 
 
+@pytest.mark.slow
 def test_a_payload_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
     proc = start_elf(tmp_path / "w", "trap '' TERM\nsleep 100\n", timeout=0.2)
     assert proc.wait(timeout=30) == 128 + signal.SIGKILL
@@ -234,6 +235,7 @@ def test_with_push_the_elf_reports_running_then_its_result_with_outputs(tmp_path
     assert "push_failures" not in read_status(str(workdir), attempt=1)
 
 
+@pytest.mark.slow
 def test_a_push_that_cannot_reach_the_broker_is_counted_and_changes_nothing_else(tmp_path):
     import socket
 

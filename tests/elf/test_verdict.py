@@ -51,6 +51,7 @@ def outcome_agrees_with_verdict(workdir, proc, kill_verdict):
     return "exit"
 
 
+@pytest.mark.slow
 def test_a_cancel_racing_the_payloads_end_never_takes_an_attempt_that_ended_first(tmp_path):
     delay, won = 0.0005, {"exit": 0, "kill": 0}
     for first in range(0, TRIALS, BATCH):
@@ -71,6 +72,7 @@ def test_a_cancel_racing_the_payloads_end_never_takes_an_attempt_that_ended_firs
     assert won["exit"] and won["kill"]
 
 
+@pytest.mark.slow
 def test_a_timeout_racing_the_payloads_end_never_takes_an_attempt_that_ended_first(tmp_path):
     timeout = 1.0
     leads = [0.5, -0.5] + [(i - 6) * 0.002 for i in range(18)]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from broker.states import WORKFLOW_TERMINAL, WorkflowState
 from tests.fixtures import wait_for
 from tests.engine.conftest import workflow
@@ -30,6 +32,7 @@ def document(tmp: Path) -> bytes:
     return workflow("".join(f'<node id="n{i}"><payload type="sh">{payload}</payload></node>' for i in range(NODES)))
 
 
+@pytest.mark.slow
 def test_a_node_whose_payload_ended_before_the_cancel_keeps_its_result_and_is_not_run_again(make_broker, tmp_path):
     broker = make_broker(max_in_flight=NODES).start()
     won = {"exit": 0, "kill": 0}

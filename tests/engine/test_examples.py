@@ -26,6 +26,7 @@ def test_diamond_runs_split_then_both_branches_then_join(broker):
     assert nodes["split"].outputs == {"parts": 2}
 
 
+@pytest.mark.slow
 def test_sweep_expands_into_members_and_the_barrier_runs_after_all_of_them(broker):
     wf, state = run_example(broker, "sweep")
     assert state is WorkflowState.SUCCEEDED

@@ -128,6 +128,7 @@ def test_resuming_a_cancelled_workflow_kills_the_attempts_its_previous_broker_le
     wait_for(lambda: process_gone(pid), deadline=10, what="the payload to be killed")
 
 
+@pytest.mark.slow
 def test_a_restarted_broker_counts_adopted_attempts_against_their_hosts_job_limit(make_broker, tmp_path):
     catalogue = tmp_path / "hosts.xml"
     catalogue.write_text('<hosts xmlns="urn:workflow-broker:hosts:1.0" default="laptop">'

@@ -21,6 +21,8 @@ from broker.states import WorkflowState
 from tests.engine.conftest import Broker, workflow
 from tests.fixtures import wait_for
 
+pytestmark = pytest.mark.slow  # every test here runs real SLURM jobs
+
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ("sbatch", "squeue", "sacct", "scancel")
 #: seconds: a workflow of SLURM jobs needs a few scheduling rounds (more on a busy machine and shared cluster)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+import pytest
+
 from broker.persistence.models import Event, Node
 from broker.states import WorkflowState
 from tests.engine.conftest import Broker, workflow
@@ -47,6 +49,7 @@ def test_a_sweep_over_an_output_fails_with_the_numbers_when_its_nested_sweep_wou
             "nodes, limit 2,000 ([limits] max_nodes)") in _messages(broker, workflow_id, "outer")
 
 
+@pytest.mark.slow
 def test_sweeps_expanding_one_after_another_each_see_the_nodes_the_others_stored(make_broker):
     # 13 nodes once the outer sweep has expanded (outer, 6 x (producer + inner)); each inner sweep then adds 10:
     # three fit in 45, the other three would make 53 and fail, whatever order they expand in

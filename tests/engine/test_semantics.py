@@ -12,6 +12,7 @@ from tests.engine.conftest import Broker, lines, marker, process_gone, workflow
 from tests.fixtures import wait_for
 
 
+@pytest.mark.slow
 def test_a_failed_attempt_is_retried_with_exponential_backoff_until_it_succeeds(broker, tmp_path):
     doc = workflow(f"""
       <node id="flaky">
@@ -47,6 +48,7 @@ def test_a_node_that_runs_out_of_retries_fails_and_skips_its_dependants(broker, 
     assert nodes["after"].state == "skipped" and "bad" in nodes["after"].message
 
 
+@pytest.mark.slow
 def test_a_node_past_its_timeout_is_killed_with_its_whole_process_group(broker, tmp_path):
     doc = workflow(f"""
       <node id="slow">
@@ -61,6 +63,7 @@ def test_a_node_past_its_timeout_is_killed_with_its_whole_process_group(broker, 
     wait_for(lambda: process_gone(child), deadline=10, what="the payload's child to be killed")
 
 
+@pytest.mark.slow
 def test_a_timed_out_attempt_is_retried_when_retries_are_left(broker, tmp_path):
     doc = workflow(f"""
       <node id="slow">

@@ -4,12 +4,15 @@ directory every workflow shares."""
 
 from __future__ import annotations
 
+import pytest
+
 from broker.description.build import build_spec
 from broker.description.xmlsafe import parse_document
 from broker.states import WorkflowState
 from tests.engine.conftest import workflow
 
 
+@pytest.mark.slow
 def test_a_stored_workflow_with_unsafe_ids_runs_its_safe_nodes_and_refuses_the_escaping_one(broker, tmp_path):
     document = workflow("""
         <node id="-rf"><payload type="sh">echo ran > here</payload></node>

@@ -140,6 +140,7 @@ def publish_events(url: str, sessions, owner: str) -> None:
     run_relay(url, sessions, "broker", lambda _: unsent(sessions) == 0, "every outbox row published")
 
 
+@pytest.mark.slow
 def test_each_user_reads_only_their_own_topic_and_admins_read_everything(secured, sessions):
     alice = consumer(secured, user_topic("alice"), "alice")
     admin_all = consumer(secured, ALL_EVENTS_TOPIC, "admin")
@@ -184,6 +185,7 @@ def test_a_wrong_passcode_or_no_login_is_a_clear_bus_error(secured):
         assert not publisher.connected()
 
 
+@pytest.mark.slow
 def test_a_relay_account_that_may_not_write_the_broker_topics_keeps_every_event_waiting(secured, sessions, caplog):
     watcher = consumer(secured, user_topic("alice"), "admin")
     store_workflow(sessions, "alice")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import func, select
 
 from broker.events.publishers import MemoryBus
@@ -14,6 +15,7 @@ from tests.engine.conftest import Broker
 from tests.events.helpers import FAST, all_sent, published_rows, reading, sweep_document
 
 
+@pytest.mark.slow
 def test_without_an_events_url_no_relay_runs_and_events_are_only_stored(migrated_url, tmp_path):
     broker = Broker(migrated_url, tmp_path).start()
     try:
@@ -29,6 +31,7 @@ def test_without_an_events_url_no_relay_runs_and_events_are_only_stored(migrated
         broker.stop()
 
 
+@pytest.mark.slow
 def test_with_a_bus_every_event_of_a_run_is_published_by_the_time_the_engine_stopped(migrated_url, tmp_path):
     bus = MemoryBus.named(f"engine-{uuid.uuid4().hex}")
     broker = Broker(migrated_url, tmp_path)

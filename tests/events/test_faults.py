@@ -117,6 +117,7 @@ def closed_port() -> int:
 
 # ---------------------------------------------------------------------------------------------- faults
 
+@pytest.mark.slow
 def test_activemq_killed_mid_workflow_and_restarted_later_loses_no_event(restartable_activemq, durable,
                                                                         migrated_url, tmp_path):
     bus = restartable_activemq
@@ -142,6 +143,7 @@ def test_activemq_killed_mid_workflow_and_restarted_later_loses_no_event(restart
     check_every_seq_once_or_repeated_identically(consumer, last)
 
 
+@pytest.mark.slow
 def test_the_broker_killed_with_a_backlog_publishes_it_after_its_restart(activemq, durable, cli, tmp_path):
     user = unique_user()
     consumer = durable(user)
@@ -169,6 +171,7 @@ def test_the_broker_killed_with_a_backlog_publishes_it_after_its_restart(activem
     assert set(copies.values()) == {1}  # nothing had been published before the kill: nothing twice
 
 
+@pytest.mark.slow
 def test_the_relay_killed_between_publishing_and_marking_publishes_that_window_again(activemq, durable, cli,
                                                                                    tmp_path):
     user = unique_user()

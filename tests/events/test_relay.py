@@ -95,6 +95,7 @@ def expected(sessions: Any) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------------ publishing
 
+@pytest.mark.slow
 def test_every_outbox_row_is_published_in_id_order_and_then_marked_sent(sessions, bus, relays):
     wf = submit(sessions)
     add_events(sessions, wf, 30)

@@ -24,6 +24,7 @@ def tls_bus(activemq):
     return activemq
 
 
+@pytest.mark.slow
 def test_a_workflows_events_arrive_through_a_tls_connection(tls_bus, migrated_url, tmp_path):
     user = unique_user()
     topic = user_topic(user)
@@ -68,6 +69,7 @@ def test_a_tls_file_that_cannot_be_read_is_a_configuration_error(tmp_path):
         open_publisher(EventsSettings(url="stomp+ssl://127.0.0.1:1", ssl_ca_file=str(tmp_path / "missing.pem")))
 
 
+@pytest.mark.slow
 def test_events_wait_in_the_outbox_while_the_bus_is_not_trusted(tls_bus, migrated_url, tmp_path, caplog):
     broker = bus_broker(migrated_url, tmp_path, tls_bus.stomp_ssl_url).start()  # no CA configured
     try:

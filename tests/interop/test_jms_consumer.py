@@ -83,6 +83,7 @@ def parse_line(line: str) -> dict:
             "body": None if body == "-" or error else base64.b64decode(body).decode()}
 
 
+@pytest.mark.slow
 def test_a_jms_consumer_selecting_one_workflow_gets_exactly_its_events_as_text_messages(
         activemq, consumer_classes, migrated_url, tmp_path):
     _, classpath = consumer_classes

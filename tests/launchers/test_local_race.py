@@ -10,6 +10,8 @@ file (``exit``) and the result must agree: an exit status written first means th
 import time
 from pathlib import Path
 
+import pytest
+
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
 from tests.launchers.helpers import Exits, busy_wait, make_fifo, release, release_unless, request
@@ -48,6 +50,7 @@ def check(launcher, handle, exits, kill_outcome, kill_text):
     return "exit"
 
 
+@pytest.mark.slow
 def test_a_cancel_racing_the_payloads_exit_never_records_an_attempt_that_ended_first_as_cancelled(tmp_path, capsys):
     delay, won = FIRST_DELAY, {"exit": 0, "kill": 0}
     with LocalLauncher(kill_grace=10.0) as launcher:
@@ -65,6 +68,7 @@ def test_a_cancel_racing_the_payloads_exit_never_records_an_attempt_that_ended_f
     assert won["exit"] and won["kill"]  # both sides of the race were exercised
 
 
+@pytest.mark.slow
 def test_a_timeout_racing_the_payloads_exit_never_records_an_attempt_that_ended_first_as_timed_out(tmp_path):
     timeout = 0.25
     # seconds before the deadline each payload is released: well before and well after it at the ends (both

@@ -99,6 +99,7 @@ def test_canceljob_of_a_job_moab_no_longer_knows_is_not_an_error():
 
 # --------------------------------------------------------------------------------------- the launcher
 
+@pytest.mark.slow
 def test_a_job_that_left_showq_is_read_back_with_checkjob(launcher, fake):
     req = request(unique_workflow(), "echo '@broker output y=2'\n")
     job = job_of(launcher, req)
@@ -115,6 +116,7 @@ def test_a_job_that_left_showq_is_read_back_with_checkjob(launcher, fake):
     assert launcher.collect(handle).outputs == {"y": 2}
 
 
+@pytest.mark.slow
 def test_a_job_removed_by_someone_else_before_it_ran_is_lost_with_the_reason(launcher, fake):
     req = request(unique_workflow(), "true\n")
     job = job_of(launcher, req)
@@ -126,6 +128,7 @@ def test_a_job_removed_by_someone_else_before_it_ran_is_lost_with_the_reason(lau
     assert fake.calls("checkjob")[0] == f"checkjob --xml {ID}"
 
 
+@pytest.mark.slow
 def test_a_job_checkjob_does_not_know_either_is_lost_after_the_deadline(launcher, fake):
     req = request(unique_workflow(), "true\n")
     fake.answer("msub", "msub-ok", job_id=ID)
@@ -151,6 +154,7 @@ def test_a_full_queue_is_a_retryable_refusal(launcher, fake):
     assert caught.value.retryable is True
 
 
+@pytest.mark.slow
 def test_cancel_runs_canceljob_and_a_cancelled_pending_job_ends_cancelled(launcher, fake):
     req = request(unique_workflow(), "true\n")
     job = job_of(launcher, req)

@@ -102,6 +102,7 @@ def test_qdel_of_a_job_that_is_gone_or_finished_is_not_an_error():
 
 # --------------------------------------------------------------------------------------- the launcher
 
+@pytest.mark.slow
 def test_a_job_goes_through_qsub_and_qstat_and_its_result_comes_from_the_status_file(launcher, fake):
     req = request(unique_workflow(), "echo '@broker output x=1'\n")
     job = job_of(launcher, req)
@@ -124,6 +125,7 @@ def test_a_job_goes_through_qsub_and_qstat_and_its_result_comes_from_the_status_
     assert set(line.split()[0] for line in fake.calls()) == {"qsub", "qstat"}
 
 
+@pytest.mark.slow
 def test_a_job_the_server_killed_at_its_walltime_times_out(launcher, fake):
     req = request(unique_workflow(), "sleep 600\n")
     job = job_of(launcher, req)
@@ -135,6 +137,7 @@ def test_a_job_the_server_killed_at_its_walltime_times_out(launcher, fake):
         base.TIMEOUT, "killed by PBS at the job's time limit (job_state C, exit_status -11)")
 
 
+@pytest.mark.slow
 def test_a_server_that_does_not_answer_leaves_the_job_unknown_never_failed(launcher, fake):
     req = request(unique_workflow(), "true\n")
     job = job_of(launcher, req)
@@ -163,6 +166,7 @@ def test_a_lost_qsub_reply_is_looked_up_and_the_job_adopted_not_submitted_again(
     assert [c.split()[0] for c in fake.calls()] == ["qsub", "qstat"]
 
 
+@pytest.mark.slow
 def test_a_submission_not_found_after_a_lost_reply_is_submitted_once_more(launcher, fake):
     req = request(unique_workflow(), "true\n")
     fake.answer("qsub", "qsub-server-down", "qsub-ok", job_id=ID)
@@ -171,6 +175,7 @@ def test_a_submission_not_found_after_a_lost_reply_is_submitted_once_more(launch
     assert [c.split()[0] for c in fake.calls()] == ["qsub", "qstat", "qsub"]
 
 
+@pytest.mark.slow
 def test_a_full_queue_is_a_retryable_refusal_and_an_unknown_queue_a_final_one(launcher, fake):
     fake.answer("qsub", "qsub-queue-full")
     with pytest.raises(ResourceError, match="Maximum number of jobs already in queue") as full:
@@ -182,6 +187,7 @@ def test_a_full_queue_is_a_retryable_refusal_and_an_unknown_queue_a_final_one(la
     assert unknown.value.retryable is False
 
 
+@pytest.mark.slow
 def test_cancel_runs_qdel_and_the_cancelled_job_ends_cancelled(launcher, fake):
     req = request(unique_workflow(), "true\n")
     job = job_of(launcher, req)
@@ -198,6 +204,7 @@ def test_cancel_runs_qdel_and_the_cancelled_job_ends_cancelled(launcher, fake):
     launcher.cancel(handle)  # ended: nothing to do, no error
 
 
+@pytest.mark.slow
 def test_a_job_that_vanished_from_qstat_without_a_result_is_lost_after_the_deadline(launcher, fake):
     req = request(unique_workflow(), "true\n")
     fake.answer("qsub", "qsub-ok", job_id=ID)

@@ -34,6 +34,8 @@ from tests.fixtures import wait_for
 from tests.resources.helpers import (LOCAL_ROOT, WAIT_FOR_GO, Ended, account, alive, endpoint, read_int, release,
                                      request, run_to_end, ssh_host, unique_workflow, wait_started)
 
+pytestmark = pytest.mark.slow  # every test here runs real SLURM jobs
+
 COMMANDS = ("sbatch", "squeue", "sacct", "scancel")
 SLOW = 200.0  # seconds: SLURM checks time limits about every 30 s after the limit (1 min at least)
 

@@ -75,6 +75,7 @@ def test_a_payload_runs_as_the_account_in_a_private_work_directory_with_outputs_
     assert root.name == sshd.user
 
 
+@pytest.mark.slow
 def test_another_account_cannot_read_the_work_directory(launcher, sshd):
     handle = launcher.launch(request(unique_workflow(), "echo secret > data\n"))
     run_to_end(launcher, handle)
@@ -83,11 +84,13 @@ def test_another_account_cannot_read_the_work_directory(launcher, sshd):
     assert peek.returncode != 0 and "Permission denied" in peek.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_payload_gives_its_exit_code(launcher):
     result = run_to_end(launcher, launcher.launch(request(unique_workflow(), "exit 3\n")))
     assert (result.outcome, result.exit_code, result.message) == (base.FAILED, 3, "exit code 3")
 
 
+@pytest.mark.slow
 def test_the_elf_kills_a_payload_over_its_timeout(launcher):
     handle = launcher.launch(request(unique_workflow(), "sleep 300 &\nsleep 300\n", timeout=1.0))
     pgid = wait_started(handle.workdir)
@@ -96,6 +99,7 @@ def test_the_elf_kills_a_payload_over_its_timeout(launcher):
     wait_for(lambda: not alive(pgid), what="the payload's group to be gone")
 
 
+@pytest.mark.slow
 def test_cancel_kills_the_whole_process_group_of_a_running_payload(launcher):
     handle = launcher.launch(request(unique_workflow(), "sleep 300 &\necho $! > child\nsleep 300\n"))
     pgid = wait_started(handle.workdir)
@@ -107,6 +111,7 @@ def test_cancel_kills_the_whole_process_group_of_a_running_payload(launcher):
     wait_for(lambda: not alive(pgid) and not alive(child), what="payload and child to be gone")
 
 
+@pytest.mark.slow
 def test_reports_arrive_while_the_payload_runs(launcher):
     text = "echo '@broker progress 10 \"start\"'\necho '@broker output early=1'\n" + WAIT_FOR_GO
     handle = launcher.launch(request(unique_workflow(), text))
@@ -124,6 +129,7 @@ def test_reports_arrive_while_the_payload_runs(launcher):
     assert launcher.collect(handle).outputs == {"early": 1, "done": True}
 
 
+@pytest.mark.slow
 def test_launching_a_running_attempt_again_adopts_it_and_a_finished_one_is_refused(launcher):
     req = request(unique_workflow(), WAIT_FOR_GO)
     first = launcher.launch(req)  # say its reply was lost: the engine launches the same attempt again
@@ -135,6 +141,7 @@ def test_launching_a_running_attempt_again_adopts_it_and_a_finished_one_is_refus
         launcher.launch(req)
 
 
+@pytest.mark.slow
 def test_a_new_launcher_recovers_finished_running_lost_and_absent_attempts(sshd, host, pool):
     workflow = unique_workflow()
     quick, slow, doomed = (request(workflow, "echo '@broker output n=5'\nexit 2\n", node_id=1),
@@ -168,6 +175,7 @@ def test_a_new_launcher_recovers_finished_running_lost_and_absent_attempts(sshd,
         assert new.collect(running.handle).outputs == {"done": True}
 
 
+@pytest.mark.slow
 def test_connections_stay_at_one_per_account_while_many_more_nodes_run(sshd, host):
     pool = SshPool(max_channels=4)
     nodes = 40
@@ -211,6 +219,7 @@ def test_connections_stay_at_one_per_account_while_many_more_nodes_run(sshd, hos
     assert server_connections(sshd.port) == 0
 
 
+@pytest.mark.slow
 def test_the_elf_is_installed_once_per_host_account_and_version(sshd, scratch, pool):
     host = ssh_host(sshd, f"{scratch}/install-once")
     first = endpoint(pool, host, account(sshd, host))
@@ -230,6 +239,7 @@ def test_the_elf_is_installed_once_per_host_account_and_version(sshd, scratch, p
     assert scripts == sorted([elf.name, Path(first.agent_path).name])
 
 
+@pytest.mark.slow
 def test_staged_inputs_are_pushed_to_the_host_and_outputs_fetched_back(sshd, host, pool, tmp_path):
     # the engine's attempt directory (under tmp_path) holds what stage-in brought
     ep = endpoint(pool, host, account(sshd, host), local_root=str(tmp_path))
@@ -255,6 +265,7 @@ def test_a_host_without_the_configured_python_fails_with_a_clear_message(sshd, s
             launcher.launch(request(unique_workflow(), "true\n"))
 
 
+@pytest.mark.slow
 def test_an_elf_stopped_before_its_first_instruction_is_running_never_lost_nor_absent(sshd, scratch, pool):
     # the host's python stops itself when it is about to become the elf (never when it runs the agent), as an
     # elf that has not run a single instruction yet: on a loaded host, or between the agent's fork and exec

@@ -117,6 +117,7 @@ def test_a_new_sqlite_file_is_created_and_migrated_on_first_open(tmp_path):
     open_database(settings_for(f"sqlite:///{path}"), auto_migrate=False).dispose()
 
 
+@pytest.mark.slow
 def test_an_empty_database_is_refused_without_auto_migrate(db_url):
     with pytest.raises(DatabaseError, match=rf"revision none .*expected {HEAD_REVISION}: run `broker db upgrade`"):
         open_database(settings_for(db_url), auto_migrate=False)
@@ -157,6 +158,7 @@ def test_a_revision_from_a_newer_broker_is_refused_even_with_auto_migrate(migrat
         open_database(settings_for(migrated_url), auto_migrate=True)
 
 
+@pytest.mark.slow
 def test_opening_a_database_at_the_head_does_not_import_alembic(migrated_url):
     # start-up must stay fast: alembic is for upgrades only
     script = ("import sys\n"

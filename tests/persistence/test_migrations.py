@@ -50,6 +50,7 @@ def test_the_migrations_create_every_table_of_the_models():
     assert set(Base.metadata.tables) == TABLES
 
 
+@pytest.mark.slow
 def test_upgrade_check_downgrade_and_upgrade_again(db_url):
     migrate.upgrade(db_url)
     assert migrate.current(db_url) == HEAD_REVISION
@@ -76,6 +77,7 @@ def test_cli_check_prints_no_drift_and_exits_0_on_a_migrated_database(migrated_u
     assert "no drift" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_check_exits_1_and_names_a_column_added_to_the_models(migrated_url):
     # a separate interpreter, so the real models stay unchanged for every other test
     script = textwrap.dedent(f"""
@@ -98,6 +100,7 @@ def test_cli_current_prints_the_head(migrated_url, capsys):
     assert capsys.readouterr().out.strip() == f"{HEAD_REVISION} (head)"
 
 
+@pytest.mark.slow
 def test_cli_upgrade_and_downgrade_move_the_revision(db_url, capsys):
     assert main(["db", "current", "--db", db_url]) == 0
     assert capsys.readouterr().out.startswith("none")

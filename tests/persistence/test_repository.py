@@ -76,6 +76,7 @@ def test_submission_stores_the_descriptor_verbatim_with_its_sha256_and_the_plan(
         assert stored.submitted_at.utcoffset() is not None
 
 
+@pytest.mark.slow
 def test_top_level_nodes_start_waiting_for_the_engine_to_decide_them(sessions):
     wf = submit(sessions)
     with sessions() as s:
@@ -186,6 +187,7 @@ def test_a_refused_submission_leaves_the_callers_transaction_usable(sessions):
 
 # ------------------------------------------------------------------------------------------------ reads
 
+@pytest.mark.slow
 def test_get_workflow_by_global_id_database_id_or_digits(sessions):
     wf = submit(sessions)
     with sessions() as s:
@@ -226,6 +228,7 @@ def test_a_service_event_has_no_workflow_and_goes_to_the_events_topic(sessions):
         assert outbox_of(s, event_id) == {EVENTS}
 
 
+@pytest.mark.slow
 def test_events_after_pages_by_last_id_and_filters_by_workflow_and_owner(sessions):
     alice_wf = submit(sessions)
     bob_wf = submit(sessions, owner="bob")

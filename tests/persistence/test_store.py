@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+import pytest
+
 from broker.actions import LaunchBundle, NodeRef, Work
 from broker.description.model import WorkflowSpec
 from broker.persistence import changes as c
@@ -53,6 +55,7 @@ def test_a_bundle_whose_intents_all_commit_is_launched_whole(sessions):
     assert launched(out) == ["a", "b", "c"]
 
 
+@pytest.mark.slow
 def test_a_bundle_launches_without_a_member_cancelled_before_its_intent(sessions):
     store = Store(sessions)
     ids = ready_nodes(sessions, store, "abc")
@@ -72,6 +75,7 @@ def test_a_bundle_whose_every_intent_was_refused_launches_nothing(sessions):
     assert store.commit(intents(ids, "ab", bundle(ids, "ab"))).followups == []
 
 
+@pytest.mark.slow
 def test_the_check_holds_when_a_failed_batch_is_applied_change_by_change(sessions, monkeypatch):
     store = Store(sessions)
     ids = ready_nodes(sessions, store, "abc")
@@ -91,6 +95,7 @@ def test_the_check_holds_when_a_failed_batch_is_applied_change_by_change(session
     assert launched(out) == ["a", "c"]
 
 
+@pytest.mark.slow
 def test_the_same_progress_from_both_channels_is_one_event(sessions):
     from broker.events.types import EventType
     from broker.persistence.models import Event

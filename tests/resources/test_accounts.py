@@ -107,6 +107,7 @@ def test_each_account_has_its_own_work_root_under_the_scratch_directory(catalogu
     assert work_root(catalogue.get("lab"), accounts.account("carol", "lab")) == "work/cjones"
 
 
+@pytest.mark.slow
 def test_the_accounts_table_is_read_from_the_database(session, catalogue):
     alice = User(name="alice")
     session.add(alice)

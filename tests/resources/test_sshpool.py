@@ -114,6 +114,7 @@ def test_a_command_past_its_timeout_is_ambiguous_and_the_connection_stays_usable
         pool.close()
 
 
+@pytest.mark.slow
 def test_concurrent_commands_never_exceed_the_channel_bound(sshd, host, tmp_path):
     pool = SshPool(max_channels=2)
     log = f"/tmp/broker-pool-{os.getpid()}-{time.monotonic_ns()}.log"

@@ -141,6 +141,7 @@ def test_http_stage_in_reads_from_an_allowed_location(web, tmp_path):
     assert (tmp_path / "data.txt").read_text() == "public data\n"
 
 
+@pytest.mark.slow
 def test_http_refuses_loopback_and_private_addresses_unless_configured(web, tmp_path):
     with pytest.raises(ResourceError, match=r"resolves to 127.0.0.1, an internal address \(allowed only with "
                                             r"\[hosts\] http_allow_private\)"):

@@ -68,6 +68,7 @@ def test_activemq_delivers_a_stomp_message_with_its_headers(activemq: ActiveMQ) 
     assert frame.headers["workflowId"] == "42"
 
 
+@pytest.mark.slow
 def test_activemq_keeps_a_persistent_message_across_a_kill_and_restart(restartable_activemq: ActiveMQ) -> None:
     broker = restartable_activemq
     if not broker.persistent:
