@@ -19,6 +19,8 @@ from tests.cli.conftest import DEADLINE
 from tests.crash.conftest import EXECUTE, Crashes
 from tests.fixtures import wait_for
 
+pytestmark = pytest.mark.slow  # every test here runs and stops `broker run` processes
+
 #: seconds between renewals, and without renewal until the lease is free (short: the test waits for it)
 RENEW, TIMEOUT = 0.5, 4.0
 

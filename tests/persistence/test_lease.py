@@ -121,6 +121,7 @@ def test_a_lease_whose_holder_is_gone_from_this_machine_is_taken_at_once(locks):
     assert locks.row().pid == second.lease.holder.pid
 
 
+@pytest.mark.slow
 def test_a_holder_on_another_machine_that_renews_is_refused_and_one_that_does_not_is_waited_for(locks):
     first = locks.take(EngineSettings(lease_renew=0.2, lease_timeout=2.0))
     locks.sql("UPDATE broker_lease SET machine = 'elsewhere'")  # its pid means nothing here: watch it renew
