@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BROKER = REPO / "broker"
 MARKER = "Layers, lowest first"
@@ -100,6 +102,7 @@ def test_no_module_imports_a_layer_above_its_own():
     assert not upward, "imports of a higher layer:\n" + "\n".join(sorted(set(upward)))
 
 
+@pytest.mark.slow
 def test_no_two_modules_import_each_other():
     # a loop is held together only by the lazy import on one side: each side should be one module, or the
     # shared part a third below both

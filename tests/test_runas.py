@@ -178,6 +178,7 @@ def test_file_staging_of_a_local_node_reads_and_writes_as_its_owners_account(ope
             assert owner_and_mode(own / "result.txt")[0] == first.uid
 
 
+@pytest.mark.slow
 def test_file_staging_of_a_remote_node_keeps_the_brokers_directory_and_uses_the_account_for_the_path(
         open_tmp, test_accounts):
     second = test_accounts.second

@@ -14,8 +14,8 @@ import zeep
 
 from broker.admin.reader import read_archive
 from broker.admin.targets import FileTarget
-from tests.admin.conftest import selection
-from tests.api.conftest import BROKER, EXAMPLES, Server, add_users, fault_code, waits_for, workflow
+from tests.admin.helpers import selection
+from tests.api.helpers import BROKER, EXAMPLES, Server, add_users, all_events, fault_code, waits_for, workflow
 from tests.fixtures import DEADLINE, wait_for
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
@@ -74,11 +74,11 @@ def test_archive_workflows_to_archives_and_deletes_while_other_workflows_run_und
     assert served.core("alice").getStatusInfoForId(running.globalId).state == "running"
     gate.touch()
     assert served.wait_state(running.id, "succeeded", "failed") == "succeeded"
-    mine = [e for e in _every_event(served) if e.workflowGlobalId == running.globalId]
+    mine = [e for e in all_events(served) if e.workflowGlobalId == running.globalId]
     assert mine[-1].type == "WORKFLOW_STATE" and mine[-1].state == "succeeded"
     assert [e.state for e in mine if e.type == "NODE_STATE" and e.nodePath == "after"] == \
         ["ready", "queued", "running", "succeeded"]
-    summary = [e for e in _every_event(served) if e.type == "ADMIN_ACTION" and e.workflowId is None
+    summary = [e for e in all_events(served) if e.type == "ADMIN_ACTION" and e.workflowId is None
                and e.message.startswith(f"archive to {archives.as_uri()} (")]
     assert summary and summary[-1].actor == "admin:root"
     props = {p.name: json.loads(p.value) for p in summary[-1].properties}
@@ -137,21 +137,13 @@ def test_the_operator_s_cancel_and_restart_act_on_any_user_s_workflow(served, tm
     served.wait_state(handle.id, "cancelled")
 
 
-def _every_event(server):
-    out, last = [], 0
-    while page := server.core("root").getStatusInfo(last):
-        out.extend(page)
-        last = page[-1].eventId
-    return out
-
-
 def test_the_archive_uri_in_the_events_names_documents_that_exist(served):
     handle = served.core("bob").submit({"workflowContent": HELLO})
     served.wait_state(handle.id, "succeeded")
     archives = served.tmp / "archives" / "keep"
     served.core("root").archiveWorkflowsTo(archives.as_uri(), selection(f"<id>{handle.globalId}</id>"))
     # the writer records the event after the call returned
-    notes = wait_for(lambda: [e for e in _every_event(served) if e.type == "ADMIN_ACTION"
+    notes = wait_for(lambda: [e for e in all_events(served) if e.type == "ADMIN_ACTION"
                               and e.workflowGlobalId == handle.globalId], what="the archive event")
     document = archives / f"{handle.globalId}.xml"
     assert notes[0].message == f"archived to {document.as_uri()}" and notes[0].actor == "admin:root"

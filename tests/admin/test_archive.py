@@ -10,8 +10,8 @@ from lxml import etree
 
 from broker.admin.reader import read_archive, record_schema
 from broker.admin.targets import FileTarget
-from tests.admin.conftest import (ACTOR, admin_events, archived_events, example, gated, run_workflows, snapshot,
-                                  workflow, workflow_rows)
+from tests.admin.helpers import (ACTOR, admin_events, archived_events, example, gated, run_workflows, snapshot,
+                                 workflow, workflow_rows)
 
 pytestmark = pytest.mark.slow  # every test here archives whole workflows, through `broker` commands
 

@@ -6,7 +6,7 @@ import pytest
 
 from broker.events import document
 from broker.events.routing import ALL_EVENTS_TOPIC
-from tests.admin.conftest import admin_events, example, run_workflows, workflow_rows
+from tests.admin.helpers import admin_events, example, run_workflows, workflow_rows
 from tests.events.helpers import FAST, StompConsumer, all_sent, unique_user
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from broker.admin.delete import Selection
-from tests.admin.conftest import ACTOR, admin_events, example, gated, run_workflows, workflow_rows
-from tests.engine.conftest import Broker
+from tests.admin.helpers import ACTOR, admin_events, example, gated, run_workflows, workflow_rows
+from tests.engine.helpers import Broker
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes

@@ -8,8 +8,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-from tests.admin.conftest import example, run_workflows
-from tests.admin.test_sftp import catalogue
+import pytest
+
+from tests.admin.helpers import example, run_workflows
+from tests.admin.helpers import catalogue
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def test_archiving_prints_its_lines_once_and_logs_nothing_at_the_default_level(sqlite_admin_cli):

@@ -11,7 +11,7 @@ from broker.admin.reader import read_archive
 from broker.admin.recorder import WriterRecorder
 from broker.admin.selection import Keep, Selection
 from broker.admin.targets import FileTarget
-from tests.admin.conftest import admin_events, example, gated
+from tests.admin.helpers import admin_events, example, gated
 from tests.fixtures import wait_for
 
 

@@ -11,24 +11,9 @@ import pytest
 
 from broker.admin.reader import read_archive
 from broker.admin.targets import FileTarget
-from tests.admin.conftest import example, run_workflows, workflow_rows
+from tests.admin.helpers import catalogue, example, run_workflows, workflow_rows
 
 pytestmark = pytest.mark.slow  # every test here archives whole workflows, through `broker` commands
-
-
-def catalogue(tmp: Path, sshd) -> Path:
-    """A catalogue with one SSH host, ``archive``: every broker user maps to the test account."""
-    path = tmp / "hosts.xml"
-    path.write_text(f'''<hosts xmlns="urn:workflow-broker:hosts:1.0" default="localhost">
-  <host name="localhost" launcher="local"/>
-  <host name="archive" launcher="ssh">
-    <ssh address="{sshd.host}" port="{sshd.port}" knownHosts="{sshd.known_hosts}"/>
-    <scratch>scratch</scratch>
-    <account user="*" login="{sshd.user}" key="{sshd.key}"/>
-  </host>
-</hosts>
-''')
-    return path
 
 
 def test_archives_go_to_a_catalogue_host_over_sftp_and_read_back_from_there(sqlite_admin_cli, sshd, tmp_path):

@@ -7,7 +7,7 @@ import time
 import pytest
 import zeep
 
-from tests.api.conftest import EXAMPLES, fault_code, waits_for, workflow
+from tests.api.helpers import EXAMPLES, all_events, fault_code, waits_for, workflow
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
@@ -153,14 +153,6 @@ def test_archive_refuses_a_selection_that_is_not_an_archive_document(server):
         server.core("root").archiveWorkflowsTo("file:///tmp/archive", "<config/>")
     assert fault_code(caught) == "Client.InvalidArgument"
     assert "invalid archive selection" in caught.value.message
-
-
-def all_events(server):
-    out, last = [], 0
-    while page := server.core("root").getStatusInfo(last):
-        out.extend(page)
-        last = page[-1].eventId
-    return out
 
 
 def _operations(server, path: str) -> set[str]:

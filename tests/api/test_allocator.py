@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import Server, add_users, workflow
+from tests.api.helpers import Server, add_users, workflow
+
+pytestmark = pytest.mark.slow  # every test here starts `broker serve` processes
 
 
 def environ(pid: int) -> dict[str, str]:

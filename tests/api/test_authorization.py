@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import zeep
 
-from tests.api.conftest import EXAMPLES, fault_code
+from tests.api.helpers import EXAMPLES, fault_code
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 

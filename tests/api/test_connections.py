@@ -5,35 +5,26 @@ hostile envelopes and of logins leave another user's getStatusInfoForId p99 unde
 
 from __future__ import annotations
 
-import base64
 import http.client
-import re
 import shutil
 import socket
-import threading
-import time
-import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 from lxml import etree
 
-from tests.api.conftest import EXAMPLES, Server, add_users
+from tests.api.helpers import (EXAMPLES, SLOW, Server, Trickler, add_users, address, basic, latencies_under, p99, post,
+                               status_latencies)
 from tests.fixtures import DEADLINE, wait_for
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 
 ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 CORE = "urn:workflow-broker:core:v1"
-SLOW = "127.0.0.2"
 #: the issue's target for another user's status calls while the service is under attack
 P99_TARGET = 1.0
 #: the module server's deadlines: short, so slow connections are closed within the test
 HEADER_TIMEOUT = 6
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def envelope(inner: str) -> bytes:
@@ -67,69 +58,6 @@ def status_body(server) -> bytes:
     return envelope(f"<c:getStatusInfoForId><c:globalId>{handle.globalId}</c:globalId></c:getStatusInfoForId>")
 
 
-def address(server) -> tuple[str, int]:
-    url = urllib.parse.urlsplit(server.base)
-    return url.hostname, url.port
-
-
-def post(connection: http.client.HTTPConnection, body: bytes, auth: str) -> tuple[int, bytes]:
-    connection.request("POST", "/broker", body=body, headers={"Content-Type": "text/xml", "Authorization": auth})
-    response = connection.getresponse()
-    return response.status, response.read()
-
-
-def status_latencies(server, body: bytes, calls: int) -> list[float]:
-    """Seconds each of ``calls`` getStatusInfoForId calls of alice took (one keep-alive connection, warm)."""
-    connection = http.client.HTTPConnection(*address(server), timeout=DEADLINE)
-    auth = basic("alice", "alice-pw")
-    try:
-        assert post(connection, body, auth)[0] == 200  # the login is checked here, outside the measure
-        latencies = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            status, answer = post(connection, body, auth)
-            latencies.append(time.perf_counter() - t0)
-            assert status == 200 and b"getStatusInfoForIdResponse" in answer
-        return latencies
-    finally:
-        connection.close()
-
-
-def p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, int(0.99 * len(values)))]
-
-
-class Trickler:
-    """A raw connection from 127.0.0.2 that sends ``head`` at once, then one byte of ``rest`` a second."""
-
-    def __init__(self, server, head: bytes, rest: bytes):
-        self.sock = socket.create_connection(address(server), timeout=DEADLINE, source_address=(SLOW, 0))
-        self.sock.sendall(head)
-        self.rest = rest
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._trickle)
-        self.thread.start()
-
-    def _trickle(self) -> None:
-        for byte in self.rest:
-            if self.stop.wait(1.0):  # the pace of a hostile client, not a wait for a condition
-                return
-            try:
-                self.sock.send(bytes([byte]))
-            except OSError:
-                return
-
-    def answer(self) -> bytes:
-        """Everything the server sends until it closes the connection."""
-        data = b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
-        return data
-
-
 def fault_code(answer: bytes) -> str:
     body = answer.partition(b"\r\n\r\n")[2]
     return etree.fromstring(body).find(f"{{{ENV}}}Body/{{{ENV}}}Fault").findtext("faultcode").split(":")[-1]
@@ -157,36 +85,6 @@ def test_slow_and_idle_connections_neither_take_the_threads_nor_slow_other_users
     assert sum("header_timeout" in line for line in warnings) == 5
     assert sum("min_body_rate" in line for line in warnings) == 5
     assert "Traceback" not in log
-
-
-def latencies_under(server, status_body, attackers: list[tuple[bytes, str]]) -> tuple[list[float], list]:
-    """Alice's status call latencies while each (body, Authorization) of ``attackers`` is posted in a loop
-    on its own connection; and the (status, fault code) of every attacking call."""
-    stop, answers = threading.Event(), []
-
-    def attack(body: bytes, auth: str) -> None:
-        connection = http.client.HTTPConnection(*address(server), timeout=DEADLINE)
-        while not stop.is_set():
-            try:
-                status, answer = post(connection, body, auth)
-            except ConnectionError:  # refused while still sending: an answer too
-                connection.close()
-                answers.append((0, "reset"))
-                continue
-            found = re.search(rb"faultcode>[^:<]*:([^<]*)<", answer)
-            answers.append((status, found.group(1).decode() if found else None))
-        connection.close()
-
-    threads = [threading.Thread(target=attack, args=attacker) for attacker in attackers]
-    for thread in threads:
-        thread.start()
-    try:
-        wait_for(lambda: len(answers) >= len(attackers), what="the attacking calls to be answered")
-        return status_latencies(server, status_body, 60), answers
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
 
 
 def test_floods_of_hostile_envelopes_leave_another_user_s_calls_fast(server, status_body):

@@ -7,7 +7,7 @@ import zeep
 from lxml import etree
 from sqlalchemy import func, select
 
-from tests.api.conftest import EXAMPLES, PAGE_SIZE, REPO, fault_code, workflow
+from tests.api.helpers import EXAMPLES, PAGE_SIZE, REPO, fault_code, workflow
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 
@@ -194,7 +194,7 @@ def test_a_user_s_events_and_summary_and_the_empty_results(server):
 
 
 def test_delete_all_for_user_removes_finished_workflows_and_skips_running_ones(server, tmp_path):
-    from tests.api.conftest import waits_for
+    from tests.api.helpers import waits_for
 
     gate = tmp_path / "go"
     running = server.core("bob").submit({"workflowContent": workflow(f'<node id="w">{waits_for(gate)}</node>')})
@@ -203,7 +203,7 @@ def test_delete_all_for_user_removes_finished_workflows_and_skips_running_ones(s
     server.core("bob").deleteAllForUser("bob")
     with pytest.raises(zeep.exceptions.Fault):
         server.core("bob").getWorkflowAsXml(done.id)
-    from tests.api.test_admin import all_events
+    from tests.api.helpers import all_events
 
     report = [e for e in all_events(server) if e.type == "ADMIN_ACTION"][-1]
     assert report.actor == "user:bob" and running.globalId in report.message and "skipped 1" in report.message
@@ -238,7 +238,7 @@ def test_a_progress_message_with_a_control_character_reaches_the_client_with_it_
 # ------------------------------------------------------------------- cancel and restart of one's own work
 
 def _gated(gate) -> str:
-    from tests.api.conftest import waits_for
+    from tests.api.helpers import waits_for
 
     return workflow(f'<node id="wait">{waits_for(gate)}</node>'
                     '<node id="after"><dependsOn node="wait"/><payload type="sh">true</payload></node>')

@@ -19,8 +19,8 @@ from broker.api.edge import Edge, Route
 from broker.api.fastpath import OPERATION, StatusReader, status_handler
 from broker.api.identity import Authenticator
 from broker.persistence.models import Node
-from tests.api.conftest import USERS, add_users
-from tests.engine.conftest import Broker, workflow
+from tests.api.helpers import USERS, add_users
+from tests.engine.helpers import Broker, workflow
 from tests.fixtures import wait_for
 
 ENV = "http://schemas.xmlsoap.org/soap/envelope/"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from tests.api.test_hostile import CORE, ENV, call, envelope
+from tests.api.helpers import CORE, ENV, call, envelope
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 

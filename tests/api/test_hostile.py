@@ -8,25 +8,9 @@ import urllib.parse
 
 import pytest
 from lxml import etree
+from tests.api.helpers import AUTH, ENV, call, envelope
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
-
-ENV = "http://schemas.xmlsoap.org/soap/envelope/"
-CORE = "urn:workflow-broker:core:v1"
-AUTH = "Basic " + base64.b64encode(b"alice:alice-pw").decode()
-
-
-def call(server, body: bytes | None, *, content_type: str = "text/xml; charset=utf-8", path: str = "/broker",
-         method: str = "POST", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    url = urllib.parse.urlsplit(server.base)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-    try:
-        all_headers = {"Content-Type": content_type, "Authorization": AUTH, **(headers or {})}
-        connection.request(method, path, body=body, headers=all_headers)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 def fault_of(body: bytes) -> tuple[str, str]:
@@ -35,11 +19,6 @@ def fault_of(body: bytes) -> tuple[str, str]:
     fault = root.find(f"{{{ENV}}}Body/{{{ENV}}}Fault")
     assert fault is not None, body[:500]
     return fault.findtext("faultcode").split(":")[-1], fault.findtext("faultstring")
-
-
-def envelope(inner: str, header: str = "") -> bytes:
-    return (f'<?xml version="1.0"?><s:Envelope xmlns:s="{ENV}" xmlns:c="{CORE}">{header}<s:Body>{inner}</s:Body>'
-            "</s:Envelope>").encode()
 
 
 VALID = envelope("<c:getStatusInfo><c:lastId>0</c:lastId></c:getStatusInfo>")

@@ -13,7 +13,7 @@ import requests
 import zeep
 from lxml import etree
 
-from tests.api.conftest import USERS, Server, add_users, fault_code, waits_for, workflow
+from tests.api.helpers import USERS, Server, add_users, fault_code, waits_for, workflow
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.api.conftest import add_users
+from tests.api.helpers import add_users
 
 
 @pytest.fixture

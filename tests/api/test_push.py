@@ -10,7 +10,7 @@ import zeep
 from sqlalchemy import select
 from zeep.wsse.username import UsernameToken
 
-from tests.api.conftest import fault_code, waits_for, workflow
+from tests.api.helpers import fault_code, waits_for, workflow
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.api.conftest import Server, add_users, workflow
+from tests.api.helpers import Server, add_users, workflow
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import BROKER, Server, add_users, workflow
+from tests.api.helpers import BROKER, Server, add_users, workflow
 from tests.fixtures import DEADLINE
 from tests.fixtures.accounts import staging_share
 

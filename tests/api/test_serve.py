@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.api.conftest import BROKER, EXAMPLES, Server, add_users, waits_for, workflow
+from tests.api.helpers import BROKER, EXAMPLES, Server, add_users, waits_for, workflow
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process

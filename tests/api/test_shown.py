@@ -8,7 +8,7 @@ import requests
 import zeep
 from lxml import etree
 
-from tests.api.conftest import USERS, fault_code, workflow
+from tests.api.helpers import USERS, fault_code, workflow
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 

@@ -10,7 +10,7 @@ import pytest
 import zeep
 from sqlalchemy import func, select
 
-from tests.api.conftest import BROKER, EXAMPLES, Server, add_users, fault_code, workflow
+from tests.api.helpers import BROKER, EXAMPLES, Server, add_users, fault_code, workflow
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 

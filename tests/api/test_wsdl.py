@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from tests.api.conftest import BROKER, REPO
+from tests.api.helpers import BROKER, REPO
 from tests.fixtures import require
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import DEADLINE, OWNER, alive, waits_for, workflow
+from tests.cli.helpers import DEADLINE, OWNER, alive, waits_for, workflow
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.cli import main
-from tests.cli.conftest import DEADLINE, EXAMPLES, waits_for, workflow
+from tests.cli.helpers import DEADLINE, EXAMPLES, waits_for, workflow
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 

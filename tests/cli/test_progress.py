@@ -10,7 +10,7 @@ import pytest
 
 from broker.cli.progress import PLAIN_INTERVAL, Display, Snapshot, Tracker, clock
 from broker.states import WorkflowState
-from tests.cli.conftest import workflow
+from tests.cli.helpers import workflow
 
 
 def test_the_tracker_keeps_the_latest_snapshot_and_wakes_the_main_thread_only_on_state_changes():

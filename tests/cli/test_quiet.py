@@ -3,8 +3,12 @@ alembic on ``broker db check`` (PostgreSQL's "Detected sequence ... assuming SER
 
 from __future__ import annotations
 
+import pytest
+
 from broker.persistence.schema_version import HEAD_REVISION
-from tests.cli.conftest import EXAMPLES
+from tests.cli.helpers import EXAMPLES
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def test_the_first_run_says_once_that_it_created_the_database(fresh_cli):

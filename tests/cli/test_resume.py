@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from broker.cli import main
-from tests.cli.conftest import DEADLINE, alive, waits_for, workflow
+from tests.cli.helpers import DEADLINE, alive, waits_for, workflow
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes

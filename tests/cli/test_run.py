@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.cli.conftest import BROKER, DEADLINE, EXAMPLES, workflow
+from tests.cli.helpers import BROKER, DEADLINE, EXAMPLES, workflow
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
@@ -166,7 +166,7 @@ def test_a_workflow_that_would_pass_the_users_node_limit_is_refused_with_exit_1(
     from broker.config import Settings
     from broker.description.load import load_description
     from broker.persistence import repository
-    from tests.cli.conftest import OWNER
+    from tests.cli.helpers import OWNER
 
     earlier = workflow('<node id="a"><payload type="sh">true</payload></node>\n'
                        '<node id="b"><payload type="sh">true</payload></node>\n'

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from broker.events import document
 from broker.events.routing import ALL_EVENTS_TOPIC
-from tests.cli.conftest import DEADLINE, EXAMPLES, wait_for, waits_for, workflow
+from tests.cli.helpers import DEADLINE, EXAMPLES, wait_for, waits_for, workflow
 from tests.events.helpers import StompConsumer, all_sent
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def bus(activemq, **settings: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 import pytest
 
 from broker.persistence.models import Event
-from tests.cli.conftest import workflow
+from tests.cli.helpers import workflow
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 

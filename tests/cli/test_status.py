@@ -8,7 +8,7 @@ import os
 import pytest
 
 from broker.cli import main
-from tests.cli.conftest import EXAMPLES, OWNER, workflow
+from tests.cli.helpers import EXAMPLES, OWNER, workflow
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 

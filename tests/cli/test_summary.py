@@ -3,8 +3,12 @@ them (cancelled too), each message whole (wrapped, never cut), and skip and expa
 
 from __future__ import annotations
 
+import pytest
+
 from broker.cli import main
-from tests.cli.conftest import DEADLINE, waits_for, workflow
+from tests.cli.helpers import DEADLINE, waits_for, workflow
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 #: a file name long enough that the message naming it is wider than the terminal (COLUMNS=200 in the tests)
 MISSING = "a_file_that_is_not_there_" * 8 + ".txt"

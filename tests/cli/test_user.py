@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.cli.conftest import EXAMPLES, OWNER
+import pytest
+
+from tests.cli.helpers import EXAMPLES, OWNER
+
+pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
 
 def test_adding_a_user_without_a_terminal_points_to_password_stdin(sqlite_cli):

@@ -1,6 +1,6 @@
 """kill -9 of ``broker run`` mid-run, then ``broker run`` again: the workflow completes, no node runs twice.
 
-Each test runs the workflow of :func:`tests.crash.conftest.crash_workflow` (72 execute nodes, a chain, a fan,
+Each test runs the workflow of :func:`tests.crash.helpers.crash_workflow` (72 execute nodes, a chain, a fan,
 a sweep and a nested sweep, at most 4 in flight) on SQLite and on PostgreSQL, kills the broker, runs the
 same file again, and checks with :meth:`Crashes.assert_every_node_ran_once` that every node succeeded at its
 first attempt and its marker file holds exactly one line.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.crash.conftest import EXECUTE, SWEEPS, Crashes, expected_rows
+from tests.crash.helpers import EXECUTE, SWEEPS, Crashes, expected_rows
 
 pytestmark = pytest.mark.slow  # every test here kills and restarts `broker run` processes
 

@@ -1,6 +1,6 @@
 """The lease on PostgreSQL: a broker writes only while it holds it, and finishes when only its connections die.
 
-Both tests run the crash workflow of :mod:`tests.crash.conftest` (72 execute nodes, each appending a line to
+Both tests run the crash workflow of :mod:`tests.crash.helpers` (72 execute nodes, each appending a line to
 its own marker file) with ``broker run`` on a PostgreSQL database, a short lease (renewed every
 :data:`RENEW` s, free after :data:`TIMEOUT` s), and check with :meth:`Crashes.assert_every_node_ran_once`
 that every node ran exactly once.
@@ -15,8 +15,8 @@ import subprocess
 import pytest
 from sqlalchemy import text
 
-from tests.cli.conftest import DEADLINE
-from tests.crash.conftest import EXECUTE, Crashes
+from tests.cli.helpers import DEADLINE
+from tests.crash.helpers import EXECUTE, Crashes
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here runs and stops `broker run` processes

@@ -1,7 +1,9 @@
-"""Helpers shared by the description tests: documents from text, problems as strings."""
+"""Helpers shared by the description tests: documents from text, problems as strings, the `broker` command."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -36,3 +38,10 @@ def with_include_dirs(*dirs: Path, settings: Settings | None = None) -> Settings
 
 def with_limits(settings: Settings | None = None, **limits) -> Settings:
     return (settings or Settings()).replace("limits", **limits)
+
+
+def broker(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None):
+    """``broker ARGS`` run as a process, without the BROKER_* settings of the test run (BROKER_TEST_* kept)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_") or k.startswith("BROKER_TEST_")}
+    return subprocess.run([str(BROKER), *args], input=stdin, capture_output=True, timeout=60,
+                          env={**clean, **(env or {})})

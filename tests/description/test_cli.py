@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-from tests.description.helpers import BROKER, EXAMPLES, REPO, workflow
+from tests.description.helpers import EXAMPLES, REPO, broker, workflow
 
 P = '<payload type="sh">echo</payload>'
-
-
-def broker(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_") or k.startswith("BROKER_TEST_")}
-    return subprocess.run([str(BROKER), *args], input=stdin, capture_output=True, timeout=60,
-                          env={**clean, **(env or {})})
 
 
 def test_a_valid_file_prints_its_sizes_on_stdout_and_exits_0():

@@ -11,7 +11,7 @@ from broker.description.build import build_spec
 from broker.description.checks import check_spec
 from broker.description.xmlsafe import parse_document
 from tests.description.helpers import NS, problems, workflow
-from tests.description.test_cli import broker
+from tests.description.helpers import broker
 
 P = '<payload type="sh">echo</payload>'
 MEANING = "is not a node id (1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-')"

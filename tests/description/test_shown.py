@@ -4,7 +4,7 @@ bidi and zero-width characters never reach the terminal."""
 from __future__ import annotations
 
 from tests.description.helpers import workflow
-from tests.description.test_cli import broker
+from tests.description.helpers import broker
 
 P = '<payload type="sh">echo</payload>'
 

@@ -14,6 +14,7 @@ import pytest
 
 from broker.elf import ELF_SCRIPT
 from broker.elf.elf import claim_verdict, read_int_file, read_status, read_verdict
+from tests.elf.helpers import start_elf
 from tests.fixtures import wait_for
 from tests.launchers.helpers import alive
 
@@ -30,20 +31,6 @@ def _python38():
 PYTHONS = [pytest.param(sys.executable, id="broker-python")]
 if _python38():
     PYTHONS.append(pytest.param(_python38(), id="python3.8"))
-
-
-def start_elf(workdir, payload, *, python=sys.executable, kind="sh", timeout=None, env_pairs=None,
-              extra=(), environ=None):
-    os.makedirs(workdir, exist_ok=True)
-    (workdir / "payload").write_text(payload)
-    args = [python, ELF_SCRIPT, "run", "--workdir", str(workdir), "--payload", "payload", "--type", kind,
-            "--attempt", "1", "--session", "wf-test/node", *extra]
-    if timeout is not None:
-        args += ["--timeout", str(timeout)]
-    if env_pairs is not None:
-        (workdir.parent / "env.json").write_text(json.dumps(env_pairs))
-        args += ["--env-file", str(workdir.parent / "env.json")]
-    return subprocess.Popen(args, env=environ)
 
 
 @pytest.mark.parametrize("python", PYTHONS)

@@ -15,7 +15,7 @@ import pytest
 from broker.elf import ELF_SCRIPT, elf
 from broker.elf.elf import read_status, read_verdict
 from broker.launchers import hostagent
-from tests.elf.test_run import start_elf
+from tests.elf.helpers import start_elf
 from tests.fixtures import wait_for
 from tests.launchers.helpers import busy_wait, make_fifo, release, release_unless
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from broker.states import WORKFLOW_TERMINAL, WorkflowState
+from tests.engine.helpers import workflow
 from tests.fixtures import wait_for
-from tests.engine.conftest import workflow
 from tests.launchers.helpers import make_fifo, release_unless
 
 #: nodes per workflow, and where (fraction of the nodes released) each round's cancel comes

@@ -6,7 +6,7 @@ import time
 
 from broker.persistence import control
 from broker.states import WorkflowState
-from tests.engine.conftest import workflow
+from tests.engine.helpers import workflow
 from tests.fixtures import wait_for
 
 
@@ -46,7 +46,7 @@ def test_a_control_command_for_an_unknown_target_is_refused_when_written(broker)
 
 
 def test_a_broker_run_engine_refuses_commands_for_workflows_it_does_not_run(make_broker, tmp_path):
-    from tests.engine.conftest import Broker
+    from tests.engine.helpers import Broker
 
     first = make_broker().start()
     other, state = first.run(workflow('<node id="a"><payload type="sh">exit 1</payload></node>'))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker.persistence import queries
 from broker.persistence.progress import ProgressBoard
 from broker.states import WorkflowState
-from tests.engine.conftest import workflow
+from tests.engine.helpers import workflow
 from tests.fixtures import wait_for
 
 

@@ -15,7 +15,7 @@ from broker.persistence.db import make_engine, session_factory
 from broker.persistence.models import Node
 from broker.persistence.store import Store
 from broker.states import NodeState, WorkflowState
-from tests.engine.conftest import lines, marker, process_gone, workflow
+from tests.engine.helpers import lines, marker, process_gone, workflow
 from tests.fixtures import wait_for
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from broker.states import WorkflowState
-from tests.engine.conftest import Broker, workflow
+from tests.engine.helpers import Broker, workflow
 from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here runs real SLURM jobs

@@ -9,7 +9,7 @@ import pytest
 
 from broker.persistence.models import Event, Node
 from broker.states import WorkflowState
-from tests.engine.conftest import Broker, workflow
+from tests.engine.helpers import Broker, workflow
 
 
 def _outputs(count: int) -> str:

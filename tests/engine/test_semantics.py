@@ -8,7 +8,7 @@ import json
 import pytest
 
 from broker.states import WorkflowState
-from tests.engine.conftest import Broker, lines, marker, process_gone, workflow
+from tests.engine.helpers import Broker, lines, marker, process_gone, workflow
 from tests.fixtures import wait_for
 
 

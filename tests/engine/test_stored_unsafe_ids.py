@@ -9,7 +9,7 @@ import pytest
 from broker.description.build import build_spec
 from broker.description.xmlsafe import parse_document
 from broker.states import WorkflowState
-from tests.engine.conftest import workflow
+from tests.engine.helpers import workflow
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import stomp
 from sqlalchemy import select
 
 from broker.persistence.models import Event, Outbox, Workflow
-from tests.engine.conftest import Broker
+from tests.engine.helpers import Broker
 from tests.fixtures import DEADLINE
 
 REPO = Path(__file__).resolve().parents[2]

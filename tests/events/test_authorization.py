@@ -23,7 +23,7 @@ from broker.events.relay import OutboxRelay
 from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
 from broker.persistence import repository
 from broker.persistence.models import Outbox
-from tests.engine.conftest import workflow
+from tests.engine.helpers import workflow
 from tests.events.helpers import FAST, StompConsumer, has_sentinel, without_sentinel
 from tests.fixtures import DEADLINE, wait_for
 from tests.fixtures.services import port_open
@@ -177,6 +177,7 @@ def send_sentinel_as(url: str, topic: str) -> None:
     conn.disconnect()
 
 
+@pytest.mark.slow
 def test_a_wrong_passcode_or_no_login_is_a_clear_bus_error(secured):
     for login, passcode in (("broker", "wrong"), ("", "")):
         publisher = open_publisher(EventsSettings(url=secured, login=login, passcode=passcode))

@@ -11,7 +11,7 @@ from broker.events.publishers import MemoryBus
 from broker.events.routing import ALL_EVENTS_TOPIC
 from broker.persistence.models import Outbox
 from broker.states import WorkflowState
-from tests.engine.conftest import Broker
+from tests.engine.helpers import Broker
 from tests.events.helpers import FAST, all_sent, published_rows, reading, sweep_document
 
 

@@ -23,10 +23,10 @@ import pytest
 
 from broker.events.routing import user_topic
 from broker.states import WorkflowState
-from tests.cli.conftest import Cli
-from tests.engine.conftest import workflow
-from tests.events.helpers import (FAST, StompConsumer, all_sent, bus_broker, has_sentinel, send_sentinel,
-                                  unique_user, without_sentinel)
+from tests.cli.helpers import Cli
+from tests.engine.helpers import workflow
+from tests.events.helpers import (FAST, StompConsumer, all_sent, bus_broker, has_sentinel, send_sentinel, unique_user,
+                                  without_sentinel)
 from tests.fixtures import DEADLINE, wait_for
 
 

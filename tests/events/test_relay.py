@@ -24,7 +24,7 @@ from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
 from broker.events.types import EventType
 from broker.persistence import repository
 from broker.persistence.models import Outbox, Workflow
-from tests.engine.conftest import workflow
+from tests.engine.helpers import workflow
 from tests.fixtures import wait_for
 
 FAST = {"reconnect_initial": 0.01, "reconnect_max": 0.05, "receipt_timeout": 2.0, "poll_interval": 0.05,

@@ -18,7 +18,7 @@ import pytest
 from broker.events import document
 from broker.events.routing import ALL_EVENTS_TOPIC
 from broker.states import WorkflowState
-from tests.engine.conftest import Broker
+from tests.engine.helpers import Broker
 from tests.events.helpers import (all_sent, bus_broker, global_id, published_rows, reading, send_sentinel,
                                   sweep_document, unique_user)
 from tests.fixtures import DEADLINE, require, wait_for
@@ -150,6 +150,7 @@ EMOJI_WORKFLOW = f"""<workflow xmlns="urn:workflow-broker:workflow:1.0" name="sm
 """
 
 
+@pytest.mark.slow
 def test_characters_outside_the_bmp_reach_java_consumers_as_text_on_topics_and_metadata_queues(
         activemq, consumer_classes, migrated_url, tmp_path):
     # ActiveMQ keeps a 4-byte UTF-8 sequence of a STOMP frame in the JMS TextMessage, and its decoder then

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.api.conftest import EXAMPLES, Server, add_users  # noqa: E402
+from tests.api.helpers import EXAMPLES, Server, add_users  # noqa: E402
 
 ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 CORE = "urn:workflow-broker:core:v1"

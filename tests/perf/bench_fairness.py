@@ -26,9 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.api.conftest import EXAMPLES, Server, add_users  # noqa: E402
-from tests.api.test_connections import (Trickler, basic, envelope, latencies_under, p99,  # noqa: E402
-                                        status_latencies)
+from tests.api.helpers import (EXAMPLES, Server, Trickler, add_users, basic, envelope,  # noqa: E402
+                               latencies_under, p99, status_latencies)
 
 TARGET_P99_S = 1.0
 

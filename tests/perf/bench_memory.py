@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.api.conftest import Server, add_users  # noqa: E402
+from tests.api.helpers import Server, add_users  # noqa: E402
 
 MB = 1024**2
 TARGET_GROWTH_MB, TARGET_PEAK_MB = 150, 1024

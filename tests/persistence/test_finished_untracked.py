@@ -24,8 +24,8 @@ from broker.persistence import repository as repo
 from broker.persistence.models import Node, Workflow
 from broker.persistence.store import Store
 from broker.states import NodeState, WorkflowState
+from tests.persistence.helpers import bundle, intents
 from tests.persistence.specs import DESCRIPTOR, node
-from tests.persistence.test_store import bundle, intents
 
 N = NodeState
 #: nodes of the "big" workflow: enough for a reload to cost megabytes, few enough for a quick test
@@ -47,6 +47,7 @@ def cancelled_workflow(sessions, store: Store, size: int) -> dict[str, int]:
     return ids
 
 
+@pytest.mark.slow
 def test_late_launch_intents_after_a_cancel_do_not_load_the_workflow_again(sessions, monkeypatch):
     store = Store(sessions)
     ids = cancelled_workflow(sessions, store, SIZE)

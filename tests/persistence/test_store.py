@@ -6,13 +6,13 @@ from sqlalchemy import select
 
 import pytest
 
-from broker.actions import LaunchBundle, NodeRef, Work
 from broker.description.model import WorkflowSpec
 from broker.persistence import changes as c
 from broker.persistence import repository as repo
 from broker.persistence.models import Node
 from broker.persistence.store import Store
 from broker.states import NodeState
+from tests.persistence.helpers import bundle, intents
 from tests.persistence.specs import DESCRIPTOR, node
 
 
@@ -27,19 +27,6 @@ def ready_nodes(sessions, store: Store, names: str) -> dict[str, int]:
         ids = dict(s.execute(select(Node.path, Node.id).where(Node.workflow_id == wf_id)).all())
         assert {s.get(Node, i).state for i in ids.values()} == {NodeState.READY.value}
     return ids
-
-
-def intents(ids: dict[str, int], names: str, then: tuple) -> list:
-    """What the scheduler sends for one bundle: an intent per member, then the bundle's launch."""
-    out: list = [c.Transition(node_id=ids[n], to=NodeState.QUEUED, actor="submission", attempt=0,
-                              new_attempt=True) for n in names]
-    return [*out, c.AfterIntents(then, tuple((ids[n], 1) for n in names))]
-
-
-def bundle(ids: dict[str, int], names: str) -> tuple:
-    refs = tuple(NodeRef(node_id=ids[n], workflow_id=1, workflow_global_id="g", path=n, template=n, attempt=1)
-                 for n in names)
-    return ("worker", Work(LaunchBundle(refs), "monitoring"))
 
 
 def launched(out) -> list[str]:
