@@ -108,7 +108,10 @@ class Service:
                      public, len(resumed))
             if self.on_ready is not None:
                 self.on_ready(f"http://{_url_host(bound_host)}:{bound_port}", public)
-            self.stopping.wait()
+            # a timed wait: the Python-level signal handler runs only when the main thread executes bytecode,
+            # and one untimed wait was seen to sleep through a SIGTERM under load
+            while not self.stopping.wait(0.5):
+                pass
             log.info("stopping: no new connections; waiting up to %g s for calls in progress",
                      api_settings.drain_timeout)
             server.stop()
