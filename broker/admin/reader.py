@@ -8,10 +8,8 @@ an archive directory may be writable by others than the broker.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import tarfile
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +18,8 @@ from lxml import etree
 from broker.admin.record import CHUNK, NAMESPACE, SCHEMA_FILE, BundledFile, BundleInfo
 from broker.admin.targets import Target
 from broker.config import LimitSettings
-from broker.description import schema as wf_schema
 from broker.description.xmlsafe import parse_document
+from broker.description.xsd import Xsd
 from broker.errors import BrokerError, DescriptionError, NotFound
 
 _NS = f"{{{NAMESPACE}}}"
@@ -29,7 +27,6 @@ _NS = f"{{{NAMESPACE}}}"
 _LIMITS = LimitSettings(max_document_bytes=4 * 1024**3, max_xml_depth=256, max_text_bytes=10 * 1000**2)
 #: bytes of a document read to list it (its root element's attributes)
 HEAD_BYTES = 64 * 1024
-_VALIDATION_LOCK = threading.Lock()
 
 
 class ArchiveError(BrokerError):
@@ -66,21 +63,20 @@ class Archive:
     bundle: BundleInfo | None
 
 
-@functools.cache
+#: the archive-record schema (it imports workflow-state.xsd from the same directory)
+RECORD_XSD = Xsd(SCHEMA_FILE, NAMESPACE, "workflowArchive")
+
+
 def record_schema() -> etree.XMLSchema:
-    """The compiled archive-record schema (it imports workflow-state.xsd from the same directory)."""
-    parser = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True)
-    return etree.XMLSchema(etree.parse(str(wf_schema.schema_dir() / SCHEMA_FILE), parser))
+    """The compiled archive-record schema."""
+    return RECORD_XSD.schema()
 
 
 def validate(tree: etree._ElementTree, where: str) -> None:
     """Raise ArchiveError unless the document is valid against schemas/archive-record.xsd."""
-    schema = record_schema()
-    with _VALIDATION_LOCK:
-        if schema.validate(tree):
-            return
-        first = schema.error_log[0]
-    raise ArchiveError(f"{where}:{first.line}: not a valid archive document: {first.message}")
+    entries, _ = RECORD_XSD.errors(tree, 1)
+    if entries:
+        raise ArchiveError(f"{where}:{entries[0].line}: not a valid archive document: {entries[0].message}")
 
 
 def list_archives(target: Target) -> list[Summary]:

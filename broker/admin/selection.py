@@ -10,9 +10,6 @@ names the document and line::
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +18,7 @@ from lxml import etree
 from broker.config import LimitSettings
 from broker.description import schema as wf_schema
 from broker.description.xmlsafe import parse_document
+from broker.description.xsd import Xsd
 from broker.errors import ConfigError, DescriptionError, Problem
 
 NAMESPACE = "urn:workflow-broker:archive:1"
@@ -28,8 +26,6 @@ SCHEMA_FILE = "archive.xsd"
 #: what a selection may weigh: a long list of ids, never a workflow's size
 _LIMITS = LimitSettings(max_document_bytes=8 * 1024**2, max_xml_depth=8, max_text_bytes=4096)
 _NS = f"{{{NAMESPACE}}}"
-_NS_NOISE = re.compile(re.escape(_NS))
-_VALIDATION_LOCK = threading.Lock()
 
 
 class SelectionError(ConfigError):
@@ -78,32 +74,16 @@ class Selection:
         return ", ".join(parts) or "every finished workflow"
 
 
-def _schema_path():
-    return wf_schema.schema_dir() / SCHEMA_FILE
-
-
-@functools.cache
-def selection_schema() -> etree.XMLSchema:
-    """The compiled selection schema, loaded once per process."""
-    parser = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True)
-    return etree.XMLSchema(etree.parse(str(_schema_path()), parser))
+#: the selection schema (its root element is <archive>)
+SELECTION_XSD = Xsd(SCHEMA_FILE, NAMESPACE, "archive")
 
 
 def _validate(tree: etree._ElementTree, filename: str) -> list[Problem]:
-    root = tree.getroot()
-    if root.tag != f"{_NS}archive":
-        name = etree.QName(root)
-        found = f"<{name.localname}>" + (f" in namespace '{name.namespace}'" if name.namespace else
-                                        " without a namespace")
-        return [Problem(filename, root.sourceline or 1, 0,
-                        f"the root element must be <archive> in namespace '{NAMESPACE}', not {found}")]
-    schema = selection_schema()
-    with _VALIDATION_LOCK:
-        if schema.validate(tree):
-            return []
-        entries = list(schema.error_log)
-    return [Problem(filename, max(entry.line, 1), 0, wf_schema.readable(_NS_NOISE.sub("", entry.message)))
-            for entry in entries]
+    wrong_root = SELECTION_XSD.root_problem(tree, filename)
+    if wrong_root is not None:
+        return [wrong_root]
+    return [Problem(filename, max(entry.line, 1), 0, wf_schema.readable(SELECTION_XSD.plain(entry.message)))
+            for entry in SELECTION_XSD.errors(tree)[0]]
 
 
 def _flag(element: etree._Element | None, name: str, default: bool) -> bool:

@@ -19,14 +19,12 @@ nodes; the tree that parse builds is dropped as it goes).
 
 from __future__ import annotations
 
-import functools
 import re
-import sys
-import threading
 from pathlib import Path
 
 from lxml import etree
 
+from broker.description.xsd import Xsd, schema_dir
 from broker.errors import Problem
 
 #: the namespace of the description language
@@ -70,36 +68,18 @@ _PATTERN_MEANING = {
 }
 
 
-def schema_dir() -> Path:
-    """The directory holding ``workflow.xsd``: the one place that knows where the schema is installed.
-
-    Looked up in order: ``broker/schemas/`` inside the package (a wheel may ship it there as package
-    data); ``<repository>/schemas/`` (a checkout or an editable install);
-    ``<prefix>/share/workflow-broker/schemas/`` (wheel data files).
-    """
-    package = Path(__file__).resolve().parent.parent
-    candidates = [package / "schemas", package.parent / "schemas",
-                  Path(sys.prefix) / "share" / "workflow-broker" / "schemas"]
-    for candidate in candidates:
-        if (candidate / SCHEMA_FILE).is_file():
-            return candidate
-    raise FileNotFoundError(f"{SCHEMA_FILE} not found in any of: " + ", ".join(str(c) for c in candidates))
+#: the description schema (its root element is <workflow>)
+WORKFLOW_XSD = Xsd(SCHEMA_FILE, NAMESPACE, "workflow")
 
 
 def schema_path() -> Path:
     """The path of ``workflow.xsd``."""
-    return schema_dir() / SCHEMA_FILE
+    return WORKFLOW_XSD.path()
 
 
-# An XMLSchema object keeps the error log of its last validation: validate and read the log under a lock.
-_VALIDATION_LOCK = threading.Lock()
-
-
-@functools.cache
 def workflow_schema() -> etree.XMLSchema:
     """The compiled description schema, loaded once per process."""
-    parser = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True)
-    return etree.XMLSchema(etree.parse(str(schema_path()), parser))
+    return WORKFLOW_XSD.schema()
 
 
 #: characters of a quoted value a message shows (values may be up to [limits] max_text_bytes long)
@@ -246,13 +226,10 @@ def validate_tree(tree: etree._ElementTree, *, filename: str = "<string>", sourc
     ``source``: the bytes the tree was parsed from (by the hardened parser), streamed again for a large
     tree; without them the tree is serialised.
     """
+    wrong_root = WORKFLOW_XSD.root_problem(tree, filename)
+    if wrong_root is not None:
+        return [wrong_root]
     root = tree.getroot()
-    if root.tag != f"{{{NAMESPACE}}}workflow":
-        name = etree.QName(root)
-        found = f"<{name.localname}>" + (f" in namespace '{name.namespace}'" if name.namespace else
-                                        " without a namespace")
-        return [Problem(filename, root.sourceline or 1, 0,
-                        f"the root element must be <workflow> in namespace '{NAMESPACE}', not {found}")]
     stopped = False
     if _tree_size(root, SMALL_TREE) > SMALL_TREE:
         keep = _stream_errors(source if source is not None else etree.tostring(root))
@@ -261,13 +238,10 @@ def validate_tree(tree: etree._ElementTree, *, filename: str = "<string>", sourc
         if keep > 0:
             _prune(root, keep)
             stopped = True
-    schema = workflow_schema()
-    with _VALIDATION_LOCK:
-        if schema.validate(tree):
-            return []
-        log = schema.error_log
-        entries = [log[i] for i in range(min(len(log), MAX_PROBLEMS))]
-        stopped = stopped or len(log) > MAX_PROBLEMS
+    entries, total = WORKFLOW_XSD.errors(tree, MAX_PROBLEMS)
+    if not entries:
+        return []
+    stopped = stopped or total > MAX_PROBLEMS
     problems = []
     for entry in entries:
         element = None

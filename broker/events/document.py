@@ -18,7 +18,6 @@ that do not apply (a service event's workflow) are empty strings.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 
 from lxml import etree
 
+from broker.description.xsd import Xsd
 from broker.events.types import EventLevel, EventType
 
 #: the namespace of the event document; a new document version gets a new one
@@ -136,12 +136,13 @@ def headers(doc: EventDocument) -> dict[str, str]:
     }
 
 
-@functools.lru_cache(maxsize=1)
+#: the event document's schema (its root element is <event>)
+EVENT_XSD = Xsd(SCHEMA_FILE, NAMESPACE, "event")
+
+
 def event_schema() -> etree.XMLSchema:
     """The compiled schemas/event.xsd (loaded once)."""
-    from broker.description.schema import schema_dir
-
-    return etree.XMLSchema(etree.parse(str(schema_dir() / SCHEMA_FILE)))
+    return EVENT_XSD.schema()
 
 
 def _parser() -> etree.XMLParser:
@@ -158,10 +159,7 @@ def validation_errors(body: bytes | str) -> list[str]:
         return [f"not well-formed XML: {exc}"]
     if tree.getroottree().docinfo.doctype:
         return ["a DOCTYPE is not allowed in an event document"]
-    schema = event_schema()
-    if schema.validate(tree):
-        return []
-    return [f"line {e.line}: {e.message}" for e in schema.error_log]  # type: ignore[attr-defined]
+    return [f"line {e.line}: {e.message}" for e in EVENT_XSD.errors(tree)[0]]
 
 
 def parse(body: bytes | str) -> EventDocument:

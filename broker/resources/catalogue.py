@@ -12,10 +12,7 @@ satisfy the node's scheduling profile. When none does, the error says why for ea
 
 from __future__ import annotations
 
-import functools
 import os
-import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from broker.description import schema as wf_schema
 from broker.description.model import Scheduling
 from broker.description.units import parse_duration, parse_size
 from broker.description.xmlsafe import parse_document
+from broker.description.xsd import Xsd
 from broker.errors import ConfigError, DescriptionError, Problem, ResourceError
 
 NAMESPACE = "urn:workflow-broker:hosts:1.0"
@@ -37,7 +35,6 @@ BATCH_LAUNCHERS = ("slurm", "pbs", "moab")
 LOCALHOST = "localhost"
 
 _NS = f"{{{NAMESPACE}}}"
-_NS_NOISE = re.compile(re.escape(_NS))
 #: what catalogue files may weigh: far less than a workflow
 _LIMITS = LimitSettings(max_document_bytes=16 * 1024**2, max_xml_depth=16)
 
@@ -159,35 +156,16 @@ def builtin_catalogue() -> Catalogue:
 
 # ----------------------------------------------------------------------------------------------- loading
 
-def _schema_path() -> Path:
-    return wf_schema.schema_dir() / SCHEMA_FILE
-
-
-@functools.cache
-def hosts_schema() -> etree.XMLSchema:
-    """The compiled catalogue schema, loaded once per process."""
-    parser = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True)
-    return etree.XMLSchema(etree.parse(str(_schema_path()), parser))
-
-
-_VALIDATION_LOCK = threading.Lock()
+#: the catalogue schema (its root element is <hosts>)
+HOSTS_XSD = Xsd(SCHEMA_FILE, NAMESPACE, "hosts")
 
 
 def _validate(tree: etree._ElementTree, filename: str) -> list[Problem]:
-    root = tree.getroot()
-    if root.tag != f"{_NS}hosts":
-        name = etree.QName(root)
-        found = f"<{name.localname}>" + (f" in namespace '{name.namespace}'" if name.namespace else
-                                        " without a namespace")
-        return [Problem(filename, root.sourceline or 1, 0,
-                        f"the root element must be <hosts> in namespace '{NAMESPACE}', not {found}")]
-    schema = hosts_schema()
-    with _VALIDATION_LOCK:
-        if schema.validate(tree):
-            return []
-        entries = list(schema.error_log)
+    wrong_root = HOSTS_XSD.root_problem(tree, filename)
+    if wrong_root is not None:
+        return [wrong_root]
     problems = []
-    for entry in entries:
+    for entry in HOSTS_XSD.errors(tree)[0]:
         label = ""
         if entry.path:
             found = tree.xpath(entry.path)
@@ -197,7 +175,7 @@ def _validate(tree: etree._ElementTree, filename: str) -> list[Problem]:
             if element is not None:
                 label = f"host '{element.get('name', '?')}': "
         problems.append(Problem(filename, max(entry.line, 1), max(entry.column, 0),
-                                label + wf_schema.readable(_NS_NOISE.sub("", entry.message))))
+                                label + wf_schema.readable(HOSTS_XSD.plain(entry.message))))
     return problems
 
 
