@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from broker import runas
+from broker.atomic import atomic_write
 from broker.description.model import Stage
 from broker.errors import ResourceError
 
@@ -90,12 +91,8 @@ def _copy_file(source: Path, target: Path, max_bytes: int) -> None:
     if size > max_bytes:
         raise ResourceError(f"{source} is {size} bytes, over the staging limit of {max_bytes}", retryable=False)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    with open(source, "rb") as src, open(partial, "wb") as dst:
+    with open(source, "rb") as src, atomic_write(target) as dst:
         shutil.copyfileobj(src, dst, CHUNK)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(partial, target)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,18 +190,8 @@ def _stage_out_as(owner: Owner, stage: Stage, scheme: str, source: Path, roots: 
 def _broker_file(target: Path) -> Iterator[int]:
     """A descriptor to fill with ``target``'s content (the broker's side), renamed into place if no error."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        yield fd
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    os.close(fd)
-    os.replace(partial, target)
+    with atomic_write(target, mode=0o600) as fh:
+        yield fh.fileno()
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.admin.recorder import Recorder
+from broker.atomic import atomic_write
 from broker.errors import NotFound, ResourceError, StateError
 from broker.faults import crash_point
 from broker.ids import GLOBAL_ID_RE, split_global_id
@@ -118,13 +119,9 @@ class Journal:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
                 return
-            partial = self.path.with_name(self.path.name + ".partial")
-            with open(partial, "w", encoding="utf-8") as fh:
+            with atomic_write(self.path) as fh:
                 for gid, dirs in left.items():
-                    fh.write(json.dumps({"gid": gid, "dirs": dirs}) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(partial, self.path)
+                    fh.write((json.dumps({"gid": gid, "dirs": dirs}) + "\n").encode("utf-8"))
 
 
 def journal_for(workdir_root: Path, database_url: str) -> Journal:

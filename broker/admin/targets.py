@@ -26,12 +26,12 @@ import re
 import shlex
 import stat
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+from broker.atomic import PARTIAL_SUFFIX, atomic_write, partial_writer
 from broker.config import ArchiveSettings
 from broker.errors import ConfigError, NotFound, ResourceError
 
@@ -63,10 +63,6 @@ class Target(Protocol):
         """The URI of file ``name``."""
 
 
-def _partial(name: str) -> str:
-    return f".{name}.partial-{os.getpid()}-{threading.get_ident()}"
-
-
 class FileTarget:
     """A local directory."""
 
@@ -75,30 +71,22 @@ class FileTarget:
         self.uri = directory.as_uri()
 
     def write(self, name: str, produce: Callable[[IO[bytes]], T]) -> T:
-        partial = self.directory / _partial(name)
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._remove_stale(name)
             # archives hold users' outputs: readable by the broker's account only
-            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+            with atomic_write(self.directory / name, mode=0o600) as fh:
                 result = produce(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(partial, self.directory / name)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                partial.unlink()
-            if isinstance(exc, OSError):
-                raise ResourceError(f"cannot write {self.uri_of(name)}: {exc.strerror or exc}",
-                                    retryable=False) from None
-            raise
+        except OSError as exc:
+            raise ResourceError(f"cannot write {self.uri_of(name)}: {exc.strerror or exc}",
+                                retryable=False) from None
         return result
 
     def _remove_stale(self, name: str) -> None:
         """Remove temporary files of ``name`` left by processes that died while writing it."""
-        for stale in self.directory.glob(f".{glob.escape(name)}.partial-*"):
-            pid = stale.name.rpartition(".partial-")[2].partition("-")[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+        for stale in self.directory.glob(f".{glob.escape(name)}.*{PARTIAL_SUFFIX}"):
+            pid = partial_writer(stale.name, name)
+            if pid is not None and pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
                 with contextlib.suppress(OSError):
                     stale.unlink()
 

@@ -13,7 +13,6 @@ interprets text.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker import runas
+from broker.atomic import atomic_write
 from broker.errors import ResourceError
 from broker.runas import RunAs
 
@@ -126,15 +126,8 @@ class LocalShell:
             finally:
                 os.close(fd)
             return
-        path = os.path.expanduser(path)
-        partial = f"{path}.partial.{os.getpid()}"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
+        with atomic_write(os.path.expanduser(path), mode=mode, exact_mode=True) as fh:
+            fh.write(data)
 
     def upload(self, local: str, remote: str, max_bytes: int) -> int:
         """Copy ``local`` to ``remote`` on this machine."""
@@ -152,19 +145,8 @@ class LocalShell:
     def download(self, remote: str, local: str, max_bytes: int) -> int:
         """Copy ``remote`` (a regular file, not a symlink) to ``local``."""
         if self.run_as is not None:
-            partial = f"{local}.partial.{os.getpid()}"
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                size = runas.copy(self.run_as, self._home_path(remote), fd, max_bytes, no_symlink=True)
-                os.close(fd)
-                fd = -1
-                os.replace(partial, local)
-                return size
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(partial)
+            with atomic_write(local, mode=0o600) as fh:
+                return runas.copy(self.run_as, self._home_path(remote), fh.fileno(), max_bytes, no_symlink=True)
         remote = os.path.expanduser(remote)
         if os.path.islink(remote):
             raise ResourceError(f"{self.label}:{remote} is a symbolic link: refused", retryable=False)
@@ -185,14 +167,10 @@ def _copy(source: str, target: str, max_bytes: int) -> int:
         raise ResourceError(f"cannot read {source}: {exc.strerror}", retryable=False) from None
     if size > max_bytes:
         raise _too_big(source, size, max_bytes)
-    partial = f"{target}.partial.{os.getpid()}"
     try:
-        with open(source, "rb") as src, open(partial, "wb") as dst:
+        with open(source, "rb") as src, atomic_write(target) as dst:
             shutil.copyfileobj(src, dst, CHUNK)
-        os.replace(partial, target)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
         raise ResourceError(f"cannot copy {source} to {target}: {exc.strerror}") from None
     return size
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import paramiko
 
+from broker.atomic import atomic_write
 from broker.errors import ResourceError
 from broker.resources.accounts import Account
 from broker.resources.catalogue import Host
@@ -244,16 +245,11 @@ class SshShell:
 
     def put(self, path: str, data: bytes, mode: int = 0o600) -> None:
         """Write ``path`` atomically: a temporary name in the same directory, then a POSIX rename."""
-        partial = f"{path}.partial.{os.getpid()}.{threading.get_ident()}"
         with self.sftp() as sftp:
             try:
-                with sftp.open(partial, "wb") as handle:
-                    handle.chmod(mode)
+                with _remote_atomic_write(sftp, path, mode) as handle:
                     handle.write(data)
-                sftp.posix_rename(partial, path)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    sftp.remove(partial)
                 raise ShellError(f"{self.label}: cannot write {path}: {exc.strerror or exc}",
                                  retryable=False) from None
 
@@ -266,25 +262,19 @@ class SshShell:
         if size > max_bytes:
             raise ResourceError(f"{local} is {size} bytes, over the staging limit of {max_bytes}",
                                 retryable=False)
-        partial = f"{remote}.partial.{os.getpid()}.{threading.get_ident()}"
         with self.sftp() as sftp, open(local, "rb") as src:
             try:
-                with sftp.open(partial, "wb") as dst:
-                    dst.chmod(0o600)
+                with _remote_atomic_write(sftp, remote, 0o600) as dst:
                     dst.set_pipelined(True)
                     while chunk := src.read(CHUNK):
                         dst.write(chunk)
-                sftp.posix_rename(partial, remote)
             except OSError as exc:
-                with contextlib.suppress(OSError):
-                    sftp.remove(partial)
                 raise ResourceError(f"{self.label}: cannot write {remote}: {exc.strerror or exc}",
                                     retryable=False) from None
         return size
 
     def download(self, remote: str, local: str, max_bytes: int) -> int:
         """Copy regular file ``remote`` (never a symlink) to ``local`` atomically, at most ``max_bytes``."""
-        partial = f"{local}.partial.{os.getpid()}.{threading.get_ident()}"
         with self.sftp() as sftp:
             try:
                 info = sftp.lstat(remote)
@@ -294,7 +284,7 @@ class SshShell:
                     raise ResourceError(f"{self.label}:{remote} is {info.st_size} bytes, over the staging "
                                         f"limit of {max_bytes}", retryable=False)
                 size = 0
-                with sftp.open(remote, "rb") as src, open(partial, "wb") as dst:
+                with sftp.open(remote, "rb") as src, atomic_write(local) as dst:
                     src.prefetch(info.st_size)
                     while chunk := src.read(CHUNK):
                         size += len(chunk)
@@ -302,15 +292,27 @@ class SshShell:
                             raise ResourceError(f"{self.label}:{remote} grew over the staging limit of "
                                                 f"{max_bytes} bytes", retryable=False)
                         dst.write(chunk)
-                os.replace(partial, local)
             except FileNotFoundError:
                 raise ResourceError(f"{self.label}:{remote} does not exist", retryable=False) from None
             except PermissionError:
                 raise ResourceError(f"{self.label}:{remote}: permission denied", retryable=False) from None
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(partial)
         return size
+
+
+@contextlib.contextmanager
+def _remote_atomic_write(sftp: paramiko.SFTPClient, path: str, mode: int) -> Iterator[paramiko.SFTPFile]:
+    """A remote file (``mode``) to fill with ``path``'s new content: written under a temporary name in the
+    same directory, renamed over ``path`` (POSIX rename) when the block ends without an error, else removed."""
+    partial = f"{path}.partial.{os.getpid()}.{threading.get_ident()}"
+    try:
+        with sftp.open(partial, "wb") as handle:
+            handle.chmod(mode)
+            yield handle
+        sftp.posix_rename(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+            sftp.remove(partial)
+        raise
 
 
 class SshPool:

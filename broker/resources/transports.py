@@ -21,7 +21,6 @@ import contextlib
 import contextvars
 import http.client
 import ipaddress
-import os
 import socket
 import ssl
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from broker import staging
+from broker.atomic import atomic_write
 from broker.errors import ResourceError
 
 
@@ -162,7 +162,6 @@ class HttpTransport:
         """Stage-in: GET ``uri`` into ``target`` (atomically), at most ``max_bytes``."""
         scheme, host, port, path, address = self.check(uri)
         connection = _Pinned(scheme, host, port, address, self._timeout, self._ssl)
-        partial = target.with_name(f".{target.name}.partial")
         try:
             connection.request("GET", path, headers={"Host": host if port in (80, 443) else f"{host}:{port}",
                                                      "User-Agent": "workflow-broker"})
@@ -176,19 +175,16 @@ class HttpTransport:
             if length is not None and length.isdigit() and int(length) > max_bytes:
                 raise _refuse(f"{uri} is {length} bytes, over the staging limit of {max_bytes}")
             size = 0
-            with open(partial, "wb") as out:
+            with atomic_write(target) as out:
                 while chunk := response.read(CHUNK):
                     size += len(chunk)
                     if size > max_bytes:
                         raise _refuse(f"{uri} is over the staging limit of {max_bytes} bytes")
                     out.write(chunk)
-            os.replace(partial, target)
         except (OSError, http.client.HTTPException) as exc:
             raise ResourceError(f"{uri}: {exc}") from None
         finally:
             connection.close()
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
 
 
 class _Pinned:
