@@ -19,6 +19,7 @@ selection again finishes the work (archives are rewritten whole, atomically).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -37,22 +38,9 @@ from broker.errors import NotFound
 from broker.faults import crash_point
 from broker.persistence import queries
 from broker.persistence.models import User, Workflow
+from broker.persistence.queries import WorkflowRow
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One selected workflow."""
-
-    id: int
-    global_id: str
-    state: str
-    finished_at: dt.datetime | None
-    name: str
-    owner: str
-    #: why it is left out (None: it is archived)
-    reason: str | None = None
 
 
 @dataclass
@@ -67,14 +55,14 @@ class ArchiveReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def plan_archive(sessions: sessionmaker[Session], selection: Selection) -> tuple[list[Row], list[Row]]:
+def plan_archive(sessions: sessionmaker[Session],
+                 selection: Selection) -> tuple[list[WorkflowRow], list[WorkflowRow]]:
     """(finished workflows to archive, workflows matching the selection that are left out, with why).
 
     Raises NotFound for a user the selection names that does not exist.
     """
     with sessions() as s:
-        query = select(Workflow.id, Workflow.global_id, Workflow.state, Workflow.finished_at, Workflow.name,
-                       User.name).join(User, User.id == Workflow.owner_id).order_by(Workflow.id)
+        query = queries.workflow_rows()
         if selection.users:
             known = set(s.execute(select(User.name).where(User.name.in_(selection.users))).scalars())
             missing = [u for u in selection.users if u not in known]
@@ -89,13 +77,13 @@ def plan_archive(sessions: sessionmaker[Session], selection: Selection) -> tuple
             found = _named(s, selection.ids)
             missing_ids = [i for i in selection.ids if i not in found]
             wanted = set(found.values())
-        rows = [Row(*r) for r in s.execute(query) if wanted is None or r[0] in wanted]
+        rows = [WorkflowRow(*r) for r in s.execute(query) if wanted is None or r[0] in wanted]
     if selection.finished_before is not None:
         rows = [r for r in rows if r.finished_at is not None and r.finished_at < selection.finished_before]
     ok = [r for r in rows if r.state in queries.COMPLETED]
-    left = [Row(r.id, r.global_id, r.state, r.finished_at, r.name, r.owner, f"workflow {r.global_id} is still "
-                f"{r.state}") for r in rows if r.state not in queries.COMPLETED]
-    left += [Row(0, i, "", None, "", "", f"no workflow {i}") for i in missing_ids]
+    left = [dataclasses.replace(r, reason=f"workflow {r.global_id} is still {r.state}")
+            for r in rows if r.state not in queries.COMPLETED]
+    left += [WorkflowRow(0, i, "", None, "", "", f"no workflow {i}") for i in missing_ids]
     return ok, left
 
 
@@ -132,7 +120,7 @@ def archive_workflows(target: Target, selection: Selection, deleter: Deleter, *,
     return report
 
 
-def _one(target: Target, selection: Selection, deleter: Deleter, row: Row, report: ArchiveReport,
+def _one(target: Target, selection: Selection, deleter: Deleter, row: WorkflowRow, report: ArchiveReport,
          max_file_bytes: int) -> None:
     keep = selection.keep
     try:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select
+from sqlalchemy import Select, and_, bindparam, delete, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -283,31 +283,36 @@ def _blocker(row: Any, undrained_ids: set[int] | frozenset[int] = frozenset()) -
 
 
 @dataclass(frozen=True, slots=True)
-class _Candidate:
-    """A workflow of a deletion's selection, with why it cannot go now (None: it can)."""
+class WorkflowRow:
+    """A workflow selected for deletion or archiving, with why it is left out (None: it is not)."""
 
     id: int
     global_id: str
     state: str
     finished_at: dt.datetime | None
     name: str
+    #: the owner's user name
     owner: str
     reason: str | None = None
 
 
+def workflow_rows() -> Select[Any]:
+    """The query of every workflow's :class:`WorkflowRow` columns (reason excepted), in id order."""
+    return select(Workflow.id, Workflow.global_id, Workflow.state, Workflow.finished_at, Workflow.name,
+                  User.name.label("owner")).join(User, User.id == Workflow.owner_id).order_by(Workflow.id)
+
+
 def deletion_candidates(s: Session, *, owner_id: int | None = None, finished_before: dt.datetime | None = None,
                         completed_only: bool = False, workflow_ids: Sequence[int] | None = None,
-                        require_drained: bool = False) -> tuple[list[Any], list[Any]]:
+                        require_drained: bool = False) -> tuple[list[WorkflowRow], list[WorkflowRow]]:
     """(deletable rows, rows skipped: still running, or with unpublished events) of a selection of workflows.
 
     ``finished_before`` selects workflows that finished before that time, and the running workflows that
     had finished before it and were restarted since (those are skipped and reported); ``completed_only``
     selects finished workflows only; ``workflow_ids`` limits the selection to those workflows;
-    ``require_drained`` skips workflows whose outbox has not drained. Rows carry id, global_id, state,
-    finished_at, name, owner (the user name) and ``reason`` (None for deletable rows).
+    ``require_drained`` skips workflows whose outbox has not drained.
     """
-    query = select(Workflow.id, Workflow.global_id, Workflow.state, Workflow.finished_at, Workflow.name,
-                   User.name.label("owner")).join(User, User.id == Workflow.owner_id).order_by(Workflow.id)
+    query = workflow_rows()
     if owner_id is not None:
         query = query.where(Workflow.owner_id == owner_id)
     if completed_only:
@@ -324,7 +329,7 @@ def deletion_candidates(s: Session, *, owner_id: int | None = None, finished_bef
     ok, skipped = [], []
     for row in rows:
         reason = _blocker(row, pending)
-        (skipped if reason else ok).append(_Candidate(*row, reason=reason))
+        (skipped if reason else ok).append(WorkflowRow(*row, reason=reason))
     return ok, skipped
 
 
