@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import LoggingSettings, Settings, load_settings, sections
+from broker.config import LoggingSettings, Settings, sections
+from broker.configload import load_settings
 from broker.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_the_shipped_logging_config_is_concise_on_stderr_and_quiets_spyne_and_st
     script = textwrap.dedent(f"""
         import logging
         from broker.cli import _setup_logging
-        from broker.config import load_settings
+        from broker.configload import load_settings
         _setup_logging(load_settings({str(CONF)!r}, {{}}))
         logging.getLogger("broker.check").info("shown")
         logging.getLogger("broker.check").debug("hidden: broker is at INFO")

@@ -78,7 +78,7 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_for(args: argparse.Namespace):
-    from broker.config import load_settings
+    from broker.configload import load_settings
 
     settings = load_settings(getattr(args, "config", None))
     if getattr(args, "db", None):

@@ -35,7 +35,8 @@ class Broker:
     def __init__(self, url: str, tmp: Path, all_workflows: bool = True, **engine_settings: Any):
         import dataclasses
 
-        from broker.config import EngineSettings, load_settings
+        from broker.config import EngineSettings
+        from broker.configload import load_settings
 
         # These tests are about the engine's semantics, not about accounts: a single-user broker, whose
         # payloads run as the account running the tests (tests/api/test_runas.py tests the mapping).

@@ -15,7 +15,8 @@ import pytest
 import stomp
 from sqlalchemy import select
 
-from broker.config import EventsSettings, load_settings
+from broker.config import EventsSettings
+from broker.configload import load_settings
 from broker.description.load import load_description
 from broker.events.buses import open_publisher
 from broker.events.publishers import BusError

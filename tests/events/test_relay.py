@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from broker.config import EventsSettings, load_settings
+from broker.config import EventsSettings
+from broker.configload import load_settings
 from broker.description.load import load_description
 from broker.errors import ConfigError
 from broker.events import document

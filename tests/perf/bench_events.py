@@ -65,7 +65,7 @@ class Bench:
     """A migrated SQLite database with one workflow whose events the benchmark writes."""
 
     def __init__(self, directory: Path, user: str):
-        from broker.config import load_settings
+        from broker.configload import load_settings
         from broker.persistence.db import session_factory
         from broker.persistence.opening import open_database
 

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import StatementError
 
-from broker.config import DatabaseSettings, Settings, load_settings
+from broker.config import DatabaseSettings, Settings
+from broker.configload import load_settings
 from broker.errors import ConfigError, DatabaseError
 from broker.persistence import migrate
 from broker.persistence.db import current_revision, make_engine, normalise_url, session_factory
@@ -162,7 +163,7 @@ def test_a_revision_from_a_newer_broker_is_refused_even_with_auto_migrate(migrat
 def test_opening_a_database_at_the_head_does_not_import_alembic(migrated_url):
     # start-up must stay fast: alembic is for upgrades only
     script = ("import sys\n"
-              "from broker.config import load_settings\n"
+              "from broker.configload import load_settings\n"
               "from broker.persistence.opening import open_database\n"
               "open_database(load_settings(), auto_migrate=True).dispose()\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n")
