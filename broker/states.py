@@ -34,40 +34,45 @@ class WorkflowState(StrEnum):
     CANCELLED = "cancelled"
 
 
-N = NodeState
-
 #: every legal node transition: state -> states it may move to. Anything else is a bug (StateError).
 TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    N.WAITING: frozenset({N.READY, N.SKIPPED, N.CANCELLED}),
-    N.READY: frozenset({N.STAGING_IN, N.QUEUED, N.RUNNING, N.FAILED, N.CANCELLED}),
-    N.STAGING_IN: frozenset({N.QUEUED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
+    NodeState.WAITING: frozenset({NodeState.READY, NodeState.SKIPPED, NodeState.CANCELLED}),
+    NodeState.READY: frozenset({NodeState.STAGING_IN, NodeState.QUEUED, NodeState.RUNNING, NodeState.FAILED,
+                                NodeState.CANCELLED}),
+    NodeState.STAGING_IN: frozenset({NodeState.QUEUED, NodeState.RETRY_WAIT, NodeState.FAILED,
+                                     NodeState.CANCELLED}),
     # a short batch job can finish between two polls, so QUEUED may skip RUNNING
-    N.QUEUED: frozenset({N.RUNNING, N.STAGING_OUT, N.SUCCEEDED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
-    N.RUNNING: frozenset({N.STAGING_OUT, N.SUCCEEDED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
-    N.STAGING_OUT: frozenset({N.SUCCEEDED, N.RETRY_WAIT, N.FAILED, N.CANCELLED}),
-    N.RETRY_WAIT: frozenset({N.READY, N.CANCELLED}),
+    NodeState.QUEUED: frozenset({NodeState.RUNNING, NodeState.STAGING_OUT, NodeState.SUCCEEDED,
+                                 NodeState.RETRY_WAIT, NodeState.FAILED, NodeState.CANCELLED}),
+    NodeState.RUNNING: frozenset({NodeState.STAGING_OUT, NodeState.SUCCEEDED, NodeState.RETRY_WAIT,
+                                  NodeState.FAILED, NodeState.CANCELLED}),
+    NodeState.STAGING_OUT: frozenset({NodeState.SUCCEEDED, NodeState.RETRY_WAIT, NodeState.FAILED,
+                                      NodeState.CANCELLED}),
+    NodeState.RETRY_WAIT: frozenset({NodeState.READY, NodeState.CANCELLED}),
     # restart (rescue semantics): a fresh attempt re-evaluates the parents from WAITING
-    N.FAILED: frozenset({N.WAITING}),
-    N.CANCELLED: frozenset({N.WAITING}),
-    N.SKIPPED: frozenset({N.WAITING}),
-    N.SUCCEEDED: frozenset(),
+    NodeState.FAILED: frozenset({NodeState.WAITING}),
+    NodeState.CANCELLED: frozenset({NodeState.WAITING}),
+    NodeState.SKIPPED: frozenset({NodeState.WAITING}),
+    NodeState.SUCCEEDED: frozenset(),
 }
 
 #: transitions of a *group*: a member of a sweep, or a sweep once expanded. A group's state follows its
 #: children: it runs while any of them is unfinished, ends with group_outcome() of theirs, and reopens
 #: (back to RUNNING) when a restart gives one of its children a fresh attempt.
 GROUP_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    N.RUNNING: frozenset({N.SUCCEEDED, N.FAILED, N.CANCELLED}),
-    N.SUCCEEDED: frozenset(),
-    N.FAILED: frozenset({N.RUNNING}),
-    N.CANCELLED: frozenset({N.RUNNING}),
+    NodeState.RUNNING: frozenset({NodeState.SUCCEEDED, NodeState.FAILED, NodeState.CANCELLED}),
+    NodeState.SUCCEEDED: frozenset(),
+    NodeState.FAILED: frozenset({NodeState.RUNNING}),
+    NodeState.CANCELLED: frozenset({NodeState.RUNNING}),
 }
 
-TERMINAL: frozenset[NodeState] = frozenset({N.SUCCEEDED, N.FAILED, N.CANCELLED, N.SKIPPED})
+TERMINAL: frozenset[NodeState] = frozenset(
+    {NodeState.SUCCEEDED, NodeState.FAILED, NodeState.CANCELLED, NodeState.SKIPPED})
 #: states in which a node holds a slot (counts against in-flight limits)
-IN_FLIGHT: frozenset[NodeState] = frozenset({N.STAGING_IN, N.QUEUED, N.RUNNING, N.STAGING_OUT})
+IN_FLIGHT: frozenset[NodeState] = frozenset(
+    {NodeState.STAGING_IN, NodeState.QUEUED, NodeState.RUNNING, NodeState.STAGING_OUT})
 #: states that have not started any work
-NOT_STARTED: frozenset[NodeState] = frozenset({N.WAITING, N.READY})
+NOT_STARTED: frozenset[NodeState] = frozenset({NodeState.WAITING, NodeState.READY})
 WORKFLOW_TERMINAL: frozenset[WorkflowState] = frozenset(
     {WorkflowState.SUCCEEDED, WorkflowState.FAILED, WorkflowState.CANCELLED})
 
@@ -117,7 +122,7 @@ def derive_workflow_state(counts: Mapping[NodeState, int], constraint: FailureCo
         if not started and all(s in NOT_STARTED for s, n in counts.items() if n):
             return WorkflowState.ACCEPTED
         return WorkflowState.RUNNING
-    if cancel_requested and counts.get(N.CANCELLED, 0):
+    if cancel_requested and counts.get(NodeState.CANCELLED, 0):
         return WorkflowState.CANCELLED
-    not_succeeded = total - counts.get(N.SUCCEEDED, 0)
+    not_succeeded = total - counts.get(NodeState.SUCCEEDED, 0)
     return WorkflowState.SUCCEEDED if constraint.allows(not_succeeded, total) else WorkflowState.FAILED

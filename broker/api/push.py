@@ -41,7 +41,6 @@ from broker.states import NodeState
 
 log = logging.getLogger(__name__)
 
-N = NodeState
 STATUSES = ("RUNNING", "PROGRESS", "OUTPUT", "SUCCEEDED", "FAILED", "CANCELLED")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: the outcome of the attempt's result each end status reports
@@ -148,7 +147,7 @@ def apply_push(api: ApiContext, elf: ElfIdentity, status_text: str | None,
         return "ignored: the node no longer exists"
     if node.attempt != elf.attempt:
         return f"ignored: attempt {elf.attempt} is stale (the node is at attempt {node.attempt})"
-    if N(node.state) not in (N.QUEUED, N.RUNNING):
+    if NodeState(node.state) not in (NodeState.QUEUED, NodeState.RUNNING):
         return f"ignored: the attempt has already ended (the node is {node.state})"
     result = None
     if status.kind in OUTCOMES:

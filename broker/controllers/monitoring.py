@@ -31,7 +31,6 @@ from broker.workers.context import WorkerContext
 from broker.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
-N = NodeState
 #: seconds a push about an attempt this controller does not follow yet (its launch has not been answered)
 #: waits for it; less than the API's commit timeout, so the pusher hears that it was ignored
 PUSH_HOLD = 30.0
@@ -80,15 +79,15 @@ class MonitoringController(Controller):
     def launch_failed(self, action: Launch | LaunchBundle, failed: Failed) -> None:
         refs = action.nodes if isinstance(action, LaunchBundle) else (action.node,)
         self.writer.tell(c.Changes(tuple(
-            c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+            c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
                          fields=(("retryable", failed.retryable),), message=f"could not start: {failed.error}")
             for ref in refs)))
 
     def on_watch(self, msg: Watch) -> None:
         handle, ref = msg.handle, msg.node
         changes: list[Any] = []
-        if msg.state == N.QUEUED.value:
-            changes.append(c.Transition(node_id=ref.node_id, to=N.RUNNING, actor=self.NAME, attempt=ref.attempt,
+        if msg.state == NodeState.QUEUED.value:
+            changes.append(c.Transition(node_id=ref.node_id, to=NodeState.RUNNING, actor=self.NAME, attempt=ref.attempt,
                                         fields=self._launch_fields(ref, handle)))
         # an attempt an earlier broker started is not started again: its event says it was adopted
         verb = "adopted" if msg.adopted else "started"
@@ -96,7 +95,7 @@ class MonitoringController(Controller):
                               actor=self.NAME, message=f"attempt {ref.attempt} {verb} on {handle.host}",
                               properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
                                           "workdir": handle.workdir, "adopted": msg.adopted}))
-        if msg.state == N.QUEUED.value:
+        if msg.state == NodeState.QUEUED.value:
             crash_point("launched")
         self.writer.tell(c.Changes(tuple(changes)))
         self.running[ref.node_id] = Attempt(handle, ref)
@@ -153,8 +152,8 @@ class MonitoringController(Controller):
         attempt = self.running.pop(action.handle.node_id, None)
         if attempt is not None:
             ref = attempt.node
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                          fields=(("retryable", True),),
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
+                                          attempt=ref.attempt, fields=(("retryable", True),),
                                           message=f"could not read the result: {failed.error}"))
 
     def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: dict[str, Any],
@@ -181,14 +180,14 @@ class MonitoringController(Controller):
         if result.outcome == lb.SUCCEEDED:
             spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
             if isinstance(spec, NodeSpec) and spec.stage_out:
-                to, then = N.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref, handle))
+                to, then = NodeState.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref, handle))
             else:
-                to, then = N.SUCCEEDED, None
+                to, then = NodeState.SUCCEEDED, None
             message = result.message or None
         elif result.outcome == lb.CANCELLED:
-            to, then, message = N.CANCELLED, None, result.message or "cancelled"
+            to, then, message = NodeState.CANCELLED, None, result.message or "cancelled"
         else:
-            to, then, message = N.FAILED, None, result.message
+            to, then, message = NodeState.FAILED, None, result.message
             fields.append(("retryable", True))
         if receipt is not None:
             then = receipt.via(then)
@@ -276,7 +275,7 @@ class MonitoringController(Controller):
                           workflow_global_id=self.ctx.plans.get(r.workflow_id).global_id, path=r.path,
                           template=r.template, attempt=r.attempt, bindings=r.bindings, member_index=r.member_index,
                           host=(flying.host or "localhost").rpartition("@")[2], owner=flying.owner)
-            if flying.state in (N.QUEUED, N.RUNNING):
+            if flying.state in (NodeState.QUEUED, NodeState.RUNNING):
                 self.dispatch(Recover(ref, flying.state.value, flying.workdir, flying.job_id))
             else:
                 staging.append((ref, flying.state.value, flying.workdir, flying.job_id, flying.host))
@@ -302,21 +301,21 @@ class MonitoringController(Controller):
             # queued: the payload started and ended while no broker ran; the row learns from its work directory
             # (launch record, pid file) what a running broker would have recorded at its start
             launch = (self._launch_fields(ref, found.handle, started=True)
-                      if action.state == N.QUEUED.value and found.handle is not None else ())
+                      if action.state == NodeState.QUEUED.value and found.handle is not None else ())
             self._finish(ref, found.result, {}, handle=found.handle, launch=launch)
         elif found.status == "running" and found.handle is not None:
             self.on_watch(Watch(found.handle, ref, state=action.state, adopted=True))
-        elif found.status == "absent" and action.state == N.QUEUED.value:
+        elif found.status == "absent" and action.state == NodeState.QUEUED.value:
             # the launch intent was committed but the process never started: start it, same attempt
             self.dispatch(Launch(ref))
         else:
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                          fields=(("retryable", True),),
+            self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
+                                          attempt=ref.attempt, fields=(("retryable", True),),
                                           message="the attempt disappeared without a result while the broker was down"))
 
     def recover_failed(self, action: Recover, failed: Failed) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
                                       fields=(("retryable", True),), message=f"could not recover: {failed.error}"))
 
     HANDLERS = {Watch: on_watch, Exited: on_exited, Collected: on_collected, Pushed: on_pushed, Tick: on_tick,

@@ -20,8 +20,6 @@ from broker.persistence import changes as c
 from broker.states import NodeState
 from broker.workers.pool import WorkerPool
 
-N = NodeState
-
 
 class StagingController(Controller):
     NAME = "staging"
@@ -37,26 +35,27 @@ class StagingController(Controller):
 
     def staged_in(self, action: StageIn, _result: Any) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.QUEUED, actor=self.NAME, attempt=ref.attempt,
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.QUEUED, actor=self.NAME, attempt=ref.attempt,
                                       then=self.after_commit(Launch(ref))))
 
     def staged_out(self, action: StageOut, _result: Any) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.SUCCEEDED, actor=self.NAME, attempt=ref.attempt))
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.SUCCEEDED, actor=self.NAME,
+                                      attempt=ref.attempt))
 
     def stage_failed(self, action: StageIn | StageOut, failed: Failed) -> None:
         ref: NodeRef = action.node
         what = "stage-in" if isinstance(action, StageIn) else "stage-out"
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME, attempt=ref.attempt,
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
                                       fields=(("retryable", failed.retryable),),
                                       message=f"{what} failed: {failed.error}"))
 
     def on_resume(self, msg: Resume) -> None:
         """Transfers are idempotent (temporary name, then rename): redo the ones that were under way."""
         for ref, state, workdir, job, host in msg.nodes:
-            if state == N.STAGING_IN.value:
+            if state == NodeState.STAGING_IN.value:
                 self.dispatch(StageIn(ref))
-            elif state == N.STAGING_OUT.value:
+            elif state == NodeState.STAGING_OUT.value:
                 handle = None
                 if host and "@" in host and workdir:
                     handle = LaunchHandle(node_id=ref.node_id, attempt=ref.attempt, workdir=workdir,

@@ -32,7 +32,6 @@ from broker.workers.context import WorkerContext
 from broker.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
-N = NodeState
 #: queued nodes a finished workflow must leave behind for the scheduler to sweep its queues at once
 STALE_SWEEP = 1000
 
@@ -95,9 +94,9 @@ class SubmissionController(Controller):
         for m in msg.moved:
             if m.old in IN_FLIGHT and m.new not in IN_FLIGHT:
                 self._release(m.workflow_id, m.node_id)
-            if m.new is N.RETRY_WAIT and m.retry_at is not None:
+            if m.new is NodeState.RETRY_WAIT and m.retry_at is not None:
                 heapq.heappush(self.timers, (m.retry_at.timestamp(), m.node_id, m.attempt))
-            if m.old is N.READY and m.new is not N.READY:
+            if m.old is NodeState.READY and m.new is not NodeState.READY:
                 self.queued.pop(m.node_id, None)
                 self.intents.pop(m.node_id, None)
         for ready in msg.ready:
@@ -185,7 +184,7 @@ class SubmissionController(Controller):
                 continue
             host = self._host(ready)
             if isinstance(host, ResourceError):
-                self.writer.tell(c.Transition(node_id=ready.node_id, to=N.FAILED, actor=self.NAME,
+                self.writer.tell(c.Transition(node_id=ready.node_id, to=NodeState.FAILED, actor=self.NAME,
                                               attempt=ready.attempt, message=str(host)))
                 continue
             limit = self.ctx.resources.max_jobs(host.name)
@@ -228,8 +227,9 @@ class SubmissionController(Controller):
             self.user_in_flight[slots.info.owner] += 1
             self.intents[ready.node_id] = ref
             self.node_job[ready.node_id] = (host.name, job)
-            transitions.append(c.Transition(node_id=ready.node_id, to=N.QUEUED, actor=self.NAME, attempt=ready.attempt,
-                                            new_attempt=True, fields=(("host", host.name),), reply_to=self.actor_ref))
+            transitions.append(c.Transition(node_id=ready.node_id, to=NodeState.QUEUED, actor=self.NAME,
+                                            attempt=ready.attempt, new_attempt=True, fields=(("host", host.name),),
+                                            reply_to=self.actor_ref))
         if len(refs) > 1:
             # a bundle starts with the members whose intents were committed (another may have been cancelled)
             after = c.AfterIntents(self.after_commit(LaunchBundle(tuple(refs))),
@@ -238,7 +238,7 @@ class SubmissionController(Controller):
             return
         if isinstance(spec, NodeSpec) and spec.stage_in:
             then: Any = (self.peers["staging"], StageInRequest(refs[0]))
-            transitions[0] = dataclasses.replace(transitions[0], to=N.STAGING_IN)
+            transitions[0] = dataclasses.replace(transitions[0], to=NodeState.STAGING_IN)
         else:
             then = self.after_commit(Launch(refs[0]))
         # the follow-up rides on the intent: it is told only once the intent is committed
@@ -300,7 +300,7 @@ class SubmissionController(Controller):
 
     def expand_failed(self, action: Expand, failed: Failed) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=N.FAILED, actor=self.NAME,
+        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
                                       message=f"expansion failed: {failed.error}"))
 
     # ---------------------------------------------------------------------------------- timers, control
@@ -308,7 +308,7 @@ class SubmissionController(Controller):
     def on_tick(self, msg: Tick) -> None:
         while self.timers and self.timers[0][0] <= msg.now:
             _, node_id, attempt = heapq.heappop(self.timers)
-            self.writer.tell(c.Transition(node_id=node_id, to=N.READY, actor=self.NAME, attempt=attempt,
+            self.writer.tell(c.Transition(node_id=node_id, to=NodeState.READY, actor=self.NAME, attempt=attempt,
                                           message="retrying"))
         if not self.control_busy and msg.now >= self.next_control:
             self.control_busy = True

@@ -14,8 +14,6 @@ from broker.description.model import WorkflowSpec, from_json, walk
 from broker.events.types import EventLevel
 from broker.states import FailureConstraint, NodeState, WorkflowState
 
-N = NodeState
-
 
 class MNode:
     """One node as the writer knows it."""
@@ -67,7 +65,7 @@ class MNode:
         """(ok, bad) units this node contributes to a dependant's failure constraint once terminal."""
         if self.kind == "sweep" and self.members is not None:
             return self.g_ok, self.members - self.g_ok
-        return (1, 0) if self.state is N.SUCCEEDED else (0, 1)
+        return (1, 0) if self.state is NodeState.SUCCEEDED else (0, 1)
 
     def all_bindings(self) -> tuple[tuple[str, str], ...]:
         """Every binding visible to the node, outer sweeps first."""

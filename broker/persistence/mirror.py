@@ -22,8 +22,6 @@ from broker.persistence.graph import MNode, MWorkflow
 from broker.rules import Decision, decide, group_outcome, skip_message
 from broker.states import TERMINAL, NodeState, WorkflowState, check_transition, derive_workflow_state
 
-N = NodeState
-
 
 class Mirror:
     """Node states and counters of every tracked workflow. Mutated only through its methods."""
@@ -44,7 +42,7 @@ class Mirror:
         by_id: dict[int, MNode] = {}
         parents: list[tuple[MNode, int]] = []
         for r in node_rows:
-            node = MNode(r.id, wf, r.path, r.template, r.kind, N(r.state), attempt=r.attempt, retries=r.retries,
+            node = MNode(r.id, wf, r.path, r.template, r.kind, NodeState(r.state), attempt=r.attempt, retries=r.retries,
                          priority=r.priority, members=r.members, member_index=r.member_index,
                          bindings=tuple(tuple(p) for p in r.bindings) if r.bindings else ())
             by_id[node.id] = node
@@ -73,9 +71,9 @@ class Mirror:
         for node in nodes:
             self._recount(node)
         for node in nodes:
-            if node.state is N.WAITING:
+            if node.state is NodeState.WAITING:
                 self._decide(node, batch)
-            elif node.state is N.READY:
+            elif node.state is NodeState.READY:
                 batch.ready.append(node)
         self._complete_groups(nodes, batch)
         return wf
@@ -110,7 +108,7 @@ class Mirror:
         if new_attempt:
             node.attempt += 1
             cols["attempt"] = node.attempt
-        if new is N.RUNNING:
+        if new is NodeState.RUNNING:
             cols.setdefault("started_at", batch.now)
         if new in TERMINAL:
             cols["finished_at"] = batch.now
@@ -123,7 +121,7 @@ class Mirror:
         batch.event(node.wf, EventType.NODE_STATE, actor=actor, node=node, state=new.value, message=message,
                     properties=props)
         batch.moved.append((node, old, new))
-        if new is N.READY:
+        if new is NodeState.READY:
             batch.ready.append(node)
 
     def _propagate(self, ended: list[MNode], batch: Any) -> None:
@@ -132,7 +130,7 @@ class Mirror:
         while queue:
             node = queue.popleft()
             group = node.parent
-            if group is not None and group.state is N.RUNNING:
+            if group is not None and group.state is NodeState.RUNNING:
                 group.pending -= 1
                 self._tally(group, node.state, +1)
                 if group.pending == 0:
@@ -144,7 +142,7 @@ class Mirror:
                 child.bad_units += bad
                 if bad and self._named(child, node):
                     child.named_bad = True
-                if child.state is N.WAITING:
+                if child.state is NodeState.WAITING:
                     if self._decide(child, batch, propagate=False):
                         queue.append(child)
 
@@ -160,14 +158,14 @@ class Mirror:
         verdict = decide(requires, unfinished=node.unfinished, ok_units=node.ok_units, bad_units=node.bad_units,
                          named_bad=node.named_bad)
         if verdict is Decision.READY:
-            self.transition(node, N.READY, batch, actor="submission")
+            self.transition(node, NodeState.READY, batch, actor="submission")
         elif verdict is Decision.SKIP:
             failed = [d.path for d in node.deps if d.state in TERMINAL and d.units()[1]]
             message = skip_message(requires, ok_units=node.ok_units, bad_units=node.bad_units, failed=failed)
             if propagate:
-                self.transition(node, N.SKIPPED, batch, actor="submission", message=message)
+                self.transition(node, NodeState.SKIPPED, batch, actor="submission", message=message)
             else:
-                self._move(node, N.SKIPPED, batch, actor="submission", message=message)  # the caller propagates
+                self._move(node, NodeState.SKIPPED, batch, actor="submission", message=message)  # the caller propagates
                 return True
         return False
 
@@ -178,9 +176,9 @@ class Mirror:
 
     @staticmethod
     def _tally(group: MNode, state: NodeState, sign: int) -> None:
-        if state is N.SUCCEEDED:
+        if state is NodeState.SUCCEEDED:
             group.g_ok += sign
-        elif state is N.CANCELLED:
+        elif state is NodeState.CANCELLED:
             group.g_cancelled += sign
         else:
             group.g_bad += sign
@@ -211,9 +209,9 @@ class Mirror:
     def _complete_groups(self, nodes: Iterable[MNode], batch: Any) -> None:
         """End running groups whose children have all ended (innermost first)."""
         queue: deque[MNode] = deque()
-        for node in sorted((n for n in nodes if n.is_group and n.state is N.RUNNING and n.pending == 0),
+        for node in sorted((n for n in nodes if n.is_group and n.state is NodeState.RUNNING and n.pending == 0),
                            key=lambda n: -n.path.count("/")):
-            if node.state is N.RUNNING and node.pending == 0:
+            if node.state is NodeState.RUNNING and node.pending == 0:
                 self._end_group(node, batch, queue)
         self._propagate(list(queue), batch)
 
@@ -221,16 +219,16 @@ class Mirror:
 
     def expand(self, sweep: MNode, members: Iterable[Any], batch: Any, *, actor: str) -> list[MNode]:
         """Instantiate the members of a ready sweep (the rows are inserted by the store)."""
-        if sweep.kind != "sweep" or sweep.state is not N.READY or sweep.members is not None:
+        if sweep.kind != "sweep" or sweep.state is not NodeState.READY or sweep.members is not None:
             raise StateError(f"node '{sweep.path}' is not a parameterized node ready to expand")
         wf = sweep.wf
         created: list[MNode] = []
         count = 0
         for m in members:
-            member = MNode(None, wf, m.path, sweep.template, "member", N.RUNNING, parent=sweep,
+            member = MNode(None, wf, m.path, sweep.template, "member", NodeState.RUNNING, parent=sweep,
                            bindings=m.bindings, member_index=m.index)
             sweep.inside.append(member)
-            body = [MNode(None, wf, path, template, kind, N.WAITING, priority=prio, parent=member)
+            body = [MNode(None, wf, path, template, kind, NodeState.WAITING, priority=prio, parent=member)
                     for path, template, kind, prio in m.nodes]
             member.inside = body
             for parent_pos, child_pos in m.edges:
@@ -242,8 +240,8 @@ class Mirror:
             created.extend(body)
             batch.create(member, body, m.edges)
             count += 1
-        self.transition(sweep, N.RUNNING, batch, actor=actor, fields={"members": count})
-        wf.count(N.RUNNING, -1)  # an expanded sweep is a group: it stops counting as work
+        self.transition(sweep, NodeState.RUNNING, batch, actor=actor, fields={"members": count})
+        wf.count(NodeState.RUNNING, -1)  # an expanded sweep is a group: it stops counting as work
         sweep.members = count
         sweep.pending = count
         wf.nodes.extend(created)
@@ -268,8 +266,8 @@ class Mirror:
         for node in created:
             self.nodes[node.id] = node  # type: ignore[index]
         for node in created:
-            if node.state is N.WAITING and not node.deps:
-                self.transition(node, N.READY, batch, actor="submission")
+            if node.state is NodeState.WAITING and not node.deps:
+                self.transition(node, NodeState.READY, batch, actor="submission")
         self._complete_groups([sweep], batch)
 
     # ---------------------------------------------------------------------------------- cancel/restart
@@ -278,10 +276,10 @@ class Mirror:
         """Cancel nodes (groups: everything unfinished inside). In-flight ones go to ``batch.kill``."""
         stopped: list[MNode] = []
         for node in self._leaves(targets):
-            if node.state in (N.WAITING, N.READY, N.RETRY_WAIT, N.STAGING_IN):
-                self._move(node, N.CANCELLED, batch, actor=actor, message=f"cancelled by {actor}")
+            if node.state in (NodeState.WAITING, NodeState.READY, NodeState.RETRY_WAIT, NodeState.STAGING_IN):
+                self._move(node, NodeState.CANCELLED, batch, actor=actor, message=f"cancelled by {actor}")
                 stopped.append(node)
-            elif node.state in (N.QUEUED, N.RUNNING, N.STAGING_OUT):
+            elif node.state in (NodeState.QUEUED, NodeState.RUNNING, NodeState.STAGING_OUT):
                 batch.kill.append((node.id, node.attempt))
         # propagate only after every target is cancelled, so they end cancelled rather than skipped
         self._propagate(stopped, batch)
@@ -308,7 +306,7 @@ class Mirror:
 
     def restart(self, wf: MWorkflow, targets: Iterable[MNode] | None, batch: Any, *, actor: str) -> int:
         """Fresh attempts for failed, cancelled and skipped nodes (and their dependants); returns how many."""
-        again = (N.FAILED, N.CANCELLED, N.SKIPPED)
+        again = (NodeState.FAILED, NodeState.CANCELLED, NodeState.SKIPPED)
         if targets is None:
             chosen = [n for n in wf.nodes if not n.is_group and n.state in again]
         else:
@@ -329,7 +327,7 @@ class Mirror:
             return 0
         for node in chosen:
             node.retries = 0
-            self._move(node, N.WAITING, batch, actor=actor, message=f"restarted by {actor}",
+            self._move(node, NodeState.WAITING, batch, actor=actor, message=f"restarted by {actor}",
                        fields={"retries": 0, "exit_code": None, "retry_at": None})
         # reopen the groups around them, innermost first, then recount everything that may have changed
         groups: dict[int, MNode] = {}
@@ -339,8 +337,8 @@ class Mirror:
                 groups[id(g)] = g
                 g = g.parent
         for group in sorted(groups.values(), key=lambda g: -g.path.count("/")):
-            if group.state in (N.FAILED, N.CANCELLED):
-                self._move(group, N.RUNNING, batch, actor=actor, message=f"reopened by a restart ({actor})")
+            if group.state in (NodeState.FAILED, NodeState.CANCELLED):
+                self._move(group, NodeState.RUNNING, batch, actor=actor, message=f"reopened by a restart ({actor})")
             self._regroup(group)
         affected = {id(n): n for n in chosen}
         for node in chosen:
@@ -354,7 +352,7 @@ class Mirror:
         wf.cancel_requested = False
         batch.workflow_update(wf, {"cancel_requested": False, "finished_at": None})
         for node in chosen:
-            if node.state is N.WAITING:
+            if node.state is NodeState.WAITING:
                 self._decide(node, batch)
         return len(chosen)
 
@@ -381,5 +379,5 @@ class Mirror:
     def failed_so_far(self, wf: MWorkflow) -> bool:
         """Whether the workflow's failure constraint is already broken (for on_failure="stop")."""
         total = sum(wf.counts.values())
-        bad = sum(n for s, n in wf.counts.items() if s in TERMINAL and s is not N.SUCCEEDED)
+        bad = sum(n for s, n in wf.counts.items() if s in TERMINAL and s is not NodeState.SUCCEEDED)
         return not wf.constraint.allows(bad, total)

@@ -21,8 +21,6 @@ from broker.persistence import changes as c
 from broker.persistence.models import Node, Workflow
 from broker.states import TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState, check_transition
 
-N = NodeState
-
 
 def refuse(s: Session, change: Any, node_id: int) -> None:
     """Raise the mirror's refusal of ``change`` (a change naming node ``node_id``; None: nothing is checked)
@@ -38,13 +36,14 @@ def refusal(s: Session, change: Any, node_id: int) -> BrokerError | None:
     row = s.execute(select(Node.path, Node.attempt, Node.state, Node.kind, Node.members,
                            Workflow.state.label("workflow_state"))
                     .join(Workflow, Workflow.id == Node.workflow_id).where(Node.id == node_id)).first()
-    if row is None or WorkflowState(row.workflow_state) not in WORKFLOW_TERMINAL or N(row.state) not in TERMINAL:
+    if row is None or WorkflowState(row.workflow_state) not in WORKFLOW_TERMINAL or \
+            NodeState(row.state) not in TERMINAL:
         return None
-    state = N(row.state)
+    state = NodeState(row.state)
     if isinstance(change, c.Transition):  # Store._transition's checks, in its order
         if change.attempt is not None and change.attempt != row.attempt:
             return BrokerError(f"stale report for attempt {change.attempt} of '{row.path}' (now {row.attempt})")
-        if change.to is N.FAILED and dict(change.fields).get("retryable"):
+        if change.to is NodeState.FAILED and dict(change.fields).get("retryable"):
             return None  # the reason names the retry policy's verdict: the mirror's to give
         group = row.kind == "member" or (row.kind == "sweep" and row.members is not None)
         try:

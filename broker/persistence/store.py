@@ -34,7 +34,6 @@ from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, Wor
 
 log = logging.getLogger(__name__)
 
-N = NodeState
 NODES = Node.__table__
 
 #: seconds between attempts to commit while the database is unreachable (doubles up to the cap)
@@ -170,7 +169,7 @@ class Store:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (now {node.attempt})")
         fields = dict(ch.fields)
         to = ch.to
-        if to is N.FAILED and fields.pop("retryable", False):
+        if to is NodeState.FAILED and fields.pop("retryable", False):
             to = self._retry_or_fail(node, fields, batch, ch.actor)
         if "retries" in fields:
             node.retries = fields["retries"]
@@ -186,7 +185,7 @@ class Store:
                 node = self._node(s, node_id, batch, ch)
             except BrokerError:
                 continue
-            if node.state is N.QUEUED and node.attempt == attempt:
+            if node.state is NodeState.QUEUED and node.attempt == attempt:
                 kept.append(node_id)
         if len(kept) == len(ch.nodes):
             out.followups.append(ch.then)
@@ -199,14 +198,14 @@ class Store:
         spec = node.wf.templates[node.template]
         retry = getattr(spec, "execution", None) and spec.execution.retry  # type: ignore[union-attr]
         if not retry or node.retries >= retry.count:
-            return N.FAILED
+            return NodeState.FAILED
         delay = retry.delay(node.retries + 1)
         fields["retries"] = node.retries + 1
         fields["retry_at"] = batch.now + dt.timedelta(seconds=delay)
         batch.event(node.wf, EventType.NODE_RETRY, actor=actor, node=node,
                     message=f"attempt {node.attempt} failed; retry {node.retries + 1} of {retry.count} in {delay:g} s",
                     properties={"attempt": node.attempt, "delay": delay, "retry": node.retries + 1})
-        return N.RETRY_WAIT
+        return NodeState.RETRY_WAIT
 
     def _reported(self, s: Session, ch: c.Reported, batch: Batch, out: Outcome) -> None:
         node = self._node(s, ch.node_id, batch, ch)
@@ -234,10 +233,10 @@ class Store:
 
     def _expansion(self, s: Session, ch: c.Expansion, batch: Batch, out: Outcome) -> None:
         sweep = self._node(s, ch.node_id, batch, ch)
-        if sweep.state is N.READY:  # otherwise the mirror refuses the expansion itself
+        if sweep.state is NodeState.READY:  # otherwise the mirror refuses the expansion itself
             refusal = self.quota.refuse_expansion(s, self.mirror, sweep, len(ch.members))
             if refusal is not None:
-                self.mirror.transition(sweep, N.FAILED, batch, actor=ch.actor, message=refusal)
+                self.mirror.transition(sweep, NodeState.FAILED, batch, actor=ch.actor, message=refusal)
                 return
         created = self.mirror.expand(sweep, ch.members, batch, actor=ch.actor)
         batch.expanded.append((sweep, created))
@@ -358,7 +357,7 @@ class Store:
     # ---------------------------------------------------------------------------------------- notify
 
     def _notify(self, batch: Batch, out: Outcome) -> None:
-        ready = tuple(_ready(n) for n in batch.ready if n.state is N.READY)
+        ready = tuple(_ready(n) for n in batch.ready if n.state is NodeState.READY)
         moved = tuple(
             c.Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,
                     retry_at=batch.node_cols.get(id(n), (None, {}))[1].get("retry_at"))

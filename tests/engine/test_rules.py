@@ -10,7 +10,6 @@ from broker.rules import Decision, decide, group_outcome
 from broker.states import (GROUP_TRANSITIONS, TERMINAL, TRANSITIONS, FailureConstraint, NodeState,
                            WorkflowState, check_transition, derive_workflow_state)
 
-N = NodeState
 ALL = Requires()
 
 
@@ -39,43 +38,46 @@ def test_a_tolerance_is_the_fraction_of_units_that_must_succeed_decided_once_all
 
 
 def test_a_group_fails_if_any_child_failed_else_is_cancelled_if_any_was_cancelled():
-    assert group_outcome(ok=3, bad=0, cancelled=0) is N.SUCCEEDED
-    assert group_outcome(ok=3, bad=1, cancelled=2) is N.FAILED
-    assert group_outcome(ok=3, bad=0, cancelled=1) is N.CANCELLED
+    assert group_outcome(ok=3, bad=0, cancelled=0) is NodeState.SUCCEEDED
+    assert group_outcome(ok=3, bad=1, cancelled=2) is NodeState.FAILED
+    assert group_outcome(ok=3, bad=0, cancelled=1) is NodeState.CANCELLED
 
 
 def test_the_transition_table_covers_every_state_and_succeeded_is_final():
     assert set(TRANSITIONS) == set(NodeState)
-    assert TRANSITIONS[N.SUCCEEDED] == frozenset()
+    assert TRANSITIONS[NodeState.SUCCEEDED] == frozenset()
     # every other terminal state can only go back to waiting (a restart)
-    for state in TERMINAL - {N.SUCCEEDED}:
-        assert TRANSITIONS[state] == {N.WAITING}
+    for state in TERMINAL - {NodeState.SUCCEEDED}:
+        assert TRANSITIONS[state] == {NodeState.WAITING}
 
 
-@pytest.mark.parametrize("current, new", [(N.WAITING, N.RUNNING), (N.SUCCEEDED, N.WAITING), (N.READY, N.SUCCEEDED),
-                                          (N.RETRY_WAIT, N.RUNNING), (N.SKIPPED, N.READY)])
+@pytest.mark.parametrize("current, new", [(NodeState.WAITING, NodeState.RUNNING),
+                                          (NodeState.SUCCEEDED, NodeState.WAITING),
+                                          (NodeState.READY, NodeState.SUCCEEDED),
+                                          (NodeState.RETRY_WAIT, NodeState.RUNNING),
+                                          (NodeState.SKIPPED, NodeState.READY)])
 def test_illegal_node_transitions_are_refused(current, new):
     with pytest.raises(StateError, match=f"illegal node transition {current} -> {new}"):
         check_transition(current, new)
 
 
 def test_groups_have_their_own_table_and_reopen_only_from_failed_or_cancelled():
-    check_transition(N.FAILED, N.RUNNING, group=True)
+    check_transition(NodeState.FAILED, NodeState.RUNNING, group=True)
     with pytest.raises(StateError):
-        check_transition(N.SUCCEEDED, N.RUNNING, group=True)
-    assert set(GROUP_TRANSITIONS[N.RUNNING]) == {N.SUCCEEDED, N.FAILED, N.CANCELLED}
+        check_transition(NodeState.SUCCEEDED, NodeState.RUNNING, group=True)
+    assert set(GROUP_TRANSITIONS[NodeState.RUNNING]) == {NodeState.SUCCEEDED, NodeState.FAILED, NodeState.CANCELLED}
 
 
 def test_the_workflow_state_derives_from_node_counts():
     strict = FailureConstraint()
-    assert derive_workflow_state({N.WAITING: 2, N.READY: 1}, strict) is WorkflowState.ACCEPTED
+    assert derive_workflow_state({NodeState.WAITING: 2, NodeState.READY: 1}, strict) is WorkflowState.ACCEPTED
     # a node back to ready for its retry (or restarted) leaves a started workflow running
-    assert derive_workflow_state({N.READY: 1}, strict, started=True) is WorkflowState.RUNNING
-    assert derive_workflow_state({N.SUCCEEDED: 1, N.WAITING: 2}, strict) is WorkflowState.RUNNING
-    assert derive_workflow_state({N.SUCCEEDED: 3}, strict) is WorkflowState.SUCCEEDED
-    assert derive_workflow_state({N.SUCCEEDED: 2, N.FAILED: 1}, strict) is WorkflowState.FAILED
-    assert derive_workflow_state({N.SUCCEEDED: 2, N.SKIPPED: 1}, strict) is WorkflowState.FAILED
-    assert derive_workflow_state({N.SUCCEEDED: 2, N.CANCELLED: 1}, strict, cancel_requested=True) \
+    assert derive_workflow_state({NodeState.READY: 1}, strict, started=True) is WorkflowState.RUNNING
+    assert derive_workflow_state({NodeState.SUCCEEDED: 1, NodeState.WAITING: 2}, strict) is WorkflowState.RUNNING
+    assert derive_workflow_state({NodeState.SUCCEEDED: 3}, strict) is WorkflowState.SUCCEEDED
+    assert derive_workflow_state({NodeState.SUCCEEDED: 2, NodeState.FAILED: 1}, strict) is WorkflowState.FAILED
+    assert derive_workflow_state({NodeState.SUCCEEDED: 2, NodeState.SKIPPED: 1}, strict) is WorkflowState.FAILED
+    assert derive_workflow_state({NodeState.SUCCEEDED: 2, NodeState.CANCELLED: 1}, strict, cancel_requested=True) \
         is WorkflowState.CANCELLED
 
 

@@ -27,7 +27,6 @@ from broker.states import NodeState, WorkflowState
 from tests.persistence.helpers import bundle, intents
 from tests.persistence.specs import DESCRIPTOR, node
 
-N = NodeState
 #: nodes of the "big" workflow: enough for a reload to cost megabytes, few enough for a quick test
 SIZE = 2_000
 
@@ -68,7 +67,7 @@ def test_late_launch_intents_after_a_cancel_do_not_load_the_workflow_again(sessi
     # loading the workflow again costs about 1.3 KB per node (2.6 MB here): what is left is per change
     assert peak < 400_000, f"refusing 9 late changes took {peak:,} bytes for a {SIZE:,}-node workflow"
     with sessions() as s:
-        assert {s.get(Node, ids[n]).state for n in names} == {N.CANCELLED.value}
+        assert {s.get(Node, ids[n]).state for n in names} == {NodeState.CANCELLED.value}
 
 
 def refusals(store: Store, changes: list, monkeypatch, *, loaded_first: int | None = None) -> list[tuple[str, type]]:
@@ -92,9 +91,9 @@ def test_the_refusals_are_the_ones_the_mirror_gives(sessions, monkeypatch):
         wf_id = s.execute(select(Node.workflow_id).where(Node.id == ids["n0"])).scalar_one()
     n0 = ids["n0"]
     changes = [
-        c.Transition(node_id=n0, to=N.QUEUED, actor="submission", attempt=0, new_attempt=True),
-        c.Transition(node_id=n0, to=N.RUNNING, actor="monitoring", attempt=4),
-        c.Transition(node_id=n0, to=N.SUCCEEDED, actor="elf", attempt=None),
+        c.Transition(node_id=n0, to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True),
+        c.Transition(node_id=n0, to=NodeState.RUNNING, actor="monitoring", attempt=4),
+        c.Transition(node_id=n0, to=NodeState.SUCCEEDED, actor="elf", attempt=None),
         c.Reported(node_id=n0, attempt=0, actor="elf", progress=(5.0, "x")),
         c.Reported(node_id=n0, attempt=2, actor="elf", progress=(5.0, "x")),
         c.Expansion(node_id=n0, actor="submission", members=()),
@@ -110,10 +109,10 @@ def test_a_change_the_table_allows_still_applies(sessions):
     """A finished node may go back to waiting: that is the mirror's to do (the workflow is loaded, as before)."""
     store = Store(sessions)
     ids = cancelled_workflow(sessions, store, 3)
-    out = store.commit([c.Transition(node_id=ids["n1"], to=N.WAITING, actor="admin:root", reply_to="r")])
+    out = store.commit([c.Transition(node_id=ids["n1"], to=NodeState.WAITING, actor="admin:root", reply_to="r")])
     assert out.replies == [] and len(out.committed.tracked) == 1
     with sessions() as s:
-        assert s.get(Node, ids["n1"]).state == N.WAITING.value
+        assert s.get(Node, ids["n1"]).state == NodeState.WAITING.value
 
 
 @pytest.mark.parametrize("state", [WorkflowState.CANCELLED, WorkflowState.SUCCEEDED, WorkflowState.FAILED])
