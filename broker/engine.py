@@ -28,7 +28,7 @@ from broker.controllers.monitoring import MonitoringController
 from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
 from broker.errors import BrokerError
-from broker.persistence import changes as c
+from broker.persistence.changes import Accepted, CancelWorkflow, Note, Rejected, Restart, Submit, Track
 from broker.persistence.db import session_factory
 from broker.persistence.lock import BrokerLock
 from broker.persistence.models import Workflow
@@ -175,9 +175,9 @@ class Engine:
         from broker.events.types import EventType
 
         host, pid = socket.gethostname(), os.getpid()
-        self.writer.tell(c.Note(workflow_id=None, type=EventType.SERVICE.value, actor="broker",
-                                message=f"broker {self.service} {what} on {host} (pid {pid})",
-                                properties={"what": what, "command": self.service, "host": host, "pid": pid}))
+        self.writer.tell(Note(workflow_id=None, type=EventType.SERVICE.value, actor="broker",
+                              message=f"broker {self.service} {what} on {host} (pid {pid})",
+                              properties={"what": what, "command": self.service, "host": host, "pid": pid}))
         self._announced = what == "started"
 
     def _resources(self) -> Any:
@@ -191,21 +191,21 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- requests
 
-    def _ask(self, change_factory: Callable[[Any], Any], timeout: float = SUBMIT_TIMEOUT) -> c.Accepted:
+    def _ask(self, change_factory: Callable[[Any], Any], timeout: float = SUBMIT_TIMEOUT) -> Accepted:
         future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         self.writer.tell(change_factory(future))
         answer = future.get(timeout=timeout)
-        if isinstance(answer, c.Rejected):
+        if isinstance(answer, Rejected):
             raise answer.error if isinstance(answer.error, BrokerError) else BrokerError(answer.reason)
         return answer
 
-    def submit(self, spec: Any, descriptor: str, owner: str, **kw: Any) -> c.Accepted:
+    def submit(self, spec: Any, descriptor: str, owner: str, **kw: Any) -> Accepted:
         """Store a workflow (durably: committed when this returns) and start running it."""
-        return self._ask(lambda f: c.Submit(spec=spec, descriptor=descriptor, owner=owner, reply_to=f, **kw))
+        return self._ask(lambda f: Submit(spec=spec, descriptor=descriptor, owner=owner, reply_to=f, **kw))
 
-    def track(self, workflow_id: int) -> c.Accepted:
+    def track(self, workflow_id: int) -> Accepted:
         """Resume an unfinished workflow: re-attach to its running attempts and go on."""
-        return self._ask(lambda f: c.Track(workflow_id, reply_to=f))
+        return self._ask(lambda f: Track(workflow_id, reply_to=f))
 
     def track_all(self) -> list[int]:
         """Resume every unfinished workflow in the database (``broker serve``)."""
@@ -217,11 +217,11 @@ class Engine:
             self.track(workflow_id)
         return list(ids)
 
-    def cancel(self, workflow_id: int, actor: str) -> c.Accepted:
-        return self._ask(lambda f: c.CancelWorkflow(workflow_id, actor, reply_to=f))
+    def cancel(self, workflow_id: int, actor: str) -> Accepted:
+        return self._ask(lambda f: CancelWorkflow(workflow_id, actor, reply_to=f))
 
-    def restart(self, workflow_id: int, actor: str, node_ids: tuple[int, ...] | None = None) -> c.Accepted:
-        return self._ask(lambda f: c.Restart(workflow_id, actor, node_ids, reply_to=f))
+    def restart(self, workflow_id: int, actor: str, node_ids: tuple[int, ...] | None = None) -> Accepted:
+        return self._ask(lambda f: Restart(workflow_id, actor, node_ids, reply_to=f))
 
     # ----------------------------------------------------------------------------------------- stop
 

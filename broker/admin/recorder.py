@@ -44,11 +44,11 @@ class WriterRecorder:
     def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
                session: Session | None = None) -> None:
         """Tell the writer; it commits the event with its next batch."""
-        from broker.persistence import changes as c
+        from broker.persistence.changes import Note
 
         log.info("%s by %s", message, self.actor)
-        self.writer.tell(c.Note(workflow_id=workflow_id, type=EventType.ADMIN_ACTION.value, actor=self.actor,
-                                message=message, properties=properties))
+        self.writer.tell(Note(workflow_id=workflow_id, type=EventType.ADMIN_ACTION.value, actor=self.actor,
+                              message=message, properties=properties))
 
 
 class DirectRecorder:

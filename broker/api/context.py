@@ -43,12 +43,12 @@ class ApiContext:
 
         Raises BrokerError with the writer's reason when the change was rejected.
         """
-        from broker.persistence import changes as c
+        from broker.persistence.changes import Rejected
 
         future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         self.engine.writer.tell(make_change(future))
         answer = future.get(timeout=timeout)
-        if isinstance(answer, c.Rejected):
+        if isinstance(answer, Rejected):
             raise BrokerError(answer.reason)
         return answer
 

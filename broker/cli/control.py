@@ -180,7 +180,7 @@ def _done_message(command: str, target: Target, before: Before, *, running_broke
 def _directly(sessions: Any, settings: Any, command: str, target: Target, actor: str, before: Before) -> int:
     """Apply the change with the store, holding the broker lock; kill in-flight attempts for a cancel."""
     from broker.errors import StateError
-    from broker.persistence import changes as c
+    from broker.persistence.changes import CancelNodes, CancelWorkflow, Rejected, Restart
     from broker.persistence.store import Store
 
     store = Store(sessions, limits=settings.limits, publishing=settings.events.publishing)
@@ -188,13 +188,13 @@ def _directly(sessions: Any, settings: Any, command: str, target: Target, actor:
     reply = object()
     node_ids = None if target.node_id is None else (target.node_id,)
     if command == "cancel":
-        change: Any = (c.CancelWorkflow(target.workflow_id, actor, reply_to=reply) if node_ids is None
-                       else c.CancelNodes(node_ids, actor, reply_to=reply))
+        change: Any = (CancelWorkflow(target.workflow_id, actor, reply_to=reply) if node_ids is None
+                       else CancelNodes(node_ids, actor, reply_to=reply))
     else:
-        change = c.Restart(target.workflow_id, actor, node_ids, reply_to=reply)
+        change = Restart(target.workflow_id, actor, node_ids, reply_to=reply)
     out = store.commit([change])
     for to, answer in out.replies:
-        if to is reply and isinstance(answer, c.Rejected):
+        if to is reply and isinstance(answer, Rejected):
             raise StateError(f"cannot {command} {target.what}: {answer.reason}")
     if command == "cancel" and out.committed.kill:
         _kill(store, sessions, settings, out.committed.kill, actor)
@@ -217,7 +217,7 @@ def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int],
     from broker.config import default_state_dir
     from broker.ids import path_to_dirname
     from broker.launchers.local import LocalLauncher
-    from broker.persistence import changes as c
+    from broker.persistence.changes import Transition
     from broker.persistence.models import Node, Workflow
     from broker.states import NodeState
 
@@ -239,8 +239,8 @@ def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int],
             if ended_first:
                 print(f"node {row.path}: {found}; `broker resume {row.global_id}` takes its result")
                 continue
-            transitions.append(c.Transition(node_id=node_id, to=NodeState.CANCELLED, actor=actor, attempt=attempt,
-                                            message=f"cancelled by {actor} ({found})"))
+            transitions.append(Transition(node_id=node_id, to=NodeState.CANCELLED, actor=actor, attempt=attempt,
+                                          message=f"cancelled by {actor} ({found})"))
     finally:
         launcher.close()
     store.commit(transitions)

@@ -25,7 +25,7 @@ from broker.description.model import NodeSpec
 from broker.events.types import EventType
 from broker.faults import crash_point
 from broker.launchers import base as lb
-from broker.persistence import changes as c
+from broker.persistence.changes import Changes, Committed, Note, Rejected, Reported, Transition
 from broker.states import NodeState
 from broker.workers.context import WorkerContext
 from broker.workers.pool import WorkerPool
@@ -78,26 +78,26 @@ class MonitoringController(Controller):
 
     def launch_failed(self, action: Launch | LaunchBundle, failed: Failed) -> None:
         refs = action.nodes if isinstance(action, LaunchBundle) else (action.node,)
-        self.writer.tell(c.Changes(tuple(
-            c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
-                         fields=(("retryable", failed.retryable),), message=f"could not start: {failed.error}")
+        self.writer.tell(Changes(tuple(
+            Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
+                       fields=(("retryable", failed.retryable),), message=f"could not start: {failed.error}")
             for ref in refs)))
 
     def on_watch(self, msg: Watch) -> None:
         handle, ref = msg.handle, msg.node
         changes: list[Any] = []
         if msg.state == NodeState.QUEUED.value:
-            changes.append(c.Transition(node_id=ref.node_id, to=NodeState.RUNNING, actor=self.NAME, attempt=ref.attempt,
-                                        fields=self._launch_fields(ref, handle)))
+            changes.append(Transition(node_id=ref.node_id, to=NodeState.RUNNING, actor=self.NAME, attempt=ref.attempt,
+                                      fields=self._launch_fields(ref, handle)))
         # an attempt an earlier broker started is not started again: its event says it was adopted
         verb = "adopted" if msg.adopted else "started"
-        changes.append(c.Note(workflow_id=ref.workflow_id, node_id=ref.node_id, type=EventType.NODE_LAUNCH.value,
-                              actor=self.NAME, message=f"attempt {ref.attempt} {verb} on {handle.host}",
-                              properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
-                                          "workdir": handle.workdir, "adopted": msg.adopted}))
+        changes.append(Note(workflow_id=ref.workflow_id, node_id=ref.node_id, type=EventType.NODE_LAUNCH.value,
+                            actor=self.NAME, message=f"attempt {ref.attempt} {verb} on {handle.host}",
+                            properties={"attempt": ref.attempt, "host": handle.host, "job": handle.job_id,
+                                        "workdir": handle.workdir, "adopted": msg.adopted}))
         if msg.state == NodeState.QUEUED.value:
             crash_point("launched")
-        self.writer.tell(c.Changes(tuple(changes)))
+        self.writer.tell(Changes(tuple(changes)))
         self.running[ref.node_id] = Attempt(handle, ref)
         self.ctx.launcher_of(handle).watch(handle, lambda node_id, attempt, h=handle: self._exited(h))
         if (ref.node_id, ref.attempt) in self.to_kill:
@@ -152,9 +152,9 @@ class MonitoringController(Controller):
         attempt = self.running.pop(action.handle.node_id, None)
         if attempt is not None:
             ref = attempt.node
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
-                                          attempt=ref.attempt, fields=(("retryable", True),),
-                                          message=f"could not read the result: {failed.error}"))
+            self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
+                                        attempt=ref.attempt, fields=(("retryable", True),),
+                                        message=f"could not read the result: {failed.error}"))
 
     def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: dict[str, Any],
                 last_progress: tuple[float, str | None] | None = None,
@@ -170,8 +170,8 @@ class MonitoringController(Controller):
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
         changes: list[Any] = []
         if new_outputs or progress is not None:
-            changes.append(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
-                                      outputs=new_outputs))
+            changes.append(Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
+                                    outputs=new_outputs))
         fields: list[tuple[str, Any]] = [*launch, ("exit_code", result.exit_code)]
         if result.outputs:
             fields.append(("outputs", result.outputs))
@@ -191,9 +191,9 @@ class MonitoringController(Controller):
             fields.append(("retryable", True))
         if receipt is not None:
             then = receipt.via(then)
-        changes.append(c.Transition(node_id=ref.node_id, to=to, actor=actor, attempt=ref.attempt,
-                                    fields=tuple(fields), message=message, then=then, reply_to=receipt))
-        self.writer.tell(c.Changes(tuple(changes)))
+        changes.append(Transition(node_id=ref.node_id, to=to, actor=actor, attempt=ref.attempt,
+                                  fields=tuple(fields), message=message, then=then, reply_to=receipt))
+        self.writer.tell(Changes(tuple(changes)))
 
     # ------------------------------------------------------------------------------------------ push
 
@@ -230,8 +230,8 @@ class MonitoringController(Controller):
             attempt.progress = progress
         attempt.reported.update(outputs)
         ref = attempt.node
-        self.writer.tell(c.Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
-                                    outputs=tuple(outputs)))
+        self.writer.tell(Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
+                                  outputs=tuple(outputs)))
 
     # -------------------------------------------------------------------------------------- progress
 
@@ -267,7 +267,7 @@ class MonitoringController(Controller):
 
     # ---------------------------------------------------------------------------------------- cancel
 
-    def on_committed(self, msg: c.Committed) -> None:
+    def on_committed(self, msg: Committed) -> None:
         staging = []
         for flying in msg.resume:
             r = flying.node
@@ -309,18 +309,18 @@ class MonitoringController(Controller):
             # the launch intent was committed but the process never started: start it, same attempt
             self.dispatch(Launch(ref))
         else:
-            self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
-                                          attempt=ref.attempt, fields=(("retryable", True),),
-                                          message="the attempt disappeared without a result while the broker was down"))
+            self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
+                                        attempt=ref.attempt, fields=(("retryable", True),),
+                                        message="the attempt disappeared without a result while the broker was down"))
 
     def recover_failed(self, action: Recover, failed: Failed) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                      fields=(("retryable", True),), message=f"could not recover: {failed.error}"))
+        self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                    fields=(("retryable", True),), message=f"could not recover: {failed.error}"))
 
     HANDLERS = {Watch: on_watch, Exited: on_exited, Collected: on_collected, Pushed: on_pushed, Tick: on_tick,
-                c.Committed: on_committed,
-                c.Rejected: lambda self, msg: None}
+                Committed: on_committed,
+                Rejected: lambda self, msg: None}
     ON_DONE = {Launch: launched, LaunchBundle: bundle_launched, Collect: collected, ReadReports: reports_read, Kill: lambda self, a, r: None,
                Recover: recovered}
     ON_FAILED = {Launch: launch_failed, LaunchBundle: launch_failed, Collect: collect_failed, ReadReports: reports_failed, Kill: kill_failed,

@@ -16,7 +16,7 @@ from broker.actions import Failed, Launch, NodeRef, StageIn, StageOut
 from broker.controllers.base import Controller
 from broker.controllers.messages import Resume, StageInRequest, StageOutRequest, Tick
 from broker.launchers.base import LaunchHandle
-from broker.persistence import changes as c
+from broker.persistence.changes import Rejected, Transition
 from broker.states import NodeState
 from broker.workers.pool import WorkerPool
 
@@ -35,20 +35,20 @@ class StagingController(Controller):
 
     def staged_in(self, action: StageIn, _result: Any) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.QUEUED, actor=self.NAME, attempt=ref.attempt,
-                                      then=self.after_commit(Launch(ref))))
+        self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.QUEUED, actor=self.NAME, attempt=ref.attempt,
+                                    then=self.after_commit(Launch(ref))))
 
     def staged_out(self, action: StageOut, _result: Any) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.SUCCEEDED, actor=self.NAME,
-                                      attempt=ref.attempt))
+        self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.SUCCEEDED, actor=self.NAME,
+                                    attempt=ref.attempt))
 
     def stage_failed(self, action: StageIn | StageOut, failed: Failed) -> None:
         ref: NodeRef = action.node
         what = "stage-in" if isinstance(action, StageIn) else "stage-out"
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                      fields=(("retryable", failed.retryable),),
-                                      message=f"{what} failed: {failed.error}"))
+        self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
+                                    fields=(("retryable", failed.retryable),),
+                                    message=f"{what} failed: {failed.error}"))
 
     def on_resume(self, msg: Resume) -> None:
         """Transfers are idempotent (temporary name, then rename): redo the ones that were under way."""
@@ -63,6 +63,6 @@ class StagingController(Controller):
                 self.dispatch(StageOut(ref, handle))
 
     HANDLERS = {StageInRequest: on_stage_in, StageOutRequest: on_stage_out, Resume: on_resume,
-                Tick: lambda self, msg: None, c.Rejected: lambda self, msg: None}
+                Tick: lambda self, msg: None, Rejected: lambda self, msg: None}
     ON_DONE = {StageIn: staged_in, StageOut: staged_out}
     ON_FAILED = {StageIn: stage_failed, StageOut: stage_failed}

@@ -26,7 +26,8 @@ from broker.controllers.base import Controller
 from broker.controllers.messages import StageInRequest, Tick
 from broker.description.model import NodeSpec, SweepSpec
 from broker.errors import ResourceError
-from broker.persistence import changes as c
+from broker.persistence.changes import (AfterIntents, CancelNodes, CancelWorkflow, Changes, Committed, Expansion,
+                                        InFlight, MarkControl, ReadyNode, Rejected, Restart, Transition, WorkflowInfo)
 from broker.states import IN_FLIGHT, WORKFLOW_TERMINAL, NodeState
 from broker.workers.context import WorkerContext
 from broker.workers.pool import WorkerPool
@@ -39,11 +40,11 @@ STALE_SWEEP = 1000
 class WorkflowSlots:
     __slots__ = ("info", "in_flight", "parked")
 
-    def __init__(self, info: c.WorkflowInfo):
+    def __init__(self, info: WorkflowInfo):
         self.info = info
         self.in_flight = 0
         #: ready nodes held back by the workflow's maxInFlight
-        self.parked: deque[c.ReadyNode] = deque()
+        self.parked: deque[ReadyNode] = deque()
 
 
 class SubmissionController(Controller):
@@ -58,10 +59,10 @@ class SubmissionController(Controller):
         self.control_interval = engine.control_interval
         self.heap: list[tuple[int, int, int, int]] = []
         self.seq = itertools.count()
-        self.queued: dict[int, c.ReadyNode] = {}
+        self.queued: dict[int, ReadyNode] = {}
         self.in_flight = 0
         self.user_in_flight: Counter[str] = Counter()
-        self.user_parked: dict[str, deque[c.ReadyNode]] = {}
+        self.user_parked: dict[str, deque[ReadyNode]] = {}
         self.workflows: dict[int, WorkflowSlots] = {}
         self.timers: list[tuple[float, int, int]] = []
         self.intents: dict[int, NodeRef] = {}
@@ -69,7 +70,7 @@ class SubmissionController(Controller):
         self.hosts: dict[tuple[int, str], Any] = {}
         #: jobs in flight per host (a bundle of members is one job), and ready nodes waiting for a host slot
         self.host_jobs: Counter[str] = Counter()
-        self.host_parked: dict[str, deque[c.ReadyNode]] = {}
+        self.host_parked: dict[str, deque[ReadyNode]] = {}
         #: node id -> (host, job key) while in flight; job key -> members of that job still in flight
         self.node_job: dict[int, tuple[str, int]] = {}
         self.job_left: Counter[int] = Counter()
@@ -81,7 +82,7 @@ class SubmissionController(Controller):
 
     # ------------------------------------------------------------------------------- from the writer
 
-    def on_committed(self, msg: c.Committed) -> None:
+    def on_committed(self, msg: Committed) -> None:
         for info in msg.tracked:
             # one loaded and still finished (a command on an ended workflow) would never be forgotten
             if info.workflow_id not in self.workflows and info.state not in WORKFLOW_TERMINAL:
@@ -111,7 +112,7 @@ class SubmissionController(Controller):
                 self._forget(workflow_id)
         self._fill()
 
-    def _adopt(self, resumed: tuple[c.InFlight, ...]) -> None:
+    def _adopt(self, resumed: tuple[InFlight, ...]) -> None:
         """Attempts a previous broker left in flight hold their host's job slots, like those started here.
 
         Without this a restarted broker would see every host empty and start up to ``maxJobs`` more jobs
@@ -128,9 +129,9 @@ class SubmissionController(Controller):
             self.job_left[key] += 1
             self.node_job[node_id] = (host, key)
 
-    def on_rejected(self, msg: c.Rejected) -> None:
+    def on_rejected(self, msg: Rejected) -> None:
         change = msg.change
-        if isinstance(change, c.Transition):
+        if isinstance(change, Transition):
             ref = self.intents.pop(change.node_id, None)
             if ref is not None:
                 self._release(ref.workflow_id, change.node_id)
@@ -139,19 +140,19 @@ class SubmissionController(Controller):
 
     # ----------------------------------------------------------------------------------- scheduling
 
-    def _ref(self, ready: c.ReadyNode, attempt: int, host: str = "localhost") -> NodeRef:
+    def _ref(self, ready: ReadyNode, attempt: int, host: str = "localhost") -> NodeRef:
         slots = self.workflows[ready.workflow_id]
         return NodeRef(node_id=ready.node_id, workflow_id=ready.workflow_id, workflow_global_id=slots.info.global_id,
                        path=ready.path, template=ready.template, attempt=attempt, bindings=ready.bindings,
                        member_index=ready.member_index, host=host, owner=slots.info.owner)
 
-    def _queue(self, ready: c.ReadyNode) -> None:
+    def _queue(self, ready: ReadyNode) -> None:
         slots = self.workflows[ready.workflow_id]
         self.queued[ready.node_id] = ready
         self.by_template.setdefault((ready.workflow_id, ready.template), deque()).append(ready.node_id)
         heapq.heappush(self.heap, (-slots.info.priority, -ready.priority, next(self.seq), ready.node_id))
 
-    def _host(self, ready: c.ReadyNode) -> Any:
+    def _host(self, ready: ReadyNode) -> Any:
         """The host a node's template runs on, or the ResourceError saying why there is none."""
         key = (ready.workflow_id, ready.template)
         host = self.hosts.get(key)
@@ -184,8 +185,8 @@ class SubmissionController(Controller):
                 continue
             host = self._host(ready)
             if isinstance(host, ResourceError):
-                self.writer.tell(c.Transition(node_id=ready.node_id, to=NodeState.FAILED, actor=self.NAME,
-                                              attempt=ready.attempt, message=str(host)))
+                self.writer.tell(Transition(node_id=ready.node_id, to=NodeState.FAILED, actor=self.NAME,
+                                            attempt=ready.attempt, message=str(host)))
                 continue
             limit = self.ctx.resources.max_jobs(host.name)
             if limit and self.host_jobs[host.name] >= limit:
@@ -193,7 +194,7 @@ class SubmissionController(Controller):
                 continue
             self._start([ready, *self._bundle(ready, slots, host)], slots, host)
 
-    def _bundle(self, ready: c.ReadyNode, slots: WorkflowSlots, host: Any) -> list[c.ReadyNode]:
+    def _bundle(self, ready: ReadyNode, slots: WorkflowSlots, host: Any) -> list[ReadyNode]:
         """Other queued members of the same sweep body to put in one batch job with ``ready``."""
         plan = self.ctx.plans.get(ready.workflow_id)
         spec = plan.templates[ready.template]
@@ -213,7 +214,7 @@ class SubmissionController(Controller):
                 more.append(other)  # its heap entry is skipped when popped: it is no longer queued
         return more
 
-    def _start(self, members: list[c.ReadyNode], slots: WorkflowSlots, host: Any) -> None:
+    def _start(self, members: list[ReadyNode], slots: WorkflowSlots, host: Any) -> None:
         """Commit the launch intents of one job (one node, or a bundle) and have it launched after."""
         spec = self.ctx.plans.get(members[0].workflow_id).templates[members[0].template]
         refs = [self._ref(ready, ready.attempt + 1, host.name) for ready in members]
@@ -227,14 +228,14 @@ class SubmissionController(Controller):
             self.user_in_flight[slots.info.owner] += 1
             self.intents[ready.node_id] = ref
             self.node_job[ready.node_id] = (host.name, job)
-            transitions.append(c.Transition(node_id=ready.node_id, to=NodeState.QUEUED, actor=self.NAME,
-                                            attempt=ready.attempt, new_attempt=True, fields=(("host", host.name),),
-                                            reply_to=self.actor_ref))
+            transitions.append(Transition(node_id=ready.node_id, to=NodeState.QUEUED, actor=self.NAME,
+                                          attempt=ready.attempt, new_attempt=True, fields=(("host", host.name),),
+                                          reply_to=self.actor_ref))
         if len(refs) > 1:
             # a bundle starts with the members whose intents were committed (another may have been cancelled)
-            after = c.AfterIntents(self.after_commit(LaunchBundle(tuple(refs))),
-                                   tuple((ref.node_id, ref.attempt) for ref in refs))
-            self.writer.tell(c.Changes((*transitions, after)))
+            after = AfterIntents(self.after_commit(LaunchBundle(tuple(refs))),
+                                 tuple((ref.node_id, ref.attempt) for ref in refs))
+            self.writer.tell(Changes((*transitions, after)))
             return
         if isinstance(spec, NodeSpec) and spec.stage_in:
             then: Any = (self.peers["staging"], StageInRequest(refs[0]))
@@ -295,21 +296,21 @@ class SubmissionController(Controller):
 
     # ------------------------------------------------------------------------------------ expansion
 
-    def expanded(self, action: Expand, change: c.Expansion) -> None:
+    def expanded(self, action: Expand, change: Expansion) -> None:
         self.writer.tell(change)
 
     def expand_failed(self, action: Expand, failed: Failed) -> None:
         ref = action.node
-        self.writer.tell(c.Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
-                                      message=f"expansion failed: {failed.error}"))
+        self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
+                                    message=f"expansion failed: {failed.error}"))
 
     # ---------------------------------------------------------------------------------- timers, control
 
     def on_tick(self, msg: Tick) -> None:
         while self.timers and self.timers[0][0] <= msg.now:
             _, node_id, attempt = heapq.heappop(self.timers)
-            self.writer.tell(c.Transition(node_id=node_id, to=NodeState.READY, actor=self.NAME, attempt=attempt,
-                                          message="retrying"))
+            self.writer.tell(Transition(node_id=node_id, to=NodeState.READY, actor=self.NAME, attempt=attempt,
+                                        message="retrying"))
         if not self.control_busy and msg.now >= self.next_control:
             self.control_busy = True
             self.next_control = msg.now + self.control_interval
@@ -323,21 +324,21 @@ class SubmissionController(Controller):
                 # `broker run` runs its own workflow only; taking another on would tie it to this process
                 error = "the running broker (broker run) only runs its own workflow; wait for it or use broker serve"
             if error:
-                self.writer.tell(c.MarkControl(control_id, f"error: {error}"))
+                self.writer.tell(MarkControl(control_id, f"error: {error}"))
                 continue
             if command == "cancel":
-                change: Any = (c.CancelWorkflow(workflow_id, actor) if node_ids is None
-                               else c.CancelNodes(tuple(node_ids), actor))
+                change: Any = (CancelWorkflow(workflow_id, actor) if node_ids is None
+                               else CancelNodes(tuple(node_ids), actor))
             else:
-                change = c.Restart(workflow_id, actor, None if node_ids is None else tuple(node_ids))
+                change = Restart(workflow_id, actor, None if node_ids is None else tuple(node_ids))
             self.writer.tell(change)
-            self.writer.tell(c.MarkControl(control_id, "applied"))
+            self.writer.tell(MarkControl(control_id, "applied"))
 
     def controls_failed(self, action: PollControl, failed: Failed) -> None:
         self.control_busy = False
         log.warning("could not read control commands: %s", failed.error)
 
-    HANDLERS = {c.Committed: on_committed, c.Rejected: on_rejected, Tick: on_tick}
+    HANDLERS = {Committed: on_committed, Rejected: on_rejected, Tick: on_tick}
     ON_DONE = {Expand: expanded, PollControl: controls}
     ON_FAILED = {Expand: expand_failed, PollControl: controls_failed}
 

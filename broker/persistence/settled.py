@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.errors import BrokerError, StateError
-from broker.persistence import changes as c
+from broker.persistence.changes import AfterIntents, Expansion, Reported, Transition
 from broker.persistence.models import Node, Workflow
 from broker.states import TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState, check_transition
 
@@ -40,7 +40,7 @@ def refusal(s: Session, change: Any, node_id: int) -> BrokerError | None:
             NodeState(row.state) not in TERMINAL:
         return None
     state = NodeState(row.state)
-    if isinstance(change, c.Transition):  # Store._transition's checks, in its order
+    if isinstance(change, Transition):  # Store._transition's checks, in its order
         if change.attempt is not None and change.attempt != row.attempt:
             return BrokerError(f"stale report for attempt {change.attempt} of '{row.path}' (now {row.attempt})")
         if change.to is NodeState.FAILED and dict(change.fields).get("retryable"):
@@ -51,11 +51,11 @@ def refusal(s: Session, change: Any, node_id: int) -> BrokerError | None:
         except StateError as exc:
             return exc
         return None
-    if isinstance(change, c.Reported):
+    if isinstance(change, Reported):
         return BrokerError(f"stale report for attempt {change.attempt} of '{row.path}'")
-    if isinstance(change, c.Expansion):
+    if isinstance(change, Expansion):
         return StateError(f"node '{row.path}' is not a parameterized node ready to expand")
-    if isinstance(change, c.AfterIntents):  # only queued nodes keep their intent
+    if isinstance(change, AfterIntents):  # only queued nodes keep their intent
         return BrokerError(f"node {node_id} has ended")
     return None
 

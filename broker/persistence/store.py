@@ -24,8 +24,11 @@ from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.faults import crash_point
 from broker.events.types import EventType
-from broker.persistence import acted, changes as c, settled
+from broker.persistence import acted, settled
 from broker.persistence.batch import Batch
+from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed, Expansion,
+                                        InFlight, MarkControl, Moved, Note, ReadyNode, Rejected, Reported, Restart,
+                                        Submit, Track, Transition, WorkflowInfo)
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
 from broker.persistence.quota import NodeQuota
@@ -33,7 +36,6 @@ from broker.persistence.rawsql import RawWriter
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
 
 log = logging.getLogger(__name__)
-
 NODES = Node.__table__
 
 #: seconds between attempts to commit while the database is unreachable (doubles up to the cap)
@@ -44,7 +46,7 @@ RETRY_FIRST, RETRY_CAP = 0.05, 5.0
 class Outcome:
     """What a commit produced, for the writer to deliver."""
 
-    committed: c.Committed = field(default_factory=c.Committed)
+    committed: Committed = field(default_factory=Committed)
     followups: list[tuple[Any, Any]] = field(default_factory=list)
     replies: list[tuple[Any, Any]] = field(default_factory=list)
     #: (workflow id, global id, state, counts) of every workflow touched, for progress listeners
@@ -148,7 +150,7 @@ class Store:
         log.debug("rejected %r: %s", change, reason)
         reply_to = getattr(change, "reply_to", None)
         if reply_to is not None:
-            out.replies.append((reply_to, c.Rejected(change, reason, error)))
+            out.replies.append((reply_to, Rejected(change, reason, error)))
 
     def _node(self, s: Session, node_id: int, batch: Batch, change: Any = None) -> MNode:
         node = self.mirror.nodes.get(node_id)
@@ -163,7 +165,7 @@ class Store:
                 raise BrokerError(f"node {node_id} belongs to a finished workflow")
         return node
 
-    def _transition(self, s: Session, ch: c.Transition, batch: Batch, out: Outcome) -> None:
+    def _transition(self, s: Session, ch: Transition, batch: Batch, out: Outcome) -> None:
         node = self._node(s, ch.node_id, batch, ch)
         if ch.attempt is not None and ch.attempt != node.attempt:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (now {node.attempt})")
@@ -178,7 +180,7 @@ class Store:
         if ch.then is not None:
             out.followups.append(ch.then)
 
-    def _after_intents(self, s: Session, ch: c.AfterIntents, batch: Batch, out: Outcome) -> None:
+    def _after_intents(self, s: Session, ch: AfterIntents, batch: Batch, out: Outcome) -> None:
         kept = []
         for node_id, attempt in ch.nodes:
             try:
@@ -207,7 +209,7 @@ class Store:
                     properties={"attempt": node.attempt, "delay": delay, "retry": node.retries + 1})
         return NodeState.RETRY_WAIT
 
-    def _reported(self, s: Session, ch: c.Reported, batch: Batch, out: Outcome) -> None:
+    def _reported(self, s: Session, ch: Reported, batch: Batch, out: Outcome) -> None:
         node = self._node(s, ch.node_id, batch, ch)
         if ch.attempt != node.attempt or node.state in TERMINAL:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}'")
@@ -221,7 +223,7 @@ class Store:
             batch.event(node.wf, EventType.NODE_OUTPUT, actor=ch.actor, node=node, message=name,
                         properties={"name": name, "value": value, "attempt": node.attempt})
 
-    def _note(self, s: Session, ch: c.Note, batch: Batch, out: Outcome) -> None:
+    def _note(self, s: Session, ch: Note, batch: Batch, out: Outcome) -> None:
         wf = None
         node = None
         if ch.node_id is not None:
@@ -231,7 +233,7 @@ class Store:
             wf = self._workflow(s, ch.workflow_id, batch)
         batch.event(wf, EventType(ch.type), actor=ch.actor, node=node, message=ch.message, properties=ch.properties)
 
-    def _expansion(self, s: Session, ch: c.Expansion, batch: Batch, out: Outcome) -> None:
+    def _expansion(self, s: Session, ch: Expansion, batch: Batch, out: Outcome) -> None:
         sweep = self._node(s, ch.node_id, batch, ch)
         if sweep.state is NodeState.READY:  # otherwise the mirror refuses the expansion itself
             refusal = self.quota.refuse_expansion(s, self.mirror, sweep, len(ch.members))
@@ -241,32 +243,32 @@ class Store:
         created = self.mirror.expand(sweep, ch.members, batch, actor=ch.actor)
         batch.expanded.append((sweep, created))
 
-    def _cancel_workflow(self, s: Session, ch: c.CancelWorkflow, batch: Batch, out: Outcome) -> None:
+    def _cancel_workflow(self, s: Session, ch: CancelWorkflow, batch: Batch, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
         wf.cancel_requested = True
         batch.workflow_update(wf, {"cancel_requested": True})
         self.mirror.cancel_nodes([n for n in wf.nodes if n.parent is None], batch, actor=ch.actor)
         acted.record(batch, wf, None, "cancel", ch.actor)
         if ch.reply_to is not None:
-            out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id)))
+            out.replies.append((ch.reply_to, Accepted(wf.id, wf.global_id)))
 
-    def _cancel_nodes(self, s: Session, ch: c.CancelNodes, batch: Batch, out: Outcome) -> None:
+    def _cancel_nodes(self, s: Session, ch: CancelNodes, batch: Batch, out: Outcome) -> None:
         nodes = [self._node(s, i, batch) for i in ch.node_ids]
         self.mirror.cancel_nodes(nodes, batch, actor=ch.actor)
         if nodes:
             acted.record(batch, nodes[0].wf, nodes, "cancel", ch.actor)
             if ch.reply_to is not None:
-                out.replies.append((ch.reply_to, c.Accepted(nodes[0].wf.id, nodes[0].wf.global_id)))
+                out.replies.append((ch.reply_to, Accepted(nodes[0].wf.id, nodes[0].wf.global_id)))
 
-    def _restart(self, s: Session, ch: c.Restart, batch: Batch, out: Outcome) -> None:
+    def _restart(self, s: Session, ch: Restart, batch: Batch, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
         targets = None if ch.node_ids is None else [self._node(s, i, batch) for i in ch.node_ids]
         count = self.mirror.restart(wf, targets, batch, actor=ch.actor)
         acted.record(batch, wf, targets, "restart", ch.actor, nodes=count)
         if ch.reply_to is not None:
-            out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id)))
+            out.replies.append((ch.reply_to, Accepted(wf.id, wf.global_id)))
 
-    def _submit(self, s: Session, ch: c.Submit, batch: Batch, out: Outcome) -> None:
+    def _submit(self, s: Session, ch: Submit, batch: Batch, out: Outcome) -> None:
         from broker.persistence import repository
 
         owner = repository.ensure_user(s, ch.owner)
@@ -282,14 +284,14 @@ class Store:
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:
             self.track(s, row.id, batch)
         if ch.reply_to is not None:
-            out.replies.append((ch.reply_to, c.Accepted(row.id, row.global_id, resumed=resumed)))
+            out.replies.append((ch.reply_to, Accepted(row.id, row.global_id, resumed=resumed)))
 
-    def _track(self, s: Session, ch: c.Track, batch: Batch, out: Outcome) -> None:
+    def _track(self, s: Session, ch: Track, batch: Batch, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
         if ch.reply_to is not None:
-            out.replies.append((ch.reply_to, c.Accepted(wf.id, wf.global_id, resumed=True)))
+            out.replies.append((ch.reply_to, Accepted(wf.id, wf.global_id, resumed=True)))
 
-    def _mark_control(self, s: Session, ch: c.MarkControl, batch: Batch, out: Outcome) -> None:
+    def _mark_control(self, s: Session, ch: MarkControl, batch: Batch, out: Outcome) -> None:
         batch.controls.append((ch.control_id, ch.result))
 
     def _workflow(self, s: Session, workflow_id: int, batch: Batch) -> MWorkflow:
@@ -330,7 +332,7 @@ class Store:
             for node_id in flying:
                 node = self.mirror.nodes[node_id]
                 workdir, job_id, host = extra[node_id]
-                batch.resume.append(c.InFlight(_ready(node), node.state, workdir, job_id, host, wf.owner))
+                batch.resume.append(InFlight(_ready(node), node.state, workdir, job_id, host, wf.owner))
         return wf
 
     # ------------------------------------------------------------------------------------------ write
@@ -359,47 +361,47 @@ class Store:
     def _notify(self, batch: Batch, out: Outcome) -> None:
         ready = tuple(_ready(n) for n in batch.ready if n.state is NodeState.READY)
         moved = tuple(
-            c.Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,
-                    retry_at=batch.node_cols.get(id(n), (None, {}))[1].get("retry_at"))
+            Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,
+                  retry_at=batch.node_cols.get(id(n), (None, {}))[1].get("retry_at"))
             for n, old, new in batch.moved if not n.is_group)
         tracked = tuple(
-            c.WorkflowInfo(workflow_id=wf.id, global_id=wf.global_id, owner=wf.owner, priority=wf.priority,
-                           max_in_flight=wf.max_in_flight, on_failure=wf.constraint.on_failure, state=wf.state,
-                           in_flight=sum(wf.counts.get(s, 0) for s in IN_FLIGHT))
+            WorkflowInfo(workflow_id=wf.id, global_id=wf.global_id, owner=wf.owner, priority=wf.priority,
+                         max_in_flight=wf.max_in_flight, on_failure=wf.constraint.on_failure, state=wf.state,
+                         in_flight=sum(wf.counts.get(s, 0) for s in IN_FLIGHT))
             for wf in batch.tracked)
         workflows = tuple((wf.id, wf.state) for wf, cols in batch.wf_cols.values() if "state" in cols)
-        out.committed = c.Committed(ready=ready, moved=moved, tracked=tracked, workflows=workflows,
-                                    kill=tuple(batch.kill), resume=tuple(batch.resume))
+        out.committed = Committed(ready=ready, moved=moved, tracked=tracked, workflows=workflows,
+                                  kill=tuple(batch.kill), resume=tuple(batch.resume))
         out.summaries = [(wf.id, wf.global_id, wf.state, {s.value: k for s, k in wf.counts.items() if k})
                          for wf in batch.touched.values()]
 
 
-def _ready(n: MNode) -> c.ReadyNode:
-    return c.ReadyNode(node_id=n.id, workflow_id=n.wf.id, kind=n.kind, path=n.path,  # type: ignore[arg-type]
-                       template=n.template, priority=n.priority, attempt=n.attempt, bindings=n.all_bindings(),
-                       member_index=n.member_index)
+def _ready(n: MNode) -> ReadyNode:
+    return ReadyNode(node_id=n.id, workflow_id=n.wf.id, kind=n.kind, path=n.path,  # type: ignore[arg-type]
+                     template=n.template, priority=n.priority, attempt=n.attempt, bindings=n.all_bindings(),
+                     member_index=n.member_index)
 
 
 def _merge(a: Outcome, b: Outcome) -> Outcome:
     ca, cb = a.committed, b.committed
     return Outcome(
-        committed=c.Committed(ready=ca.ready + cb.ready, moved=ca.moved + cb.moved, tracked=ca.tracked + cb.tracked,
-                              workflows=ca.workflows + cb.workflows, kill=ca.kill + cb.kill,
-                              resume=ca.resume + cb.resume),
+        committed=Committed(ready=ca.ready + cb.ready, moved=ca.moved + cb.moved, tracked=ca.tracked + cb.tracked,
+                            workflows=ca.workflows + cb.workflows, kill=ca.kill + cb.kill,
+                            resume=ca.resume + cb.resume),
         followups=a.followups + b.followups, replies=a.replies + b.replies, summaries=a.summaries + b.summaries,
         freed=a.freed + b.freed)
 
 
 _HANDLERS = {
-    c.Transition: Store._transition,
-    c.Reported: Store._reported,
-    c.Note: Store._note,
-    c.Expansion: Store._expansion,
-    c.CancelWorkflow: Store._cancel_workflow,
-    c.CancelNodes: Store._cancel_nodes,
-    c.Restart: Store._restart,
-    c.Submit: Store._submit,
-    c.Track: Store._track,
-    c.MarkControl: Store._mark_control,
-    c.AfterIntents: Store._after_intents,
+    Transition: Store._transition,
+    Reported: Store._reported,
+    Note: Store._note,
+    Expansion: Store._expansion,
+    CancelWorkflow: Store._cancel_workflow,
+    CancelNodes: Store._cancel_nodes,
+    Restart: Store._restart,
+    Submit: Store._submit,
+    Track: Store._track,
+    MarkControl: Store._mark_control,
+    AfterIntents: Store._after_intents,
 }

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from broker.errors import BrokerLocked
-from broker.persistence import changes as c
+from broker.persistence.changes import CancelWorkflow, Transition
 from broker.persistence.db import make_engine, session_factory
 from broker.persistence.models import Node
 from broker.persistence.store import Store
@@ -73,8 +73,8 @@ def test_an_attempt_whose_intent_was_committed_but_never_started_is_started_once
         sessions = session_factory(eng)
         with sessions() as s:
             node_id = s.scalar(select(Node.id).where(Node.workflow_id == wf, Node.path == "a"))
-        Store(sessions).commit([c.Transition(node_id=node_id, to=NodeState.QUEUED, actor="test", attempt=0,
-                                             new_attempt=True)])
+        Store(sessions).commit([Transition(node_id=node_id, to=NodeState.QUEUED, actor="test", attempt=0,
+                                           new_attempt=True)])
     finally:
         eng.dispose()
     second = make_broker().start()
@@ -119,7 +119,7 @@ def test_resuming_a_cancelled_workflow_kills_the_attempts_its_previous_broker_le
     # the cancel is committed, but no broker is there to kill the attempt
     eng = make_engine(first.url)
     try:
-        Store(session_factory(eng)).commit([c.CancelWorkflow(wf, "user:alice")])
+        Store(session_factory(eng)).commit([CancelWorkflow(wf, "user:alice")])
     finally:
         eng.dispose()
     second = make_broker().start()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from broker.actions import LaunchBundle, NodeRef, Work
-from broker.persistence import changes as c
+from broker.persistence.changes import AfterIntents, Transition
 from broker.states import NodeState
 
 
 def intents(ids: dict[str, int], names: str, then: tuple) -> list:
     """What the scheduler sends for one bundle: an intent per member, then the bundle's launch."""
-    out: list = [c.Transition(node_id=ids[n], to=NodeState.QUEUED, actor="submission", attempt=0,
-                              new_attempt=True) for n in names]
-    return [*out, c.AfterIntents(then, tuple((ids[n], 1) for n in names))]
+    out: list = [Transition(node_id=ids[n], to=NodeState.QUEUED, actor="submission", attempt=0,
+                            new_attempt=True) for n in names]
+    return [*out, AfterIntents(then, tuple((ids[n], 1) for n in names))]
 
 
 def bundle(ids: dict[str, int], names: str) -> tuple:

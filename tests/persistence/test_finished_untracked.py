@@ -19,8 +19,8 @@ from sqlalchemy import select
 from broker.controllers.submission import SubmissionController
 from broker.description.model import WorkflowSpec
 from broker.errors import StateError
-from broker.persistence import changes as c
 from broker.persistence import repository as repo
+from broker.persistence.changes import CancelWorkflow, Committed, Expansion, Reported, Track, Transition, WorkflowInfo
 from broker.persistence.models import Node, Workflow
 from broker.persistence.store import Store
 from broker.states import NodeState, WorkflowState
@@ -37,8 +37,8 @@ def cancelled_workflow(sessions, store: Store, size: int) -> dict[str, int]:
         wf = repo.submit_workflow(s, WorkflowSpec(name="big", nodes=tuple(node(f"n{i}") for i in range(size))),
                                   descriptor=DESCRIPTOR, owner=repo.ensure_user(s, "alice"))
         wf_id = wf.id
-    store.commit([c.Track(wf_id)])
-    store.commit([c.CancelWorkflow(wf_id, "admin:root")])
+    store.commit([Track(wf_id)])
+    store.commit([CancelWorkflow(wf_id, "admin:root")])
     with sessions() as s:
         assert s.get(Workflow, wf_id).state == WorkflowState.CANCELLED.value
         ids = dict(s.execute(select(Node.path, Node.id).where(Node.workflow_id == wf_id)).all())
@@ -78,7 +78,7 @@ def refusals(store: Store, changes: list, monkeypatch, *, loaded_first: int | No
     monkeypatch.setattr(store, "_reject", lambda out, change, reason, error=None: (
         found.append((reason, type(error))), real(out, change, reason, error)))
     for change in changes:
-        store.commit([*([c.Track(loaded_first)] if loaded_first else []), change])
+        store.commit([*([Track(loaded_first)] if loaded_first else []), change])
     monkeypatch.setattr(store, "_reject", real)
     assert len(found) == len(changes)
     return found
@@ -91,12 +91,12 @@ def test_the_refusals_are_the_ones_the_mirror_gives(sessions, monkeypatch):
         wf_id = s.execute(select(Node.workflow_id).where(Node.id == ids["n0"])).scalar_one()
     n0 = ids["n0"]
     changes = [
-        c.Transition(node_id=n0, to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True),
-        c.Transition(node_id=n0, to=NodeState.RUNNING, actor="monitoring", attempt=4),
-        c.Transition(node_id=n0, to=NodeState.SUCCEEDED, actor="elf", attempt=None),
-        c.Reported(node_id=n0, attempt=0, actor="elf", progress=(5.0, "x")),
-        c.Reported(node_id=n0, attempt=2, actor="elf", progress=(5.0, "x")),
-        c.Expansion(node_id=n0, actor="submission", members=()),
+        Transition(node_id=n0, to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True),
+        Transition(node_id=n0, to=NodeState.RUNNING, actor="monitoring", attempt=4),
+        Transition(node_id=n0, to=NodeState.SUCCEEDED, actor="elf", attempt=None),
+        Reported(node_id=n0, attempt=0, actor="elf", progress=(5.0, "x")),
+        Reported(node_id=n0, attempt=2, actor="elf", progress=(5.0, "x")),
+        Expansion(node_id=n0, actor="submission", members=()),
     ]
     settled = refusals(store, changes, monkeypatch)
     assert settled == refusals(store, changes, monkeypatch, loaded_first=wf_id)
@@ -109,7 +109,7 @@ def test_a_change_the_table_allows_still_applies(sessions):
     """A finished node may go back to waiting: that is the mirror's to do (the workflow is loaded, as before)."""
     store = Store(sessions)
     ids = cancelled_workflow(sessions, store, 3)
-    out = store.commit([c.Transition(node_id=ids["n1"], to=NodeState.WAITING, actor="admin:root", reply_to="r")])
+    out = store.commit([Transition(node_id=ids["n1"], to=NodeState.WAITING, actor="admin:root", reply_to="r")])
     assert out.replies == [] and len(out.committed.tracked) == 1
     with sessions() as s:
         assert s.get(Node, ids["n1"]).state == NodeState.WAITING.value
@@ -119,9 +119,9 @@ def test_a_change_the_table_allows_still_applies(sessions):
 def test_the_scheduler_keeps_no_slots_for_a_workflow_loaded_while_finished(state):
     engine = SimpleNamespace(max_in_flight=10, max_in_flight_per_user=10, control_interval=1.0)
     scheduler = SubmissionController(None, {}, SimpleNamespace(settings=SimpleNamespace(engine=engine)))
-    info = c.WorkflowInfo(workflow_id=7, global_id="g7", owner="alice", priority=0, max_in_flight=None,
-                          on_failure="continue", state=state)
-    scheduler.on_committed(c.Committed(tracked=(info,)))
+    info = WorkflowInfo(workflow_id=7, global_id="g7", owner="alice", priority=0, max_in_flight=None,
+                        on_failure="continue", state=state)
+    scheduler.on_committed(Committed(tracked=(info,)))
     assert scheduler.workflows == {}
-    scheduler.on_committed(c.Committed(tracked=(dataclasses.replace(info, state=WorkflowState.RUNNING),)))
+    scheduler.on_committed(Committed(tracked=(dataclasses.replace(info, state=WorkflowState.RUNNING),)))
     assert list(scheduler.workflows) == [7]

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from broker.config import EngineSettings
 from broker.errors import BrokerLocked, ConfigError, LeaseLost
-from broker.persistence import changes as c
+from broker.persistence.changes import Note
 from broker.persistence.db import make_engine, session_factory
 from broker.persistence.lock import BrokerLock, broker_running
 from broker.persistence.store import Store
@@ -86,7 +86,7 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_can_commit_nothing(lo
     locks.expire()
     second = locks.take(role="broker serve")
     assert locks.row().epoch == first.lease.epoch + 1
-    note = c.Note(None, "ADMIN_ACTION", "admin:root", message="written by the lease's holder only")
+    note = Note(None, "ADMIN_ACTION", "admin:root", message="written by the lease's holder only")
     with pytest.raises(LeaseLost):
         store.commit([note])
     assert locks.sql("SELECT count(*) AS n FROM events").n == 0

@@ -10,8 +10,8 @@ from broker.config import LimitSettings
 from broker.description.expansion import expand
 from broker.description.model import Param, SweepSpec, WorkflowSpec
 from broker.errors import LimitExceeded
-from broker.persistence import changes as c
 from broker.persistence import repository as repo
+from broker.persistence.changes import Accepted, CancelWorkflow, Expansion, MemberRows, Rejected, Submit
 from broker.persistence.models import Event, Node
 from broker.persistence.store import Store
 from broker.states import NodeState
@@ -21,8 +21,8 @@ from tests.persistence.specs import DESCRIPTOR, flat, node
 
 def submit(store: Store, spec: WorkflowSpec, owner: str = "alice", request_id: str | None = None):
     """The writer's answer to one Submit: Accepted or Rejected."""
-    out = store.commit([c.Submit(spec=spec, descriptor=DESCRIPTOR, owner=owner, request_id=request_id,
-                                 reply_to="caller")])
+    out = store.commit([Submit(spec=spec, descriptor=DESCRIPTOR, owner=owner, request_id=request_id,
+                               reply_to="caller")])
     [(to, answer)] = out.replies
     assert to == "caller"
     return answer
@@ -30,22 +30,22 @@ def submit(store: Store, spec: WorkflowSpec, owner: str = "alice", request_id: s
 
 def test_a_submission_that_would_pass_the_users_limit_is_refused_as_a_limit(sessions):
     store = Store(sessions, limits=LimitSettings(max_nodes_per_user=5))
-    assert isinstance(submit(store, flat(3)), c.Accepted)
+    assert isinstance(submit(store, flat(3)), Accepted)
     refused = submit(store, flat(3))
-    assert isinstance(refused, c.Rejected) and isinstance(refused.error, LimitExceeded)
+    assert isinstance(refused, Rejected) and isinstance(refused.error, LimitExceeded)
     assert refused.reason == ("a workflow of 3 nodes would bring the unfinished workflows of user alice to 6 nodes, "
                               "limit 5 ([limits] max_nodes_per_user)")
-    assert isinstance(submit(store, flat(3), owner="bob"), c.Accepted)  # a limit per user
-    assert isinstance(submit(store, flat(2)), c.Accepted)  # 5: at the limit is fine
+    assert isinstance(submit(store, flat(3), owner="bob"), Accepted)  # a limit per user
+    assert isinstance(submit(store, flat(2)), Accepted)  # 5: at the limit is fine
 
 
 def test_only_unfinished_workflows_count_and_a_repeated_request_is_not_refused(sessions):
     store = Store(sessions, limits=LimitSettings(max_nodes_per_user=5))
     first = submit(store, flat(4), request_id="r1")
-    assert isinstance(submit(store, flat(4), request_id="r1"), c.Accepted)  # the same request: its handle again
-    assert isinstance(submit(store, flat(2)), c.Rejected)
-    store.commit([c.CancelWorkflow(first.workflow_id, "user:alice")])
-    assert isinstance(submit(store, flat(2)), c.Accepted)
+    assert isinstance(submit(store, flat(4), request_id="r1"), Accepted)  # the same request: its handle again
+    assert isinstance(submit(store, flat(2)), Rejected)
+    store.commit([CancelWorkflow(first.workflow_id, "user:alice")])
+    assert isinstance(submit(store, flat(2)), Accepted)
 
 
 def test_unfinished_workflows_this_broker_does_not_track_count_too(sessions):
@@ -54,13 +54,13 @@ def test_unfinished_workflows_this_broker_does_not_track_count_too(sessions):
         repo.submit_workflow(s, flat(4), descriptor=DESCRIPTOR, owner=repo.ensure_user(s, "alice"))
     store = Store(sessions, limits=LimitSettings(max_nodes_per_user=5))
     refused = submit(store, flat(2))
-    assert isinstance(refused, c.Rejected) and "to 6 nodes" in refused.reason
-    assert isinstance(submit(store, flat(1)), c.Accepted)
+    assert isinstance(refused, Rejected) and "to 6 nodes" in refused.reason
+    assert isinstance(submit(store, flat(1)), Accepted)
 
 
 def test_no_limit_when_it_is_0(sessions):
     store = Store(sessions, limits=LimitSettings(max_nodes_per_user=0))
-    assert isinstance(submit(store, flat(50)), c.Accepted)
+    assert isinstance(submit(store, flat(50)), Accepted)
 
 
 def _two_sweeps() -> WorkflowSpec:
@@ -71,7 +71,7 @@ def _two_sweeps() -> WorkflowSpec:
 
 
 def _expansion(sessions, workflow_id: int, path: str, sweep: SweepSpec,
-               values: tuple[str, ...] | None = None) -> c.Expansion:
+               values: tuple[str, ...] | None = None) -> Expansion:
     """What the expand worker sends the writer for ``sweep``."""
     with sessions() as s:
         node_id = s.execute(select(Node.id).where(Node.workflow_id == workflow_id, Node.path == path)).scalar_one()
@@ -79,8 +79,8 @@ def _expansion(sessions, workflow_id: int, path: str, sweep: SweepSpec,
     rows = []
     for m in members:
         nodes, edges = body_rows(sweep, path, m.path)
-        rows.append(c.MemberRows(index=m.index, path=m.path, bindings=m.bindings, nodes=nodes, edges=edges))
-    return c.Expansion(node_id=node_id, actor="submission", members=tuple(rows))
+        rows.append(MemberRows(index=m.index, path=m.path, bindings=m.bindings, nodes=nodes, edges=edges))
+    return Expansion(node_id=node_id, actor="submission", members=tuple(rows))
 
 
 def _stored(sessions, workflow_id: int) -> dict[str, int]:
@@ -118,9 +118,9 @@ def test_an_expansion_over_the_users_limit_fails_its_sweep_and_writes_nothing(se
     sweep = SweepSpec(id="s", params=(Param(name="x", source="output", from_node="src", from_property="v"),),
                       body=(node("prep"), node("run", "prep")))
     store = Store(sessions, limits=LimitSettings(max_nodes_per_user=20))
-    assert isinstance(submit(store, flat(3)), c.Accepted)  # alice's other unfinished workflow: 3 nodes
+    assert isinstance(submit(store, flat(3)), Accepted)  # alice's other unfinished workflow: 3 nodes
     accepted = submit(store, WorkflowSpec(name="out", nodes=(sweep,)))
-    assert isinstance(accepted, c.Accepted)
+    assert isinstance(accepted, Accepted)
     values = tuple(str(i) for i in range(10))
     store.commit([_expansion(sessions, accepted.workflow_id, "s", sweep, values)])
     assert _stored(sessions, accepted.workflow_id) == {"sweep": 1}

@@ -7,8 +7,8 @@ from sqlalchemy import select
 import pytest
 
 from broker.description.model import WorkflowSpec
-from broker.persistence import changes as c
 from broker.persistence import repository as repo
+from broker.persistence.changes import CancelNodes, Reported, Track, Transition
 from broker.persistence.models import Node
 from broker.persistence.store import Store
 from broker.states import NodeState
@@ -22,7 +22,7 @@ def ready_nodes(sessions, store: Store, names: str) -> dict[str, int]:
         wf = repo.submit_workflow(s, WorkflowSpec(name="flat", nodes=tuple(node(n) for n in names)),
                                   descriptor=DESCRIPTOR, owner=repo.ensure_user(s, "alice"))
         wf_id = wf.id
-    store.commit([c.Track(wf_id)])
+    store.commit([Track(wf_id)])
     with sessions() as s:
         ids = dict(s.execute(select(Node.path, Node.id).where(Node.workflow_id == wf_id)).all())
         assert {s.get(Node, i).state for i in ids.values()} == {NodeState.READY.value}
@@ -47,7 +47,7 @@ def test_a_bundle_launches_without_a_member_cancelled_before_its_intent(sessions
     store = Store(sessions)
     ids = ready_nodes(sessions, store, "abc")
     # the cancel reaches the writer first; the scheduler had not heard of it when it made the bundle
-    store.commit([c.CancelNodes((ids["c"],), "user:alice")])
+    store.commit([CancelNodes((ids["c"],), "user:alice")])
     out = store.commit(intents(ids, "abc", bundle(ids, "abc")))
     assert launched(out) == ["a", "b"]
     with sessions() as s:
@@ -58,7 +58,7 @@ def test_a_bundle_launches_without_a_member_cancelled_before_its_intent(sessions
 def test_a_bundle_whose_every_intent_was_refused_launches_nothing(sessions):
     store = Store(sessions)
     ids = ready_nodes(sessions, store, "ab")
-    store.commit([c.CancelNodes((ids["a"], ids["b"]), "user:alice")])
+    store.commit([CancelNodes((ids["a"], ids["b"]), "user:alice")])
     assert store.commit(intents(ids, "ab", bundle(ids, "ab"))).followups == []
 
 
@@ -66,7 +66,7 @@ def test_a_bundle_whose_every_intent_was_refused_launches_nothing(sessions):
 def test_the_check_holds_when_a_failed_batch_is_applied_change_by_change(sessions, monkeypatch):
     store = Store(sessions)
     ids = ready_nodes(sessions, store, "abc")
-    store.commit([c.CancelNodes((ids["b"],), "user:alice")])
+    store.commit([CancelNodes((ids["b"],), "user:alice")])
     real = store._commit
     calls = []
 
@@ -89,11 +89,11 @@ def test_the_same_progress_from_both_channels_is_one_event(sessions):
 
     store = Store(sessions)
     ids = ready_nodes(sessions, store, "a")
-    store.commit([c.Transition(node_id=ids["a"], to=NodeState.QUEUED, actor="submission", attempt=0,
-                               new_attempt=True)])
+    store.commit([Transition(node_id=ids["a"], to=NodeState.QUEUED, actor="submission", attempt=0,
+                             new_attempt=True)])
     # the elf's push and the broker's read of the output report the same line; then a new one
     for progress in [(25.0, "a"), (25.0, "a"), (75.0, "b"), (75.0, "b")]:
-        store.commit([c.Reported(node_id=ids["a"], attempt=1, actor="elf", progress=progress)])
+        store.commit([Reported(node_id=ids["a"], attempt=1, actor="elf", progress=progress)])
     with sessions() as s:
         events = s.scalars(select(Event).where(Event.type == EventType.NODE_PROGRESS.value).order_by(Event.id)).all()
         assert [(e.properties["percent"], e.message) for e in events] == [(25.0, "a"), (75.0, "b")]
