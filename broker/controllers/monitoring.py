@@ -24,7 +24,7 @@ from broker.controllers.messages import Collected, Exited, Pushed, Resume, Stage
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
 from broker.faults import crash_point
-from broker.launchers import base as lb
+from broker.launchers import base as launcher
 from broker.persistence.changes import Changes, Committed, Note, Rejected, Reported, Transition
 from broker.states import NodeState
 from broker.workers.context import WorkerContext
@@ -35,13 +35,13 @@ log = logging.getLogger(__name__)
 #: waits for it; less than the API's commit timeout, so the pusher hears that it was ignored
 PUSH_HOLD = 30.0
 #: what a pushed end becomes: the outcome of the attempt's result
-PUSHED_OUTCOMES = {"SUCCEEDED": lb.SUCCEEDED, "FAILED": lb.FAILED, "CANCELLED": lb.CANCELLED}
+PUSHED_OUTCOMES = {"SUCCEEDED": launcher.SUCCEEDED, "FAILED": launcher.FAILED, "CANCELLED": launcher.CANCELLED}
 
 
 class Attempt:
     __slots__ = ("handle", "node", "offset", "reading", "reported", "next_read", "progress")
 
-    def __init__(self, handle: lb.LaunchHandle, node: NodeRef):
+    def __init__(self, handle: launcher.LaunchHandle, node: NodeRef):
         self.handle = handle
         self.node = node
         self.offset = 0
@@ -69,10 +69,10 @@ class MonitoringController(Controller):
 
     # ---------------------------------------------------------------------------------------- follow
 
-    def launched(self, action: Launch, handle: lb.LaunchHandle) -> None:
+    def launched(self, action: Launch, handle: launcher.LaunchHandle) -> None:
         self.on_watch(Watch(handle, action.node))
 
-    def bundle_launched(self, action: LaunchBundle, handles: list[lb.LaunchHandle]) -> None:
+    def bundle_launched(self, action: LaunchBundle, handles: list[launcher.LaunchHandle]) -> None:
         for ref, handle in zip(action.nodes, handles):
             self.on_watch(Watch(handle, ref))
 
@@ -107,7 +107,8 @@ class MonitoringController(Controller):
             self.on_pushed(pushed)
 
     @staticmethod
-    def _launch_fields(ref: NodeRef, handle: lb.LaunchHandle, *, started: bool = False) -> tuple[tuple[str, Any], ...]:
+    def _launch_fields(ref: NodeRef, handle: launcher.LaunchHandle, *,
+                       started: bool = False) -> tuple[tuple[str, Any], ...]:
         """The columns a started attempt sets on its node: job id, host, work directory (and, for an attempt
         whose start was never committed, its start time from the launch record)."""
         # remote handles name the account and catalogue host (login@host); local ones say "localhost"
@@ -118,7 +119,7 @@ class MonitoringController(Controller):
             fields += (("started_at", dt.datetime.fromtimestamp(handle.started_at, dt.timezone.utc)),)
         return fields
 
-    def _exited(self, handle: lb.LaunchHandle) -> None:
+    def _exited(self, handle: launcher.LaunchHandle) -> None:
         """Called in the launcher's thread when an attempt ended.
 
         Reading the result there (two small files) saves the hand-off a round trip through a poll
@@ -141,7 +142,7 @@ class MonitoringController(Controller):
     def on_collected(self, msg: Collected) -> None:
         self.collected(Collect(msg.handle), msg.result)
 
-    def collected(self, action: Collect, result: lb.AttemptResult) -> None:
+    def collected(self, action: Collect, result: launcher.AttemptResult) -> None:
         attempt = self.running.pop(action.handle.node_id, None)
         if attempt is None or attempt.node.attempt != result.attempt:
             return
@@ -156,9 +157,9 @@ class MonitoringController(Controller):
                                         attempt=ref.attempt, fields=(("retryable", True),),
                                         message=f"could not read the result: {failed.error}"))
 
-    def _finish(self, ref: NodeRef, result: lb.AttemptResult, reported: dict[str, Any],
+    def _finish(self, ref: NodeRef, result: launcher.AttemptResult, reported: dict[str, Any],
                 last_progress: tuple[float, str | None] | None = None,
-                handle: lb.LaunchHandle | None = None, receipt: Any = None, actor: str = NAME,
+                handle: launcher.LaunchHandle | None = None, receipt: Any = None, actor: str = NAME,
                 launch: tuple[tuple[str, Any], ...] = ()) -> None:
         """Commit an ended attempt's result: read from its files (polled) or reported by its elf (pushed).
 
@@ -177,14 +178,14 @@ class MonitoringController(Controller):
             fields.append(("outputs", result.outputs))
         if result.progress is not None:
             fields.append(("progress", result.progress[0]))
-        if result.outcome == lb.SUCCEEDED:
+        if result.outcome == launcher.SUCCEEDED:
             spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
             if isinstance(spec, NodeSpec) and spec.stage_out:
                 to, then = NodeState.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref, handle))
             else:
                 to, then = NodeState.SUCCEEDED, None
             message = result.message or None
-        elif result.outcome == lb.CANCELLED:
+        elif result.outcome == launcher.CANCELLED:
             to, then, message = NodeState.CANCELLED, None, result.message or "cancelled"
         else:
             to, then, message = NodeState.FAILED, None, result.message
@@ -215,8 +216,8 @@ class MonitoringController(Controller):
         result = msg.result
         # the elf's end carries its whole result but its progress: that is the last one it reported
         outputs = {**attempt.reported, **result.outputs}
-        self._finish(attempt.node, lb.AttemptResult(result.node_id, result.attempt, result.outcome, result.exit_code,
-                                                    outputs, attempt.progress, result.message),
+        self._finish(attempt.node, launcher.AttemptResult(result.node_id, result.attempt, result.outcome,
+                                                          result.exit_code, outputs, attempt.progress, result.message),
                      attempt.reported, attempt.progress, attempt.handle, receipt=msg.receipt, actor="elf")
 
     def _drop_held(self, node_id: int, why: str) -> None:
@@ -244,7 +245,7 @@ class MonitoringController(Controller):
                 attempt.next_read = msg.now + self.report_interval
                 self.dispatch(ReadReports(attempt.handle, attempt.offset))
 
-    def reports_read(self, action: ReadReports, result: tuple[list[lb.Report], int]) -> None:
+    def reports_read(self, action: ReadReports, result: tuple[list[launcher.Report], int]) -> None:
         attempt = self.running.get(action.handle.node_id)
         if attempt is None or attempt.handle.attempt != action.handle.attempt:
             return
@@ -294,7 +295,7 @@ class MonitoringController(Controller):
 
     # -------------------------------------------------------------------------------------- recovery
 
-    def recovered(self, action: Recover, found: lb.Recovered) -> None:
+    def recovered(self, action: Recover, found: launcher.Recovered) -> None:
         ref = action.node
         if found.status == "finished" and found.result is not None:
             self._drop_held(ref.node_id, "the attempt's result was read from its files first")
