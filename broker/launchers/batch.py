@@ -33,7 +33,7 @@ from broker.description.model import Scheduling
 from broker.elf import elf
 from broker.errors import ResourceError
 from broker.launchers import hostagent
-from broker.launchers import jobs as J
+from broker.launchers import jobs as batch_jobs
 from broker.launchers.base import LaunchHandle, LaunchRequest, Recovered
 from broker.launchers.reconcile import Rules, reconcile, scheduler_name
 from broker.launchers.remote import Endpoint
@@ -59,7 +59,7 @@ class BatchLauncher(RemoteLauncher):
 
     CANCEL_OPTIONS = {"signal": False}
 
-    def __init__(self, endpoint: Endpoint, dialect: J.Dialect, *, poll_interval: float = 5.0,
+    def __init__(self, endpoint: Endpoint, dialect: batch_jobs.Dialect, *, poll_interval: float = 5.0,
                  max_output_bytes: int = elf.DEFAULT_MAX_VALUE_BYTES, lost_after: float = LOST_AFTER,
                  settle_polls: int = SETTLE_POLLS, submit_attempts: int = SUBMIT_ATTEMPTS,
                  submit_backoff: float = 2.0, stage_max_bytes: int = 10 * 1024**3):
@@ -82,22 +82,22 @@ class BatchLauncher(RemoteLauncher):
     def launch(self, request: LaunchRequest, scheduling: Scheduling | None = None) -> LaunchHandle:
         """Submit one attempt as one job with the node's scheduling profile (host defaults fill the gaps)."""
         workdir = self._remote_workdir(request)
-        token = J.job_token(request.node_id, request.attempt, workdir)
-        spec = J.job_spec(self.endpoint.host, scheduling, name=token, comment=self._comment([request]),
-                          job_dir=workdir)
+        token = batch_jobs.job_token(request.node_id, request.attempt, workdir)
+        spec = batch_jobs.job_spec(self.endpoint.host, scheduling, name=token, comment=self._comment([request]),
+                                   job_dir=workdir)
         argv = hostagent.elf_argv(self.endpoint.host.python, self.endpoint.elf_path,
                                   dict(elf_args(request, self._max_output_bytes), workdir=workdir))
-        body = ["exec " + J.command(argv)]
+        body = ["exec " + batch_jobs.command(argv)]
         started_at = time.time()
         record = self._record(request, started_at, workdir, token)
         item = {"workdir": workdir, "record": record,
                 "files": {"payload": request.payload_text, "env.json": json.dumps(payload_env(
-                    self.endpoint.host.env, request)), "job.sh": J.script(self.dialect.directives(spec), body),
+                    self.endpoint.host.env, request)), "job.sh": batch_jobs.script(self.dialect.directives(spec), body),
                           **push_files(request)}}
         job_id = self._submit(workdir, token, [item])
         handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir, job_id=job_id,
                               host=self.endpoint.label, started_at=started_at, timeout=request.timeout)
-        self._track(handle, session_of(request), J.JobRef(job_id, workdir, token))
+        self._track(handle, session_of(request), batch_jobs.JobRef(job_id, workdir, token))
         return handle
 
     def launch_bundle(self, requests: Sequence[LaunchRequest], scheduling: Scheduling | None = None,
@@ -116,9 +116,9 @@ class BatchLauncher(RemoteLauncher):
         root = self.endpoint.ensure()
         job_dir = posixpath.join(root, first.workflow_global_id, ".bundles", f"{first.node_id}-{first.attempt}")
         job_dir = self.endpoint.workdir(job_dir)
-        token = J.job_token(first.node_id, first.attempt, job_dir)
-        spec = J.job_spec(self.endpoint.host, scheduling, name=token, comment=self._comment(requests),
-                          job_dir=job_dir, parallel=parallel, waves=waves)
+        token = batch_jobs.job_token(first.node_id, first.attempt, job_dir)
+        spec = batch_jobs.job_spec(self.endpoint.host, scheduling, name=token, comment=self._comment(requests),
+                                   job_dir=job_dir, parallel=parallel, waves=waves)
         started_at = time.time()
         items, members, workdirs = [], [], []
         for request in requests:
@@ -135,7 +135,8 @@ class BatchLauncher(RemoteLauncher):
         items.insert(0, {"workdir": job_dir, "record": {"token": token, "started_at": started_at,
                                                         "members": workdirs},
                          "files": {"manifest.json": json.dumps(manifest),
-                                   "job.sh": J.script(self.dialect.directives(spec), ["exec " + J.command(runner)])}})
+                                   "job.sh": batch_jobs.script(self.dialect.directives(spec),
+                                                               ["exec " + batch_jobs.command(runner)])}})
         job_id = self._submit(job_dir, token, items)
         handles = []
         with self._lock:
@@ -143,7 +144,7 @@ class BatchLauncher(RemoteLauncher):
         for request, workdir in zip(requests, workdirs):
             handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir, job_id=job_id,
                                   host=self.endpoint.label, started_at=started_at, timeout=request.timeout)
-            self._track(handle, session_of(request), J.JobRef(job_id, job_dir, token, bundle=True))
+            self._track(handle, session_of(request), batch_jobs.JobRef(job_id, job_dir, token, bundle=True))
             handles.append(handle)
         return handles
 
@@ -163,7 +164,7 @@ class BatchLauncher(RemoteLauncher):
                 "timeout": request.timeout, "session": session_of(request), "job_dir": job_dir, "token": token,
                 "bundle": bundle}
 
-    def _track(self, handle: LaunchHandle, session: str | None, job: J.JobRef) -> None:
+    def _track(self, handle: LaunchHandle, session: str | None, job: batch_jobs.JobRef) -> None:
         tracked = self._watch.add(handle, session)
         tracked.extra = job
         self.poller.wake()
@@ -173,8 +174,9 @@ class BatchLauncher(RemoteLauncher):
         ep = self.endpoint
         # umask 077: the scheduler's output files (and, through the job's inherited umask, the payload's)
         # are private to the account like the directories they are in.
-        submit = (f"umask 077; cd {shlex.quote(job_dir)} || exit 91; {J.command(self.dialect.submit('job.sh'))} "
-                  f">submit.out 2>submit.err; rc=$?; printf '\\036'; cat submit.out; cat submit.err >&2; exit $rc")
+        submit = (f"umask 077; cd {shlex.quote(job_dir)} || exit 91; "
+                  f"{batch_jobs.command(self.dialect.submit('job.sh'))} >submit.out 2>submit.err; rc=$?; "
+                  f"printf '\\036'; cat submit.out; cat submit.err >&2; exit $rc")
         line = f"{ep.agent_command('prepare')} || exit 90; {submit}"
         last: Exception | None = None
         look_first = False
@@ -210,7 +212,7 @@ class BatchLauncher(RemoteLauncher):
                 raise ResourceError(f"{ep.label}: job directory {job_dir} is missing: {done.err}", retryable=False)
             try:
                 return self.dialect.parse_submit(Completed(done.returncode, tail, done.stderr))
-            except J.SchedulerUnreachable as exc:
+            except batch_jobs.SchedulerUnreachable as exc:
                 last = exc
         raise ResourceError(f"{ep.label}: could not submit {token} after {self._submit_attempts} tries: {last}")
 
@@ -218,7 +220,7 @@ class BatchLauncher(RemoteLauncher):
         """The id of the job named ``token`` running in ``job_dir``, if the scheduler knows one."""
         try:
             jobs = self._query()
-        except J.SchedulerUnreachable:
+        except batch_jobs.SchedulerUnreachable:
             return None
         for job in jobs.values():
             if job.name == token and (job.workdir is None or job.workdir == job_dir):
@@ -230,11 +232,11 @@ class BatchLauncher(RemoteLauncher):
     def _watching(self, handle: LaunchHandle) -> None:
         tracked = self._watch.get(handle)
         if tracked is not None and tracked.extra is None:
-            tracked.extra = J.JobRef(handle.job_id, handle.workdir, "")
+            tracked.extra = batch_jobs.JobRef(handle.job_id, handle.workdir, "")
 
     def _ended_now(self, tracked: Tracked) -> bool:
         if tracked.extra is None:
-            tracked.extra = J.JobRef(tracked.handle.job_id, tracked.handle.workdir, "")
+            tracked.extra = batch_jobs.JobRef(tracked.handle.job_id, tracked.handle.workdir, "")
         return self._look([tracked], final=True)[0]
 
     def _cancelled(self, handle: LaunchHandle, tracked: Tracked | None, reply: dict[str, Any]) -> None:
@@ -250,7 +252,7 @@ class BatchLauncher(RemoteLauncher):
                 if not keys or not done:
                     self.poller.wake()
                     return  # the job's runner stops this member; the others go on
-        result = self.endpoint.shell.run(J.command(self.dialect.cancel([handle.job_id])))
+        result = self.endpoint.shell.run(batch_jobs.command(self.dialect.cancel([handle.job_id])))
         failed = self.dialect.cancel_failed(result)
         if failed is not None:
             raise ResourceError(f"{self.endpoint.label}: {failed}")
@@ -277,7 +279,7 @@ class BatchLauncher(RemoteLauncher):
         handle = dataclasses.replace(handle, job_id=job_id, started_at=record.get("started_at", 0.0),
                                      timeout=record.get("timeout"))
         tracked = Tracked(handle, record.get("session"))
-        tracked.extra = J.JobRef(job_id, job_dir, token, bool(record.get("bundle")))
+        tracked.extra = batch_jobs.JobRef(job_id, job_dir, token, bool(record.get("bundle")))
         return self._recovered(tracked, self._look([tracked], final=False, items=[item])[0])
 
     def _watch_from_now(self, tracked: Tracked) -> None:
@@ -285,22 +287,22 @@ class BatchLauncher(RemoteLauncher):
 
     # ------------------------------------------------------------------------------------------ polling
 
-    def _query(self) -> dict[str, J.JobInfo]:
+    def _query(self) -> dict[str, batch_jobs.JobInfo]:
         self.calls["query"] += 1
         try:
-            done = self.endpoint.shell.run(J.command(self.dialect.query(self.endpoint.account.login)))
+            done = self.endpoint.shell.run(batch_jobs.command(self.dialect.query(self.endpoint.account.login)))
         except ShellError as exc:
-            raise J.SchedulerUnreachable(str(exc)) from None
+            raise batch_jobs.SchedulerUnreachable(str(exc)) from None
         return self.dialect.parse_query(done)
 
-    def _history(self, job_ids: Sequence[str]) -> dict[str, J.JobInfo]:
+    def _history(self, job_ids: Sequence[str]) -> dict[str, batch_jobs.JobInfo]:
         line = self.dialect.history(self.endpoint.account.login, sorted(job_ids))
         if line is None:
             return {}
         self.calls["history"] += 1
         try:
             return self.dialect.parse_history(self.endpoint.shell.run(line))
-        except (J.SchedulerUnreachable, ShellError) as exc:
+        except (batch_jobs.SchedulerUnreachable, ShellError) as exc:
             log.debug("%s: no job history: %s", self.endpoint.label, exc)
             return {}
 
@@ -313,8 +315,8 @@ class BatchLauncher(RemoteLauncher):
                 log.warning("%s: cannot read %d status files: %s", self.endpoint.label, len(tracked), exc)
                 return [False] * len(tracked)
         try:
-            jobs: dict[str, J.JobInfo] | None = self._query()
-        except J.SchedulerUnreachable as exc:
+            jobs: dict[str, batch_jobs.JobInfo] | None = self._query()
+        except batch_jobs.SchedulerUnreachable as exc:
             # once per outage at WARNING: a scheduler down for an hour must not write 700 warnings
             log.log(logging.DEBUG if self._unreachable else logging.WARNING, "%s: %s: job states unknown "
                     "until it answers", self.endpoint.label, exc)

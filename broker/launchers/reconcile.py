@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.launchers import base
-from broker.launchers import jobs as J
+from broker.launchers import jobs as batch_jobs
 from broker.launchers.tracking import Tracked, killed_by_broker
 
 
@@ -37,14 +37,14 @@ def scheduler_name(dialect: str) -> str:
     return {"slurm": "Slurm", "pbs": "PBS", "moab": "Moab"}.get(dialect, dialect)
 
 
-def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, J.JobInfo] | None, *, final: bool,
+def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, batch_jobs.JobInfo] | None, *, final: bool,
               rules: Rules) -> bool:
     """Whether the attempt has ended; when it has, sets ``t.status`` and ``t.override`` (its result).
 
     ``item``: the agent's probe of its work directory; ``jobs``: the scheduler's jobs by id (None: the
     scheduler did not answer); ``final``: decide now, without waiting for more polls (collect).
     """
-    ref: J.JobRef = t.extra
+    ref: batch_jobs.JobRef = t.extra
     job = jobs.get(ref.job_id) if jobs is not None else None
     if job is not None:
         t.job_state = job.state
@@ -58,9 +58,9 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, J.JobInfo] | Non
             status["outcome"] == base.FAILED and status.get("exit_code") == 128 + signal.SIGTERM)
         if terminated and not cancelled:
             # SIGTERMed, not by the broker: at its time limit, or by someone else?
-            if job is not None and job.state == J.TIMEOUT:
+            if job is not None and job.state == batch_jobs.TIMEOUT:
                 override = (base.TIMEOUT, f"killed by {rules.scheduler} at the job's time limit ({job.raw})")
-            elif not final and t.settle < rules.settle_polls and (job is None or job.state not in J.ENDED):
+            elif not final and t.settle < rules.settle_polls and (job is None or job.state not in batch_jobs.ENDED):
                 t.settle += 1
                 return False  # the scheduler has not said why yet
             elif status["outcome"] == base.CANCELLED:
@@ -79,7 +79,7 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, J.JobInfo] | Non
             base.LOST, f"{rules.scheduler} no longer knows job {ref.job_id} and it left no result")
         return True
     t.unknown_since = None
-    if job.state not in J.ENDED:
+    if job.state not in batch_jobs.ENDED:
         return False
     if not final and t.settle < rules.settle_polls:
         t.settle += 1
@@ -89,15 +89,15 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, J.JobInfo] | Non
     return True
 
 
-def verdict(job: J.JobInfo, cancelled: bool, scheduler: str, job_dir: str) -> tuple[str, str]:
+def verdict(job: batch_jobs.JobInfo, cancelled: bool, scheduler: str, job_dir: str) -> tuple[str, str]:
     """The outcome of an attempt whose job ended without its elf recording one."""
     if cancelled:
         return base.CANCELLED, "cancelled"
-    if job.state == J.TIMEOUT:
+    if job.state == batch_jobs.TIMEOUT:
         return base.TIMEOUT, f"killed by {scheduler} at the job's time limit ({job.raw})"
-    if job.state == J.CANCELLED:
+    if job.state == batch_jobs.CANCELLED:
         return base.LOST, f"job {job.job_id} was cancelled outside the broker ({job.raw})"
-    if job.state == J.LOST:
+    if job.state == batch_jobs.LOST:
         return base.LOST, f"job {job.job_id} ended with {job.raw}"
     code = f", exit code {job.exit_code}" if job.exit_code is not None else ""
     return base.FAILED, (f"job {job.job_id} ended ({job.raw}{code}) before the elf recorded a result: see "

@@ -7,7 +7,7 @@ import pytest
 from broker.config import Settings
 from broker.description.model import Scheduling
 from broker.errors import ResourceError
-from broker.launchers import jobs as J
+from broker.launchers import jobs as batch_jobs
 from broker.launchers.registry import Launchers
 from broker.launchers.slurm import SlurmDialect
 from broker.resources import Resources
@@ -17,8 +17,8 @@ HPC = Host(name="hpc", launcher="slurm", scratch="/s",
            batch=BatchOptions(default_queue="normal", queues=("normal", "gpu"), directives=("qos", "exclusive")))
 
 
-def spec(scheduling: Scheduling, **kw) -> J.JobSpec:
-    return J.job_spec(HPC, scheduling, name="wb-1-1-abcd", comment="wf-x/n:1", job_dir="/s/u/wf-x/n/1", **kw)
+def spec(scheduling: Scheduling, **kw) -> batch_jobs.JobSpec:
+    return batch_jobs.job_spec(HPC, scheduling, name="wb-1-1-abcd", comment="wf-x/n:1", job_dir="/s/u/wf-x/n/1", **kw)
 
 
 def test_a_profile_becomes_sbatch_directives_with_host_defaults_filled_in():
@@ -50,15 +50,15 @@ def test_a_value_that_is_not_a_plain_token_or_not_allowed_never_reaches_a_script
 
 
 def test_job_tokens_are_deterministic_short_and_differ_between_work_directories():
-    a = J.job_token(1234, 2, "/s/u/wf-aaa/n/2")
-    assert a == J.job_token(1234, 2, "/s/u/wf-aaa/n/2") and a.startswith("wb-1234-2-") and len(a) == 14
-    assert a != J.job_token(1234, 2, "/s/u/wf-bbb/n/2")
+    a = batch_jobs.job_token(1234, 2, "/s/u/wf-aaa/n/2")
+    assert a == batch_jobs.job_token(1234, 2, "/s/u/wf-aaa/n/2") and a.startswith("wb-1234-2-") and len(a) == 14
+    assert a != batch_jobs.job_token(1234, 2, "/s/u/wf-bbb/n/2")
 
 
 def test_a_script_refuses_a_directive_line_that_spans_lines():
     with pytest.raises(ResourceError, match="spans lines"):
-        J.script(["#SBATCH --comment=a\nrm -rf ~"], ["true"])
-    assert J.script(["#SBATCH --ntasks=1"], ["exec 'a b'"]) == "#!/bin/sh\n#SBATCH --ntasks=1\n\nexec 'a b'\n"
+        batch_jobs.script(["#SBATCH --comment=a\nrm -rf ~"], ["true"])
+    assert batch_jobs.script(["#SBATCH --ntasks=1"], ["exec 'a b'"]) == "#!/bin/sh\n#SBATCH --ntasks=1\n\nexec 'a b'\n"
 
 
 def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from broker.errors import ResourceError
 from broker.launchers import base
-from broker.launchers import jobs as J
+from broker.launchers import jobs as batch_jobs
 from broker.launchers.moab import MoabDialect, MoabLauncher
 from broker.launchers.remote import Endpoint
 from broker.resources.accounts import Account
@@ -40,53 +40,55 @@ def launcher(tmp_path, fake):
 
 def job_of(launcher, req) -> dict[str, str]:
     job_dir = launcher.endpoint.workdir(req.workdir)
-    return {"job_dir": job_dir, "name": J.job_token(req.node_id, req.attempt, job_dir), "job_id": ID}
+    return {"job_dir": job_dir, "name": batch_jobs.job_token(req.node_id, req.attempt, job_dir), "job_id": ID}
 
 
 # --------------------------------------------------------------------------------------- the dialect
 
 def test_directives_are_msub_lines():
-    job = J.JobSpec(name="wb-7-1-3f2a", comment="c", job_dir="/s/d", queue="batch", cores=4, memory=1024**3,
-                    walltime=90.0, account="chem")
+    job = batch_jobs.JobSpec(name="wb-7-1-3f2a", comment="c", job_dir="/s/d", queue="batch", cores=4, memory=1024**3,
+                             walltime=90.0, account="chem")
     assert MoabDialect().directives(job) == [
         "#MSUB -N wb-7-1-3f2a", "#MSUB -o /s/d/job.out", "#MSUB -e /s/d/job.err", "#MSUB -d /s/d", "#MSUB -q batch",
         "#MSUB -l nodes=1:ppn=4,mem=1024mb,walltime=00:01:30", "#MSUB -A chem"]
     # a <directive> without a value is a flag option, as for PBS
-    flagged = MoabDialect().directives(J.JobSpec("n", "c", "/d", directives=(("n", None),)))
+    flagged = MoabDialect().directives(batch_jobs.JobSpec("n", "c", "/d", directives=(("n", None),)))
     assert flagged[-2:] == ["#MSUB -l nodes=1:ppn=1", "#MSUB -n"]
 
 
 def test_msub_outputs_give_the_job_id_or_say_whether_to_retry():
     dialect = MoabDialect()
     assert dialect.parse_submit(completed("moab", "msub-ok", job_id=ID)) == ID
-    with pytest.raises(J.SubmitRejected, match="MAXIJOB") as full:
+    with pytest.raises(batch_jobs.SubmitRejected, match="MAXIJOB") as full:
         dialect.parse_submit(completed("moab", "msub-queue-full"))
     assert full.value.retryable is True
-    with pytest.raises(J.SchedulerUnreachable, match="cannot connect to Moab server"):
+    with pytest.raises(batch_jobs.SchedulerUnreachable, match="cannot connect to Moab server"):
         dialect.parse_submit(completed("moab", "msub-server-down"))
 
 
 def test_showq_and_checkjob_xml_give_states_names_and_directories():
     dialect = MoabDialect()
     jobs = dialect.parse_query(completed("moab", "showq-active", job_id=ID, name="wb-7-1-3f2a"))
-    assert (jobs[ID].name, jobs[ID].state, jobs["4570"].state) == ("wb-7-1-3f2a", J.RUNNING, J.PENDING)
+    assert (jobs[ID].name, jobs[ID].state, jobs["4570"].state) == ("wb-7-1-3f2a", batch_jobs.RUNNING,
+                                                                   batch_jobs.PENDING)
     assert dialect.parse_query(completed("moab", "showq-empty")) == {}
-    with pytest.raises(J.SchedulerUnreachable, match="cannot connect to Moab server"):
+    with pytest.raises(batch_jobs.SchedulerUnreachable, match="cannot connect to Moab server"):
         dialect.parse_query(completed("moab", "showq-server-down"))
-    for code, state in ((0, J.COMPLETED), (2, J.FAILED), (-11, J.TIMEOUT), (271, J.CANCELLED)):
+    for code, state in ((0, batch_jobs.COMPLETED), (2, batch_jobs.FAILED), (-11, batch_jobs.TIMEOUT),
+                        (271, batch_jobs.CANCELLED)):
         info = dialect.parse_history(completed("moab", "checkjob-completed", job_id=ID, name="n", job_dir="/d",
                                                code=code))[ID]
         assert (info.state, info.exit_code, info.workdir) == (state, code, "/d")
     removed = dialect.parse_history(completed("moab", "checkjob-removed", job_id=ID, name="n", job_dir="/d"))
-    assert removed[ID].state == J.CANCELLED
+    assert removed[ID].state == batch_jobs.CANCELLED
     assert dialect.parse_history(completed("moab", "checkjob-unknown", job_id=ID)) == {}
-    with pytest.raises(J.SchedulerUnreachable):
+    with pytest.raises(batch_jobs.SchedulerUnreachable):
         dialect.parse_history(completed("moab", "showq-server-down"))
 
 
 def test_unreadable_or_hostile_xml_is_refused_without_expanding_anything():
     hostile = b'<!DOCTYPE d [<!ENTITY x "boom">]><Data><job JobID="1" JobName="&x;" State="Running"/></Data>'
-    with pytest.raises(J.SchedulerUnreachable, match="unreadable XML"):
+    with pytest.raises(batch_jobs.SchedulerUnreachable, match="unreadable XML"):
         MoabDialect().parse_query(Completed(0, hostile, b""))
 
 

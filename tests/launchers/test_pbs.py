@@ -14,7 +14,7 @@ import pytest
 from broker.description.model import Scheduling
 from broker.errors import ResourceError
 from broker.launchers import base
-from broker.launchers import jobs as J
+from broker.launchers import jobs as batch_jobs
 from broker.launchers.pbs import PbsDialect, PbsLauncher
 from broker.launchers.remote import Endpoint
 from broker.resources.accounts import Account
@@ -44,21 +44,21 @@ def launcher(tmp_path, fake):
 def job_of(launcher, req) -> dict[str, str]:
     """The job directory and name a request's job gets (what qstat shows about it)."""
     job_dir = launcher.endpoint.workdir(req.workdir)
-    return {"job_dir": job_dir, "name": J.job_token(req.node_id, req.attempt, job_dir), "job_id": ID}
+    return {"job_dir": job_dir, "name": batch_jobs.job_token(req.node_id, req.attempt, job_dir), "job_id": ID}
 
 
 # --------------------------------------------------------------------------------------- the dialect
 
 def test_directives_follow_the_scheduling_profile_in_torque_syntax():
-    job = J.JobSpec(name="wb-7-1-3f2a", comment="wf-x/n:1", job_dir="/s/a/wf-x/n/1", queue="batch", nodes=2,
-                    cores=8, memory=3 * 1024**3, walltime=50 * 3600.0, account="chem",
-                    directives=(("gres", "gpu:2"),))
+    job = batch_jobs.JobSpec(name="wb-7-1-3f2a", comment="wf-x/n:1", job_dir="/s/a/wf-x/n/1", queue="batch", nodes=2,
+                             cores=8, memory=3 * 1024**3, walltime=50 * 3600.0, account="chem",
+                             directives=(("gres", "gpu:2"),))
     assert PbsDialect().directives(job) == [
         "#PBS -N wb-7-1-3f2a", "#PBS -o /s/a/wf-x/n/1/job.out", "#PBS -e /s/a/wf-x/n/1/job.err",
         "#PBS -d /s/a/wf-x/n/1", "#PBS -q batch", "#PBS -l nodes=2:ppn=8,mem=3072mb,walltime=50:00:00,gres=gpu:2",
         "#PBS -A chem"]
     # a <directive> without a value is a flag option (Torque's -n: node-exclusive), not a launch-time failure
-    flagged = PbsDialect().directives(J.JobSpec("n", "c", "/d", directives=(("n", None), ("gres", "gpu:1"))))
+    flagged = PbsDialect().directives(batch_jobs.JobSpec("n", "c", "/d", directives=(("n", None), ("gres", "gpu:1"))))
     assert flagged == ["#PBS -N n", "#PBS -o /d/job.out", "#PBS -e /d/job.err", "#PBS -d /d",
                        "#PBS -l nodes=1:ppn=1,gres=gpu:1", "#PBS -n"]
 
@@ -66,13 +66,13 @@ def test_directives_follow_the_scheduling_profile_in_torque_syntax():
 def test_qsub_outputs_give_the_job_id_or_say_whether_to_retry():
     dialect = PbsDialect()
     assert dialect.parse_submit(completed("pbs", "qsub-ok", job_id=ID)) == ID
-    with pytest.raises(J.SubmitRejected, match="Maximum number of jobs already in queue") as full:
+    with pytest.raises(batch_jobs.SubmitRejected, match="Maximum number of jobs already in queue") as full:
         dialect.parse_submit(completed("pbs", "qsub-queue-full"))
     assert full.value.retryable is True
-    with pytest.raises(J.SubmitRejected, match=r"^qsub: qsub: submit error \(Unknown queue") as unknown:
+    with pytest.raises(batch_jobs.SubmitRejected, match=r"^qsub: qsub: submit error \(Unknown queue") as unknown:
         dialect.parse_submit(completed("pbs", "qsub-unknown-queue"))
     assert unknown.value.retryable is False
-    with pytest.raises(J.SchedulerUnreachable, match="cannot connect to server pbs-server.example.org"):
+    with pytest.raises(batch_jobs.SchedulerUnreachable, match="cannot connect to server pbs-server.example.org"):
         dialect.parse_submit(completed("pbs", "qsub-server-down"))
 
 
@@ -80,15 +80,17 @@ def test_qstat_full_output_gives_every_job_with_its_state_and_directory():
     dialect = PbsDialect()
     jobs = dialect.parse_query(completed("pbs", "qstat-f-running", job_id=ID, name="wb-7-1-3f2a",
                                          job_dir="/s/asmith/wf-x/step/1"))
-    assert jobs[ID] == J.JobInfo(ID, "wb-7-1-3f2a", J.RUNNING, "/s/asmith/wf-x/step/1", None, "job_state R")
+    assert jobs[ID] == batch_jobs.JobInfo(ID, "wb-7-1-3f2a", batch_jobs.RUNNING, "/s/asmith/wf-x/step/1", None,
+                                          "job_state R")
     other = jobs["1201.pbs-server.example.org"]  # someone else's, queued, without init_work_dir
-    assert (other.state, other.workdir) == (J.PENDING, "/home/bjones")
-    for exit_status, state in ((0, J.COMPLETED), (3, J.FAILED), (-11, J.TIMEOUT), (271, J.CANCELLED), (-2, J.LOST)):
+    assert (other.state, other.workdir) == (batch_jobs.PENDING, "/home/bjones")
+    for exit_status, state in ((0, batch_jobs.COMPLETED), (3, batch_jobs.FAILED), (-11, batch_jobs.TIMEOUT),
+                               (271, batch_jobs.CANCELLED), (-2, batch_jobs.LOST)):
         done = dialect.parse_query(completed("pbs", "qstat-f-completed", job_id=ID, name="n", job_dir="/d",
                                              exit_status=exit_status, comment="Job run at Mon Jun 03"))
         assert (done[ID].state, done[ID].exit_code) == (state, exit_status)
     assert dialect.parse_query(completed("pbs", "qstat-f-empty")) == {}
-    with pytest.raises(J.SchedulerUnreachable, match="cannot connect to server"):
+    with pytest.raises(batch_jobs.SchedulerUnreachable, match="cannot connect to server"):
         dialect.parse_query(completed("pbs", "qstat-server-down"))
 
 

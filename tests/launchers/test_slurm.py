@@ -21,7 +21,7 @@ from broker.description.model import Scheduling
 from broker.elf.elf import read_verdict
 from broker.errors import ResourceError
 from broker.launchers import base
-from broker.launchers import jobs as J
+from broker.launchers import jobs as batch_jobs
 from broker.launchers.registry import Launchers
 from broker.launchers.remote import Endpoint
 from broker.launchers.slurm import SlurmDialect, SlurmLauncher
@@ -147,7 +147,7 @@ def test_fifty_jobs_and_a_bundle_run_as_the_test_account_and_all_succeed(launche
     assert calls(shims)["sbatch"] - before["sbatch"] == 51
     names = Counter(name for _, name, _ in squeue_all(slurm.user))
     for handle in handles:
-        assert names[J.job_token(handle.node_id, 1, handle.workdir)] == 1
+        assert names[batch_jobs.job_token(handle.node_id, 1, handle.workdir)] == 1
     job_sh = Path(bundle[0].workdir).parents[2] / ".bundles" / "100-1" / "job.sh"
     assert "#SBATCH --cpus-per-task=4" in job_sh.read_text() and "bundle" in job_sh.read_text()
 
@@ -256,7 +256,7 @@ def test_a_new_launcher_recovers_every_job_and_submits_none_twice(pool, sshd, ho
     assert {r.outcome for r in results} == {base.SUCCEEDED}
     names = Counter(name for _, name, _ in squeue_all(slurm.user))
     for handle in running:
-        assert names[J.job_token(handle.node_id, 1, handle.workdir)] == 1
+        assert names[batch_jobs.job_token(handle.node_id, 1, handle.workdir)] == 1
 
 
 def test_an_unreachable_controller_leaves_jobs_unknown_never_failed(launcher, shims):
@@ -318,8 +318,8 @@ def test_a_cluster_reached_without_ssh_runs_jobs_as_the_brokers_own_user(slurm, 
     # sacct -c (the jobcomp file root may open) knows both once they left the queue
     dialect = SlurmDialect()
     history = dialect.parse_history(LocalShell().run(dialect.history("root", [ok.job_id, bad.job_id])))
-    assert (history[ok.job_id].state, history[ok.job_id].exit_code) == (J.COMPLETED, 0)
-    assert (history[bad.job_id].state, history[bad.job_id].exit_code) == (J.FAILED, 3)
+    assert (history[ok.job_id].state, history[ok.job_id].exit_code) == (batch_jobs.COMPLETED, 0)
+    assert (history[bad.job_id].state, history[bad.job_id].exit_code) == (batch_jobs.FAILED, 3)
     assert history[ok.job_id].workdir == ok.workdir
 
 
