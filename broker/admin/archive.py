@@ -34,8 +34,8 @@ from broker.admin import record
 from broker.admin.delete import LISTED, Deleter, work_directories
 from broker.admin.selection import Selection
 from broker.admin.targets import Target
+from broker.crashpoints import crash_point
 from broker.errors import NotFound
-from broker.faults import crash_point
 from broker.persistence import queries
 from broker.persistence.models import User, Workflow
 from broker.persistence.queries import WorkflowRow

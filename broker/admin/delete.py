@@ -42,8 +42,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.admin.recorder import Recorder
 from broker.atomic import atomic_write
+from broker.crashpoints import crash_point
 from broker.errors import NotFound, ResourceError, StateError
-from broker.faults import crash_point
 from broker.ids import GLOBAL_ID_RE, split_global_id
 from broker.persistence import queries
 from broker.persistence.models import Node, Workflow

@@ -21,9 +21,9 @@ import pykka
 from broker.actions import Collect, Failed, Kill, Launch, LaunchBundle, NodeRef, ReadReports, Recover
 from broker.controllers.base import Controller
 from broker.controllers.messages import Collected, Exited, Pushed, Resume, StageOutRequest, Tick, Watch
+from broker.crashpoints import crash_point
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
-from broker.faults import crash_point
 from broker.launchers import base as launcher
 from broker.persistence.changes import Changes, Committed, Note, Rejected, Reported, Transition
 from broker.states import NodeState

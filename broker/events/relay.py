@@ -50,6 +50,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.config import EventsSettings
+from broker.crashpoints import crash_point
 from broker.errors import ConfigError
 from broker.events import document
 from broker.events.buses import open_publisher
@@ -57,7 +58,6 @@ from broker.events.doorbell import PUMP, Doorbell
 from broker.events.outbox import Row, count_unsent, mark_sent, read_unsent
 from broker.events.publishers import BusError, Message, Publisher
 from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
-from broker.faults import crash_point
 
 log = logging.getLogger(__name__)
 

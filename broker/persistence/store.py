@@ -20,9 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.crashpoints import crash_point
 from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
-from broker.faults import crash_point
 from broker.events.types import EventType
 from broker.persistence import acted, settled
 from broker.persistence.batch import Batch

@@ -16,8 +16,8 @@ from typing import Any
 import pykka
 
 from broker import memory
+from broker.crashpoints import crash_point
 from broker.errors import LeaseLost
-from broker.faults import crash_point
 from broker.persistence.changes import Changes
 from broker.persistence.store import Outcome, Store
 
