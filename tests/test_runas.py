@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import runas, staging
+from broker import runas, transfers
 from broker.description.model import Stage
 from broker.errors import ConfigError, ResourceError
 from broker.launchers.workdir import write_new
@@ -157,23 +157,23 @@ def test_file_staging_of_a_local_node_reads_and_writes_as_its_owners_account(ope
     spool = open_tmp / "spool"
     for account, workdir in ((second, open_tmp / "w2"), (first, open_tmp / "w1")):
         runas.make_workdir(str(workdir), account)
-        owner = staging.Owner(account, True, spool)
+        owner = transfers.Owner(account, True, spool)
         (workdir / "out.txt").write_bytes(b"written by the node\n")
         os.chown(workdir / "out.txt", account.uid, account.gid)
         if account is second:
             with pytest.raises(ResourceError, match=f"cannot read {own}/private.txt: Permission denied"):
-                staging.stage_in(Stage(f"file://{own}/private.txt", "in.txt"), workdir, roots, 1024, owner)
+                transfers.stage_in(Stage(f"file://{own}/private.txt", "in.txt"), workdir, roots, 1024, owner)
             with pytest.raises(ResourceError, match=f"cannot write {own}/result.txt: Permission denied"):
-                staging.stage_out(Stage("out.txt", f"file://{own}/result.txt"), workdir, roots, 1024, owner)
+                transfers.stage_out(Stage("out.txt", f"file://{own}/result.txt"), workdir, roots, 1024, owner)
             assert (own / "result.txt").read_text() == "first's\n"
             assert not (workdir / "in.txt").exists()
         else:
             digest = hashlib.sha256(b"first's secret\n").hexdigest()
-            staging.stage_in(Stage(f"file://{own}/private.txt", "in.txt", f"sha256:{digest}"), workdir, roots,
-                             1024, owner)
+            transfers.stage_in(Stage(f"file://{own}/private.txt", "in.txt", f"sha256:{digest}"), workdir, roots,
+                               1024, owner)
             assert (workdir / "in.txt").read_text() == "first's secret\n"
             assert owner_and_mode(workdir / "in.txt") == (first.uid, 0o600)
-            staging.stage_out(Stage("out.txt", f"file://{own}/result.txt"), workdir, roots, 1024, owner)
+            transfers.stage_out(Stage("out.txt", f"file://{own}/result.txt"), workdir, roots, 1024, owner)
             assert (own / "result.txt").read_text() == "written by the node\n"
             assert owner_and_mode(own / "result.txt")[0] == first.uid
 
@@ -186,19 +186,19 @@ def test_file_staging_of_a_remote_node_keeps_the_brokers_directory_and_uses_the_
     workdir = open_tmp / "remote-node"
     runas.make_workdir(str(workdir), None)  # the broker's own: the node runs elsewhere
     (workdir / "fetched.txt").write_text("fetched from the host\n")
-    owner = staging.Owner(second, False, open_tmp / "spool")
+    owner = transfers.Owner(second, False, open_tmp / "spool")
     with pytest.raises(ResourceError, match="Permission denied"):
-        staging.stage_out(Stage("fetched.txt", f"file://{own}/result.txt"), workdir, (str(share),), 1024, owner)
+        transfers.stage_out(Stage("fetched.txt", f"file://{own}/result.txt"), workdir, (str(share),), 1024, owner)
     with pytest.raises(ResourceError, match="Permission denied"):
-        staging.stage_in(Stage(f"file://{own}/private.txt", "in.txt"), workdir, (str(share),), 1024, owner)
+        transfers.stage_in(Stage(f"file://{own}/private.txt", "in.txt"), workdir, (str(share),), 1024, owner)
     assert (own / "result.txt").read_text() == "first's\n"
     assert not (workdir / "in.txt").exists() and not list(workdir.glob(".*partial"))
     theirs = share / "second"
     theirs.mkdir()
     os.chown(theirs, second.uid, second.gid)
     (share / "public.txt").write_text("for everyone\n")
-    staging.stage_in(Stage(f"file://{share}/public.txt", "in.txt"), workdir, (str(share),), 1024, owner)
+    transfers.stage_in(Stage(f"file://{share}/public.txt", "in.txt"), workdir, (str(share),), 1024, owner)
     assert (workdir / "in.txt").read_text() == "for everyone\n" and owner_and_mode(workdir / "in.txt")[0] == 0
-    staging.stage_out(Stage("fetched.txt", f"file://{theirs}/result.txt"), workdir, (str(share),), 1024, owner)
+    transfers.stage_out(Stage("fetched.txt", f"file://{theirs}/result.txt"), workdir, (str(share),), 1024, owner)
     assert (theirs / "result.txt").read_text() == "fetched from the host\n"
     assert owner_and_mode(theirs / "result.txt")[0] == second.uid

@@ -176,7 +176,7 @@ class Endpoint:
 
     def fetch_outputs(self, remote_dir: str, relatives: list[str], local_dir: str, max_bytes: int) -> int:
         """Download files of a remote work directory into the engine's attempt directory (for stage-out)."""
-        from broker.staging import inside_workdir
+        from broker.transfers import inside_workdir
 
         os.makedirs(local_dir, mode=0o700, exist_ok=True)
         for rel in relatives:

@@ -1,6 +1,6 @@
 """Staging transports beyond ``file://``: ``sftp://host/path`` and ``http(s)://`` stage-in from allowed places.
 
-Registered into :data:`broker.staging.TRANSPORTS` / :data:`~broker.staging.PUSHERS` by :func:`install`.
+Registered into :data:`broker.transfers.TRANSPORTS` / :data:`~broker.transfers.PUSHERS` by :func:`install`.
 
 ``sftp://HOST/PATH`` goes through the SSH pool's connection of the node owner's account on catalogue host
 HOST, so a transfer reads and writes only what that account may (``PATH`` is absolute; ``sftp://HOST/~/x``
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from broker import staging
+from broker import transfers
 from broker.atomic import atomic_write
 from broker.errors import ResourceError
 
@@ -223,20 +223,20 @@ class _Pinned:
 
 def install(resources: Resources, *, http_allow: Sequence[str] = (), http_allow_private: bool = False,
             http_timeout: float = 30.0) -> None:
-    """Register sftp:// (stage-in and out) and http(s):// (stage-in) into broker.staging."""
+    """Register sftp:// (stage-in and out) and http(s):// (stage-in) into broker.transfers."""
     sftp = SftpTransport(resources)
-    staging.TRANSPORTS["sftp"] = sftp.fetch
-    staging.PUSHERS["sftp"] = sftp.push
+    transfers.TRANSPORTS["sftp"] = sftp.fetch
+    transfers.PUSHERS["sftp"] = sftp.push
     web = HttpTransport(http_allow, allow_private=http_allow_private, timeout=http_timeout)
-    staging.TRANSPORTS["http"] = web.fetch
-    staging.TRANSPORTS["https"] = web.fetch
+    transfers.TRANSPORTS["http"] = web.fetch
+    transfers.TRANSPORTS["https"] = web.fetch
 
 
 def uninstall() -> None:
     """Remove what :func:`install` registered."""
     for scheme in ("sftp", "http", "https"):
-        staging.TRANSPORTS.pop(scheme, None)
-    staging.PUSHERS.pop("sftp", None)
+        transfers.TRANSPORTS.pop(scheme, None)
+    transfers.PUSHERS.pop("sftp", None)
 
 
 __all__ = ["HttpTransport", "STAGING_USER", "SftpTransport", "acting_as", "install", "uninstall"]

@@ -2,7 +2,7 @@
 
 Transfers run on behalf of the workflow's owner (sftp:// sources use that user's account on the host;
 file:// paths, and the attempt directory of a local node, are read and written as the user's account on
-this machine when the broker switches accounts: :class:`broker.staging.Owner`). For an attempt that ran on a
+this machine when the broker switches accounts: :class:`broker.transfers.Owner`). For an attempt that ran on a
 remote host, its output files are first fetched into the local attempt directory, then copied to their
 targets like local ones.
 """
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from broker.actions import NodeRef, StageIn, StageOut
 from broker.description.model import NodeSpec, Stage
 from broker.runas import make_workdir
-from broker.staging import Owner, stage_in, stage_out
+from broker.transfers import Owner, stage_in, stage_out
 from broker.workers.pool import Worker
 
 #: directory of the work root that transfers of other schemes pass through on their way to an account

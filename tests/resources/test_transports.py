@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import staging
+from broker import transfers
 from broker.config import Settings
 from broker.description.model import Stage
 from broker.errors import ResourceError
@@ -67,10 +67,10 @@ def test_sftp_stage_in_and_out_go_through_one_pooled_connection_of_the_owners_ac
     workdir.mkdir()
     with acting_as("alice"):
         for i in range(10):
-            staging.stage_in(Stage(f"sftp://sshtest{remote_dir}/in.txt", f"in/copy{i}.txt", checksum), workdir,
-                             (), MAX)
+            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/in.txt", f"in/copy{i}.txt", checksum), workdir,
+                               (), MAX)
         (workdir / "result.txt").write_text("result\n")
-        staging.stage_out(Stage("result.txt", f"sftp://sshtest/~/{remote_dir.name}/out.txt"), workdir, (), MAX)
+        transfers.stage_out(Stage("result.txt", f"sftp://sshtest/~/{remote_dir.name}/out.txt"), workdir, (), MAX)
         assert server_connections(sshd.port) == 1
     assert [(workdir / "in" / f"copy{i}.txt").read_bytes() for i in range(10)] == [data] * 10
     out = remote_dir / "out.txt"
@@ -85,22 +85,22 @@ def test_sftp_refuses_traversal_symlinks_oversize_and_anonymous_use(resources, s
     workdir = tmp_path / "work"
     workdir.mkdir()
     with pytest.raises(ResourceError, match="sftp:// staging needs the node's owner"):
-        staging.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
+        transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
     with acting_as("alice"):
         with pytest.raises(ResourceError, match=r"the path must be a file path without '\.\.'"):
-            staging.stage_in(Stage(f"sftp://sshtest{remote_dir}/../../etc/passwd", "a"), workdir, (), MAX)
+            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/../../etc/passwd", "a"), workdir, (), MAX)
         with pytest.raises(ResourceError, match=r"must not contain '\.\.'"):
-            staging.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "../escape"), workdir, (), MAX)
+            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "../escape"), workdir, (), MAX)
         with pytest.raises(ResourceError, match="is not a regular file: refused"):
-            staging.stage_in(Stage(f"sftp://sshtest{remote_dir}/link", "a"), workdir, (), MAX)
+            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/link", "a"), workdir, (), MAX)
         with pytest.raises(ResourceError, match="over the staging limit of 10"):
-            staging.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), 10)
+            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), 10)
         with pytest.raises(ResourceError, match="no user, port or query"):
-            staging.stage_in(Stage(f"sftp://root@sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
+            transfers.stage_in(Stage(f"sftp://root@sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
         with pytest.raises(ResourceError, match="host 'elsewhere' is not in the host catalogue"):
-            staging.stage_in(Stage("sftp://elsewhere/tmp/x", "a"), workdir, (), MAX)
+            transfers.stage_in(Stage("sftp://elsewhere/tmp/x", "a"), workdir, (), MAX)
     with acting_as("bob"), pytest.raises(ResourceError, match="user 'bob' has no account on host 'sshtest'"):
-        staging.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
+        transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
     assert sorted(os.listdir(workdir)) == []
 
 
@@ -184,7 +184,7 @@ def test_http_refuses_locations_outside_the_allowlist_traversal_redirects_and_ov
 
 def test_resources_register_the_transports_and_remove_them_on_close():
     with_transports = Resources(Settings())
-    assert {"sftp", "http", "https"} <= set(staging.TRANSPORTS) and "sftp" in staging.PUSHERS
+    assert {"sftp", "http", "https"} <= set(transfers.TRANSPORTS) and "sftp" in transfers.PUSHERS
     with_transports.close()
-    assert not {"sftp", "http", "https"} & set(staging.TRANSPORTS)
+    assert not {"sftp", "http", "https"} & set(transfers.TRANSPORTS)
     transports.uninstall()  # idempotent

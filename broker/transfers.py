@@ -1,4 +1,4 @@
-"""File staging: copy a node's inputs into its work directory and its outputs out, safely.
+"""File transfers of staging: copy a node's inputs into its work directory and its outputs out, safely.
 
 Sources and targets are URIs. ``file://`` paths must lie inside the configured staging roots (after
 resolving symlinks); paths inside the work directory are relative, never absolute, never containing
