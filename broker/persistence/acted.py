@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from broker.events.types import EventType
 
 if TYPE_CHECKING:
-    from broker.persistence.batch import Batch
+    from broker.persistence.writeset import WriteSet
     from broker.persistence.graph import MNode, MWorkflow
 
 OWNER, ADMIN = "owner", "admin"
@@ -33,7 +33,7 @@ def role_of(actor: str, owner: str) -> tuple[str, str]:
     return ADMIN, name
 
 
-def record(batch: Batch, wf: MWorkflow, targets: list[MNode] | None, operation: str, actor: str,
+def record(batch: WriteSet, wf: MWorkflow, targets: list[MNode] | None, operation: str, actor: str,
            **details: int) -> None:
     """Add the ADMIN_ACTION event of a cancel or restart of ``wf`` (``targets`` None: the whole workflow)."""
     role, name = role_of(actor, wf.owner)

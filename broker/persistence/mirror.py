@@ -4,7 +4,7 @@ Only the writer touches it, so it needs no locks. It is the authority the transi
 against, and it derives the *consequences* of a change inside the same transaction as the change:
 children that become ready or must be skipped (only the children of the node that ended are examined:
 cost proportional to its out-degree), groups (sweeps and members) that end when their last child ends,
-and the workflow's derived state. Every state change it makes is recorded in a :class:`Batch`, which the
+and the workflow's derived state. Every state change it makes is recorded in a :class:`WriteSet`, which the
 store turns into SQL and events.
 
 It can always be rebuilt from the database (:meth:`Mirror.load`), which is what happens at start-up.

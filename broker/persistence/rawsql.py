@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
-    from broker.persistence.batch import Batch
+    from broker.persistence.writeset import WriteSet
     from broker.persistence.graph import MNode
 
 #: node columns holding JSON, and datetimes (converted for the driver)
@@ -127,7 +127,7 @@ class RawWriter:
 
     # ------------------------------------------------------------------------------------------ batches
 
-    def write(self, s: Session, batch: Batch) -> None:
+    def write(self, s: Session, batch: WriteSet) -> None:
         """Write a batch's node updates, events, outbox rows, workflow updates and control marks."""
         cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -154,7 +154,7 @@ class RawWriter:
         finally:
             cursor.close()
 
-    def insert_created(self, s: Session, batch: Batch) -> None:
+    def insert_created(self, s: Session, batch: WriteSet) -> None:
         """Insert the members and body nodes of expansions, then their edges, with ids taken up front."""
         cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -176,7 +176,7 @@ NODE_COLUMNS = ("id", "workflow_id", "path", "template", "kind", "parent_id", "m
                 "priority", "attempt", "retries", "created_at")
 
 
-def _node_row(node: MNode, batch: Batch) -> tuple[Any, ...]:
+def _node_row(node: MNode, batch: WriteSet) -> tuple[Any, ...]:
     return (node.id, node.wf.id, node.path, node.template, node.kind,
             node.parent.id if node.parent is not None else None, node.member_index,
             [list(p) for p in node.bindings] or None, node.state.value, node.priority, 0, 0, batch.now)

@@ -25,7 +25,6 @@ from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.events.types import EventType
 from broker.persistence import acted, settled
-from broker.persistence.batch import Batch
 from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed, Expansion,
                                         InFlight, MarkControl, Moved, Note, ReadyNode, Rejected, Reported, Restart,
                                         Submit, Track, Transition, WorkflowInfo)
@@ -33,6 +32,7 @@ from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
 from broker.persistence.quota import NodeQuota
 from broker.persistence.rawsql import RawWriter
+from broker.persistence.writeset import WriteSet
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Store:
 
     def _commit(self, changes: list[Any]) -> Outcome:
         out = Outcome()
-        batch = Batch(publishing=self.publishing)
+        batch = WriteSet(publishing=self.publishing)
         with self.session_factory.begin() as s:
             if self.guard is not None:  # first: it locks the lease row until this transaction ends
                 self.guard(s)
@@ -136,7 +136,7 @@ class Store:
 
     # ----------------------------------------------------------------------------------------- apply
 
-    def _apply(self, s: Session, change: Any, batch: Batch, out: Outcome) -> None:
+    def _apply(self, s: Session, change: Any, batch: WriteSet, out: Outcome) -> None:
         try:
             handler = _HANDLERS[type(change)]
         except KeyError:
@@ -152,7 +152,7 @@ class Store:
         if reply_to is not None:
             out.replies.append((reply_to, Rejected(change, reason, error)))
 
-    def _node(self, s: Session, node_id: int, batch: Batch, change: Any = None) -> MNode:
+    def _node(self, s: Session, node_id: int, batch: WriteSet, change: Any = None) -> MNode:
         node = self.mirror.nodes.get(node_id)
         if node is None:
             settled.refuse(s, change, node_id)  # a node of a finished workflow: not loaded again just to say no
@@ -165,7 +165,7 @@ class Store:
                 raise BrokerError(f"node {node_id} belongs to a finished workflow")
         return node
 
-    def _transition(self, s: Session, ch: Transition, batch: Batch, out: Outcome) -> None:
+    def _transition(self, s: Session, ch: Transition, batch: WriteSet, out: Outcome) -> None:
         node = self._node(s, ch.node_id, batch, ch)
         if ch.attempt is not None and ch.attempt != node.attempt:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (now {node.attempt})")
@@ -180,7 +180,7 @@ class Store:
         if ch.then is not None:
             out.followups.append(ch.then)
 
-    def _after_intents(self, s: Session, ch: AfterIntents, batch: Batch, out: Outcome) -> None:
+    def _after_intents(self, s: Session, ch: AfterIntents, batch: WriteSet, out: Outcome) -> None:
         kept = []
         for node_id, attempt in ch.nodes:
             try:
@@ -195,7 +195,7 @@ class Store:
             ref, message = ch.then
             out.followups.append((ref, message.only(frozenset(kept))))
 
-    def _retry_or_fail(self, node: MNode, fields: dict[str, Any], batch: Batch, actor: str) -> NodeState:
+    def _retry_or_fail(self, node: MNode, fields: dict[str, Any], batch: WriteSet, actor: str) -> NodeState:
         """Turn a failed attempt into a retry when the node's policy has retries left."""
         spec = node.wf.templates[node.template]
         retry = getattr(spec, "execution", None) and spec.execution.retry  # type: ignore[union-attr]
@@ -209,7 +209,7 @@ class Store:
                     properties={"attempt": node.attempt, "delay": delay, "retry": node.retries + 1})
         return NodeState.RETRY_WAIT
 
-    def _reported(self, s: Session, ch: Reported, batch: Batch, out: Outcome) -> None:
+    def _reported(self, s: Session, ch: Reported, batch: WriteSet, out: Outcome) -> None:
         node = self._node(s, ch.node_id, batch, ch)
         if ch.attempt != node.attempt or node.state in TERMINAL:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}'")
@@ -223,7 +223,7 @@ class Store:
             batch.event(node.wf, EventType.NODE_OUTPUT, actor=ch.actor, node=node, message=name,
                         properties={"name": name, "value": value, "attempt": node.attempt})
 
-    def _note(self, s: Session, ch: Note, batch: Batch, out: Outcome) -> None:
+    def _note(self, s: Session, ch: Note, batch: WriteSet, out: Outcome) -> None:
         wf = None
         node = None
         if ch.node_id is not None:
@@ -233,7 +233,7 @@ class Store:
             wf = self._workflow(s, ch.workflow_id, batch)
         batch.event(wf, EventType(ch.type), actor=ch.actor, node=node, message=ch.message, properties=ch.properties)
 
-    def _expansion(self, s: Session, ch: Expansion, batch: Batch, out: Outcome) -> None:
+    def _expansion(self, s: Session, ch: Expansion, batch: WriteSet, out: Outcome) -> None:
         sweep = self._node(s, ch.node_id, batch, ch)
         if sweep.state is NodeState.READY:  # otherwise the mirror refuses the expansion itself
             refusal = self.quota.refuse_expansion(s, self.mirror, sweep, len(ch.members))
@@ -243,7 +243,7 @@ class Store:
         created = self.mirror.expand(sweep, ch.members, batch, actor=ch.actor)
         batch.expanded.append((sweep, created))
 
-    def _cancel_workflow(self, s: Session, ch: CancelWorkflow, batch: Batch, out: Outcome) -> None:
+    def _cancel_workflow(self, s: Session, ch: CancelWorkflow, batch: WriteSet, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
         wf.cancel_requested = True
         batch.workflow_update(wf, {"cancel_requested": True})
@@ -252,7 +252,7 @@ class Store:
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, Accepted(wf.id, wf.global_id)))
 
-    def _cancel_nodes(self, s: Session, ch: CancelNodes, batch: Batch, out: Outcome) -> None:
+    def _cancel_nodes(self, s: Session, ch: CancelNodes, batch: WriteSet, out: Outcome) -> None:
         nodes = [self._node(s, i, batch) for i in ch.node_ids]
         self.mirror.cancel_nodes(nodes, batch, actor=ch.actor)
         if nodes:
@@ -260,7 +260,7 @@ class Store:
             if ch.reply_to is not None:
                 out.replies.append((ch.reply_to, Accepted(nodes[0].wf.id, nodes[0].wf.global_id)))
 
-    def _restart(self, s: Session, ch: Restart, batch: Batch, out: Outcome) -> None:
+    def _restart(self, s: Session, ch: Restart, batch: WriteSet, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
         targets = None if ch.node_ids is None else [self._node(s, i, batch) for i in ch.node_ids]
         count = self.mirror.restart(wf, targets, batch, actor=ch.actor)
@@ -268,7 +268,7 @@ class Store:
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, Accepted(wf.id, wf.global_id)))
 
-    def _submit(self, s: Session, ch: Submit, batch: Batch, out: Outcome) -> None:
+    def _submit(self, s: Session, ch: Submit, batch: WriteSet, out: Outcome) -> None:
         from broker.persistence import repository
 
         owner = repository.ensure_user(s, ch.owner)
@@ -286,19 +286,19 @@ class Store:
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, Accepted(row.id, row.global_id, resumed=resumed)))
 
-    def _track(self, s: Session, ch: Track, batch: Batch, out: Outcome) -> None:
+    def _track(self, s: Session, ch: Track, batch: WriteSet, out: Outcome) -> None:
         wf = self._workflow(s, ch.workflow_id, batch)
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, Accepted(wf.id, wf.global_id, resumed=True)))
 
-    def _mark_control(self, s: Session, ch: MarkControl, batch: Batch, out: Outcome) -> None:
+    def _mark_control(self, s: Session, ch: MarkControl, batch: WriteSet, out: Outcome) -> None:
         batch.controls.append((ch.control_id, ch.result))
 
-    def _workflow(self, s: Session, workflow_id: int, batch: Batch) -> MWorkflow:
+    def _workflow(self, s: Session, workflow_id: int, batch: WriteSet) -> MWorkflow:
         wf = self.mirror.workflows.get(workflow_id)
         return wf if wf is not None else self.track(s, workflow_id, batch)
 
-    def track(self, s: Session, workflow_id: int, batch: Batch) -> MWorkflow:
+    def track(self, s: Session, workflow_id: int, batch: WriteSet) -> MWorkflow:
         """Load a workflow into the mirror (idempotent)."""
         wf = self.mirror.workflows.get(workflow_id)
         if wf is not None:
@@ -337,13 +337,13 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ write
 
-    def _insert_created(self, s: Session, batch: Batch) -> None:
+    def _insert_created(self, s: Session, batch: WriteSet) -> None:
         if batch.creations:
             self._sql(s).insert_created(s, batch)
         for sweep, created in batch.expanded:  # a sweep without members ends here too
             self.mirror.start_created(sweep, created, batch)
 
-    def _stop_failing(self, batch: Batch) -> None:
+    def _stop_failing(self, batch: WriteSet) -> None:
         """onFailure="stop": once the workflow's failure constraint is broken, cancel what has not ended."""
         for wf in list(batch.touched.values()):
             if (wf.constraint.on_failure == "stop" and wf.id not in self._stopping
@@ -352,13 +352,13 @@ class Store:
                 self.mirror.cancel_nodes([n for n in wf.nodes if n.parent is None], batch,
                                          actor="submission")
 
-    def _derive(self, batch: Batch) -> None:
+    def _derive(self, batch: WriteSet) -> None:
         for wf in list(batch.touched.values()):
             self.mirror.derive(wf, batch)
 
     # ---------------------------------------------------------------------------------------- notify
 
-    def _notify(self, batch: Batch, out: Outcome) -> None:
+    def _notify(self, batch: WriteSet, out: Outcome) -> None:
         ready = tuple(_ready(n) for n in batch.ready if n.state is NodeState.READY)
         moved = tuple(
             Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,

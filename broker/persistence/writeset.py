@@ -1,6 +1,6 @@
-"""A batch: everything one group commit writes, collected while changes are applied to the mirror.
+"""A write set: everything one group commit writes, collected while changes are applied to the mirror.
 
-Node column updates are merged per node (two transitions of one node in a batch become one UPDATE), and
+Node column updates are merged per node (two transitions of one node in a write set become one UPDATE), and
 rows are written with one executemany per statement shape, so a commit costs a handful of statements
 whatever the number of changes in it.
 """
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from broker.persistence.graph import MNode, MWorkflow
 
 
-class Batch:
+class WriteSet:
     """The rows and notifications of one commit."""
 
     def __init__(self, now: dt.datetime | None = None, *, publishing: bool = True):
