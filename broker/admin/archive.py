@@ -3,7 +3,7 @@
 
 For each selected workflow, in id order, one archive (see schemas/archive-record.xsd):
 
-1. read what the archive holds (:func:`broker.admin.record.read_snapshot`: the newest event id first);
+1. read what the archive holds (:func:`broker.admin.archive_record.read_snapshot`: the newest event id first);
 2. write the bundle of its outputs, then its document, each atomically, then sync the target
    (crash points ``archive-bundle-written``, ``archive-written``);
 3. only with ``deleteAfter``, and only now that the archive is complete and durable: delete the workflow
@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.admin import record
+from broker.admin import archive_record
 from broker.admin.delete import LISTED, Deleter, work_directories
 from broker.admin.selection import Selection
 from broker.admin.targets import Target
@@ -124,7 +124,7 @@ def _one(target: Target, selection: Selection, deleter: Deleter, row: WorkflowRo
          max_file_bytes: int) -> None:
     keep = selection.keep
     try:
-        snap = record.read_snapshot(deleter.sessions, row.id, keep)
+        snap = archive_record.read_snapshot(deleter.sessions, row.id, keep)
     except NotFound:
         report.skipped.append((row.global_id, f"workflow {row.global_id} was deleted meanwhile"))
         return
@@ -137,11 +137,11 @@ def _one(target: Target, selection: Selection, deleter: Deleter, row: WorkflowRo
     if keep.outputs:
         dirs = [Path(d) for d in work_directories(deleter.sessions, [row], deleter.workdir_root)[gid]]
         name = f"{gid}.tar.gz"
-        bundle = target.write(name, lambda fh: record.write_bundle(fh, name, dirs, max_file_bytes))
+        bundle = target.write(name, lambda fh: archive_record.write_bundle(fh, name, dirs, max_file_bytes))
         crash_point("archive-bundle-written")
     now = dt.datetime.now(dt.timezone.utc)
-    target.write(f"{gid}.xml", lambda fh: record.write_document(fh, snap, deleter.sessions, keep, bundle,
-                                                                deleter.recorder.actor, now))
+    target.write(f"{gid}.xml", lambda fh: archive_record.write_document(fh, snap, deleter.sessions, keep, bundle,
+                                                                        deleter.recorder.actor, now))
     target.sync()
     crash_point("archive-written")
     document = target.uri_of(f"{gid}.xml")

@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.admin.recorder import Recorder
+from broker.admin.audit import Recorder
 from broker.atomic import atomic_write
 from broker.crashpoints import crash_point
 from broker.errors import NotFound, ResourceError, StateError

@@ -15,7 +15,7 @@ from typing import Any
 
 from lxml import etree
 
-from broker.admin.record import CHUNK, NAMESPACE, SCHEMA_FILE, BundledFile, BundleInfo
+from broker.admin.archive_record import CHUNK, NAMESPACE, SCHEMA_FILE, BundledFile, BundleInfo
 from broker.admin.targets import Target
 from broker.config import LimitSettings
 from broker.description.xmlsafe import parse_document

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from broker.admin.audit import WriterRecorder
 from broker.admin.delete import Deleter, Selection, journal_for
-from broker.admin.recorder import WriterRecorder
 from broker.api.context import ApiContext
 from broker.persistence import queries
 

@@ -156,7 +156,7 @@ def users_command(args: argparse.Namespace, settings: Any) -> int:
 def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     """A Deleter on the configured database, holding the broker lock (refused while a broker runs)."""
     from broker.admin.delete import Deleter, journal_for
-    from broker.admin.recorder import DirectRecorder
+    from broker.admin.audit import DirectRecorder
     from broker.cli.common import owner_name, reader
     from broker.config import default_state_dir
     from broker.errors import BrokerLocked

@@ -122,7 +122,7 @@ def test_remote_work_directories_are_removed_as_the_owner_and_retried_when_a_hos
     from sqlalchemy import update
 
     from broker.admin.delete import Deleter, journal_for
-    from broker.admin.recorder import DirectRecorder
+    from broker.admin.audit import DirectRecorder
     from broker.errors import ResourceError
     from broker.persistence.models import Node
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from broker.admin.archive import archive_workflows
+from broker.admin.audit import WriterRecorder
 from broker.admin.delete import Deleter, journal_for
 from broker.admin.reader import read_archive
-from broker.admin.recorder import WriterRecorder
 from broker.admin.selection import Keep, Selection
 from broker.admin.targets import FileTarget
 from tests.admin.helpers import admin_events, example, gated
