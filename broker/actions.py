@@ -23,8 +23,8 @@ class NodeRef:
     workflow_global_id: str
     #: node path, e.g. ``sweep[3]/step``
     path: str
-    #: spec path in the plan, e.g. ``sweep/step``
-    template: str
+    #: the node's spec path in the plan (its key in ``plan.templates``), e.g. ``sweep/step``
+    spec_path: str
     attempt: int
     #: parameter bindings visible to the node, outer sweeps first
     bindings: tuple[tuple[str, str], ...] = ()

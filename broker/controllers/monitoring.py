@@ -179,7 +179,7 @@ class MonitoringController(Controller):
         if result.progress is not None:
             fields.append(("progress", result.progress[0]))
         if result.outcome == launcher.SUCCEEDED:
-            spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
+            spec = self.ctx.plans.get(ref.workflow_id).templates[ref.spec_path]
             if isinstance(spec, NodeSpec) and spec.stage_out:
                 to, then = NodeState.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref, handle))
             else:
@@ -274,7 +274,7 @@ class MonitoringController(Controller):
             r = flying.node
             ref = NodeRef(node_id=r.node_id, workflow_id=r.workflow_id,
                           workflow_global_id=self.ctx.plans.get(r.workflow_id).global_id, path=r.path,
-                          template=r.template, attempt=r.attempt, bindings=r.bindings, member_index=r.member_index,
+                          spec_path=r.template, attempt=r.attempt, bindings=r.bindings, member_index=r.member_index,
                           host=(flying.host or "localhost").rpartition("@")[2], owner=flying.owner)
             if flying.state in (NodeState.QUEUED, NodeState.RUNNING):
                 self.dispatch(Recover(ref, flying.state.value, flying.workdir, flying.job_id))

@@ -143,7 +143,7 @@ class SubmissionController(Controller):
     def _ref(self, ready: ReadyNode, attempt: int, host: str = "localhost") -> NodeRef:
         slots = self.workflows[ready.workflow_id]
         return NodeRef(node_id=ready.node_id, workflow_id=ready.workflow_id, workflow_global_id=slots.info.global_id,
-                       path=ready.path, template=ready.template, attempt=attempt, bindings=ready.bindings,
+                       path=ready.path, spec_path=ready.template, attempt=attempt, bindings=ready.bindings,
                        member_index=ready.member_index, host=host, owner=slots.info.owner)
 
     def _queue(self, ready: ReadyNode) -> None:

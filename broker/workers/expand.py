@@ -45,10 +45,10 @@ class ExpandWorker(Worker):
     def expand(self, action: Expand) -> Expansion:
         ref = action.node
         plan = self.ctx.plans.get(ref.workflow_id)
-        sweep = plan.templates[ref.template]
+        sweep = plan.templates[ref.spec_path]
         assert isinstance(sweep, SweepSpec)
         limits = self.ctx.settings.limits
-        nesting = ref.template.count("/") + 1  # every '/' of a sweep's template path is a sweep around it
+        nesting = ref.spec_path.count("/") + 1  # every '/' of a sweep's template path is a sweep around it
         if nesting > limits.max_nesting:
             raise LimitExceeded(f"parameterized node '{ref.path}': sweeps nested {nesting} deep, limit "
                                 f"{limits.max_nesting} ([limits] max_nesting)")
@@ -70,7 +70,7 @@ class ExpandWorker(Worker):
             raise BrokerError(str(exc)) from None
         rows = []
         for m in members:
-            nodes, edges = body_rows(sweep, ref.template, m.path)
+            nodes, edges = body_rows(sweep, ref.spec_path, m.path)
             rows.append(MemberRows(index=m.index, path=m.path, bindings=m.bindings, nodes=nodes, edges=edges))
         return Expansion(node_id=ref.node_id, actor="submission", members=tuple(rows))
 

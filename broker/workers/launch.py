@@ -11,7 +11,7 @@ from broker.workers.pool import Worker
 
 class LaunchWorker(Worker):
     def _spec(self, ref: NodeRef) -> NodeSpec:
-        spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
+        spec = self.ctx.plans.get(ref.workflow_id).templates[ref.spec_path]
         assert isinstance(spec, NodeSpec)
         return spec
 

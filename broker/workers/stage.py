@@ -27,7 +27,7 @@ SPOOL = ".spool"
 
 class StageWorker(Worker):
     def _spec(self, ref: Any) -> NodeSpec:
-        spec = self.ctx.plans.get(ref.workflow_id).templates[ref.template]
+        spec = self.ctx.plans.get(ref.workflow_id).templates[ref.spec_path]
         assert isinstance(spec, NodeSpec)
         return spec
 

@@ -16,6 +16,6 @@ def intents(ids: dict[str, int], names: str, then: tuple) -> list:
 
 def bundle(ids: dict[str, int], names: str) -> tuple:
     """The launch of those members as one bundle, as the store hands it to a worker."""
-    refs = tuple(NodeRef(node_id=ids[n], workflow_id=1, workflow_global_id="g", path=n, template=n, attempt=1)
+    refs = tuple(NodeRef(node_id=ids[n], workflow_id=1, workflow_global_id="g", path=n, spec_path=n, attempt=1)
                  for n in names)
     return ("worker", Work(LaunchBundle(refs), "monitoring"))
