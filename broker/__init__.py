@@ -14,6 +14,7 @@ The data path runs one way, and the package tree follows it::
     api/          the SOAP API of ``broker serve`` (spyne: core at /broker, admin at /admin; elf push channel)
     admin/        archive and delete finished workflows, service state (shared by the CLI and the API)
     cli/          the ``broker`` command
+    client/       the Python client: ``Client`` over the SOAP API (zeep), or ``Client.local`` in-process
 
 ``engine.py`` starts and stops the actors in dependency order; ``states.py`` and ``rules.py`` hold the state
 machine and the pure decisions; ``config.py`` the settings.
