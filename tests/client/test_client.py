@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import re
 import socket
 
 import pytest
@@ -13,7 +14,7 @@ import zeep.exceptions
 from broker import errors as broker_errors
 from broker.client import (AdminClient, Client, ConnectionFailed, InvalidArgument, InvalidCredentials,
                            InvalidDescription, InvalidState, NotAuthorized, NotFound, WaitTimeout)
-from tests.api.helpers import EXAMPLES, PAGE_SIZE, USERS, waits_for, workflow
+from tests.api.helpers import EXAMPLES, PAGE_SIZE, REPO, USERS, waits_for, workflow
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
 
@@ -199,3 +200,14 @@ def test_admin_calls(server):
         root.delete_all_completed()
         with pytest.raises(NotFound):
             running.status()
+
+
+def test_the_readme_example_runs_as_written(server, capsys, monkeypatch):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python client"):]
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(REPO)
+    exec(example.replace("http://broker.example:8080", server.base), {"password": USERS["alice"][0]})
+    out = capsys.readouterr().out
+    assert "succeeded\n{'parts': 2}\n" in out and "\ncancelled\n" in out
+    assert "Client.NotFound no workflow wf-01jd3k2m9x7q4tz8ha" in out
