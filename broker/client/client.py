@@ -7,7 +7,7 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from broker.client import errors, types
 from broker.client.connection import Connection
@@ -32,8 +32,12 @@ class Client:
 
     def __init__(self, url: str, user: str, password: str, *, timeout: float = CALL_TIMEOUT, verify: bool | str = True):
         """``verify``: check the server's TLS certificate (True), against a CA bundle file, or not (False)."""
-        import requests
-        from zeep.transports import Transport
+        try:
+            import requests
+            from zeep.transports import Transport
+        except ImportError as exc:  # the 'client' extra is not installed
+            raise ImportError(f"broker.client needs zeep and requests: pip install 'workflow-broker[client]' "
+                              f"({exc})") from None
 
         session = requests.Session()
         session.auth = (user, password)
@@ -50,7 +54,7 @@ class Client:
 
     @classmethod
     def local(cls, db_url: str | None = None, *, config: str | os.PathLike[str] | None = None,
-              workdir: str | os.PathLike[str] | None = None) -> Any:
+              workdir: str | os.PathLike[str] | None = None) -> Self:
         """A client of an engine run in this process on ``db_url`` (default: the configured or embedded
         database), with no server: see :mod:`broker.client.local` for what it does and its limits."""
         from broker.client.local import open_local
@@ -58,7 +62,7 @@ class Client:
         return open_local(cls, db_url, config=config, workdir=workdir)
 
     @classmethod
-    def _over(cls, connection: Connection, user: str, closer: Any = None) -> Any:
+    def _over(cls, connection: Connection, user: str, closer: Any = None) -> Self:
         client = cls.__new__(cls)
         client._init(connection, user, closer)
         return client
@@ -66,7 +70,7 @@ class Client:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._connection.address!r}, user={self.user!r})"
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
