@@ -3,7 +3,7 @@
 =====================  ========================================  ===========================================
 identifier             form                                      example
 =====================  ========================================  ===========================================
-workflow global id     ``wf-`` + 10 time chars + 8 random chars  ``wf-01jd3k2m9x7q4tz8ha0c``
+workflow global id     ``wf-`` + 10 time chars + 8 random chars  ``wf-01jd3k2m9x7q4tz8ha``
                        (Crockford base32, lower case: sorts by
                        submission time, URL- and file-name-safe)
 workflow database id   integer primary key                       ``42``
@@ -11,7 +11,7 @@ node id (in XML)       ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}``      ``step-1``
                        (path-safe: never ``.``, ``..``, ``-x``)
 node path              node ids joined by ``/``; a sweep member  ``sweep[3]/step``
                        is ``<sweep id>[<index>]``, 0-based
-node global id         ``<workflow global id>/<node path>``      ``wf-01jd3k2m9x7q4tz8ha0c/sweep[3]/step``
+node global id         ``<workflow global id>/<node path>``      ``wf-01jd3k2m9x7q4tz8ha/sweep[3]/step``
 work directory         ``<workdir root>/<workflow global id>/``  ``.../wf-01jd.../sweep@3/step/1``
                        + path with ``[i]`` written ``@i``, then
                        the attempt number
