@@ -34,12 +34,15 @@ class Row:
     workflow_level: int | None
     metadata_to: str | None
 
-    def allowed(self) -> bool:
-        """Whether routing (levels, publishMetadataTo) sends this event to this destination at all."""
+    def targets(self) -> list[str]:
+        """Where routing (levels, publishMetadataTo) sends this row's event: the same for each of its rows."""
         owner = self.event.user if self.event.workflow_id is not None else None
-        return self.destination in destinations(owner=owner, workflow_level=self.workflow_level,
-                                                metadata_to=self.metadata_to, event_type=self.event.type,
-                                                level=self.event.level)
+        return destinations(owner=owner, workflow_level=self.workflow_level, metadata_to=self.metadata_to,
+                            event_type=self.event.type, level=self.event.level)
+
+    def allowed(self) -> bool:
+        """Whether routing sends this event to this row's destination at all."""
+        return self.destination in self.targets()
 
 
 # the partial index ix_outbox_unsent (id WHERE sent_at IS NULL) serves both the filter and the order
@@ -60,12 +63,16 @@ def read_unsent(session: Session, limit: int, after: int = 0) -> list[Row]:
     """The first ``limit`` unsent outbox rows with an id above ``after``, in id order, with their events."""
     query = _UNSENT.where(OUTBOX.c.id > after) if after else _UNSENT
     rows = []
+    #: event id -> its document: an event has a row per destination, built once
+    events: dict[int, EventDocument] = {}
     for r in session.execute(query.limit(limit)):
-        node_id = f"{r.global_id}/{r.node_path}" if r.global_id and r.node_path else None
-        event = EventDocument(
-            event_id=r.event_id, seq=r.seq, type=EventType(r.type), level=EventLevel(r.level),
-            workflow_id=r.global_id, node_id=node_id, user=r.user, actor=r.actor, state=r.state, time=r.time,
-            message=r.message, properties=dict(r.properties or {}))
+        event = events.get(r.event_id)
+        if event is None:
+            node_id = f"{r.global_id}/{r.node_path}" if r.global_id and r.node_path else None
+            event = events[r.event_id] = EventDocument(
+                event_id=r.event_id, seq=r.seq, type=EventType(r.type), level=EventLevel(r.level),
+                workflow_id=r.global_id, node_id=node_id, user=r.user, actor=r.actor, state=r.state, time=r.time,
+                message=r.message, properties=dict(r.properties or {}))
         rows.append(Row(r.id, r.destination, event, r.event_level, r.publish_metadata_to))
     return rows
 

@@ -82,15 +82,18 @@ def backoff_delay(failures: int, initial: float, cap: float, rand: float = 0.0) 
 
 def prepare(rows: list[Row]) -> list[Prepared]:
     """Each row with its message content (None when routing excludes it); an event's copies share one."""
-    rendered: dict[int, tuple[dict[str, str], bytes]] = {}
+    #: event id -> (its destinations, its content once rendered): an event's rows route and render once
+    events: dict[int, tuple[list[str], tuple[dict[str, str], bytes] | None]] = {}
     out: list[Prepared] = []
     for row in rows:
-        if not row.allowed():
+        targets, content = events.get(row.event.event_id) or (row.targets(), None)
+        if row.destination not in targets:
+            events[row.event.event_id] = (targets, content)
             out.append((row, None))
             continue
-        content = rendered.get(row.event.event_id)
         if content is None:
-            content = rendered[row.event.event_id] = (document.headers(row.event), document.render(row.event))
+            content = (document.headers(row.event), document.render(row.event))
+        events[row.event.event_id] = (targets, content)
         out.append((row, content))
     return out
 

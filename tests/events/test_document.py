@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import random
+import re
 
 import pytest
 from lxml import etree
@@ -142,3 +144,93 @@ def test_a_body_that_breaks_the_contract_is_reported_invalid(mutate, problem):
 def test_a_naive_time_is_refused_rather_than_published_in_an_unknown_zone():
     with pytest.raises(ValueError, match="naive"):
         render(node_event(time=WHEN.replace(tzinfo=None)))
+
+
+def lxml_render(doc: EventDocument) -> bytes:
+    """The body as the broker built it with lxml until 2026-12-06: the reference the text renderer must match."""
+    ns = "{" + document.NAMESPACE + "}"
+    root = etree.Element(ns + "event", nsmap={None: document.NAMESPACE})
+
+    def add(name: str, text: str | None) -> None:
+        if text is not None:
+            etree.SubElement(root, ns + name).text = document.xml_safe(text)
+
+    for name, text in (("id", str(doc.event_id)), ("sequence", None if doc.seq is None else str(doc.seq)),
+                       ("type", doc.type.value), ("level", doc.level.name), ("workflowId", doc.workflow_id),
+                       ("nodeId", doc.node_id), ("user", doc.user), ("actor", doc.actor), ("state", doc.state),
+                       ("time", document.format_time(doc.time)), ("message", doc.message)):
+        add(name, text)
+    if doc.properties:
+        props = etree.SubElement(root, ns + "properties")
+        for name in sorted(doc.properties):
+            prop = etree.SubElement(props, ns + "property", name=document.xml_safe(str(name)))
+            prop.text = document.xml_safe(document.json_text(doc.properties[name]))
+    body = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return re.sub(rb"[\xf0-\xf4][\x80-\xbf]{3}", lambda m: b"&#x%X;" % ord(m.group().decode("utf-8")), body)
+
+
+#: characters that escaping, XML 1.0 or UTF-8 treat specially, and some ordinary ones
+HOSTILE = ("&", "<", ">", '"', "'", "\t", "\n", "\r", "\x00", "\x01", "\x1f", "\x7f", "\x85", "\u2028", "\ud800",
+           "\udfff", "\ufffe", "\uffff", "\ufffd", "\U0001f600", "\U0010ffff", "\U00010000", "]]>", "&amp;",
+           "&#x1F600;", "<![CDATA[", "-->", "\\", ":", "é", "中", "a", " ", "0")
+
+
+def hostile_text(rng: random.Random) -> str:
+    parts = []
+    for _ in range(rng.randrange(0, 12)):
+        if rng.random() < 0.7:
+            parts.append(rng.choice(HOSTILE))
+        else:  # any code point at all, surrogates included
+            parts.append(chr(rng.choice((rng.randrange(0, 0x80), rng.randrange(0, 0x10000), rng.randrange(0, 0x110000)))))
+    return "".join(parts)
+
+
+def hostile_value(rng: random.Random, depth: int = 0) -> object:
+    kind = rng.randrange(7 if depth < 2 else 5)
+    if kind == 0:
+        return hostile_text(rng)
+    if kind == 1:
+        return rng.choice((0, -1, 2**63, 1.5, float("nan"), float("inf")))
+    if kind == 2:
+        return rng.choice((True, False, None))
+    if kind in (3, 4):
+        return hostile_text(rng)
+    if kind == 5:
+        return [hostile_value(rng, depth + 1) for _ in range(rng.randrange(3))]
+    return {hostile_text(rng): hostile_value(rng, depth + 1) for _ in range(rng.randrange(3))}
+
+
+def hostile_event(rng: random.Random) -> EventDocument:
+    def maybe(text: str) -> str | None:
+        return None if rng.random() < 0.2 else text
+
+    service = rng.random() < 0.2
+    return EventDocument(
+        event_id=rng.randrange(1, 2**63), seq=None if service else rng.randrange(1, 2**31),
+        type=rng.choice(list(EventType)), level=rng.choice(list(EventLevel)),
+        workflow_id=None if service else WF, node_id=None if service else maybe(f"{WF}/{hostile_text(rng)}"),
+        user=None if service else maybe(hostile_text(rng)), actor=hostile_text(rng), state=maybe(hostile_text(rng)),
+        time=WHEN + dt.timedelta(microseconds=rng.randrange(10**12)), message=maybe(hostile_text(rng)),
+        properties={hostile_text(rng): hostile_value(rng) for _ in range(rng.randrange(4))})
+
+
+def test_the_text_renderer_writes_the_bytes_lxml_wrote_for_any_hostile_event():
+    rng = random.Random(20261206)
+    for _ in range(5000):
+        event = hostile_event(rng)
+        body = render(event)
+        assert body == lxml_render(event), event
+
+
+def test_hostile_events_render_to_well_formed_bodies_that_parse_back_to_their_safe_text():
+    rng = random.Random(6122026)
+    for _ in range(300):
+        event = hostile_event(rng)
+        body = render(event)
+        assert b"\x00" not in body and not re.search(rb"[\xf0-\xf4]", body)
+        back = etree.fromstring(body)
+        message = back.find("{urn:workflow-broker:event:1.0}message")
+        if event.message is not None:
+            assert (message.text or "") == document.xml_safe(event.message)
+        for prop in back.iterfind(".//{urn:workflow-broker:event:1.0}property"):
+            assert prop.get("name") in {document.xml_safe(str(name)) for name in event.properties}
