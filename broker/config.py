@@ -162,7 +162,7 @@ class EventsSettings:
     reconnect_initial: float = field(default=0.5, metadata=_doc("first wait after the bus failed; it doubles (with "
                                                                 "jitter) at each failure in a row", "s"))
     reconnect_max: float = field(default=30.0, metadata=_doc("longest wait between two connection attempts", "s"))
-    probe_interval: float = field(default=1.0, metadata=_doc("while the bus is down, how often the relay checks "
+    probe_interval: float = field(default=0.25, metadata=_doc("while the bus is down, how often the relay checks "
                                                              "(a TCP connection, no login) whether it accepts "
                                                              "connections again: when it does, after refusing "
                                                              "them, the relay reconnects at once instead of "

@@ -41,7 +41,8 @@ class Doorbell(threading.Thread):
             self._cond.notify()
 
     def done(self, not_before: float, more: bool) -> None:
-        """The actor finished a round; ``more``: rows remain; ``not_before``: back off until then."""
+        """The actor finished a round; ``more``: rows remain; ``not_before`` (0: none): no round before
+        then, and one at that time (the relay's next try or probe of the bus), rung or not."""
         with self._cond:
             self._pending = False
             self._not_before = not_before
@@ -64,7 +65,9 @@ class Doorbell(threading.Thread):
                 if self._pending:
                     self._cond.wait()
                     continue
-                due_at = max(now if (self._rung or now >= next_poll) else next_poll, self._not_before)
+                # a relay backing off asked for its next round (a probe of the bus) at _not_before: due
+                # then, not at the next poll, or a returning bus would wait for the poll interval
+                due_at = self._not_before or (now if (self._rung or now >= next_poll) else next_poll)
                 if due_at > now:
                     self._cond.wait(due_at - now)
                     continue
