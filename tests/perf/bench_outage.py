@@ -37,7 +37,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.perf.bench_events import Bench, wait_until  # noqa: E402  (after the path is set)
+from tests.fixtures import wait_for  # noqa: E402  (after the path is set)
+from tests.perf.bench_events import Bench, wrong  # noqa: E402
+
+
+def wait_until(condition: Any, deadline: float, what: str) -> float:
+    """Poll ``condition`` every 10 ms (the measurements' resolution); the monotonic time it held. Exits with
+    WRONG after ``deadline`` s."""
+    wait_for(condition, deadline=deadline, what=what, interval=0.01, error=wrong)
+    return time.monotonic()
+
 
 def script(command: str, directory: Path) -> str:
     """Run tests/services/activemq.sh for the benchmark's own broker; its output."""
