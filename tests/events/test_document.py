@@ -181,7 +181,8 @@ def hostile_text(rng: random.Random) -> str:
         if rng.random() < 0.7:
             parts.append(rng.choice(HOSTILE))
         else:  # any code point at all, surrogates included
-            parts.append(chr(rng.choice((rng.randrange(0, 0x80), rng.randrange(0, 0x10000), rng.randrange(0, 0x110000)))))
+            limit = rng.choice((0x80, 0x10000, 0x110000))
+            parts.append(chr(rng.randrange(0, limit)))
     return "".join(parts)
 
 
