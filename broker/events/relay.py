@@ -26,14 +26,12 @@ republishes that window after the restart (crash point ``relay-published``).
 
 The relay wakes up when the writer commits (:meth:`OutboxRelay.wake` is a writer Listener), and every
 ``poll_interval`` for rows written by other processes. It reconnects with exponential backoff and jitter;
-STOMP heart-beats notice a silent bus. While it backs off, it probes the bus every ``probe_interval`` (a
-TCP connection, no login: cheap for both sides); a bus that refused connections and accepts them again is
-reconnected to at once, with the backoff starting over, so a returning bus is found within about
-``probe_interval`` however long the outage was. A bus that accepts connections but refuses the login keeps
-the full backoff. On stop it goes on publishing for at most ``stop_timeout`` (not at
-all when the bus is known to be down); a command that exits once its workflow is done (``broker run``,
-``broker resume``) instead waits up to ``exit_drain_timeout`` for the outbox to drain, trying to reach a
-bus that is down, so that consumers have the final events when the command has exited.
+STOMP heart-beats notice a silent bus. While it backs off it probes the bus every ``probe_interval`` (a TCP
+connection, no login: cheap for both sides), so a bus that refused connections is reconnected to within about
+``probe_interval`` of its return however long the outage was (one that refuses the login keeps the full
+backoff). On stop it publishes for at most ``stop_timeout`` (not at all when the bus is known to be down);
+``broker run`` and ``broker resume`` instead wait up to ``exit_drain_timeout`` for the outbox to drain, so
+that consumers have the final events when the command has exited.
 """
 
 from __future__ import annotations
@@ -52,53 +50,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.config import EventsSettings
 from broker.crashpoints import crash_point
 from broker.errors import ConfigError
-from broker.events import document
 from broker.events.buses import open_publisher
 from broker.events.doorbell import PUMP, Doorbell
 from broker.events.outbox import Row, count_unsent, mark_sent, read_unsent
 from broker.events.publishers import BusError, Message, Publisher
 from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
+from broker.events.rounds import Prepared, backoff_delay, prepare
 
 log = logging.getLogger(__name__)
 
-#: fraction of a backoff delay added at random, so many brokers do not reconnect in step
-JITTER = 0.2
 #: seconds one PUMP may go on publishing windows of a backlog before the actor reads its inbox (a stop)
 ROUND_BUDGET = 0.5
 
 #: called with (outbox ids, time.monotonic()) when the bus confirmed them (benchmarks, metrics)
 ConfirmedHook = Callable[[Sequence[int], float], None]
-#: one row ready to send: the row, and its event's (headers, body), rendered once per event
-Prepared = tuple[Row, tuple[dict[str, str], bytes] | None]
 
-
-def backoff_delay(failures: int, initial: float, cap: float, rand: float = 0.0) -> float:
-    """Seconds to wait after ``failures`` failures in a row: initial, doubling, capped, plus up to 20 % jitter."""
-    if failures <= 0:
-        return 0.0
-    base = min(cap, initial * 2 ** min(failures - 1, 30))
-    return base * (1.0 + JITTER * rand)
-
-
-def prepare(rows: list[Row]) -> list[Prepared]:
-    """Each row with its message content (None when routing excludes it); an event's copies share one."""
-    #: event id -> (its destinations, its content once rendered): an event's rows route and render once
-    events: dict[int, tuple[list[str], tuple[dict[str, str], bytes] | None]] = {}
-    out: list[Prepared] = []
-    for row in rows:
-        targets, content = events.get(row.event.event_id) or (row.targets(), None)
-        if row.destination not in targets:
-            events[row.event.event_id] = (targets, content)
-            out.append((row, None))
-            continue
-        if content is None:
-            content = (document.headers(row.event), document.render(row.event))
-        events[row.event.event_id] = (targets, content)
-        out.append((row, content))
-    return out
-
-
-# -------------------------------------------------------------------------------------------- the actor
 
 class Relay(pykka.ThreadingActor):
     """The actor that publishes the outbox (see the module docstring)."""
@@ -381,8 +347,6 @@ class Relay(pykka.ThreadingActor):
         if unsent:
             log.info("event relay stopped with %d events unsent: they are published after the next start", unsent)
 
-
-# ------------------------------------------------------------------------------------------- the handle
 
 class OutboxRelay:
     """The engine's handle on the relay: build it, pass :meth:`wake` to the writer, start, stop."""
