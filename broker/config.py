@@ -233,6 +233,10 @@ class ApiSettings:
                                                                   "not sent a complete request yet; more are "
                                                                   "refused (503); 0: no limit (behind a proxy)",
                                                                   "connections"))
+    metrics_listen: str = field(default="", metadata=_doc("address and port (host:port) serving /metrics without "
+                                                          "authentication, for a Prometheus scraper; then the "
+                                                          "service port does not serve it; empty: /metrics on the "
+                                                          "service port, for admins only (HTTP Basic)"))
 
 
 @dataclass(frozen=True, slots=True)

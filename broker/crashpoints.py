@@ -9,6 +9,10 @@ Points: ``expansion`` (an expansion's rows are written, not yet committed), ``la
 intent is committed, its process not yet started), ``launched`` (its process started, its start not yet sent
 to the writer), ``exit`` (a payload ended, its result not yet sent
 to the writer).
+
+Hold points (:func:`hold_point`) pause instead: ``BROKER_TEST_HOLD=<point>:<file>`` makes the process wait at
+the point until the file exists. Point: ``serve-start`` (``broker serve`` has opened its port, the engine has
+not started).
 """
 
 from __future__ import annotations
@@ -35,3 +39,24 @@ def crash_point(name: str) -> None:
         _hits += 1
         if _hits == int(_nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: environment variable naming a hold point and the file whose appearance releases it
+HOLD_VARIABLE = "BROKER_TEST_HOLD"
+#: seconds a hold point waits at most for its file
+HOLD_LIMIT = 300.0
+
+_hold_point, _, _hold_file = os.environ.get(HOLD_VARIABLE, "").partition(":")
+
+
+def hold_point(name: str) -> None:
+    """Wait at ``name`` until the file named by ``BROKER_TEST_HOLD=<name>:<path>`` exists (at most
+    :data:`HOLD_LIMIT` seconds): a test sees the process in the state it has there (``broker serve``
+    answering ``starting``) for as long as it needs, without guessing at timing."""
+    if name != _hold_point or not _hold_file:
+        return
+    import time
+
+    deadline = time.monotonic() + HOLD_LIMIT
+    while not os.path.exists(_hold_file) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a test seam only: polled, no cost without the variable

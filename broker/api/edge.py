@@ -62,6 +62,9 @@ MAX_ATTRIBUTES_PER_ELEMENT, MAX_ATTRIBUTES = 256, 1_000_000
 #: is 9,000), and spyne's handling of many siblings is quadratic (200,000 took 41 s)
 MAX_ELEMENTS = 10_000
 
+#: the WSGI environ key the edge names a request's operation under, once it has parsed the envelope
+OPERATION_KEY = "broker.operation"
+
 StartResponse = Callable[..., Any]
 #: answers one operation from the parsed envelope and the environ (holding the caller): the response body,
 #: or None to leave the request to spyne
@@ -120,7 +123,7 @@ class Edge:
                                      "405 Method Not Allowed")
             body = self._read(environ)
             tree = _parse(body, *self.max_attributes)
-            operation = _operation(tree)
+            operation = environ[OPERATION_KEY] = _operation(tree)  # for the call's figures (broker.api.front)
             who = self._authenticate(environ, tree, operation)
             handler = self.fast.get((path, operation))
             answer = None if handler is None else handler(tree, environ)

@@ -1,11 +1,14 @@
 """``broker serve``: the engine, the two SOAP services on :mod:`broker.api.httpd`, and the SIGTERM drain.
 
-Start: the engine (every workflow: ``track_all`` resumes the unfinished ones), then the HTTP server; the
-``on_ready`` callback gets the bound URL once requests are served (the port is the real one when ``[api]
-listen`` asks for port 0; ``broker serve`` prints it). SIGTERM or SIGINT drains: the server stops accepting connections,
-calls in progress get up to ``[api] drain_timeout`` seconds to finish, then the engine stops its actors
-in order (running payloads keep running; the next broker re-attaches to them) and the process exits 0.
-A second signal exits at once with status 130.
+Start: the HTTP server opens its port first, answering ``/health`` with ``starting`` and every call with a
+503 fault (:mod:`broker.api.front`); then the engine (every workflow: ``track_all`` resumes the unfinished
+ones) and the services, and the state becomes ``active`` (:mod:`broker.api.health`). The ``on_ready``
+callback then gets the bound URL (the port is the real one when ``[api] listen`` asks for port 0; ``broker
+serve`` prints it). ``[api] metrics_listen`` opens a second, small server for ``/metrics`` alone. SIGTERM or
+SIGINT drains: the state becomes ``stopping``, the server stops accepting connections, calls in progress get
+up to ``[api] drain_timeout`` seconds to finish, then the engine stops its actors in order (running payloads
+keep running; the next broker re-attaches to them) and the process exits 0. A second signal exits at once
+with status 130.
 """
 
 from __future__ import annotations
@@ -24,25 +27,29 @@ log = logging.getLogger("broker.api")
 
 #: exit status when a second signal forces the exit
 FORCED_EXIT = 130
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port). Raises ConfigError."""
+def parse_listen(listen: str, key: str = "listen") -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port); ``key`` names the setting in the error.
+    Raises ConfigError."""
     host, sep, port = listen.strip().rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"[api] listen: invalid address {listen!r} (expected host:port, e.g. 127.0.0.1:8080)")
+        raise ConfigError(f"[api] {key}: invalid address {listen!r} (expected host:port, e.g. 127.0.0.1:8080)")
     return host, int(port)
 
 
 class Service:
     """The running service: engine, HTTP server, signal handling."""
 
-    def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings], Any] | None = None,
+    def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings, list[Any]], Any] | None = None,
                  on_ready: Callable[[str, str], None] | None = None):
-        """``on_ready(bound_url, public_url)`` is called once the server accepts calls."""
+        """``on_ready(bound_url, public_url)`` is called once the server accepts calls.
+        ``engine_factory(settings, listeners)``: the engine to run, with these writer listeners."""
         self.settings = settings
         self.engine_factory = engine_factory
         self.on_ready = on_ready
         self.stopping = threading.Event()
+        #: engines of the API's own to dispose of at the stop (the fast status reads' pool)
+        self._closing: list[Any] = []
         self._signals = 0
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -54,80 +61,127 @@ class Service:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status."""
-        from broker.api.app import build, quiet_spyne
-        from broker.api.context import ApiContext
-        from broker.api.edge import Edge, Route
+        from broker.api.front import Front, metrics_only
+        from broker.api.health import Health, ServiceState
         from broker.api.httpd import HttpServer, Limits
-        from broker.api.identity import Authenticator
-        from broker.engine import Engine
+        from broker.api.metrics import NodeBoard, registry_for
 
         api_settings = self.settings.api
         host, port = parse_listen(api_settings.listen)
+        metrics_at = parse_listen(api_settings.metrics_listen, "metrics_listen") if api_settings.metrics_listen \
+            else None
         if api_settings.threads < 1:
             raise ConfigError(f"[api] threads: must be at least 1, got {api_settings.threads}")
         if api_settings.header_timeout <= 0 or min(api_settings.min_body_rate,
                                                    api_settings.max_pending_per_address) < 0:
             raise ConfigError("[api] header_timeout must be above 0, min_body_rate and max_pending_per_address at "
                               "least 0")
-        quiet_spyne()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-
-        engine = (self.engine_factory or (lambda s: Engine(s, all_workflows=True, service="serve")))(self.settings).start()
-        status_db = None
+        health = Health()
+        registry, collector, api_metrics = registry_for(health)
+        front = Front(health, registry, api_metrics, metrics_here=metrics_at is None)
+        limits = Limits(header_timeout=api_settings.header_timeout, min_body_rate=api_settings.min_body_rate,
+                        max_pending_per_address=api_settings.max_pending_per_address,
+                        max_body=api_settings.max_request_bytes, drain_timeout=api_settings.drain_timeout)
+        # the port opens before the engine starts: health checks see "starting", not a refused connection
+        servers = [HttpServer((host, port), front, api_settings.threads, limits)]
+        if metrics_at is not None:
+            servers.append(HttpServer(metrics_at, metrics_only(registry), 1, limits))
+        threads = []
         try:
-            resumed = engine.track_all()
-            server = HttpServer((host, port), _unavailable, api_settings.threads, Limits(
-                header_timeout=api_settings.header_timeout, min_body_rate=api_settings.min_body_rate,
-                max_pending_per_address=api_settings.max_pending_per_address,
-                max_body=api_settings.max_request_bytes, drain_timeout=api_settings.drain_timeout))
-            server.prepare()  # binds: with port 0 the real port is known from here on
-            bound_host, bound_port = server.bind_addr[:2]
-            public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound_port}"
-            # elves on hosts with push="true" report here from now on (attempts started before: files only)
-            engine.ctx.push_url = public + "/broker"
-            api = ApiContext(self.settings, engine)
-            routes = [Route(path, app, namespace, wsdl) for path, (app, namespace, wsdl)
-                      in build(api, public, api_settings.max_request_bytes).items()]
-            fast = {}
-            if api_settings.fast_status:
-                from broker.api.fastpath import OPERATION, StatusReader, status_handler
-                from broker.persistence.db import make_engine
-
-                # its own pool: each request thread keeps one connection for status reads
-                status_db = make_engine(self.settings.database_url(), self.settings,
-                                        pool_size=api_settings.threads + 1)
-                fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress))
-            authenticator = Authenticator(engine.sessions, api_settings.credential_ttl, api_settings.threads)
-            limits = self.settings.limits  # one setting caps attributes in descriptions and in envelopes
-            server.app = Edge(routes, authenticator, api_settings.max_request_bytes, fast,
-                              max_attributes=(limits.max_attributes_per_element, limits.max_attributes))
-            thread = threading.Thread(target=server.serve, name="broker-http")
-            thread.start()
-            log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,
-                     public, len(resumed))
-            if self.on_ready is not None:
-                self.on_ready(f"http://{_url_host(bound_host)}:{bound_port}", public)
-            # a timed wait: the Python-level signal handler runs only when the main thread executes bytecode,
-            # and one untimed wait was seen to sleep through a SIGTERM under load
-            while not self.stopping.wait(0.5):
-                pass
-            log.info("stopping: no new connections; waiting up to %g s for calls in progress",
-                     api_settings.drain_timeout)
-            server.stop()
-            thread.join()
+            for index, server in enumerate(servers):
+                server.prepare()  # binds: with port 0 the real port is known from here on
+                threads.append(threading.Thread(target=server.serve, name=f"broker-http{'-metrics' * index}"))
+                threads[-1].start()
+            bound_host, bound_port = servers[0].bind_addr[:2]
+            log.info("listening on http://%s:%d (%s)", _url_host(bound_host), bound_port, health.state.value)
+            if metrics_at is not None:
+                log.info("metrics at http://%s:%d/metrics", _url_host(servers[1].bind_addr[0]),
+                         servers[1].bind_addr[1])
+            board = NodeBoard()
+            engine = self._engine(board)
+            try:
+                self._serve(engine, front, collector, board, host, (bound_host, bound_port))
+                # a timed wait: the Python-level signal handler runs only when the main thread executes
+                # bytecode, and one untimed wait was seen to sleep through a SIGTERM under load
+                while not self.stopping.wait(0.5):
+                    pass
+                health.set(ServiceState.STOPPING)
+                log.info("stopping: no new connections; waiting up to %g s for calls in progress",
+                         api_settings.drain_timeout)
+                servers[0].stop()
+                threads[0].join()
+            finally:
+                collector.engine = None  # a scrape during the engine's stop reports the service state only
+                for resource in self._closing:
+                    resource.dispose()
+                engine.stop()
         finally:
-            if status_db is not None:
-                status_db.dispose()
-            engine.stop()
+            for server, thread in zip(servers, threads):
+                server.stop()
+                thread.join()
         log.info("stopped")
         return 0
 
+    def _engine(self, board: Any) -> Any:
+        """The started engine, with ``board`` among its writer's listeners."""
+        from broker.crashpoints import hold_point
+        from broker.engine import Engine
 
-def _unavailable(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    """The WSGI application until the services are built (never reached: nothing is served before)."""
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-    return [b"starting"]
+        hold_point("serve-start")
+        factory = self.engine_factory or (lambda s, listeners: Engine(s, all_workflows=True, service="serve",
+                                                                      listeners=listeners))
+        return factory(self.settings, [board]).start()
+
+    def _serve(self, engine: Any, front: Any, collector: Any, board: Any, host: str,
+               bound: tuple[str, int]) -> None:
+        """Resume every workflow, build the two SOAP services behind ``front`` and mark the service active."""
+        from broker.api.app import build, quiet_spyne
+        from broker.api.context import ApiContext
+        from broker.api.edge import Edge, Route
+        from broker.api.health import ServiceState
+        from broker.api.identity import Authenticator
+
+        api_settings = self.settings.api
+        quiet_spyne()
+        resumed = engine.track_all()
+        public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound[1]}"
+        # elves on hosts with push="true" report here from now on (attempts started before: files only)
+        engine.ctx.push_url = public + "/broker"
+        api = ApiContext(self.settings, engine)
+        routes = [Route(path, app, namespace, wsdl) for path, (app, namespace, wsdl)
+                  in build(api, public, api_settings.max_request_bytes).items()]
+        fast = {}
+        if api_settings.fast_status:
+            from broker.api.fastpath import OPERATION, StatusReader, status_handler
+            from broker.persistence.db import make_engine
+
+            # its own pool: each request thread keeps one connection for status reads
+            status_db = make_engine(self.settings.database_url(), self.settings, pool_size=api_settings.threads + 1)
+            self._closing.append(status_db)
+            fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress))
+        authenticator = Authenticator(engine.sessions, api_settings.credential_ttl, api_settings.threads)
+        limits = self.settings.limits  # one setting caps attributes in descriptions and in envelopes
+        edge = Edge(routes, authenticator, api_settings.max_request_bytes, fast,
+                    max_attributes=(limits.max_attributes_per_element, limits.max_attributes))
+        collector.engine, collector.board = engine, board
+        front.api.operations = frozenset(name for route in routes for name in operations(route.wsdl))
+        front.authenticate = authenticator.user
+        front.inner = edge
+        front.health.set(ServiceState.ACTIVE)
+        log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,
+                 public, len(resumed))
+        if self.on_ready is not None:
+            self.on_ready(f"http://{_url_host(bound[0])}:{bound[1]}", public)
+
+
+def operations(wsdl: bytes) -> list[str]:
+    """The operation names a WSDL declares (its portType's operations)."""
+    from lxml import etree
+
+    root = etree.fromstring(wsdl, etree.XMLParser(resolve_entities=False, no_network=True))
+    return [str(name) for name in root.xpath("//*[local-name()='portType']/*[local-name()='operation']/@name")]
 
 
 def _url_host(host: str) -> str:

@@ -32,6 +32,7 @@ from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
 from broker.persistence.quota import NodeQuota
 from broker.persistence.rawsql import RawWriter
+from broker.persistence.timings import CommitTimes
 from broker.persistence.writeset import WriteSet
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
 
@@ -66,6 +67,8 @@ class Store:
         self.mirror = Mirror()
         self.limits = limits
         self.quota = NodeQuota(limits)
+        #: how long the writer's commits take (observed by the writer, read by the API's /metrics)
+        self.commit_times = CommitTimes()
         self._stopping: set[int] = set()
         self._rawsql: RawWriter | None = None
 

@@ -10,6 +10,7 @@ process starts) and the subscribers told what happened.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,7 @@ class Writer(pykka.ThreadingActor):
         changes, self._pending = self._pending, []
         if not changes:
             return
+        started = time.perf_counter()
         try:
             out = self.store.commit(changes)
         except LeaseLost:  # another broker holds the database now: on_lost has said so (and ended the process)
@@ -82,6 +84,7 @@ class Writer(pykka.ThreadingActor):
         except Exception:  # never let the writer die: it would stop the whole engine
             log.exception("writer failed to commit %d changes", len(changes))
             return
+        self.store.commit_times.observe(time.perf_counter() - started)
         self.commits += 1
         self.changes += len(changes)
         self._deliver(out)

@@ -80,11 +80,13 @@ class Server:
                 "XDG_STATE_HOME": str(self.tmp / "state"), "BROKER_API_PAGE_SIZE": str(PAGE_SIZE),
                 "BROKER_LOGGING_LEVEL": "INFO", "BROKER_ENGINE_RUN_AS_BROKER_ACCOUNT": "true", **self.env_extra}
 
-    def start(self) -> Server:
-        """Start the server on a free port and wait for its ``serving on`` line."""
+    def start(self, wait: bool = True) -> Server:
+        """Start the server on a free port and wait for its ``serving on`` line (``wait``)."""
         self.log = open(self.tmp / "serve.log", "a", encoding="utf-8")
         self.process = subprocess.Popen([str(BROKER), "serve", "--listen", "127.0.0.1:0"], env=self.env,
                                         stdout=subprocess.PIPE, stderr=self.log, text=True)
+        if not wait:
+            return self
         selector = selectors.DefaultSelector()
         selector.register(self.process.stdout, selectors.EVENT_READ)
         end = time.monotonic() + DEADLINE
