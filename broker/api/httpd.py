@@ -132,6 +132,11 @@ class HttpServer:
         if self._accepting:
             self._selector.unregister(self._listener)
         self._listener.close()
+        # bytes that arrived before the stop are read first: a request whose start is waiting in a socket's
+        # buffer is being received, not idle (closing over unread bytes would reset the connection)
+        for key, _ in self._selector.select(0):
+            if key.data is not None:
+                self._readable(key.data)
         # idle connections go now; a request being received or served gets drain_timeout to be answered
         deadline = time.monotonic() + self.limits.drain_timeout
         while time.monotonic() < deadline:
