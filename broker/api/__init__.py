@@ -12,6 +12,10 @@ Layout (only ``app``, ``types``, ``core``, ``admin`` and ``server`` import spyne
     httpd       the HTTP/1.1 server: one intake thread reads whole requests (deadlines, per-address cap,
                 memory budget) before a request thread runs the edge on them
     answer      one request's WSGI environ, the application call and its answer written with a deadline
+    front       in front of the edge: ``/health``, ``/metrics`` (admins, or ``[api] metrics_listen``), the
+                calls' figures, 503 while starting
+    health      the service state ``/health`` answers (starting, active, standby, api, stopping)
+    metrics     the Prometheus registry of a server: figures read at scrape time, API call histograms
     server      start-up and the SIGTERM drain of ``broker serve``
 
 Elf sessions (per node attempt an id and a secret for the push channel) are rows of
