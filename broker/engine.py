@@ -23,12 +23,12 @@ import pykka
 from sqlalchemy import select
 
 from broker.config import Settings, default_state_dir
-from broker.controllers.messages import Peers, Quiesce, Tick
+from broker.controllers.messages import Peers, Pushed, Quiesce, Tick
 from broker.controllers.monitoring import MonitoringController
 from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
 from broker.errors import BrokerError
-from broker.persistence.changes import Accepted, CancelWorkflow, Note, Rejected, Restart, Submit, Track
+from broker.persistence.changes import Accepted, CancelNodes, CancelWorkflow, Note, Rejected, Restart, Submit, Track
 from broker.persistence.db import session_factory
 from broker.persistence.lock import BrokerLock
 from broker.persistence.models import Workflow
@@ -75,14 +75,17 @@ class Clock(threading.Thread):
 class Engine:
     def __init__(self, settings: Settings, *, launcher: Any = None, listeners: Iterable[Listener] = (),
                  workdir: str | Path | None = None, all_workflows: bool = False,
-                 on_lease_lost: Callable[[str], None] | None = None, service: str | None = None):
+                 on_lease_lost: Callable[[str], None] | None = None, service: str | None = None,
+                 push_url: str | None = None):
         """``all_workflows``: serve every workflow (``broker serve``); otherwise only those submitted or
         tracked through this engine (``broker run``), and control commands for others are refused.
         ``on_lease_lost``: called with one line when another broker took over the database's lease
         (PostgreSQL); by default the process prints it and exits 3 at once, writing nothing more.
         ``service``: the command running the engine (serve, run, resume), named in its SERVICE events; None
-        (tests, tools) records none."""
+        (tests, tools) records none. ``push_url``: the core service's URL elves on hosts with push="true" report
+        to (``broker serve``); None: attempts report through their files only."""
         self.settings = settings
+        self.push_url = push_url
         self.on_lease_lost = on_lease_lost
         self.all_workflows = all_workflows
         #: each workflow's committed progress, for the API's status reads
@@ -96,6 +99,23 @@ class Engine:
         self.unsent_at_stop: int | None = None
         #: whether the start's SERVICE event was sent (then the stop's is too)
         self._announced = False
+        # built by start() in this order, and stopped in reverse by stop(); None until then
+        self.lock: BrokerLock | None = None
+        self.db: Any = None
+        #: session factory for reads (every write goes through the writer)
+        self.sessions: Any = None
+        self.resources: Any = None
+        #: the launcher of each (host, account), made from the resources
+        self.launchers: Any = None
+        self.ctx: WorkerContext | None = None
+        self.store: Store | None = None
+        self.relay: Any = None
+        self.writer: pykka.ActorRef[Any] | None = None
+        self.pools: dict[str, WorkerPool] = {}
+        self.monitoring: pykka.ActorRef[Any] | None = None
+        self.staging: pykka.ActorRef[Any] | None = None
+        self.submission: pykka.ActorRef[Any] | None = None
+        self.clock: Clock | None = None
 
     # ---------------------------------------------------------------------------------------- start
 
@@ -103,13 +123,13 @@ class Engine:
         settings = self.settings
         from broker.persistence.lease import exit_at_once
 
-        self.lock = BrokerLock(settings.database_url(), settings.engine,
-                               role="broker serve" if self.all_workflows else "broker run",
-                               on_lost=self.on_lease_lost or exit_at_once)
-        self.lock.acquire()
+        self.lock = lock = BrokerLock(settings.database_url(), settings.engine,
+                                      role="broker serve" if self.all_workflows else "broker run",
+                                      on_lost=self.on_lease_lost or exit_at_once)
+        lock.acquire()
         try:
             # named as the lease's holder: a broker taking the lease over after it expired ends these connections
-            self.db = open_database(settings, auto_migrate=True, application_name=self.lock.holder_name)
+            self.db = open_database(settings, auto_migrate=True, application_name=lock.holder_name)
             self.sessions = session_factory(self.db)
             if self._launcher is None:
                 from broker.launchers.local import LocalLauncher
@@ -128,10 +148,9 @@ class Engine:
             self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
                                      plans=PlanCache(self.sessions), workdir=self.workdir,
                                      all_workflows=self.all_workflows, resources=self.resources,
-                                     launchers=self.launchers,
-                                     lease=self.lock.lease)
+                                     launchers=self.launchers, push_url=self.push_url, lease=lock.lease)
             # every commit checks, in its own transaction, that the lease is still this broker's
-            self.store = Store(self.sessions, limits=settings.limits, guard=self.lock.guard,
+            self.store = Store(self.sessions, limits=settings.limits, guard=lock.guard,
                                publishing=settings.events.publishing, work_root=str(self.workdir))
             # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
             self.relay = None
@@ -141,26 +160,27 @@ class Engine:
                 # a command that exits when its workflow is done waits for its events to reach the bus
                 self.relay = OutboxRelay.from_settings(settings.events, self.sessions,
                                                        exit_drain=self.service in EXIT_DRAIN_COMMANDS)
-            self.writer = Writer.start(self.store, [*self.listeners, self.relay.wake] if self.relay else self.listeners)
+            self.writer = writer = Writer.start(self.store, [*self.listeners, self.relay.wake] if self.relay
+                                                else self.listeners)
             if self.relay is not None:
                 self.relay.start()
             sizes = settings.engine
             self.pools = {kind: WorkerPool(kind, cls, getattr(sizes, f"{kind}_workers"), self.ctx)
                           for kind, cls in WORKER_CLASSES.items()}
-            self.monitoring = MonitoringController.start(self.writer, self.pools, self.ctx)
-            self.staging = StagingController.start(self.writer, self.pools)
-            self.submission = SubmissionController.start(self.writer, self.pools, self.ctx)
-            peers = Peers({"submission": self.submission, "staging": self.staging, "monitoring": self.monitoring})
-            for ref in (self.submission, self.staging, self.monitoring):
+            self.monitoring = monitoring = MonitoringController.start(writer, self.pools, self.ctx)
+            self.staging = staging = StagingController.start(writer, self.pools)
+            self.submission = submission = SubmissionController.start(writer, self.pools, self.ctx)
+            peers = Peers({"submission": submission, "staging": staging, "monitoring": monitoring})
+            for ref in (submission, staging, monitoring):
                 ref.tell(peers)
-            self.writer.tell(Subscribe(self.submission))
-            self.writer.tell(Subscribe(self.monitoring))
-            self.clock = Clock(settings.engine.tick_interval, (self.submission, self.monitoring, self.staging))
+            writer.tell(Subscribe(submission))
+            writer.tell(Subscribe(monitoring))
+            self.clock = Clock(settings.engine.tick_interval, (submission, monitoring, staging))
             self.clock.start()
             self._announce("started")
         except BaseException:
             self._stop_actors()
-            self.lock.release()
+            lock.release()
             raise
         self._started = True
         return self
@@ -175,9 +195,8 @@ class Engine:
         from broker.events.types import EventType
 
         host, pid = socket.gethostname(), os.getpid()
-        self.writer.tell(Note(workflow_id=None, type=EventType.SERVICE.value, actor="broker",
-                              message=f"broker {self.service} {what} on {host} (pid {pid})",
-                              properties={"what": what, "command": self.service, "host": host, "pid": pid}))
+        self.note(None, EventType.SERVICE.value, "broker", f"broker {self.service} {what} on {host} (pid {pid})",
+                  {"what": what, "command": self.service, "host": host, "pid": pid})
         self._announced = what == "started"
 
     def _resources(self) -> Any:
@@ -191,9 +210,18 @@ class Engine:
 
     # -------------------------------------------------------------------------------------- requests
 
-    def _ask(self, change_factory: Callable[[Any], Any], timeout: float = SUBMIT_TIMEOUT) -> Accepted:
+    def _running(self) -> pykka.ActorRef[Any]:
+        """The writer, which every request goes through; BrokerError before start()."""
+        if self.writer is None:
+            raise BrokerError("the engine is not running")
+        return self.writer
+
+    def _ask(self, change_factory: Callable[[Any], Any], timeout: float = SUBMIT_TIMEOUT) -> Any:
+        """Send the writer a change built with a reply future; its answer once committed.
+
+        Raises the error that refused the change (BrokerError with the writer's reason when it was no error)."""
         future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
-        self.writer.tell(change_factory(future))
+        self._running().tell(change_factory(future))
         answer = future.get(timeout=timeout)
         if isinstance(answer, Rejected):
             raise answer.error if isinstance(answer.error, BrokerError) else BrokerError(answer.reason)
@@ -218,10 +246,41 @@ class Engine:
         return list(ids)
 
     def cancel(self, workflow_id: int, actor: str) -> Accepted:
+        """Cancel a workflow (its running attempts are killed); returns once committed."""
         return self._ask(lambda f: CancelWorkflow(workflow_id, actor, reply_to=f))
 
+    def cancel_nodes(self, node_ids: Iterable[int], actor: str) -> Accepted:
+        """Cancel nodes of one workflow (their dependants are skipped); returns once committed."""
+        return self._ask(lambda f: CancelNodes(tuple(node_ids), actor, reply_to=f))
+
     def restart(self, workflow_id: int, actor: str, node_ids: tuple[int, ...] | None = None) -> Accepted:
+        """Give failed, cancelled and skipped nodes (all, or ``node_ids`` and their dependants) a fresh attempt."""
         return self._ask(lambda f: Restart(workflow_id, actor, node_ids, reply_to=f))
+
+    def note(self, workflow_id: int | None, type: str, actor: str, message: str,
+             properties: dict[str, Any] | None = None) -> None:
+        """Record an event that changes no state (an admin action...); committed with the writer's next batch."""
+        self._running().tell(Note(workflow_id=workflow_id, type=type, actor=actor, message=message,
+                                    properties=properties))
+
+    def pushed(self, node_id: int, attempt: int, *, progress: tuple[float, str | None] | None,
+               outputs: tuple[tuple[str, Any], ...], result: Any, receipt: Any) -> None:
+        """Hand what an elf pushed for its attempt to the monitoring controller, which takes it as what it reads
+        from the attempt's files; ``receipt`` learns when it is committed (see controllers.messages.Pushed)."""
+        if self.monitoring is None:
+            raise BrokerError("the engine is not running")
+        self.monitoring.tell(Pushed(node_id, attempt, progress, outputs, result, receipt))
+
+    def forget(self, workflow_id: int) -> None:
+        """Drop what the workers cached of a workflow that was deleted (its plan)."""
+        if self.ctx is not None:
+            self.ctx.plans.forget(workflow_id)
+
+    def remove_remote_workdir(self, host: str, owner: str, global_id: str) -> None:
+        """Remove a workflow's work directory on a remote catalogue host, as its owner's account there."""
+        if self.launchers is None:
+            raise BrokerError("the engine is not running")
+        self.launchers.remove_workflow(host, owner, global_id)
 
     # ----------------------------------------------------------------------------------------- stop
 
@@ -233,6 +292,7 @@ class Engine:
         try:
             self._stop_actors()
         finally:
+            assert self.lock is not None
             self.lock.release()
 
     def _stop_actors(self) -> None:
@@ -240,44 +300,36 @@ class Engine:
         (they start no new work, still record answers); the workers (work under way ends, queued work is
         dropped: its intent is in the database); then the controllers, which record the last answers with
         the writer, stopped last so that it commits them."""
-        clock = getattr(self, "clock", None)
-        if clock is not None:
-            clock.stop()
-        controllers = [ref for ref in (getattr(self, name, None) for name in ("submission", "staging", "monitoring"))
-                       if ref is not None]
+        if self.clock is not None:
+            self.clock.stop()
+        controllers = [ref for ref in (self.submission, self.staging, self.monitoring) if ref is not None]
         for ref in controllers:
             try:
                 ref.tell(Quiesce())
             except pykka.ActorDeadError:  # failed to start: nothing to quiesce
                 pass
-        pools = getattr(self, "pools", {}).values()
-        for pool in pools:
+        for pool in self.pools.values():
             pool.closing.set()  # from now on a dispatch is dropped, even one a controller makes before Quiesce
-        for pool in pools:
+        for pool in self.pools.values():
             pool.stop()
         for ref in controllers:
             ref.stop()
-        launchers = getattr(self, "launchers", None)
-        if launchers is not None:
-            launchers.close()  # pollers; remote payloads and jobs keep running
-        resources = getattr(self, "resources", None)
-        if resources is not None:
-            resources.close()  # SSH connections
-        writer = getattr(self, "writer", None)
-        if writer is not None:
+        if self.launchers is not None:
+            self.launchers.close()  # pollers; remote payloads and jobs keep running
+        if self.resources is not None:
+            self.resources.close()  # SSH connections
+        if self.writer is not None:
             if self._announced:
                 self._announce("stopped")  # the writer's last change
-            writer.stop()
-        relay = getattr(self, "relay", None)
-        if relay is not None:
+            self.writer.stop()
+        if self.relay is not None:
             # after the writer: what it committed last (final states, the SERVICE event) is in the outbox
             # publishes what is left for at most [events] stop_timeout (exit_drain_timeout: run, resume)
-            self.unsent_at_stop = relay.stop()
+            self.unsent_at_stop = self.relay.stop()
         if self._launcher is not None:
             self._launcher.close()
-        db = getattr(self, "db", None)
-        if db is not None:
-            db.dispose()
+        if self.db is not None:
+            self.db.dispose()
 
     def __enter__(self) -> Engine:
         return self.start()

@@ -3,7 +3,7 @@
 While a broker runs it owns the events table: its writer commits every event, so event ids increase in
 commit order (the API's ``lastId`` paging relies on it). Two recorders follow that rule:
 
-* :class:`WriterRecorder` (the API, inside ``broker serve``) tells the running broker's writer;
+* :class:`EngineRecorder` (the API, inside ``broker serve``) goes through the running broker's engine;
 * :class:`DirectRecorder` (the CLI, holding the broker lock, so no broker runs) adds the event in its own
   transaction, which may be the deletion's own: then the record and the deletion commit together.
 """
@@ -32,23 +32,20 @@ class Recorder(Protocol):
         """Record one ADMIN_ACTION event (``workflow_id`` None: service-level)."""
 
 
-class WriterRecorder:
-    """Records through the writer of the broker this process runs (``broker serve``)."""
+class EngineRecorder:
+    """Records through the engine this process runs (``broker serve``): its writer commits the event."""
 
     joins_transactions = False
 
-    def __init__(self, writer: Any, actor: str):
-        self.writer = writer
+    def __init__(self, engine: Any, actor: str):
+        self.engine = engine
         self.actor = actor
 
     def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
                session: Session | None = None) -> None:
-        """Tell the writer; it commits the event with its next batch."""
-        from broker.persistence.changes import Note
-
+        """Hand the event to the engine; its writer commits it with its next batch."""
         log.info("%s by %s", message, self.actor)
-        self.writer.tell(Note(workflow_id=workflow_id, type=EventType.ADMIN_ACTION.value, actor=self.actor,
-                              message=message, properties=properties))
+        self.engine.note(workflow_id, EventType.ADMIN_ACTION.value, self.actor, message, properties)
 
 
 class DirectRecorder:

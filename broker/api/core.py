@@ -28,7 +28,6 @@ from broker.api.types import (CORE_NS, AggregateSummary, BrokerSubmission, Prope
                               fault_class)
 from broker.errors import InvalidCredentials, NotAuthorized, NotFound
 from broker.persistence import queries
-from broker.persistence.changes import CancelNodes, CancelWorkflow, Restart
 
 CoreFault = fault_class(CORE_NS)
 
@@ -159,9 +158,9 @@ def core_operations(fault: type) -> dict[str, Any]:
         api = _api(ctx)
         workflow_id, node_ids = _own_target(api, user, globalId)
         if node_ids is None:
-            api.ask(lambda f: CancelWorkflow(workflow_id, _actor(user), reply_to=f))
+            api.engine.cancel(workflow_id, _actor(user))
         else:
-            api.ask(lambda f: CancelNodes(tuple(node_ids), _actor(user), reply_to=f))
+            api.engine.cancel_nodes(node_ids, _actor(user))
 
     @rpc(Unicode, _throws=fault)
     def restart(ctx, globalId):
@@ -170,8 +169,7 @@ def core_operations(fault: type) -> dict[str, Any]:
         user = caller(_env(ctx))
         api = _api(ctx)
         workflow_id, node_ids = _own_target(api, user, globalId)
-        api.ask(lambda f: Restart(workflow_id, _actor(user), None if node_ids is None else tuple(node_ids),
-                                  reply_to=f))
+        api.engine.restart(workflow_id, _actor(user), None if node_ids is None else tuple(node_ids))
 
     found = dict(locals())  # in declaration order
     return {name: value for name, value in found.items() if getattr(value, "_is_rpc", False)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from broker.admin.audit import WriterRecorder
+from broker.admin.audit import EngineRecorder
 from broker.admin.delete import Deleter, Selection, journal_for
 from broker.api.context import ApiContext
 from broker.persistence import queries
@@ -23,18 +23,12 @@ def deleter_for(api: ApiContext, actor: str) -> Deleter:
     """A Deleter that records through the running broker's writer and forgets deleted workflows' plans."""
     engine = api.engine
     root = engine.workdir
-    launchers = getattr(getattr(engine, "ctx", None), "launchers", None)
-    deleter = Deleter(api.sessions, WriterRecorder(engine.writer, actor), workdir_root=root,
+    deleter = Deleter(api.sessions, EngineRecorder(engine, actor), workdir_root=root,
                       journal=journal_for(root, api.settings.database_url()),
-                      require_drained=api.settings.events.publishing, forget=_forgetter(api),
-                      remove_remote=None if launchers is None else launchers.remove_workflow)
+                      require_drained=api.settings.events.publishing, forget=engine.forget,
+                      remove_remote=engine.remove_remote_workdir)
     deleter.recover()
     return deleter
-
-
-def _forgetter(api: ApiContext) -> Any:
-    plans = getattr(getattr(api.engine, "ctx", None), "plans", None)
-    return None if plans is None else plans.forget
 
 
 def delete_selection(api: ApiContext, actor: str, what: str, *, owner_id: int | None = None,
@@ -60,8 +54,7 @@ def archive(api: ApiContext, actor: str, archive_uri: str | None, configuration_
     if not archive_uri:
         raise ConfigError("archiveWorkflowsTo needs an archive URI (file:///DIR or sftp://HOST/DIR)")
     selection = parse_selection(configuration_xml, filename="configurationXml")
-    target = open_target(archive_uri, api.settings.archive, getattr(api.engine, "resources", None),
-                         actor.partition(":")[2])
+    target = open_target(archive_uri, api.settings.archive, api.engine.resources, actor.partition(":")[2])
     try:
         return archive_workflows(target, selection, deleter_for(api, actor),
                                  max_file_bytes=api.settings.archive.max_file_bytes)

@@ -137,8 +137,6 @@ def apply_push(api: ApiContext, elf: ElfIdentity, status_text: str | None,
 
     The report goes to the monitoring controller, which takes it as it takes what it reads from the attempt's
     files; the call returns once that is committed (or known to change nothing)."""
-    from broker.controllers.messages import Pushed
-
     status = parse_status(status_text)
     outputs = parse_outputs(output, api.settings.limits.max_output_bytes)
     with api.sessions() as s:
@@ -155,7 +153,7 @@ def apply_push(api: ApiContext, elf: ElfIdentity, status_text: str | None,
                                message=status.message or "")
     progress = (status.percent, status.message) if status.percent is not None else None
     receipt = Receipt()
-    api.engine.monitoring.tell(Pushed(elf.node_id, elf.attempt, progress, outputs, result, receipt))
+    api.engine.pushed(elf.node_id, elf.attempt, progress=progress, outputs=outputs, result=result, receipt=receipt)
     if not receipt.done.wait(COMMIT_TIMEOUT):
         raise BrokerError(f"the status of node {elf.node_id} was not committed within {COMMIT_TIMEOUT:g} s")
     if receipt.rejected is not None:

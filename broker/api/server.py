@@ -43,7 +43,8 @@ class Service:
     def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings, list[Any]], Any] | None = None,
                  on_ready: Callable[[str, str], None] | None = None):
         """``on_ready(bound_url, public_url)`` is called once the server accepts calls.
-        ``engine_factory(settings, listeners)``: the engine to run, with these writer listeners."""
+        ``engine_factory(settings, listeners, push_url)``: the engine to run, with these writer listeners and the
+        URL of its push channel."""
         self.settings = settings
         self.engine_factory = engine_factory
         self.on_ready = on_ready
@@ -100,9 +101,10 @@ class Service:
                 log.info("metrics at http://%s:%d/metrics", _url_host(servers[1].bind_addr[0]),
                          servers[1].bind_addr[1])
             board = NodeBoard()
-            engine = self._engine(board)
+            public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound_port}"
+            engine = self._engine(board, public + "/broker")
             try:
-                self._serve(engine, front, collector, board, host, (bound_host, bound_port))
+                self._serve(engine, front, collector, board, public, (bound_host, bound_port))
                 # a timed wait: the Python-level signal handler runs only when the main thread executes
                 # bytecode, and one untimed wait was seen to sleep through a SIGTERM under load
                 while not self.stopping.wait(0.5):
@@ -124,17 +126,18 @@ class Service:
         log.info("stopped")
         return 0
 
-    def _engine(self, board: Any) -> Any:
-        """The started engine, with ``board`` among its writer's listeners."""
+    def _engine(self, board: Any, push_url: str) -> Any:
+        """The started engine, with ``board`` among its writer's listeners; elves on hosts with push="true"
+        report to ``push_url`` (the core service)."""
         from broker.crashpoints import hold_point
         from broker.engine import Engine
 
         hold_point("serve-start")
-        factory = self.engine_factory or (lambda s, listeners: Engine(s, all_workflows=True, service="serve",
-                                                                      listeners=listeners))
-        return factory(self.settings, [board]).start()
+        factory = self.engine_factory or (lambda s, listeners, push_url: Engine(
+            s, all_workflows=True, service="serve", listeners=listeners, push_url=push_url))
+        return factory(self.settings, [board], push_url).start()
 
-    def _serve(self, engine: Any, front: Any, collector: Any, board: Any, host: str,
+    def _serve(self, engine: Any, front: Any, collector: Any, board: Any, public: str,
                bound: tuple[str, int]) -> None:
         """Resume every workflow, build the two SOAP services behind ``front`` and mark the service active."""
         from broker.api.app import build, quiet_spyne
@@ -146,9 +149,6 @@ class Service:
         api_settings = self.settings.api
         quiet_spyne()
         resumed = engine.track_all()
-        public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound[1]}"
-        # elves on hosts with push="true" report here from now on (attempts started before: files only)
-        engine.ctx.push_url = public + "/broker"
         api = ApiContext(self.settings, engine)
         routes = [Route(path, app, namespace, wsdl) for path, (app, namespace, wsdl)
                   in build(api, public, api_settings.max_request_bytes).items()]

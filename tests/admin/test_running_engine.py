@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from broker.admin.archive import archive_workflows
-from broker.admin.audit import WriterRecorder
+from broker.admin.audit import EngineRecorder
 from broker.admin.delete import Deleter, journal_for
 from broker.admin.reader import read_archive
 from broker.admin.selection import Keep, Selection
@@ -25,9 +25,9 @@ def test_archiving_and_deleting_beside_running_workflows_leaves_them_undisturbed
         wait_for(lambda i=workflow_id: broker.node_states(i).get("wait") == "running", what="a gated node to run")
     finished = [broker.run(example("output-sweep.xml"), "bob")[0] for _ in range(3)]
     finished_gids = [broker.workflow(i).global_id for i in finished]
-    deleter = Deleter(engine.sessions, WriterRecorder(engine.writer, "admin:root"), workdir_root=engine.workdir,
+    deleter = Deleter(engine.sessions, EngineRecorder(engine, "admin:root"), workdir_root=engine.workdir,
                       journal=journal_for(engine.workdir, broker.url), require_drained=False,
-                      forget=engine.ctx.plans.forget)
+                      forget=engine.forget)
     target = FileTarget(tmp_path / "archives")
 
     report = archive_workflows(target, Selection(keep=Keep(), delete_after=True), deleter,
