@@ -12,6 +12,7 @@ and another as the writer's last change when it stops, so that bus consumers see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -28,7 +29,8 @@ from broker.controllers.monitoring import MonitoringController
 from broker.controllers.staging import StagingController
 from broker.controllers.submission import SubmissionController
 from broker.errors import BrokerError
-from broker.persistence.changes import Accepted, CancelNodes, CancelWorkflow, Note, Rejected, Restart, Submit, Track
+from broker.persistence.changes import (Accepted, CancelNodes, CancelWorkflow, DeleteWorkflows, Deleted, Note,
+                                        Rejected, Restart, Submit, Track)
 from broker.persistence.db import session_factory
 from broker.persistence.lock import BrokerLock
 from broker.persistence.models import Workflow
@@ -256,6 +258,10 @@ class Engine:
     def restart(self, workflow_id: int, actor: str, node_ids: tuple[int, ...] | None = None) -> Accepted:
         """Give failed, cancelled and skipped nodes (all, or ``node_ids`` and their dependants) a fresh attempt."""
         return self._ask(lambda f: Restart(workflow_id, actor, node_ids, reply_to=f))
+
+    def delete_workflows(self, change: DeleteWorkflows) -> Deleted:
+        """Delete finished workflows and record what went (see DeleteWorkflows); returns once committed."""
+        return self._ask(lambda f: dataclasses.replace(change, reply_to=f))
 
     def note(self, workflow_id: int | None, type: str, actor: str, message: str,
              properties: dict[str, Any] | None = None) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.admin import archive_record
-from broker.admin.delete import LISTED, Deleter, work_directories
+from broker.admin.delete import Deleter, work_directories
 from broker.admin.selection import Selection
 from broker.admin.targets import Target
 from broker.crashpoints import crash_point
@@ -39,6 +39,7 @@ from broker.errors import NotFound
 from broker.persistence import queries
 from broker.persistence.models import User, Workflow
 from broker.persistence.queries import WorkflowRow
+from broker.persistence.removal import LISTED
 
 log = logging.getLogger(__name__)
 

@@ -1,80 +1,73 @@
-"""Recording admin actions as ADMIN_ACTION events, the way the engine writes events.
+"""Recording admin actions as ADMIN_ACTION events, and the writer that commits them (and deletions).
 
-While a broker runs it owns the events table: its writer commits every event, so event ids increase in
-commit order (the API's ``lastId`` paging relies on it). Two recorders follow that rule:
-
-* :class:`EngineRecorder` (the API, inside ``broker serve``) goes through the running broker's engine;
-* :class:`DirectRecorder` (the CLI, holding the broker lock, so no broker runs) adds the event in its own
-  transaction, which may be the deletion's own: then the record and the deletion commit together.
+The database's writer commits every change, so event ids increase in commit order (the API's ``lastId``
+paging relies on it). That writer is the running broker's (``broker serve``: the API goes through its
+engine), or, for a command that holds the broker lock so that no broker runs (``broker admin``), a store of
+the command's own (:class:`OwnWriter`), which commits each change at once as the broker's writer would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.errors import BrokerError
 from broker.events.types import EventType
+from broker.persistence.changes import DeleteWorkflows, Deleted, Note, Rejected
 
 log = logging.getLogger(__name__)
 
 
-class Recorder(Protocol):
-    """Where admin actions are recorded; ``actor`` is ``admin:<name>`` (or ``user:<name>``)."""
+class Writer(Protocol):
+    """What the admin code needs of the database's writer (the engine has these methods)."""
 
-    actor: str
-    #: whether :meth:`record` can join the caller's transaction (then the record commits with the change)
-    joins_transactions: bool
+    def delete_workflows(self, change: DeleteWorkflows) -> Deleted:
+        """Apply the deletion; its answer once committed. Raises the error that refused it."""
 
-    def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
-               session: Session | None = None) -> None:
+    def note(self, workflow_id: int | None, type: str, actor: str, message: str,
+             properties: dict[str, Any] | None = None) -> None:
+        """Record an event that changes no state."""
+
+
+class Recorder:
+    """Records admin actions through the writer; ``actor`` is ``admin:<name>`` (or ``user:<name>``)."""
+
+    def __init__(self, writer: Writer, actor: str):
+        self.writer = writer
+        self.actor = actor
+
+    def record(self, workflow_id: int | None, message: str, properties: dict[str, Any]) -> None:
         """Record one ADMIN_ACTION event (``workflow_id`` None: service-level)."""
-
-
-class EngineRecorder:
-    """Records through the engine this process runs (``broker serve``): its writer commits the event."""
-
-    joins_transactions = False
-
-    def __init__(self, engine: Any, actor: str):
-        self.engine = engine
-        self.actor = actor
-
-    def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
-               session: Session | None = None) -> None:
-        """Hand the event to the engine; its writer commits it with its next batch."""
         log.info("%s by %s", message, self.actor)
-        self.engine.note(workflow_id, EventType.ADMIN_ACTION.value, self.actor, message, properties)
+        self.writer.note(workflow_id, EventType.ADMIN_ACTION.value, self.actor, message, properties)
 
 
-class DirectRecorder:
-    """Writes the events itself: for a process that holds the broker lock (the CLI with no broker running)."""
+class OwnWriter:
+    """The writer of a process that owns the database (it holds the broker lock): a store of its own."""
 
-    joins_transactions = True
-
-    def __init__(self, sessions: sessionmaker[Session], actor: str, *, publishing: bool = True):
+    def __init__(self, sessions: sessionmaker[Session], *, limits: Any, publishing: bool):
         """``publishing``: whether a bus is configured (without one, the events get no outbox rows)."""
-        self.sessions = sessions
-        self.actor = actor
-        self.publishing = publishing
+        from broker.persistence.store import Store
 
-    def record(self, workflow_id: int | None, message: str, properties: dict[str, Any],
-               session: Session | None = None) -> None:
-        """Add the event in ``session`` (committed with the caller's change), else in a transaction of its own."""
-        log.info("%s by %s", message, self.actor)
-        if session is not None:
-            self._add(session, workflow_id, message, properties)
-            return
-        with self.sessions.begin() as s:
-            self._add(s, workflow_id, message, properties)
+        self.store = Store(sessions, limits=limits, publishing=publishing)
 
-    def _add(self, s: Session, workflow_id: int | None, message: str, properties: dict[str, Any]) -> None:
-        from broker.persistence import repository
-        from broker.persistence.models import Workflow
+    def _commit(self, change: Any) -> Any:
+        """Commit one change; the answer to it (None for a change that asks none)."""
+        reply = object()  # a marker to find the answer among the store's replies (it hands them back)
+        out = self.store.commit([dataclasses.replace(change, reply_to=reply) if hasattr(change, "reply_to")
+                                 else change])
+        answer = next((answer for to, answer in out.replies if to is reply), None)
+        if isinstance(answer, Rejected):
+            raise answer.error if isinstance(answer.error, BrokerError) else BrokerError(answer.reason)
+        return answer
 
-        workflow = None if workflow_id is None else s.get(Workflow, workflow_id)
-        if workflow_id is not None and workflow is None:
-            return  # deleted meanwhile: nothing left to attach the event to
-        repository.add_event(s, workflow, type=EventType.ADMIN_ACTION, actor=self.actor, message=message,
-                             properties=properties, publishing=self.publishing)
+    def delete_workflows(self, change: DeleteWorkflows) -> Deleted:
+        return self._commit(change)
+
+    def note(self, workflow_id: int | None, type: str, actor: str, message: str,
+             properties: dict[str, Any] | None = None) -> None:
+        # a workflow deleted meanwhile has nothing left to attach the event to: the store drops it
+        self._commit(Note(workflow_id=workflow_id, type=type, actor=actor, message=message, properties=properties))

@@ -12,7 +12,10 @@ The one rule set, shared by the CLI (``broker admin delete``, ``broker admin arc
   was selected stays.
 
 Order, for crash safety: the work directories to remove are written to a journal (fsync), the rows are
-deleted and the service-level ADMIN_ACTION event recorded, and only then are the directories removed. A
+deleted and the service-level ADMIN_ACTION event recorded in one commit, and only then are the directories
+removed. The database's writer makes that commit, as it makes every change: the running broker's (the API,
+through its engine), or a store of the command's own while it holds the broker lock
+(:class:`broker.admin.audit.OwnWriter`). A
 crash after the commit leaves directories that the journal names: the next deletion (:meth:`Deleter.recover`)
 removes those whose workflow is gone, and forgets the others (the crash came before the commit).
 
@@ -40,18 +43,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.admin.audit import Recorder
+from broker.admin.audit import Recorder, Writer
 from broker.atomic import atomic_write
 from broker.crashpoints import crash_point
 from broker.errors import NotFound, ResourceError, StateError
 from broker.ids import GLOBAL_ID_RE, split_global_id
 from broker.persistence import queries
+from broker.persistence.changes import DeleteWorkflows, Planned
 from broker.persistence.models import Node, Workflow
 
 log = logging.getLogger(__name__)
 
-#: most global ids an ADMIN_ACTION event lists (the counts are always complete)
-LISTED = 100
 #: one lock per journal file: API threads of one broker may delete at the same time
 _JOURNAL_LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_LOCK = threading.Lock()
@@ -133,14 +135,17 @@ def journal_for(workdir_root: Path, database_url: str) -> Journal:
 class Deleter:
     """Deletes finished workflows and their work directories, and records what it removed."""
 
-    def __init__(self, sessions: sessionmaker[Session], recorder: Recorder, *, workdir_root: Path,
+    def __init__(self, sessions: sessionmaker[Session], writer: Writer, actor: str, *, workdir_root: Path,
                  journal: Journal, require_drained: bool, forget: Callable[[int], None] | None = None,
                  remove_remote: RemoveRemote | None = None):
-        """``require_drained``: a bus is configured (``[events] url``); ``forget``: drop cached state of a
-        deleted workflow (the running broker's plan cache); ``remove_remote(host, owner, global_id)``: remove
-        a workflow's directory on a remote catalogue host (without it, remote directories are left)."""
+        """``writer``: the database's writer, which deletes the rows and records what was done as ``actor``
+        (``admin:<name>`` or ``user:<name>``); ``require_drained``: a bus is configured (``[events] url``);
+        ``forget``: drop cached state of a deleted workflow (the running broker's plan cache);
+        ``remove_remote(host, owner, global_id)``: remove a workflow's directory on a remote catalogue host
+        (without it, remote directories are left)."""
         self.sessions = sessions
-        self.recorder = recorder
+        self.writer = writer
+        self.recorder = Recorder(writer, actor)
         self.workdir_root = workdir_root
         self.journal = journal
         self.require_drained = require_drained
@@ -167,38 +172,32 @@ class Deleter:
     # ------------------------------------------------------------------------------------------ deleting
 
     def delete(self, rows: Sequence[Any], what: str, *, skipped: Sequence[Any] = (),
-               last_event_id: int | None = None, properties: dict[str, Any] | None = None,
-               record: bool = True) -> queries.Deletion:
+               last_event_id: int | None = None, properties: dict[str, Any] | None = None) -> queries.Deletion:
         """Delete the planned ``rows`` (those still deletable now), then their work directories.
 
-        ``skipped`` rows (from the plan) are reported with the deleted ones in the one service-level
-        ADMIN_ACTION event (``what`` names the operation). ``last_event_id``: see
-        :func:`queries.delete_finished`.
+        The writer deletes the rows and records, in the same commit, the one service-level ADMIN_ACTION event
+        that reports them with the ``skipped`` rows (from the plan); ``what`` names the operation.
+        ``last_event_id``: see :func:`queries.delete_finished`.
         """
         rows = list(rows)
         dirs = self._directories(rows)
         self.journal.add(dirs)
-        with self.sessions.begin() as s:
-            deleted_ids = set(queries.delete_finished(s, [r.id for r in rows], require_drained=self.require_drained,
-                                                      last_event_id=last_event_id))
-            gone = [r for r in rows if r.id in deleted_ids]
-            left = [r for r in rows if r.id not in deleted_ids]
-            result = queries.Deletion(
-                tuple(r.global_id for r in gone), tuple(r.global_id for r in (*skipped, *left)),
-                tuple([r.reason or "" for r in skipped] + [f"workflow {r.global_id} changed meanwhile (restarted, "
-                                                           "or new events)" for r in left]))
-            message, props = _report(what, result, properties)
-            if record and self.recorder.joins_transactions:
-                self.recorder.record(None, message, props, session=s)
+        actor = self.recorder.actor
+        answer = self.writer.delete_workflows(DeleteWorkflows(
+            tuple(Planned(r.id, r.global_id) for r in rows), actor, what,
+            skipped=tuple(r.global_id for r in skipped), reasons=tuple(r.reason or "" for r in skipped),
+            require_drained=self.require_drained, last_event_id=last_event_id, properties=properties))
+        result = answer.deletion
+        log.info("%s: deleted %d workflow(s), skipped %d, by %s", what, len(result.deleted), len(result.skipped),
+                 actor)
         crash_point("delete-committed")
+        gone = [r for r in rows if r.id in answer.workflow_ids]
         kept = self._remove({r.global_id: dirs.get(r.global_id, []) for r in gone})
         self.journal.drop(r.global_id for r in rows)
         self.journal.add(kept)
         if self.forget is not None:
             for r in gone:
                 self.forget(r.id)
-        if record and not self.recorder.joins_transactions:
-            self.recorder.record(None, message, props)
         return result
 
     def delete_one(self, global_id: str, what: str, owner_id: int | None = None) -> queries.Deletion:
@@ -354,14 +353,3 @@ def resolve_workflow(s: Session, text: str, owner_id: int | None = None) -> int:
     if row is None or (owner_id is not None and row.owner_id != owner_id):
         raise NotFound(f"no workflow {name}")
     return row.id
-
-
-def _report(what: str, result: queries.Deletion, extra: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """The message and properties of the service-level ADMIN_ACTION event of a deletion."""
-    message = f"{what}: deleted {len(result.deleted)} workflow(s)"
-    if result.skipped:
-        message += f", skipped {len(result.skipped)}: {', '.join(result.skipped[:LISTED])}"
-    properties = {"operation": what, "deleted": len(result.deleted), "skipped": len(result.skipped),
-                  "deleted_ids": list(result.deleted[:LISTED]), "skipped_ids": list(result.skipped[:LISTED]),
-                  "skipped_reasons": list(result.reasons[:LISTED]), **(extra or {})}
-    return message, properties

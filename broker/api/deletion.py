@@ -4,8 +4,8 @@
 running (and, with a bus configured, those whose final events are not yet published) and report them: in
 the broker's log and in an ADMIN_ACTION event (service-level, visible to admins through getStatusInfo) that
 lists what was deleted and what was skipped. Deleting one such workflow is refused (Client.InvalidState).
-The rows go in one transaction, then the work directories; the writer records the event afterwards, so
-event ids keep increasing in commit order.
+The engine's writer deletes the rows and records the event in one commit (so event ids keep increasing in
+commit order), then the work directories go.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from broker.admin.audit import EngineRecorder
 from broker.admin.delete import Deleter, Selection, journal_for
 from broker.api.context import ApiContext
 from broker.persistence import queries
@@ -23,7 +22,7 @@ def deleter_for(api: ApiContext, actor: str) -> Deleter:
     """A Deleter that records through the running broker's writer and forgets deleted workflows' plans."""
     engine = api.engine
     root = engine.workdir
-    deleter = Deleter(api.sessions, EngineRecorder(engine, actor), workdir_root=root,
+    deleter = Deleter(api.sessions, engine, actor, workdir_root=root,
                       journal=journal_for(root, api.settings.database_url()),
                       require_drained=api.settings.events.publishing, forget=engine.forget,
                       remove_remote=engine.remove_remote_workdir)

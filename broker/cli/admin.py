@@ -156,7 +156,7 @@ def users_command(args: argparse.Namespace, settings: Any) -> int:
 def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     """A Deleter on the configured database, holding the broker lock (refused while a broker runs)."""
     from broker.admin.delete import Deleter, journal_for
-    from broker.admin.audit import DirectRecorder
+    from broker.admin.audit import OwnWriter
     from broker.cli.common import owner_name, reader
     from broker.config import default_state_dir
     from broker.errors import BrokerLocked
@@ -177,9 +177,11 @@ def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     try:
         with reader(settings) as sessions, _RemoteHosts(settings, sessions) as remote:
             root = Path(settings.engine.workdir or default_state_dir() / "work").absolute()
-            deleter = Deleter(sessions, DirectRecorder(sessions, actor, publishing=settings.events.publishing),
-                              workdir_root=root, journal=journal_for(root, settings.database_url()),
-                              require_drained=settings.events.publishing, remove_remote=remote)
+            publishing = settings.events.publishing
+            # holding the lock, this command owns the database: a store of its own is the writer
+            writer = OwnWriter(sessions, limits=settings.limits, publishing=publishing)
+            deleter = Deleter(sessions, writer, actor, workdir_root=root, journal=journal_for(root, settings.database_url()),
+                              require_drained=publishing, remove_remote=remote)
             if lock:
                 for gid in deleter.recover():
                     print(f"removed the remaining work directories of {gid} (deleted earlier)")

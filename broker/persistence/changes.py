@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from broker.description.model import WorkflowSpec
 from broker.states import NodeState, WorkflowState
+
+if TYPE_CHECKING:
+    from broker.persistence.queries import Deletion
 
 #: (actor_ref, message): told to the actor after the change has been committed
 FollowUp = tuple[Any, Any]
@@ -167,6 +170,35 @@ class AfterIntents:
     nodes: tuple[tuple[int, int], ...]
 
 
+class Planned(NamedTuple):
+    """A workflow a deletion plans to remove."""
+
+    workflow_id: int
+    global_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteWorkflows:
+    """Delete finished workflows (every row of theirs goes through the foreign keys) and record what went, with
+    what a plan left, as one service-level ADMIN_ACTION event, in one transaction; answered with
+    :class:`Deleted`. A workflow that is no longer deletable now (restarted, given events) stays."""
+
+    workflows: tuple[Planned, ...]
+    actor: str
+    #: the operation, named in the event ("deleteAllCompleted", "delete <global id>", ...)
+    what: str
+    #: global ids the plan left, and why (``reasons``, in the same order): reported in the event
+    skipped: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    #: a bus is configured: a workflow goes only once its outbox has drained
+    require_drained: bool = False
+    #: refuse a workflow with an event newer than this (one just archived)
+    last_event_id: int | None = None
+    #: more properties of the event
+    properties: dict[str, Any] | None = None
+    reply_to: Any = None
+
+
 @dataclass(frozen=True, slots=True)
 class Changes:
     """Several changes sent as one message (they join the same commit, in order)."""
@@ -175,7 +207,7 @@ class Changes:
 
 
 Change = (Transition | Reported | Note | Expansion | CancelWorkflow | CancelNodes | Restart | Submit | Track
-          | MarkControl | AfterIntents)
+          | MarkControl | AfterIntents | DeleteWorkflows)
 
 
 # ------------------------------------------------------------------------------------ from the writer
@@ -261,6 +293,15 @@ class Rejected:
     reason: str
     #: the error that refused the change, when it was one: its kind reaches the caller (LimitExceeded...)
     error: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """Reply to DeleteWorkflows: what went and what stayed (global ids, with reasons for those that stayed)."""
+
+    deletion: Deletion
+    #: database ids of the deleted workflows
+    workflow_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

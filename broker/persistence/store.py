@@ -24,10 +24,10 @@ from broker.crashpoints import crash_point
 from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.events.types import EventType
-from broker.persistence import acted, settled
-from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed, Expansion,
-                                        InFlight, MarkControl, Moved, Note, ReadyNode, Rejected, Reported, Restart,
-                                        Submit, Track, Transition, WorkflowInfo)
+from broker.persistence import acted, removal, settled
+from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed,
+                                        DeleteWorkflows, Expansion, InFlight, MarkControl, Moved, Note, ReadyNode,
+                                        Rejected, Reported, Restart, Submit, Track, Transition, WorkflowInfo)
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
 from broker.persistence.quota import NodeQuota
@@ -407,4 +407,5 @@ _HANDLERS = {
     Track: Store._track,
     MarkControl: Store._mark_control,
     AfterIntents: Store._after_intents,
+    DeleteWorkflows: removal.delete_workflows,
 }

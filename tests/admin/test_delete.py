@@ -122,7 +122,7 @@ def test_remote_work_directories_are_removed_as_the_owner_and_retried_when_a_hos
     from sqlalchemy import update
 
     from broker.admin.delete import Deleter, journal_for
-    from broker.admin.audit import DirectRecorder
+    from broker.admin.audit import OwnWriter
     from broker.errors import ResourceError
     from broker.persistence.models import Node
 
@@ -141,8 +141,9 @@ def test_remote_work_directories_are_removed_as_the_owner_and_retried_when_a_hos
             raise ResourceError("lab: connection refused")
 
     journal = journal_for(tmp_path, admin_cli.url)
-    deleter = Deleter(admin_cli.sessions, DirectRecorder(admin_cli.sessions, ACTOR), workdir_root=admin_cli.workdir,
-                      journal=journal, require_drained=False, remove_remote=remove)
+    writer = OwnWriter(admin_cli.sessions, limits=None, publishing=True)
+    deleter = Deleter(admin_cli.sessions, writer, ACTOR, workdir_root=admin_cli.workdir, journal=journal,
+                      require_drained=False, remove_remote=remove)
     plan = deleter.plan(Selection(workflow_ids=(made.ids["remote"], made.ids["gone-host"])))
     assert len(deleter.delete(plan.deletable, "delete").deleted) == 2
     remote, old = made.gids["remote"], made.gids["gone-host"]
