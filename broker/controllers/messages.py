@@ -66,18 +66,6 @@ class Pushed:
 
 
 @dataclass(frozen=True, slots=True)
-class StageInRequest:
-    node: NodeRef
-
-
-@dataclass(frozen=True, slots=True)
-class StageOutRequest:
-    node: NodeRef
-    #: the attempt that produced the outputs (a remote one's files are fetched from its host first)
-    handle: LaunchHandle | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Peers:
     """Introduces the controllers to each other once all have started: name -> actor ref."""
 

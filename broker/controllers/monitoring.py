@@ -18,9 +18,9 @@ from typing import Any
 
 import pykka
 
-from broker.actions import Collect, Failed, Kill, Launch, LaunchBundle, NodeRef, ReadReports, Recover
+from broker.actions import Collect, Failed, Kill, Launch, LaunchBundle, NodeRef, ReadReports, Recover, StageOut
 from broker.controllers.base import Controller
-from broker.controllers.messages import Collected, Exited, Pushed, Resume, StageOutRequest, Tick, Watch
+from broker.controllers.messages import Collected, Exited, Pushed, Resume, Tick, Watch
 from broker.crashpoints import crash_point
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
@@ -181,7 +181,7 @@ class MonitoringController(Controller):
         if result.outcome == launcher.SUCCEEDED:
             spec = self.ctx.plans.get(ref.workflow_id).templates[ref.spec_path]
             if isinstance(spec, NodeSpec) and spec.stage_out:
-                to, then = NodeState.STAGING_OUT, (self.peers["staging"], StageOutRequest(ref, handle))
+                to, then = NodeState.STAGING_OUT, self.after_commit(StageOut(ref, handle))
             else:
                 to, then = NodeState.SUCCEEDED, None
             message = result.message or None

@@ -2,7 +2,9 @@
 
 Stage-in starts once the node's attempt intent (state ``staging_in``) is committed; when it succeeds the
 node moves to ``queued`` and the submission controller launches it. Stage-out runs after a successful
-payload (state ``staging_out``); the node succeeds once every output is copied. A failed transfer fails
+payload (state ``staging_out``); the node succeeds once every output is copied. The StageIn and StageOut
+actions ride on those transitions (``after_commit``): the writer hands them straight to a stage worker, and
+the worker answers here. A failed transfer fails
 the attempt, which is retried per the node's policy.
 """
 
@@ -14,7 +16,7 @@ import pykka
 
 from broker.actions import Failed, Launch, NodeRef, StageIn, StageOut
 from broker.controllers.base import Controller
-from broker.controllers.messages import Resume, StageInRequest, StageOutRequest, Tick
+from broker.controllers.messages import Resume, Tick
 from broker.launchers.base import LaunchHandle
 from broker.persistence.changes import Rejected, Transition
 from broker.states import NodeState
@@ -26,12 +28,6 @@ class StagingController(Controller):
 
     def __init__(self, writer: pykka.ActorRef[Any], pools: dict[str, WorkerPool]):
         super().__init__(writer, pools)
-
-    def on_stage_in(self, msg: StageInRequest) -> None:
-        self.dispatch(StageIn(msg.node))
-
-    def on_stage_out(self, msg: StageOutRequest) -> None:
-        self.dispatch(StageOut(msg.node, msg.handle))
 
     def staged_in(self, action: StageIn, _result: Any) -> None:
         ref = action.node
@@ -62,7 +58,6 @@ class StagingController(Controller):
                                           job_id=job or "", host=host)
                 self.dispatch(StageOut(ref, handle))
 
-    HANDLERS = {StageInRequest: on_stage_in, StageOutRequest: on_stage_out, Resume: on_resume,
-                Tick: lambda self, msg: None, Rejected: lambda self, msg: None}
+    HANDLERS = {Resume: on_resume, Tick: lambda self, msg: None, Rejected: lambda self, msg: None}
     ON_DONE = {StageIn: staged_in, StageOut: staged_out}
     ON_FAILED = {StageIn: stage_failed, StageOut: stage_failed}

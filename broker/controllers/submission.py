@@ -21,9 +21,9 @@ from typing import Any
 
 import pykka
 
-from broker.actions import Expand, Failed, Launch, LaunchBundle, NodeRef, PollControl
+from broker.actions import Expand, Failed, Launch, LaunchBundle, NodeRef, PollControl, StageIn
 from broker.controllers.base import Controller
-from broker.controllers.messages import StageInRequest, Tick
+from broker.controllers.messages import Tick
 from broker.description.model import NodeSpec, SweepSpec
 from broker.errors import ResourceError
 from broker.persistence.changes import (AfterIntents, CancelNodes, CancelWorkflow, Changes, Committed, Expansion,
@@ -238,7 +238,7 @@ class SubmissionController(Controller):
             self.writer.tell(Changes((*transitions, after)))
             return
         if isinstance(spec, NodeSpec) and spec.stage_in:
-            then: Any = (self.peers["staging"], StageInRequest(refs[0]))
+            then: Any = self.after_commit(StageIn(refs[0]))
             transitions[0] = dataclasses.replace(transitions[0], to=NodeState.STAGING_IN)
         else:
             then = self.after_commit(Launch(refs[0]))

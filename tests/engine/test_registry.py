@@ -46,3 +46,17 @@ def test_no_controller_hears_answers_for_actions_it_does_not_own():
     for name, controller in CONTROLLERS.items():
         owned = {t for t, owner in actions.OWNER.items() if owner == name}
         assert set(controller.ON_DONE) == owned and set(controller.ON_FAILED) == owned
+
+
+def test_no_message_between_controllers_copies_an_action():
+    """A request to do an action is the action itself, ridden on a transition (``after_commit``)."""
+    from broker.controllers import messages
+
+    def shape(cls: type) -> tuple[tuple[str, str], ...]:  # the fields, with their declared types
+        return tuple((f.name, str(f.type)) for f in dataclasses.fields(cls))
+
+    shapes = {shape(t): t.__name__ for t in ACTION_TYPES}
+    copies = [f"{name} copies {shapes[shape(message)]}" for name, message in vars(messages).items()
+              if isinstance(message, type) and dataclasses.is_dataclass(message)
+              and message.__module__ == messages.__name__ and shape(message) in shapes]
+    assert copies == []
