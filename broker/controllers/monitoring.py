@@ -80,7 +80,7 @@ class MonitoringController(Controller):
         refs = action.nodes if isinstance(action, LaunchBundle) else (action.node,)
         self.writer.tell(Changes(tuple(
             Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
-                       fields=(("retryable", failed.retryable),), message=f"could not start: {failed.error}")
+                       retryable=failed.retryable, message=f"could not start: {failed.error}")
             for ref in refs)))
 
     def on_watch(self, msg: Watch) -> None:
@@ -154,7 +154,7 @@ class MonitoringController(Controller):
         if attempt is not None:
             ref = attempt.node
             self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
-                                        attempt=ref.attempt, fields=(("retryable", True),),
+                                        attempt=ref.attempt, retryable=True,
                                         message=f"could not read the result: {failed.error}"))
 
     def _finish(self, ref: NodeRef, result: launcher.AttemptResult, reported: dict[str, Any],
@@ -189,11 +189,10 @@ class MonitoringController(Controller):
             to, then, message = NodeState.CANCELLED, None, result.message or "cancelled"
         else:
             to, then, message = NodeState.FAILED, None, result.message
-            fields.append(("retryable", True))
         if receipt is not None:
             then = receipt.via(then)
-        changes.append(Transition(node_id=ref.node_id, to=to, actor=actor, attempt=ref.attempt,
-                                  fields=tuple(fields), message=message, then=then, reply_to=receipt))
+        changes.append(Transition(node_id=ref.node_id, to=to, actor=actor, attempt=ref.attempt, fields=tuple(fields),
+                                  retryable=to is NodeState.FAILED, message=message, then=then, reply_to=receipt))
         self.writer.tell(Changes(tuple(changes)))
 
     # ------------------------------------------------------------------------------------------ push
@@ -311,13 +310,13 @@ class MonitoringController(Controller):
             self.dispatch(Launch(ref))
         else:
             self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
-                                        attempt=ref.attempt, fields=(("retryable", True),),
+                                        attempt=ref.attempt, retryable=True,
                                         message="the attempt disappeared without a result while the broker was down"))
 
     def recover_failed(self, action: Recover, failed: Failed) -> None:
         ref = action.node
         self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                    fields=(("retryable", True),), message=f"could not recover: {failed.error}"))
+                                    retryable=True, message=f"could not recover: {failed.error}"))
 
     HANDLERS = {Watch: on_watch, Exited: on_exited, Collected: on_collected, Pushed: on_pushed, Tick: on_tick,
                 Committed: on_committed,

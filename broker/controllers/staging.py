@@ -43,7 +43,7 @@ class StagingController(Controller):
         ref: NodeRef = action.node
         what = "stage-in" if isinstance(action, StageIn) else "stage-out"
         self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME, attempt=ref.attempt,
-                                    fields=(("retryable", failed.retryable),),
+                                    retryable=failed.retryable,
                                     message=f"{what} failed: {failed.error}"))
 
     def on_resume(self, msg: Resume) -> None:

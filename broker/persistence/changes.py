@@ -39,6 +39,8 @@ class Transition:
     new_attempt: bool = False
     #: column values to set with the transition: job_id, host, exit_code, outputs, workdir, retry_at, ...
     fields: tuple[tuple[str, Any], ...] = ()
+    #: a failure the node's retry policy may turn into a retry (to FAILED only; a refused launch, say, is not)
+    retryable: bool = False
     #: the event's message (why)
     message: str | None = None
     then: FollowUp | None = None

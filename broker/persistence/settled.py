@@ -43,7 +43,7 @@ def refusal(s: Session, change: Any, node_id: int) -> BrokerError | None:
     if isinstance(change, Transition):  # Store._transition's checks, in its order
         if change.attempt is not None and change.attempt != row.attempt:
             return BrokerError(f"stale report for attempt {change.attempt} of '{row.path}' (now {row.attempt})")
-        if change.to is NodeState.FAILED and dict(change.fields).get("retryable"):
+        if change.to is NodeState.FAILED and change.retryable:
             return None  # the reason names the retry policy's verdict: the mirror's to give
         group = row.kind == "member" or (row.kind == "sweep" and row.members is not None)
         try:

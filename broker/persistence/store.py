@@ -174,7 +174,7 @@ class Store:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (now {node.attempt})")
         fields = dict(ch.fields)
         to = ch.to
-        if to is NodeState.FAILED and fields.pop("retryable", False):
+        if to is NodeState.FAILED and ch.retryable:
             to = self._retry_or_fail(node, fields, batch, ch.actor)
         if "retries" in fields:
             node.retries = fields["retries"]

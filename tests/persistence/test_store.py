@@ -98,3 +98,32 @@ def test_the_same_progress_from_both_channels_is_one_event(sessions):
         events = s.scalars(select(Event).where(Event.type == EventType.NODE_PROGRESS.value).order_by(Event.id)).all()
         assert [(e.properties["percent"], e.message) for e in events] == [(25.0, "a"), (75.0, "b")]
         assert s.get(Node, ids["a"]).progress == 75.0
+
+
+def test_a_retryable_failure_is_a_field_of_the_transition_and_its_policy_decides(sessions):
+    import dataclasses
+
+    from broker.description.model import Execution, Retry
+
+    policy = Execution(retry=Retry(count=1, backoff=60.0))
+    retried = tuple(dataclasses.replace(node(n), execution=policy) for n in "rf")
+    store = Store(sessions)
+    with sessions.begin() as s:
+        wf = repo.submit_workflow(s, WorkflowSpec(name="retry", nodes=retried), descriptor=DESCRIPTOR,
+                                  owner=repo.ensure_user(s, "alice"))
+        wf_id = wf.id
+    store.commit([Track(wf_id)])
+    with sessions() as s:
+        ids = dict(s.execute(select(Node.path, Node.id).where(Node.workflow_id == wf_id)).all())
+    store.commit([Transition(node_id=ids[n], to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True)
+                  for n in "rf"])
+
+    store.commit([Transition(node_id=ids["r"], to=NodeState.FAILED, actor="monitoring", attempt=1, retryable=True,
+                               fields=(("exit_code", 3),)),
+                  Transition(node_id=ids["f"], to=NodeState.FAILED, actor="monitoring", attempt=1)])
+
+    with sessions() as s:
+        r, f = s.get(Node, ids["r"]), s.get(Node, ids["f"])
+        assert (r.state, r.retries, r.exit_code) == (NodeState.RETRY_WAIT.value, 1, 3)
+        assert r.retry_at is not None
+        assert (f.state, f.retries) == (NodeState.FAILED.value, 0)  # not retryable: failed, whatever the policy
