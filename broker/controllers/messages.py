@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from broker.actions import NodeRef
 from broker.launchers.base import AttemptResult, LaunchHandle
@@ -72,12 +72,23 @@ class Peers:
     refs: dict[str, Any]
 
 
+class StagingAttempt(NamedTuple):
+    """An attempt that was copying files in or out when the previous broker stopped."""
+
+    node: NodeRef
+    #: "staging_in" or "staging_out"
+    state: str
+    workdir: str | None
+    job_id: str | None
+    #: the host as recorded (``login@host`` once the attempt ran remotely)
+    host: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class Resume:
     """Attempts that were in flight when the previous broker stopped, to be recovered."""
 
-    #: (node, state, work directory, job id, host as recorded) of each attempt
-    nodes: tuple[tuple[NodeRef, str, str | None, str | None, str | None], ...]
+    nodes: tuple[StagingAttempt, ...]
 
 
 @dataclass(frozen=True, slots=True)

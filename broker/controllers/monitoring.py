@@ -20,7 +20,7 @@ import pykka
 
 from broker.actions import Collect, Failed, Kill, Launch, LaunchBundle, NodeRef, ReadReports, Recover, StageOut
 from broker.controllers.base import Controller
-from broker.controllers.messages import Collected, Exited, Pushed, Resume, Tick, Watch
+from broker.controllers.messages import Collected, Exited, Pushed, Resume, StagingAttempt, Tick, Watch
 from broker.crashpoints import crash_point
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
@@ -278,7 +278,7 @@ class MonitoringController(Controller):
             if flying.state in (NodeState.QUEUED, NodeState.RUNNING):
                 self.dispatch(Recover(ref, flying.state.value, flying.workdir, flying.job_id))
             else:
-                staging.append((ref, flying.state.value, flying.workdir, flying.job_id, flying.host))
+                staging.append(StagingAttempt(ref, flying.state.value, flying.workdir, flying.job_id, flying.host))
         if staging:
             self.tell_peer("staging", Resume(tuple(staging)))
         for node_id, attempt_no in msg.kill:

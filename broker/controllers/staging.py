@@ -48,14 +48,15 @@ class StagingController(Controller):
 
     def on_resume(self, msg: Resume) -> None:
         """Transfers are idempotent (temporary name, then rename): redo the ones that were under way."""
-        for ref, state, workdir, job, host in msg.nodes:
-            if state == NodeState.STAGING_IN.value:
+        for attempt in msg.nodes:
+            ref, host, workdir = attempt.node, attempt.host, attempt.workdir
+            if attempt.state == NodeState.STAGING_IN.value:
                 self.dispatch(StageIn(ref))
-            elif state == NodeState.STAGING_OUT.value:
+            elif attempt.state == NodeState.STAGING_OUT.value:
                 handle = None
                 if host and "@" in host and workdir:
                     handle = LaunchHandle(node_id=ref.node_id, attempt=ref.attempt, workdir=workdir,
-                                          job_id=job or "", host=host)
+                                          job_id=attempt.job_id or "", host=host)
                 self.dispatch(StageOut(ref, handle))
 
     HANDLERS = {Resume: on_resume, Tick: lambda self, msg: None, Rejected: lambda self, msg: None}

@@ -28,6 +28,7 @@ from broker.description.model import NodeSpec, SweepSpec
 from broker.errors import ResourceError
 from broker.persistence.changes import (AfterIntents, CancelNodes, CancelWorkflow, Changes, Committed, Expansion,
                                         InFlight, MarkControl, ReadyNode, Rejected, Restart, Transition, WorkflowInfo)
+from broker.persistence.control import ControlCommand
 from broker.states import IN_FLIGHT, WORKFLOW_TERMINAL, NodeState
 from broker.workers.context import WorkerContext
 from broker.workers.pool import WorkerPool
@@ -316,9 +317,11 @@ class SubmissionController(Controller):
             self.next_control = msg.now + self.control_interval
             self.dispatch(PollControl(self.control_after))
 
-    def controls(self, action: PollControl, rows: list[Any]) -> None:
+    def controls(self, action: PollControl, rows: list[ControlCommand]) -> None:
         self.control_busy = False
-        for control_id, command, workflow_id, node_ids, actor, error in rows:
+        for row in rows:
+            control_id, workflow_id, node_ids, actor, error = (row.control_id, row.workflow_id, row.node_ids,
+                                                               row.actor, row.error)
             self.control_after = max(self.control_after, control_id)
             if not error and not self.ctx.all_workflows and workflow_id not in self.workflows:
                 # `broker run` runs its own workflow only; taking another on would tie it to this process
@@ -326,7 +329,7 @@ class SubmissionController(Controller):
             if error:
                 self.writer.tell(MarkControl(control_id, f"error: {error}"))
                 continue
-            if command == "cancel":
+            if row.command == "cancel":
                 change: Any = (CancelWorkflow(workflow_id, actor) if node_ids is None
                                else CancelNodes(tuple(node_ids), actor))
             else:

@@ -289,6 +289,16 @@ class Committed:
     resume: tuple[InFlight, ...] = ()
 
 
+class WorkflowSummary(NamedTuple):
+    """A workflow touched by a commit, as the writer's listeners get it (as positional arguments)."""
+
+    workflow_id: int
+    global_id: str
+    state: WorkflowState
+    #: node state value -> how many nodes are in it (states with none left out)
+    counts: dict[str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     change: Any

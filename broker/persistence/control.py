@@ -7,6 +7,8 @@ applied. When no broker holds the database, the command applies the change itsel
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,6 +17,21 @@ from broker.ids import split_global_id
 from broker.persistence.models import Control, Node, Workflow
 
 COMMANDS = ("cancel", "restart")
+
+
+class ControlCommand(NamedTuple):
+    """A control command not applied yet, with its target resolved, as the running broker reads it."""
+
+    control_id: int
+    #: one of COMMANDS
+    command: str
+    #: the target's workflow and node (a list of one; None: the whole workflow); None when ``error`` is set
+    workflow_id: int | None
+    node_ids: list[int] | None
+    #: who asked: ``user:<name>`` or ``admin:<name>``
+    actor: str
+    #: why the target cannot be resolved (deleted meanwhile...)
+    error: str | None = None
 
 
 def resolve_target(s: Session, global_id: str) -> tuple[int, list[int] | None]:

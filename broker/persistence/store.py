@@ -27,7 +27,8 @@ from broker.events.types import EventType
 from broker.persistence import acted, removal, settled
 from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed,
                                         DeleteWorkflows, Expansion, InFlight, MarkControl, Moved, Note, ReadyNode,
-                                        Rejected, Reported, Restart, Submit, Track, Transition, WorkflowInfo)
+                                        Rejected, Reported, Restart, Submit, Track, Transition, WorkflowInfo,
+                                        WorkflowSummary)
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Dependency, Node, User, Workflow
 from broker.persistence.quota import NodeQuota
@@ -51,7 +52,7 @@ class Outcome:
     followups: list[tuple[Any, Any]] = field(default_factory=list)
     replies: list[tuple[Any, Any]] = field(default_factory=list)
     #: (workflow id, global id, state, counts) of every workflow touched, for progress listeners
-    summaries: list[tuple[int, str, WorkflowState, dict[str, int]]] = field(default_factory=list)
+    summaries: list[WorkflowSummary] = field(default_factory=list)
     freed: int = 0  # nodes that left the mirror: after many, the writer trims once batch and changes are gone
 
 
@@ -375,8 +376,8 @@ class Store:
         workflows = tuple((wf.id, wf.state) for wf, cols in batch.wf_cols.values() if "state" in cols)
         out.committed = Committed(ready=ready, moved=moved, tracked=tracked, workflows=workflows,
                                   kill=tuple(batch.kill), resume=tuple(batch.resume))
-        out.summaries = [(wf.id, wf.global_id, wf.state, {s.value: k for s, k in wf.counts.items() if k})
-                         for wf in batch.touched.values()]
+        out.summaries = [WorkflowSummary(wf.id, wf.global_id, wf.state, {s.value: k for s, k in wf.counts.items()
+                                                                       if k}) for wf in batch.touched.values()]
 
 
 def _ready(n: MNode) -> ReadyNode:

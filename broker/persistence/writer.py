@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 _FLUSH = object()
 
-#: called in the writer thread after each commit with (workflow id, global id, state, counts): keep it cheap
+#: called in the writer thread after each commit with the fields of a WorkflowSummary (workflow id, global id,
+#: state, counts) of each workflow the commit touched: keep it cheap
 Listener = Callable[[int, str, Any, dict[str, int]], None]
 
 

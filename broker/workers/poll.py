@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 
 from broker.actions import Collect, PollControl, ReadReports, Recover
 from broker.launchers.base import AttemptResult, Recovered, Report
 from broker.errors import BrokerError
-from broker.persistence.control import resolve_target
+from broker.persistence.control import ControlCommand, resolve_target
 from broker.persistence.models import Control
 from broker.workers.pool import Worker
 
@@ -29,9 +27,9 @@ class PollWorker(Worker):
         workdir = action.workdir or str(self.ctx.attempt_dir(ref.workflow_global_id, ref.path, ref.attempt))
         return self.ctx.launcher_for(ref.host, ref.owner).recover(ref.node_id, ref.attempt, workdir, action.job_id)
 
-    def poll_control(self, action: PollControl) -> list[tuple[Any, ...]]:
-        """Unapplied control commands, resolved: (id, command, workflow id, node ids or None, actor, error)."""
-        out: list[tuple[Any, ...]] = []
+    def poll_control(self, action: PollControl) -> list[ControlCommand]:
+        """Unapplied control commands, resolved."""
+        out: list[ControlCommand] = []
         with self.ctx.session_factory() as s:
             rows = s.execute(select(Control.id, Control.command, Control.target, Control.requested_by)
                              .where(Control.applied_at.is_(None), Control.id > action.after_id)
@@ -40,9 +38,9 @@ class PollWorker(Worker):
                 try:
                     workflow_id, node_ids = resolve_target(s, row.target)
                 except BrokerError as exc:
-                    out.append((row.id, row.command, None, None, row.requested_by, str(exc)))
+                    out.append(ControlCommand(row.id, row.command, None, None, row.requested_by, str(exc)))
                 else:
-                    out.append((row.id, row.command, workflow_id, node_ids, row.requested_by, None))
+                    out.append(ControlCommand(row.id, row.command, workflow_id, node_ids, row.requested_by))
         return out
 
     HANDLERS = {Collect: collect, ReadReports: read_reports, Recover: recover, PollControl: poll_control}

@@ -60,3 +60,15 @@ def test_no_message_between_controllers_copies_an_action():
               if isinstance(message, type) and dataclasses.is_dataclass(message)
               and message.__module__ == messages.__name__ and shape(message) in shapes]
     assert copies == []
+
+
+def test_tuples_that_travel_between_actors_have_named_fields():
+    from broker.controllers.messages import Resume, StagingAttempt
+    from broker.persistence.changes import WorkflowSummary
+    from broker.persistence.control import ControlCommand
+    from broker.persistence.store import Outcome
+    from broker.workers.poll import PollWorker
+
+    assert typing.get_type_hints(Resume)["nodes"] == tuple[StagingAttempt, ...]
+    assert typing.get_type_hints(PollWorker.poll_control)["return"] == list[ControlCommand]
+    assert typing.get_type_hints(Outcome)["summaries"] == list[WorkflowSummary]
