@@ -5,7 +5,7 @@ resolving symlinks); paths inside the work directory are relative, never absolut
 ``..`` and never leading out of it through a symlink. Copies go to a temporary name and are renamed into
 place once complete (and, when a checksum is given, verified), so a retried or interrupted transfer
 never leaves a half-written file that looks finished. Other schemes (``sftp://``, ``http(s)://``) are
-provided by the resources layer through :data:`TRANSPORTS`.
+provided by the resources layer as :class:`Transports`, made for the node's owner and passed in.
 
 With an :class:`Owner` (a root broker staging for another account) every ``file://`` path, and the work
 directory when it is the account's, is opened by a child process running as that account
@@ -20,8 +20,8 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -33,10 +33,20 @@ from broker.errors import ResourceError
 #: bytes read per chunk while copying and hashing
 CHUNK = 1024 * 1024
 
-#: scheme -> fetch(uri, destination path, max_bytes) for stage-in; filled in by other transports
-TRANSPORTS: dict[str, Callable[[str, Path, int], None]] = {}
-#: scheme -> push(source path, uri, max_bytes) for stage-out
-PUSHERS: dict[str, Callable[[Path, str, int], None]] = {}
+
+@dataclass(frozen=True, slots=True)
+class Transports:
+    """The schemes beyond ``file://`` that one user's staging may use (made by
+    :meth:`broker.resources.Resources.transports_for`, bound to the user's accounts)."""
+
+    #: scheme -> fetch(uri, destination path, max_bytes), for stage-in
+    fetch: Mapping[str, Callable[[str, Path, int], None]] = field(default_factory=dict)
+    #: scheme -> push(source path, uri, max_bytes), for stage-out
+    push: Mapping[str, Callable[[Path, str, int], None]] = field(default_factory=dict)
+
+
+#: file:// only
+LOCAL_ONLY = Transports()
 
 
 def inside_workdir(workdir: Path, relative: str) -> Path:
@@ -106,35 +116,37 @@ class Owner:
     spool: Path
 
 
-def stage_in(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int, owner: Owner | None = None) -> None:
+def stage_in(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int, owner: Owner | None = None,
+             transports: Transports = LOCAL_ONLY) -> None:
     """Bring one input into the work directory."""
     target = inside_workdir(workdir, stage.target)
     scheme = urlsplit(stage.source).scheme
     if owner is not None and (scheme == "file" or owner.owns_workdir):
-        _stage_in_as(owner, stage, scheme, target, roots, max_bytes)
+        _stage_in_as(owner, stage, scheme, target, roots, max_bytes, transports)
         return
     if scheme == "file":
         _copy_file(local_path(stage.source, roots), target, max_bytes)
-    elif scheme in TRANSPORTS:
+    elif scheme in transports.fetch:
         target.parent.mkdir(parents=True, exist_ok=True)
-        TRANSPORTS[scheme](stage.source, target, max_bytes)
+        transports.fetch[scheme](stage.source, target, max_bytes)
     else:
         raise ResourceError(f"unsupported stage-in source {stage.source!r}", retryable=False)
     verify(target, stage.checksum)
 
 
-def stage_out(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int, owner: Owner | None = None) -> None:
+def stage_out(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int, owner: Owner | None = None,
+              transports: Transports = LOCAL_ONLY) -> None:
     """Copy one output of the work directory to its target."""
     source = inside_workdir(workdir, stage.source)
     scheme = urlsplit(stage.target).scheme
     if owner is not None and (scheme == "file" or owner.owns_workdir):
-        _stage_out_as(owner, stage, scheme, source, roots, max_bytes)
+        _stage_out_as(owner, stage, scheme, source, roots, max_bytes, transports)
         return
     verify(source, stage.checksum)
     if scheme == "file":
         _copy_file(source, local_path(stage.target, roots), max_bytes)
-    elif scheme in PUSHERS:
-        PUSHERS[scheme](source, stage.target, max_bytes)
+    elif scheme in transports.push:
+        transports.push[scheme](source, stage.target, max_bytes)
     else:
         raise ResourceError(f"unsupported stage-out target {stage.target!r}", retryable=False)
 
@@ -142,7 +154,7 @@ def stage_out(stage: Stage, workdir: Path, roots: Sequence[str], max_bytes: int,
 # ----------------------------------------------------------------------------------- as the owner's account
 
 def _stage_in_as(owner: Owner, stage: Stage, scheme: str, target: Path, roots: Sequence[str],
-                 max_bytes: int) -> None:
+                 max_bytes: int, transports: Transports) -> None:
     if scheme == "file":
         source = str(local_path(stage.source, roots))
         if owner.owns_workdir:
@@ -151,10 +163,10 @@ def _stage_in_as(owner: Owner, stage: Stage, scheme: str, target: Path, roots: S
             with _broker_file(target) as fd:
                 runas.copy(owner.run_as, source, fd, max_bytes, checksum=stage.checksum)
         return
-    if scheme not in TRANSPORTS:
+    if scheme not in transports.fetch:
         raise ResourceError(f"unsupported stage-in source {stage.source!r}", retryable=False)
     with _spooled(owner.spool) as spooled:
-        TRANSPORTS[scheme](stage.source, spooled, max_bytes)
+        transports.fetch[scheme](stage.source, spooled, max_bytes)
         fd = os.open(spooled, os.O_RDONLY | os.O_CLOEXEC)
         try:
             runas.copy(owner.run_as, fd, str(target), max_bytes, checksum=stage.checksum)
@@ -163,7 +175,7 @@ def _stage_in_as(owner: Owner, stage: Stage, scheme: str, target: Path, roots: S
 
 
 def _stage_out_as(owner: Owner, stage: Stage, scheme: str, source: Path, roots: Sequence[str],
-                  max_bytes: int) -> None:
+                  max_bytes: int, transports: Transports) -> None:
     # the source as the child opens it: a path in the account's directory, else a descriptor of the broker's
     with contextlib.ExitStack() as stack:
         if owner.owns_workdir:
@@ -178,12 +190,12 @@ def _stage_out_as(owner: Owner, stage: Stage, scheme: str, source: Path, roots: 
             target = str(local_path(stage.target, roots))
             runas.copy(owner.run_as, opened, target, max_bytes, checksum=stage.checksum)
             return
-        if scheme not in PUSHERS:
+        if scheme not in transports.push:
             raise ResourceError(f"unsupported stage-out target {stage.target!r}", retryable=False)
         spooled = stack.enter_context(_spooled(owner.spool))
         with _broker_file(spooled) as fd:
             runas.copy(owner.run_as, opened, fd, max_bytes, checksum=stage.checksum)
-        PUSHERS[scheme](spooled, stage.target, max_bytes)
+        transports.push[scheme](spooled, stage.target, max_bytes)
 
 
 @contextlib.contextmanager

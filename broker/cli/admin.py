@@ -214,7 +214,7 @@ class _RemoteHosts:
 
             with self.sessions() as s:
                 accounts = load_table(s)
-            self.launchers = Launchers(Resources(self.settings, accounts=accounts, install_transports=False))
+            self.launchers = Launchers(Resources(self.settings, accounts=accounts))
         self.launchers.remove_workflow(host, owner, global_id)
 
 

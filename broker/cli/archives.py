@@ -36,7 +36,7 @@ def target_for(uri: str, settings: Any, sessions: Any = None, *, for_write: bool
     if sessions is not None:
         with sessions() as s:
             accounts = load_table(s)
-    resources = Resources(settings, accounts=accounts, install_transports=False)
+    resources = Resources(settings, accounts=accounts)
     try:
         yield open_target(uri, settings.archive, resources, owner_name(settings), for_write=for_write)
     finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker import runas
 from broker.config import Settings
@@ -22,13 +22,15 @@ from broker.resources import catalogue as cat
 from broker.resources.accounts import Account, AccountMap
 from broker.resources.catalogue import Catalogue, Host
 
+if TYPE_CHECKING:
+    from broker.transfers import Transports
+
 
 class Resources:
-    """Catalogue, accounts and SSH pool, built from the settings."""
+    """Catalogue, accounts, SSH pool and staging transports, built from the settings (no module state)."""
 
     def __init__(self, settings: Settings, *, catalogue: Catalogue | None = None,
-                 accounts: Mapping[tuple[str, str], tuple[str, str | None]] | None = None,
-                 install_transports: bool = True):
+                 accounts: Mapping[tuple[str, str], tuple[str, str | None]] | None = None):
         """``accounts``: rows of the accounts table (see :func:`broker.resources.accounts.load_table`)."""
         hosts = settings.hosts
         self.settings = settings
@@ -36,11 +38,11 @@ class Resources:
         self.accounts = AccountMap(self.catalogue, accounts, local_as_broker=settings.engine.run_as_broker_account)
         self._pool: Any = None
         self._lock = threading.Lock()
-        if install_transports:
-            from broker.resources import transports
+        from broker.resources import transports  # http.client and ssl: only once resources are made
 
-            transports.install(self, http_allow=hosts.http_allow, http_allow_private=hosts.http_allow_private,
-                               http_timeout=hosts.http_timeout)
+        self._sftp = transports.SftpTransport(self)
+        self._web = transports.HttpTransport(hosts.http_allow, allow_private=hosts.http_allow_private,
+                                             timeout=hosts.http_timeout)
 
     @property
     def pool(self) -> Any:
@@ -53,6 +55,12 @@ class Resources:
                 self._pool = SshPool(max_channels=hosts.ssh_max_channels, connect_timeout=hosts.ssh_connect_timeout,
                                      command_timeout=hosts.ssh_command_timeout)
             return self._pool
+
+    def transports_for(self, user: str) -> Transports:
+        """The staging schemes beyond file:// for ``user``'s nodes (sftp:// as the user's accounts)."""
+        from broker.resources import transports
+
+        return transports.for_user(self._sftp, self._web, user)
 
     # --------------------------------------------------------------------------------- scheduling aids
 
@@ -117,11 +125,8 @@ class Resources:
 
     def close(self) -> None:
         """Close the SSH connections (close the launchers using them first); payloads and jobs keep running."""
-        from broker.resources import transports
-
         if self._pool is not None:
             self._pool.close()
-        transports.uninstall()
 
 
 __all__ = ["Resources"]

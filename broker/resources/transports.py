@@ -1,11 +1,11 @@
 """Staging transports beyond ``file://``: ``sftp://host/path`` and ``http(s)://`` stage-in from allowed places.
 
-Registered into :data:`broker.transfers.TRANSPORTS` / :data:`~broker.transfers.PUSHERS` by :func:`install`.
+:func:`for_user` makes the :class:`broker.transfers.Transports` of one user (the stage worker asks the resources
+for the node owner's, per node); nothing is registered anywhere.
 
 ``sftp://HOST/PATH`` goes through the SSH pool's connection of the node owner's account on catalogue host
 HOST, so a transfer reads and writes only what that account may (``PATH`` is absolute; ``sftp://HOST/~/x``
-is relative to the account's home). Whose account it is comes from :func:`acting_as`, which the stage
-worker wraps around each node's transfers: without it, sftp:// is refused rather than run as anyone.
+is relative to the account's home). The user is an argument of every transfer: none runs as anyone.
 Paths with ``..`` segments are refused, and a symlink is never downloaded.
 
 ``http://`` and ``https://`` stage-in only from the URL prefixes of ``[hosts] http_allow``. The host name is
@@ -17,13 +17,12 @@ announced length and the bytes actually read).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import functools
 import http.client
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -43,19 +42,7 @@ class Resources(Protocol):
     accounts: Any
 
 
-#: the broker user whose account sftp:// transfers use (set by the stage worker around each node's staging)
-STAGING_USER: contextvars.ContextVar[str | None] = contextvars.ContextVar("staging_user", default=None)
 CHUNK = 1024 * 1024
-
-
-@contextlib.contextmanager
-def acting_as(user: str) -> Iterator[None]:
-    """Run the enclosed stage-in/stage-out calls with ``user``'s accounts (thread- and context-local)."""
-    token = STAGING_USER.set(user)
-    try:
-        yield
-    finally:
-        STAGING_USER.reset(token)
 
 
 def _refuse(message: str) -> ResourceError:
@@ -77,29 +64,26 @@ def _sftp_target(uri: str) -> tuple[str, str]:
 
 
 class SftpTransport:
-    """sftp:// through the pooled connection of the acting user's account on the named host."""
+    """sftp:// through the pooled connection of a user's account on the named host."""
 
     def __init__(self, resources: Resources):
         self._resources = resources
 
-    def _shell(self, host_name: str):
-        user = STAGING_USER.get()
-        if user is None:
-            raise _refuse("sftp:// staging needs the node's owner (wrap staging in transports.acting_as(user))")
+    def _shell(self, host_name: str, user: str):
         host = self._resources.catalogue.get(host_name)
         if host.ssh is None:
             raise _refuse(f"sftp://{host_name}/...: host '{host_name}' has no <ssh> in the catalogue")
         return self._resources.pool.shell(host, self._resources.accounts.account(user, host_name))
 
-    def fetch(self, uri: str, target: Path, max_bytes: int) -> None:
-        """Stage-in: download the remote file to ``target``."""
+    def fetch(self, uri: str, target: Path, max_bytes: int, *, user: str) -> None:
+        """Stage-in: download the remote file to ``target``, as ``user``'s account on the host."""
         host_name, path = _sftp_target(uri)
-        self._shell(host_name).download(path, str(target), max_bytes)
+        self._shell(host_name, user).download(path, str(target), max_bytes)
 
-    def push(self, source: Path, uri: str, max_bytes: int) -> None:
-        """Stage-out: upload ``source`` to the remote path (atomically)."""
+    def push(self, source: Path, uri: str, max_bytes: int, *, user: str) -> None:
+        """Stage-out: upload ``source`` to the remote path (atomically), as ``user``'s account on the host."""
         host_name, path = _sftp_target(uri)
-        self._shell(host_name).upload(str(source), path, max_bytes)
+        self._shell(host_name, user).upload(str(source), path, max_bytes)
 
 
 # ------------------------------------------------------------------------------------------------ http
@@ -219,24 +203,14 @@ class _Pinned:
         self._conn.close()
 
 
-# -------------------------------------------------------------------------------------------- register
+# ------------------------------------------------------------------------------------------ per user
 
-def install(resources: Resources, *, http_allow: Sequence[str] = (), http_allow_private: bool = False,
-            http_timeout: float = 30.0) -> None:
-    """Register sftp:// (stage-in and out) and http(s):// (stage-in) into broker.transfers."""
-    sftp = SftpTransport(resources)
-    transfers.TRANSPORTS["sftp"] = sftp.fetch
-    transfers.PUSHERS["sftp"] = sftp.push
-    web = HttpTransport(http_allow, allow_private=http_allow_private, timeout=http_timeout)
-    transfers.TRANSPORTS["http"] = web.fetch
-    transfers.TRANSPORTS["https"] = web.fetch
+def for_user(sftp: SftpTransport, web: HttpTransport, user: str) -> transfers.Transports:
+    """The transports of ``user``'s staging: sftp:// (stage-in and out) as the user's accounts, http(s)://
+    (stage-in)."""
+    return transfers.Transports(fetch={"sftp": functools.partial(sftp.fetch, user=user), "http": web.fetch,
+                                       "https": web.fetch},
+                                push={"sftp": functools.partial(sftp.push, user=user)})
 
 
-def uninstall() -> None:
-    """Remove what :func:`install` registered."""
-    for scheme in ("sftp", "http", "https"):
-        transfers.TRANSPORTS.pop(scheme, None)
-    transfers.PUSHERS.pop("sftp", None)
-
-
-__all__ = ["HttpTransport", "STAGING_USER", "SftpTransport", "acting_as", "install", "uninstall"]
+__all__ = ["HttpTransport", "SftpTransport", "for_user"]

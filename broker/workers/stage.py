@@ -9,8 +9,6 @@ targets like local ones.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from urllib.parse import urlsplit
@@ -31,21 +29,9 @@ class StageWorker(Worker):
         assert isinstance(spec, NodeSpec)
         return spec
 
-    @contextlib.contextmanager
-    def _as_owner(self, ref: NodeRef) -> Iterator[None]:
-        if self.ctx.resources is None:
-            yield
-            return
-        from broker.resources.transports import acting_as
-
-        with acting_as(ref.owner):
-            yield
-
     def _owner(self, ref: NodeRef, stages: tuple[Stage, ...], side: str) -> Owner | None:
         """Whose rights this node's staging uses on this machine (None: the broker's own)."""
         resources = self.ctx.resources
-        if resources is None:
-            return None
         host = resources.catalogue.get(ref.host.rpartition("@")[2])
         if host.launcher != "local" and not any(urlsplit(getattr(s, side)).scheme == "file" for s in stages):
             return None  # nothing here touches this machine's files on the user's behalf
@@ -58,11 +44,11 @@ class StageWorker(Worker):
         stages = self._spec(ref).stage_in
         owner = self._owner(ref, stages, "source")
         make_workdir(str(workdir), owner.run_as if owner is not None and owner.owns_workdir else None,
-                     switching=self.ctx.resources is not None and self.ctx.resources.switches_accounts())
+                     switching=self.ctx.resources.switches_accounts())
         settings = self.ctx.settings.staging
-        with self._as_owner(ref):
-            for stage in stages:
-                stage_in(stage, workdir, settings.roots, settings.max_bytes, owner)
+        transports = self.ctx.resources.transports_for(ref.owner)
+        for stage in stages:
+            stage_in(stage, workdir, settings.roots, settings.max_bytes, owner, transports)
 
     def stage_out(self, action: StageOut) -> None:
         ref = action.node
@@ -75,8 +61,8 @@ class StageWorker(Worker):
             launcher.fetch_outputs(handle, [s.source for s in spec.stage_out], str(workdir))
         settings = self.ctx.settings.staging
         owner = self._owner(ref, spec.stage_out, "target")
-        with self._as_owner(ref):
-            for stage in spec.stage_out:
-                stage_out(stage, workdir, settings.roots, settings.max_bytes, owner)
+        transports = self.ctx.resources.transports_for(ref.owner)
+        for stage in spec.stage_out:
+            stage_out(stage, workdir, settings.roots, settings.max_bytes, owner, transports)
 
     HANDLERS = {StageIn: stage_in, StageOut: stage_out}

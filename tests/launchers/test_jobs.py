@@ -66,8 +66,7 @@ def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_pa
     catalogue = Catalogue(hosts=(Host("laptop", "local", max_jobs=4),
                                  Host("lab", "ssh", max_jobs=16, ssh=SshAccess("127.0.0.1", 1, str(tmp_path / "kh")),
                                       scratch="w")), default="laptop")
-    resources = Resources(Settings(), catalogue=catalogue, accounts={("alice", "lab"): ("alice", None)},
-                          install_transports=False)
+    resources = Resources(Settings(), catalogue=catalogue, accounts={("alice", "lab"): ("alice", None)})
     launchers = Launchers(resources)
     try:
         assert (resources.max_jobs("laptop"), resources.max_jobs("lab")) == (4, 16)

@@ -289,8 +289,7 @@ def test_a_cluster_reached_without_ssh_runs_jobs_as_the_owners_mapped_account(sl
     first = test_accounts.first
     host = Host(name="local-slurm", launcher="slurm", scratch=f"{scratch}/mapped",
                 batch=BatchOptions(default_queue=slurm.partition), accounts=(AccountRule("alice", first.login),))
-    resources = Resources(Settings(), catalogue=Catalogue(hosts=(host,), default="local-slurm"),
-                          install_transports=False)
+    resources = Resources(Settings(), catalogue=Catalogue(hosts=(host,), default="local-slurm"))
     launchers = Launchers(resources, local_root=LOCAL_ROOT)
     try:
         launcher = launchers.launcher("local-slurm", "alice")

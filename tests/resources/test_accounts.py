@@ -135,7 +135,7 @@ def local_resources(tmp_path, run_as_broker_account: bool = False, xml: bytes = 
     (tmp_path / "kh").write_text("")
     settings = Settings().replace("engine", run_as_broker_account=run_as_broker_account)
     return Resources(settings, catalogue=parse_catalogue(xml, filename="hosts.xml", base=tmp_path),
-                     accounts={("bob", "here"): ("broker-test2", None)}, install_transports=False)
+                     accounts={("bob", "here"): ("broker-test2", None)})
 
 
 def test_a_root_broker_starts_local_payloads_as_the_owners_mapped_account(tmp_path, test_accounts):

@@ -19,9 +19,9 @@ from broker import transfers
 from broker.config import Settings
 from broker.description.model import Stage
 from broker.errors import ResourceError
-from broker.resources import Resources, transports
+from broker.resources import Resources
 from broker.resources.catalogue import parse_catalogue
-from broker.resources.transports import HttpTransport, acting_as
+from broker.resources.transports import HttpTransport
 from tests.resources.helpers import server_connections
 
 MAX = 1024**2
@@ -65,13 +65,14 @@ def test_sftp_stage_in_and_out_go_through_one_pooled_connection_of_the_owners_ac
     checksum = "sha256:" + hashlib.sha256(data).hexdigest()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    with acting_as("alice"):
-        for i in range(10):
-            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/in.txt", f"in/copy{i}.txt", checksum), workdir,
-                               (), MAX)
-        (workdir / "result.txt").write_text("result\n")
-        transfers.stage_out(Stage("result.txt", f"sftp://sshtest/~/{remote_dir.name}/out.txt"), workdir, (), MAX)
-        assert server_connections(sshd.port) == 1
+    alice = resources.transports_for("alice")
+    for i in range(10):
+        transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/in.txt", f"in/copy{i}.txt", checksum), workdir,
+                           (), MAX, transports=alice)
+    (workdir / "result.txt").write_text("result\n")
+    transfers.stage_out(Stage("result.txt", f"sftp://sshtest/~/{remote_dir.name}/out.txt"), workdir, (), MAX,
+                        transports=alice)
+    assert server_connections(sshd.port) == 1
     assert [(workdir / "in" / f"copy{i}.txt").read_bytes() for i in range(10)] == [data] * 10
     out = remote_dir / "out.txt"
     assert out.read_text() == "result\n"
@@ -84,23 +85,22 @@ def test_sftp_refuses_traversal_symlinks_oversize_and_anonymous_use(resources, s
     os.symlink("/etc/hostname", remote_dir / "link")
     workdir = tmp_path / "work"
     workdir.mkdir()
-    with pytest.raises(ResourceError, match="sftp:// staging needs the node's owner"):
+    # without transports (no user given) only file:// is known: sftp:// never runs as anyone
+    with pytest.raises(ResourceError, match="unsupported stage-in source"):
         transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
-    with acting_as("alice"):
-        with pytest.raises(ResourceError, match=r"the path must be a file path without '\.\.'"):
-            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/../../etc/passwd", "a"), workdir, (), MAX)
-        with pytest.raises(ResourceError, match=r"must not contain '\.\.'"):
-            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "../escape"), workdir, (), MAX)
-        with pytest.raises(ResourceError, match="is not a regular file: refused"):
-            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/link", "a"), workdir, (), MAX)
-        with pytest.raises(ResourceError, match="over the staging limit of 10"):
-            transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), 10)
-        with pytest.raises(ResourceError, match="no user, port or query"):
-            transfers.stage_in(Stage(f"sftp://root@sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
-        with pytest.raises(ResourceError, match="host 'elsewhere' is not in the host catalogue"):
-            transfers.stage_in(Stage("sftp://elsewhere/tmp/x", "a"), workdir, (), MAX)
-    with acting_as("bob"), pytest.raises(ResourceError, match="user 'bob' has no account on host 'sshtest'"):
-        transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX)
+    alice = resources.transports_for("alice")
+    for source, target, limit, refusal in [
+            (f"sftp://sshtest{remote_dir}/../../etc/passwd", "a", MAX, r"the path must be a file path without '\.\.'"),
+            (f"sftp://sshtest{remote_dir}/big.txt", "../escape", MAX, r"must not contain '\.\.'"),
+            (f"sftp://sshtest{remote_dir}/link", "a", MAX, "is not a regular file: refused"),
+            (f"sftp://sshtest{remote_dir}/big.txt", "a", 10, "over the staging limit of 10"),
+            (f"sftp://root@sshtest{remote_dir}/big.txt", "a", MAX, "no user, port or query"),
+            ("sftp://elsewhere/tmp/x", "a", MAX, "host 'elsewhere' is not in the host catalogue")]:
+        with pytest.raises(ResourceError, match=refusal):
+            transfers.stage_in(Stage(source, target), workdir, (), limit, transports=alice)
+    with pytest.raises(ResourceError, match="user 'bob' has no account on host 'sshtest'"):
+        transfers.stage_in(Stage(f"sftp://sshtest{remote_dir}/big.txt", "a"), workdir, (), MAX,
+                           transports=resources.transports_for("bob"))
     assert sorted(os.listdir(workdir)) == []
 
 
@@ -182,9 +182,13 @@ def test_http_refuses_locations_outside_the_allowlist_traversal_redirects_and_ov
     assert sorted(os.listdir(tmp_path)) == ["site"]
 
 
-def test_resources_register_the_transports_and_remove_them_on_close():
-    with_transports = Resources(Settings())
-    assert {"sftp", "http", "https"} <= set(transfers.TRANSPORTS) and "sftp" in transfers.PUSHERS
-    with_transports.close()
-    assert not {"sftp", "http", "https"} & set(transfers.TRANSPORTS)
-    transports.uninstall()  # idempotent
+def test_resources_register_nothing_and_give_each_user_transports_bound_to_that_user():
+    assert not hasattr(transfers, "TRANSPORTS") and not hasattr(transfers, "PUSHERS")  # no module state
+    resources = Resources(Settings())
+    try:
+        alice, bob = resources.transports_for("alice"), resources.transports_for("bob")
+        assert (set(alice.fetch), set(alice.push)) == ({"sftp", "http", "https"}, {"sftp"})
+        assert alice.fetch["sftp"].keywords == alice.push["sftp"].keywords == {"user": "alice"}
+        assert bob.push["sftp"].keywords == {"user": "bob"}
+    finally:
+        resources.close()
