@@ -147,10 +147,9 @@ class Engine:
 
                 # payloads started as other accounts reach their directories through the work root
                 check_traversable(self.workdir)
-            self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, launcher=self._launcher,
-                                     plans=PlanCache(self.sessions), workdir=self.workdir,
-                                     all_workflows=self.all_workflows, resources=self.resources,
-                                     launchers=self.launchers, push_url=self.push_url, lease=lock.lease)
+            self.ctx = WorkerContext(settings=settings, session_factory=self.sessions, plans=PlanCache(self.sessions),
+                                     workdir=self.workdir, resources=self.resources, launchers=self.launchers,
+                                     all_workflows=self.all_workflows, push_url=self.push_url, lease=lock.lease)
             # every commit checks, in its own transaction, that the lease is still this broker's
             self.store = Store(self.sessions, limits=settings.limits, guard=lock.guard,
                                publishing=settings.events.publishing, work_root=str(self.workdir))

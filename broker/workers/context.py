@@ -62,14 +62,14 @@ class PlanCache:
 class WorkerContext:
     settings: Settings
     session_factory: sessionmaker[Session]
-    launcher: Launcher
     plans: PlanCache
     #: root of every node work directory
     workdir: Path
-    #: the compute resources: catalogue, accounts, SSH pool
-    resources: Any = None
-    #: one launcher per (host, account): a :class:`broker.launchers.registry.Launchers`
-    launchers: Any = None
+    #: the compute resources: catalogue, accounts, SSH pool, staging transports
+    resources: Any
+    #: one launcher per (host, account), the local launcher for local hosts: a
+    #: :class:`broker.launchers.registry.Launchers`
+    launchers: Any
     #: whether this broker serves every workflow (``broker serve``) or only those it was given (``broker run``)
     all_workflows: bool = True
     #: the core service's URL elves push to (updateNodeStatus); set by ``broker serve`` once it listens
@@ -85,14 +85,10 @@ class WorkerContext:
 
     def launcher_for(self, host: str, owner: str) -> Launcher:
         """The launcher of ``owner``'s nodes on a catalogue host (``login@host`` is accepted too)."""
-        if self.launchers is None:
-            return self.launcher
         return self.launchers.launcher(host.rpartition("@")[2], owner)
 
     def launcher_of(self, handle: Any) -> Launcher:
         """The launcher behind a started attempt's handle."""
-        if self.launchers is None:
-            return self.launcher
         return self.launchers.launcher_of(handle.host)
 
     def attempt_dir(self, workflow_global_id: str, path: str, attempt: int) -> Path:

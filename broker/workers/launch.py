@@ -27,8 +27,8 @@ class LaunchWorker(Worker):
 
     def _push(self, ref: NodeRef) -> tuple[str, int, str] | None:
         """A push-channel session of this attempt, when its host pushes and an API listens (``broker serve``)."""
-        resources, url = self.ctx.resources, self.ctx.push_url
-        if resources is None or url is None or not resources.catalogue.get(ref.host.rpartition("@")[2]).push:
+        url = self.ctx.push_url
+        if url is None or not self.ctx.resources.catalogue.get(ref.host.rpartition("@")[2]).push:
             return None
         from broker.persistence.elfsessions import create_session  # a credential row, not node state: no writer needed
 
@@ -36,8 +36,7 @@ class LaunchWorker(Worker):
         return url, session_id, secret
 
     def _batch(self, ref: NodeRef) -> bool:
-        resources = self.ctx.resources
-        return resources is not None and resources.catalogue.get(ref.host).is_batch
+        return self.ctx.resources.catalogue.get(ref.host).is_batch
 
     def launch(self, action: Launch) -> LaunchHandle:
         ref = action.node

@@ -137,8 +137,8 @@ def test_a_holder_on_another_machine_that_renews_is_refused_and_one_that_does_no
 
 def test_a_broker_whose_lease_was_taken_starts_nothing(locks, tmp_path):
     first = locks.take()
-    ctx = WorkerContext(settings=None, session_factory=None, launcher=None, plans=None, workdir=tmp_path,
-                        lease=first.lease)
+    ctx = WorkerContext(settings=None, session_factory=None, plans=None, workdir=tmp_path, resources=None,
+                        launchers=None, lease=first.lease)
     ctx.hold()  # held: the action may go ahead
     locks.expire()
     locks.take()
