@@ -96,7 +96,8 @@ class Service:
                 threads.append(threading.Thread(target=server.serve, name=f"broker-http{'-metrics' * index}"))
                 threads[-1].start()
             bound_host, bound_port = servers[0].bind_addr[:2]
-            log.info("listening on http://%s:%d (%s)", _url_host(bound_host), bound_port, health.state.value)
+            # DEBUG: a start refused by the engine (exit 2) stays one line; "serving ..." follows at INFO
+            log.debug("listening on http://%s:%d (%s)", _url_host(bound_host), bound_port, health.state.value)
             if metrics_at is not None:
                 log.info("metrics at http://%s:%d/metrics", _url_host(servers[1].bind_addr[0]),
                          servers[1].bind_addr[1])

@@ -71,7 +71,7 @@ def fresh(migrated_url, tmp_path):
 @pytest.mark.slow
 def test_health_answers_starting_until_the_engine_runs_then_active(fresh, tmp_path):
     go = tmp_path / "go"
-    server = fresh(BROKER_TEST_HOLD=f"serve-start:{go}").start(wait=False)
+    server = fresh(BROKER_TEST_HOLD=f"serve-start:{go}", BROKER_LOGGING_LEVEL="DEBUG").start(wait=False)
     base = logged(server, r"listening on (http://\S+) \(starting\)").group(1)
     assert get(base, "/health") == (503, "starting")
     status, body = get(base, "/broker?wsdl")  # nothing else is served yet: a fault, not a refused connection
