@@ -24,13 +24,13 @@ from broker.crashpoints import crash_point
 from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.events.types import EventType
-from broker.persistence import acted, removal, settled
+from broker.persistence import acted, loading, removal, settled
 from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed,
-                                        DeleteWorkflows, Expansion, InFlight, MarkControl, Moved, Note, ReadyNode,
+                                        DeleteWorkflows, Expansion, MarkControl, Moved, Note,
                                         Rejected, Reported, Restart, Submit, Track, Transition, WorkflowInfo,
                                         WorkflowSummary)
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
-from broker.persistence.models import Dependency, Node, User, Workflow
+from broker.persistence.models import Node
 from broker.persistence.quota import NodeQuota
 from broker.persistence.rawsql import RawWriter
 from broker.persistence.timings import CommitTimes
@@ -304,40 +304,7 @@ class Store:
 
     def track(self, s: Session, workflow_id: int, batch: WriteSet) -> MWorkflow:
         """Load a workflow into the mirror (idempotent)."""
-        wf = self.mirror.workflows.get(workflow_id)
-        if wf is not None:
-            return wf
-        wt = Workflow.__table__
-        row = s.execute(select(wt).where(wt.c.id == workflow_id)).one_or_none()
-        if row is None:
-            raise BrokerError(f"no workflow with id {workflow_id}")
-        owner = s.execute(select(User.name).where(User.id == row.owner_id)).scalar_one()
-        nodes = s.execute(select(NODES.c.id, NODES.c.path, NODES.c.template, NODES.c.kind, NODES.c.parent_id,
-                                 NODES.c.member_index, NODES.c.bindings, NODES.c.state, NODES.c.priority,
-                                 NODES.c.attempt, NODES.c.retries, NODES.c.members)
-                          .where(NODES.c.workflow_id == workflow_id)).all()
-        dt_ = Dependency.__table__
-        edges = s.execute(select(dt_.c.parent_id, dt_.c.child_id)
-                          .join(NODES, NODES.c.id == dt_.c.child_id)
-                          .where(NODES.c.workflow_id == workflow_id)).all()
-        wf = self.mirror.add_workflow(row, owner, nodes, edges, batch)
-        self.quota.forget(owner)  # its nodes were counted as untracked, if they were counted
-        batch.tracked.append(wf)
-        batch.touched[wf.id] = wf
-        # groups (expanded sweeps, members) run while their children do: they are no attempts to recover
-        flying = [r.id for r in nodes
-                  if NodeState(r.state) in IN_FLIGHT and not self.mirror.nodes[r.id].is_group]
-        if wf.cancel_requested:
-            # cancelled by a broker that stopped before its attempts ended: kill them once found again
-            batch.kill.extend((node_id, self.mirror.nodes[node_id].attempt) for node_id in flying)
-        if flying:
-            extra = {r.id: (r.workdir, r.job_id, r.host) for r in s.execute(
-                select(NODES.c.id, NODES.c.workdir, NODES.c.job_id, NODES.c.host).where(NODES.c.id.in_(flying)))}
-            for node_id in flying:
-                node = self.mirror.nodes[node_id]
-                workdir, job_id, host = extra[node_id]
-                batch.resume.append(InFlight(_ready(node), node.state, workdir, job_id, host, wf.owner))
-        return wf
+        return loading.load_workflow(s, self.mirror, self.quota, workflow_id, batch)
 
     # ------------------------------------------------------------------------------------------ write
 
@@ -363,7 +330,7 @@ class Store:
     # ---------------------------------------------------------------------------------------- notify
 
     def _notify(self, batch: WriteSet, out: Outcome) -> None:
-        ready = tuple(_ready(n) for n in batch.ready if n.state is NodeState.READY)
+        ready = tuple(loading.ready_node(n) for n in batch.ready if n.state is NodeState.READY)
         moved = tuple(
             Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,
                   retry_at=batch.node_cols.get(id(n), (None, {}))[1].get("retry_at"))
@@ -378,12 +345,6 @@ class Store:
                                   kill=tuple(batch.kill), resume=tuple(batch.resume))
         out.summaries = [WorkflowSummary(wf.id, wf.global_id, wf.state, {s.value: k for s, k in wf.counts.items()
                                                                        if k}) for wf in batch.touched.values()]
-
-
-def _ready(n: MNode) -> ReadyNode:
-    return ReadyNode(node_id=n.id, workflow_id=n.wf.id, kind=n.kind, path=n.path,  # type: ignore[arg-type]
-                     template=n.template, priority=n.priority, attempt=n.attempt, bindings=n.all_bindings(),
-                     member_index=n.member_index)
 
 
 def _merge(a: Outcome, b: Outcome) -> Outcome:
