@@ -132,8 +132,7 @@ class HttpServer:
         if self._accepting:
             self._selector.unregister(self._listener)
         self._listener.close()
-        # bytes that arrived before the stop are read first: a request whose start is waiting in a socket's
-        # buffer is being received, not idle (closing over unread bytes would reset the connection)
+        # read what arrived before the stop: such a request is being received, not idle (closing would reset it)
         for key, _ in self._selector.select(0):
             if key.data is not None:
                 self._readable(key.data)
