@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from broker.persistence.models import Event, Outbox, Workflow
 from tests.engine.helpers import Broker
-from tests.fixtures import DEADLINE
+from tests.fixtures import DEADLINE, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_SWEEP = (REPO / "conf" / "examples" / "output-sweep.xml").read_text()
@@ -116,15 +116,15 @@ class StompConsumer:
     def reconnect(self, deadline: float = DEADLINE) -> None:
         """Connect again (after the bus restarted), trying until ``deadline`` s have passed."""
         self.disconnect()
-        end = time.monotonic() + deadline
-        while True:
+
+        def connected() -> bool:
             try:
                 self.start()
-                return
             except stomp.exception.ConnectFailedException:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.1)  # a retry interval while the bus starts, not a wait for a result
+                return False
+            return True
+
+        wait_for(connected, deadline=deadline, interval=0.1, what=f"the bus to accept {self.destination}'s consumer")
 
     def wait(self, condition: Callable[[list[Received]], Any], what: str, deadline: float = DEADLINE) -> Any:
         """Wait until ``condition(messages)`` holds; fail the test after ``deadline`` s."""
