@@ -120,6 +120,14 @@ class EngineSettings:
     lease_timeout: float = field(default=30.0, metadata=_doc(
         "PostgreSQL: a lease not renewed for this long is free: the broker that held it writes nothing more and "
         "another may take over. At least twice lease_renew", "s"))
+    standby_poll: float = field(default=1.0, metadata=_doc(
+        "PostgreSQL: how often a standby `broker serve` looks at the lease of the active broker; it takes over "
+        "at most lease_timeout + standby_poll after the active broker's last renewal", "s"))
+    standby_takeover: str = field(default="remote-only", metadata=_doc(
+        "PostgreSQL: what a standby does when the lease it waits for was last held on another machine (another "
+        "boot or pid namespace): remote-only (take over; attempts on that machine's local host are recorded "
+        "lost and retried per their node's policy: they cannot be seen from here) or refuse (stay a standby and "
+        "say so once; a broker restarted on that machine takes the lease as usual)"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from broker.api.edge import OPERATION_KEY
 from broker.api.edge import _basic as basic_credentials
 from broker.api.faults import FaultSpec, envelope
-from broker.api.health import Health
+from broker.api.health import Health, ServiceState
 from broker.api.metrics import ApiMetrics
 from broker.errors import BrokerError
 
@@ -56,8 +56,11 @@ class Front:
             return self._metrics(environ, start_response)
         inner = self.inner
         if inner is None:
-            body = envelope(FaultSpec("Server", f"the broker is {self.health.state.value}: try again shortly"),
-                            FAULT_NAMESPACE)
+            state = self.health.state
+            text = ("this broker is a standby: another broker is active on its database (call that one; this one "
+                    "takes over if it stops)" if state is ServiceState.STANDBY
+                    else f"the broker is {state.value}: try again shortly")
+            body = envelope(FaultSpec("Server", text), FAULT_NAMESPACE)
             return _text(start_response, "503 Service Unavailable", body, [("Retry-After", "5")],
                          "text/xml; charset=utf-8")
         started = time.perf_counter()

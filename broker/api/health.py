@@ -1,11 +1,11 @@
-"""What ``GET /health`` answers: the service's state, one small enum that the server (later the standby) sets.
+"""What ``GET /health`` answers: the service's state, one small enum that the server sets.
 
 A load balancer sends calls only where ``/health`` answers 200. The answer is the state's name as the body, so a
 person with curl sees why a broker is out of the pool:
 
 * ``starting``  503: the port is open but the engine is not serving yet (database lock, migration, resuming);
 * ``active``    200: the engine runs and holds the database (the lock on SQLite, the lease on PostgreSQL);
-* ``standby``   503: waiting to take the database over (reserved: the standby comes with a later change);
+* ``standby``   503: another broker holds the database (PostgreSQL); waiting to take it over;
 * ``api``       200 while it can read the database, else 503: an API-only process (a later change too);
 * ``stopping``  503: draining after SIGTERM.
 

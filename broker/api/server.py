@@ -9,6 +9,10 @@ SIGINT drains: the state becomes ``stopping``, the server stops accepting connec
 up to ``[api] drain_timeout`` seconds to finish, then the engine stops its actors in order (running payloads
 keep running; the next broker re-attaches to them) and the process exits 0. A second signal exits at once
 with status 130.
+
+On PostgreSQL, while another broker holds the database's lease, the engine is not started: the service waits
+as a standby (``/health`` answers ``standby``, every call a 503 fault saying so) and starts the engine, as a
+restarted broker does, once that lease is free (:mod:`broker.persistence.standby`).
 """
 
 from __future__ import annotations
@@ -41,13 +45,18 @@ class Service:
     """The running service: engine, HTTP server, signal handling."""
 
     def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings, list[Any]], Any] | None = None,
-                 on_ready: Callable[[str, str], None] | None = None):
-        """``on_ready(bound_url, public_url)`` is called once the server accepts calls.
+                 on_ready: Callable[[str, str], None] | None = None,
+                 on_standby: Callable[[str, str, str], None] | None = None):
+        """``on_ready(bound_url, public_url)`` is called once the server accepts calls; ``on_standby`` when it
+        waits as a standby (PostgreSQL, another broker holds the lease) with the bound URL, the holder and the
+        database.
         ``engine_factory(settings, listeners, push_url)``: the engine to run, with these writer listeners and the
         URL of its push channel."""
         self.settings = settings
         self.engine_factory = engine_factory
         self.on_ready = on_ready
+        #: called as ``on_standby(bound_url, holder, database)`` each time the service starts waiting as a standby
+        self.on_standby = on_standby
         self.stopping = threading.Event()
         #: engines of the API's own to dispose of at the stop (the fast status reads' pool)
         self._closing: list[Any] = []
@@ -103,29 +112,65 @@ class Service:
                          servers[1].bind_addr[1])
             board = NodeBoard()
             public = api_settings.public_url.rstrip("/") or f"http://{_url_host(host)}:{bound_port}"
-            engine = self._engine(board, public + "/broker")
-            try:
-                self._serve(engine, front, collector, board, public, (bound_host, bound_port))
-                # a timed wait: the Python-level signal handler runs only when the main thread executes
-                # bytecode, and one untimed wait was seen to sleep through a SIGTERM under load
-                while not self.stopping.wait(0.5):
-                    pass
-                health.set(ServiceState.STOPPING)
-                log.info("stopping: no new connections; waiting up to %g s for calls in progress",
-                         api_settings.drain_timeout)
-                servers[0].stop()
-                threads[0].join()
-            finally:
-                collector.engine = None  # a scrape during the engine's stop reports the service state only
-                for resource in self._closing:
-                    resource.dispose()
-                engine.stop()
+            engine = self._start_engine(health, board, public + "/broker",
+                                        f"http://{_url_host(bound_host)}:{bound_port}")
+            if engine is not None:  # None: stopped while a standby
+                try:
+                    self._serve(engine, front, collector, board, public, (bound_host, bound_port))
+                    # a timed wait: the Python-level signal handler runs only when the main thread executes
+                    # bytecode, and one untimed wait was seen to sleep through a SIGTERM under load
+                    while not self.stopping.wait(0.5):
+                        pass
+                    health.set(ServiceState.STOPPING)
+                    log.info("stopping: no new connections; waiting up to %g s for calls in progress",
+                             api_settings.drain_timeout)
+                    servers[0].stop()
+                    threads[0].join()
+                finally:
+                    collector.engine = None  # a scrape during the engine's stop reports the service state only
+                    for resource in self._closing:
+                        resource.dispose()
+                    engine.stop()
         finally:
             for server, thread in zip(servers, threads):
                 server.stop()
                 thread.join()
         log.info("stopped")
         return 0
+
+    def _start_engine(self, health: Any, board: Any, push_url: str, bound: str) -> Any:
+        """The started engine; on PostgreSQL, while another broker holds the lease, first wait as a standby
+        (:mod:`broker.persistence.standby`). None when a signal came during the wait."""
+        from broker.api.health import ServiceState
+        from broker.errors import BrokerLocked
+        from broker.persistence.db import is_sqlite
+
+        if is_sqlite(self.settings.database_url()):  # one process per SQLite file: a second one exits 3
+            return self._engine(board, push_url)
+        from broker.persistence.standby import Standby
+
+        standby = Standby(self.settings.database_url(), self.settings.engine, self.stopping)
+        try:
+            while True:
+                holder = standby.holder()
+                if holder is not None:
+                    health.set(ServiceState.STANDBY)
+                    if self.on_standby is not None:
+                        self.on_standby(bound, holder, standby.where)
+                    log.info("standby: %s is active on %s; taking over when its lease is free (looked at every "
+                             "%g s)", holder, standby.where, standby.poll)
+                    if not standby.wait():
+                        return None
+                    health.set(ServiceState.STARTING)
+                    log.info("standby: the lease on %s is free: taking over", standby.where)
+                try:
+                    return self._engine(board, push_url)
+                except BrokerLocked:
+                    # another standby claimed it first, or its holder renewed it in time: wait again
+                    if self.stopping.wait(standby.poll):
+                        return None
+        finally:
+            standby.close()
 
     def _engine(self, board: Any, push_url: str) -> Any:
         """The started engine, with ``board`` among its writer's listeners; elves on hosts with push="true"

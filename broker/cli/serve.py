@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                     "IBroker (admins) at <url>/admin, WSDLs at ...?wsdl. PostgreSQL must be migrated first "
                     "(`broker db upgrade`); the embedded SQLite database is migrated here. SIGTERM drains "
                     "(no new calls, calls in progress finish, actors stop in order); a second signal exits at "
-                    "once. Users: `broker user add NAME`.")
+                    "once. On PostgreSQL, started while another broker is active, it waits as a standby "
+                    "(/health answers 503 standby) and takes over once that broker's lease is free. Users: "
+                    "`broker user add NAME`.")
     add_db_option(parser)
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (overrides [api] listen)")
     parser.add_argument("--workdir", metavar="DIR", help="root of the node work directories "
@@ -47,9 +49,14 @@ def serve_command(args: argparse.Namespace, settings: Any) -> int:
         settings = settings.replace("api", listen=args.listen)
     if args.workdir:
         settings = settings.replace("engine", workdir=args.workdir)
-    return Service(settings, on_ready=_announce).run()
+    return Service(settings, on_ready=_announce, on_standby=_standing_by).run()
 
 
 def _announce(bound: str, public: str) -> None:
     # the one line on standard output: scripts and tests wait for it to know the service is ready
     print(f"serving on {bound} (public URL {public})", flush=True)
+
+
+def _standing_by(bound: str, holder: str, database: str) -> None:
+    # also one line on standard output: the address to ask /health while the other broker is active
+    print(f"standby on {bound}: {holder} is active on {database}; taking over when its lease is free", flush=True)

@@ -311,7 +311,8 @@ class MonitoringController(Controller):
         else:
             self.writer.tell(Transition(node_id=ref.node_id, to=NodeState.FAILED, actor=self.NAME,
                                         attempt=ref.attempt, retryable=True,
-                                        message="the attempt disappeared without a result while the broker was down"))
+                                        message=found.message or "the attempt disappeared without a result while "
+                                                                 "the broker was down"))
 
     def recover_failed(self, action: Recover, failed: Failed) -> None:
         ref = action.node

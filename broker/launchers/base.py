@@ -105,6 +105,8 @@ class Recovered:
     status: str
     result: AttemptResult | None = None
     handle: LaunchHandle | None = None
+    #: for "lost": why, when there is more to say than that it vanished
+    message: str | None = None
 
 
 #: called from a launcher thread when an attempt ends (exit, timeout kill or cancel kill): (node_id, attempt)

@@ -125,6 +125,17 @@ def _here(row: Any, machine: str | None) -> str | None:
     return "stopped" if found[0] in "Tt" else "running"
 
 
+def is_free(row: Any, machine: str | None) -> bool:
+    """Whether a lease row (as ``_SELECT`` reads it) may be claimed from ``machine``: released, expired, or held
+    by a process that is gone from that machine."""
+    return row.holder is None or bool(row.expired) or _here(row, machine) == "gone"
+
+
+def read(conn: Any) -> Any:
+    """The lease row (epoch, holder, machine, pid, ..., expired, remaining), or None."""
+    return conn.execute(_SELECT).one_or_none()
+
+
 # ----------------------------------------------------------------------------------------------- lease
 
 class Lease:
@@ -139,6 +150,9 @@ class Lease:
         self.holder = Holder.me(role)
         self.on_lost = on_lost
         self.epoch: int | None = None
+        #: the machine (boot and pid namespace) of the lease's previous holder, as its row recorded it when this
+        #: broker claimed it (kept by a release too); None: no broker held it before, or it did not record one
+        self.previous_machine: str | None = None
         #: on :func:`_clock`: until when the lease is surely ours (set before each renewal is sent)
         self._until = 0.0
         self._mutex = threading.Lock()
@@ -159,7 +173,7 @@ class Lease:
                     conn.execute(text("INSERT INTO broker_lease (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING"))
                     continue
                 here = _here(row, self.holder.machine) if row.holder is not None else None
-                if row.holder is None or row.expired or here == "gone":
+                if is_free(row, self.holder.machine):
                     if row.holder is not None:
                         # a holder stopped in a transaction keeps the lease row locked: end its connections
                         # (nothing it has not committed may be), or the claim would wait for it forever
@@ -172,6 +186,7 @@ class Lease:
                         "dead": here == "gone"}).scalar()
                     if epoch is not None:
                         self.epoch, self._until = epoch, sent + self.timeout
+                        self.previous_machine = row.machine
                         if row.holder is not None:
                             log.warning("took over the lease on %s from %s (epoch %d)", self.where, row.holder, epoch)
                         break
@@ -245,6 +260,11 @@ class Lease:
             if not renewed:
                 raise self._lose()
 
+    def from_elsewhere(self) -> bool:
+        """Whether the previous holder ran on another machine: the attempts it started on its local host cannot
+        be seen (nor adopted) from here."""
+        return self.previous_machine is not None and self.previous_machine != self.holder.machine
+
     def held(self) -> bool:
         """Whether the lease is ours by the last renewal (no database round trip)."""
         return not self._lost and _clock() < self._until
@@ -296,7 +316,7 @@ def current_holder(engine: Engine) -> str | None:
     """Who holds the lease now (a live or stopped holder whose lease has not expired), or None."""
     with engine.connect() as conn:
         row = conn.execute(_SELECT).one_or_none()
-    if row is None or row.holder is None or row.expired or _here(row, _machine()) == "gone":
+    if row is None or is_free(row, _machine()):
         return None
     return str(row.holder)
 

@@ -24,8 +24,24 @@ class PollWorker(Worker):
 
     def recover(self, action: Recover) -> Recovered:
         ref = action.node
+        if self._elsewhere(ref.host):
+            # its launch lock, pid and files are on the other machine: asked here, it would look never started
+            # and run a second time; it is lost instead, and retried (on this machine) per the node's policy
+            return Recovered("lost", message="the attempt ran on the local host of another machine (the broker "
+                                             "that held the database before this one ran there): it cannot be "
+                                             "seen or adopted from here")
         workdir = action.workdir or str(self.ctx.attempt_dir(ref.workflow_global_id, ref.path, ref.attempt))
         return self.ctx.launcher_for(ref.host, ref.owner).recover(ref.node_id, ref.attempt, workdir, action.job_id)
+
+    def _elsewhere(self, host: str) -> bool:
+        """Whether ``host`` is a local host of the machine of the lease's previous holder, which is not this one."""
+        lease = self.ctx.lease
+        if lease is None or not lease.from_elsewhere():
+            return False
+        try:
+            return self.ctx.resources.catalogue.get(host.rpartition("@")[2]).launcher == "local"
+        except BrokerError:  # not in the catalogue: the launcher's own recovery says so
+            return False
 
     def poll_control(self, action: PollControl) -> list[ControlCommand]:
         """Unapplied control commands, resolved."""
