@@ -12,8 +12,9 @@ this machine), plus the engine's start.
 
 A free lease is not taken when:
 
-- the database is at another schema revision than this broker's code (:data:`HEAD_REVISION`): a standby left
-  at an old version after an upgrade must not write with old code (nor a new one into an old schema);
+- the database is at another schema revision than this broker's code (its head revision): a standby left at
+  an old version after an upgrade must not write with old code (nor a new one into an old schema); this is
+  checked at every look, so it is said as soon as the standby starts waiting;
 - the lease was last held on another machine and ``[engine] standby_takeover = refuse``: the attempts that
   broker started on its local host can only be adopted from that machine.
 
@@ -68,8 +69,12 @@ class Standby:
         self._said: str | None = None
 
     def holder(self) -> str | None:
-        """Who holds the lease now (a live or stopped broker whose lease has not expired), or None."""
-        return current_holder(self._engine)
+        """Who holds the lease now (a live or stopped broker whose lease has not expired), or None (also when the
+        lease cannot be read: the engine's start then says why, as without a standby)."""
+        try:
+            return current_holder(self._engine)
+        except DBAPIError:
+            return None
 
     def wait(self) -> bool:
         """Return True once this broker may claim the lease, False when ``stop`` was set first."""
@@ -86,15 +91,16 @@ class Standby:
     def _reason(self) -> str | None:
         """Why the lease may not be claimed now: "" while it is held, a sentence for a refusal, None: go."""
         try:
+            # the revision first, even while the lease is held: a standby that could never take over says so at once
+            problem = revision_problem(current_revision(self._engine), self.url)
             with self._engine.connect() as conn:
                 row = read(conn)
-            if row is not None and not is_free(row, self.machine):
-                return ""
-            problem = revision_problem(current_revision(self._engine), self.url)
         except DBAPIError as exc:
             return f"cannot read the lease on {self.where} ({driver_message(exc)}); trying again"
         if problem is not None:
             return f"not taking over: {problem}"
+        if row is not None and not is_free(row, self.machine):
+            return ""
         if self.mode == "refuse" and row is not None and row.machine and row.machine != self.machine:
             return (f"not taking over the lease on {self.where} from {row.holder or 'a broker that stopped'}: it "
                     f"ran on another machine, whose local attempts only a broker there can adopt ([engine] "

@@ -95,6 +95,25 @@ class Pair:
         with self.servers[0].sessions().begin() as s:
             s.execute(text(statement), params)
 
+    def now(self) -> object:
+        with self.servers[0].sessions()() as s:
+            return s.execute(text("SELECT clock_timestamp()")).scalar()
+
+    def standby_queries_after(self, since: object, count: int) -> list[object]:
+        """Wait until the standby's connection has started ``count`` queries after ``since`` (times seen)."""
+        seen: set[object] = set()
+
+        def enough() -> bool:
+            with self.servers[0].sessions()() as s:
+                started = s.execute(text("SELECT max(query_start) FROM pg_stat_activity "
+                                         "WHERE application_name LIKE 'broker standby on %'")).scalar()
+            if started is not None and started > since:
+                seen.add(started)
+            return len(seen) >= count
+
+        wait_for(enough, interval=0.01, what=f"the standby to look at the database {count} times")
+        return sorted(seen)
+
     def done(self) -> tuple[int, int]:
         """Execute nodes that ended, and those running."""
         with self.servers[0].sessions()() as s:
@@ -203,12 +222,14 @@ def test_a_standby_at_another_schema_revision_than_the_database_refuses_to_take_
     active = pair.active()
     standby = pair.standby()
     pair.sql("UPDATE alembic_version SET version_num = '9999'")  # as if a newer broker had migrated it
+    refusal = "standby: not taking over: database "
+    wait_for(lambda: refusal in standby.log_text(), what="the standby to say it would refuse")  # said at once
     epoch, _ = pair.lease()
     os.kill(active.process.pid, signal.SIGKILL)
     active.process.wait(timeout=DEADLINE)
-    refusal = "standby: not taking over: database "
-    wait_for(lambda: refusal in standby.log_text(), what="the standby to refuse")
-    assert get(standby.base, "/health") == (503, "standby")
+    # the lease is free now (its holder is gone): once the standby has looked at it again, it still waits
+    looked_after = pair.standby_queries_after(pair.now(), 3)
+    assert get(standby.base, "/health") == (503, "standby"), looked_after
     assert pair.lease()[0] == epoch  # nothing claimed
     (line,) = [line for line in standby.log_text().splitlines() if refusal in line]
     assert "at revision 9999, which this broker does not know" in line, line
