@@ -61,6 +61,9 @@ class BrokerLock:
         from broker.persistence.lease import Holder, Lease, check_settings, has_lease_table
 
         check_settings(self.settings.lease_renew, self.settings.lease_timeout)
+        from broker.persistence.standby import check_takeover
+
+        check_takeover(self.settings.standby_takeover)  # a bad value is refused on every PostgreSQL start
         where = display_url(self.url)
         # one connection for the claim and the renewals, apart from the writer's (pre-ping: reconnects)
         self._engine = make_engine(self.url, pool_size=1, application_name=Holder.me(self.role).text)

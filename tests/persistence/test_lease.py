@@ -16,6 +16,8 @@ from broker.errors import BrokerLocked, ConfigError, LeaseLost
 from broker.persistence.changes import Note
 from broker.persistence.db import make_engine, session_factory
 from broker.persistence.lock import BrokerLock, broker_running
+from broker.persistence.schema_version import HEAD_REVISION
+from broker.persistence.standby import Standby
 from broker.persistence.store import Store
 from broker.workers.context import WorkerContext
 from tests.fixtures import wait_for
@@ -152,6 +154,44 @@ def test_a_renewal_interval_that_leaves_no_second_chance_is_a_config_error(locks
     with pytest.raises(ConfigError, match="lease_timeout at least twice"):
         locks.take(EngineSettings(lease_renew=5.0, lease_timeout=8.0))
 
+
+
+def test_a_standby_takeover_mode_other_than_remote_only_or_refuse_is_a_config_error(locks):
+    with pytest.raises(ConfigError, match=r"\[engine\] standby_takeover: invalid value 'all' \(expected one of "
+                                          r"remote-only, refuse\)"):
+        locks.take(EngineSettings(standby_takeover="all"))
+
+
+def test_a_lease_taken_after_a_holder_on_another_machine_says_so_and_one_from_this_machine_does_not(locks):
+    first = locks.take()
+    assert not first.lease.from_elsewhere()  # a fresh database: no previous holder
+    first.release()
+    second = locks.take()
+    assert second.lease.previous_machine == second.lease.holder.machine and not second.lease.from_elsewhere()
+    locks.sql("UPDATE broker_lease SET machine = 'elsewhere'")
+    second.release()  # released, the row keeps the machine of its last holder
+    assert locks.take().lease.from_elsewhere()
+
+
+def test_a_standby_waits_while_the_lease_is_held_and_refuses_what_it_is_told_to(locks):
+    stop = threading.Event()
+    first = locks.take()
+    standby = Standby(locks.url, EngineSettings(standby_takeover="refuse"), stop)
+    try:
+        assert standby.holder() == first.lease.holder.text
+        assert standby._reason() == ""  # held: wait, say nothing
+        locks.expire()
+        assert standby.holder() is None and standby._reason() is None  # this machine's lease: go
+        locks.sql("UPDATE broker_lease SET machine = 'elsewhere'")
+        assert "ran on another machine" in standby._reason()
+        locks.sql("UPDATE broker_lease SET machine = :mine", mine=first.lease.holder.machine)
+        locks.sql("UPDATE alembic_version SET version_num = '0001'")
+        assert standby._reason().startswith("not taking over: database ") and "at revision 0001" in standby._reason()
+        stop.set()
+        assert standby.wait() is False  # a stop ends the wait
+    finally:
+        locks.sql("UPDATE alembic_version SET version_num = :head", head=HEAD_REVISION)
+        standby.close()
 
 
 def test_a_renewal_does_not_wait_for_a_writer_transaction_that_checked_the_lease(locks):
