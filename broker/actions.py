@@ -8,6 +8,7 @@ the action; they never change state themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,13 +52,17 @@ class Launch:
 
 @dataclass(frozen=True, slots=True)
 class LaunchBundle:
-    """Start several members of one sweep as one batch job (the sweep's bundle size)."""
+    """Start several members of one sweep as one batch job (the sweep's bundle size), or as one job array."""
 
     nodes: tuple[NodeRef, ...]
+    #: a job array (one task per member) instead of one job running the members itself
+    array: bool = False
+    #: an array's tasks that may run at once (0: the scheduler's choice)
+    throttle: int = 0
 
     def only(self, node_ids: frozenset[int]) -> LaunchBundle:
         """The bundle without the members not in ``node_ids`` (their launch intents were refused)."""
-        return LaunchBundle(tuple(ref for ref in self.nodes if ref.node_id in node_ids))
+        return dataclasses.replace(self, nodes=tuple(ref for ref in self.nodes if ref.node_id in node_ids))
 
 
 @dataclass(frozen=True, slots=True)

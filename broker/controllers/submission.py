@@ -117,14 +117,15 @@ class SubmissionController(Controller):
         """Attempts a previous broker left in flight hold their host's job slots, like those started here.
 
         Without this a restarted broker would see every host empty and start up to ``maxJobs`` more jobs
-        next to the ones it adopted. Members of one bundle share a job id, and so one slot.
+        next to the ones it adopted. Members of one bundle share a job id, and so one slot; so do the tasks
+        of one array (SLURM's ``<array>_<task>``).
         """
         jobs: dict[tuple[int, str, str], int] = {}
         for flying in resumed:
             host = (flying.host or "localhost").rpartition("@")[2]
             node_id = flying.node.node_id
-            key = jobs.setdefault((flying.node.workflow_id, host, flying.job_id), node_id) if flying.job_id \
-                else node_id
+            job = (flying.job_id or "").partition("_")[0]
+            key = jobs.setdefault((flying.node.workflow_id, host, job), node_id) if job else node_id
             if key not in self.job_left:
                 self.host_jobs[host] += 1
             self.job_left[key] += 1
@@ -193,16 +194,27 @@ class SubmissionController(Controller):
             if limit and self.host_jobs[host.name] >= limit:
                 self.host_parked.setdefault(host.name, deque()).append(ready)
                 continue
-            self._start([ready, *self._bundle(ready, slots, host)], slots, host)
+            more, array = self._bundle(ready, slots, host)
+            self._start([ready, *more], slots, host, array)
 
-    def _bundle(self, ready: ReadyNode, slots: WorkflowSlots, host: Any) -> list[ReadyNode]:
-        """Other queued members of the same sweep body to put in one batch job with ``ready``."""
+    def _bundle(self, ready: ReadyNode, slots: WorkflowSlots, host: Any) -> tuple[list[ReadyNode], bool]:
+        """Other queued members of the same sweep body to submit with ``ready``, and whether as a job array.
+
+        A sweep with ``bundle="N"`` (N >= 2) puts up to N members in one job that runs them itself; on a
+        host that takes arrays any other sweep's members go out as one array (a task each) of up to the
+        host's ``maxArraySize``. Either way every member holds its own in-flight slot, and the job one of
+        the host's ``maxJobs``.
+        """
         plan = self.ctx.plans.get(ready.workflow_id)
         spec = plan.templates[ready.template]
         sweep = plan.templates.get(ready.template.rpartition("/")[0])
-        if not host.is_batch or not isinstance(sweep, SweepSpec) or sweep.bundle < 2 or spec.stage_in:
-            return []
-        room = [sweep.bundle - 1, self.max_in_flight - self.in_flight - 1]
+        if not host.is_batch or not isinstance(sweep, SweepSpec) or spec.stage_in:
+            return [], False
+        array = sweep.bundle < 2
+        size = host.max_array if array else sweep.bundle
+        if size < 2:
+            return [], False
+        room = [size - 1, self.max_in_flight - self.in_flight - 1]
         if slots.info.max_in_flight:
             room.append(slots.info.max_in_flight - slots.in_flight - 1)
         if self.max_per_user:
@@ -213,9 +225,9 @@ class SubmissionController(Controller):
             other = self.queued.pop(waiting.popleft(), None)
             if other is not None and other.node_id != ready.node_id:
                 more.append(other)  # its heap entry is skipped when popped: it is no longer queued
-        return more
+        return more, array
 
-    def _start(self, members: list[ReadyNode], slots: WorkflowSlots, host: Any) -> None:
+    def _start(self, members: list[ReadyNode], slots: WorkflowSlots, host: Any, array: bool = False) -> None:
         """Commit the launch intents of one job (one node, or a bundle) and have it launched after."""
         spec = self.ctx.plans.get(members[0].workflow_id).templates[members[0].template]
         refs = [self._ref(ready, ready.attempt + 1, host.name) for ready in members]
@@ -234,7 +246,8 @@ class SubmissionController(Controller):
                                           reply_to=self.actor_ref))
         if len(refs) > 1:
             # a bundle starts with the members whose intents were committed (another may have been cancelled)
-            after = AfterIntents(self.after_commit(LaunchBundle(tuple(refs))),
+            throttle = host.batch.array_throttle if array and host.batch else 0
+            after = AfterIntents(self.after_commit(LaunchBundle(tuple(refs), array, throttle)),
                                  tuple((ref.node_id, ref.attempt) for ref in refs))
             self.writer.tell(Changes((*transitions, after)))
             return

@@ -130,6 +130,13 @@ class Launcher(Protocol):
         Only batch launchers bundle; the others raise ResourceError (not retryable).
         """
 
+    def launch_array(self, requests: Sequence[LaunchRequest], scheduling: Scheduling | None = None,
+                     throttle: int = 0) -> list[LaunchHandle]:
+        """Start several attempts (members of one sweep) as one job array, a task each: one handle per member.
+
+        Only batch launchers whose scheduler takes arrays do; the others raise ResourceError (not retryable).
+        """
+
     def fetch_outputs(self, handle: LaunchHandle, relatives: list[str], local_dir: str) -> int:
         """Copy files of the attempt's work directory on its host into ``local_dir`` (before stage-out);
         the number of files copied. An attempt whose work directory is ``local_dir`` itself copies none."""

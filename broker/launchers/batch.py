@@ -148,6 +148,52 @@ class BatchLauncher(RemoteLauncher):
             handles.append(handle)
         return handles
 
+    def launch_array(self, requests: Sequence[LaunchRequest], scheduling: Scheduling | None = None,
+                     throttle: int = 0) -> list[LaunchHandle]:
+        """Submit several attempts (members of one sweep) as ONE job array: task ``i`` runs member ``i``.
+
+        Unlike a bundle each member is a task of its own: its own accounting record, its own place in the
+        queue, a cancel of its task alone, the scheduler's own throttle (``throttle`` tasks at once, 0: no
+        limit). The members' directories are prepared and the array submitted in one command; the array
+        carries a deterministic name and directory, so a submission whose outcome is unknown is looked up
+        before it is tried again, as a single job's is.
+        """
+        if not requests:
+            return []
+        first, variable = requests[0], self.dialect.array_variable
+        if variable is None:
+            raise ResourceError(f"{self.endpoint.label}: no job arrays on {self.dialect.name}", retryable=False)
+        root = self.endpoint.ensure()
+        job_dir = self.endpoint.workdir(posixpath.join(root, first.workflow_global_id, ".arrays",
+                                                       f"{first.node_id}-{first.attempt}"))
+        token = batch_jobs.job_token(first.node_id, first.attempt, job_dir)
+        spec = batch_jobs.job_spec(self.endpoint.host, scheduling, name=token, comment=self._comment(requests),
+                                   job_dir=job_dir, array=(len(requests), throttle))
+        started_at = time.time()
+        items, lines, workdirs = [], [], []
+        for task, request in enumerate(requests):
+            workdir = self._remote_workdir(request)
+            workdirs.append(workdir)
+            lines.append((workdir, batch_jobs.command(hostagent.elf_argv(self.endpoint.host.python, self.endpoint.elf_path, dict(
+                elf_args(request, self._max_output_bytes), workdir=workdir)))))
+            items.append({"workdir": workdir, "record": dict(self._record(request, started_at, job_dir, token),
+                                                             task=task),
+                          "files": {"payload": request.payload_text,
+                                    "env.json": json.dumps(payload_env(self.endpoint.host.env, request)),
+                                    **push_files(request)}})
+        script = batch_jobs.script(self.dialect.directives(spec), batch_jobs.array_body(variable, lines))
+        items.insert(0, {"workdir": job_dir, "record": {"token": token, "started_at": started_at,
+                                                        "members": workdirs}, "files": {"job.sh": script}})
+        array_id = self._submit(job_dir, token, items)
+        handles = []
+        for task, (request, workdir) in enumerate(zip(requests, workdirs)):
+            job_id = self.dialect.task_id(array_id, task)
+            handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir, job_id=job_id,
+                                  host=self.endpoint.label, started_at=started_at, timeout=request.timeout)
+            self._track(handle, session_of(request), batch_jobs.JobRef(job_id, job_dir, token, task=task))
+            handles.append(handle)
+        return handles
+
     def _comment(self, requests: Sequence[LaunchRequest]) -> str:
         # "wf-.../sweep[0]/step:1", "wf-.../sweep[0]/step+99:1" for a bundle of 100 (no '#': sbatch
         # may read the rest of a directive line as a comment)
@@ -224,7 +270,7 @@ class BatchLauncher(RemoteLauncher):
             return None
         for job in jobs.values():
             if job.name == token and (job.workdir is None or job.workdir == job_dir):
-                return job.job_id
+                return job.job_id.partition("_")[0] if self.dialect.array_variable else job.job_id
         return None
 
     # -------------------------------------------------------------------------------- the interface
@@ -276,10 +322,15 @@ class BatchLauncher(RemoteLauncher):
                 job_id = "?"  # ran (its status says so) and left no trace in the queue: judge by the status
             else:
                 return Recovered("absent")  # prepared, never submitted: launch() submits it (after a lookup)
+        task = record.get("task")
+        if isinstance(task, int) and job_id != "?":
+            # a task of an array: the submission and the lookup name the array, the queue names the task
+            job_id = self.dialect.task_id(job_id.partition("_")[0], task)
         handle = dataclasses.replace(handle, job_id=job_id, started_at=record.get("started_at", 0.0),
                                      timeout=record.get("timeout"))
         tracked = Tracked(handle, record.get("session"))
-        tracked.extra = batch_jobs.JobRef(job_id, job_dir, token, bool(record.get("bundle")))
+        tracked.extra = batch_jobs.JobRef(job_id, job_dir, token, bool(record.get("bundle")),
+                                          task if isinstance(task, int) else None)
         return self._recovered(tracked, self._look([tracked], final=False, items=[item])[0])
 
     def _watch_from_now(self, tracked: Tracked) -> None:

@@ -63,10 +63,17 @@ class JobRef:
     """The job an attempt belongs to (a bundle's members share one)."""
 
     job_id: str
-    #: the job's directory (the attempt's own work directory unless it is a bundle member)
+    #: the job's directory (the attempt's own work directory unless it is a bundle member or an array task)
     job_dir: str
     token: str
     bundle: bool = False
+    #: the attempt's task index when it is one task of a job array (``job_id`` is then the task's own id)
+    task: int | None = None
+
+    @property
+    def err_file(self) -> str:
+        """The scheduler's stderr file of this job (of this task, for an array)."""
+        return f"{self.job_dir}/job.err" if self.task is None else f"{self.job_dir}/task-{self.task}.err"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,8 @@ class JobSpec:
     account: str | None = None
     #: extra directives (name, value or None), already checked against the host's allowlist
     directives: tuple[tuple[str, str | None], ...] = ()
+    #: a job array: (number of tasks, tasks that may run at once or 0 for no throttle)
+    array: tuple[int, int] | None = None
 
 
 def job_token(node_id: int, attempt: int, job_dir: str) -> str:
@@ -110,7 +119,7 @@ def token(value: str, what: str) -> str:
 
 
 def job_spec(host: Host, scheduling: Scheduling | None, *, name: str, comment: str, job_dir: str,
-             parallel: int = 1, waves: int = 1) -> JobSpec:
+             parallel: int = 1, waves: int = 1, array: tuple[int, int] | None = None) -> JobSpec:
     """The job for a scheduling profile on ``host``: host defaults filled in, every value checked.
 
     ``parallel`` members run at once and ``waves`` after one another (bundles): cores and memory are
@@ -138,7 +147,7 @@ def job_spec(host: Host, scheduling: Scheduling | None, *, name: str, comment: s
     walltime = scheduling.walltime * waves if scheduling.walltime else None
     return JobSpec(name=token(name, "job name"), comment=comment, job_dir=job_dir, queue=queue,
                    nodes=scheduling.nodes, cores=cores, memory=memory, walltime=walltime,
-                   account=scheduling.account, directives=tuple(directives))
+                   account=scheduling.account, directives=tuple(directives), array=array)
 
 
 def hms(seconds: float) -> str:
@@ -162,6 +171,20 @@ def script(directives: Sequence[str], body: Sequence[str]) -> str:
     return "\n".join(["#!/bin/sh", *directives, "", *body, ""])
 
 
+def array_body(variable: str, members: Sequence[tuple[str, str]]) -> list[str]:
+    """The body of a job array's script: task ``i`` runs ``members[i]``, (work directory, quoted command line),
+    in that directory (as a single job runs in its own).
+
+    The task index comes from the scheduler (``variable``, e.g. SLURM_ARRAY_TASK_ID) and only selects a
+    line: it never reaches a command itself.
+    """
+    lines = [f'case "${{{variable}:-}}" in']
+    lines += [f"{index}) cd {shlex.quote(workdir)} || exit 96; exec {line} ;;"
+              for index, (workdir, line) in enumerate(members)]
+    lines += [f'*) echo "no member for task ${{{variable}:-}}" >&2; exit 97 ;;', "esac"]
+    return lines
+
+
 def command(argv: Sequence[str]) -> str:
     """A command line with every word quoted."""
     return " ".join(shlex.quote(a) for a in argv)
@@ -172,6 +195,11 @@ class Dialect(Protocol):
 
     #: "slurm", "pbs" or "moab"
     name: str
+    #: the variable holding a job array task's index, None when the broker does not submit arrays here
+    array_variable: str | None
+
+    def task_id(self, array_id: str, index: int) -> str:
+        """The id the scheduler's queue gives task ``index`` of the array submitted as ``array_id``."""
 
     def directives(self, job: JobSpec) -> list[str]:
         """The script's directive lines for ``job``."""
@@ -202,5 +230,5 @@ class Dialect(Protocol):
 
 
 __all__ = ["CANCELLED", "COMPLETED", "Dialect", "ENDED", "FAILED", "JobInfo", "JobRef", "JobSpec", "LOST", "PENDING",
-           "RUNNING", "SchedulerUnreachable", "SubmitRejected", "TIMEOUT", "command", "hms", "job_spec",
-           "job_token", "mebibytes", "script", "token"]
+           "RUNNING", "SchedulerUnreachable", "SubmitRejected", "TIMEOUT", "array_body", "command", "hms",
+           "job_spec", "job_token", "mebibytes", "script", "token"]

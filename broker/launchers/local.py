@@ -197,6 +197,10 @@ class LocalLauncher(Adoption):
                       scheduling: Scheduling | None = None) -> list[LaunchHandle]:
         raise ResourceError("only batch hosts run sweep members as one job (bundles)", retryable=False)
 
+    def launch_array(self, requests: Sequence[LaunchRequest], scheduling: Scheduling | None = None,
+                     throttle: int = 0) -> list[LaunchHandle]:
+        raise ResourceError("only batch hosts run sweep members as job arrays", retryable=False)
+
     def fetch_outputs(self, handle: LaunchHandle, relatives: list[str], local_dir: str) -> int:
         """Nothing to copy: the attempt's work directory is on this machine already."""
         return 0

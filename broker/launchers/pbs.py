@@ -94,6 +94,12 @@ class PbsDialect:
     """The PBS/Torque side of the batch launcher."""
 
     name = "pbs"
+    #: arrays are not submitted here (no scheduler to test them against): sweeps go out one job per member
+    #: or in bundles
+    array_variable = None
+
+    def task_id(self, array_id: str, index: int) -> str:
+        raise NotImplementedError("no job arrays on this scheduler")
 
     def __init__(self, commands: str | None = None):
         self._bin = (commands.rstrip("/") + "/") if commands else ""

@@ -85,11 +85,11 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, batch_jobs.JobIn
         t.settle += 1
         return False  # give the status file a few polls to appear
     t.status = status
-    t.override = verdict(job, cancelled, rules.scheduler, ref.job_dir)
+    t.override = verdict(job, cancelled, rules.scheduler, ref.err_file)
     return True
 
 
-def verdict(job: batch_jobs.JobInfo, cancelled: bool, scheduler: str, job_dir: str) -> tuple[str, str]:
+def verdict(job: batch_jobs.JobInfo, cancelled: bool, scheduler: str, err_file: str) -> tuple[str, str]:
     """The outcome of an attempt whose job ended without its elf recording one."""
     if cancelled:
         return base.CANCELLED, "cancelled"
@@ -101,7 +101,7 @@ def verdict(job: batch_jobs.JobInfo, cancelled: bool, scheduler: str, job_dir: s
         return base.LOST, f"job {job.job_id} ended with {job.raw}"
     code = f", exit code {job.exit_code}" if job.exit_code is not None else ""
     return base.FAILED, (f"job {job.job_id} ended ({job.raw}{code}) before the elf recorded a result: see "
-                         f"{job_dir}/job.err")
+                         f"{err_file}")
 
 
 __all__ = ["Rules", "reconcile", "scheduler_name", "verdict"]

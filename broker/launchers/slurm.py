@@ -51,6 +51,7 @@ class SlurmDialect:
     """The SLURM side of the batch launcher."""
 
     name = "slurm"
+    array_variable = "SLURM_ARRAY_TASK_ID"
 
     def __init__(self, commands: str | None = None):
         """``commands``: the directory of the SLURM commands (None: PATH)."""
@@ -58,8 +59,13 @@ class SlurmDialect:
 
     def directives(self, job: JobSpec) -> list[str]:
         """``#SBATCH`` lines: every value is a checked token or a checked path."""
+        # an array's tasks each write their own files (%a: the task index)
+        stem = "job" if job.array is None else "task-%a"
         lines = [f"--job-name={job.name}", f"--comment={job.comment}", f"--chdir={job.job_dir}",
-                 f"--output={job.job_dir}/job.out", f"--error={job.job_dir}/job.err", "--ntasks=1"]
+                 f"--output={job.job_dir}/{stem}.out", f"--error={job.job_dir}/{stem}.err", "--ntasks=1"]
+        if job.array is not None:
+            tasks, throttle = job.array
+            lines.append(f"--array=0-{tasks - 1}" + (f"%{throttle}" if throttle else ""))
         if job.queue:
             lines.append(f"--partition={job.queue}")
         if job.nodes:
@@ -75,6 +81,9 @@ class SlurmDialect:
         for key, value in job.directives:
             lines.append(f"--{key}" if value is None else f"--{key}={value}")
         return [f"#SBATCH {line}" for line in lines]
+
+    def task_id(self, array_id: str, index: int) -> str:
+        return f"{array_id}_{index}"
 
     def submit(self, script_name: str) -> list[str]:
         return [f"{self._bin}sbatch", "--parsable", script_name]
@@ -93,7 +102,8 @@ class SlurmDialect:
         raise SubmitRejected(f"sbatch: {message}", retryable=False)
 
     def query(self, login: str) -> list[str]:
-        return [f"{self._bin}squeue", "-h", "-u", login, "-t", "all", "-o", QUERY_FORMAT]
+        # -r: one line per array task, pending ones included (else "12_[3-999%8]" stands for them all)
+        return [f"{self._bin}squeue", "-h", "-r", "-u", login, "-t", "all", "-o", QUERY_FORMAT]
 
     def parse_query(self, done: Completed) -> dict[str, JobInfo]:
         if done.returncode != 0:
@@ -110,7 +120,10 @@ class SlurmDialect:
 
     def history(self, login: str, job_ids: Sequence[str]) -> str | None:
         # With slurmdbd, plain sacct; without it ("accounting storage is disabled"), the jobcomp file.
-        ids = ",".join(job_ids)
+        # Tasks of an array are asked for by the array's id: one lookup per array, however many tasks
+        # left the queue (the jobcomp file knows tasks only by their own job ids, so there they are not
+        # found, and a task without a status file is judged lost after lost_after).
+        ids = ",".join(sorted({job_id.partition("_")[0] for job_id in job_ids}))
         base = [f"{self._bin}sacct", "-n", "-P", "-X", "-j", ids, "-o", HISTORY_FIELDS]
         jobcomp = [f"{self._bin}sacct", "-c", "-n", "-P", "-j", ids, "-o", HISTORY_FIELDS]
         return f"{command(base)} 2>/dev/null || {command(jobcomp)}"

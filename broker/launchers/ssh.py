@@ -78,6 +78,11 @@ class SshLauncher(RemoteLauncher):
         raise ResourceError(f"{self.endpoint.label}: only batch hosts run sweep members as one job (bundles)",
                             retryable=False)
 
+    def launch_array(self, requests: Sequence[LaunchRequest], scheduling: Scheduling | None = None,
+                     throttle: int = 0) -> list[LaunchHandle]:
+        raise ResourceError(f"{self.endpoint.label}: only batch hosts run sweep members as job arrays",
+                            retryable=False)
+
     def _adopt(self, request: LaunchRequest, workdir: str) -> LaunchHandle:
         """The attempt a previous launch of this very request started (its reply was lost): never a second one."""
         found = self.recover(request.node_id, request.attempt, workdir, None)

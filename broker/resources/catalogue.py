@@ -31,6 +31,9 @@ NAMESPACE = "urn:workflow-broker:hosts:1.0"
 SCHEMA_FILE = "hosts.xsd"
 LAUNCHERS = ("local", "ssh", "slurm", "pbs", "moab")
 BATCH_LAUNCHERS = ("slurm", "pbs", "moab")
+#: batch launchers that submit the members of a sweep as job arrays (PBS -J and MOAB -t arrays are not
+#: submitted: no such scheduler can be installed here to test them against)
+ARRAY_LAUNCHERS = ("slurm",)
 #: the host of a broker without a catalogue
 LOCALHOST = "localhost"
 
@@ -81,6 +84,10 @@ class BatchOptions:
     directives: tuple[str, ...] = ()
     #: directory of the scheduler's commands; None: PATH
     commands: str | None = None
+    #: most members of one sweep in one job array (0: no arrays, one job per member)
+    max_array: int = 1000
+    #: tasks of one array that may run at once (the array's ``%M``); 0: as many as the scheduler allows
+    array_throttle: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,13 @@ class Host:
     def is_batch(self) -> bool:
         """Whether jobs go through a batch scheduler."""
         return self.launcher in BATCH_LAUNCHERS
+
+    @property
+    def max_array(self) -> int:
+        """Most sweep members in one job array here; 0 where members go out one job each (or bundled)."""
+        if self.launcher not in ARRAY_LAUNCHERS or self.batch is None or self.batch.max_array < 2:
+            return 0
+        return self.batch.max_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +238,9 @@ def _host(el: etree._Element, base: Path, filename: str, problems: list[Problem]
             if default_queue and queues and default_queue not in queues:
                 problem(f"default queue '{default_queue}' is not among its queues ({', '.join(queues)})", child)
             commands = child.get("commands")
-            batch = BatchOptions(default_queue, queues, directives, _path(commands, base) if commands else None)
+            batch = BatchOptions(default_queue, queues, directives, _path(commands, base) if commands else None,
+                                 max_array=int(child.get("maxArraySize", "1000")),
+                                 array_throttle=int(child.get("arrayThrottle", "0")))
             if launcher not in BATCH_LAUNCHERS:
                 problem(f"<batch> only applies to {', '.join(BATCH_LAUNCHERS)} hosts, not {launcher}", child)
         elif tag == "limits":

@@ -50,12 +50,14 @@ class LaunchWorker(Worker):
         return launcher.launch(request)
 
     def launch_bundle(self, action: LaunchBundle) -> list[LaunchHandle]:
-        """Members of one sweep in one batch job: one submission, one handle per member."""
+        """Members of one sweep in one batch job or job array: one submission, one handle per member."""
         first = action.nodes[0]
         spec = self._spec(first)
         launcher = self.ctx.launcher_for(first.host, first.owner)
         requests = [self._request(ref, self._spec(ref)) for ref in action.nodes]
         self.ctx.hold()
+        if action.array:
+            return launcher.launch_array(requests, spec.scheduling, action.throttle)
         return launcher.launch_bundle(requests, spec.scheduling)
 
     HANDLERS = {Launch: launch, LaunchBundle: launch_bundle}

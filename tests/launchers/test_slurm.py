@@ -75,7 +75,8 @@ def scratch(slurm):
 def cancel_leftovers(scratch):
     """After each test, cancel its jobs still queued (a failed test must not fill the cluster for the next)."""
     yield
-    out = subprocess.run(["squeue", "-h", "-t", "PENDING,RUNNING,SUSPENDED", "-o", "%i|%Z"], capture_output=True,
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "PENDING,RUNNING,SUSPENDED", "-o", "%i|%Z"],
+                         capture_output=True,
                          text=True, check=False).stdout
     ours = [line.split("|")[0] for line in out.splitlines() if line.split("|")[-1].startswith(scratch)]
     if ours:
@@ -107,8 +108,8 @@ def launcher(pool, sshd, host):
 
 
 def squeue_all(user: str) -> list[tuple[str, str, str]]:
-    """(job id, name, state) of every job of ``user`` SLURM still lists (as root, no shim)."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-u", user, "-o", "%i|%j|%T"], capture_output=True,
+    """(job id, name, state) of every job (and array task) of ``user`` SLURM still lists (as root, no shim)."""
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", user, "-o", "%i|%j|%T"], capture_output=True,
                          text=True, check=True).stdout
     return [tuple(line.split("|")) for line in out.splitlines()]
 
