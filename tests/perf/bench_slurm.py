@@ -1,6 +1,6 @@
 """Benchmark: nodes per second through the SLURM launcher, next to a plain sbatch loop; scheduler load.
 
-    python tests/perf/bench_slurm.py [--tiny] [--nodes 200] [--queued 1000] [--window 60]
+    python tests/perf/bench_slurm.py [--tiny] [--nodes 200] [--queued 1000] [--window 60] [--sweep 1000]
 
 Runs against the test cluster (tests/services/slurm.sh: one node advertising 16 CPUs through
 config_overrides, tuned scheduler) and submits over the test sshd as the non-root test account, exactly as
@@ -11,6 +11,10 @@ the SLURM launcher tests do. Measured:
   members (``launch_bundle``: one sbatch per 50);
 * **ceiling**: ``sbatch --parsable -o /dev/null --wrap true`` N times in a shell loop on the login node
   (same account), until squeue lists none of them: jobs/s;
+* **arrays**: a sweep of S members (``--sweep``, 1,000) sent as the engine sends it on a SLURM host, job
+  arrays of up to the host's ``maxArraySize`` (1,000: one submission), from the submission to the last
+  result, next to an sbatch loop of S one-task jobs measured the same way (target: at least twice its rate)
+  and one bare ``sbatch --array`` of S ``true`` tasks (how fast the cluster starts tasks at all);
 * **load**: Q jobs held pending (``--begin=now+1hour``) and watched with the default poll interval
   (``[hosts] batch_poll_interval``): scheduler calls (squeue, sacct) and status reads per minute, counted
   by shims on the command directory, and the mean time one poll round takes (status files + squeue).
@@ -90,7 +94,7 @@ def counts(log: Path) -> Counter:
     return Counter(log.read_text().split())
 
 
-def run_nodes(launcher: SlurmLauncher, n: int, bundled: bool) -> float:
+def run_nodes(launcher: SlurmLauncher, n: int, bundled: bool, array: bool = False) -> float:
     """Launch, watch and collect n trivial nodes; returns the wall time."""
     workflow = unique_workflow()
     text = 'echo "@broker output n=$WB_N"\n'
@@ -99,7 +103,13 @@ def run_nodes(launcher: SlurmLauncher, n: int, bundled: bool) -> float:
     ended = Ended()
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as workers:
-        if bundled:
+        if array:
+            # as the engine sends a sweep: arrays of up to the host's maxArraySize members
+            size = BatchOptions().max_array
+            groups = [requests[i:i + size] for i in range(0, n, size)]
+            handles = [h for hs in workers.map(lambda g: launcher.launch_array(g, Scheduling(cores=1)), groups)
+                       for h in hs]
+        elif bundled:
             groups = [requests[i:i + BUNDLE] for i in range(0, n, BUNDLE)]
             handles = [h for hs in workers.map(lambda g: launcher.launch_bundle(g, Scheduling(cores=1), 8), groups)
                        for h in hs]
@@ -115,10 +125,19 @@ def run_nodes(launcher: SlurmLauncher, n: int, bundled: bool) -> float:
     return wall
 
 
-def sbatch_loop(env: dict[str, str], sshd: Sshd, n: int, workdir: str) -> float:
-    """The ceiling: n sbatch calls in a shell loop on the login node, until squeue lists none of them."""
-    script = (f"cd {workdir} && for i in $(seq {n}); do sbatch --parsable -o /dev/null --wrap true; done > ids; "
-              "while squeue -h -j $(paste -sd, ids) -o %i 2>/dev/null | grep -q .; do sleep 0.05; done; wc -l < ids")
+def sbatch_loop(env: dict[str, str], sshd: Sshd, n: int, workdir: str, array: bool = False) -> float:
+    """The ceiling: n sbatch calls in a shell loop on the login node, until squeue lists none of them.
+
+    ``array``: one bare ``sbatch --array`` of n ``true`` tasks instead (SLURM's own rate of starting tasks).
+    """
+    if array:
+        script = (f"cd {workdir} && id=$(sbatch --parsable -o /dev/null --array=0-{n - 1} --wrap true); "
+                  "while squeue -h -r -j $id -o %i 2>/dev/null | grep -q .; do sleep 0.05; done; "
+                  f"echo {n}")
+    else:
+        script = (f"cd {workdir} && for i in $(seq {n}); do sbatch --parsable -o /dev/null --wrap true; done > ids; "
+                  "while squeue -h -j $(paste -sd, ids) -o %i 2>/dev/null | grep -q .; do sleep 0.05; done; "
+                  "wc -l < ids")
     ssh = ["ssh", "-i", str(sshd.key), "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-o", "BatchMode=yes",
            "-o", "StrictHostKeyChecking=yes", "-p", str(sshd.port), f"{sshd.user}@{sshd.host}", script]
     started = time.perf_counter()
@@ -163,10 +182,11 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a quick run at small sizes (CI)")
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--queued", type=int, default=1000)
+    parser.add_argument("--sweep", type=int, default=1000, help="members of the sweep sent as job arrays")
     parser.add_argument("--window", type=float, default=60.0, help="seconds the load is measured over")
     args = parser.parse_args()
     if args.tiny:
-        args.nodes, args.queued, args.window = 20, 50, 3.0
+        args.nodes, args.queued, args.window, args.sweep = 20, 50, 3.0, 50
     env = services()
     sshd = Sshd(env["BROKER_TEST_SSH_HOST"], int(env["BROKER_TEST_SSH_PORT"]), env["BROKER_TEST_SSH_USER"],
                 env.get("BROKER_TEST_SSH_USER2", ""), Path(env["BROKER_TEST_SSH_KEY"]),
@@ -191,10 +211,18 @@ def main() -> int:
             before = counts(log)
             bundled = run_nodes(fast, args.nodes, bundled=True)
             expect("sbatch calls (one per bundle)", counts(log)["sbatch"] - before["sbatch"], -(-args.nodes // BUNDLE))
+            before = counts(log)
+            arrays = run_nodes(fast, args.sweep, bundled=False, array=True)
+            expect("sbatch calls (one per array of up to 1,000)", counts(log)["sbatch"] - before["sbatch"],
+                   -(-args.sweep // BatchOptions().max_array))
         ceiling = sbatch_loop(env, sshd, args.nodes, fast.endpoint.ensure())
+        loop = sbatch_loop(env, sshd, args.sweep, fast.endpoint.ensure())
+        bare = sbatch_loop(env, sshd, args.sweep, fast.endpoint.ensure(), array=True)
         rows = [("launcher, one job per node", args.nodes, single), (f"launcher, bundles of {BUNDLE}", args.nodes,
                                                                        bundled),
-                ("sbatch loop (ceiling)", args.nodes, ceiling)]
+                ("sbatch loop (ceiling)", args.nodes, ceiling),
+                ("launcher, sweep as job arrays", args.sweep, arrays), ("sbatch loop, one-task jobs", args.sweep, loop),
+                ("bare sbatch --array of true", args.sweep, bare)]
         interval = 0.5 if args.tiny else HostsSettings().batch_poll_interval
         with SlurmLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=interval) as watcher:
             loadfig = load(watcher, log, args.queued, args.window)
@@ -210,6 +238,8 @@ def main() -> int:
     print(f"{'workload':<30}{'nodes':>7}{'wall s':>9}{'nodes/s':>9}")
     for name, n, wall in rows:
         print(f"{name:<30}{n:>7}{wall:>9.2f}{n / wall:>9.1f}")
+    print(f"sweep as job arrays: {args.sweep / arrays:.1f} members/s, {args.sweep / loop:.1f} jobs/s for the sbatch "
+          f"loop of one-task jobs: {loop / arrays:.2f}x its rate (target >= 2x)")
     print(f"{args.queued} jobs queued, poll interval {interval:g} s, over {args.window:g} s: "
           f"squeue {loadfig['squeue_per_min']:.1f}/min, sacct {loadfig['sacct_per_min']:.1f}/min, "
           f"status reads {loadfig['status_reads_per_min']:.1f}/min, one poll round {loadfig['round_s']:.2f} s")
