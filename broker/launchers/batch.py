@@ -174,8 +174,9 @@ class BatchLauncher(RemoteLauncher):
         for task, request in enumerate(requests):
             workdir = self._remote_workdir(request)
             workdirs.append(workdir)
-            lines.append((workdir, batch_jobs.command(hostagent.elf_argv(self.endpoint.host.python, self.endpoint.elf_path, dict(
-                elf_args(request, self._max_output_bytes), workdir=workdir)))))
+            argv = hostagent.elf_argv(self.endpoint.host.python, self.endpoint.elf_path,
+                                      dict(elf_args(request, self._max_output_bytes), workdir=workdir))
+            lines.append((workdir, batch_jobs.command(argv)))
             items.append({"workdir": workdir, "record": dict(self._record(request, started_at, job_dir, token),
                                                              task=task),
                           "files": {"payload": request.payload_text,

@@ -12,6 +12,7 @@ from broker.launchers.registry import Launchers
 from broker.launchers.slurm import SlurmDialect
 from broker.resources import Resources
 from broker.resources.catalogue import BatchOptions, Catalogue, Host, SshAccess
+from broker.resources.shell import Completed
 
 HPC = Host(name="hpc", launcher="slurm", scratch="/s",
            batch=BatchOptions(default_queue="normal", queues=("normal", "gpu"), directives=("qos", "exclusive")))
@@ -34,6 +35,34 @@ def test_a_profile_becomes_sbatch_directives_with_host_defaults_filled_in():
 def test_a_bundle_asks_for_its_members_at_once_and_their_waves_of_walltime():
     job = spec(Scheduling(cores=2, memory=1024**3, walltime=600.0), parallel=4, waves=3)
     assert (job.cores, job.memory, job.walltime) == (8, 4 * 1024**3, 1800.0)
+
+
+def test_an_array_asks_for_its_tasks_and_throttle_and_each_task_writes_its_own_files():
+    lines = SlurmDialect().directives(spec(Scheduling(cores=1), array=(1000, 16)))
+    assert "#SBATCH --array=0-999%16" in lines
+    assert "#SBATCH --output=/s/u/wf-x/n/1/task-%a.out" in lines
+    assert "#SBATCH --error=/s/u/wf-x/n/1/task-%a.err" in lines
+    assert "#SBATCH --array=0-2" in SlurmDialect().directives(spec(Scheduling(), array=(3, 0)))
+    assert batch_jobs.JobRef("7_3", "/s/a", "t", task=3).err_file == "/s/a/task-3.err"
+
+
+def test_an_array_body_selects_a_member_by_the_task_index_and_quotes_every_word():
+    body = batch_jobs.array_body("SLURM_ARRAY_TASK_ID", [("/s/a b/1", "elf run"), ("/s/c';x/1", "elf run")])
+    assert body == ['case "${SLURM_ARRAY_TASK_ID:-}" in',
+                    "0) cd '/s/a b/1' || exit 96; exec elf run ;;",
+                    "1) cd '/s/c'\"'\"';x/1' || exit 96; exec elf run ;;",
+                    '*) echo "no member for task ${SLURM_ARRAY_TASK_ID:-}" >&2; exit 97 ;;', "esac"]
+
+
+def test_the_queue_lists_array_tasks_one_per_line_and_history_asks_once_per_array():
+    dialect = SlurmDialect()
+    assert "-r" in dialect.query("u")
+    line = dialect.history("u", ["12_3", "12_7", "15"])
+    assert "-j 12,15 " in line and "12_3" not in line
+    assert dialect.task_id("12", 4) == "12_4"
+    jobs = dialect.parse_query(Completed(0, b"12_0|RUNNING|None|wb-1-1-abcd|/d\n12_1|PENDING|JobArrayTaskLimit|"
+                                            b"wb-1-1-abcd|/d\n", b""))
+    assert (jobs["12_0"].state, jobs["12_1"].state) == (batch_jobs.RUNNING, batch_jobs.PENDING)
 
 
 @pytest.mark.parametrize("scheduling, message", [
