@@ -16,7 +16,6 @@ import hashlib
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, Text, bindparam, func, insert, literal, select
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from broker.description.model import AnyNode, WorkflowSpec, to_json
@@ -207,6 +206,10 @@ def _insert_edges(session: Session, edges: list[tuple[int, int]]) -> None:
 
 def _unnest(columns: dict[str, list[Any]], types: dict[str, Any]) -> Any:
     """PostgreSQL ``unnest(array, array, ...) AS t(name, name, ...)``: one array parameter per column."""
+    # imported here: the PostgreSQL dialect package pulls in asyncpg's and asyncio (30 ms of every SQLite
+    # `broker run`'s start-up, for a type only PostgreSQL uses)
+    from sqlalchemy.dialects.postgresql import ARRAY
+
     arrays = [bindparam(f"{name}_array", values, type_=ARRAY(types[name])) for name, values in columns.items()]
     return func.unnest(*arrays).table_valued(*columns).render_derived()
 
