@@ -26,6 +26,7 @@ from broker.controllers.base import Controller
 from broker.controllers.messages import Tick
 from broker.description.model import NodeSpec, SweepSpec
 from broker.errors import ResourceError
+from broker.launchers.jobs import array_key
 from broker.persistence.changes import (AfterIntents, CancelNodes, CancelWorkflow, Changes, Committed, Expansion,
                                         InFlight, MarkControl, ReadyNode, Rejected, Restart, Transition, WorkflowInfo)
 from broker.persistence.control import ControlCommand
@@ -118,13 +119,13 @@ class SubmissionController(Controller):
 
         Without this a restarted broker would see every host empty and start up to ``maxJobs`` more jobs
         next to the ones it adopted. Members of one bundle share a job id, and so one slot; so do the tasks
-        of one array (SLURM's ``<array>_<task>``).
+        of one array.
         """
         jobs: dict[tuple[int, str, str], int] = {}
         for flying in resumed:
             host = (flying.host or "localhost").rpartition("@")[2]
             node_id = flying.node.node_id
-            job = (flying.job_id or "").partition("_")[0]
+            job = array_key(flying.job_id or "")
             key = jobs.setdefault((flying.node.workflow_id, host, job), node_id) if job else node_id
             if key not in self.job_left:
                 self.host_jobs[host] += 1

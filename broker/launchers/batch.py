@@ -182,7 +182,7 @@ class BatchLauncher(RemoteLauncher):
                           "files": {"payload": request.payload_text,
                                     "env.json": json.dumps(payload_env(self.endpoint.host.env, request)),
                                     **push_files(request)}})
-        script = batch_jobs.script(self.dialect.directives(spec), batch_jobs.array_body(variable, lines))
+        script = batch_jobs.script(self.dialect.directives(spec), batch_jobs.array_body(variable, job_dir, lines))
         items.insert(0, {"workdir": job_dir, "record": {"token": token, "started_at": started_at,
                                                         "members": workdirs}, "files": {"job.sh": script}})
         array_id = self._submit(job_dir, token, items)
@@ -270,8 +270,10 @@ class BatchLauncher(RemoteLauncher):
         except batch_jobs.SchedulerUnreachable:
             return None
         for job in jobs.values():
-            if job.name == token and (job.workdir is None or job.workdir == job_dir):
-                return job.job_id.partition("_")[0] if self.dialect.array_variable else job.job_id
+            # Torque names an array's tasks "<name>-<index>"; SLURM keeps the name
+            named = job.name == token or job.name.startswith(token + "-")
+            if named and (job.workdir is None or job.workdir == job_dir):
+                return self.dialect.array_of(job.job_id)
         return None
 
     # -------------------------------------------------------------------------------- the interface
@@ -326,7 +328,7 @@ class BatchLauncher(RemoteLauncher):
         task = record.get("task")
         if isinstance(task, int) and job_id != "?":
             # a task of an array: the submission and the lookup name the array, the queue names the task
-            job_id = self.dialect.task_id(job_id.partition("_")[0], task)
+            job_id = self.dialect.task_id(self.dialect.array_of(job_id), task)
         handle = dataclasses.replace(handle, job_id=job_id, started_at=record.get("started_at", 0.0),
                                      timeout=record.get("timeout"))
         tracked = Tracked(handle, record.get("session"))

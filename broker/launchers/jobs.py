@@ -33,6 +33,8 @@ ENDED = frozenset({COMPLETED, FAILED, CANCELLED, TIMEOUT, LOST})
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_.\-+:@,]{1,128}")
 _DIRECTIVE_RE = re.compile(r"[a-z][a-z0-9\-]{0,31}")
+#: the task index in a Torque/PBS array task's id (``1098[3].server``)
+_TASK_RE = re.compile(r"\[[0-9]+\]")
 
 
 class SchedulerUnreachable(ResourceError):
@@ -171,18 +173,27 @@ def script(directives: Sequence[str], body: Sequence[str]) -> str:
     return "\n".join(["#!/bin/sh", *directives, "", *body, ""])
 
 
-def array_body(variable: str, members: Sequence[tuple[str, str]]) -> list[str]:
+def array_body(variable: str, job_dir: str, members: Sequence[tuple[str, str]]) -> list[str]:
     """The body of a job array's script: task ``i`` runs ``members[i]``, (work directory, quoted command line),
-    in that directory (as a single job runs in its own).
+    in that directory (as a single job runs in its own), its output in ``task-<i>.out`` and ``.err`` of
+    ``job_dir`` whatever the scheduler does with an array's output files.
 
     The task index comes from the scheduler (``variable``, e.g. SLURM_ARRAY_TASK_ID) and only selects a
     line: it never reaches a command itself.
     """
     lines = [f'case "${{{variable}:-}}" in']
-    lines += [f"{index}) cd {shlex.quote(workdir)} || exit 96; exec {line} ;;"
-              for index, (workdir, line) in enumerate(members)]
+    for index, (workdir, line) in enumerate(members):
+        files = shlex.quote(f"{job_dir}/task-{index}")
+        lines.append(f"{index}) exec >{files}.out 2>{files}.err; cd {shlex.quote(workdir)} || exit 96; "
+                     f"exec {line} ;;")
     lines += [f'*) echo "no member for task ${{{variable}:-}}" >&2; exit 97 ;;', "esac"]
     return lines
+
+
+def array_key(job_id: str) -> str:
+    """The job a job id belongs to as one slot of a host: an array task's array (SLURM ``12_3``, Torque
+    ``12[3].server``), else the job itself. For the scheduler, which holds no dialect."""
+    return _TASK_RE.sub("[]", job_id).partition("_")[0]
 
 
 def command(argv: Sequence[str]) -> str:
@@ -200,6 +211,9 @@ class Dialect(Protocol):
 
     def task_id(self, array_id: str, index: int) -> str:
         """The id the scheduler's queue gives task ``index`` of the array submitted as ``array_id``."""
+
+    def array_of(self, job_id: str) -> str:
+        """The id the array of task ``job_id`` was submitted as (``job_id`` itself for any other job)."""
 
     def directives(self, job: JobSpec) -> list[str]:
         """The script's directive lines for ``job``."""
@@ -230,5 +244,6 @@ class Dialect(Protocol):
 
 
 __all__ = ["CANCELLED", "COMPLETED", "Dialect", "ENDED", "FAILED", "JobInfo", "JobRef", "JobSpec", "LOST", "PENDING",
-           "RUNNING", "SchedulerUnreachable", "SubmitRejected", "TIMEOUT", "array_body", "command", "hms",
+           "RUNNING", "SchedulerUnreachable", "SubmitRejected", "TIMEOUT", "array_body", "array_key", "command",
+           "hms",
            "job_spec", "job_token", "mebibytes", "script", "token"]

@@ -85,6 +85,9 @@ class MoabDialect:
     def task_id(self, array_id: str, index: int) -> str:
         raise NotImplementedError("no job arrays on this scheduler")
 
+    def array_of(self, job_id: str) -> str:
+        return job_id
+
     def __init__(self, commands: str | None = None):
         self._bin = (commands.rstrip("/") + "/") if commands else ""
 

@@ -12,6 +12,7 @@ sends SIGTERM: 271), and negative codes for the server's own reasons (-11: wallt
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from broker.launchers.batch import BatchLauncher
@@ -28,6 +29,8 @@ _UNREACHABLE = ("cannot connect to server", "Connection refused", "pbs_iff", "En
 _BUSY = ("Maximum number of jobs already in queue", "would exceed", "queue is not enabled",
          "Resource temporarily unavailable")
 _GONE = ("Unknown Job Id", "invalid state for job - COMPLETE", "Job has finished")
+#: the task index in an array task's id
+_TASK_RE = re.compile(r"\[[0-9]+\]")
 
 
 def hours(seconds: float) -> str:
@@ -94,19 +97,26 @@ class PbsDialect:
     """The PBS/Torque side of the batch launcher."""
 
     name = "pbs"
-    #: arrays are not submitted here (no scheduler to test them against): sweeps go out one job per member
-    #: or in bundles
-    array_variable = None
+    #: Torque's array task index (``qsub -t``)
+    array_variable = "PBS_ARRAYID"
 
     def task_id(self, array_id: str, index: int) -> str:
-        raise NotImplementedError("no job arrays on this scheduler")
+        # qsub answers an array as "1098[].server"; its tasks are "1098[0].server", "1098[1].server"...
+        return array_id.replace("[]", f"[{index}]", 1) if "[]" in array_id else f"{array_id}[{index}]"
+
+    def array_of(self, job_id: str) -> str:
+        return _TASK_RE.sub("[]", job_id, count=1)
 
     def __init__(self, commands: str | None = None):
         self._bin = (commands.rstrip("/") + "/") if commands else ""
 
     def directives(self, job: JobSpec) -> list[str]:
-        """``#PBS`` lines (Torque resource syntax: nodes=N:ppn=C)."""
-        return torque_directives(job, "#PBS")
+        """``#PBS`` lines (Torque resource syntax: nodes=N:ppn=C); an array's ``-t 0-N%M`` (M: slot limit)."""
+        lines = torque_directives(job, "#PBS")
+        if job.array is not None:
+            tasks, throttle = job.array
+            lines.append(f"#PBS -t 0-{tasks - 1}" + (f"%{throttle}" if throttle else ""))
+        return lines
 
     def submit(self, script_name: str) -> list[str]:
         return [f"{self._bin}qsub", script_name]
@@ -123,7 +133,8 @@ class PbsDialect:
         raise SubmitRejected(f"qsub: {message}", retryable=False)
 
     def query(self, login: str) -> list[str]:
-        return [f"{self._bin}qstat", "-f"]
+        # -t: every task of an array on its own (else one summary line stands for them all)
+        return [f"{self._bin}qstat", "-f", "-t"]
 
     def parse_query(self, done: Completed) -> dict[str, JobInfo]:
         if done.returncode != 0 and not done.out.strip():

@@ -85,6 +85,9 @@ class SlurmDialect:
     def task_id(self, array_id: str, index: int) -> str:
         return f"{array_id}_{index}"
 
+    def array_of(self, job_id: str) -> str:
+        return job_id.partition("_")[0]
+
     def submit(self, script_name: str) -> list[str]:
         return [f"{self._bin}sbatch", "--parsable", script_name]
 

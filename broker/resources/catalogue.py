@@ -31,9 +31,9 @@ NAMESPACE = "urn:workflow-broker:hosts:1.0"
 SCHEMA_FILE = "hosts.xsd"
 LAUNCHERS = ("local", "ssh", "slurm", "pbs", "moab")
 BATCH_LAUNCHERS = ("slurm", "pbs", "moab")
-#: batch launchers that submit the members of a sweep as job arrays (PBS -J and MOAB -t arrays are not
-#: submitted: no such scheduler can be installed here to test them against)
-ARRAY_LAUNCHERS = ("slurm",)
+#: batch launchers that submit the members of a sweep as job arrays (SLURM --array, Torque -t; MOAB's msub -t
+#: arrays are not submitted: their output formats could not be recorded here)
+ARRAY_LAUNCHERS = ("slurm", "pbs")
 #: the host of a broker without a catalogue
 LOCALHOST = "localhost"
 

@@ -47,10 +47,12 @@ def test_an_array_asks_for_its_tasks_and_throttle_and_each_task_writes_its_own_f
 
 
 def test_an_array_body_selects_a_member_by_the_task_index_and_quotes_every_word():
-    body = batch_jobs.array_body("SLURM_ARRAY_TASK_ID", [("/s/a b/1", "elf run"), ("/s/c';x/1", "elf run")])
+    body = batch_jobs.array_body("SLURM_ARRAY_TASK_ID", "/s/arr",
+                                 [("/s/a b/1", "elf run"), ("/s/c';x/1", "elf run")])
     assert body == ['case "${SLURM_ARRAY_TASK_ID:-}" in',
-                    "0) cd '/s/a b/1' || exit 96; exec elf run ;;",
-                    "1) cd '/s/c'\"'\"';x/1' || exit 96; exec elf run ;;",
+                    "0) exec >/s/arr/task-0.out 2>/s/arr/task-0.err; cd '/s/a b/1' || exit 96; exec elf run ;;",
+                    "1) exec >/s/arr/task-1.out 2>/s/arr/task-1.err; cd '/s/c'\"'\"';x/1' || exit 96; "
+                    "exec elf run ;;",
                     '*) echo "no member for task ${SLURM_ARRAY_TASK_ID:-}" >&2; exit 97 ;;', "esac"]
 
 

@@ -213,3 +213,76 @@ def test_a_job_that_vanished_from_qstat_without_a_result_is_lost_after_the_deadl
     fake.answer("qstat", "qstat-f-empty")
     result = run_to_end(launcher, launcher.launch(req))
     assert (result.outcome, result.message) == (base.LOST, f"PBS no longer knows job {ID} and it left no result")
+
+
+# ------------------------------------------------------------------------------------------- arrays
+
+ARRAY = "1098[].pbs-server.example.org"
+
+
+def run_task(job_dir: str, index: int) -> int:
+    """Play the compute node for one task of an array: its script with the task's PBS_ARRAYID."""
+    import os
+    import subprocess
+
+    return subprocess.run(["/bin/sh", "job.sh"], cwd=job_dir, env=dict(os.environ, PBS_ARRAYID=str(index)),
+                          check=False).returncode
+
+
+def array_answers(launcher, reqs, states: str) -> dict[str, str]:
+    first = reqs[0]
+    root = launcher.endpoint.ensure()
+    job_dir = launcher.endpoint.workdir(f"{root}/{first.workflow_global_id}/.arrays/{first.node_id}-{first.attempt}")
+    subs = {"job_dir": job_dir, "name": batch_jobs.job_token(first.node_id, first.attempt, job_dir)}
+    subs.update({f"task{i}": ARRAY.replace("[]", f"[{i}]") for i in range(3)})
+    subs.update({f"state{i}": letter for i, letter in enumerate(states)})
+    return subs
+
+
+@pytest.mark.slow
+def test_a_sweep_goes_out_as_one_torque_array_and_each_task_runs_its_member(launcher, fake):
+    workflow = unique_workflow()
+    reqs = [request(workflow, f"echo '@broker output n={i}'\n", node_id=10 + i, path=f"s[{i}]/w") for i in range(3)]
+    subs = array_answers(launcher, reqs, "QQQ")
+    fake.answer("qsub", "qsub-array-ok", array_id=ARRAY)
+    fake.answer("qstat", "qstat-f-t-array", **subs)
+    handles = launcher.launch_array(reqs, Scheduling(cores=1), throttle=2)
+    assert [h.job_id for h in handles] == [ARRAY.replace("[]", f"[{i}]") for i in range(3)]
+    assert fake.calls("qsub") == ["qsub job.sh"]
+    script = open(f"{subs['job_dir']}/job.sh").read()
+    assert "#PBS -t 0-2%2" in script and "PBS_ARRAYID" in script
+    ended = Ended()
+    for handle in handles:
+        launcher.watch(handle, ended)
+    for i in range(3):
+        assert run_task(subs["job_dir"], i) == 0
+    fake.answer("qstat", "qstat-f-t-array", **array_answers(launcher, reqs, "CCC"))
+    wait_for(lambda: ended.count() == 3, what="the three tasks to end")
+    results = [launcher.collect(h) for h in handles]
+    assert [(r.outcome, r.outputs) for r in results] == [(base.SUCCEEDED, {"n": i}) for i in range(3)]
+    assert set(call for call in fake.calls("qstat")) == {"qstat -f -t"}
+
+
+@pytest.mark.slow
+def test_cancel_of_one_torque_task_runs_qdel_on_that_task_only(launcher, fake):
+    reqs = [request(unique_workflow(), "true\n", node_id=20 + i, path=f"s[{i}]/w") for i in range(3)]
+    subs = array_answers(launcher, reqs, "RRQ")
+    fake.answer("qsub", "qsub-array-ok", array_id=ARRAY)
+    fake.answer("qstat", "qstat-f-t-array", **subs)
+    handles = launcher.launch_array(reqs)
+    fake.answer("qdel", "qdel-ok")
+    launcher.cancel(handles[2])
+    assert fake.calls("qdel") == [f"qdel {ARRAY.replace('[]', '[2]')}"]
+
+
+@pytest.mark.slow
+def test_a_new_launcher_finds_a_torque_array_task_by_the_arrays_name(launcher, fake, tmp_path):
+    reqs = [request(unique_workflow(), "true\n", node_id=30 + i, path=f"s[{i}]/w") for i in range(3)]
+    subs = array_answers(launcher, reqs, "RRR")
+    fake.answer("qsub", "qsub-array-ok", array_id=ARRAY)
+    fake.answer("qstat", "qstat-f-t-array", **subs)
+    handles = launcher.launch_array(reqs)
+    found = launcher.recover(reqs[1].node_id, 1, reqs[1].workdir, None)
+    assert (found.status, found.handle.job_id) == ("running", handles[1].job_id)
+    again = launcher.launch_array(reqs)  # a launch retried after a lost reply: found, not submitted again
+    assert [h.job_id for h in again] == [h.job_id for h in handles] and fake.calls("qsub") == ["qsub job.sh"]
