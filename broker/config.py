@@ -83,6 +83,9 @@ class LimitSettings:
     max_values: int = field(default=200_000, metadata=_doc("most values in one parameter", "values"))
     max_output_bytes: int = field(default=1024**2,
                                   metadata=_doc("largest output property value (JSON) a payload may report", "bytes"))
+    max_argument_bytes: int = field(default=64 * 1024, metadata=_doc(
+        "largest workflow argument value given at submission, a file argument's content included (it reaches "
+        "payloads as an environment variable, which Linux caps at 128 KiB)", "bytes"))
 
 
 @dataclass(frozen=True, slots=True)

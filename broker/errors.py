@@ -6,6 +6,7 @@ the API's fault mapping read that flag, never the class name::
 
     BrokerError
     ├── ConfigError                 bad configuration file, key or environment variable
+    │   └── ArgumentError           workflow arguments that do not match its parameters
     ├── DescriptionError            a workflow description was rejected (carries every Problem)
     ├── LimitExceeded               a documented limit was exceeded (also raised at run-time expansion)
     ├── NotFound                    no such workflow, node, user or event
@@ -52,6 +53,10 @@ class BrokerError(Exception):
 
 class ConfigError(BrokerError):
     """Raised when a configuration file, key, value or ``BROKER_*`` variable is invalid."""
+
+
+class ArgumentError(ConfigError):
+    """Raised when the arguments given at submission do not match the workflow's declared parameters."""
 
 
 class DescriptionError(BrokerError):

@@ -15,7 +15,12 @@ parameter can never replace ``PATH`` or ``LD_PRELOAD`` because its name is prefi
 ``WB_MEMBER_INDEX``   the index of the innermost sweep member the node belongs to (only inside sweeps)
 ``WB_WORKDIR``        the attempt's work directory (set by the launcher)
 ``WB_PARAM_<name>``   each parameter binding; inner sweeps win over outer ones with the same name
+``WB_ARG_<name>``     each workflow argument bound at submission (a list argument as its normalised
+                      comma-separated text)
 ====================  ================================================================================
+
+In a template, arguments are variables by their name too, and ``args`` (name -> value); a sweep
+parameter cannot share an argument's name (validation refuses it), so neither hides the other.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from broker.description.expansion import ENV_PREFIX, PARAM_ENV_PREFIX
+from broker.description.expansion import ARG_ENV_PREFIX, ENV_PREFIX, PARAM_ENV_PREFIX
 from broker.description.model import Payload
 from broker.errors import RenderError
 
@@ -64,11 +69,11 @@ def check_template(payload: Payload, *, where: str = "payload") -> None:
 
 def render(payload: Payload, *, node: NodeInfo, bindings: Sequence[tuple[str, str]] = (),
            env: Sequence[tuple[str, str]] = (), max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-           time_limit: float = TIME_LIMIT) -> Rendered:
+           time_limit: float = TIME_LIMIT, arguments: Sequence[tuple[str, str]] = ()) -> Rendered:
     """The text and environment of one attempt of ``node``.
 
     ``bindings`` are the parameter values, outer sweeps first; ``env`` is the execution profile's
-    environment. Raises RenderError, naming the node and the template line, when the template is invalid,
+    environment; ``arguments`` the workflow's bound arguments. Raises RenderError, naming the node and the template line, when the template is invalid,
     uses an undefined name, breaks the sandbox or a limit, or a value cannot be quoted for the language.
     """
     where = f"node '{node.node_path}'"
@@ -79,6 +84,8 @@ def render(payload: Payload, *, node: NodeInfo, bindings: Sequence[tuple[str, st
     indexes = [int(i) for i in _INDEX_RE.findall(node.node_path)]
     node_id = f"{node.workflow_global_id}/{node.node_path}"
     pairs = {name: value for name, value in env if not name.startswith(ENV_PREFIX)}
+    args = dict(arguments)
+    pairs.update((ARG_ENV_PREFIX + name, value) for name, value in args.items())
     pairs.update((PARAM_ENV_PREFIX + name, value) for name, value in params.items())
     pairs.update(WB_WORKFLOW_ID=node.workflow_global_id, WB_NODE_PATH=node.node_path, WB_NODE_ID=node_id,
                  WB_ATTEMPT=str(node.attempt))
@@ -89,8 +96,9 @@ def render(payload: Payload, *, node: NodeInfo, bindings: Sequence[tuple[str, st
     if not payload.template:
         return Rendered(payload.text, tuple(pairs.items()))
 
-    context: dict[str, Any] = {k: v for k, v in params.items() if _IDENTIFIER_RE.fullmatch(k)}
-    context.update(params=params, workflow={"id": node.workflow_global_id},
+    context: dict[str, Any] = {k: v for k, v in args.items() if _IDENTIFIER_RE.fullmatch(k)}
+    context.update((k, v) for k, v in params.items() if _IDENTIFIER_RE.fullmatch(k))
+    context.update(params=params, args=args, workflow={"id": node.workflow_global_id},
                    node={"id": node_id, "path": node.node_path, "attempt": node.attempt,
                          "member_index": indexes[-1] if indexes else None, "indexes": indexes,
                          "workdir": node.workdir})

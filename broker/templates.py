@@ -11,7 +11,8 @@ csh      single-quoted (``'it'\\''s'``); a value with a newline or ``!`` is refu
          cannot quote them safely (history substitution acts inside single quotes)
 =======  ==============================================================================================
 
-Template variables: each parameter by its name (when it is an identifier), ``params`` (name -> value),
+Template variables: each parameter and each workflow argument by its name (when it is an identifier; the
+two never share a name), ``params`` (name -> value), ``args`` (argument name -> value),
 ``node`` (``id``, ``path``, ``attempt``, ``member_index``, ``indexes``, ``workdir``) and ``workflow``
 (``id``); ``params``, ``node`` and ``workflow`` win over parameters of the same name. Undefined names are
 errors. Parameter values are strings.

@@ -10,6 +10,7 @@ harmless value and goes on, so that one run reports everything.
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from decimal import Decimal
 
@@ -19,7 +20,8 @@ from broker.config import Settings
 from broker.description.expansion import ENV_PREFIX
 from broker.description.includes import IncludeError, read_include
 from broker.description.model import (
-    AnyNode, Execution, NodeSpec, Param, Payload, Requires, Retry, Scheduling, Stage, SweepSpec, WorkflowSpec,
+    AnyNode, Execution, NodeSpec, Param, ParameterSpec, Payload, Requires, Retry, Scheduling, Stage, SweepSpec,
+    WorkflowSpec,
 )
 from broker.description.schema import NAMESPACE
 from broker.description.units import parse_decimal, parse_duration, parse_size, range_values
@@ -82,6 +84,8 @@ class _Builder:
         self._allowed = frozenset(settings.description.allowed_directives)
         # generated descriptions repeat one template in many nodes: check each distinct text once
         self._templates: dict[tuple[str, str], str | None] = {}
+        #: the workflow's declared parameters (declared before any node, so known when sweeps are built)
+        self.declared: dict[str, ParameterSpec] = {}
 
     def problem(self, el: etree._Element | int, message: str) -> None:
         line = el if isinstance(el, int) else (el.sourceline or 1)
@@ -97,10 +101,14 @@ class _Builder:
 
     def workflow(self, root: etree._Element) -> WorkflowSpec:
         description, resources, failure, nodes = None, (), FailureConstraint(), []
+        parameters: tuple[ParameterSpec, ...] = ()
         for child in root:
             tag = child.tag
             if tag == NODE or tag == SWEEP:
                 nodes.append(child)
+            elif tag == _Q + "parameters":
+                parameters = self.parameters(child)
+                self.declared = {p.name: p for p in parameters}
             elif tag == DESCRIPTION:
                 description = _text(child)
             elif tag == _Q + "resources":
@@ -114,7 +122,47 @@ class _Builder:
             name=root.get("name", ""), nodes=self.scope(nodes, ""), event_level=root.get("eventLevel", "STATUS"),
             priority=int(root.get("priority", "0")), publish_metadata_to=root.get("publishMetadataTo"),
             resources=resources, failure=failure,
-            max_in_flight=int(max_in_flight) if max_in_flight is not None else None, description=description)
+            max_in_flight=int(max_in_flight) if max_in_flight is not None else None, description=description,
+            parameters=parameters)
+
+    def parameters(self, el: etree._Element) -> tuple[ParameterSpec, ...]:
+        from broker.description.arguments import parse_value  # the same check as an argument's at submission
+        from broker.errors import BrokerError
+
+        out: dict[str, ParameterSpec] = {}
+        for child in el:
+            name, kind = child.get("name", ""), child.get("type", "string").strip()
+            who = f"parameter '{name}': "
+            choices = tuple(c.text or "" for c in child if c.tag == _Q + "choice")
+            descriptions = [_text(c) for c in child if c.tag == DESCRIPTION]
+            param = ParameterSpec(
+                name=name, type=kind, default=child.get("default"),
+                required=child.get("required", "false").strip() in _TRUE,
+                multiple=child.get("list", "false").strip() in _TRUE, choices=choices,
+                description=descriptions[0] if descriptions else None, line=child.sourceline or 0)
+            if name in out:
+                self.problem(child, f"duplicate parameter '{name}' (first declared at line {out[name].line})")
+                continue
+            if (kind == "one-of") != bool(choices):
+                self.problem(child, who + ("a one-of parameter needs <choice> elements" if kind == "one-of"
+                                           else f"<choice> elements need type 'one-of', not '{kind}'"))
+            if len(set(choices)) != len(choices):
+                self.problem(child, f"{who}a <choice> is repeated")
+            if param.default is not None:
+                if param.required:
+                    self.problem(child, f"{who}a required parameter has no default")
+                elif kind == "file":
+                    # a default path would make the broker read a file nobody named at submission
+                    self.problem(child, f"{who}a file parameter has no default")
+                else:
+                    try:
+                        normal, _ = parse_value(param, param.default, self.settings.limits)
+                    except BrokerError as exc:
+                        self.problem(child, f"{who}default: {str(exc).removeprefix(f'argument {name!r} ')}")
+                    else:
+                        param = dataclasses.replace(param, default=normal)
+            out[name] = param
+        return tuple(out.values())
 
     def failure(self, el: etree._Element) -> FailureConstraint:
         fraction = el.get("fraction")
@@ -313,6 +361,8 @@ class _Builder:
         if kind == "fromOutput":
             return Param(name=name, source="output", from_node=first.get("node"),
                          from_property=first.get("property"), line=line)
+        if kind == "fromArgument":
+            return self.from_argument(first, name, who, line)
         values: tuple[str, ...] = ()
         if kind == "value":
             if len(el) > max_values:
@@ -339,6 +389,30 @@ class _Builder:
                                     f"{max_values} ([limits] max_values)")
                 values = ()
         return Param(name=name, source="lines", values=values, line=line)
+
+
+    def from_argument(self, el: etree._Element, name: str, who: str, line: int) -> Param:
+        """A parameter fed by a workflow argument: its default's values until the submission binds it."""
+        from broker.description.arguments import parse_value
+        from broker.errors import BrokerError
+
+        source = el.get("name", "")
+        declared = self.declared.get(source)
+        values = None
+        if declared is None:
+            self.problem(el, f"{who}<fromArgument> names '{source}', which is not a declared workflow parameter")
+        elif declared.type == "file":
+            self.problem(el, f"{who}<fromArgument> names file parameter '{source}' (a file is one value, not a "
+                             "list to sweep over)")
+        elif not declared.required and declared.default is None:
+            self.problem(el, f"{who}<fromArgument> names parameter '{source}', which is neither required nor has "
+                             "a default (the sweep would have no values)")
+        elif declared.default is not None:
+            try:
+                values = parse_value(declared, declared.default, self.settings.limits)[1]
+            except BrokerError:
+                pass  # reported at the parameter
+        return Param(name=name, source="argument", from_argument=source, values=values, line=line)
 
 
 def build_spec(tree: etree._ElementTree, settings: Settings, *,

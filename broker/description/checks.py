@@ -3,8 +3,9 @@
 Every problem is collected (the checks never stop at the first) and names the node by its template path
 (``sweep/step``); its line is the node's, with column 0. Checked per scope (the top level, or one sweep's
 body): path-safe ids (again after the XSD: never ``.``, ``..`` or ``-x``), duplicate ids, dependencies on
-unknown nodes, on itself, twice, and cycles. Per sweep: duplicate parameters, ``fromOutput`` sources, static
-zip lengths, members and nesting limits. For the workflow: the node count after static expansion.
+unknown nodes, on itself, twice, and cycles. Per sweep: duplicate parameters, parameters named like a
+workflow parameter (an argument is in scope everywhere: one name, one meaning), ``fromOutput`` sources,
+static zip lengths, members and nesting limits. For the workflow: the node count after static expansion.
 
 Counts are computed arithmetically, never by materialising members: a sweep counts ``1 + members x (nodes of
 its body)``, with members from :func:`~broker.description.expansion.member_count` over the static value
@@ -25,7 +26,8 @@ from broker.ids import NODE_ID_RE
 
 def static_member_count(sweep: SweepSpec) -> int:
     """Members of ``sweep`` from its static values, a ``fromOutput`` parameter counting one value."""
-    sizes = {p.name: (1 if p.source == "output" else len(p.values or ())) for p in sweep.params}
+    sizes = {p.name: (1 if p.values is None and p.source in ("output", "argument") else len(p.values or ()))
+             for p in sweep.params}
     return member_count(sweep, sizes)
 
 
@@ -69,11 +71,14 @@ class _Checker:
         self.file = filename
         self.workflow_line = workflow_line
         self.problems: list[Problem] = []
+        #: workflow parameter name -> its line
+        self.arguments: dict[str, int] = {}
 
     def problem(self, line: int, message: str) -> None:
         self.problems.append(Problem(self.file, line or 1, 0, message))
 
     def run(self, spec: WorkflowSpec) -> list[Problem]:
+        self.arguments = {p.name: p.line for p in spec.parameters}
         for nodes, prefix, owner, nesting in _scopes(spec):
             where = "at the top level" if owner is None else f"in the scope of sweep '{prefix[:-1]}'"
             siblings = self.ids(nodes, prefix, where)
@@ -167,9 +172,13 @@ class _Checker:
             if param.name in names:
                 self.problem(param.line, f"{who}: duplicate parameter '{param.name}'")
             names.add(param.name)
+            if param.name in self.arguments:
+                self.problem(param.line, f"{who}: parameter '{param.name}' has the name of the workflow parameter "
+                                         f"declared at line {self.arguments[param.name]} (an argument is in scope "
+                                         "in every sweep: rename one of them)")
             if param.source == "output":
                 self.from_output(sweep, who, param, siblings)
-        static = [p for p in sweep.params if p.source != "output"]
+        static = [p for p in sweep.params if p.values is not None]
         if sweep.mode == "zip" and len({len(p.values or ()) for p in static}) > 1:
             sizes = ", ".join(f"{p.name}={len(p.values or ())}" for p in static)
             self.problem(sweep.line, f"{who}: zip parameters have different lengths ({sizes})")

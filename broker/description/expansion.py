@@ -23,6 +23,8 @@ from broker.ids import join_path, member_segment
 #: prefix of every variable the broker puts in a payload's environment; parameters are WB_PARAM_<name>
 ENV_PREFIX = "WB_"
 PARAM_ENV_PREFIX = "WB_PARAM_"
+#: workflow arguments are WB_ARG_<name>
+ARG_ENV_PREFIX = "WB_ARG_"
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,15 +145,18 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A parameter of a sweep. Exactly one source: static ``values`` or an upstream ``from_node`` output."""
+    """A parameter of a sweep. Exactly one source: static ``values``, an upstream ``from_node`` output, or a
+    workflow argument (``from_argument``, bound at submission)."""
 
     name: str
-    #: "list", "range", "lines" or "output"
+    #: "list", "range", "lines", "output" or "argument"
     source: str
-    #: the values, for every source but "output" (ranges and line files are resolved at validation)
+    #: the values, for every source but "output" (ranges and line files are resolved at validation; an
+    #: argument's at submission, its default's until then, None when it has none)
     values: tuple[str, ...] | None = None
     from_node: str | None = None
     from_property: str | None = None
+    from_argument: str | None = None
     line: int = 0
 
 
@@ -179,6 +182,27 @@ class SweepSpec:
 
 AnyNode = Union[NodeSpec, SweepSpec]
 
+#: the types a workflow parameter may declare
+PARAMETER_TYPES = ("string", "int", "float", "bool", "one-of", "file")
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterSpec:
+    """A workflow parameter: a value given at submission (``--arg name=value``), checked against its type."""
+
+    name: str
+    #: one of PARAMETER_TYPES
+    type: str = "string"
+    #: the value when no argument is given (already checked against the type), None when there is none
+    default: str | None = None
+    required: bool = False
+    #: a comma-separated list of values of ``type`` (numbers also ``FROM..TO[:STEP]``), for ``<fromArgument>``
+    multiple: bool = False
+    #: the allowed values of a ``one-of`` parameter
+    choices: tuple[str, ...] = ()
+    description: str | None = None
+    line: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class WorkflowSpec:
@@ -194,6 +218,11 @@ class WorkflowSpec:
     #: most of this workflow's nodes in flight at once (None: only the broker-wide limits apply)
     max_in_flight: int | None = None
     description: str | None = None
+    #: the declared parameters, in document order
+    parameters: tuple[ParameterSpec, ...] = ()
+    #: the arguments it was submitted with, every parameter bound ((name, value) in parameter order, list
+    #: values as given); None until bound (broker.description.arguments.bind)
+    arguments: tuple[tuple[str, str], ...] | None = None
 
 
 def walk(nodes: tuple[AnyNode, ...], prefix: str = ""):
@@ -212,7 +241,7 @@ def walk(nodes: tuple[AnyNode, ...], prefix: str = ""):
 
 _CLASSES = {cls.__name__: cls for cls in
             (Scheduling, Retry, Execution, Payload, Stage, Requires, NodeSpec, Param, SweepSpec, WorkflowSpec,
-             FailureConstraint)}
+             FailureConstraint, ParameterSpec)}
 
 
 #: class -> (name, ((field name, default), ...)), for every class a spec is made of
@@ -255,6 +284,6 @@ def from_json(text: str) -> WorkflowSpec:
 
 
 __all__ = [
-    "AnyNode", "Execution", "NodeSpec", "Param", "Payload", "PAYLOAD_TYPES", "Requires", "Retry", "Scheduling",
+    "AnyNode", "Execution", "NodeSpec", "Param", "PARAMETER_TYPES", "ParameterSpec", "Payload", "PAYLOAD_TYPES", "Requires", "Retry", "Scheduling",
     "Stage", "SweepSpec", "WorkflowSpec", "from_json", "to_json", "walk",
 ]

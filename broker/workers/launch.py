@@ -15,10 +15,13 @@ class LaunchWorker(Worker):
         assert isinstance(spec, NodeSpec)
         return spec
 
+    def _arguments(self, ref: NodeRef) -> tuple[tuple[str, str], ...]:
+        return self.ctx.plans.get(ref.workflow_id).spec.arguments or ()
+
     def _request(self, ref: NodeRef, spec: NodeSpec) -> LaunchRequest:
         workdir = self.ctx.attempt_dir(ref.workflow_global_id, ref.path, ref.attempt)
         text, env = render(spec.payload, node=NodeInfo(ref.workflow_global_id, ref.path, ref.attempt, str(workdir)),
-                           bindings=ref.bindings, env=spec.execution.env,
+                           bindings=ref.bindings, env=spec.execution.env, arguments=self._arguments(ref),
                            max_output_bytes=self.ctx.settings.limits.max_text_bytes)
         return LaunchRequest(node_id=ref.node_id, attempt=ref.attempt, workflow_global_id=ref.workflow_global_id,
                              node_path=ref.path, workdir=str(workdir), payload_type=spec.payload.type,
