@@ -39,7 +39,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 QUIET_LIBRARIES = ("alembic", "paramiko", "stomp.py", "spyne", "sqlalchemy", "cheroot", "pykka")
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ("validate", "run", "status", "events", "control", "serve", "user", "admin", "db")
+COMMANDS = ("validate", "workflow", "run", "status", "events", "control", "serve", "user", "admin", "db")
 
 log = logging.getLogger("broker.cli")
 

@@ -15,6 +15,7 @@ flags: the main loop does the work.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -37,7 +38,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                     "3: error (database locked by another broker...); 130: interrupted. Ctrl-C cancels the "
                     "workflow; a second Ctrl-C stops at once, leaving payloads running (`broker resume` "
                     "re-attaches).")
-    run_parser.add_argument("file", metavar="FILE", help="workflow description ('-' for standard input)")
+    run_parser.add_argument("file", metavar="FILE|NAME[@VERSION]",
+                            help="workflow description ('-' for standard input), or the name of a stored workflow "
+                                 "(`broker workflow add`), its newest version unless @VERSION: an existing file "
+                                 "path wins over a stored name (write ./NAME to mean the file)")
+    run_parser.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", dest="arguments",
+                            help="a value for one of the workflow's declared parameters (repeat for each); a file "
+                                 "parameter takes a local path, whose content becomes the value")
     resume_parser = subparsers.add_parser(
         "resume", parents=[common], help="resume an unfinished workflow in this process",
         description="Resume an unfinished workflow (after a killed `broker run`, or a restart): re-attach to "
@@ -60,25 +67,37 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
     from broker.cli.progress import Tracker
     from broker.description.load import check_description, read_description_file
+    from broker.errors import LimitExceeded
+
+    from broker.description.arguments import bind, local_reader, parse_assignments
 
     owner = owner_name(settings)
+    given = parse_assignments(args.arguments)  # a malformed --arg is refused before anything is read
+    origin = None
     try:
         if args.file == "-":
             source = sys.stdin.buffer.read(settings.limits.max_document_bytes + 1)
-        else:
+        elif os.path.exists(args.file) or not _looks_stored(args.file):
             source = read_description_file(args.file, settings)
+        else:
+            source, origin = _stored_source(settings, args.file)
     except OSError as exc:
         print(f"{printable(args.file)}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    filename = "<stdin>" if args.file == "-" else args.file
+    filename = "<stdin>" if args.file == "-" else args.file if origin is None else f"{origin[0]}@{origin[1]}"
     checked = check_description(source, settings, filename=filename)
     if checked.spec is None:
         for problem in checked.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
+    try:
+        spec = bind(checked.spec, given, settings.limits, read_file=local_reader(settings.limits))
+    except LimitExceeded as exc:  # refused content, like an invalid description
+        print(f"broker: {printable(str(exc))}", file=sys.stderr)
+        return EXIT_INVALID
     from broker.events.routing import metadata_destination_problem
 
-    metadata_to = checked.spec.publish_metadata_to
+    metadata_to = spec.publish_metadata_to
     if metadata_to and (why := metadata_destination_problem(metadata_to, settings.events.metadata_destinations)):
         print(f"{filename}: {why}", file=sys.stderr)
         return EXIT_INVALID
@@ -86,24 +105,23 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     digest = hashlib.sha256(descriptor.encode("utf-8")).hexdigest()
 
     if args.workdir is None:
-        args.workdir = _recorded_work_root(settings, owner, digest)
+        args.workdir = _recorded_work_root(settings, owner, digest, spec.arguments)
     tracker = Tracker()
     with _running_engine(settings, args, tracker, "run") as engine:
-        found = _unfinished(engine.sessions, owner, digest)
+        found = _unfinished(engine.sessions, owner, digest, spec.arguments)
         if found is not None:
             done_before = _announce_resume(engine.sessions, found)
             accepted = engine.track(found)
         else:
-            from broker.errors import LimitExceeded
-
             try:
-                accepted = engine.submit(checked.spec, descriptor, owner)
+                accepted = engine.submit(spec, descriptor, owner, origin=origin)
             except LimitExceeded as exc:  # refused content, like an invalid description ([limits] max_nodes_per_user)
                 print(f"broker: {printable(str(exc))}", file=sys.stderr)
                 return EXIT_INVALID
             done_before = 0
-            print(f"submitted workflow {accepted.global_id} (id {accepted.workflow_id}): {printable(checked.spec.name)}",
-                  flush=True)
+            came = f" from stored workflow {origin[0]}@{origin[1]}" if origin else ""
+            print(f"submitted workflow {accepted.global_id} (id {accepted.workflow_id}): {printable(spec.name)}"
+                  + printable(came), flush=True)
         return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
 
 
@@ -234,20 +252,53 @@ def _text(source: bytes) -> str:
         return source.decode("utf-16")
 
 
-def _unfinished(sessions: Any, owner: str, digest: str) -> int | None:
-    """The newest unfinished workflow of ``owner`` with this descriptor digest, if any."""
+def _looks_stored(text: str) -> bool:
+    """Whether ``text`` can name a stored workflow (``NAME[@VERSION]``): a path with '/' never does."""
+    from broker.errors import ConfigError
+    from broker.persistence.stored import parse_ref
+
+    try:
+        parse_ref(text)
+    except ConfigError:
+        return False
+    return True
+
+
+def _stored_source(settings: Any, ref: str) -> tuple[bytes, tuple[str, int]]:
+    """The description of a stored workflow and its (name, version). Raises OSError when there is none, so
+    that a name nobody stored reads like a file that does not exist."""
+    from broker.cli.common import reader
+    from broker.errors import NotFound
+    from broker.persistence import stored
+
+    name, version = stored.parse_ref(ref)
+    try:
+        with reader(settings) as sessions, sessions() as s:
+            row = stored.get(s, name, version)
+            return row.descriptor.encode("utf-8", "surrogatepass"), (row.name, row.version)
+    except NotFound as exc:
+        raise FileNotFoundError(2, f"no such file, and {exc}") from None
+
+
+def _unfinished(sessions: Any, owner: str, digest: str,
+                arguments: tuple[tuple[str, str], ...] | None = None) -> int | None:
+    """The newest unfinished workflow of ``owner`` with this descriptor digest and these arguments, if any."""
     from sqlalchemy import select
 
     from broker.persistence.models import User, Workflow
 
+    wanted = [list(pair) for pair in arguments] if arguments else None
     with sessions() as s:
-        return s.execute(select(Workflow.id).join(User, User.id == Workflow.owner_id)
+        rows = s.execute(select(Workflow.id, Workflow.arguments).join(User, User.id == Workflow.owner_id)
                          .where(User.name == owner, Workflow.descriptor_sha256 == digest,
                                 Workflow.state.in_(("accepted", "running")))
-                         .order_by(Workflow.id.desc()).limit(1)).scalar()
+                         .order_by(Workflow.id.desc())).all()
+    # the same description with other arguments is another workflow, not one to resume
+    return next((row.id for row in rows if (row.arguments or None) == wanted), None)
 
 
-def _recorded_work_root(settings: Any, owner: str, digest: str) -> str | None:
+def _recorded_work_root(settings: Any, owner: str, digest: str,
+                        arguments: tuple[tuple[str, str], ...] | None = None) -> str | None:
     """The work root of the unfinished workflow ``broker run`` will resume, if there is one (else None: the
     configured root). A database that does not exist yet, or that the engine must migrate first, has none."""
     from broker.cli.common import reader
@@ -256,7 +307,7 @@ def _recorded_work_root(settings: Any, owner: str, digest: str) -> str | None:
 
     try:
         with reader(settings) as sessions:
-            found = _unfinished(sessions, owner, digest)
+            found = _unfinished(sessions, owner, digest, arguments)
             if found is None:
                 return None
             with sessions() as s:

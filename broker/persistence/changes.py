@@ -137,6 +137,8 @@ class Submit:
     event_level: str | None = None
     priority: int | None = None
     publish_metadata_to: str | None = None
+    #: the stored workflow it comes from (name, version), None for a description given whole
+    origin: tuple[str, int] | None = None
     reply_to: Any = None
 
 

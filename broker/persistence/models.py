@@ -117,6 +117,11 @@ class Workflow(Base):
     #: submitting broker had it: a resume creates new attempts there too (None: derived from nothing, the
     #: workflow never launched before revision 0004)
     work_root: Mapped[str | None] = mapped_column(String(4096))
+    #: the stored workflow it was submitted from (``broker run NAME@VERSION``), None for a file or a text
+    origin_name: Mapped[str | None] = mapped_column(String(64))
+    origin_version: Mapped[int | None] = mapped_column(Integer)
+    #: the arguments it was bound with, ``[[name, value], ...]`` in parameter order; None: it declares none
+    arguments: Mapped[Any | None] = mapped_column(JSON)
     #: broker.states.WorkflowState value
     state: Mapped[str] = mapped_column(String(16))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -125,6 +130,30 @@ class Workflow(Base):
     submitted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+
+
+class StoredWorkflow(Base):
+    """One version of a stored workflow: a checked description kept under a name, to run with arguments.
+
+    Names are shared by every user (anyone may list, show and run them); the user who added a name's first
+    version owns it: only they or an admin add versions or remove it. Versions count from 1 per name.
+    """
+
+    __tablename__ = "stored_workflows"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_stored_workflows_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}`` (broker.persistence.stored.NAME_RE): never '@' or '/'
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    #: None once that user is removed: then only an admin changes the name
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    #: the description exactly as added, with the SHA-256 of its UTF-8 encoding
+    descriptor: Mapped[str] = mapped_column(Text)
+    descriptor_sha256: Mapped[str] = mapped_column(String(64))
+    #: the ``name`` attribute of the description's ``<workflow>``
+    workflow_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Node(Base):

@@ -79,10 +79,11 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
                     event_level: EventLevel | str | None = None, priority: int | None = None,
                     publish_metadata_to: str | None = None, max_in_flight: int | None = None,
                     actor: str = "submission", now: dt.datetime | None = None, publishing: bool = True,
-                    work_root: str | None = None) -> Workflow:
+                    work_root: str | None = None, origin: tuple[str, int] | None = None) -> Workflow:
     """Store a validated workflow: its row, its top-level nodes and edges, and its WORKFLOW_SUBMITTED event.
 
-    ``descriptor`` is kept verbatim with its SHA-256 (of its UTF-8 encoding). ``event_level``, ``priority``,
+    ``descriptor`` is kept verbatim with its SHA-256 (of its UTF-8 encoding); ``origin`` is the stored
+    workflow's (name, version) it came from, and the spec's bound arguments are recorded with it. ``event_level``, ``priority``,
     ``publish_metadata_to`` and ``max_in_flight`` override the description's values when given. A
     ``request_id`` this owner used before returns that workflow and stores nothing. Raises StateError when
     ``label`` is already used by one of the owner's workflows, LimitExceeded for a name, label, request id,
@@ -114,7 +115,9 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
         publish_metadata_to=publish_metadata_to if publish_metadata_to is not None else spec.publish_metadata_to,
         max_in_flight=max_in_flight if max_in_flight is not None else spec.max_in_flight,
         state=WorkflowState.ACCEPTED.value, cancel_requested=False, event_seq=0, submitted_at=now,
-        work_root=work_root,
+        work_root=work_root, origin_name=origin[0] if origin else None,
+        origin_version=origin[1] if origin else None,
+        arguments=[list(pair) for pair in spec.arguments] if spec.arguments else None,
     )
     session.add(workflow)
     session.flush()

@@ -282,7 +282,7 @@ class Store:
                                          request_id=ch.request_id, experiment_id=ch.experiment_id,
                                          event_level=ch.event_level, priority=ch.priority,
                                          publish_metadata_to=ch.publish_metadata_to, now=batch.now,
-                                         publishing=batch.publishing, work_root=self.work_root)
+                                         publishing=batch.publishing, work_root=self.work_root, origin=ch.origin)
         s.flush()
         resumed = row.id in self.mirror.workflows
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:
