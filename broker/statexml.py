@@ -67,7 +67,10 @@ def workflow_xml(workflow: Workflow, owner: str, nodes: list[Node], counts: dict
            experimentId=workflow.experiment_id, state=workflow.state,
            cancelRequested="true" if workflow.cancel_requested else "false", priority=workflow.priority,
            submitted=_time(workflow.submitted_at), started=_time(workflow.started_at),
-           finished=_time(workflow.finished_at))
+           finished=_time(workflow.finished_at), storedName=workflow.origin_name,
+           storedVersion=workflow.origin_version)
+    for name, value in workflow.arguments or ():
+        etree.SubElement(root, _Q % "argument", name=_text(str(name))).text = _text(str(value))
     for state, count in sorted(counts.items()):
         _attrs(etree.SubElement(root, _Q % "count"), state=state, nodes=count)
     _tree(root, nodes, [n for n in nodes if n.parent_id is None], workflow.global_id)

@@ -52,7 +52,8 @@ def core_operations(fault: type) -> dict[str, Any]:
         fields = SubmissionFields(
             event_level=sub.eventLevel, experiment_id=sub.experimentId, request_id=sub.id, priority=sub.priority,
             publish_metadata_to=sub.publishMetadataTo, user=sub.user, content=sub.workflowContent,
-            url=sub.workflowUrl, label=sub.workflowId)
+            url=sub.workflowUrl, label=sub.workflowId, stored_name=sub.storedName, stored_version=sub.storedVersion,
+            arguments=tuple((a.name, a.value or "") for a in sub.argument or ()))
         handle = submissions.submit(_api(ctx), user, fields)
         return SubmissionHandle(globalId=handle.global_id, id=handle.workflow_id, label=handle.label,
                                 requestId=handle.request_id)

@@ -19,11 +19,12 @@ from sqlalchemy import select
 from broker.api.context import ApiContext
 from broker.api.identity import named_user
 from broker.api.passwords import Verified
+from broker.description.arguments import bind, parse_assignments
 from broker.description.load import load_description
 from broker.errors import ConfigError, LimitExceeded, NotFound, StateError
 from broker.events.routing import metadata_destination_problem
 from broker.events.types import EventLevel
-from broker.persistence import queries
+from broker.persistence import queries, stored
 from broker.persistence.models import Workflow
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ class SubmissionFields:
     content: str | None = None
     url: str | None = None
     label: str | None = None
+    #: a stored workflow to run instead of content or url, and its version (None: the newest)
+    stored_name: str | None = None
+    stored_version: int | None = None
+    #: (name, value) for the workflow's parameters, as sent
+    arguments: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +87,25 @@ def submit(api: ApiContext, caller: Verified, f: SubmissionFields) -> Handle:
     allowed = api.settings.events.metadata_destinations
     if f.publish_metadata_to is not None and (why := metadata_destination_problem(f.publish_metadata_to, allowed)):
         raise ConfigError(why)
+    given = _arguments(f)
     with api.sessions() as s:
         if owner != caller.name:
             queries.user_by_name(s, owner)  # an admin submitting for a user that does not exist: NotFound
         earlier = _earlier(s, owner, f)
-    source, filename = _source(api, f)
+        origin, stored_text = _stored(s, f)
+    if stored_text is not None:
+        source, filename = stored_text.encode("utf-8", "surrogatepass"), f"{origin[0]}@{origin[1]}"
+    else:
+        source, filename = _source(api, f)
     # the description is kept verbatim: as the client sent the text, or as fetched
-    descriptor = f.content if f.content is not None else source.decode("utf-8", "replace")
-    if earlier is not None:
-        return _same_request(earlier, f, descriptor, level)
+    descriptor = (f.content if f.content is not None else stored_text if stored_text is not None
+                  else source.decode("utf-8", "replace"))
     spec = load_description(source, api.settings, filename=filename)
     del source  # a copy of the description: it is stored as ``descriptor``
+    # file arguments arrive as their content: the server reads no file named by a client
+    spec = bind(spec, given, api.settings.limits)
+    if earlier is not None:
+        return _same_request(earlier, f, descriptor, level, spec.arguments)
     if len(spec.name) > 200:
         raise LimitExceeded(f"workflow name is {len(spec.name)} characters long; at most 200 are allowed")
     if f.publish_metadata_to is None and spec.publish_metadata_to is not None:
@@ -99,8 +113,25 @@ def submit(api: ApiContext, caller: Verified, f: SubmissionFields) -> Handle:
             raise ConfigError(f"{filename}: {why}")
     accepted = api.engine.submit(spec, descriptor, owner, label=f.label,
                                  request_id=f.request_id, experiment_id=f.experiment_id, event_level=level,
-                                 priority=f.priority, publish_metadata_to=f.publish_metadata_to)
+                                 priority=f.priority, publish_metadata_to=f.publish_metadata_to, origin=origin)
     return Handle(accepted.global_id, accepted.workflow_id, f.label, f.request_id)
+
+
+def _arguments(f: SubmissionFields) -> dict[str, str]:
+    """The arguments as a mapping; refuses a repeated, misnamed or excess one (ArgumentError, LimitExceeded)."""
+    return parse_assignments(f"{name}={value}" for name, value in f.arguments)
+
+
+def _stored(s: Any, f: SubmissionFields) -> tuple[tuple[str, int] | None, str | None]:
+    """``((name, version), description)`` of the stored workflow the submission names, else (None, None)."""
+    if f.stored_name is None:
+        if f.stored_version is not None:
+            raise ConfigError("storedVersion needs storedName")
+        return None, None
+    if f.content is not None or f.url is not None:
+        raise ConfigError("give storedName, workflowContent or workflowUrl: only one of them")
+    row = stored.get(s, stored.check_name(f.stored_name), f.stored_version)
+    return (row.name, row.version), row.descriptor
 
 
 def _earlier(s: Any, owner: str, f: SubmissionFields) -> Any:
@@ -113,7 +144,7 @@ def _earlier(s: Any, owner: str, f: SubmissionFields) -> Any:
     if f.request_id is not None:
         row = s.execute(select(Workflow.id, Workflow.global_id, Workflow.label, Workflow.descriptor_sha256,
                                Workflow.experiment_id, Workflow.event_level, Workflow.priority,
-                               Workflow.publish_metadata_to).where(
+                               Workflow.publish_metadata_to, Workflow.arguments).where(
             Workflow.owner_id == owner_id, Workflow.request_id == f.request_id)).first()
         if row is not None:
             return row
@@ -125,7 +156,8 @@ def _earlier(s: Any, owner: str, f: SubmissionFields) -> Any:
     return None
 
 
-def _same_request(row: Any, f: SubmissionFields, descriptor: str, level: str | None) -> Handle:
+def _same_request(row: Any, f: SubmissionFields, descriptor: str, level: str | None,
+                  arguments: tuple[tuple[str, str], ...] | None) -> Handle:
     """The earlier workflow's handle when this submission repeats it: the same description (SHA-256) and
     every field given now equal to the stored one; a different submission under the same request id is
     refused, so a client's mix-up is not mistaken for a retry."""
@@ -137,8 +169,10 @@ def _same_request(row: Any, f: SubmissionFields, descriptor: str, level: str | N
         "eventLevel": (None if level is None else int(EventLevel[level]), row.event_level),
         "priority": (f.priority, row.priority),
         "publishMetadataTo": (f.publish_metadata_to, row.publish_metadata_to),
+        "the arguments": ([list(a) for a in arguments] if arguments else None, row.arguments or None),
     }
-    differ = [name for name, (now, before) in given.items() if now is not None and now != before]
+    differ = [name for name, (now, before) in given.items()
+              if (now is not None or name == "the arguments") and now != before]
     if differ:
         raise ConfigError(f"request id {f.request_id!r} was used for workflow {row.global_id}, whose "
                           f"{', '.join(differ)} differ(s) from this submission's: use a new request id")

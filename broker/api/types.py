@@ -70,6 +70,14 @@ class BrokerSubmission(_Model):
         ("workflowUrl", Unicode),
         #: the user's label for the workflow, unique per user
         ("workflowId", Unicode),
+        # a widening of the Java BrokerSubmission (optional fields at the end: existing clients are unaffected)
+        #: the name of a stored workflow (``broker workflow add``) to run, instead of workflowContent/workflowUrl
+        ("storedName", Unicode),
+        #: its version (default: the newest)
+        ("storedVersion", Integer32),
+        #: values for the workflow's declared parameters, one element per argument (a file argument's value
+        #: is the file's content)
+        ("argument", Property.customize(min_occurs=0, max_occurs="unbounded")),
     ]
 
 

@@ -132,6 +132,7 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
             "label": wf.label, "cancel_requested": wf.cancel_requested, "submitted_at": iso(wf.submitted_at),
             "started_at": iso(wf.started_at), "finished_at": iso(wf.finished_at), "counts": counts,
             "done": done, "total": total, "nodes_shown": len(shown), "nodes_stored": stored,
+            "origin": _origin(wf), "arguments": dict(wf.arguments or ()),
             "nodes": [{"path": n.path, "global_id": f"{wf.global_id}/{n.path}", "kind": n.kind, "state": n.state,
                        "attempt": n.attempt, "exit_code": n.exit_code, "host": n.host, "message": n.message}
                       for n in shown],
@@ -145,6 +146,10 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
               ("finished", local_time(wf.finished_at))]
     if wf.label:
         header.insert(2, ("label", wf.label))
+    if wf.arguments:
+        header.insert(2, ("arguments", ", ".join(f"{name}={value}" for name, value in wf.arguments)))
+    if wf.origin_name is not None:
+        header.insert(2, ("from", _origin(wf)))
     print_fields(header)
     print()
     print_table(("NODE", "KIND", "STATE", "ATTEMPT", "EXIT", "HOST", "MESSAGE"),
@@ -152,6 +157,11 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
                   n.message) for n in shown], wrap_last=True)
     if len(shown) < stored:
         print(f"... {stored - len(shown)} more nodes (--nodes all shows every node)")
+
+
+def _origin(wf: Any) -> str | None:
+    """``NAME@VERSION`` of the stored workflow it was submitted from, None for a description given whole."""
+    return None if wf.origin_name is None else f"{wf.origin_name}@{wf.origin_version}"
 
 
 # ------------------------------------------------------------------------------------------------ node

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -92,7 +93,8 @@ class Client:
     def submit(self, path_or_text: str | os.PathLike[str] | None = None, *, url: str | None = None,
                label: str | None = None, priority: int | None = None, event_level: str | None = None,
                experiment_id: str | None = None, publish_metadata_to: str | None = None,
-               request_id: str | None = None, user: str | None = None) -> Workflow:
+               request_id: str | None = None, user: str | None = None, version: int | None = None,
+               args: Mapping[str, Any] | None = None) -> Workflow:
         """Submit a workflow and return its handle once it is stored (durably).
 
         ``path_or_text``: a description file, or the description itself (text starting with ``<``); or give
@@ -101,14 +103,24 @@ class Client:
         unique per user), ``priority``, ``event_level`` (ERROR, INFO, STATUS, PROGRESS, DEBUG),
         ``experiment_id``, ``publish_metadata_to``, ``request_id`` (submitting the same id again returns the
         same workflow), ``user`` (whose it is: another user's needs the admin role).
-        Raises InvalidDescription (``problems``: each FILE:LINE:COL: message), InvalidArgument, LimitExceeded.
+        ``path_or_text`` may also name a stored workflow (``NAME`` or ``NAME@VERSION``, or ``version``; an
+        existing file wins over a name); ``args`` are values for the workflow's parameters (a file
+        parameter's value is the file's content; other values are sent as their text, booleans as
+        true/false). Raises InvalidDescription (``problems``: each FILE:LINE:COL: message), InvalidArgument, LimitExceeded.
         """
         if (path_or_text is None) == (url is None):
             raise errors.InvalidArgument("submit needs a description (a file or its text) or a url, not both")
-        content = None if path_or_text is None else _description(path_or_text)
+        stored = _stored_ref(path_or_text)
+        if version is not None:
+            if stored is None:
+                raise errors.InvalidArgument("version needs the name of a stored workflow")
+            stored = (stored[0], version)
+        content = None if path_or_text is None or stored is not None else _description(path_or_text)
         fields = {"workflowContent": content, "workflowUrl": url, "workflowId": label, "priority": priority,
                   "eventLevel": event_level, "experimentId": experiment_id, "publishMetadataTo": publish_metadata_to,
-                  "id": request_id, "user": user}
+                  "id": request_id, "user": user, "storedName": stored[0] if stored else None,
+                  "storedVersion": stored[1] if stored else None,
+                  "argument": [{"name": k, "value": _argument_text(v)} for k, v in (args or {}).items()] or None}
         handle = self.call("submit", {k: v for k, v in fields.items() if v is not None})
         return Workflow(self, handle.globalId, handle.id, handle.label, handle.requestId)
 
@@ -178,6 +190,28 @@ class AdminClient(Client):
         if when.tzinfo is None:
             raise errors.InvalidArgument("delete_all_before needs an aware datetime (with a time zone)")
         self.call("deleteAllBefore", int(when.timestamp() * 1000))
+
+
+#: a stored workflow's name, optionally @VERSION (broker.persistence.stored.NAME_RE)
+_STORED_RE = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.\-]{0,63})(?:@([0-9]{1,9}))?")
+
+
+def _stored_ref(path_or_text: str | os.PathLike[str] | None) -> tuple[str, int | None] | None:
+    """(name, version) when ``path_or_text`` names a stored workflow rather than an existing file."""
+    if not isinstance(path_or_text, str) or os.path.exists(path_or_text):
+        return None
+    match = _STORED_RE.fullmatch(path_or_text)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2)) if match.group(2) else None
+
+
+def _argument_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_argument_text(v) for v in value)
+    return str(value)
 
 
 def _description(path_or_text: str | os.PathLike[str]) -> str:
