@@ -184,6 +184,7 @@ def _remove(args: argparse.Namespace, settings: Any) -> int:
             removed, used = stored.remove(s, _caller(s, settings), args.name)
         except NotAuthorized as exc:
             return _refused(exc)
-    note = (f"; {plural(used, 'workflow')} submitted from it keep their description and origin" if used else "")
+    keep = "keeps its" if used == 1 else "keep their"
+    note = f"; {plural(used, 'workflow')} submitted from it {keep} description and origin" if used else ""
     print(printable(f"removed stored workflow {args.name} ({plural(removed, 'version')}){note}"))
     return EXIT_OK

@@ -74,8 +74,8 @@ def _scalar(param: ParameterSpec, text: str) -> str:
     return text
 
 
-def _show(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:40] + "...")
+def _show(text: str, size: int = 40) -> str:
+    return repr(text if len(text) <= size else text[:size] + "...")
 
 
 def parse_value(param: ParameterSpec, text: str, limits: LimitSettings) -> tuple[str, tuple[str, ...]]:
@@ -192,9 +192,9 @@ def read_file_argument(name: str, path: str, limits: LimitSettings, read: Callab
     try:
         return read(path)
     except UnicodeDecodeError:
-        raise ArgumentError(f"argument '{name}' (file): {_show(path)} is not UTF-8 text") from None
+        raise ArgumentError(f"argument '{name}' (file): {_show(path, 400)} is not UTF-8 text") from None
     except OSError as exc:
-        raise ArgumentError(f"argument '{name}' (file): cannot read {_show(path)}: "
+        raise ArgumentError(f"argument '{name}' (file): cannot read {_show(path, 400)}: "
                             f"{exc.strerror or exc}") from None
 
 
@@ -204,7 +204,7 @@ def local_reader(limits: LimitSettings) -> Callable[[str], str]:
         with open(path, "rb") as fh:
             data = fh.read(limits.max_argument_bytes + 1)
         if len(data) > limits.max_argument_bytes:
-            raise LimitExceeded(f"file {_show(path)} is larger than {limits.max_argument_bytes} bytes "
+            raise LimitExceeded(f"file {_show(path, 400)} is larger than {limits.max_argument_bytes} bytes "
                                 "([limits] max_argument_bytes)")
         return data.decode("utf-8")
     return read

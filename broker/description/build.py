@@ -10,7 +10,6 @@ harmless value and goes on, so that one run reports everything.
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from decimal import Decimal
 
@@ -19,6 +18,7 @@ from lxml import etree
 from broker.config import Settings
 from broker.description.expansion import ENV_PREFIX
 from broker.description.includes import IncludeError, read_include
+from broker.description.declared import build_parameters, from_argument
 from broker.description.model import (
     AnyNode, Execution, NodeSpec, Param, ParameterSpec, Payload, Requires, Retry, Scheduling, Stage, SweepSpec,
     WorkflowSpec,
@@ -33,7 +33,7 @@ NODE, SWEEP, BODY, PARAM = _Q + "node", _Q + "sweep", _Q + "body", _Q + "param"
 DESCRIPTION, DEPENDS_ON, REQUIRES, PAYLOAD = _Q + "description", _Q + "dependsOn", _Q + "requires", _Q + "payload"
 SCHEDULING, EXECUTION, OUTPUT = _Q + "scheduling", _Q + "execution", _Q + "output"
 STAGE_IN, STAGE_OUT = _Q + "stageIn", _Q + "stageOut"
-_TRUE = ("true", "1")
+_TRUE = ("true", "1")  # xs:boolean's true forms
 _NO_SCHEDULING, _NO_EXECUTION, _NO_REQUIRES = Scheduling(), Execution(), Requires()
 
 
@@ -107,7 +107,7 @@ class _Builder:
             if tag == NODE or tag == SWEEP:
                 nodes.append(child)
             elif tag == _Q + "parameters":
-                parameters = self.parameters(child)
+                parameters = build_parameters(child, self.settings.limits, self.problem)
                 self.declared = {p.name: p for p in parameters}
             elif tag == DESCRIPTION:
                 description = _text(child)
@@ -124,45 +124,6 @@ class _Builder:
             resources=resources, failure=failure,
             max_in_flight=int(max_in_flight) if max_in_flight is not None else None, description=description,
             parameters=parameters)
-
-    def parameters(self, el: etree._Element) -> tuple[ParameterSpec, ...]:
-        from broker.description.arguments import parse_value  # the same check as an argument's at submission
-        from broker.errors import BrokerError
-
-        out: dict[str, ParameterSpec] = {}
-        for child in el:
-            name, kind = child.get("name", ""), child.get("type", "string").strip()
-            who = f"parameter '{name}': "
-            choices = tuple(c.text or "" for c in child if c.tag == _Q + "choice")
-            descriptions = [_text(c) for c in child if c.tag == DESCRIPTION]
-            param = ParameterSpec(
-                name=name, type=kind, default=child.get("default"),
-                required=child.get("required", "false").strip() in _TRUE,
-                multiple=child.get("list", "false").strip() in _TRUE, choices=choices,
-                description=descriptions[0] if descriptions else None, line=child.sourceline or 0)
-            if name in out:
-                self.problem(child, f"duplicate parameter '{name}' (first declared at line {out[name].line})")
-                continue
-            if (kind == "one-of") != bool(choices):
-                self.problem(child, who + ("a one-of parameter needs <choice> elements" if kind == "one-of"
-                                           else f"<choice> elements need type 'one-of', not '{kind}'"))
-            if len(set(choices)) != len(choices):
-                self.problem(child, f"{who}a <choice> is repeated")
-            if param.default is not None:
-                if param.required:
-                    self.problem(child, f"{who}a required parameter has no default")
-                elif kind == "file":
-                    # a default path would make the broker read a file nobody named at submission
-                    self.problem(child, f"{who}a file parameter has no default")
-                else:
-                    try:
-                        normal, _ = parse_value(param, param.default, self.settings.limits)
-                    except BrokerError as exc:
-                        self.problem(child, f"{who}default: {str(exc).removeprefix(f'argument {name!r} ')}")
-                    else:
-                        param = dataclasses.replace(param, default=normal)
-            out[name] = param
-        return tuple(out.values())
 
     def failure(self, el: etree._Element) -> FailureConstraint:
         fraction = el.get("fraction")
@@ -362,7 +323,7 @@ class _Builder:
             return Param(name=name, source="output", from_node=first.get("node"),
                          from_property=first.get("property"), line=line)
         if kind == "fromArgument":
-            return self.from_argument(first, name, who, line)
+            return from_argument(first, name, who, line, self.declared, self.settings.limits, self.problem)
         values: tuple[str, ...] = ()
         if kind == "value":
             if len(el) > max_values:
@@ -389,30 +350,6 @@ class _Builder:
                                     f"{max_values} ([limits] max_values)")
                 values = ()
         return Param(name=name, source="lines", values=values, line=line)
-
-
-    def from_argument(self, el: etree._Element, name: str, who: str, line: int) -> Param:
-        """A parameter fed by a workflow argument: its default's values until the submission binds it."""
-        from broker.description.arguments import parse_value
-        from broker.errors import BrokerError
-
-        source = el.get("name", "")
-        declared = self.declared.get(source)
-        values = None
-        if declared is None:
-            self.problem(el, f"{who}<fromArgument> names '{source}', which is not a declared workflow parameter")
-        elif declared.type == "file":
-            self.problem(el, f"{who}<fromArgument> names file parameter '{source}' (a file is one value, not a "
-                             "list to sweep over)")
-        elif not declared.required and declared.default is None:
-            self.problem(el, f"{who}<fromArgument> names parameter '{source}', which is neither required nor has "
-                             "a default (the sweep would have no values)")
-        elif declared.default is not None:
-            try:
-                values = parse_value(declared, declared.default, self.settings.limits)[1]
-            except BrokerError:
-                pass  # reported at the parameter
-        return Param(name=name, source="argument", from_argument=source, values=values, line=line)
 
 
 def build_spec(tree: etree._ElementTree, settings: Settings, *,

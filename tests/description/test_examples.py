@@ -21,6 +21,7 @@ EXPECTED = {
     "output-sweep.xml": (3, 1, 4),
     "tolerance.xml": (2, 1, 12),
     "failing.xml": (5, 0, 5),
+    "arguments.xml": (2, 1, 5),  # the sweep counted with its argument's default, three sizes
 }
 
 
