@@ -1,9 +1,10 @@
 """``broker run FILE`` and ``broker resume ID``: run one workflow in this process, to its end.
 
 ``run`` checks the description (problems as ``FILE:LINE:COLUMN: message``, exit 1; unreadable file, exit
-2), starts the engine on the database (the embedded SQLite file unless ``--db``), and submits the
+2), a file or a stored workflow (``NAME[@VERSION]``, when no file of that name exists), binds its
+``--arg`` values (an argument error is one line, exit 2), starts the engine on the database (the embedded SQLite file unless ``--db``), and submits the
 workflow, unless the database already holds an unfinished workflow of the same owner with the same
-descriptor: that one is resumed instead (re-attaching to payloads still running). ``resume ID`` resumes a
+descriptor and arguments: that one is resumed instead (re-attaching to payloads still running). ``resume ID`` resumes a
 workflow by id. Both show live progress on stderr and a summary on stdout, then exit 0 when the workflow
 succeeded and 1 when it did not.
 
