@@ -40,7 +40,7 @@ _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3}
 _RANGE_RE = re.compile(r"\s*([^.:\s][^:]*?)\s*\.\.\s*([^:]+?)\s*(?::\s*(.+?)\s*)?")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 _INT_MIN, _INT_MAX = -2**63, 2**63 - 1
-#: a argument name as given on the command line (the XSD's Name)
+#: an argument name as given on the command line (the XSD's Name)
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: most arguments one submission may give (a description declares at most this many parameters)
 MAX_ARGUMENTS = 256
