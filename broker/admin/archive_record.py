@@ -90,6 +90,7 @@ class BundleInfo:
 
 def read_snapshot(sessions: sessionmaker[Session], workflow_id: int, keep: Keep) -> Snapshot:
     """The workflow's fields, owner, last event id and (if kept) state XML. Raises NotFound."""
+    from broker.persistence.attempts import attempts_of_workflow
     from broker.statexml import workflow_xml
 
     with sessions() as s:
@@ -103,7 +104,8 @@ def read_snapshot(sessions: sessionmaker[Session], workflow_id: int, keep: Keep)
             counts = dict(s.execute(select(Node.state, func.count()).where(Node.workflow_id == workflow_id,
                                                                            queries.counted())
                                     .group_by(Node.state)).all())
-            state_xml = workflow_xml(workflow, owner, queries.workflow_nodes(s, workflow_id), counts)
+            state_xml = workflow_xml(workflow, owner, queries.workflow_nodes(s, workflow_id), counts,
+                                     attempts_of_workflow(s, workflow_id))
     return Snapshot(workflow, owner, last, count, state_xml)
 
 

@@ -96,13 +96,16 @@ def core_operations(fault: type) -> dict[str, Any]:
 
     @rpc(Integer32, _returns=Unicode, _out_variable_name="return", _throws=fault)
     def getNodeAsXml(ctx, id):
-        """One node (by database id) with everything inside it (schemas/workflow-state.xsd)."""
+        """One node (by database id) with everything inside it and every attempt of each
+        (schemas/workflow-state.xsd)."""
+        from broker.persistence.attempts import attempts_by_node
         from broker.statexml import node_xml
 
         user = caller(_env(ctx))
         with _api(ctx).sessions() as s:
             node, workflow = queries.visible_node(s, _id(id), scope_of(user))
-            return node_xml(workflow, node, queries.node_subtree(s, node))
+            subtree = queries.node_subtree(s, node)
+            return node_xml(workflow, node, subtree, attempts_by_node(s, [n.id for n in subtree]))
 
     @rpc(Unicode, _returns=AggregateSummary, _out_variable_name="return", _throws=fault)
     def getStateForUser(ctx, user):

@@ -4,7 +4,8 @@ Without ID: a table of the newest workflows (``--limit N``, default 20; ``--all`
 (global id or number): a header, node counts by state and a node table; a large workflow shows the nodes
 that need attention first (failed, running, ...), up to ``--nodes N`` (default 50; ``--nodes all``). With
 a node global id: that node's details, its outputs and its work directory. ``--json`` prints the same as
-a JSON document. Unknown ID: exit 2.
+a JSON document. A node also shows every attempt it made (outcome, host, job id, exit code, times, work
+directory, message). Unknown ID: exit 2.
 """
 
 from __future__ import annotations
@@ -169,9 +170,11 @@ def _origin(wf: Any) -> str | None:
 def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
     from sqlalchemy import select
 
+    from broker.persistence.attempts import attempts_of
     from broker.persistence.models import Dependency, Node
 
     node = s.get(Node, node_id)
+    attempts = attempts_of(s, node_id)
     bindings = _visible_bindings(s, node)
     parents = s.execute(select(Node.path).join(Dependency, Dependency.parent_id == Node.id)
                         .where(Dependency.child_id == node_id).order_by(Node.id)).scalars().all()
@@ -182,6 +185,10 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
         "members": node.members, "parameters": dict(bindings),
         "depends_on": list(parents), "outputs": node.outputs or {},
         "created_at": iso(node.created_at), "started_at": iso(node.started_at), "finished_at": iso(node.finished_at),
+        "attempts": [{"number": a.number, "outcome": a.outcome, "host": a.host, "account": a.account,
+                      "job_id": a.job_id, "workdir": a.workdir, "exit_code": a.exit_code,
+                      "queued_at": iso(a.queued_at), "started_at": iso(a.started_at),
+                      "finished_at": iso(a.finished_at), "message": a.message} for a in attempts],
     }
     if as_json:
         print_json(details)
@@ -203,6 +210,13 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
         print("outputs:")
         for name in sorted(outputs):
             print(printable(f"  {name} = {json.dumps(outputs[name], ensure_ascii=False)}"))
+    if attempts:
+        print()
+        print_table(("ATTEMPT", "OUTCOME", "HOST", "JOB", "EXIT", "STARTED", "FINISHED", "WORKDIR", "MESSAGE"),
+                    [(a.number, a.outcome or "in flight", a.host or "-", a.job_id or "-",
+                      "-" if a.exit_code is None else a.exit_code, local_time(a.started_at),
+                      local_time(a.finished_at), a.workdir or "-", a.message or "") for a in attempts],
+                    wrap_last=True)
 
 
 def _visible_bindings(s: Any, node: Any) -> list[tuple[str, str]]:

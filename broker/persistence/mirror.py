@@ -18,6 +18,7 @@ from typing import Any
 
 from broker.errors import StateError
 from broker.events.types import EventType
+from broker.persistence import attempts
 from broker.persistence.graph import MNode, MWorkflow
 from broker.rules import Decision, decide, group_outcome, skip_message
 from broker.states import TERMINAL, NodeState, WorkflowState, check_transition, derive_workflow_state
@@ -117,6 +118,7 @@ class Mirror:
         if message is not None:
             cols["message"] = message
         batch.update(node, cols)
+        attempts.record(batch, node, old, new, cols, new_attempt)
         props: dict[str, Any] = {"from": old.value, "attempt": node.attempt}
         batch.event(node.wf, EventType.NODE_STATE, actor=actor, node=node, state=new.value, message=message,
                     properties=props)

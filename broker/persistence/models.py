@@ -87,6 +87,8 @@ class Workflow(Base):
         UniqueConstraint("owner_id", "label", name="uq_workflows_owner_label"),
         UniqueConstraint("owner_id", "request_id", name="uq_workflows_owner_request"),
         Index("ix_workflows_state_finished", "state", "finished_at"),
+        # an estimate's history: the newest earlier runs of a workflow of the same name
+        Index("ix_workflows_name", "name", "id"),
         # AUTOINCREMENT: SQLite would otherwise give a new workflow the id of a deleted last one, and
         # anything still holding the old id (a client, a cache) would mistake one for the other
         {"sqlite_autoincrement": True},
@@ -208,6 +210,47 @@ class Node(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+
+
+class Attempt(Base):
+    """One attempt of a node: written by the writer with the node's transitions (launch intent, start, end).
+
+    A node row holds only its current attempt; these rows keep every one. ``number`` is the node's ``attempt``
+    counter when the intent was committed, so an adopted attempt (a broker restart) stays the same row.
+    """
+
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("node_id", "number", name="uq_attempts_node_number"),
+        # the history an estimate reads: attempts of one template in a handful of workflows, newest first
+        Index("ix_attempts_history", "template", "workflow_id", "finished_at"),
+        # AUTOINCREMENT: ids of deleted workflows' attempts are never handed out again (see nodes)
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"), index=True)
+    #: the node's template (its path without member indexes), copied so the history needs no join on nodes
+    template: Mapped[str] = mapped_column(String(1024))
+    #: 1, 2, 3, ... per node
+    number: Mapped[int] = mapped_column(Integer)
+    #: the catalogue host, or login@host once it ran remotely
+    host: Mapped[str | None] = mapped_column(String(253))
+    #: the account it ran under, when the broker knows it (the login of a remote host)
+    account: Mapped[str | None] = mapped_column(String(64))
+    #: pid or batch job id
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    workdir: Mapped[str | None] = mapped_column(String(4096))
+    #: when its launch intent was committed
+    queued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    #: None while in flight; then "succeeded", "failed" (retried or not) or "cancelled"
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    #: why it ended so (the node's message at its end)
+    message: Mapped[str | None] = mapped_column(Text)
 
 
 class Dependency(Base):

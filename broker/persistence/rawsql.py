@@ -22,17 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from broker.persistence import attempts
+
 if TYPE_CHECKING:
     from broker.persistence.writeset import WriteSet
     from broker.persistence.graph import MNode
 
 #: node columns holding JSON, and datetimes (converted for the driver)
 JSON_COLUMNS = frozenset({"outputs", "bindings", "properties"})
-TIME_COLUMNS = frozenset({"retry_at", "started_at", "finished_at", "time", "applied_at", "created_at"})
+TIME_COLUMNS = frozenset({"retry_at", "started_at", "finished_at", "time", "applied_at", "created_at", "queued_at"})
 BOOL_COLUMNS = frozenset({"cancel_requested"})
 
 #: rows per executemany: an expansion of 100,000 members then never holds every converted row at once
 CHUNK_ROWS = 5000
+#: rows per multi-row INSERT: 64 rows of 14 columns stay under SQLite's oldest limit of 999 parameters
+VALUES_ROWS = 64
 
 EVENT_COLUMNS = ("id", "workflow_id", "seq", "node_path", "actor", "level", "type", "state", "message", "time",
                  "properties")
@@ -125,6 +129,39 @@ class RawWriter:
         while chunk := [convert(row) for row in itertools.islice(it, CHUNK_ROWS)]:
             cursor.executemany(sql, chunk)
 
+    def insert_values(self, cursor: Any, table: str, columns: Sequence[str], rows: list[Sequence[Any]]) -> None:
+        """``INSERT INTO table (columns) VALUES (...), (...)``: one statement per :data:`VALUES_ROWS` rows.
+
+        A commit's attempt rows are few and of one shape; one multi-row statement costs the driver one round
+        trip and one parse where ``executemany`` costs one per row (psycopg) or one step per row (SQLite)."""
+        converters = [f for _, f in self._converters(columns)]
+        for start in range(0, len(rows), VALUES_ROWS):
+            chunk = rows[start:start + VALUES_ROWS]
+            key = ("values", table, tuple(columns), len(chunk))
+            sql = self._sql.get(key)
+            if sql is None:
+                one = "(" + ", ".join([self.mark] * len(columns)) + ")"
+                sql = self._sql[key] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join(
+                    [one] * len(chunk))
+            cursor.execute(sql, [v if f is None else f(v) for row in chunk for f, v in zip(converters, row)])
+
+    def update_attempts(self, cursor: Any, rows: list[tuple[int, int, dict[str, Any]]]) -> None:
+        """``UPDATE attempts SET ... WHERE node_id = ? AND number = ?``, one executemany per column shape."""
+        shapes: dict[tuple[str, ...], list[tuple[int, int, dict[str, Any]]]] = {}
+        for node_id, number, cols in rows:
+            shapes.setdefault(tuple(sorted(cols)), []).append((node_id, number, cols))
+        for columns, group in shapes.items():
+            key = ("attempts", columns)
+            cached = self._sql.get(key)
+            if cached is None:
+                sets = ", ".join(f"{c} = {self.mark}" for c in columns)
+                cached = self._sql[key] = (
+                    f"UPDATE attempts SET {sets} WHERE node_id = {self.mark} AND number = {self.mark}",
+                    self._converters(columns))
+            sql, converters = cached
+            cursor.executemany(sql, [tuple(cols[c] if f is None else f(cols[c]) for c, f in converters)
+                                     + (node_id, number) for node_id, number, cols in group])
+
     # ------------------------------------------------------------------------------------------ batches
 
     def write(self, s: Session, batch: WriteSet) -> None:
@@ -136,6 +173,8 @@ class RawWriter:
                 shapes.setdefault(tuple(sorted(cols)), []).append((node.id, cols))
             for columns, rows in shapes.items():
                 self.update(cursor, "nodes", columns, rows)
+            if batch.attempts:
+                self._write_attempts(cursor, batch)
             if batch.events:
                 ids = self.next_ids(cursor, "events", len(batch.events))
                 self.insert(cursor, "events", EVENT_COLUMNS,
@@ -153,6 +192,16 @@ class RawWriter:
                            [(i, {"applied_at": batch.now, "result": r}) for i, r in batch.controls])
         finally:
             cursor.close()
+
+    def _write_attempts(self, cursor: Any, batch: WriteSet) -> None:
+        new = [attempts.insert_row(node, number, cols) for node, number, cols, is_new in batch.attempts.values()
+               if is_new]
+        if new:
+            self.insert_values(cursor, "attempts", attempts.COLUMNS, new)
+        changed = [(node.id, number, attempts.update_columns(cols))
+                   for node, number, cols, is_new in batch.attempts.values() if not is_new and cols]
+        if changed:
+            self.update_attempts(cursor, changed)
 
     def insert_created(self, s: Session, batch: WriteSet) -> None:
         """Insert the members and body nodes of expansions, then their edges, with ids taken up front."""

@@ -45,6 +45,9 @@ class WriteSet:
         self.controls: list[tuple[int, str]] = []
         #: in-flight attempts of newly tracked workflows (broker.persistence.changes.InFlight)
         self.resume: list[Any] = []
+        #: (id(node), attempt number) -> (node, number, columns, new): attempt rows to insert (new) or update,
+        #: merged per attempt like node updates (broker.persistence.attempts)
+        self.attempts: dict[tuple[int, int], tuple[MNode, int, dict[str, Any], bool]] = {}
 
     def update(self, node: MNode, cols: dict[str, Any]) -> None:
         entry = self.node_cols.get(id(node))
@@ -53,6 +56,15 @@ class WriteSet:
         else:
             entry[1].update(cols)
         self.touched[node.wf.id] = node.wf
+
+    def attempt(self, node: MNode, cols: dict[str, Any], *, new: bool) -> None:
+        """Insert (``new``) or update the row of the node's current attempt."""
+        key = (id(node), node.attempt)
+        entry = self.attempts.get(key)
+        if entry is None:
+            self.attempts[key] = (node, node.attempt, dict(cols), new)
+        else:
+            entry[2].update(cols)
 
     def workflow_update(self, wf: MWorkflow, cols: dict[str, Any]) -> None:
         entry = self.wf_cols.get(id(wf))

@@ -126,8 +126,10 @@ def peak_anonymous(pid: int, stop: threading.Event, out: list[int]) -> None:
             return
 
 
-def broker_run(doc: str, workdir: Path, env: dict[str, str], anon: list[int] | None = None) -> tuple[float, int, Path]:
-    """Run `broker run` on a fresh migrated database; returns (wall seconds, peak RSS KiB, database).
+def broker_run(doc: str, workdir: Path, env: dict[str, str],
+               anon: list[int] | None = None) -> tuple[float, int, Path, float]:
+    """Run `broker run` on a fresh migrated database; returns (wall seconds, peak RSS KiB, database, CPU seconds
+    of the broker and the payloads it waited for).
 
     With ``anon`` (a one-element list), also samples the peak anonymous memory (KiB) into it."""
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
@@ -154,7 +156,7 @@ def broker_run(doc: str, workdir: Path, env: dict[str, str], anon: list[int] | N
     status = sqlite3.connect(db).execute("SELECT state FROM workflows").fetchone()
     if status is None or status[0] != "succeeded":
         raise SystemExit(f"broker run did not succeed (state {status}): {err[-2000:]}")
-    return wall, rusage.ru_maxrss, db
+    return wall, rusage.ru_maxrss, db, rusage.ru_utime + rusage.ru_stime
 
 
 def check_rows(db: Path, nodes: int) -> tuple[int, int]:
@@ -188,7 +190,7 @@ def handoff(n: int, workdir: Path, env: dict[str, str]) -> tuple[float, float]:
     """p50/p99 seconds from a parent payload's end to its child payload's start, on a chain of n."""
     log = workdir / "handoff.log"
     payload = f'echo "$WB_NODE_PATH $EPOCHREALTIME" &gt;&gt; {log}'
-    broker_run(document("w1-handoff", dag_chain(n), payload), workdir, env)
+    broker_run(document("w1-handoff", dag_chain(n), payload), workdir, env)  # its CPU is not reported
     times = dict(line.split() for line in log.read_text().splitlines())
     gaps = sorted(float(times[f"c{i}"]) - float(times[f"c{i - 1}"]) for i in range(1, n))
     return statistics.median(gaps), gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
@@ -222,28 +224,32 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-engine-", dir=scratch) as tmp:
         workdir = Path(tmp)
         for name, dag in workloads:
-            walls, rss, base = [], [], []
+            walls, rss, base, cpus = [], [], [], []
             for _ in range(repeat):
-                wall, peak, db = broker_run(document(name.split()[0], dag), workdir, env)
+                wall, peak, db, cpu = broker_run(document(name.split()[0], dag), workdir, env)
                 walls.append(wall)
+                cpus.append(cpu)
                 rss.append(peak)
                 events, outbox = check_rows(db, len(dag))
                 base.append(baseline(dag))
             wall, b = statistics.median(walls), statistics.median(base)
-            rows.append((name, len(dag), wall, len(dag) / wall, max(rss) / 1024, b, wall / b, events, outbox))
+            rows.append((name, len(dag), wall, len(dag) / wall, max(rss) / 1024, b, wall / b, events, outbox,
+                         1000 * statistics.median(cpus) / len(dag)))
         p50, p99 = handoff(100 // scale, workdir, env)
         sweep = None
         if args.sweep:
             anon = [0]
-            wall, peak, db = broker_run(sweep_document(args.sweep), workdir, env, anon)
+            wall, peak, db, _ = broker_run(sweep_document(args.sweep), workdir, env, anon)
             check_rows(db, args.sweep)
             sweep = (args.sweep, wall, peak / 1024, anon[0] / 1024)
     print(f"bench_engine {date.today()} | {os.cpu_count()} CPUs | Python {platform.python_version()} | "
           f"{SLOTS} slots | median of {repeat}")
     print(f"{'workload':<20}{'nodes':>7}{'wall s':>9}{'nodes/s':>9}{'peak MB':>9}{'base s':>8}{'ratio':>7}"
-          f"{'events':>8}{'outbox':>8}")
-    for name, n, wall, rate, mb, b, ratio, events, outbox in rows:
-        print(f"{name:<20}{n:>7}{wall:>9.3f}{rate:>9.0f}{mb:>9.0f}{b:>8.3f}{ratio:>6.1f}x{events:>8}{outbox:>8}")
+          f"{'events':>8}{'outbox':>8}{'CPU ms/node':>12}")
+    for name, n, wall, rate, mb, b, ratio, events, outbox, cpu in rows:
+        print(f"{name:<20}{n:>7}{wall:>9.3f}{rate:>9.0f}{mb:>9.0f}{b:>8.3f}{ratio:>6.1f}x{events:>8}{outbox:>8}"
+              f"{cpu:>12.1f}")
+    print("CPU ms/node: the broker's and the payloads' (wrapper and shell) user + system time, per node")
     print(f"hand-off on the chain: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
     if sweep:
         print(f"sweep of {sweep[0]} members: {sweep[1]:.1f} s ({sweep[0] / sweep[1]:.0f} nodes/s), peak RSS "
