@@ -215,8 +215,7 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
         print_table(("ATTEMPT", "OUTCOME", "HOST", "JOB", "EXIT", "STARTED", "FINISHED", "WORKDIR", "MESSAGE"),
                     [(a.number, a.outcome or "in flight", a.host or "-", a.job_id or "-",
                       "-" if a.exit_code is None else a.exit_code, local_time(a.started_at),
-                      local_time(a.finished_at), a.workdir or "-", a.message or "") for a in attempts],
-                    wrap_last=True)
+                      local_time(a.finished_at), a.workdir or "-", a.message or "") for a in attempts])
 
 
 def _visible_bindings(s: Any, node: Any) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from broker.persistence.models import Event, Node, Outbox, User, Workflow
+from broker.persistence.models import Attempt, Event, Node, Outbox, User, Workflow
 from tests.cli.helpers import Cli
 from tests.engine.helpers import Broker
 from tests.fixtures import wait_for
@@ -88,15 +88,17 @@ class Snapshot:
 
 
 def snapshot(sessions: Any, workflow_id: int) -> Snapshot:
-    from broker.statexml import workflow_xml
     from broker.persistence import queries
+    from broker.persistence.attempts import attempts_of_workflow
+    from broker.statexml import workflow_xml
 
     with sessions() as s:
         wf = s.get(Workflow, workflow_id)
         owner = s.execute(select(User.name).where(User.id == wf.owner_id)).scalar_one()
         counts = dict(s.execute(select(Node.state, func.count()).where(Node.workflow_id == workflow_id,
                                                                        queries.counted()).group_by(Node.state)).all())
-        state_xml = workflow_xml(wf, owner, queries.workflow_nodes(s, workflow_id), counts)
+        state_xml = workflow_xml(wf, owner, queries.workflow_nodes(s, workflow_id), counts,
+                                 attempts_of_workflow(s, workflow_id))
         events = [{"id": str(e.id), "seq": str(e.seq), "type": e.type, "state": e.state, "actor": e.actor,
                    "time": e.time.isoformat(), "node": e.node_path, "message": e.message,
                    "properties": {k: json.loads(json.dumps(v)) for k, v in (e.properties or {}).items()}}
@@ -114,8 +116,8 @@ def archived_events(archive: Any) -> list[dict[str, Any]]:
              "properties": {k: json.loads(v) for k, v in e["properties"].items()}} for e in archive.events]
 
 
-def workflow_rows(sessions: Any) -> dict[str, tuple[int, int, int]]:
-    """Global id -> (nodes, events, outbox rows) of every workflow in the database."""
+def workflow_rows(sessions: Any) -> dict[str, tuple[int, int, int, int]]:
+    """Global id -> (nodes, events, outbox rows, attempts) of every workflow in the database."""
     with sessions() as s:
         out = {}
         for wf in s.scalars(select(Workflow)):
@@ -123,8 +125,18 @@ def workflow_rows(sessions: Any) -> dict[str, tuple[int, int, int]]:
             events = s.execute(select(func.count()).select_from(Event).where(Event.workflow_id == wf.id)).scalar_one()
             outbox = s.execute(select(func.count()).select_from(Outbox).join(Event, Event.id == Outbox.event_id)
                                .where(Event.workflow_id == wf.id)).scalar_one()
-            out[wf.global_id] = (nodes, events, outbox)
+            attempts = s.execute(select(func.count()).select_from(Attempt)
+                                 .where(Attempt.workflow_id == wf.id)).scalar_one()
+            out[wf.global_id] = (nodes, events, outbox, attempts)
         return out
+
+
+def orphan_attempts(sessions: Any) -> int:
+    """Attempt rows whose workflow or node is gone (a deletion must take them with it)."""
+    with sessions() as s:
+        return s.execute(select(func.count()).select_from(Attempt).where(
+            ~select(Workflow.id).where(Workflow.id == Attempt.workflow_id).exists()
+            | ~select(Node.id).where(Node.id == Attempt.node_id).exists())).scalar_one()
 
 
 def admin_events(sessions: Any) -> list[Event]:

@@ -10,8 +10,8 @@ from lxml import etree
 
 from broker.admin.reader import read_archive, record_schema
 from broker.admin.targets import FileTarget
-from tests.admin.helpers import (ACTOR, admin_events, archived_events, example, gated, run_workflows, snapshot,
-                                 workflow, workflow_rows)
+from tests.admin.helpers import (ACTOR, admin_events, archived_events, example, gated, orphan_attempts,
+                                 run_workflows, snapshot, workflow, workflow_rows)
 
 pytestmark = pytest.mark.slow  # every test here archives whole workflows, through `broker` commands
 
@@ -40,12 +40,14 @@ def test_an_archive_round_trip_gives_back_what_the_database_held_and_then_delete
         archive = read_archive(target, f"{gid}.xml")  # validates the document and checks the bundle's digest
         assert archive.descriptor == before[label].descriptor
         assert archive.state_xml == before[label].state_xml
+        assert "<attempt " in archive.state_xml  # every node's attempts are archived with its state
         assert archived_events(archive) == before[label].events
         assert {f.path: f for f in archive.bundle.files}.keys() == outputs[label].keys()
         with tarfile.open(admin_cli.archives / f"{gid}.tar.gz") as tar:
             assert {m.name: tar.extractfile(m).read() for m in tar} == outputs[label]
         assert not (admin_cli.workdir / gid).exists(), "the work directory goes with the workflow"
     assert set(workflow_rows(admin_cli.sessions)) == {made.gids["other"]}
+    assert orphan_attempts(admin_cli.sessions) == 0
     assert (admin_cli.workdir / made.gids["other"]).is_dir()
     summary = admin_events(admin_cli.sessions)[-1]
     assert summary.workflow_id is None and summary.actor == ACTOR

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from broker.admin.delete import Selection
-from tests.admin.helpers import ACTOR, admin_events, example, gated, run_workflows, workflow_rows
+from tests.admin.helpers import ACTOR, admin_events, example, gated, orphan_attempts, run_workflows, workflow_rows
 from tests.engine.helpers import Broker
 from tests.fixtures import wait_for
 
@@ -38,6 +38,8 @@ def _delete(cli, *args):
 def _gone(cli, before, expected_gone):
     after = workflow_rows(cli.sessions)
     assert set(before) - set(after) == set(expected_gone)
+    assert all(before[gid][3] for gid in expected_gone), "each deleted workflow had attempts"
+    assert orphan_attempts(cli.sessions) == 0, "a deleted workflow's attempts go with it"
     for gid in after:
         assert after[gid] == before[gid], f"{gid} was touched"
     for gid in before:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -80,8 +81,34 @@ def test_status_of_a_node_shows_its_outputs_and_work_directory(cli, capsys):
     assert fields["state"].strip() == "succeeded"
     workdir = out.split("work dir", 1)[1].splitlines()[0].strip()
     assert os.path.isfile(os.path.join(workdir, "stdout"))
-    assert out.endswith("outputs:\n  parts = 2\n")
+    assert "\noutputs:\n  parts = 2\n\n" in out
     assert "progress    100%" in out or "progress    50%" in out
+
+
+def test_status_of_a_node_lists_every_attempt_with_its_outcome(cli, capsys, tmp_path):
+    doc = cli.file("retry.xml", workflow(
+        '<node id="flaky"><execution><retry count="2" backoff="10ms"/></execution>'
+        '<payload type="sh">echo "attempt $WB_ATTEMPT"; test "$WB_ATTEMPT" -ge 3 || exit 7</payload></node>'))
+    assert cli("run", str(doc)).returncode == 0
+    (wf,) = cli.workflows()
+    code, out, _ = status(cli, capsys, f"{wf.global_id}/flaky")
+    assert code == 0
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert table[0].split() == ["ATTEMPT", "OUTCOME", "HOST", "JOB", "EXIT", "STARTED", "FINISHED", "WORKDIR",
+                                "MESSAGE"]
+    rows = [line.split() for line in table[1:]]
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [("1", "failed", "localhost", "7"),
+                                                        ("2", "failed", "localhost", "7"),
+                                                        ("3", "succeeded", "localhost", "0")]
+    assert [r[-3:] for r in rows[:2]] == [["exit", "code", "7"]] * 2
+    for number, row in enumerate(rows, 1):
+        workdir = next(cell for cell in row if cell.startswith("/"))
+        assert workdir.endswith(f"/flaky/{number}")
+        assert (Path(workdir) / "stdout").read_text() == f"attempt {number}\n"
+    _, out, _ = status(cli, capsys, f"{wf.global_id}/flaky", "--json")
+    attempts = json.loads(out)["attempts"]
+    assert [(a["number"], a["outcome"], a["exit_code"]) for a in attempts] == [(1, "failed", 7), (2, "failed", 7),
+                                                                               (3, "succeeded", 0)]
 
 
 def test_status_json_is_machine_readable(cli, capsys):
