@@ -51,7 +51,8 @@ class Task:
 
     key: int
     template: str
-    #: "done", "running" (in flight) or "waiting" (not started: waiting, ready, retry_wait)
+    #: "done", "running" (in flight), "waiting" (not started: waiting, ready, retry_wait) or "instant" (a
+    #: group: it ends when what it waits for has ended)
     state: str
     #: done: its duration; running: seconds since its attempt started; waiting: unused
     elapsed: float = 0.0

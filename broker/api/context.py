@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.api.estimated import EstimateCache
 from broker.config import Settings
 
 #: seconds an API call waits for the writer to commit its change
@@ -22,6 +23,8 @@ class ApiContext:
     settings: Settings
     engine: Any
     started: float = field(default_factory=time.monotonic)
+    #: estimated ends of running workflows and nodes, kept a few seconds (getStatusInfoForId is polled)
+    estimates: EstimateCache = field(default_factory=lambda: EstimateCache())
 
     @property
     def sessions(self) -> Any:

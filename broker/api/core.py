@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spyne import Array, Integer32, Integer64, ServiceBase, Unicode, rpc
+from spyne import Array, Boolean, Integer32, Integer64, ServiceBase, Unicode, rpc
 
 from broker.api import deletion, push, wire
 from broker.api import submission as submissions
@@ -128,14 +128,16 @@ def core_operations(fault: type) -> dict[str, Any]:
             owner = queries.user_by_name(s, name)
         return wire.events(api, lastId, owner.id)
 
-    @rpc(Unicode, _returns=StatusInfo, _out_variable_name="return", _throws=fault)
-    def getStatusInfoForId(ctx, globalId):
-        """The current status of a workflow or node global id, with the id of the newest event about it."""
+    @rpc(Unicode, Boolean, _returns=StatusInfo, _out_variable_name="return", _throws=fault)
+    def getStatusInfoForId(ctx, globalId, estimate):
+        """The current status of a workflow or node global id, with the id of the newest event about it; with
+        ``estimate`` true (optional: clients made before it never send it, and never get the element), a
+        running one's estimated end too."""
         user = caller(_env(ctx))
         api = _api(ctx)
         with api.connect() as connection:  # Core, no ORM session: the hottest read of the API
-            return wire.status_info(queries.current_status(connection, globalId or "", scope_of(user),
-                                                           api.progress))
+            status = queries.current_status(connection, globalId or "", scope_of(user), api.progress)
+        return wire.status_info(status, api.estimates.get(api, status) if estimate else None)
 
     @rpc(Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return", _throws=fault)
     def getStatusInfo(ctx, lastId):

@@ -34,10 +34,14 @@ _HEAD = ("<?xml version='1.0' encoding='UTF-8'?>\n"
 _TAIL = "</tns:return></tns:getStatusInfoForIdResponse></soap11env:Body></soap11env:Envelope>"
 _CALL = f"{{{SOAP11_ENV}}}Body/{{{CORE_NS}}}{OPERATION}"
 _ARGUMENT = f"{{{CORE_NS}}}globalId"
+_ESTIMATE = f"{{{CORE_NS}}}estimate"
+#: xs:boolean's lexical forms
+_BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
 
 
-def status_answer(status: queries.Status) -> bytes:
-    """The response envelope of one status, as spyne serialises a StatusInfo (None fields left out)."""
+def status_answer(status: queries.Status, estimate: Any = None) -> bytes:
+    """The response envelope of one status (and its Estimate, if any), as spyne serialises a StatusInfo (None
+    fields left out)."""
     fields = [
         ("eventId", str(status.last_event_id)),
         ("time", None if status.time is None else status.time.isoformat()),
@@ -51,6 +55,12 @@ def status_answer(status: queries.Status) -> bytes:
         ("progress", None if status.progress is None else repr(float(status.progress))),
     ]
     inner = "".join(f"<s0:{name}>{value}</s0:{name}>" for name, value in fields if value is not None)
+    if estimate is not None:
+        inner += ("<s0:estimatedEnd>" + "".join(
+            f"<s0:{name}>{value}</s0:{name}>" for name, value in (
+                ("p10", estimate.p10.isoformat()), ("p50", estimate.p50.isoformat()),
+                ("p90", estimate.p90.isoformat()), ("basis", str(min(estimate.basis, 2**31 - 1)))))
+                  + "</s0:estimatedEnd>")
     return (_HEAD + inner + _TAIL).encode("utf-8")
 
 
@@ -96,15 +106,23 @@ class StatusReader:
             connection.close()
 
 
-def status_handler(reader: StatusReader) -> Callable[[Any, dict[str, Any]], bytes | None]:
+def status_handler(reader: StatusReader, api: Any = None) -> Callable[[Any, dict[str, Any]], bytes | None]:
     """The edge's handler of getStatusInfoForId: (parsed envelope, WSGI environ) -> response body, or None
-    for a request it leaves to spyne (anything but exactly a globalId argument, for spyne's own faults)."""
+    for a request it leaves to spyne (anything but exactly a globalId argument, for spyne's own faults).
+    ``api``: the ApiContext whose estimate cache gives running targets their estimated end."""
 
     def answer(tree: Any, environ: dict[str, Any]) -> bytes | None:
         call = tree.find(_CALL)
-        if call is None or len(call) != 1 or call[0].tag != _ARGUMENT or call[0].attrib:
+        if call is None or len(call) not in (1, 2) or call[0].tag != _ARGUMENT or call[0].attrib:
             return None  # another namespace, other or more elements, xsi:nil...: spyne's rules apply
+        wanted = False
+        if len(call) == 2:
+            flag = call[1]
+            if flag.tag != _ESTIMATE or flag.attrib or len(flag) or (flag.text or "").strip() not in _BOOLEAN:
+                return None
+            wanted = _BOOLEAN[(flag.text or "").strip()]
         user = caller(environ)
-        return status_answer(reader.status(call[0].text or "", scope_of(user)))
+        status = reader.status(call[0].text or "", scope_of(user))
+        return status_answer(status, api.estimates.get(api, status) if wanted and api is not None else None)
 
     return answer

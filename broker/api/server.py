@@ -206,7 +206,7 @@ class Service:
             # its own pool: each request thread keeps one connection for status reads
             status_db = make_engine(self.settings.database_url(), self.settings, pool_size=api_settings.threads + 1)
             self._closing.append(status_db)
-            fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress))
+            fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress), api)
         authenticator = Authenticator(engine.sessions, api_settings.credential_ttl, api_settings.threads)
         limits = self.settings.limits  # one setting caps attributes in descriptions and in envelopes
         edge = Edge(routes, authenticator, api_settings.max_request_bytes, fast,

@@ -92,6 +92,20 @@ class SubmissionHandle(_Model):
     ]
 
 
+class EstimatedEnd(_Model):
+    """When a running workflow or node should end, from the durations of earlier attempts of the same nodes
+    (same workflow name and node path, sweep indexes ignored) and the run's pace: a p10-p90 interval."""
+
+    _type_info = [
+        ("p10", DateTime(min_occurs=1, nillable=False)),
+        #: the most likely end (median)
+        ("p50", DateTime(min_occurs=1, nillable=False)),
+        ("p90", DateTime(min_occurs=1, nillable=False)),
+        #: how many earlier attempts the estimate read
+        ("basis", Integer32(min_occurs=1, nillable=False)),
+    ]
+
+
 class StatusInfo(_Model):
     """One event of the history, or (getStatusInfoForId) the current status of a workflow or node."""
 
@@ -117,6 +131,10 @@ class StatusInfo(_Model):
         #: percent
         ("progress", Double),
         ("properties", Array(Property, wrapped=False)),
+        #: getStatusInfoForId asked with estimate=true only, of a running workflow or a node in flight with
+        #: something to estimate from; absent otherwise (a documented widening: optional, and only sent to
+        #: clients that ask, so clients made from the earlier WSDL never see it)
+        ("estimatedEnd", EstimatedEnd),
     ]
 
 

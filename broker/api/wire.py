@@ -8,7 +8,8 @@ from typing import Any
 
 from broker import __version__
 from broker.api.context import ApiContext
-from broker.api.types import AggregateSummary, HostJobs, Property, StateCount, StatusInfo, UserSubmissions
+from broker.api.types import (AggregateSummary, EstimatedEnd, HostJobs, Property, StateCount, StatusInfo,
+                              UserSubmissions)
 from broker.events.types import EventLevel
 from broker.persistence import queries
 from broker.persistence.models import Event
@@ -42,9 +43,11 @@ def event_info(event: Event, workflow_global_id: str | None) -> StatusInfo:
         properties=[Property(name=str(k), value=_json(v)) for k, v in sorted(props.items())])
 
 
-def status_info(status: queries.Status) -> StatusInfo:
-    """The current status of a workflow or node as a StatusInfo."""
-    return StatusInfo(
+def status_info(status: queries.Status, estimate: Any = None) -> StatusInfo:
+    """The current status of a workflow or node as a StatusInfo (``estimate``: its Estimate, if any)."""
+    end = None if estimate is None else EstimatedEnd(p10=estimate.p10, p50=estimate.p50, p90=estimate.p90,
+                                                      basis=min(estimate.basis, 2**31 - 1))
+    return StatusInfo(estimatedEnd=end,
         eventId=status.last_event_id, time=status.time,
         type="NODE_STATE" if status.node_path else "WORKFLOW_STATE", state=status.state,
         globalId=status.global_id, workflowId=status.workflow_id, workflowGlobalId=status.workflow_global_id,

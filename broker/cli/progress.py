@@ -27,6 +27,9 @@ PLAIN_INTERVAL = 5.0
 SUMMARY_NODES = 20
 #: the node states the summary lists: every way of not succeeding
 NOT_SUCCEEDED = ("failed", "cancelled", "skipped")
+#: seconds between two estimates from history (each reads the database: the bounded reads of
+#: broker.persistence.estimates)
+ESTIMATE_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,8 @@ class Display:
         self._done_before = done_before
         self._last_plain = 0.0
         self._drawn = False
+        #: seconds left (p10, p50, p90) as of the monotonic time it was estimated: (time, Interval), or None
+        self.estimate: tuple[float, Any] | None = None
 
     # ------------------------------------------------------------------------------------------ lines
 
@@ -100,8 +105,22 @@ class Display:
         elapsed = self.elapsed()
         return max(0, done - self._done_before) / elapsed if elapsed > 0 else 0.0
 
+    def set_estimate(self, remaining: Any) -> None:
+        """An estimate from history (broker.estimates.Interval of seconds left, None when there is none)."""
+        self.estimate = None if remaining is None else (time.monotonic(), remaining)
+
+    def _eta(self, rate: float, left: int) -> str:
+        """``ETA 0:16 (0:12-0:25)`` from history, or ``ETA 0:16`` from this run's rate alone."""
+        if self.estimate is not None:
+            since = time.monotonic() - self.estimate[0]
+            iv = self.estimate[1]
+            return (f"ETA {clock(max(0.0, iv.p50 - since))} ({clock(max(0.0, iv.p10 - since))}-"
+                    f"{clock(max(0.0, iv.p90 - since))})")
+        return f"ETA {clock(left / rate)}" if rate > 0 else ""
+
     def line(self, snapshot: Snapshot | None) -> str:
-        """``[0:12] running  10/46 done  succeeded 10, running 4, waiting 32  2.30 nodes/s  ETA 0:16``."""
+        """``[0:12] running  10/46 done  succeeded 10, running 4, waiting 32  2.30 nodes/s  ETA 0:16 (0:12-0:25)``:
+        the ETA's interval (p10-p90) comes from earlier runs of the workflow when there are any."""
         head = f"[{clock(self.elapsed())}]"
         if snapshot is None:
             return f"{head} starting"
@@ -111,8 +130,8 @@ class Display:
         rate = self.rate(done)
         if rate > 0:
             parts.append(f"{rate:.2f} nodes/s")
-            if total > done and snapshot.state in ("accepted", "running"):
-                parts.append(f"ETA {clock((total - done) / rate)}")
+        if total > done and snapshot.state in ("accepted", "running"):
+            parts.append(self._eta(rate, total - done))
         return "  ".join(p for p in parts if p)
 
     # ---------------------------------------------------------------------------------------- render

@@ -16,10 +16,12 @@ flags: the main loop does the work.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +29,8 @@ from typing import Any
 from broker.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, add_db_option
 from broker.cli.common import local_time, not_found_is_usage, owner_name, plural
 from broker.printable import printable
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -184,15 +188,19 @@ class Interrupts:
 
 def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: str, done_before: int) -> int:
     """Show progress until the workflow ends (or the user stops it); print the summary; return the exit code."""
-    from broker.cli.progress import Display, print_summary
+    from broker.cli.progress import ESTIMATE_INTERVAL, Display, print_summary
     from broker.errors import BrokerError
     from broker.states import WORKFLOW_TERMINAL
 
     display = Display(sys.stderr, tty=sys.stderr.isatty(), done_before=done_before)
     cancelling = False
+    estimated = 0.0
     with Interrupts() as signals:
         while True:
             snapshot = tracker.latest(workflow_id)
+            if time.monotonic() - estimated >= ESTIMATE_INTERVAL and not cancelling:
+                estimated = time.monotonic()
+                display.set_estimate(_remaining(engine, workflow_id))
             if signals.interrupts >= 2 or signals.terminated:
                 display.note(f"stopping now; payloads still running keep running: `broker resume {global_id}` "
                              "re-attaches to them")
@@ -223,6 +231,26 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
 
 
 # --------------------------------------------------------------------------------------------- internals
+
+def _remaining(engine: Any, workflow_id: int) -> Any:
+    """Seconds left (broker.estimates.Interval) from history, None without any; never stops the display."""
+    import datetime as dt
+
+    from broker.persistence.estimates import estimate_workflow
+
+    try:
+        with engine.sessions() as s:
+            now = dt.datetime.now(dt.timezone.utc)
+            est = estimate_workflow(s, workflow_id, now, slots=engine.settings.engine.max_in_flight)
+    except Exception:  # an estimate is a nicety: a failed read must not end the run's display
+        log.debug("estimate failed", exc_info=True)
+        return None
+    if est is None:
+        return None
+    from broker.estimates import Interval
+
+    return Interval(*((t - now).total_seconds() for t in (est.p10, est.p50, est.p90)))
+
 
 @contextmanager
 def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any, command: str) -> Iterator[Any]:

@@ -5,7 +5,8 @@ Without ID: a table of the newest workflows (``--limit N``, default 20; ``--all`
 that need attention first (failed, running, ...), up to ``--nodes N`` (default 50; ``--nodes all``). With
 a node global id: that node's details, its outputs and its work directory. ``--json`` prints the same as
 a JSON document. A node also shows every attempt it made (outcome, host, job id, exit code, times, work
-directory, message). Unknown ID: exit 2.
+directory, message). A running workflow or node shows its estimated end, a p10-p90 interval from the
+durations of earlier attempts of the same node (broker.persistence.estimates). Unknown ID: exit 2.
 """
 
 from __future__ import annotations
@@ -111,12 +112,29 @@ def _workflows(s: Any, limit: int | None, as_json: bool) -> None:
 
 # -------------------------------------------------------------------------------------------- workflow
 
+def _estimate_json(est: Any) -> dict[str, Any] | None:
+    return None if est is None else {"p10": iso(est.p10), "p50": iso(est.p50), "p90": iso(est.p90),
+                                     "basis": est.basis}
+
+
+def _estimate_text(est: Any) -> str:
+    """``2026-12-06 21:03:10 to 21:09:45 (most likely 21:05:02)``: the p10-p90 interval and the median."""
+    if est is None:
+        return "-"
+    low, mid, high = local_time(est.p10), local_time(est.p50), local_time(est.p90)
+    same_day = low[:10] == high[:10] == mid[:10]
+    return (f"{low} to {high[11:] if same_day else high} (most likely {mid[11:] if same_day else mid}; "
+            f"from {est.basis} earlier attempts)")
+
+
 def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> None:
     from sqlalchemy import case, func, select
 
+    from broker.persistence.estimates import estimate_workflow
     from broker.persistence.models import Node, User, Workflow
 
     wf = s.get(Workflow, workflow_id)
+    estimate = estimate_workflow(s, workflow_id)
     owner = s.get(User, wf.owner_id).name
     counts = node_counts(s, [workflow_id])[workflow_id]
     done, total = done_total(counts)
@@ -134,6 +152,7 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
             "started_at": iso(wf.started_at), "finished_at": iso(wf.finished_at), "counts": counts,
             "done": done, "total": total, "nodes_shown": len(shown), "nodes_stored": stored,
             "origin": _origin(wf), "arguments": dict(wf.arguments or ()),
+            "estimated_end": _estimate_json(estimate),
             "nodes": [{"path": n.path, "global_id": f"{wf.global_id}/{n.path}", "kind": n.kind, "state": n.state,
                        "attempt": n.attempt, "exit_code": n.exit_code, "host": n.host, "message": n.message}
                       for n in shown],
@@ -145,6 +164,8 @@ def _workflow(s: Any, workflow_id: int, limit: int | None, as_json: bool) -> Non
               ("nodes", f"{done}/{total} done: " + ", ".join(f"{st} {n}" for st, n in ordered_counts(counts))),
               ("submitted", local_time(wf.submitted_at)), ("started", local_time(wf.started_at)),
               ("finished", local_time(wf.finished_at))]
+    if wf.state in ("accepted", "running"):
+        header.append(("estimated end", _estimate_text(estimate)))
     if wf.label:
         header.insert(2, ("label", wf.label))
     if wf.arguments:
@@ -171,10 +192,12 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
     from sqlalchemy import select
 
     from broker.persistence.attempts import attempts_of
+    from broker.persistence.estimates import estimate_node
     from broker.persistence.models import Dependency, Node
 
     node = s.get(Node, node_id)
     attempts = attempts_of(s, node_id)
+    estimate = estimate_node(s, node_id)
     bindings = _visible_bindings(s, node)
     parents = s.execute(select(Node.path).join(Dependency, Dependency.parent_id == Node.id)
                         .where(Dependency.child_id == node_id).order_by(Node.id)).scalars().all()
@@ -189,6 +212,7 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
                       "job_id": a.job_id, "workdir": a.workdir, "exit_code": a.exit_code,
                       "queued_at": iso(a.queued_at), "started_at": iso(a.started_at),
                       "finished_at": iso(a.finished_at), "message": a.message} for a in attempts],
+        "estimated_end": _estimate_json(estimate),
     }
     if as_json:
         print_json(details)
@@ -200,6 +224,9 @@ def _node(s: Any, node_id: int, global_id: str, as_json: bool) -> None:
             ("progress", "-" if node.progress is None else f"{node.progress:g}%"),
             ("started", local_time(node.started_at)), ("finished", local_time(node.finished_at)),
             ("depends on", ", ".join(parents) or "-"), ("message", node.message or "-")]
+    if node.state in ("staging_in", "queued", "running", "staging_out"):
+        rows.insert(rows.index(("finished", local_time(node.finished_at))) + 1,
+                    ("estimated end", _estimate_text(estimate)))
     if node.members is not None:
         rows.insert(3, ("members", node.members))
     if bindings:

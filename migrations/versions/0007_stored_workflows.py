@@ -2,7 +2,7 @@
 version and arguments it was submitted with)
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Created: 2026-12-06 20:20:00
 """
 

@@ -1,0 +1,70 @@
+"""Completion estimates (broker.estimates): pure functions over durations, checked against worked examples."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.estimates import (History, Interval, Task, estimate_node, estimate_remaining, observed_slots, quantile,
+                              remaining_of_running, run_sigma)
+
+
+def test_a_chain_with_a_steady_history_is_estimated_as_the_sum_of_what_is_left():
+    history = History({"a": [10.0] * 5, "b": [20.0] * 5, "c": [30.0] * 5})
+    tasks = [Task(1, "a", "done", 10.0), Task(2, "b", "running", 5.0, deps=(1,)), Task(3, "c", "waiting", deps=(2,))]
+    est = estimate_remaining(tasks, history)
+    # b has ~15 s left, then c takes 30 s
+    assert est.p10 <= est.p50 <= est.p90
+    assert est.p50 == pytest.approx(45, rel=0.15)
+
+
+def test_the_runs_own_pace_scales_what_is_left():
+    history = History({"x": [10.0] * 10})
+    slow = [Task(i, "x", "done", 20.0) for i in range(10)] + [Task(100, "x", "waiting")]
+    fast = [Task(i, "x", "done", 5.0) for i in range(10)] + [Task(100, "x", "waiting")]
+    assert estimate_remaining(slow, history).p50 > 1.5 * 10 > estimate_remaining(fast, history).p50 * 1.5
+
+
+def test_slots_make_parallel_work_queue():
+    history = History({"x": [10.0] * 5})
+    tasks = [Task(i, "x", "waiting") for i in range(8)]
+    assert estimate_remaining(tasks, history, slots=None).p50 == pytest.approx(10, rel=0.01)
+    assert estimate_remaining(tasks, history, slots=2).p50 == pytest.approx(40, rel=0.01)
+
+
+def test_an_unexpanded_sweep_stands_for_what_its_members_ran_before():
+    history = History({"s/x": [10.0] * 12, "end": [1.0] * 3}, counts={"s/x": 4, "end": 1})
+    tasks = [Task(1, "s", "waiting", sweep=True), Task(2, "end", "waiting", deps=(1,))]
+    # four members of 10 s on two slots, then the node after the sweep
+    assert estimate_remaining(tasks, history, slots=2).p50 == pytest.approx(21, rel=0.01)
+
+
+def test_without_any_duration_to_go_on_there_is_no_estimate_and_an_ended_run_has_nothing_left():
+    assert estimate_remaining([Task(1, "new", "waiting")], History({})) is None
+    assert estimate_remaining([Task(1, "x", "done", 3.0)], History({})) == Interval(0.0, 0.0, 0.0)
+
+
+def test_a_running_node_longer_than_most_of_its_history_is_expected_to_end_soon():
+    early = remaining_of_running(60.0, 0.3, 10.0, None)
+    late = remaining_of_running(60.0, 0.3, 200.0, None)
+    assert early.p50 == pytest.approx(50, rel=0.1)
+    assert 0 < late.p10 <= late.p50 <= late.p90 <= 200
+
+
+def test_progress_pulls_a_running_node_towards_its_own_rate():
+    plain = remaining_of_running(100.0, 0.3, 50.0, None)
+    ahead = remaining_of_running(100.0, 0.3, 50.0, 90.0)  # 90% after 50 s: about 5.6 s left at its rate
+    assert ahead.p50 < plain.p50 / 3
+
+
+def test_estimate_node_uses_the_template_history_and_none_without_it():
+    history = History({"x": [100.0] * 5})
+    est = estimate_node("x", 40.0, None, history)
+    assert est.p50 == pytest.approx(60, rel=0.1)
+    assert estimate_node("y", 40.0, None, history) is None
+
+
+def test_helpers():
+    assert quantile([3.0, 1.0, 2.0], 0.5) == 2.0 and quantile([0.0, 10.0], 0.9) == 9.0
+    assert observed_slots(4, 3) == 4 and observed_slots(4, 0) is None and observed_slots(0, 2) is None
+    assert run_sigma([{"x": [10.0]}], {"x": 10.0}) is None  # one run says nothing about spread
+    assert run_sigma([{"x": [10.0]}, {"x": [20.0]}, {"x": [5.0]}], {"x": 10.0}) > 0.4
