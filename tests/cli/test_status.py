@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from broker.cli import main
-from tests.cli.helpers import EXAMPLES, OWNER, workflow
+from tests.cli.helpers import EXAMPLES, OWNER, waits_for, workflow
+from tests.fixtures import wait_for
 
 pytestmark = pytest.mark.slow  # every test here runs `broker` commands as processes
 
@@ -109,6 +111,36 @@ def test_status_of_a_node_lists_every_attempt_with_its_outcome(cli, capsys, tmp_
     attempts = json.loads(out)["attempts"]
     assert [(a["number"], a["outcome"], a["exit_code"]) for a in attempts] == [(1, "failed", 7), (2, "failed", 7),
                                                                                (3, "succeeded", 0)]
+
+
+def test_a_running_workflow_and_node_show_their_estimated_end_from_earlier_runs(sqlite_cli, capsys, tmp_path):
+    cli = sqlite_cli
+    quick = cli.file("quick.xml", workflow('<node id="step"><payload type="sh">sleep 0.3</payload></node>', "est"))
+    for _ in range(2):
+        assert cli("run", str(quick)).returncode == 0
+    gate = tmp_path / "gate"
+    held = cli.file("held.xml", workflow(f'<node id="step">{waits_for(gate)}</node>', "est"))
+    run = cli.start("run", str(held))
+    try:
+        wait_for(lambda: len(cli.workflows()) == 3 and cli.nodes(cli.workflows()[-1].id)["step"].state == "running",
+                 what="the third run's node to run")
+        wf = cli.workflows()[-1]
+        estimated = re.compile(r"estimated end +\d{4}-\d\d-\d\d [\d:]+ to \S+ \(most likely \S+; "
+                               r"from 2 earlier attempts\)")
+        for target in (wf.global_id, f"{wf.global_id}/step"):
+            code, out, _ = status(cli, capsys, target)
+            assert code == 0 and estimated.search(out), out
+        _, out, _ = status(cli, capsys, wf.global_id, "--json")
+        end = json.loads(out)["estimated_end"]
+        assert end["p10"] <= end["p50"] <= end["p90"] and end["basis"] == 2
+    finally:
+        gate.touch()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    # the progress line's ETA comes with its interval, from the two earlier runs
+    assert re.search(r"ETA \d+:\d\d \(\d+:\d\d-\d+:\d\d\)", err), err
+    _, out, _ = status(cli, capsys, wf.global_id)
+    assert "estimated end" not in out  # ended
 
 
 def test_status_json_is_machine_readable(cli, capsys):
