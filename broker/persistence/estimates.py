@@ -2,8 +2,7 @@
 
 History is the successful attempts of earlier workflows *of the same name*, node by template (the path
 without sweep indexes): the newest :data:`PAST_RUNS` such workflows (index ``ix_workflows_name``), at most
-:data:`HISTORY_ROWS` of their attempts (index ``ix_attempts_workflow_id``; one template's through
-``ix_attempts_history``). The current run is read from its node rows: ended nodes give the run's pace,
+:data:`HISTORY_ROWS` of their attempts (index ``ix_attempts_history``: workflow, template). The current run is read from its node rows: ended nodes give the run's pace,
 running ones their elapsed time and progress, the rest and the DAG what is left to replay. A workflow of
 more than :data:`MAX_NODES` nodes gets no estimate (reading it would cost more than an estimate is worth).
 

@@ -222,15 +222,17 @@ class Attempt(Base):
     __tablename__ = "attempts"
     __table_args__ = (
         UniqueConstraint("node_id", "number", name="uq_attempts_node_number"),
-        # the history an estimate reads: attempts of one template in a handful of workflows, newest first
-        Index("ix_attempts_history", "template", "workflow_id", "finished_at"),
+        # the history an estimate reads (a handful of workflows, one template or all), and a workflow's
+        # attempts (its archive, its deletion's cascade); no time column in it: an attempt's end would move
+        # its entry, on the writer's hot path
+        Index("ix_attempts_history", "workflow_id", "template"),
         # AUTOINCREMENT: ids of deleted workflows' attempts are never handed out again (see nodes)
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
-    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"), index=True)
+    workflow_id: Mapped[int] = mapped_column(ForeignKey("workflows.id", ondelete="CASCADE"))
     #: the node's template (its path without member indexes), copied so the history needs no join on nodes
     template: Mapped[str] = mapped_column(String(1024))
     #: 1, 2, 3, ... per node

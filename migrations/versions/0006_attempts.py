@@ -48,8 +48,7 @@ def upgrade() -> None:
     sqlite_autoincrement=True
     )
     with op.batch_alter_table('attempts', schema=None) as batch_op:
-        batch_op.create_index('ix_attempts_history', ['template', 'workflow_id', 'finished_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_attempts_workflow_id'), ['workflow_id'], unique=False)
+        batch_op.create_index('ix_attempts_history', ['workflow_id', 'template'], unique=False)
     with op.batch_alter_table('workflows', schema=None) as batch_op:
         batch_op.create_index('ix_workflows_name', ['name', 'id'], unique=False)
 
@@ -87,6 +86,5 @@ def downgrade() -> None:
     with op.batch_alter_table('workflows', schema=None) as batch_op:
         batch_op.drop_index('ix_workflows_name')
     with op.batch_alter_table('attempts', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_attempts_workflow_id'))
         batch_op.drop_index('ix_attempts_history')
     op.drop_table('attempts')
