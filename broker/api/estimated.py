@@ -57,9 +57,10 @@ def _compute(api: Any, status: Any) -> Any:
     from broker.persistence.estimates import estimate_node, estimate_workflow
     from broker.persistence.models import Node
 
+    configured = api.settings.engine  # the [engine] settings (its broker-wide limit), not the running engine
     with api.sessions() as s:
         if status.node_path is None:
-            return estimate_workflow(s, status.workflow_id, slots=api.settings.engine.max_in_flight)
+            return estimate_workflow(s, status.workflow_id, slots=configured.max_in_flight)
         node_id = s.scalar(select(Node.id).where(Node.workflow_id == status.workflow_id,
                                                  Node.path == status.node_path))
         return None if node_id is None else estimate_node(s, node_id)
