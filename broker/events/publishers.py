@@ -8,7 +8,8 @@ One small interface, two implementations chosen by the URL scheme of ``[events] 
 - ``memory://NAME``: an in-process bus for unit tests (:class:`MemoryBus`), with switches to take it down,
   hold receipts back or refuse a destination.
 
-A window is one bus transaction: BEGIN, one SEND per message, COMMIT asking for a RECEIPT. The bus stores
+A window is one bus transaction: BEGIN, one SEND per message, COMMIT asking for a RECEIPT (the SENDs may be
+handed over before the COMMIT: :meth:`Publisher.flush`). The bus stores
 the window's persistent messages at the COMMIT (one disk sync for the whole window) and its receipt says
 it has them all; a window whose commit was not confirmed delivered nothing. ActiveMQ marks a transaction
 rollback-only when it refuses one of its messages (not authorized), so the COMMIT then fails with an
@@ -84,8 +85,12 @@ class Publisher(Protocol):
     def send(self, message: Message, transaction: str) -> None:
         """Send one message in a transaction; raises BusError (the connection is then unusable)."""
 
+    def flush(self, transaction: str) -> None:
+        """Hand the transaction's messages to the bus now, uncommitted (it holds them until the COMMIT and
+        discards them if the connection ends first); raises BusError (the connection is then unusable)."""
+
     def commit(self, transaction: str, receipt: str) -> None:
-        """Commit a transaction, asking for a receipt; raises BusError."""
+        """Commit a transaction (its messages not flushed yet go with it), asking for a receipt; raises BusError."""
 
     def wait(self, receipts: Sequence[str], timeout: float) -> Confirmations:
         """Wait until every receipt arrived or was refused, or the connection failed, at most ``timeout`` s.
@@ -223,6 +228,10 @@ class MemoryPublisher:
             else:
                 messages.append(message)
             bus.cond.notify_all()
+
+    def flush(self, transaction: str) -> None:
+        with self.bus.cond:
+            self._check()  # its sends are held in the open transaction already
 
     def commit(self, transaction: str, receipt: str) -> None:
         bus = self.bus

@@ -11,18 +11,18 @@ One round (the relay's unit of work):
 2. send them as persistent messages in one bus transaction (BEGIN, SEND..., COMMIT asking for a receipt)
    without waiting between frames; meanwhile read and render the next window,
 3. wait (at most ``receipt_timeout``) for the COMMIT's receipt: the bus has stored the whole window,
-4. mark the window sent, in one UPDATE.
+4. hand the next window's BEGIN and SENDs to the bus, uncommitted, so that it parses them meanwhile,
+5. mark the window sent, in one UPDATE; the next round starts with the next window's COMMIT.
 
 Order: ids follow commit order and one workflow's events are committed in sequence order, so each
-workflow's events go out in order. A row is never marked before the receipt of its window. A window
-that is not confirmed (timeout, lost connection, refusal) was not delivered at all (the bus discards
-an uncommitted transaction), or, if the receipt alone was lost, was delivered whole: the next round
-sends it again from its first row. Consumers may see a message twice (same event id, same body), never
-a later event of a workflow before an earlier one.
-
-Marking rows sent is the relay's own write (``outbox.sent_at`` belongs to it, not to the writer): short
-transactions with the database's busy timeout, one per window. A crash between the receipts and the mark
-republishes that window after the restart (crash point ``relay-published``).
+workflow's events go out in order. A row is never marked before the receipt of its window, nor a window
+committed before the one ahead of it is marked. A window that is not confirmed (timeout, lost connection,
+refusal) was not delivered at all (the bus discards an uncommitted transaction, the staged one included),
+or, if the receipt alone was lost, was delivered whole: the next round sends it again from its first row.
+Consumers may see a message twice (same event id, same body), never a later event of a workflow before an
+earlier one. Marking rows sent is the relay's own write (``outbox.sent_at``): short transactions with the
+database's busy timeout, one per window. A crash between the receipt and the mark republishes that window
+after the restart (crash point ``relay-published``); the staged one was never committed.
 
 The relay wakes up when the writer commits (:meth:`OutboxRelay.wake` is a writer Listener), and every
 ``poll_interval`` for rows written by other processes. It reconnects with exponential backoff and jitter;
@@ -52,10 +52,9 @@ from broker.crashpoints import crash_point
 from broker.errors import ConfigError
 from broker.events.buses import open_publisher
 from broker.events.doorbell import PUMP, Doorbell
-from broker.events.outbox import Row, count_unsent, mark_sent, read_unsent
+from broker.events.outbox import Row, count_unsent, mark_sent
 from broker.events.publishers import BusError, Message, Publisher
-from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
-from broker.events.rounds import Prepared, backoff_delay, prepare
+from broker.events.rounds import Content, Prepared, backoff_delay, read_window, refused
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +92,8 @@ class Relay(pykka.ThreadingActor):
         self._narrow_until = 0
         #: the next window, read while the bus stored the last one
         self._prefetched: list[Prepared] | None = None
+        #: (transaction, rows): the next window, on the bus but not committed yet (:meth:`_stage`)
+        self._staged: tuple[str, list[Prepared]] | None = None
         #: outbox id -> refusals so far
         self._refusals: dict[int, int] = {}
         self.published = 0
@@ -114,6 +115,9 @@ class Relay(pykka.ThreadingActor):
                         break
             except Exception:  # never let the actor die: it would stop publishing for good
                 log.exception("event relay round failed")
+                # whatever the round did not finish is done again: not after the next window, so discard it
+                self._prefetched = self._staged = None
+                self.publisher.close()
                 not_before = self._failed("internal error (see above)")
             self.doorbell.done(not_before, more)
         return None
@@ -128,7 +132,7 @@ class Relay(pykka.ThreadingActor):
 
     def on_failure(self, *exc_info: Any) -> None:
         self.doorbell.stop()
-        self.publisher.close()
+        self.publisher.close()  # a staged window is discarded with the connection
 
     # -------------------------------------------------------------------------------------- one round
 
@@ -138,8 +142,9 @@ class Relay(pykka.ThreadingActor):
         if waiting:
             return waiting, False
         prefetched, self._prefetched = self._prefetched, None
+        staged, self._staged = self._staged, None
         if not self.publisher.connected():
-            prefetched = None
+            prefetched = staged = None  # a staged transaction died with its connection
             try:
                 self.publisher.connect(self.settings.connect_timeout if connect_timeout is None else connect_timeout)
             except BusError as exc:
@@ -151,57 +156,62 @@ class Relay(pykka.ThreadingActor):
         # while a refused event is looked for or retried, rows go one by one (see _publish)
         narrow = bool(self._refusals) or self._narrow_until > 0
         window = 1 if narrow else self.settings.window
-        if prefetched is not None and not narrow:
+        staged_tx = None
+        if staged is not None:  # (never while rows go one by one: see _stage)
+            staged_tx, window_rows = staged
+        elif prefetched is not None and not narrow:
             window_rows = prefetched
         else:
             try:
-                with self.sessions() as s:
-                    window_rows = prepare(read_unsent(s, window))
+                window_rows = read_window(self.sessions, window)
             except SQLAlchemyError as exc:
                 return self._failed(f"cannot read the outbox: {exc}"), False
         if not window_rows:
             self.failures = self._backoff_base = 0
             return 0.0, False
-        done, problem = self._publish(window_rows, receipt_timeout, prefetch=len(window_rows) >= window)
+        done, problem = self._publish(window_rows, receipt_timeout, len(window_rows) >= window, staged_tx)
         if done:
             crash_point("relay-published")
+            if problem is None:
+                self._stage()  # the bus parses the next window while this one is marked
             try:
                 mark_sent(self.sessions, done, dt.datetime.now(dt.timezone.utc))
             except SQLAlchemyError as exc:
-                # published but not marked: they go out again after the backoff (same ids, same bodies)
-                self._prefetched = None
+                # they go out again after the backoff (same ids and bodies), before the staged window (discarded)
+                self._prefetched = self._staged = None
                 self.publisher.close()
                 return self._failed(f"cannot mark {len(done)} events sent: {exc}"), False
         if problem is not None:
-            self._prefetched = None
+            self._prefetched = self._staged = None
             self.publisher.close()
             return self._failed(problem), False
         self.failures = self._backoff_base = 0
         if self._narrow_until and done and done[-1] >= self._narrow_until:
             self._narrow_until = 0  # every row of the refused window is settled
-        return 0.0, len(window_rows) >= window or narrow or bool(self._prefetched)
+        return 0.0, len(window_rows) >= window or narrow or bool(self._prefetched) or self._staged is not None
 
-    def _publish(self, rows: list[Prepared], receipt_timeout: float,
-                 prefetch: bool) -> tuple[list[int], str | None]:
+    def _publish(self, rows: list[Prepared], receipt_timeout: float, prefetch: bool,
+                 staged: str | None = None) -> tuple[list[int], str | None]:
         """Send a window and wait for its receipt: (ids that may be marked, in order; why the rest may not).
 
-        The window is one bus transaction, confirmed as a whole by its COMMIT's receipt (see
-        broker.events.publishers). While the bus stores a full window, the next one is read and rendered
-        (``prefetch``); it is sent only after this one is confirmed, so a failed window is never overtaken
-        by a later one. When the bus refuses a message, the window fails as a whole; its rows are then sent
-        one window each until the refused one is found (and retried, or skipped: :meth:`_refused`).
+        The window is one bus transaction, confirmed as a whole by its COMMIT's receipt (see broker.events.
+        publishers). While the bus stores a full window, the next one is read and rendered (``prefetch``); it
+        is sent only after this one is confirmed (:meth:`_stage`), so a failed window is never overtaken by a
+        later one. When the bus refuses a message, the window fails as a whole; its rows are then sent one
+        window each until the refused one is found (and retried, or skipped: :func:`refused`). ``staged``:
+        the transaction of these rows, already on the bus (:meth:`_stage`): only its COMMIT is sent.
         """
-        self._serial += 1
-        tx = f"w{self._serial}"
+        if staged is None:
+            self._serial += 1
+        tx = staged or f"w{self._serial}"
         sendable = [(row, content) for row, content in rows if content is not None]
         commit = f"{tx}-commit" if sendable else None
         problem = None
         skipped = None
         try:
             if commit is not None:
-                self.publisher.begin(tx)
-                for row, (headers, body) in sendable:
-                    self.publisher.send(Message(row.destination, headers, body), tx)
+                if staged is None:
+                    self._send(tx, sendable)
                 self.publisher.commit(tx, commit)
         except BusError as exc:  # the transaction dies with the connection: nothing of it was published
             problem, commit = str(exc), None
@@ -214,9 +224,10 @@ class Relay(pykka.ThreadingActor):
             refusal = answer.errors[0] if answer.errors else answer.rejected.get(commit or "")
             problem = refusal or answer.failure or "no receipt for the commit"
             if refusal is not None and len(sendable) == 1:
-                if self._refused(sendable[0][0], refusal):
+                if refused(self._refusals, sendable[0][0], refusal, self.settings.max_rejections):
                     # skipped for good: settled (marked) like the rows around it, never published
                     committed, problem, skipped = True, None, sendable[0][0].outbox_id
+                    self.skipped += 1
             elif refusal is not None:
                 log.warning("the bus refused a message of a window of %d (%s): publishing them one by one to "
                             "find it", len(sendable), refusal)
@@ -240,42 +251,35 @@ class Relay(pykka.ThreadingActor):
             problem = "window not confirmed"
         return done, problem
 
+    def _send(self, tx: str, sendable: list[tuple[Row, Content]]) -> None:
+        """BEGIN a transaction and SEND these rows in it (not committed)."""
+        self.publisher.begin(tx)
+        for row, (headers, body) in sendable:
+            self.publisher.send(Message(row.destination, headers, body), tx)
+
+    def _stage(self) -> None:
+        """Hand the prefetched window to the bus as an uncommitted transaction, while the one it confirmed is
+        marked: the bus parses and holds its messages meanwhile (its work and the mark overlap), and delivers
+        them only at the COMMIT, which the next round sends after the mark. Not while rows go one by one."""
+        rows = self._prefetched or []
+        sendable = [(row, content) for row, content in rows if content is not None]
+        if not sendable or self._refusals or self._narrow_until:
+            return
+        self._serial += 1
+        tx = f"w{self._serial}"
+        try:
+            self._send(tx, sendable)
+            self.publisher.flush(tx)
+        except BusError:
+            return  # the connection is gone: the next round connects again and reads the window again
+        self._prefetched, self._staged = None, (tx, rows)
+
     def _prefetch(self, after: int) -> None:
         """Read and render the next window now, while the bus is busy storing this one."""
         try:
-            with self.sessions() as s:
-                rows = read_unsent(s, self.settings.window, after=after)
+            self._prefetched = read_window(self.sessions, self.settings.window, after) or None
         except SQLAlchemyError:
             return  # the next round reads again
-        self._prefetched = prepare(rows) if rows else None
-
-    def _refused(self, row: Row, reason: str) -> bool:
-        """Count a refusal; True when the event is to be skipped for good.
-
-        Only a workflow's own publishMetadataTo destination may be skipped (after ``max_rejections``
-        refusals): a user chose it, and it must not hold back everyone's events. A refusal on the broker's
-        own topics is the bus account's misconfiguration: those events wait until the bus allows them.
-        """
-        count = self._refusals.get(row.outbox_id, 0) + 1
-        self._refusals[row.outbox_id] = count
-        limit = self.settings.max_rejections
-        own = row.destination == ALL_EVENTS_TOPIC or (row.event.user is not None
-                                                      and row.destination == user_topic(row.event.user))
-        if own:
-            log.error("the bus refused event %s for %s (%s): the relay's bus account must be allowed to write the "
-                      "broker's topics; events wait in the outbox until it is (refusal %d)", row.event.event_id,
-                      row.destination, reason, count)
-            return False
-        if limit and count >= limit:
-            log.error("event %s (workflow %s, %s) was refused %d times by the bus for its publishMetadataTo "
-                      "destination %s (%s): skipped, it is NOT published there", row.event.event_id,
-                      row.event.workflow_id, row.event.type, count, row.destination, reason)
-            self._refusals.pop(row.outbox_id, None)
-            self.skipped += 1
-            return True
-        log.warning("the bus refused event %s for %s (%s); refusal %d%s", row.event.event_id, row.destination,
-                    reason, count, f" of {limit}" if limit else "")
-        return False
 
     def _probe(self) -> float:
         """Before connecting while backing off: 0.0 to connect now, else the monotonic time of the next round.
@@ -325,20 +329,17 @@ class Relay(pykka.ThreadingActor):
     def _drain(self, deadline: float) -> None:
         """On stop: go on publishing until nothing is left, the bus fails (unless ``exit_drain``: then it
         waits for the bus, with the usual backoff), or the deadline passes."""
-        if self.failures and self._not_before > time.monotonic() and not self.exit_drain:
-            pass  # the bus is known to be down: do not make the stop wait for it
-        else:
-            while (left := deadline - time.monotonic()) > 0:
-                if self._not_before > time.monotonic():
-                    if not self.exit_drain:
-                        break
-                    # the backoff after a failure; this actor is stopping, nothing else waits for it
-                    time.sleep(min(self._not_before, deadline) - time.monotonic())
-                    continue
-                not_before, more = self._round(min(self.settings.receipt_timeout, left),
-                                               min(self.settings.connect_timeout, left))
-                if not more and not not_before:
-                    break
+        while (left := deadline - time.monotonic()) > 0:
+            if self._not_before > time.monotonic():  # backing off after a failure
+                if not self.exit_drain:
+                    break  # the bus is known to be down: do not make the stop wait for it
+                # this actor is stopping, nothing else waits for it
+                time.sleep(min(self._not_before, deadline) - time.monotonic())
+                continue
+            not_before, more = self._round(min(self.settings.receipt_timeout, left),
+                                           min(self.settings.connect_timeout, left))
+            if not more and not not_before:
+                break
         try:
             with self.sessions() as s:
                 unsent = count_unsent(s)

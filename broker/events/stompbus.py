@@ -6,11 +6,11 @@ contains NUL: see broker.events.document). The connection is tuned for a stream 
 timeout instead of blocking the relay for ever (SO_SNDTIMEO; the socket stays blocking for stomp.py's
 receiver thread). stomp.py's own reconnection is off: the relay retries with its own backoff.
 
-A window (BEGIN, its SENDs, COMMIT) is encoded here and written with one ``sendall`` at the COMMIT: the
-frames are the ones stomp.py would write (STOMP 1.2 header escaping, headers sorted), without its
-per-frame listener calls, locking and system call, which cost more than the bus's own work after an
-outage (measured: tests/perf/bench_outage.py). Nothing reaches the bus before the COMMIT is written, so a
-window that fails to encode or to be written was not delivered at all, as before.
+A window (BEGIN, its SENDs, COMMIT) is encoded here and written with one ``sendall`` at the COMMIT, or two
+when the relay flushes its SENDs ahead of the COMMIT: the frames are the ones stomp.py would write (STOMP
+1.2 header escaping, headers sorted), without its per-frame listener calls, locking and system call, which
+cost more than the bus's own work after an outage (measured: tests/perf/bench_outage.py). The bus delivers
+nothing of a window before its COMMIT, so a window that fails to encode or to be written was not delivered.
 
 Over TLS (``stomp+ssl://``) stomp.py verifies the bus's certificate and host name with the configured CAs.
 When it cannot connect it only says so; the publisher then makes one handshake of its own to say why
@@ -163,6 +163,10 @@ class StompPublisher:
     def send(self, message: Message, transaction: str) -> None:
         headers = {**message.headers, "destination": message.destination, "transaction": transaction}
         self._window.append(_encode("SEND", headers, message.body))
+
+    def flush(self, transaction: str) -> None:
+        frames, self._window = self._window, []
+        self._frame(lambda conn: conn.transport.send(b"".join(frames)))
 
     def commit(self, transaction: str, receipt: str) -> None:
         frames, self._window = self._window, []

@@ -157,6 +157,54 @@ def test_while_the_bus_is_down_events_accumulate_and_then_drain_in_order(session
     assert delivered(bus) == expected(sessions)
 
 
+def test_the_next_window_is_on_the_bus_while_the_last_is_marked_and_committed_only_after(sessions, bus, relays,
+                                                                                         monkeypatch):
+    from broker.events import relay as relay_module
+
+    wf = submit(sessions)
+    add_events(sessions, wf, 10)  # 22 rows: windows of 5, 5, 5, 5, 2
+    seen = []  # at each mark: (rows marked so far + this window, messages delivered, messages staged)
+    real_mark = relay_module.mark_sent
+
+    def mark(sessions_: Any, ids: Any, now: Any) -> None:
+        staged = sum(len(messages) for messages, _ in relay.publisher._open.values())
+        seen.append((sent_count(sessions) + len(ids), len(delivered(bus)), staged))
+        real_mark(sessions_, ids, now)
+
+    monkeypatch.setattr(relay_module, "mark_sent", mark)
+    relay = relays(sessions, bus, window=5)
+    wait_for(lambda: sent_count(sessions) == 22, what="every row marked sent")
+    assert delivered(bus) == expected(sessions)
+    # nothing of a window is delivered before the one ahead of it is marked, though its messages are on the
+    # bus already (uncommitted) while the full windows are marked
+    assert [(marked, got) for marked, got, _ in seen] == [(5, 5), (10, 10), (15, 15), (20, 20), (22, 22)]
+    assert [staged for _, _, staged in seen[:3]] == [5, 5, 5]
+
+
+def test_a_failed_mark_discards_the_staged_window_so_nothing_overtakes_the_window_sent_again(sessions, bus, relays,
+                                                                                             monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from broker.events import relay as relay_module
+
+    wf = submit(sessions)
+    add_events(sessions, wf, 10)
+    real_mark, calls = relay_module.mark_sent, []
+
+    def mark(sessions_: Any, ids: Any, now: Any) -> None:
+        calls.append(list(ids))
+        if len(calls) == 1:
+            raise OperationalError("UPDATE outbox", {}, Exception("database is locked"))
+        real_mark(sessions_, ids, now)
+
+    monkeypatch.setattr(relay_module, "mark_sent", mark)
+    relays(sessions, bus, window=5)
+    wait_for(lambda: sent_count(sessions) == 22, what="every row marked sent after the failed mark")
+    order = expected(sessions)
+    # the first window went out twice, and the second (on the bus, uncommitted, at the failed mark) only after
+    assert delivered(bus) == order[:5] + order
+
+
 @pytest.mark.parametrize("poll_interval", [0.05, 3600.0], ids=["polled", "no-poll"])
 def test_a_returning_bus_is_found_by_the_probe_long_before_the_backoff_ends(sessions, bus, relays, poll_interval):
     wf = submit(sessions)

@@ -159,19 +159,29 @@ def test_a_committed_window_is_confirmed_by_its_receipts_and_delivered_at_commit
         publisher.commit("w1", "c1")
         answer = publisher.wait(["c1"], 10.0)
         assert answer.confirmed("c1") and answer.errors == () and answer.failure is None
-        # a window left open and never committed is never delivered
+        # a window flushed ahead of its COMMIT (the relay's next window while it marks the last) is delivered too
         publisher.begin("w2")
-        publisher.send(Message(queue, {"persistent": "true", "n": "lost"}, b"<x/>"), "w2")
+        publisher.send(Message(queue, {"persistent": "true", "n": "3"}, b"<x/>"), "w2")
+        publisher.flush("w2")
+        publisher.commit("w2", "c2")
+        assert publisher.wait(["c2"], 10.0).confirmed("c2")
+        # a window flushed but never committed, or left open, is never delivered: the bus drops it with the
+        # connection (the relay's staged window when its mark fails or it dies)
+        publisher.begin("w3")
+        publisher.send(Message(queue, {"persistent": "true", "n": "lost, flushed"}, b"<x/>"), "w3")
+        publisher.flush("w3")
+        publisher.begin("w4")
+        publisher.send(Message(queue, {"persistent": "true", "n": "lost"}, b"<x/>"), "w4")
     finally:
         publisher.close()
     drain = StompConsumer(url, queue, vhost=vhost).start()
     try:
-        drain.wait(lambda ms: len(ms) >= 3, "the three committed messages")
+        drain.wait(lambda ms: len(ms) >= 4, "the four committed messages")
         send_sentinel(url, queue, vhost)
         drain.wait(has_sentinel, "the sentinel")
     finally:
         drain.disconnect()
-    assert [m.headers["n"] for m in without_sentinel(drain.messages)] == ["0", "1", "2"]
+    assert [m.headers["n"] for m in without_sentinel(drain.messages)] == ["0", "1", "2", "3"]
 
 
 def test_an_empty_destination_makes_activemq_drop_the_connection_and_the_window_stays_unconfirmed(activemq):

@@ -137,7 +137,8 @@ cmd_start() {
         make_tls
         write_config
         t0=$(now)
-        daemonize "$PIDFILE" "$LOG" java -Xms64M -Xmx256M -XX:+UseSerialGC -Djava.awt.headless=true \
+        # shellcheck disable=SC2086
+        daemonize "$PIDFILE" "$LOG" java ${BROKER_TEST_ACTIVEMQ_JVM:--Xms64M -Xmx256M -XX:+UseSerialGC} -Djava.awt.headless=true \
             -Djava.io.tmpdir="$DIR/data" -Dactivemq.classpath="$DIR/conf" -Dactivemq.home="$HOME_DIR" \
             -Dactivemq.base="$DIR" -Dactivemq.conf="$DIR/conf" -Dactivemq.data="$DIR/data" \
             -jar "$HOME_DIR/bin/activemq.jar" start "xbean:file:$DIR/conf/activemq.xml"
