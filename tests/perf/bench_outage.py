@@ -6,17 +6,22 @@ waiting counts. The benchmark starts an ActiveMQ of its own (tests/services/acti
 directory: KahaDB store, free ports), so stopping it disturbs nobody, and gives it a durable subscription
 (this run's user only) that is offline during the drain: ActiveMQ stores every message of the backlog.
 
-1. the relay publishes a first event (connected), then the bus is stopped;
-2. --events events are committed as the engine commits them (two outbox rows each) while the bus stays
-   down for --outage seconds, so the relay's backoff grows as in a real outage;
-3. the bus is started again; from the moment its STOMP port accepts connections: the time to the first
-   confirmed window (finding the bus) and to the last row marked sent (the backlog delivered);
-4. the durable subscriber connects and must receive every message of the backlog.
+1. the relay publishes a first event (connected);
+2. for each of --runs outages: the bus is stopped; --events events are committed as the engine commits them
+   (two outbox rows each) while it stays down for --outage seconds, so the relay's backoff grows as in a
+   real outage; the bus is started again; from the moment its STOMP port accepts connections: the time to
+   the first confirmed window (finding the bus) and to the last row marked sent (the backlog delivered),
+   and the CPU the bus's JVM spent meanwhile (per kind of thread, from /proc);
+3. after each outage, the baseline: the bus is restarted and a bare stomp.py loop sends as many messages of
+   the same shape (transactions of --window, a receipt per COMMIT) from the moment the port accepts; then
+   the same again on the warm bus (what a restart costs the bus);
+4. the durable subscribers connect and must receive every message of the backlogs and of the baselines.
 
 Target: a 10,000-event backlog delivered within 5 s of the bus accepting connections again. Exit status 1
-means a wrong result (a message missing, a row unsent), never a slow one.
+means a wrong result (a message missing, a row unsent), never a slow one. Printed: median and worst of the
+runs, the drain rate, the ratio to the baseline of the same run.
 
-    python tests/perf/bench_outage.py [--tiny] [--events 10000] [--outage 45] [--window 200]
+    python tests/perf/bench_outage.py [--tiny] [--events 10000] [--outage 45] [--window 1000] [--runs 5]
 """
 
 from __future__ import annotations
@@ -121,10 +126,13 @@ class Durable:
 
 
 def jvm_cpu(directory: Path) -> dict[str, float]:
-    """CPU seconds the ActiveMQ JVM used so far, per kind of thread (from /proc), and "total"."""
+    """CPU seconds the ActiveMQ JVM used so far: "total" (its threads that ended included), and per kind of
+    thread still running (from /proc)."""
     pid = (directory / "activemq" / "broker.pid").read_text().split()[0]
     tick = os.sysconf("SC_CLK_TCK")
-    kinds: dict[str, float] = {}
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    kinds: dict[str, float] = {"total": (int(fields[11]) + int(fields[12])) / tick}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             stat = (task / "stat").read_text()
@@ -137,7 +145,6 @@ def jvm_cpu(directory: Path) -> dict[str, float]:
                 else "STOMP transport" if name.startswith("ActiveMQ Transp") else "store (KahaDB)"
                 if name.startswith(("ActiveMQ Journa", "ActiveMQ Data F")) else "other")
         kinds[kind] = kinds.get(kind, 0.0) + seconds
-        kinds["total"] = kinds.get("total", 0.0) + seconds
     return kinds
 
 
@@ -168,9 +175,9 @@ def messages(user: str, count: int) -> list[tuple[str, dict[str, str], bytes]]:
 
 
 def bare_send(url: str, batch: list[tuple[str, dict[str, str], bytes]], window: int) -> float:
-    """The baseline: a bare stomp.py loop sends ``batch`` as persistent messages to a bus that just came back,
-    a transaction of ``window`` messages at a time with a receipt per COMMIT (what the relay waits for), from
-    the moment the port accepts connections. The monotonic time the last receipt came."""
+    """The baseline: a bare stomp.py loop sends ``batch`` as persistent messages, a transaction of ``window``
+    messages at a time with a receipt per COMMIT (what the relay waits for). The monotonic time the last
+    receipt came."""
     import stomp
 
     host, port = url.rpartition("/")[2].split(":")
@@ -273,8 +280,13 @@ class Outage:
         done_at = bare_send(self.url, batch, self.args.window)
         jvm = cpu_spent(jvm_before, jvm_cpu(self.services))
         starter.join()
-        self.bare_sent += len(batch)
-        return {"drained": done_at - up_at, "rows": len(batch), "jvm": jvm}
+        # the same again on the bus now warm (its code compiled, its heap sized): what a restart costs
+        warm_before, warm_at = jvm_cpu(self.services), time.monotonic()
+        warm_done = bare_send(self.url, batch, self.args.window)
+        warm = cpu_spent(warm_before, jvm_cpu(self.services))
+        self.bare_sent += 2 * len(batch)
+        return {"drained": done_at - up_at, "rows": len(batch), "jvm": jvm, "warm": warm_done - warm_at,
+                "warm_jvm": warm}
 
 
 def median(values: list[float]) -> float:
@@ -324,7 +336,8 @@ def main() -> int:
                     print(f"run {n + 1}: relay {runs[-1]['drained']:.2f} s (first window {runs[-1]['found']:.2f} s, "
                           f"ActiveMQ CPU {runs[-1]['jvm']['total']:.2f} s, benchmark process "
                           f"{runs[-1]['own']:.2f} s, load {runs[-1]['load']:.1f}); bare stomp.py "
-                          f"{bares[-1]['drained']:.2f} s (ActiveMQ CPU {bares[-1]['jvm']['total']:.2f} s)",
+                          f"{bares[-1]['drained']:.2f} s (ActiveMQ CPU {bares[-1]['jvm']['total']:.2f} s), warm "
+                          f"{bares[-1]['warm']:.2f} s (ActiveMQ CPU {bares[-1]['warm_jvm']['total']:.2f} s)",
                           flush=True)
                 committed = len(outage.bench.committed)
             finally:
@@ -365,6 +378,9 @@ def main() -> int:
         ("ActiveMQ CPU during a relay drain (median): " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(jvm.items()) if k != "total"), f"{jvm['total']:.2f} s", "", ""),
         ("ActiveMQ CPU during a baseline run (median)", f"{bare_jvm:.2f} s", "", ""),
+        ("the bare loop again on the warm bus, no restart (median): time, ActiveMQ CPU",
+         f"{median([r['warm'] for r in bares]):.2f} s, {median([r['warm_jvm']['total'] for r in bares]):.2f} s",
+         "", ""),
         ("benchmark process CPU during a relay drain (median)", f"{median([r['own'] for r in runs]):.2f} s", "", ""),
     ]
     width = max(len(r[0]) for r in table)

@@ -20,6 +20,13 @@ PERSISTENT=${BROKER_TEST_ACTIVEMQ_PERSISTENT:-1}
 #: JMS client jars (Debian's libactivemq-java and its dependencies) for a Java consumer in the tests
 JMS_JARS=(activemq-client geronimo-jms_1.1_spec hawtbuf slf4j-api slf4j-nop geronimo-j2ee-management-1.1-spec)
 
+# The JVM as an operator would size and tune it for a small machine: a fixed heap (no resizing while a backlog
+# comes in) and the C1 compiler only (-XX:TieredStopAtLevel=1). After a restart the default tiered compilation
+# spent 1.8 s of CPU in its compilers while a 10,000-event backlog drained, half of the bus's CPU; C1 alone
+# compiles in a few milliseconds at a cost in peak throughput (README "Performance"). Override to compare:
+# BROKER_TEST_ACTIVEMQ_JVM="-Xms64M -Xmx256M -XX:+UseSerialGC" (the options before 2026-12-06).
+JVM_OPTIONS=${BROKER_TEST_ACTIVEMQ_JVM:--Xms256M -Xmx256M -XX:+UseSerialGC -XX:TieredStopAtLevel=1}
+
 TLS_DIR=$DIR/tls
 #: password of the server's PKCS#12 key store (a throwaway key on loopback)
 KEYSTORE_PASSWORD=broker-test
@@ -138,7 +145,7 @@ cmd_start() {
         write_config
         t0=$(now)
         # shellcheck disable=SC2086
-        daemonize "$PIDFILE" "$LOG" java ${BROKER_TEST_ACTIVEMQ_JVM:--Xms64M -Xmx256M -XX:+UseSerialGC} -Djava.awt.headless=true \
+        daemonize "$PIDFILE" "$LOG" java $JVM_OPTIONS -Djava.awt.headless=true \
             -Djava.io.tmpdir="$DIR/data" -Dactivemq.classpath="$DIR/conf" -Dactivemq.home="$HOME_DIR" \
             -Dactivemq.base="$DIR" -Dactivemq.conf="$DIR/conf" -Dactivemq.data="$DIR/data" \
             -jar "$HOME_DIR/bin/activemq.jar" start "xbean:file:$DIR/conf/activemq.xml"
