@@ -17,7 +17,7 @@ from spyne import Array, Integer64, ServiceBase, Unicode, rpc
 from broker.api import deletion, wire
 from broker.api.core import core_operations
 from broker.api.identity import caller, require_admin
-from broker.api.types import ADMIN_NS, AggregateSummary, UserSubmissions, fault_class
+from broker.api.types import ADMIN_NS, AggregateSummary, HostInfo, UserSubmissions, fault_class
 from broker.errors import ConfigError
 
 AdminFault = fault_class(ADMIN_NS)
@@ -44,6 +44,12 @@ class _AdminOperations:
         """Workflows and nodes by state, hosts with jobs in flight, outbox backlog, uptime."""
         api, _ = _admin(ctx, "getServiceState")
         return wire.summary(api, None, None, service=True)
+
+    @rpc(_returns=Array(HostInfo, wrapped=False), _out_variable_name="return", _throws=AdminFault)
+    def getHosts(ctx):
+        """Every host of the catalogue, in its order, with tags, limits and nodes in flight."""
+        api, _ = _admin(ctx, "getHosts")
+        return wire.hosts(api)
 
     @rpc(_throws=AdminFault)
     def deleteAllCompleted(ctx):

@@ -156,6 +156,27 @@ class HostJobs(_Model):
     ]
 
 
+class HostInfo(_Model):
+    """A host of the catalogue: its tags, the most one node may ask for there, and its nodes in flight."""
+
+    _type_info = [
+        ("name", Unicode(min_occurs=1, nillable=False)),
+        #: local, ssh, slurm, pbs or moab
+        ("launcher", Unicode(min_occurs=1, nillable=False)),
+        ("tags", Array(Unicode, wrapped=False)),
+        #: most jobs in flight at once; 0: no per-host limit
+        ("maxJobs", Integer32(min_occurs=1, nillable=False)),
+        ("inFlight", Integer32(min_occurs=1, nillable=False)),
+        #: nodes naming no host run here
+        ("default", Boolean(min_occurs=1, nillable=False)),
+        #: the limits of one node; absent: none
+        ("limitNodes", Integer32),
+        ("limitCores", Integer32),
+        ("limitMemoryBytes", Integer64),
+        ("limitWalltimeSeconds", Double),
+    ]
+
+
 class AggregateSummary(_Model):
     """Workflows and nodes by state; for the service also hosts, outbox backlog and uptime."""
 

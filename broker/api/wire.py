@@ -8,8 +8,8 @@ from typing import Any
 
 from broker import __version__
 from broker.api.context import ApiContext
-from broker.api.types import (AggregateSummary, EstimatedEnd, HostJobs, Property, StateCount, StatusInfo,
-                              UserSubmissions)
+from broker.api.types import (AggregateSummary, EstimatedEnd, HostInfo, HostJobs, Property, StateCount,
+                              StatusInfo, UserSubmissions)
 from broker.events.types import EventLevel
 from broker.persistence import queries
 from broker.persistence.models import Event
@@ -74,6 +74,17 @@ def summary(api: ApiContext, owner_id: int | None, user: str | None, service: bo
             result.outboxBacklog = queries.outbox_backlog(s)
             result.uptimeSeconds = round(api.uptime(), 3)
     return result
+
+
+def hosts(api: ApiContext) -> list[HostInfo]:
+    """Every catalogue host with its tags, limits and nodes in flight (as ``broker admin hosts``)."""
+    from broker.admin.hosts import host_infos
+
+    with api.sessions() as s:
+        infos = host_infos(api.engine.resources.catalogue, s)
+    return [HostInfo(name=i.name, launcher=i.launcher, tags=list(i.tags), maxJobs=i.max_jobs, inFlight=i.in_flight,
+                     default=i.default, limitNodes=i.limits.nodes, limitCores=i.limits.cores,
+                     limitMemoryBytes=i.limits.memory, limitWalltimeSeconds=i.limits.walltime) for i in infos]
 
 
 def users(api: ApiContext) -> list[UserSubmissions]:

@@ -1,6 +1,7 @@
-"""``broker admin state|users|delete|archive``: operate the service from the command line.
+"""``broker admin state|users|hosts|delete|archive``: operate the service from the command line.
 
-``state`` and ``users`` print what the API's ``getServiceState`` and ``getUserInfo`` answer (same queries).
+``state``, ``users`` and ``hosts`` print what the API's ``getServiceState``, ``getUserInfo`` and ``getHosts``
+answer (same queries; ``hosts`` reads the catalogue of ``[hosts] catalogue``).
 ``delete`` and ``archive --to`` change the database: they take the broker lock for their whole run and
 record ADMIN_ACTION events themselves as ``admin:<operator>`` (``[engine] user``, else the login name).
 While a broker runs (``broker serve``, ``broker run``) they refuse (exit 3) and point to the admin API:
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli import EXIT_INVALID, EXIT_OK, UsageError, add_db_option
+from broker.cli.hosts import hosts_command
 from broker.printable import printable
 from broker.cli.common import (local_time, not_found_is_usage, one_line, plural, print_json, print_table,
                                stops_when_output_closes)
@@ -39,7 +41,7 @@ BROKER_RUNNING = ("a broker is running on this database (broker serve or broker 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``broker admin`` and its actions."""
-    parser = subparsers.add_parser("admin", help="operate the service: state, users, delete, archive",
+    parser = subparsers.add_parser("admin", help="operate the service: state, users, hosts, delete, archive",
                                    description="Operate the service: its state and users, deleting and archiving "
                                                "finished workflows.")
     actions = parser.add_subparsers(dest="admin_action", metavar="ACTION", required=True)
@@ -48,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     state.set_defaults(func=state_command)
     users = actions.add_parser("users", parents=[common], help="every user with their workflows (as getUserInfo)")
     users.set_defaults(func=users_command)
-    for action in (state, users):
+    hosts = actions.add_parser("hosts", parents=[common], help="the catalogue's hosts with tags, limits and nodes in "
+                                                               "flight (as getHosts)")
+    hosts.set_defaults(func=hosts_command)
+    for action in (state, users, hosts):
         action.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     delete = actions.add_parser(

@@ -148,12 +148,14 @@ class _Builder:
     # ------------------------------------------------------------------------------------------ blocks
 
     def scheduling(self, el: etree._Element, who: str) -> Scheduling:
-        hosts, directives = [], []
+        hosts, tags, directives = [], [], []
         fields: dict[str, object] = {}
         for child in el:
             name, text = _local(child), _text(child)
             if name == "host":
                 hosts.append(text)
+            elif name == "tag":
+                tags.append(text)
             elif name in ("nodes", "cores"):
                 fields[name] = int(text)
             elif name == "memory":
@@ -169,7 +171,8 @@ class _Builder:
                     self.problem(child, f"{who}directive '{directive}' is not allowed "
                                         f"([description] allowed_directives: {allowed})")
                 directives.append((directive, child.get("value")))
-        return Scheduling(hosts=tuple(hosts), directives=tuple(directives), **fields)  # type: ignore[arg-type]
+        return Scheduling(hosts=tuple(hosts), tags=tuple(dict.fromkeys(tags)), directives=tuple(directives),
+                          **fields)  # type: ignore[arg-type]
 
     def execution(self, el: etree._Element, who: str) -> Execution:
         env: dict[str, str] = {}

@@ -25,6 +25,8 @@ class Scheduling:
     """Where and with what a node runs. ``None`` / empty means "not specified" (host or site default)."""
 
     hosts: tuple[str, ...] = ()
+    #: tags a host must all carry to run the node (hosts.xml tags="...")
+    tags: tuple[str, ...] = ()
     queue: str | None = None
     nodes: int | None = None
     cores: int | None = None
@@ -42,6 +44,7 @@ class Scheduling:
         directives.update(dict(top.directives))
         return Scheduling(
             hosts=top.hosts or self.hosts,
+            tags=top.tags or self.tags,
             queue=top.queue if top.queue is not None else self.queue,
             nodes=top.nodes if top.nodes is not None else self.nodes,
             cores=top.cores if top.cores is not None else self.cores,

@@ -6,8 +6,9 @@ lxml's XSD validator, then the checks the XSD cannot express. Every problem name
     conf/hosts.xml:12:0: host 'cluster' (launcher slurm) needs a <scratch> directory
 
 Resolution (:func:`resolve`) is a pure function the scheduler calls per node: the node's own hosts, else
-the workflow's resources, else the catalogue's default host; of those, the first whose limits and options
-satisfy the node's scheduling profile. When none does, the error says why for each.
+the workflow's resources, else the catalogue's default host (else, for a node that requires tags, every host,
+the default first); of those, the first that carries the node's tags and whose limits and options satisfy its
+scheduling profile. When none does, the error says why for each.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class Host:
     accounts: tuple[AccountRule, ...] = ()
     #: elves here also push their status through updateNodeStatus (under `broker serve`)
     push: bool = False
+    #: what the host offers (gpu, bigmem, site-a): nodes requiring tags run only where all are carried
+    tags: tuple[str, ...] = ()
     #: line of the <host> element (0 for the built-in local host)
     line: int = 0
 
@@ -273,7 +276,8 @@ def _host(el: etree._Element, base: Path, filename: str, problems: list[Problem]
         problem("push applies to remote hosts (ssh, slurm, pbs, moab): local payloads are watched directly")
     return Host(name=name, launcher=launcher, max_jobs=int(el.get("maxJobs", "0")),
                 push=el.get("push", "false") in ("true", "1"), ssh=ssh, scratch=scratch,
-                python=python, env=tuple(env), batch=batch, limits=limits, accounts=tuple(accounts), line=line)
+                python=python, env=tuple(env), batch=batch, limits=limits, accounts=tuple(accounts), line=line,
+                tags=tuple(dict.fromkeys(el.get("tags", "").split())))
 
 
 def parse_catalogue(source: bytes, *, filename: str = "<string>", base: Path | None = None,
@@ -323,7 +327,8 @@ def load_catalogue(path: str | os.PathLike[str] | None, *, check_files: bool = T
 
 # -------------------------------------------------------------------------------------------- resolution
 
-def _size(value: int) -> str:
+def size_text(value: int) -> str:
+    """A size as the catalogue would write it: the largest binary unit that divides it (8GiB, 1536MiB)."""
     for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if value >= factor and value % factor == 0:
             return f"{value // factor}{unit}"
@@ -336,13 +341,17 @@ def _seconds(value: float) -> str:
 
 def unsatisfied(host: Host, scheduling: Scheduling) -> str | None:
     """Why ``host`` cannot run a node with this scheduling profile, or None when it can."""
+    missing = [t for t in scheduling.tags if t not in host.tags]
+    if missing:
+        has = f"tags: {' '.join(host.tags)}" if host.tags else "no tags"
+        return f"lacks tag{'s' if len(missing) > 1 else ''} {', '.join(repr(t) for t in missing)} ({has})"
     limits = host.limits
     nodes = scheduling.nodes or 1
     if nodes > 1 and not host.is_batch:
         return f"needs {nodes} nodes, a {host.launcher} host runs a node on one"
     for what, asked, most, show in (("nodes", scheduling.nodes, limits.nodes, str),
                                     ("cores", scheduling.cores, limits.cores, str),
-                                    ("memory", scheduling.memory, limits.memory, _size),
+                                    ("memory", scheduling.memory, limits.memory, size_text),
                                     ("walltime", scheduling.walltime, limits.walltime, _seconds)):
         if asked is not None and most is not None and asked > most:
             return f"needs {what} {show(asked)}, at most {show(most)} there"
@@ -363,8 +372,16 @@ def unsatisfied(host: Host, scheduling: Scheduling) -> str | None:
 
 
 def candidate_names(workflow_resources: Sequence[str], scheduling: Scheduling, catalogue: Catalogue) -> tuple[str, ...]:
-    """The hosts a node may use, in order: its own, else its workflow's, else the catalogue's default."""
-    return tuple(scheduling.hosts) or tuple(workflow_resources) or (catalogue.default,)
+    """The hosts a node may use, in order: its own, else its workflow's, else the catalogue's default.
+
+    A node that requires tags and names no host may use any host (the default first): the tags choose.
+    """
+    named = tuple(scheduling.hosts) or tuple(workflow_resources)
+    if named:
+        return named
+    if scheduling.tags:
+        return (catalogue.default, *(n for n in catalogue.names() if n != catalogue.default))
+    return (catalogue.default,)
 
 
 def candidates(workflow_resources: Sequence[str], scheduling: Scheduling, catalogue: Catalogue) -> list[Host]:

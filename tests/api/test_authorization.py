@@ -36,6 +36,7 @@ MATRIX = {
     "restart":              (OK, NF, OK, IC, IC),
     "getUserInfo":          (NA, NA, OK, IC, IC),
     "getServiceState":      (NA, NA, OK, IC, IC),
+    "getHosts":             (NA, NA, OK, IC, IC),
     "deleteAllBefore":      (NA, NA, OK, IC, IC),
     "delete":               (NA, NA, OK, IC, IC),
     "deleteAllForUser":     (OK, NA, OK, IC, IC),
@@ -52,7 +53,7 @@ CALLERS = {"owner": ("alice", None), "other": ("bob", None), "admin": ("root", N
            "bad password": ("alice", "wrong")}
 COLUMNS = ("owner", "other", "admin", "none", "bad password")
 ORDER = ("other", "none", "bad password", "owner", "admin")
-ADMIN_OPERATIONS = {"getUserInfo", "getServiceState", "deleteAllBefore", "delete", "deleteAllCompleted"}
+ADMIN_OPERATIONS = {"getUserInfo", "getServiceState", "getHosts", "deleteAllBefore", "delete", "deleteAllCompleted"}
 
 
 def test_the_matrix_names_every_operation_of_both_wsdls(server):
@@ -75,7 +76,7 @@ def test_every_cell_of_the_authorization_matrix(server):
         "getStateForUser": ("alice",), "getStatusInfoForUser": ("alice", 0),
         "getStatusInfoForId": (target.globalId,), "getStatusInfo": (0,),
         "updateNodeStatus": (1, "RUNNING", []), "archiveWorkflowsTo": ("file:///tmp/a", "<c/>"),
-        "getUserInfo": (), "getServiceState": (), "cancel": (target.globalId,), "restart": (target.globalId,),
+        "getUserInfo": (), "getServiceState": (), "getHosts": (), "cancel": (target.globalId,), "restart": (target.globalId,),
         "deleteAllBefore": (0,), "delete": (target.globalId,), "deleteAllForUser": ("alice",),
         "deleteAllCompleted": (),
     }

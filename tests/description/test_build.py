@@ -125,6 +125,18 @@ def test_inline_hosts_replace_the_profile_hosts():
     assert spec.nodes[0].scheduling.hosts == ("c",)
 
 
+def test_profiles_and_nodes_require_tags_and_the_inline_tags_replace_the_profiles():
+    spec = load(workflow(f"""
+        <profiles><scheduling name="gpu"><tag>gpu</tag><tag>site-a</tag><cores>4</cores></scheduling></profiles>
+        <node id="profiled" scheduling="gpu">{P}</node>
+        <node id="own" scheduling="gpu"><scheduling><tag>bigmem</tag><tag>bigmem</tag></scheduling>{P}</node>"""))
+    profiled, own = spec.nodes
+    assert profiled.scheduling == Scheduling(tags=("gpu", "site-a"), cores=4)
+    assert own.scheduling == Scheduling(tags=("bigmem",), cores=4)
+    assert problems(workflow(f'<node id="n"><scheduling><tag>GPU;x</tag></scheduling>{P}</node>'))[0].endswith(
+        "'GPU;x' does not match the pattern '[a-z0-9][a-z0-9_.\\-]{0,63}'")
+
+
 def test_inline_payloads_lose_their_xml_indentation_so_python_runs():
     spec = load(workflow("""
         <node id="a">

@@ -239,3 +239,46 @@ def test_push_is_read_for_remote_hosts_and_refused_for_the_local_launcher(tmp_pa
     assert problems('<host name="here" launcher="local" push="true"/>', tmp_path) == [
         "hosts.xml:3:0: host 'here': push applies to remote hosts (ssh, slurm, pbs, moab): local payloads are "
         "watched directly"]
+
+
+# ------------------------------------------------------------------------------------------------- tags
+
+@pytest.fixture
+def tagged(tmp_path) -> cat.Catalogue:
+    return parse(f"""
+        <host name="laptop" launcher="local"/>
+        <host name="lab" launcher="ssh" tags="bigmem site-a">{SSH}<scratch>/s</scratch><limits cores="32"/></host>
+        <host name="hpc" launcher="slurm" tags="gpu bigmem site-b">{SSH}<scratch>/s</scratch>
+          <limits cores="128"/></host>""", tmp_path, default="laptop")
+
+
+def test_hosts_carry_the_tags_of_the_catalogue_and_the_shipped_example_has_some(tagged):
+    assert [h.tags for h in tagged.hosts] == [(), ("bigmem", "site-a"), ("gpu", "bigmem", "site-b")]
+    shipped = load_catalogue(REPO / "conf" / "hosts.xml", check_files=False)
+    assert "gpu" in shipped.get("cluster").tags
+
+
+def test_a_node_requiring_tags_runs_only_on_a_host_carrying_all_of_them(tagged):
+    assert resolve((), Scheduling(tags=("bigmem",)), tagged).name == "lab"  # no host named: every host may
+    assert resolve((), Scheduling(tags=("bigmem", "gpu")), tagged).name == "hpc"
+    assert resolve(("hpc", "lab"), Scheduling(tags=("site-a",)), tagged).name == "lab"
+    # the tags and today's limits both hold: lab has bigmem but only 32 cores
+    assert resolve((), Scheduling(tags=("bigmem",), cores=64), tagged).name == "hpc"
+    assert resolve((), Scheduling(), tagged).name == "laptop"
+
+
+def test_a_node_no_tagged_host_can_satisfy_fails_naming_each_candidate_and_why(tagged):
+    with pytest.raises(ResourceError) as caught:
+        resolve((), Scheduling(tags=("gpu", "site-a")), tagged, node="train")
+    assert str(caught.value) == (
+        "node 'train' cannot run on any host: laptop lacks tags 'gpu', 'site-a' (no tags); "
+        "lab lacks tag 'gpu' (tags: bigmem site-a); hpc lacks tag 'site-a' (tags: gpu bigmem site-b)")
+    with pytest.raises(ResourceError, match=r"^the node cannot run on any host: lab lacks tag 'gpu' \(tags: bigmem "
+                                            r"site-a\)$"):
+        resolve(("lab",), Scheduling(tags=("gpu",)), tagged)
+
+
+def test_a_tag_that_could_reach_a_command_line_is_refused_by_the_schema(tmp_path):
+    found = problems('<host name="x" launcher="local" tags="gpu Big;rm"/>', tmp_path)
+    assert found[0] == ("hosts.xml:3:0: host 'x': <host> attribute 'tags': 'Big;rm' does not match the pattern "
+                        "'[a-z0-9][a-z0-9_.\\-]{0,63}'")
