@@ -81,6 +81,9 @@ class LimitSettings:
                              metadata=_doc("most members one parameterized node may expand to", "members"))
     max_nesting: int = field(default=8, metadata=_doc("deepest nesting of parameterized nodes", "levels"))
     max_values: int = field(default=200_000, metadata=_doc("most values in one parameter", "values"))
+    max_spawn_depth: int = field(default=4, metadata=_doc(
+        "most levels of dynamic spawn: a node spawned by a node spawned by ... (1: spawned nodes may not spawn)",
+        "levels"))
     max_output_bytes: int = field(default=1024**2,
                                   metadata=_doc("largest output property value (JSON) a payload may report", "bytes"))
     max_argument_bytes: int = field(default=64 * 1024, metadata=_doc(

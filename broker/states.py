@@ -46,8 +46,9 @@ TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
                                  NodeState.RETRY_WAIT, NodeState.FAILED, NodeState.CANCELLED}),
     NodeState.RUNNING: frozenset({NodeState.STAGING_OUT, NodeState.SUCCEEDED, NodeState.RETRY_WAIT,
                                   NodeState.FAILED, NodeState.CANCELLED}),
+    # RUNNING: a node whose payload spawned nodes becomes their group once its stage-out is done
     NodeState.STAGING_OUT: frozenset({NodeState.SUCCEEDED, NodeState.RETRY_WAIT, NodeState.FAILED,
-                                      NodeState.CANCELLED}),
+                                      NodeState.CANCELLED, NodeState.RUNNING}),
     NodeState.RETRY_WAIT: frozenset({NodeState.READY, NodeState.CANCELLED}),
     # restart (rescue semantics): a fresh attempt re-evaluates the parents from WAITING
     NodeState.FAILED: frozenset({NodeState.WAITING}),

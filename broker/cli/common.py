@@ -137,11 +137,11 @@ def resolve(session: Any, text: str) -> Target:
 
 def counted_clause() -> Any:
     """SQL condition selecting the work-carrying nodes (execute nodes, unexpanded sweeps), as the engine counts."""
-    from sqlalchemy import and_, or_
+    from sqlalchemy import and_
 
     from broker.persistence.models import Node
 
-    return or_(Node.kind == "node", and_(Node.kind == "sweep", Node.members.is_(None)))
+    return and_(Node.kind != "member", Node.members.is_(None))
 
 
 def node_counts(session: Any, workflow_ids: Sequence[int]) -> dict[int, dict[str, int]]:

@@ -22,6 +22,7 @@ from broker.actions import Collect, Failed, Kill, Launch, LaunchBundle, NodeRef,
 from broker.controllers.base import Controller
 from broker.controllers.messages import Collected, Exited, Pushed, Resume, StagingAttempt, Tick, Watch
 from broker.crashpoints import crash_point
+from broker.description import spawn
 from broker.description.model import NodeSpec
 from broker.events.types import EventType
 from broker.launchers import base as launcher
@@ -178,7 +179,17 @@ class MonitoringController(Controller):
             fields.append(("outputs", result.outputs))
         if result.progress is not None:
             fields.append(("progress", result.progress[0]))
-        if result.outcome == launcher.SUCCEEDED:
+        refused = None
+        if result.outcome == launcher.SUCCEEDED and result.spawn is not None:
+            # the fragment rides with the result: both are committed together, or neither (exactly once)
+            got = result.spawn
+            entry, refused = spawn.accept(got.file, got.text, got.error, attempt=ref.attempt,
+                                          spawn_depth=spawn.depth(ref.spec_path), settings=self.ctx.settings)
+            if entry is not None:
+                fields.append(("spawn", entry))
+        if refused is not None:
+            to, then, message = NodeState.FAILED, None, refused
+        elif result.outcome == launcher.SUCCEEDED:
             spec = self.ctx.plans.get(ref.workflow_id).templates[ref.spec_path]
             if isinstance(spec, NodeSpec) and spec.stage_out:
                 to, then = NodeState.STAGING_OUT, self.after_commit(StageOut(ref, handle))
@@ -192,7 +203,8 @@ class MonitoringController(Controller):
         if receipt is not None:
             then = receipt.via(then)
         changes.append(Transition(node_id=ref.node_id, to=to, actor=actor, attempt=ref.attempt, fields=tuple(fields),
-                                  retryable=to is NodeState.FAILED, message=message, then=then, reply_to=receipt))
+                                  retryable=to is NodeState.FAILED and refused is None, message=message, then=then,
+                                  reply_to=receipt))
         self.writer.tell(Changes(tuple(changes)))
 
     # ------------------------------------------------------------------------------------------ push

@@ -286,7 +286,17 @@ def from_json(text: str) -> WorkflowSpec:
     return spec
 
 
+def nodes_to_data(nodes: tuple[AnyNode, ...]) -> list[Any]:
+    """Nodes in the JSON form of specs, as plain data (a spawned fragment's nodes, stored with its node)."""
+    return _encode(nodes)
+
+
+def nodes_from_data(data: list[Any]) -> tuple[AnyNode, ...]:
+    """The nodes of :func:`nodes_to_data`'s data."""
+    return _decode(data)
+
+
 __all__ = [
     "AnyNode", "Execution", "NodeSpec", "Param", "PARAMETER_TYPES", "ParameterSpec", "Payload", "PAYLOAD_TYPES", "Requires", "Retry", "Scheduling",
-    "Stage", "SweepSpec", "WorkflowSpec", "from_json", "to_json", "walk",
+    "Stage", "SweepSpec", "WorkflowSpec", "from_json", "nodes_from_data", "nodes_to_data", "to_json", "walk",
 ]

@@ -14,6 +14,7 @@ beginning of a line with ``@broker``, then spaces or tabs, then a kind; any othe
 
     @broker progress <percent> ["<message>"]
     @broker output <name>=<value>
+    @broker spawn <file>
 
 * ``percent`` is a decimal number from 0 to 100 (``42``, ``42.5``). ``message`` is optional and is a JSON
   string: double quotes and JSON escapes (``\\"``, ``\\\\``, ``\\n``, ``\\u00e9``), so any character can be
@@ -22,6 +23,12 @@ beginning of a line with ``@broker``, then spaces or tabs, then a kind; any othe
   true/false/null, array, object) of at most ``max_value_bytes`` bytes of UTF-8 JSON text (default 1 MiB;
   the broker passes its ``[limits] max_output_bytes``). NaN and Infinity are not JSON and are refused. A
   later output with the same name replaces the earlier one.
+* ``file`` names a workflow fragment the payload wrote in its work directory (``WB_WORKDIR``): a relative
+  path of at most 1024 bytes (a longer one makes the line malformed), without ``..`` or ``.`` segments,
+  reached without following a symlink, naming a regular file of at most :data:`MAX_SPAWN_BYTES`. The last
+  spawn line wins. Once the payload has succeeded the elf reads the file into the status file (``spawn``:
+  ``file`` and ``text``, or ``error`` saying why it could not, which fails the node), and the broker adds
+  its nodes under the node (README "Dynamic spawn").
 * Lines end with ``\\n``; a trailing ``\\r`` is ignored. A report line must be valid UTF-8. The last line
   of the output counts even without a final newline once the payload has ended.
 * A line over ``max_value_bytes + 1 KiB`` bytes is skipped without being held in memory. A report line that
@@ -116,21 +123,26 @@ MAX_MESSAGE_BYTES = 4096
 KILL_GRACE = 2.0
 #: bytes read from the output file at a time
 _CHUNK = 64 * 1024
-#: version of the status file format
-STATUS_VERSION = 1
+#: version of the status file format (2: ``spawn``)
+STATUS_VERSION = 2
+#: bytes: largest workflow fragment a payload may spawn
+MAX_SPAWN_BYTES = 1024 * 1024
+#: bytes: longest spawn file name
+MAX_SPAWN_NAME = 1024
 
 _PREFIX = b"@broker"
 _PROGRESS_RE = re.compile(r"@broker[ \t]+progress[ \t]+([0-9]{1,3}(?:\.[0-9]+)?)(?:[ \t]+(.*?))?[ \t]*")
 _OUTPUT_RE = re.compile(r"@broker[ \t]+output[ \t]+([A-Za-z_][A-Za-z0-9_]{0,63})=(.*)")
+_SPAWN_RE = re.compile(r"@broker[ \t]+spawn[ \t]+(\S+)[ \t]*")
 
 
 class ElfReport(NamedTuple):
     """One ``@broker`` line, field for field like broker.launchers.base.Report."""
 
-    #: "progress" or "output"
+    #: "progress", "output" or "spawn"
     kind: str
     percent: Optional[float] = None
-    #: progress message, or output name
+    #: progress message, output name, or spawn file
     text: Optional[str] = None
     value: Any = None
 
@@ -173,6 +185,12 @@ def _parse(line: str, max_value_bytes: int) -> Tuple[Optional[ElfReport], bool]:
             return ElfReport("output", None, name, _json(text)), False
         except ValueError:
             return None, True
+    match = _SPAWN_RE.fullmatch(line)
+    if match is not None:
+        if len(match.group(1).encode("utf-8", "surrogatepass")) > MAX_SPAWN_NAME:
+            return None, True
+        # a name that may not be read ("..", absolute) is still a spawn: reading it fails the node, saying why
+        return ElfReport("spawn", None, match.group(1)), False
     match = _PROGRESS_RE.fullmatch(line)
     if match is None or not 0.0 <= float(match.group(1)) <= 100.0:
         return None, True
@@ -288,9 +306,83 @@ def fold(reports: Sequence[ElfReport], outputs: Dict[str, Any],
     for report in reports:
         if report.kind == "output":
             outputs[report.text] = report.value
-        else:
+        elif report.kind == "progress":
             progress = (report.percent, report.text)
     return progress
+
+
+def last_spawn(reports: Sequence[ElfReport], current: Optional[str] = None) -> Optional[str]:
+    """The file of the last spawn report in ``reports`` (``current`` when there is none)."""
+    for report in reports:
+        if report.kind == "spawn":
+            current = report.text
+    return current
+
+
+def spawn_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot name a spawn fragment (None: it can): relative, no ``..``, bounded."""
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_SPAWN_NAME:
+        return "the file name is longer than %d bytes" % MAX_SPAWN_NAME
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "the file name has control characters"
+    if name.startswith("/"):
+        return "the file name must be relative to the work directory"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "the file name must not have empty, '.' or '..' segments"
+    return None
+
+
+def read_spawn(workdir: str, name: str, max_bytes: int = MAX_SPAWN_BYTES) -> Tuple[Optional[str], Optional[str]]:
+    """(text, None) of the fragment ``name`` in ``workdir``, or (None, why not).
+
+    Each directory on the way is opened without following a symlink, relative to the one before, so the
+    payload (whose account owns the directory) cannot point the reader anywhere outside it, even by
+    swapping a directory for a link while it reads.
+    """
+    problem = spawn_name_problem(name)
+    if problem is not None:
+        return None, problem
+    parts = name.split("/")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(workdir, flags | os.O_DIRECTORY)
+    except OSError as exc:
+        return None, "cannot open the work directory: %s" % (exc.strerror or exc)
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            except OSError:
+                return None, "%s: not a directory inside the work directory (a symlink is not followed)" % part
+            os.close(fd)
+            fd = inner
+        try:
+            file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+        except OSError as exc:
+            if os.path.islink(os.path.join(workdir, name)):
+                return None, "it is a symlink (not followed)"
+            return None, "cannot open it: %s" % (exc.strerror or exc)
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None, "it is not a regular file"
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None, "it is larger than %d bytes" % max_bytes
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, "it is not UTF-8 text"
+
+
+def spawn_status(workdir: str, name: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The status file's ``spawn`` entry for a succeeded payload that reported spawn file ``name``."""
+    if name is None:
+        return None
+    text, problem = read_spawn(workdir, name)
+    return {"file": name, "text": text} if problem is None else {"file": name, "error": problem}
 
 
 # --------------------------------------------------------------------------------------- status file
@@ -690,6 +782,11 @@ def run(args: argparse.Namespace) -> int:
     status.update(outcome=outcome, exit_code=exit_code, signal=-returncode if returncode < 0 else None,
                   ended_at=time.time(), progress=list(progress) if progress else None, outputs=outputs,
                   ignored_lines=found.ignored, message=message + ignored_note(found.ignored))
+    spawned = spawn_status(workdir, last_spawn(found.reports)) if outcome == SUCCEEDED else None
+    if spawned is not None:
+        status["spawn"] = spawned
+        # updateNodeStatus has no room for a fragment: the broker takes this result from the status file
+        target = None
     write_status(workdir, status)
     # the end's status string has no room for progress: the last one printed since the last look goes first
     if target is not None and progress is not None and progress != pushed_progress:

@@ -12,6 +12,7 @@ WORKFLOW_SUBMITTED     INFO      yes        a workflow was accepted and stored
 WORKFLOW_STATE         INFO      yes        the workflow's derived state changed (ERROR if failed)
 NODE_STATE             STATUS    no         a node changed state (ERROR if the new state is failed)
 NODE_EXPANDED          INFO      yes        a parameterized node expanded into its members
+NODE_SPAWNED           INFO      yes        a payload spawned nodes, now under its node (``@broker spawn``)
 NODE_OUTPUT            INFO      yes        a payload reported an output property
 NODE_PROGRESS          PROGRESS  no         a payload reported progress (percent and message)
 NODE_RETRY             INFO      no         a failed attempt will be retried after a backoff
@@ -45,6 +46,7 @@ class EventType(StrEnum):
     WORKFLOW_STATE = "WORKFLOW_STATE"
     NODE_STATE = "NODE_STATE"
     NODE_EXPANDED = "NODE_EXPANDED"
+    NODE_SPAWNED = "NODE_SPAWNED"
     NODE_OUTPUT = "NODE_OUTPUT"
     NODE_PROGRESS = "NODE_PROGRESS"
     NODE_RETRY = "NODE_RETRY"
@@ -59,6 +61,7 @@ LEVELS: dict[EventType, EventLevel] = {
     EventType.WORKFLOW_STATE: EventLevel.INFO,
     EventType.NODE_STATE: EventLevel.STATUS,
     EventType.NODE_EXPANDED: EventLevel.INFO,
+    EventType.NODE_SPAWNED: EventLevel.INFO,
     EventType.NODE_OUTPUT: EventLevel.INFO,
     EventType.NODE_PROGRESS: EventLevel.PROGRESS,
     EventType.NODE_RETRY: EventLevel.INFO,
@@ -68,7 +71,8 @@ LEVELS: dict[EventType, EventLevel] = {
 }
 
 METADATA: frozenset[EventType] = frozenset(
-    {EventType.WORKFLOW_SUBMITTED, EventType.WORKFLOW_STATE, EventType.NODE_EXPANDED, EventType.NODE_OUTPUT})
+    {EventType.WORKFLOW_SUBMITTED, EventType.WORKFLOW_STATE, EventType.NODE_EXPANDED, EventType.NODE_SPAWNED,
+     EventType.NODE_OUTPUT})
 
 
 def level_of(event_type: EventType, state: str | None = None) -> EventLevel:

@@ -40,7 +40,7 @@ class Attempt:
     """What the local launcher tracks about one started or adopted attempt (guarded by the launcher's lock)."""
 
     __slots__ = ("handle", "pid", "proc", "pidfd", "callbacks", "ended", "reason", "scan_offset", "outputs",
-                 "progress", "ignored", "legacy", "retry")
+                 "progress", "ignored", "legacy", "retry", "spawn")
 
     def __init__(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None, ended: bool = False,
                  legacy: bool = False):
@@ -64,6 +64,8 @@ class Attempt:
         self.outputs: dict = {}
         self.progress: tuple[float, str | None] | None = None
         self.ignored = 0
+        #: the file of the last ``@broker spawn`` report read
+        self.spawn: str | None = None
 
 
 class Adoption:

@@ -71,7 +71,7 @@ class LaunchHandle:
 class Report:
     """One ``@broker`` line a payload printed."""
 
-    #: "progress" or "output"
+    #: "progress", "output" or "spawn"
     kind: str
     #: progress percent (0..100) for "progress"
     percent: float | None = None
@@ -94,6 +94,27 @@ class AttemptResult:
     progress: tuple[float, str | None] | None = None
     #: one line saying what happened ("exit code 3", "killed after timeout of 5 s", ...)
     message: str = ""
+    #: the workflow fragment a succeeded payload spawned (``@broker spawn FILE``), None if it spawned none
+    spawn: Spawned | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A fragment named by ``@broker spawn``: its text, or why it could not be read (never both)."""
+
+    file: str
+    text: str | None = None
+    error: str | None = None
+
+
+def spawned(entry: Any) -> Spawned | None:
+    """The Spawned of a status file's (or the local launcher's) ``spawn`` entry; None when there is none."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        return None
+    text, error = entry.get("text"), entry.get("error")
+    if not isinstance(text, str):
+        return Spawned(entry["file"], None, str(error or "no fragment text"))
+    return Spawned(entry["file"], text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -351,6 +351,7 @@ class LocalLauncher(Adoption):
 
     def _fold(self, attempt: Attempt, found: elf.Scan) -> None:
         attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress)
+        attempt.spawn = elf.last_spawn(found.reports, attempt.spawn)
         attempt.ignored += found.ignored
         attempt.scan_offset = found.offset
 
@@ -375,9 +376,11 @@ class LocalLauncher(Adoption):
             outcome, message = base.LOST, "no exit status: the process disappeared"
             if attempt.proc is not None and attempt.proc.returncode is not None and attempt.proc.returncode < 0:
                 message += f" (its wrapper was killed by signal {-attempt.proc.returncode})"
+        # read as the elf reads it on remote hosts: no symlink followed, size-capped
+        spawned = elf.spawn_status(handle.workdir, attempt.spawn) if outcome == base.SUCCEEDED else None
         return AttemptResult(node_id=handle.node_id, attempt=handle.attempt, outcome=outcome,
                              exit_code=exit_code, outputs=dict(attempt.outputs), progress=attempt.progress,
-                             message=message + elf.ignored_note(attempt.ignored))
+                             message=message + elf.ignored_note(attempt.ignored), spawn=base.spawned(spawned))
 
 
 def _killpg(pgid: int, signum: int) -> None:

@@ -162,7 +162,8 @@ def status_result(handle: LaunchHandle, status: dict[str, Any] | None, override:
             message += " (command not found: is the interpreter installed?)"
     return AttemptResult(node_id=handle.node_id, attempt=handle.attempt, outcome=outcome, exit_code=exit_code,
                          outputs=dict(outputs) if isinstance(outputs, dict) else {},
-                         progress=(float(progress[0]), progress[1]) if progress else None, message=message)
+                         progress=(float(progress[0]), progress[1]) if progress else None, message=message,
+                         spawn=base.spawned(status.get("spawn")) if outcome == base.SUCCEEDED else None)
 
 
 def killed_by_broker(tracked: Tracked, item: dict[str, Any]) -> bool:

@@ -20,12 +20,13 @@ class MNode:
 
     __slots__ = ("id", "wf", "path", "template", "kind", "state", "attempt", "retries", "priority", "parent",
                  "deps", "children", "unfinished", "ok_units", "bad_units", "named_bad", "pending", "g_ok",
-                 "g_bad", "g_cancelled", "members", "bindings", "member_index", "name", "inside", "last_progress")
+                 "g_bad", "g_cancelled", "members", "bindings", "member_index", "name", "inside", "last_progress",
+                 "spawn")
 
     def __init__(self, id: int | None, wf: MWorkflow, path: str, template: str, kind: str, state: NodeState,
                  *, attempt: int = 0, retries: int = 0, priority: int = 0, parent: MNode | None = None,
                  members: int | None = None, bindings: tuple[tuple[str, str], ...] = (),
-                 member_index: int | None = None):
+                 member_index: int | None = None, spawn: dict[str, Any] | None = None):
         self.id = id
         self.wf = wf
         self.path = path
@@ -49,12 +50,15 @@ class MNode:
         #: (attempt, percent, message) of the last progress recorded: the same report arriving through both
         #: channels (the elf's push, the broker's read of the output) becomes one event
         self.last_progress: tuple[int, float, str | None] | None = None
+        #: the spawn record of an execute node whose payload spawned a fragment (broker.description.spawn)
+        self.spawn = spawn
         #: the node's id in the description (last path segment without a member index)
         self.name = path.rsplit("/", 1)[-1].split("[", 1)[0]
 
     @property
     def is_group(self) -> bool:
-        return self.kind == "member" or (self.kind == "sweep" and self.members is not None)
+        # members: what an expanded sweep expanded into, or what a node's payload spawned under it
+        return self.kind == "member" or self.members is not None
 
     @property
     def counted(self) -> bool:
@@ -63,7 +67,7 @@ class MNode:
 
     def units(self) -> tuple[int, int]:
         """(ok, bad) units this node contributes to a dependant's failure constraint once terminal."""
-        if self.kind == "sweep" and self.members is not None:
+        if self.members is not None and self.kind != "member":  # a sweep's member, a spawned node: one unit each
             return self.g_ok, self.members - self.g_ok
         return (1, 0) if self.state is NodeState.SUCCEEDED else (0, 1)
 

@@ -30,7 +30,7 @@ def load_workflow(s: Session, mirror: Mirror, quota: NodeQuota, workflow_id: int
     owner = s.execute(select(User.name).where(User.id == row.owner_id)).scalar_one()
     nodes = s.execute(select(NODES.c.id, NODES.c.path, NODES.c.template, NODES.c.kind, NODES.c.parent_id,
                              NODES.c.member_index, NODES.c.bindings, NODES.c.state, NODES.c.priority,
-                             NODES.c.attempt, NODES.c.retries, NODES.c.members)
+                             NODES.c.attempt, NODES.c.retries, NODES.c.members, NODES.c.spawn)
                       .where(NODES.c.workflow_id == workflow_id)).all()
     dt_ = Dependency.__table__
     edges = s.execute(select(dt_.c.parent_id, dt_.c.child_id)

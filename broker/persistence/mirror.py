@@ -18,7 +18,8 @@ from typing import Any
 
 from broker.errors import StateError
 from broker.events.types import EventType
-from broker.persistence import attempts
+from broker.description import spawn as fragments
+from broker.persistence import attempts, spawning
 from broker.persistence.graph import MNode, MWorkflow
 from broker.rules import Decision, decide, group_outcome, skip_message
 from broker.states import TERMINAL, NodeState, WorkflowState, check_transition, derive_workflow_state
@@ -45,7 +46,9 @@ class Mirror:
         for r in node_rows:
             node = MNode(r.id, wf, r.path, r.template, r.kind, NodeState(r.state), attempt=r.attempt, retries=r.retries,
                          priority=r.priority, members=r.members, member_index=r.member_index,
-                         bindings=tuple(tuple(p) for p in r.bindings) if r.bindings else ())
+                         bindings=tuple(tuple(p) for p in r.bindings) if r.bindings else (), spawn=r.spawn)
+            if r.spawn is not None:
+                wf.templates.update(fragments.templates(r.spawn, r.template, r.id))
             by_id[node.id] = node
             if r.parent_id is not None:
                 parents.append((node, r.parent_id))
@@ -309,6 +312,10 @@ class Mirror:
     def restart(self, wf: MWorkflow, targets: Iterable[MNode] | None, batch: Any, *, actor: str) -> int:
         """Fresh attempts for failed, cancelled and skipped nodes (and their dependants); returns how many."""
         again = (NodeState.FAILED, NodeState.CANCELLED, NodeState.SKIPPED)
+        targets = None if targets is None else list(targets)
+        for target in targets or ():
+            if target.kind == "node" and target.members is not None and target.state in again:
+                spawning.discard(self, target, batch)  # it spawns afresh from its next attempt
         if targets is None:
             chosen = [n for n in wf.nodes if not n.is_group and n.state in again]
         else:

@@ -191,8 +191,11 @@ class Node(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     #: automatic retries used since the node last started afresh (a restart resets it)
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    #: for a parameterized node: how many members it expanded into (None: not expanded yet)
+    #: for a parameterized node: how many members it expanded into (None: not expanded yet); for an execute
+    #: node whose payload spawned a fragment: how many nodes that added under it
     members: Mapped[int | None] = mapped_column(Integer)
+    #: the fragment the current attempt spawned: {"file", "attempt", "nodes" (the specs' JSON form)}
+    spawn: Mapped[Any | None] = mapped_column(JSON)
     #: the work directory of the current attempt
     workdir: Mapped[str | None] = mapped_column(String(4096))
     #: the last progress the payload reported, in percent

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, bindparam, delete, func, or_, select
+from sqlalchemy import Select, and_, bindparam, delete, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -41,8 +41,9 @@ DELETE_CHUNK = 500
 
 
 def counted() -> Any:
-    """SQL condition of the work-carrying nodes (execute nodes, unexpanded sweeps), as the engine counts."""
-    return or_(Node.kind == "node", and_(Node.kind == "sweep", Node.members.is_(None)))
+    """SQL condition of the work-carrying nodes (execute nodes, unexpanded sweeps), as the engine counts: an
+    expanded sweep and a node that spawned (``members`` set) are groups, as members are."""
+    return and_(Node.kind != "member", Node.members.is_(None))
 
 
 # ------------------------------------------------------------------------------------------- lookups
@@ -111,7 +112,7 @@ def _status_statements() -> tuple[Any, Any, Any]:
     nodes = Node.__table__
     events = Event.__table__
     counted_nodes = and_(nodes.c.workflow_id == wf.c.id,
-                         or_(nodes.c.kind == "node", and_(nodes.c.kind == "sweep", nodes.c.members.is_(None))))
+                         nodes.c.kind != "member", nodes.c.members.is_(None))
     last = select(events.c.id, events.c.time).where(events.c.workflow_id == wf.c.id) \
         .order_by(events.c.id.desc()).limit(1)
     columns = (wf.c.id, wf.c.owner_id, wf.c.state, wf.c.submitted_at,

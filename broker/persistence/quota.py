@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from broker.description.checks import body_node_count
-from broker.description.model import SweepSpec
+from broker.description.checks import body_node_count, expanded_node_count
+from broker.description.model import SweepSpec, WorkflowSpec, nodes_from_data
 from broker.errors import LimitExceeded
 from broker.persistence.graph import MNode
 from broker.persistence.mirror import Mirror
@@ -72,6 +72,15 @@ class NodeQuota:
             raise LimitExceeded(f"a workflow of {nodes:,} nodes would bring the unfinished workflows of user "
                                 f"{owner} to {total:,} nodes, limit {most:,} ([limits] max_nodes_per_user)")
 
+    def refuse_spawn(self, s: Session, mirror: Mirror, node: MNode) -> str | None:
+        """Why the fragment ``node`` spawned may not be added (None: it may), as for an expansion: the
+        workflow's nodes against ``max_nodes``, its owner's against ``max_nodes_per_user``, the fragment's
+        sweeps expanded statically."""
+        if self.limits is None or node.spawn is None:
+            return None
+        adding = expanded_node_count(WorkflowSpec("spawn", nodes_from_data(node.spawn["nodes"])))
+        return self._refuse(s, mirror, node, adding, f"node '{node.path}': spawning {adding:,} nodes")
+
     def refuse_expansion(self, s: Session, mirror: Mirror, sweep: MNode, members: int) -> str | None:
         """Why ``sweep`` may not expand into ``members`` members (None: it may), checked before anything is
         written: the workflow's nodes against ``max_nodes``, its owner's against ``max_nodes_per_user``."""
@@ -80,7 +89,10 @@ class NodeQuota:
         spec = sweep.wf.templates[sweep.template]
         assert isinstance(spec, SweepSpec)
         adding = members * body_node_count(spec)
-        who = f"parameterized node '{sweep.path}': expanding {members:,} members"
+        return self._refuse(s, mirror, sweep, adding, f"parameterized node '{sweep.path}': expanding {members:,} members")
+
+    def _refuse(self, s: Session, mirror: Mirror, sweep: MNode, adding: int, who: str) -> str | None:
+        assert self.limits is not None
         total, most = sweep.wf.size + adding, self.limits.max_nodes
         if total > most:
             return f"{who} would make {total:,} nodes, limit {most:,} ([limits] max_nodes)"

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from broker.persistence.graph import MNode
 
 #: node columns holding JSON, and datetimes (converted for the driver)
-JSON_COLUMNS = frozenset({"outputs", "bindings", "properties"})
+JSON_COLUMNS = frozenset({"outputs", "bindings", "properties", "spawn"})
 TIME_COLUMNS = frozenset({"retry_at", "started_at", "finished_at", "time", "applied_at", "created_at", "queued_at"})
 BOOL_COLUMNS = frozenset({"cancel_requested"})
 
@@ -96,6 +96,15 @@ class RawWriter:
         sql, converters = cached
         cursor.executemany(sql, [tuple(values[c] if f is None else f(values[c]) for c, f in converters) + (row_id,)
                                  for row_id, values in rows])
+
+    def delete_nodes(self, cursor: Any, ids: Sequence[int]) -> None:
+        """Delete node rows and their dependency edges (elf sessions go with them through their foreign key)."""
+        for start in range(0, len(ids), CHUNK_ROWS):
+            chunk = list(ids[start:start + CHUNK_ROWS])
+            marks = ", ".join([self.mark] * len(chunk))
+            cursor.execute(f"DELETE FROM dependencies WHERE parent_id IN ({marks}) OR child_id IN ({marks})",
+                           chunk + chunk)
+            cursor.execute(f"DELETE FROM nodes WHERE id IN ({marks})", chunk)
 
     def next_ids(self, cursor: Any, table: str, count: int) -> list[int]:
         """``count`` fresh ids of ``table``, increasing (the writer is the only one taking them)."""
@@ -190,6 +199,8 @@ class RawWriter:
             if batch.controls:
                 self.update(cursor, "control", ("applied_at", "result"),
                            [(i, {"applied_at": batch.now, "result": r}) for i, r in batch.controls])
+            if batch.deleted:
+                self.delete_nodes(cursor, batch.deleted)
         finally:
             cursor.close()
 
@@ -207,7 +218,7 @@ class RawWriter:
         """Insert the members and body nodes of expansions, then their edges, with ids taken up front."""
         cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            members = [m for m, _, _ in batch.creations]
+            members = [m for m, _, _ in batch.creations if m is not None]
             for member, new_id in zip(members, self.next_ids(cursor, "nodes", len(members))):
                 member.id = new_id
             self.insert(cursor, "nodes", NODE_COLUMNS, (_node_row(m, batch) for m in members))

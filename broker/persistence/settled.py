@@ -45,7 +45,7 @@ def refusal(s: Session, change: Any, node_id: int) -> BrokerError | None:
             return BrokerError(f"stale report for attempt {change.attempt} of '{row.path}' (now {row.attempt})")
         if change.to is NodeState.FAILED and change.retryable:
             return None  # the reason names the retry policy's verdict: the mirror's to give
-        group = row.kind == "member" or (row.kind == "sweep" and row.members is not None)
+        group = row.kind == "member" or row.members is not None
         try:
             check_transition(state, change.to, group=group)
         except StateError as exc:

@@ -9,6 +9,7 @@ applied one by one, so one bad change cannot block the others.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -24,7 +25,7 @@ from broker.crashpoints import crash_point
 from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.events.types import EventType
-from broker.persistence import acted, loading, removal, settled
+from broker.persistence import acted, loading, removal, settled, spawning
 from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed,
                                         DeleteWorkflows, Expansion, MarkControl, Moved, Note,
                                         Rejected, Reported, Restart, Submit, Track, Transition, WorkflowInfo,
@@ -121,7 +122,9 @@ class Store:
             self._stop_failing(batch)
             self._derive(batch)
             self._sql(s).write(s, batch)
-            if batch.expanded:
+            if batch.spawned:
+                crash_point("spawn")
+            elif batch.expanded:
                 crash_point("expansion")
         for wf in [w for w in batch.touched.values() if w.state in WORKFLOW_TERMINAL]:
             # finished workflows leave the mirror (also one loaded for a command, e.g. cancel of an ended one)
@@ -179,6 +182,18 @@ class Store:
             to = self._retry_or_fail(node, fields, batch, ch.actor)
         if "retries" in fields:
             node.retries = fields["retries"]
+        if "spawn" in fields:  # the fragment comes with the result that spawned it (kept through a stage-out)
+            node.spawn = fields["spawn"]
+        if to is NodeState.SUCCEEDED and spawning.pending(node):
+            refusal = self.quota.refuse_spawn(s, self.mirror, node)
+            if refusal is None:
+                batch.expanded.append((node, spawning.spawn(self.mirror, node, batch, actor=ch.actor,
+                                                            message=ch.message, fields=fields)))
+                if ch.then is not None:
+                    out.followups.append(ch.then)
+                return
+            to, fields["spawn"], node.spawn = NodeState.FAILED, None, None
+            ch = dataclasses.replace(ch, message=refusal)
         self.mirror.transition(node, to, batch, actor=ch.actor, message=ch.message, fields=fields,
                                new_attempt=ch.new_attempt)
         if ch.then is not None:
@@ -335,6 +350,9 @@ class Store:
             Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,
                   retry_at=batch.node_cols.get(id(n), (None, {}))[1].get("retry_at"))
             for n, old, new in batch.moved if not n.is_group)
+        # a spawning node's attempt is over although the node now runs on as a group: its slot is free
+        moved += tuple(Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=NodeState.SUCCEEDED, attempt=n.attempt)
+                       for n, old in batch.spawned if old in IN_FLIGHT)
         tracked = tuple(
             WorkflowInfo(workflow_id=wf.id, global_id=wf.global_id, owner=wf.owner, priority=wf.priority,
                          max_in_flight=wf.max_in_flight, on_failure=wf.constraint.on_failure, state=wf.state,

@@ -30,8 +30,12 @@ class WriteSet:
         self.wf_cols: dict[int, tuple[MWorkflow, dict[str, Any]]] = {}
         #: event rows (without ids) and their destinations
         self.events: list[tuple[dict[str, Any], list[str]]] = []
-        #: (member, body, edges) to insert, in order
-        self.creations: list[tuple[MNode, list[MNode], tuple[tuple[int, int], ...]]] = []
+        #: (member, body, edges) to insert, in order; member None: nodes a payload spawned (no member row)
+        self.creations: list[tuple[MNode | None, list[MNode], tuple[tuple[int, int], ...]]] = []
+        #: (node, its state before) of nodes that became the group of what their payload spawned
+        self.spawned: list[tuple[MNode, Any]] = []
+        #: ids of node rows to delete (what a restarted spawning node had spawned)
+        self.deleted: list[int] = []
         #: (sweep, created nodes) whose rows must exist before they start
         self.expanded: list[tuple[MNode, list[MNode]]] = []
         self.ready: list[MNode] = []
@@ -74,7 +78,7 @@ class WriteSet:
             entry[1].update(cols)
         self.touched[wf.id] = wf
 
-    def create(self, member: MNode, body: list[MNode], edges: tuple[tuple[int, int], ...]) -> None:
+    def create(self, member: MNode | None, body: list[MNode], edges: tuple[tuple[int, int], ...]) -> None:
         self.creations.append((member, body, edges))
 
     def event(self, wf: MWorkflow | None, event_type: EventType, *, actor: str, node: MNode | None = None,

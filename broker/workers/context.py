@@ -16,9 +16,40 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker import memory
 from broker.config import Settings
+from broker.description import spawn
 from broker.description.model import AnyNode, WorkflowSpec, from_json, walk
 from broker.launchers.base import Launcher
-from broker.persistence.models import Workflow
+from broker.persistence.models import Node, Workflow
+
+
+class Templates(dict):  # type: ignore[type-arg]
+    """Template path -> spec: the description's, then, looked up on first use, those of spawned fragments.
+
+    A spawned node's template names its spawner and attempt (broker.description.spawn): a miss loads that
+    spawn's record from the spawner's row, committed before any of its nodes could be looked up.
+    """
+
+    def __init__(self, base: dict[str, AnyNode], session_factory: sessionmaker[Session]):
+        super().__init__(base)
+        self._session_factory = session_factory
+
+    def __missing__(self, key: str) -> AnyNode:
+        found = spawn.owner(key)
+        if found is None:
+            raise KeyError(key)
+        node_id, attempt = found
+        with self._session_factory() as s:
+            row = s.execute(select(Node.template, Node.spawn).where(Node.id == node_id)).one_or_none()
+        if row is None or not row.spawn or row.spawn.get("attempt") != attempt:
+            raise KeyError(key)
+        self.update(spawn.templates(row.spawn, row.template, node_id))
+        return dict.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +76,7 @@ class PlanCache:
         with self._session_factory() as s:
             row = s.execute(select(Workflow.global_id, Workflow.plan).where(Workflow.id == workflow_id)).one()
         spec = from_json(row.plan)
-        plan = Plan(workflow_id, row.global_id, spec, dict(walk(spec.nodes)))
+        plan = Plan(workflow_id, row.global_id, spec, Templates(dict(walk(spec.nodes)), self._session_factory))
         with self._lock:
             self._plans.setdefault(workflow_id, plan)
         return self._plans[workflow_id]

@@ -22,6 +22,7 @@ EXPECTED = {
     "tolerance.xml": (2, 1, 12),
     "failing.xml": (5, 0, 5),
     "arguments.xml": (2, 1, 5),  # the sweep counted with its argument's default, three sizes
+    "spawn.xml": (2, 0, 2),
 }
 
 
