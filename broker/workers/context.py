@@ -43,6 +43,8 @@ class Templates(dict):  # type: ignore[type-arg]
         if row is None or not row.spawn or row.spawn.get("attempt") != attempt:
             raise KeyError(key)
         self.update(spawn.templates(row.spawn, row.template, node_id))
+        if key not in self:  # the spawner's own path (a lookup of a parent's template), not one it spawned
+            raise KeyError(key)
         return dict.__getitem__(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:
