@@ -364,11 +364,17 @@ def read_spawn(workdir: str, name: str, max_bytes: int = MAX_SPAWN_BYTES) -> Tup
             return None, "cannot open it: %s" % (exc.strerror or exc)
     finally:
         os.close(fd)
-    with os.fdopen(file_fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):  # a directory, a FIFO (opened without blocking)...
             return None, "it is not a regular file"
-        data = handle.read(max_bytes + 1)
+        data = b""
+        while len(data) <= max_bytes:
+            chunk = os.read(file_fd, max_bytes + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(file_fd)
     if len(data) > max_bytes:
         return None, "it is larger than %d bytes" % max_bytes
     try:

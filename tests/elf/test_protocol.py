@@ -122,3 +122,45 @@ def test_fold_keeps_the_last_progress_and_the_latest_value_of_each_output():
     progress = elf.fold([ElfReport("output", None, "a", 1), ElfReport("progress", 10.0, "x"),
                          ElfReport("output", None, "a", 2), ElfReport("progress", 20.0, None)], outputs, None)
     assert outputs == {"a": 2} and progress == (20.0, None)
+
+
+# ------------------------------------------------------------------------------------------------ spawn
+
+def test_a_spawn_line_names_a_file_and_the_last_one_wins():
+    assert parse_report_line("@broker spawn more.xml") == ElfReport("spawn", None, "more.xml")
+    assert parse_report_line("@broker spawn ../x.xml").text == "../x.xml"  # a spawn: reading it says why not
+    assert parse_report_line("@broker spawn two words") is None
+    assert parse_report_line("@broker spawn " + "x" * 1025) is None
+    reports = [parse_report_line(line) for line in ("@broker spawn a.xml", "@broker output n=1", "@broker spawn b.xml")]
+    outputs: dict = {}
+    assert elf.fold(reports, outputs, None) is None and outputs == {"n": 1}  # a spawn is no progress
+    assert elf.last_spawn(reports) == "b.xml" and elf.last_spawn([], "a.xml") == "a.xml"
+
+
+def test_a_spawned_fragment_is_read_only_inside_the_work_directory_without_symlinks_and_size_capped(tmp_path):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "sub" / "f.xml").write_text("<workflow/>")
+    outside = tmp_path / "secret.xml"
+    outside.write_text("secret")
+    (work / "link.xml").symlink_to(outside)
+    (work / "dir").symlink_to(tmp_path)
+    (work / "big.xml").write_bytes(b"x" * 11)
+    (work / "fifo").mkdir()
+
+    def read(name: str, cap: int = elf.MAX_SPAWN_BYTES):
+        return elf.read_spawn(str(work), name, cap)
+
+    assert read("sub/f.xml") == ("<workflow/>", None)
+    assert read("link.xml") == (None, "it is a symlink (not followed)")
+    assert read("dir/secret.xml") == (None, "dir: not a directory inside the work directory (a symlink is not "
+                                            "followed)")
+    assert read("../secret.xml") == (None, "the file name must not have empty, '.' or '..' segments")
+    assert read("sub/./f.xml")[1] == "the file name must not have empty, '.' or '..' segments"
+    assert read(str(outside)) == (None, "the file name must be relative to the work directory")
+    assert read("bad\x1bname")[1] == "the file name has control characters"
+    assert read("big.xml", 10) == (None, "it is larger than 10 bytes")
+    assert read("big.xml", 11) == ("x" * 11, None)
+    assert read("fifo") == (None, "it is not a regular file")
+    assert elf.spawn_status(str(work), "link.xml") == {"file": "link.xml", "error": "it is a symlink (not followed)"}
+    assert elf.spawn_status(str(work), None) is None

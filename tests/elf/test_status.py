@@ -10,7 +10,7 @@ def test_a_status_written_is_read_back(tmp_path):
                                  "outputs": {"n": [1, "é"]}})
     status = read_status(str(tmp_path), attempt=2, session="wf-x/a")
     assert status["outcome"] == "succeeded" and status["outputs"] == {"n": [1, "é"]}
-    assert status["version"] == 1
+    assert status["version"] == 2  # 2: the spawn entry
 
 
 def test_a_second_write_replaces_the_first_and_leaves_no_temporary_file(tmp_path):

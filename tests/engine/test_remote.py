@@ -244,3 +244,22 @@ def test_a_broker_killed_mid_run_never_submits_a_job_twice_and_all_complete(migr
     assert "resuming" in rerun.stdout
     submitted = [line for line in (shims / "calls.log").read_text().splitlines() if line.startswith("sbatch")]
     assert len(submitted) - before == 12  # one submission per node, crash or not
+
+
+def test_a_fragment_spawned_on_the_ssh_host_is_fetched_with_the_result_and_its_nodes_run_there(remote, sshd):
+    fragment = ('<workflow xmlns="urn:workflow-broker:workflow:1.0" name="more">'
+                '<node id="child"><payload type="sh">echo "@broker output who=\\"$(id -un)\\""</payload>'
+                '<output name="who"/></node></workflow>')
+    doc = workflow(on("sshtest", f"""
+      <node id="plan"><payload type="sh"><![CDATA[printf '%s\\n' '{fragment}' > "$WB_WORKDIR/f.xml"
+        echo "@broker spawn f.xml"]]></payload></node>
+      <node id="link"><payload type="sh">ln -s /etc/hostname "$WB_WORKDIR/l.xml"; echo "@broker spawn l.xml"</payload>
+      </node>"""))
+    wf, state = run(remote, doc)
+    nodes = remote.nodes(wf)
+    assert (nodes["plan"].state, nodes["plan"].members) == ("succeeded", 1), nodes["plan"].message
+    assert nodes["plan/child"].state == "succeeded" and nodes["plan/child"].outputs["who"] == sshd.user
+    assert nodes["plan/child"].host.endswith("@sshtest")
+    # read on the host by the elf, which follows no symlink there either
+    assert nodes["link"].message == "the spawned fragment l.xml could not be read: it is a symlink (not followed)"
+    assert state is WorkflowState.FAILED
