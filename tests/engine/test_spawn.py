@@ -145,3 +145,18 @@ def test_a_spawned_node_may_spawn_again_up_to_the_spawn_depth(make_broker, tmp_p
     nodes = broker.nodes(wf)
     assert nodes["top/mid/again"].message == ("the spawned fragment more.xml was refused: more.xml:1:0: spawned 3 "
                                               "levels deep, limit 2 ([limits] max_spawn_depth)")
+
+
+def test_a_spawning_node_with_a_stage_out_adds_its_nodes_once_the_stage_out_is_done(broker, tmp_path):
+    source = fragment(tmp_path, f'<node id="a"><payload type="sh">{marker(tmp_path, "a")}</payload></node>')
+    wf, state = broker.run(workflow(f"""
+      <node id="plan">{spawner(str(source))}<stageOut source="more.xml" target="file://{tmp_path}/copy.xml"/></node>
+      <node id="after"><dependsOn node="plan"/><payload type="sh">true</payload></node>"""))
+    assert state is WorkflowState.SUCCEEDED
+    nodes = broker.nodes(wf)
+    assert (tmp_path / "copy.xml").read_text() == source.read_text()
+    assert nodes["plan"].members == 1 and lines(tmp_path, "a") == ["plan/a 1"]
+    assert nodes["after"].state == "succeeded"
+    staged = [e for e in broker.events(wf) if e.node_path == "plan" and e.state == "staging_out"]
+    spawned = [e for e in broker.events(wf) if e.type == "NODE_SPAWNED"]
+    assert staged and spawned and staged[0].id < spawned[0].id
