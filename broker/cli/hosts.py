@@ -30,7 +30,7 @@ def hosts_command(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _limits(limits: Any) -> str:
-    from broker.resources.catalogue import size_text
+    from broker.resources.placement import size_text
 
     shown = [f"{what} {value}" for what, value in (("nodes", limits.nodes), ("cores", limits.cores)) if value]
     if limits.memory:

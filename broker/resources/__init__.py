@@ -19,6 +19,7 @@ from broker.config import Settings
 from broker.description.model import Scheduling
 from broker.errors import ResourceError
 from broker.resources import catalogue as cat
+from broker.resources import placement
 from broker.resources.accounts import Account, AccountMap
 from broker.resources.catalogue import Catalogue, Host
 
@@ -65,8 +66,8 @@ class Resources:
     # --------------------------------------------------------------------------------- scheduling aids
 
     def resolve(self, workflow_resources: Sequence[str], scheduling: Scheduling, node: str = "") -> Host:
-        """The host a node runs on (see :func:`broker.resources.catalogue.resolve`)."""
-        return cat.resolve(workflow_resources, scheduling, self.catalogue, node)
+        """The host a node runs on (see :func:`broker.resources.placement.resolve`)."""
+        return placement.resolve(workflow_resources, scheduling, self.catalogue, node)
 
     def max_jobs(self, host_name: str) -> int:
         """Most jobs in flight on the host at once; 0: no per-host limit."""

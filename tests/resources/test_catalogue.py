@@ -11,7 +11,9 @@ from broker.config import Settings
 from broker.description.model import Scheduling
 from broker.errors import ConfigError, ResourceError
 from broker.resources import catalogue as cat
-from broker.resources.catalogue import CatalogueError, load_catalogue, parse_catalogue, resolve
+from broker.resources import placement
+from broker.resources.catalogue import CatalogueError, load_catalogue, parse_catalogue
+from broker.resources.placement import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 NS = 'xmlns="urn:workflow-broker:hosts:1.0"'
@@ -192,7 +194,7 @@ def test_a_node_without_hosts_goes_to_the_default_host(hosts):
 def test_the_workflow_resources_restrict_and_the_first_that_fits_wins(hosts):
     assert resolve(("lab", "hpc"), Scheduling(cores=16), hosts).name == "lab"
     assert resolve(("lab", "hpc"), Scheduling(cores=64), hosts).name == "hpc"
-    assert [h.name for h in cat.candidates(("laptop", "lab", "hpc"), Scheduling(cores=8), hosts)] == ["lab", "hpc"]
+    assert [h.name for h in placement.candidates(("laptop", "lab", "hpc"), Scheduling(cores=8), hosts)] == ["lab", "hpc"]
 
 
 def test_a_node_naming_its_own_hosts_overrides_the_workflow_resources(hosts):
@@ -202,7 +204,7 @@ def test_a_node_naming_its_own_hosts_overrides_the_workflow_resources(hosts):
 def test_queues_and_directives_need_a_batch_host_that_offers_them(hosts):
     assert resolve(("lab", "hpc"), Scheduling(queue="gpu"), hosts).name == "hpc"
     assert resolve(("lab", "hpc"), Scheduling(directives=(("qos", "high"),)), hosts).name == "hpc"
-    assert cat.unsatisfied(hosts.get("hpc"), Scheduling(queue="bigmem")) == \
+    assert placement.unsatisfied(hosts.get("hpc"), Scheduling(queue="bigmem")) == \
         "has no queue 'bigmem' (queues: normal, gpu)"
 
 
