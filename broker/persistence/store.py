@@ -176,6 +176,9 @@ class Store:
         node = self._node(s, ch.node_id, batch, ch)
         if ch.attempt is not None and ch.attempt != node.attempt:
             raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (now {node.attempt})")
+        if ch.attempt is not None and node.kind == "node" and node.is_group:
+            # its attempt's result was applied (it spawned): a second copy must not end the group it became
+            raise BrokerError(f"stale report for attempt {ch.attempt} of '{node.path}' (its result spawned nodes)")
         fields = dict(ch.fields)
         to = ch.to
         if to is NodeState.FAILED and ch.retryable:

@@ -127,3 +127,27 @@ def test_a_retryable_failure_is_a_field_of_the_transition_and_its_policy_decides
         assert (r.state, r.retries, r.exit_code) == (NodeState.RETRY_WAIT.value, 1, 3)
         assert r.retry_at is not None
         assert (f.state, f.retries) == (NodeState.FAILED.value, 0)  # not retryable: failed, whatever the policy
+
+
+def test_a_spawn_is_applied_with_its_result_once_and_a_second_copy_of_that_result_is_refused(sessions):
+    from broker.description.spawn import record
+    from broker.persistence.changes import Rejected
+
+    store = Store(sessions)
+    ids = ready_nodes(sessions, store, "p")
+    store.commit([Transition(node_id=ids["p"], to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True)])
+    spawned = record("f.xml", 1, (node("x"), node("y", "x")))
+    result = Transition(node_id=ids["p"], to=NodeState.SUCCEEDED, actor="monitoring", attempt=1,
+                        fields=(("exit_code", 0), ("spawn", spawned)), reply_to="monitoring")
+    out = store.commit([result])
+    # the attempt is over (its slot is freed) although the node runs on as the group of what it spawned
+    assert [(m.old, m.new) for m in out.committed.moved if m.node_id == ids["p"]] == [
+        (NodeState.QUEUED, NodeState.SUCCEEDED)]
+    assert [r.path for r in out.committed.ready] == ["p/x"]
+    again = store.commit([result])
+    assert [type(reply) for _, reply in again.replies] == [Rejected]
+    with sessions() as s:
+        rows = {n.path: n for n in s.scalars(select(Node))}
+    assert {p: (n.state, n.template) for p, n in rows.items()} == {
+        "p": ("running", "p"), "p/x": ("ready", "p@%d.1/x" % ids["p"]), "p/y": ("waiting", "p@%d.1/y" % ids["p"])}
+    assert rows["p"].members == 2 and rows["p"].exit_code == 0 and rows["p"].spawn == spawned
