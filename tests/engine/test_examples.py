@@ -93,3 +93,14 @@ def test_every_transition_has_its_event_in_commit_order(broker, name):
         if e.type == "NODE_STATE":
             last[e.node_path] = e.state
     assert last == {p: n.state for p, n in broker.nodes(wf).items()}
+
+
+def test_spawn_adds_the_fragment_under_plan_and_report_runs_after_every_spawned_node(broker):
+    wf, state = run_example(broker, "spawn")
+    assert state is WorkflowState.SUCCEEDED
+    nodes = broker.nodes(wf)
+    spawned = [p for p in nodes if p.startswith("plan/")]
+    assert sorted(spawned) == ["plan/fetch", "plan/fit", "plan/fit[0]", "plan/fit[0]/run", "plan/fit[1]",
+                               "plan/fit[1]/run", "plan/fit[2]", "plan/fit[2]/run", "plan/merge"]
+    assert nodes["plan"].members == 3
+    assert nodes["report"].started_at >= nodes["plan/merge"].finished_at
