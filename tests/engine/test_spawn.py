@@ -160,3 +160,18 @@ def test_a_spawning_node_with_a_stage_out_adds_its_nodes_once_the_stage_out_is_d
     staged = [e for e in broker.events(wf) if e.node_path == "plan" and e.state == "staging_out"]
     spawned = [e for e in broker.events(wf) if e.type == "NODE_SPAWNED"]
     assert staged and spawned and staged[0].id < spawned[0].id
+
+
+def test_restarting_the_workflow_gives_failed_spawned_nodes_a_fresh_attempt_without_spawning_again(broker, tmp_path):
+    flag = tmp_path / "fixed"
+    source = fragment(tmp_path, f'<node id="flaky"><payload type="sh">{marker(tmp_path, "flaky")}; '
+                                f'test -e "{flag}"</payload></node>')
+    wf, state = broker.run(workflow(f"""
+      <node id="plan">{spawner(str(source), before=marker(tmp_path, "plan") + "; ")}</node>
+      <node id="after"><dependsOn node="plan"/><payload type="sh">true</payload></node>"""))
+    assert state is WorkflowState.FAILED
+    flag.touch()
+    broker.engine.restart(wf, "user:alice")
+    assert broker.wait(wf) is WorkflowState.SUCCEEDED
+    assert broker.node_states(wf) == {"plan": "succeeded", "plan/flaky": "succeeded", "after": "succeeded"}
+    assert lines(tmp_path, "plan") == ["plan 1"] and lines(tmp_path, "flaky") == ["plan/flaky 1", "plan/flaky 2"]
