@@ -4,7 +4,7 @@ nodes are named.
 A fragment is a ``<workflow>`` document (the same schema) whose nodes, sweeps included, depend only on each
 other: a ``dependsOn`` naming a node outside it is the usual unknown-node problem. Profiles may be declared
 and used; workflow-wide settings (resources, failure constraint, priority, event level, maxInFlight,
-publishMetadataTo) belong to the workflow it joins and are refused. The nodes are added under the spawning
+publishMetadataTo, parameters) belong to the workflow it joins and are refused. The nodes are added under the spawning
 node: node paths ``<spawner>/<id>``, template paths ``<spawner template>@<spawner id>.<attempt>/<id>`` (the
 ``@`` mark keeps each spawn's templates apart: spawners inside sweep members share a template but spawn
 different fragments, and a restarted spawner spawns anew).
@@ -58,7 +58,7 @@ def record(file: str, attempt: int, nodes: tuple[AnyNode, ...]) -> dict[str, Any
 def _workflow_wide(spec: WorkflowSpec, line: int, file: str) -> list[Problem]:
     defaults = WorkflowSpec(name=spec.name, nodes=spec.nodes)
     wide = [name for name in ("resources", "failure", "priority", "event_level", "max_in_flight",
-                              "publish_metadata_to") if getattr(spec, name) != getattr(defaults, name)]
+                              "publish_metadata_to", "parameters") if getattr(spec, name) != getattr(defaults, name)]
     return [Problem(file, line, 0, f"a spawned fragment adds nodes only: workflow-wide {name.replace('_', ' ')} "
                                    "belongs to the workflow it joins") for name in wide]
 
