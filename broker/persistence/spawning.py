@@ -16,6 +16,7 @@ from broker.description import spawn as fragments
 from broker.description.model import nodes_from_data
 from broker.events.types import EventType
 from broker.ids import join_path
+from broker.persistence import attempts
 from broker.persistence.graph import MNode
 from broker.states import NodeState
 
@@ -42,6 +43,8 @@ def spawn(mirror: Any, node: MNode, batch: Any, *, actor: str, message: str | No
         batch.update(node, cols)
     else:  # queued (ended between two polls) or staging out
         mirror._move(node, NodeState.RUNNING, batch, actor=actor, message=message, fields=cols)
+    # its attempt ended well: the attempt's row closes as it would at a plain success (before it is a group)
+    attempts.record(batch, node, NodeState.RUNNING, NodeState.SUCCEEDED, {**cols, "message": message}, False)
     wf.count(NodeState.RUNNING, -1)  # a group: it stops counting as work
     body = [MNode(None, wf, join_path(node.path, spec.id), f"{prefix}/{spec.id}", spec.kind, NodeState.WAITING,
                   priority=spec.priority, parent=node) for spec in nodes]

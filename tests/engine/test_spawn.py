@@ -40,6 +40,10 @@ def test_spawned_nodes_run_under_the_node_and_its_dependants_wait_for_all_of_the
     assert spawned == {"plan/a", "plan/s", "plan/s[0]", "plan/s[1]", "plan/s[0]/run", "plan/s[1]/run", "plan/b"}
     plan = nodes["plan"]
     assert (plan.state, plan.members, plan.exit_code, plan.attempt) == ("succeeded", 3, 0, 1)
+    from broker.persistence.attempts import attempts_of
+
+    with broker.sessions() as s:  # its one attempt is recorded as any attempt that succeeded
+        assert [(a.number, a.outcome, a.exit_code) for a in attempts_of(s, plan.id)] == [(1, "succeeded", 0)]
     assert all(nodes[p].parent_id == plan.id for p in ("plan/a", "plan/s", "plan/b"))
     # the dependant waited for every spawned node, as for a sweep's members
     assert nodes["after"].started_at >= max(nodes[p].finished_at for p in spawned)
