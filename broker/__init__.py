@@ -12,6 +12,7 @@ The data path runs one way, and the package tree follows it::
     persistence/  SQLAlchemy models, the writer and repository (the only writers of state), migrations
     events/       event types and documents, the outbox relay to STOMP
     api/          the SOAP API of ``broker serve`` (spyne: core at /broker, admin at /admin; elf push channel)
+    ui/           the web dashboard of ``broker serve`` at /ui/: workflows, graphs, nodes, events, actions
     admin/        archive and delete finished workflows, service state (shared by the CLI and the API)
     cli/          the ``broker`` command
     client/       the Python client: ``Client`` over the SOAP API (zeep), or ``Client.local`` in-process

@@ -1,5 +1,5 @@
-"""The WSGI application in front of the edge: ``/health``, ``/metrics``, the API calls' figures, and the
-answer while the services are not built yet.
+"""The WSGI application in front of the edge: ``/health``, ``/metrics``, the dashboard under ``/ui/`` (``/``
+leads there), the API calls' figures, and the answer while the services are not built yet.
 
 ``broker serve`` opens its port before the engine starts, so a load balancer sees ``starting`` rather than a
 refused connection; until :attr:`Front.inner` is set every SOAP call is answered with a 503 fault. ``/health``
@@ -29,7 +29,7 @@ log = logging.getLogger("broker.api")
 App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 #: the namespace of the fault answered while starting (the request was never routed)
 FAULT_NAMESPACE = "urn:workflow-broker:core:v1"
-HEALTH, METRICS = "/health", "/metrics"
+HEALTH, METRICS, UI = "/health", "/metrics", "/ui"
 
 
 class Front:
@@ -44,6 +44,8 @@ class Front:
         self.metrics_here = metrics_here
         #: the edge; None while starting
         self.inner: App | None = None
+        #: the dashboard (broker.ui); None while starting
+        self.ui: App | None = None
         #: set once the engine has started: checks an admin's credentials -> Verified (raises otherwise)
         self.authenticate: Callable[[str, str], Any] | None = None
 
@@ -54,6 +56,14 @@ class Front:
             return _text(start_response, status, body, [("Cache-Control", "no-store")])
         if path == METRICS and self.metrics_here:
             return self._metrics(environ, start_response)
+        if path == UI or path.startswith(UI + "/"):
+            if self.ui is None:
+                return _text(start_response, "503 Service Unavailable",
+                             f"the broker is {self.health.state.value}: try again shortly\n".encode(),
+                             [("Retry-After", "5")])
+            return self.ui(environ, start_response)
+        if path == "/" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return _text(start_response, "303 See Other", b"the dashboard is at /ui/\n", [("Location", "/ui/")])
         inner = self.inner
         if inner is None:
             state = self.health.state

@@ -191,6 +191,7 @@ class Service:
         from broker.api.edge import Edge, Route
         from broker.api.health import ServiceState
         from broker.api.identity import Authenticator
+        from broker.ui.app import Dashboard
 
         api_settings = self.settings.api
         quiet_spyne()
@@ -214,10 +215,11 @@ class Service:
         collector.engine, collector.board = engine, board
         front.api.operations = frozenset(name for route in routes for name in operations(route.wsdl))
         front.authenticate = authenticator.user
+        front.ui = Dashboard(api, authenticator.user, front.health, secure=public.startswith("https://"))
         front.inner = edge
         front.health.set(ServiceState.ACTIVE)
-        log.info("serving IBrokerCore at %s/broker and IBroker at %s/admin (%d workflows resumed)", public,
-                 public, len(resumed))
+        log.info("serving IBrokerCore at %s/broker, IBroker at %s/admin and the dashboard at %s/ui/ (%d workflows "
+                 "resumed)", public, public, public, len(resumed))
         if self.on_ready is not None:
             self.on_ready(f"http://{_url_host(bound[0])}:{bound[1]}", public)
 

@@ -1,0 +1,288 @@
+"""The read pages of the dashboard and their live feeds: each takes the dashboard and the request and
+answers (template, values) for a page or a JSON-ready dict for a feed. Raises NotFound for what the user
+may not see (another user's workflow is "not found", exactly like one that does not exist).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from broker.api.identity import scope_of
+from broker.errors import NotFound
+from broker.events.types import EventLevel
+from broker.ids import node_global_id
+from broker.states import NodeState, WorkflowState
+from broker.ui import graph, queries
+
+#: rows of the workflows list per page
+PAGE_ROWS = 50
+#: events a page shows at first, and most a feed answers at once
+EVENT_ROWS = 200
+#: members of a sweep listed per page on its node page
+CHILD_ROWS = 200
+#: bytes read from the end of a node's stdout or stderr, and most lines of it shown
+TAIL_BYTES, TAIL_LINES = 64 * 1024, 100
+LEVELS = [(level.value, level.name) for level in EventLevel]
+LEVEL_NAMES = {level.value: level.name for level in EventLevel}
+
+
+def workflows(ui: Any, req: Any) -> tuple[str, dict[str, Any]]:
+    """The workflows list: filters, sorting, keyset paging, counts by state, progress."""
+    user = req.user
+    q = req.query
+    sort = q.get("sort") if q.get("sort") in queries.SORTS else "submitted"
+    descending = q.get("dir", "desc") != "asc"
+    error = None
+    try:
+        filters = queries.Filters(
+            state=q.get("state") if q.get("state") in set(WorkflowState) else None,
+            name=(q.get("name") or "")[:200] or None, owner=((q.get("owner") or "")[:32] or None) if user.admin else None,
+            since=_day(q.get("since")), until=_day(q.get("until"), 1))
+    except ValueError:
+        filters, error = queries.Filters(), "dates are YYYY-MM-DD: filters not applied"
+    cursor = (q.get("after") or "")[:100] or None
+    with ui.api.sessions() as s:
+        try:
+            page = queries.workflows_page(s, scope_of(user), filters, sort, descending, cursor, PAGE_ROWS,
+                                          ui.api.progress)
+        except ValueError:
+            page, error = queries.workflows_page(s, scope_of(user), filters, sort, descending, None, PAGE_ROWS,
+                                                 ui.api.progress), "that page no longer exists: first page shown"
+            cursor = None
+        by_state = queries.workflow_counts(s, scope_of(user))
+    keep = {k: v for k, v in q.items() if k in ("state", "name", "owner", "since", "until", "sort", "dir") and v}
+    next_link = f"/ui/workflows?{urllib.parse.urlencode({**keep, 'after': page.next_cursor})}" \
+        if page.next_cursor else None
+    first_link = f"/ui/workflows?{urllib.parse.urlencode(keep)}" if cursor else None
+    return "workflows.html", dict(page=page, by_state=by_state, filters=filters, raw=q, sort=sort,
+                                  descending=descending, sorts=list(queries.SORTS), states=[s.value for s in
+                                                                                           WorkflowState],
+                                  next_link=next_link, first_link=first_link, error=error,
+                                  etas={w.id: estimate(ui, w) for w in page.rows})
+
+
+def _day(text: str | None, plus: int = 0) -> dt.datetime | None:
+    if not text:
+        return None
+    day = dt.date.fromisoformat(text[:10])
+    return dt.datetime.combine(day, dt.time(), dt.timezone.utc) + dt.timedelta(days=plus)
+
+
+def estimate(ui: Any, row: Any) -> str | None:
+    """The estimated end of a running workflow or node as text, None when unknown.
+
+    The seam for the completion estimates built from earlier attempts (issue 16, the attempts branch): until
+    they land there is no estimate, and the pages show a dash.
+    """
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Drawn:
+    """What the graph and its live feed share: the drawn nodes, their layout, the sweeps' member counts."""
+
+    nodes: list[Any]
+    hidden: int
+    sweeps: dict[int, str]
+
+
+def _drawn(s: Any, wf: Any) -> Drawn:
+    nodes, total = queries.top_nodes(s, wf.id)
+    members = queries.sweep_members(s, wf.id)
+    sweeps = {n.id: _members_text(members.get(n.path, {}), n.members) for n in nodes if n.kind == "sweep"}
+    return Drawn(nodes, total - len(nodes), sweeps)
+
+
+def _members_text(by_state: dict[str, int], expanded: int | None) -> str:
+    if expanded is None:
+        return "not expanded yet"
+    order = [state.value for state in NodeState]
+    parts = [f"{by_state[s]} {s}" for s in sorted(by_state, key=lambda s: order.index(s) if s in order else 99)]
+    return f"{expanded} members: " + ", ".join(parts) if parts else f"{expanded} members"
+
+
+def workflow(ui: Any, req: Any, global_id: str) -> tuple[str, dict[str, Any]]:
+    """A workflow: attributes, counts, times and its graph."""
+    with ui.api.sessions() as s:
+        wf, owner = queries.workflow(s, global_id, scope_of(req.user))
+        drawn = _drawn(s, wf)
+        edges = queries.top_edges(s, wf.id)
+        counts = queries.node_counts(s, wf.id)
+        last = queries.last_event_id(s, wf.id)
+    layout = graph.layout([n.id for n in drawn.nodes], edges)
+    total = sum(counts.values())
+    done = sum(n for state, n in counts.items() if state in queries.DONE_STATES)
+    return "workflow.html", dict(
+        wf=wf, owner=owner, level=LEVEL_NAMES.get(wf.event_level, wf.event_level), nodes=drawn.nodes,
+        hidden=drawn.hidden, drawn=len(drawn.nodes), sweep_text=drawn.sweeps, layout=layout, box_w=graph.BOX_W,
+        box_h=graph.BOX_H, node_counts=counts, total=total, done=done, last_event=last, eta=estimate(ui, wf),
+        here=f"/ui/workflows/{wf.global_id}", node_states=[state.value for state in NodeState])
+
+
+def workflow_live(ui: Any, req: Any, global_id: str) -> dict[str, Any]:
+    """What changed on a workflow's page since event ``after``: nothing (one indexed read) or its states."""
+    after = _int(req.query.get("after"))
+    with ui.api.sessions() as s:
+        wf, _ = queries.workflow(s, global_id, scope_of(req.user))
+        last = queries.last_event_id(s, wf.id)
+        if last == after:
+            return {"last": last}
+        drawn = _drawn(s, wf)
+        counts = queries.node_counts(s, wf.id)
+    return {"last": last, "state": wf.state, "counts": counts,
+            "progress": [sum(n for st, n in counts.items() if st in queries.DONE_STATES), sum(counts.values())],
+            "nodes": {str(n.id): n.state for n in drawn.nodes},
+            "sweeps": {str(k): v for k, v in drawn.sweeps.items()}}
+
+
+def descriptor(ui: Any, req: Any, global_id: str) -> tuple[str, str]:
+    """(file name, text) of a workflow's description as submitted."""
+    with ui.api.sessions() as s:
+        wf, _ = queries.workflow(s, global_id, scope_of(req.user))
+        return f"{wf.global_id}.xml", wf.descriptor
+
+
+# ----------------------------------------------------------------------------------------------- a node
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt as the node page shows it (the attempts table's columns)."""
+
+    number: int
+    host: str | None
+    job_id: str | None
+    workdir: str | None
+    exit_code: int | None
+    start: dt.datetime | None
+    end: dt.datetime | None
+    message: str | None
+
+
+def attempts_of(node: Any) -> list[Attempt]:
+    """Every attempt of a node, newest first. Until the attempts table lands (issue 16, the attempts branch)
+    only the current one is known, from the node's row: this is the seam where the table's rows go."""
+    if not node.attempt:
+        return []
+    return [Attempt(node.attempt, node.host, node.job_id, node.workdir, node.exit_code, node.started_at,
+                    node.finished_at, node.message)]
+
+
+def node(ui: Any, req: Any, node_id: int) -> tuple[str, dict[str, Any]]:
+    """A node: attempts, outputs, progress, its group's children, stdout/stderr tails, its events."""
+    level = _level(req.query.get("level"))
+    after = _int(req.query.get("after"))
+    with ui.api.sessions() as s:
+        found, wf = queries.node(s, node_id, scope_of(req.user))
+        parents = queries.parents_of(s, found.id)
+        children = None
+        more = None
+        if found.kind in ("sweep", "member"):
+            children = queries.children(s, found.id, after, CHILD_ROWS + 1)
+            if len(children) > CHILD_ROWS:
+                children = children[:CHILD_ROWS]
+                more = f"/ui/nodes/{found.id}?after={children[-1].id}"
+        events = queries.events(s, wf.id, 0, level, EVENT_ROWS, found.path, newest=True)
+        last = queries.last_event_id(s, wf.id)
+    outputs = [(name, value if isinstance(value, str) else json.dumps(value))
+               for name, value in sorted((found.outputs or {}).items())]
+    streams = [tail(found.workdir, name) for name in ("stdout", "stderr")] if found.workdir else []
+    gid = node_global_id(wf.global_id, found.path)
+    return "node.html", dict(
+        node=found, wf=wf, gid=gid, parents=parents, children=children, more_children=more, outputs=outputs,
+        streams=[st for st in streams if st is not None], attempts=attempts_of(found), eta=estimate(ui, found),
+        events=events, level_names=LEVEL_NAMES, last_event=last, here=f"/ui/nodes/{found.id}",
+        events_after=events[-1].id if events else 0,
+        events_feed=f"/ui/workflows/{wf.global_id}/events.json?" + urllib.parse.urlencode(
+            {"level": LEVEL_NAMES[level], "node": found.path}))
+
+
+def node_live(ui: Any, req: Any, node_id: int) -> dict[str, Any]:
+    with ui.api.sessions() as s:
+        found, wf = queries.node(s, node_id, scope_of(req.user))
+        return {"state": found.state, "progress": found.progress, "message": found.message or ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    name: str
+    text: str
+    lines: list[str]
+    cut: bool
+
+
+def tail(workdir: str, name: str) -> Tail | None:
+    """The last lines of ``<workdir>/<name>`` (bounded), None when it cannot be read here (a remote host).
+
+    Neither the directory nor the file is followed if it is a symbolic link: the payload owns its work
+    directory, and must not make the broker show another file.
+    """
+    try:
+        folder = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError:
+        return None
+    finally:
+        os.close(folder)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        start = max(0, info.st_size - TAIL_BYTES)
+        fh.seek(start)
+        data = fh.read(TAIL_BYTES)
+    lines = data.decode("utf-8", "replace").splitlines()
+    cut = start > 0 or len(lines) > TAIL_LINES
+    if start > 0 and lines:
+        lines = lines[1:]  # the first one is cut in the middle
+    lines = lines[-TAIL_LINES:]
+    return Tail(name, "\n".join(lines), lines, cut)
+
+
+# --------------------------------------------------------------------------------------------- events
+
+def events_page(ui: Any, req: Any, global_id: str) -> tuple[str, dict[str, Any]]:
+    level = _level(req.query.get("level"))
+    with ui.api.sessions() as s:
+        wf, _ = queries.workflow(s, global_id, scope_of(req.user))
+        events = queries.events(s, wf.id, 0, level, EVENT_ROWS, newest=True)
+        earlier = len(events) == EVENT_ROWS
+    return "events.html", dict(
+        wf=wf, events=events, level=level, levels=LEVELS, level_names=LEVEL_NAMES, earlier=earlier,
+        shown=len(events), events_after=events[-1].id if events else 0,
+        events_feed=f"/ui/workflows/{wf.global_id}/events.json?" + urllib.parse.urlencode(
+            {"level": LEVEL_NAMES[level]}))
+
+
+def events_feed(ui: Any, req: Any, global_id: str) -> dict[str, Any]:
+    """Events after ``after`` (oldest first, at most EVENT_ROWS) for a page following them."""
+    level = _level(req.query.get("level"))
+    after = _int(req.query.get("after"))
+    path = req.query.get("node") or None
+    with ui.api.sessions() as s:
+        wf, _ = queries.workflow(s, global_id, scope_of(req.user))
+        rows = queries.events(s, wf.id, after, level, EVENT_ROWS, path)
+    return {"events": [[e.id, e.time.strftime("%Y-%m-%d %H:%M:%S"), LEVEL_NAMES.get(e.level, str(e.level)), e.type,
+                        e.node_path or "", e.state or "", e.actor, e.message or ""] for e in rows]}
+
+
+def _level(text: str | None) -> int:
+    try:
+        return EventLevel.parse(text or "PROGRESS").value
+    except KeyError:
+        return EventLevel.PROGRESS.value
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.isdigit() and len(text) < 19 else 0
+
+
+__all__ = ["NotFound", "workflows", "workflow", "workflow_live", "node", "node_live", "events_page", "events_feed"]

@@ -1,0 +1,151 @@
+"""The dashboard over plain HTTP against a real ``broker serve``: login and sessions, who sees what, the CSRF
+check, escaping, the security headers. The browser tests (test_browser.py) drive the same pages in Chromium."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+import requests
+
+from tests.api.helpers import workflow
+from tests.fixtures import wait_for
+from tests.ui.conftest import csrf_of, login
+
+pytestmark = pytest.mark.slow
+
+EVIL_NAME = "<img src=x onerror=alert(1)>"
+
+
+def submit(server, body: str, name: str = "test", user: str = "alice") -> str:
+    """The global id of a workflow submitted through the SOAP API."""
+    handle = server.core(user).submit({"workflowContent": workflow(body, name)})
+    return handle.globalId
+
+
+def test_pages_need_a_login_and_send_the_browser_to_the_form(server):
+    answer = requests.get(server.base + "/ui/workflows", allow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["Location"].startswith("/ui/login?next=%2Fui%2Fworkflows")
+    feed = requests.get(server.base + "/ui/workflows/abc/live")
+    assert feed.status_code == 401
+    root = requests.get(server.base + "/", allow_redirects=False)
+    assert root.status_code == 303 and root.headers["Location"] == "/ui/"
+
+
+def test_a_wrong_password_is_refused_and_no_session_is_opened(server):
+    answer = requests.post(server.base + "/ui/login", data={"user": "alice", "password": "nope"},
+                           allow_redirects=False)
+    assert answer.status_code == 401
+    assert "wrong user name or password" in answer.text
+    assert "Set-Cookie" not in answer.headers
+
+
+def test_the_session_cookie_is_httponly_and_samesite_strict_and_logout_ends_it(server):
+    import requests as rq
+
+    session = rq.Session()
+    answer = session.post(server.base + "/ui/login", data={"user": "alice", "password": "alice-pw"},
+                          allow_redirects=False)
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
+    assert "Secure" not in cookie  # plain http here; https public URLs get Secure
+    page = session.get(server.base + "/ui/workflows")
+    assert page.status_code == 200 and "alice" in page.text
+    out = session.post(server.base + "/ui/logout", data={"csrf": csrf_of(page.text)}, allow_redirects=False)
+    assert out.status_code == 303
+    again = rq.get(server.base + "/ui/workflows", cookies={"broker_ui": cookie.split(";")[0].split("=", 1)[1]},
+                   allow_redirects=False)
+    assert again.status_code == 303  # the old cookie no longer opens anything
+
+
+def test_every_page_has_a_csp_without_inline_scripts_and_the_static_files_come_from_the_package(server):
+    session = login(server)
+    page = session.get(server.base + "/ui/workflows")
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script>" not in page.text and " style=" not in page.text  # nothing inline
+    for name in ("ui.js", "ui.css"):
+        assert session.get(server.base + f"/ui/static/{name}").status_code == 200
+    assert session.get(server.base + "/ui/static/..%2Fapp.py").status_code == 404
+
+
+def test_bob_opening_alices_workflow_gets_404_and_cannot_act_on_it(server):
+    gid = submit(server, '<node id="a"><payload type="sh">true</payload></node>')
+    alice, bob = login(server, "alice"), login(server, "bob")
+    assert alice.get(server.base + f"/ui/workflows/{gid}").status_code == 200
+    assert bob.get(server.base + f"/ui/workflows/{gid}").status_code == 404
+    assert bob.get(server.base + f"/ui/workflows/{gid}/live").status_code == 404
+    assert bob.get(server.base + f"/ui/workflows/{gid}/descriptor").status_code == 404
+    assert bob.get(server.base + f"/ui/confirm?action=cancel&target={gid}").status_code == 404
+    page = bob.get(server.base + "/ui/workflows")
+    assert gid not in page.text
+    refused = bob.post(server.base + "/ui/act", data={"csrf": csrf_of(page.text), "action": "cancel",
+                                                     "target": gid})
+    assert refused.status_code == 404
+    root = login(server, "root")
+    assert root.get(server.base + f"/ui/workflows/{gid}").status_code == 200  # admins see everyone's
+
+
+def test_an_action_without_its_csrf_token_is_refused_and_changes_nothing(server, tmp_path):
+    from tests.api.helpers import waits_for
+
+    gid = submit(server, f'<node id="slow">{waits_for(tmp_path / "go")}</node>')
+    session = login(server)
+    for form in ({"action": "cancel", "target": gid}, {"action": "cancel", "target": gid, "csrf": "forged"}):
+        answer = session.post(server.base + "/ui/act", data=form)
+        assert answer.status_code == 403
+        assert "security token" in answer.text
+    assert server.core().getStatusInfoForId(gid).state in ("accepted", "running")
+    page = session.get(server.base + f"/ui/confirm?action=cancel&target={gid}")
+    done = session.post(server.base + "/ui/act", data={"csrf": csrf_of(page.text), "action": "cancel",
+                                                      "target": gid, "back": f"/ui/workflows/{gid}"})
+    assert done.status_code == 200 and done.url.endswith(f"/ui/workflows/{gid}")
+    wait_for(lambda: server.core().getStatusInfoForId(gid).state == "cancelled", what="the cancel")
+
+
+def test_a_hostile_workflow_name_and_output_are_shown_as_text(server):
+    body = ('<node id="out"><payload type="sh">echo \'@broker output x="&lt;script&gt;alert(2)&lt;/script&gt;"\''
+            '</payload><output name="x"/></node>')
+    gid = submit(server, body, name=html.escape(EVIL_NAME))  # XML-escaped in the attribute; stored as is
+    wait_for(lambda: server.core().getStatusInfoForId(gid).state == "succeeded", what="the workflow")
+    session = login(server)
+    listing = session.get(server.base + "/ui/workflows").text
+    page = session.get(server.base + f"/ui/workflows/{gid}").text
+    for text in (listing, page):
+        assert EVIL_NAME not in text and html.escape(EVIL_NAME, quote=False) in text
+    node_id = re.search(r'href="/ui/nodes/(\d+)"', page).group(1)
+    node = session.get(server.base + f"/ui/nodes/{node_id}").text
+    assert "<script>alert(2)" not in node and "&lt;script&gt;alert(2)" in node
+
+
+def test_the_workflows_list_filters_sorts_and_pages_by_key(server):
+    gids = [submit(server, '<node id="a"><payload type="sh">true</payload></node>', name=f"paged-{i}")
+            for i in range(3)]
+    session = login(server)
+    page = session.get(server.base + "/ui/workflows", params={"name": "paged-", "sort": "name", "dir": "asc"})
+    names = re.findall(r">(paged-\d)</a>", page.text)
+    assert names == ["paged-0", "paged-1", "paged-2"]
+    import broker.ui.pages as pages
+
+    assert pages.PAGE_ROWS >= 3  # one page here; paging itself: test_queries
+    assert all(g in page.text for g in gids)
+    none = session.get(server.base + "/ui/workflows", params={"name": "paged-", "state": "failed"})
+    assert "No workflows." in none.text
+
+
+def test_an_invalid_description_shows_its_problems_at_their_lines(server):
+    session = login(server)
+    form = session.get(server.base + "/ui/submit").text
+    bad = workflow('<node id="a"><payload type="sh">true</payload></node>\n'
+                   '<node id="b"><dependsOn node="nowhere"/><payload type="sh">true</payload></node>')
+    answer = session.post(server.base + "/ui/submit", files={"content": (None, bad), "csrf": (None, csrf_of(form))})
+    assert answer.status_code == 422
+    assert "nowhere" in answer.text
+    assert re.search(r'<li id="line-3" class="bad">', answer.text), answer.text[:3000]
+    good = session.post(server.base + "/ui/submit", files={
+        "file": ("w.xml", workflow('<node id="a"><payload type="sh">true</payload></node>', "uploaded")),
+        "csrf": (None, csrf_of(form))}, allow_redirects=False)
+    assert good.status_code == 303 and good.headers["Location"].startswith("/ui/workflows/")
