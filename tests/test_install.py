@@ -50,3 +50,38 @@ def test_installed_broker_runs_the_quick_start(tmp_path: Path) -> None:
     assert "(diamond): succeeded" in ran.stdout
     # the embedded default: a database under the user's state directory, migrated on first use
     assert (tmp_path / "home" / ".local" / "state" / "workflow-broker" / "broker.db").is_file()
+
+    # the dashboard's templates, script and style sheet come from the installed wheel
+    serve = subprocess.Popen([broker, "serve", "--listen", "127.0.0.1:0"], cwd=tmp_path,
+                             env={**env, "BROKER_ENGINE_RUN_AS_BROKER_ACCOUNT": "true"},
+                             stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "w"), text=True)
+    try:
+        line = _serving_line(serve, tmp_path / "serve.log")
+        base = line.split()[2]
+        import urllib.request
+
+        for path, expected in (("/ui/login", "Log in"), ("/ui/static/ui.js", "textContent"),
+                               ("/ui/static/ui.css", "state-running")):
+            with urllib.request.urlopen(base + path, timeout=30) as answer:
+                assert answer.status == 200 and expected in answer.read().decode(), path
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+
+
+def _serving_line(process: subprocess.Popen[str], log: Path) -> str:
+    """The ``serving on URL`` line of a starting ``broker serve`` (bounded by the tests' deadline)."""
+    import selectors
+    import time
+
+    from tests.fixtures import DEADLINE
+
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end and process.poll() is None:
+        if selector.select(timeout=0.5):
+            line = process.stdout.readline()
+            if line.startswith("serving on "):
+                return line
+    raise AssertionError(f"the installed broker serve did not start: {log.read_text()[-2000:]}")
