@@ -108,29 +108,51 @@ def chain(n: int, name: str) -> str:
     return f'<workflow xmlns="urn:workflow-broker:workflow:1.0" name="{name}">{nodes}</workflow>'
 
 
-def follow(base: str, gids: list[str], dashboards: int) -> int:
-    """Run ``dashboards`` followers (this is a child process: their threads must not share the measuring
-    process's interpreter lock), each polling its workflow's two feeds every POLL seconds, until standard input
-    closes; prints "ready" once all are logged in; returns the polls that failed."""
+def follow(base: str, cookie: str, gids: list[str], dashboards: int) -> int:
+    """Run ``dashboards`` followers until standard input closes; prints "ready" once all are connected and the
+    number of failed polls at the end.
+
+    This is a child process, so that the followers' threads do not share the measuring process's interpreter
+    lock. Each dashboard polls its workflow's live feed and events feed every POLL seconds on its own keep-alive
+    connection from its own loopback address (as browsers on different machines: the server's per-address cap
+    is for one client), with the session cookie of one login (a login is a slow password hash on purpose).
+    """
+    import http.client
+    import json
+    import urllib.parse
+
+    host, port = urllib.parse.urlsplit(base).hostname, urllib.parse.urlsplit(base).port
     stop, errors, ready = threading.Event(), [], threading.Barrier(dashboards + 1)
+    headers = {"Cookie": cookie}
+
+    def get(connection: http.client.HTTPConnection, path: str) -> dict | None:
+        connection.request("GET", path, headers=headers)
+        answer = connection.getresponse()
+        body = answer.read()
+        return json.loads(body) if answer.status == 200 else None
 
     def dashboard(index: int) -> None:
-        session = login(base)
+        connection = http.client.HTTPConnection(host, port, timeout=60,
+                                                source_address=(f"127.0.{1 + index // 250}.{1 + index % 250}", 0))
         gid = gids[index % len(gids)]
         after, events_after = 0, 0
         ready.wait()
         stop.wait(POLL * index / dashboards)  # spread, as dashboards opened at different times are
         while not stop.is_set():
-            live = session.get(f"{base}/ui/workflows/{gid}/live", params={"after": after})
-            feed = session.get(f"{base}/ui/workflows/{gid}/events.json", params={"after": events_after,
-                                                                                 "level": "PROGRESS"})
-            if live.status_code != 200 or feed.status_code != 200:
-                errors.append(f"{live.status_code} {feed.status_code}")
+            try:
+                live = get(connection, f"/ui/workflows/{gid}/live?after={after}")
+                feed = get(connection, f"/ui/workflows/{gid}/events.json?after={events_after}&level=PROGRESS")
+            except OSError as exc:
+                live = feed = None
+                errors.append(str(exc))
+                connection.close()
+            if live is None or feed is None:
+                errors.append("not 200")
             else:
-                after = live.json()["last"]
-                rows = feed.json()["events"]
-                events_after = rows[-1][0] if rows else events_after
+                after = live["last"]
+                events_after = feed["events"][-1][0] if feed["events"] else events_after
             stop.wait(POLL)
+        connection.close()
 
     threads = [threading.Thread(target=dashboard, args=(i,)) for i in range(dashboards)]
     for thread in threads:
@@ -160,7 +182,7 @@ def main() -> int:
     parser.add_argument("--follow", nargs="+", help=argparse.SUPPRESS)  # the followers' child process
     args = parser.parse_args()
     if args.follow:
-        return follow(args.follow[0], args.follow[2:], int(args.follow[1]))
+        return follow(args.follow[0], args.follow[1], args.follow[3:], int(args.follow[2]))
     n_workflows, n_members = (300, 2_000) if args.tiny else (10_000, 100_000)
     dashboards, running, chain_len = (10, 1, 200) if args.tiny else (100, 1, 3000)
     calls = 60 if args.tiny else 600
@@ -193,7 +215,8 @@ def main() -> int:
             e0, t0 = event_count(server), time.perf_counter()
             alone = status_latencies(server, body, calls)
             alone_rate = (event_count(server) - e0) / (time.perf_counter() - t0)
-            followers = subprocess.Popen([sys.executable, __file__, "--follow", server.base, str(dashboards),
+            cookie = "broker_ui=" + session.cookies["broker_ui"]
+            followers = subprocess.Popen([sys.executable, __file__, "--follow", server.base, cookie, str(dashboards),
                                           *gids], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert followers.stdout.readline().strip() == "ready"
             time.sleep(POLL)  # every dashboard polling

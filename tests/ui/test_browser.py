@@ -277,3 +277,29 @@ def test_keyboard_only_navigation_reaches_every_action(page, tmp_path):
         page.driver.switch_to.active_element.send_keys(Keys.TAB)
     page.driver.switch_to.active_element.send_keys(Keys.ENTER)
     wait_for(lambda: "cancelled" in page.text("#wf-state"), what="the workflow cancelled by keyboard")
+
+
+def test_an_action_whose_csrf_token_was_removed_is_refused(page, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    gid = submit(page.server, f'<node id="a">{waits_for(tmp_path / "go")}</node>', "forged")
+    page.open(f"/ui/confirm?action=cancel&target={gid}&back=/ui/workflows/{gid}")
+    page.driver.execute_script("document.querySelector('form[action=\"/ui/act\"] input[name=csrf]').remove();")
+    page.driver.find_element(By.ID, "confirm").click()
+    wait_for(lambda: "403" in page.driver.title, what="the refusal")
+    assert "security token" in page.text("main")
+    page.shot("csrf-refused")
+    assert page.server.core().getStatusInfoForId(gid).state in ("accepted", "running")
+    (tmp_path / "go").touch()
+
+
+def test_the_login_and_admin_pages(page, browser):
+    page.driver.delete_all_cookies()
+    page.open("/ui/workflows")
+    assert "/ui/login" in page.driver.current_url
+    page.shot("login")
+    page.login("root", "root-pw")
+    page.open("/ui/admin")
+    assert "localhost" in page.text("main") and "Outbox backlog" in page.text("main")
+    assert "alice" in page.text("main") and "bob" in page.text("main")
+    page.shot("admin")

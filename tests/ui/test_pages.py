@@ -149,3 +149,44 @@ def test_an_invalid_description_shows_its_problems_at_their_lines(server):
         "file": ("w.xml", workflow('<node id="a"><payload type="sh">true</payload></node>', "uploaded")),
         "csrf": (None, csrf_of(form))}, allow_redirects=False)
     assert good.status_code == 303 and good.headers["Location"].startswith("/ui/workflows/")
+
+
+def test_the_admin_page_is_for_admins_only(server):
+    assert login(server, "alice").get(server.base + "/ui/admin").status_code == 403
+    page = login(server, "root").get(server.base + "/ui/admin")
+    assert page.status_code == 200
+    for text in ("Outbox backlog", "localhost", "alice", "bob", "active"):
+        assert text in page.text
+
+
+def test_the_descriptor_downloads_as_submitted_and_the_node_page_shows_stdout(server):
+    body = '<node id="talk"><payload type="sh">echo "hello &amp; &lt;b&gt;bye&lt;/b&gt;"</payload></node>'
+    gid = submit(server, body, name="talker")
+    wait_for(lambda: server.core().getStatusInfoForId(gid).state == "succeeded", what="the workflow")
+    session = login(server)
+    download = session.get(server.base + f"/ui/workflows/{gid}/descriptor")
+    assert download.status_code == 200 and "attachment" in download.headers["Content-Disposition"]
+    assert download.text == workflow(body, "talker")
+    page = session.get(server.base + f"/ui/workflows/{gid}").text
+    node_id = re.search(r'href="/ui/nodes/(\d+)"', page).group(1)
+    node = session.get(server.base + f"/ui/nodes/{node_id}").text
+    assert "hello &amp; &lt;b&gt;bye&lt;/b&gt;" in node  # the last lines of stdout, as text
+    assert "NODE_STATE" in node  # its events
+
+
+def test_the_live_feeds_answer_unchanged_until_an_event_comes(server, tmp_path):
+    from tests.api.helpers import waits_for
+
+    gate = tmp_path / "gate"
+    gid = submit(server, f'<node id="a">{waits_for(gate)}</node>')
+    session = login(server)
+    first = wait_for(lambda: (f := session.get(server.base + f"/ui/workflows/{gid}/live?after=0").json())
+                     .get("nodes", {}) and "running" in f["nodes"].values() and f, what="a running")
+    assert session.get(server.base + f"/ui/workflows/{gid}/live?after={first['last']}").json() == \
+        {"last": first["last"]}
+    gate.touch()
+    later = wait_for(lambda: (f := session.get(server.base + f"/ui/workflows/{gid}/live?after={first['last']}")
+                              .json()).get("state") == "succeeded" and f, what="the change")
+    assert list(later["nodes"].values()) == ["succeeded"]
+    events = session.get(server.base + f"/ui/workflows/{gid}/events.json?after=0&level=DEBUG").json()["events"]
+    assert [e[0] for e in events] == sorted(e[0] for e in events) and any(e[5] == "succeeded" for e in events)
