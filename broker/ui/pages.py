@@ -92,9 +92,10 @@ class Drawn:
     sweeps: dict[int, str]
 
 
-def _drawn(s: Any, wf: Any) -> Drawn:
-    nodes, total = queries.top_nodes(s, wf.id)
-    members = queries.sweep_members(s, wf.id)
+def drawn(s: Any, workflow_id: int) -> Drawn:
+    """The nodes a workflow's graph draws, how many it does not, its sweeps' member counts as text."""
+    nodes, total = queries.top_nodes(s, workflow_id)
+    members = queries.sweep_members(s, workflow_id)
     sweeps = {n.id: _members_text(members.get(n.path, {}), n.members) for n in nodes if n.kind == "sweep"}
     return Drawn(nodes, total - len(nodes), sweeps)
 
@@ -111,34 +112,23 @@ def workflow(ui: Any, req: Any, global_id: str) -> tuple[str, dict[str, Any]]:
     """A workflow: attributes, counts, times and its graph."""
     with ui.api.sessions() as s:
         wf, owner = queries.workflow(s, global_id, scope_of(req.user))
-        drawn = _drawn(s, wf)
+        shown = drawn(s, wf.id)
         edges = queries.top_edges(s, wf.id)
         counts = queries.node_counts(s, wf.id)
         last = queries.last_event_id(s, wf.id)
-    layout = graph.layout([n.id for n in drawn.nodes], edges)
+    layout = graph.layout([n.id for n in shown.nodes], edges)
     total = sum(counts.values())
     done = sum(n for state, n in counts.items() if state in queries.DONE_STATES)
     return "workflow.html", dict(
-        wf=wf, owner=owner, level=LEVEL_NAMES.get(wf.event_level, wf.event_level), nodes=drawn.nodes,
-        hidden=drawn.hidden, drawn=len(drawn.nodes), sweep_text=drawn.sweeps, layout=layout, box_w=graph.BOX_W,
+        wf=wf, owner=owner, level=LEVEL_NAMES.get(wf.event_level, wf.event_level), nodes=shown.nodes,
+        hidden=shown.hidden, drawn=len(shown.nodes), sweep_text=shown.sweeps, layout=layout, box_w=graph.BOX_W,
         box_h=graph.BOX_H, node_counts=counts, total=total, done=done, last_event=last, eta=estimate(ui, wf),
         here=f"/ui/workflows/{wf.global_id}", node_states=[state.value for state in NodeState])
 
 
 def workflow_live(ui: Any, req: Any, global_id: str) -> dict[str, Any]:
-    """What changed on a workflow's page since event ``after``: nothing (one indexed read) or its states."""
-    after = _int(req.query.get("after"))
-    with ui.api.sessions() as s:
-        wf, _ = queries.workflow(s, global_id, scope_of(req.user))
-        last = queries.last_event_id(s, wf.id)
-        if last == after:
-            return {"last": last}
-        drawn = _drawn(s, wf)
-        counts = queries.node_counts(s, wf.id)
-    return {"last": last, "state": wf.state, "counts": counts,
-            "progress": [sum(n for st, n in counts.items() if st in queries.DONE_STATES), sum(counts.values())],
-            "nodes": {str(n.id): n.state for n in drawn.nodes},
-            "sweeps": {str(k): v for k, v in drawn.sweeps.items()}}
+    """What changed on a workflow's page since event ``after`` (see broker.ui.live)."""
+    return ui.live.answer(ui.api.sessions, req.user, global_id, _int(req.query.get("after")))
 
 
 def descriptor(ui: Any, req: Any, global_id: str) -> tuple[str, str]:

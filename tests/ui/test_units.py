@@ -103,3 +103,44 @@ def test_the_workflows_list_pages_by_key_through_every_row_once(sessions):
         assert [row.global_id for row in only.rows] == ["wf-09", "wf-21"]
         with pytest.raises(ValueError):
             queries.workflows_page(s, alice_id, queries.Filters(), "submitted", True, "garbage", 5)
+
+
+def test_the_live_feed_is_computed_once_per_interval_for_every_dashboard_and_keeps_its_scope(sessions):
+    from broker.errors import NotFound
+    from broker.api.passwords import Verified
+    from broker.persistence.models import Event, Node, User, Workflow
+    from broker.ui import live
+
+    with sessions.begin() as s:
+        alice, bob = User(name="alice"), User(name="bob")
+        s.add_all([alice, bob])
+        s.flush()
+        wf = Workflow(global_id="wf-live", owner_id=alice.id, name="w", descriptor="", descriptor_sha256="0" * 64,
+                      plan="{}", event_level=2, state="running")
+        s.add(wf)
+        s.flush()
+        s.add(Node(workflow_id=wf.id, path="a", template="a", kind="node", state="running"))
+        s.add(Event(workflow_id=wf.id, seq=1, actor="test", level=2, type="NODE_STATE", state="running"))
+        users = Verified("alice", "user", alice.id), Verified("bob", "user", bob.id), Verified("root", "admin", 0)
+    now = [0.0]
+    computed = []
+    feeds = live.LiveFeeds(fresh=1.0, clock=lambda: now[0])
+    original = feeds._compute
+    feeds._compute = lambda *a: computed.append(1) or original(*a)
+    first = feeds.answer(sessions, users[0], "wf-live", 0)
+    assert first["nodes"] and list(first["nodes"].values()) == ["running"]
+    assert feeds.answer(sessions, users[2], "wf-live", 0) == first  # an admin sees it too
+    assert feeds.answer(sessions, users[0], "wf-live", first["last"]) == {"last": first["last"]}
+    with pytest.raises(NotFound):
+        feeds.answer(sessions, users[1], "wf-live", 0)  # bob: from the cache as from the database
+    assert len(computed) == 1
+    with sessions.begin() as s:
+        s.query(Node).update({"state": "succeeded"})
+        s.query(Workflow).update({"state": "succeeded"})
+        s.add(Event(workflow_id=wf.id, seq=2, actor="test", level=2, type="NODE_STATE", state="succeeded"))
+    assert list(feeds.answer(sessions, users[0], "wf-live", 0)["nodes"].values()) == ["running"]  # still fresh
+    now[0] = 1.5
+    assert list(feeds.answer(sessions, users[0], "wf-live", 0)["nodes"].values()) == ["succeeded"]
+    assert len(computed) == 2
+    with pytest.raises(NotFound):
+        feeds.answer(sessions, users[0], "wf-none", 0)
