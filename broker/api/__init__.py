@@ -16,7 +16,7 @@ Layout (only ``app``, ``types``, ``core``, ``admin`` and ``server`` import spyne
                 calls' figures, 503 while starting
     health      the service state ``/health`` answers (starting, active, standby, api, stopping)
     metrics     the Prometheus registry of a server: figures read at scrape time, API call histograms
-    server      start-up and the SIGTERM drain of ``broker serve``
+    server      start-up and the SIGTERM drain of ``broker serve`` (which also serves the dashboard, broker.ui)
 
 Elf sessions (per node attempt an id and a secret for the push channel) are rows of
 :mod:`broker.persistence.elfsessions`, which the launch worker creates; the XML of getWorkflowAsXml /

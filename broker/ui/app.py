@@ -8,8 +8,10 @@ headers of :mod:`broker.ui.web` and ``Cache-Control: no-store``.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
+import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +30,8 @@ log = logging.getLogger("broker.ui")
 HERE = Path(__file__).resolve().parent
 #: the files under /ui/static/ and their content types (nothing else is served from there)
 STATIC = {"ui.js": "text/javascript; charset=utf-8", "ui.css": "text/css; charset=utf-8"}
+#: the cookie of the login form's own CSRF token
+LOGIN_COOKIE = "broker_ui_login"
 GID = r"(?P<gid>[A-Za-z0-9_-]{1,32})"
 NID = r"(?P<nid>[0-9]{1,18})"
 
@@ -148,12 +152,20 @@ class Dashboard:
 
     def _login_form(self, start_response: web.StartResponse, req: web.Request, error: str | None = None,
                     status: str = "200 OK") -> Iterable[bytes]:
+        # login CSRF (another site logging the browser in as someone else): the form's token must equal a
+        # cookie of its own, which another site can neither read nor set
+        token = secrets.token_urlsafe(24)
         return self.render(start_response, req, "login.html", {
             "error": error, "next": _local(req.query.get("next") or req.form.get("next")),
-            "name": (req.form.get("user") or "")[:32]}, status)
+            "name": (req.form.get("user") or "")[:32], "login_token": token}, status,
+            [web.session_cookie(LOGIN_COOKIE, token, secure=self.secure, path="/ui/login")])
 
     def _login(self, start_response: web.StartResponse, req: web.Request) -> Iterable[bytes]:
         name, password = req.form.get("user", "")[:64], req.form.get("password", "")[:2048]
+        expected, given = req.cookies.get(LOGIN_COOKIE, ""), req.form.get("login_token", "")
+        if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
+            return self._login_form(start_response, req, "this login form is out of date: log in again",
+                                    "403 Forbidden")
         try:
             user = self.authenticate(name, password)
         except InvalidCredentials:

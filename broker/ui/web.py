@@ -108,9 +108,10 @@ def redirect(start_response: StartResponse, location: str,
                    [("Location", location), *(headers or [])])
 
 
-def session_cookie(name: str, token: str, *, secure: bool, max_age: int | None = None) -> tuple[str, str]:
+def session_cookie(name: str, token: str, *, secure: bool, max_age: int | None = None,
+                   path: str = "/ui") -> tuple[str, str]:
     """The Set-Cookie header of a session (an empty token with max_age 0 clears it)."""
-    parts = [f"{name}={token}", "Path=/ui", "HttpOnly", "SameSite=Strict"]
+    parts = [f"{name}={token}", f"Path={path}", "HttpOnly", "SameSite=Strict"]
     if max_age is not None:
         parts.append(f"Max-Age={max_age}")
     if secure:

@@ -99,7 +99,10 @@ def login(base: str):
     import requests
 
     session = requests.Session()
-    answer = session.post(base + "/ui/login", data={"user": "alice", "password": "alice-pw"}, allow_redirects=False)
+    form = session.get(base + "/ui/login").text
+    token = re.search(r'name="login_token" value="([^"]+)"', form).group(1)
+    answer = session.post(base + "/ui/login", data={"user": "alice", "password": "alice-pw", "login_token": token},
+                          allow_redirects=False)
     assert answer.status_code == 303, answer.text
     return session
 

@@ -33,10 +33,17 @@ def login(server: Server, user: str = "alice"):
     import requests
 
     session = requests.Session()
-    answer = session.post(server.base + "/ui/login", data={"user": user, "password": USERS[user][0]},
+    answer = session.post(server.base + "/ui/login", data={"user": user, "password": USERS[user][0],
+                                                           "login_token": login_token(server, session)},
                           allow_redirects=False)
     assert answer.status_code == 303, answer.text
     return session
+
+
+def login_token(server: Server, session) -> str:
+    """The login form's token (its cookie goes into ``session``)."""
+    form = session.get(server.base + "/ui/login").text
+    return re.search(r'name="login_token" value="([^"]+)"', form).group(1)
 
 
 def csrf_of(html: str) -> str:

@@ -11,7 +11,7 @@ import requests
 
 from tests.api.helpers import workflow
 from tests.fixtures import wait_for
-from tests.ui.conftest import csrf_of, login
+from tests.ui.conftest import csrf_of, login, login_token
 
 pytestmark = pytest.mark.slow
 
@@ -35,18 +35,29 @@ def test_pages_need_a_login_and_send_the_browser_to_the_form(server):
 
 
 def test_a_wrong_password_is_refused_and_no_session_is_opened(server):
-    answer = requests.post(server.base + "/ui/login", data={"user": "alice", "password": "nope"},
-                           allow_redirects=False)
+    session = requests.Session()
+    answer = session.post(server.base + "/ui/login", data={"user": "alice", "password": "nope",
+                                                           "login_token": login_token(server, session)},
+                          allow_redirects=False)
     assert answer.status_code == 401
     assert "wrong user name or password" in answer.text
-    assert "Set-Cookie" not in answer.headers
+    assert "broker_ui=" not in answer.headers.get("Set-Cookie", "")
+
+
+def test_a_login_posted_from_another_site_is_refused(server):
+    # another site can make the browser post the form, but neither read nor set the form's cookie
+    answer = requests.post(server.base + "/ui/login", data={"user": "alice", "password": "alice-pw",
+                                                            "login_token": "guessed"}, allow_redirects=False)
+    assert answer.status_code == 403
+    assert "broker_ui=" not in answer.headers.get("Set-Cookie", "")
 
 
 def test_the_session_cookie_is_httponly_and_samesite_strict_and_logout_ends_it(server):
     import requests as rq
 
     session = rq.Session()
-    answer = session.post(server.base + "/ui/login", data={"user": "alice", "password": "alice-pw"},
+    answer = session.post(server.base + "/ui/login", data={"user": "alice", "password": "alice-pw",
+                                                           "login_token": login_token(server, session)},
                           allow_redirects=False)
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/ui" in cookie
