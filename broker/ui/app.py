@@ -22,7 +22,7 @@ import jinja2
 from broker.api.passwords import Busy
 from broker.errors import BrokerError, InvalidCredentials, NotFound
 from broker.ui import actions, pages, web
-from broker.ui.live import LiveFeeds
+from broker.ui.live import EventTails, LiveFeeds
 from broker.ui.sessions import COOKIE, Sessions
 
 log = logging.getLogger("broker.ui")
@@ -49,6 +49,7 @@ class Dashboard:
         self.secure = secure
         self.sessions = sessions or Sessions()
         self.live = LiveFeeds()
+        self.tails = EventTails()
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}

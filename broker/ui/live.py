@@ -91,3 +91,69 @@ class LiveFeeds:
                 self._locks.pop(oldest, None)
             self._entries[global_id] = entry
         return entry
+
+
+@dataclass(slots=True)
+class _Tail:
+    owner_id: int
+    at: float
+    #: the newest events (at most TAIL of them), oldest first, as the feed sends them
+    rows: list[list[Any]]
+    #: whether ``rows`` holds every event there is (fewer than TAIL)
+    complete: bool
+
+
+#: events an events feed's shared tail holds
+TAIL = 200
+
+
+class EventTails:
+    """(global id, level, node path) -> the newest events, read at most once per FRESH seconds whoever asks:
+    a page following the events gets the ones after its last from memory, unless it is further behind than
+    the tail reaches (then it reads them itself)."""
+
+    def __init__(self, fresh: float = FRESH, capacity: int = CAPACITY, clock: Any = time.monotonic):
+        self.fresh, self.capacity, self.clock = fresh, capacity, clock
+        self._entries: dict[tuple[str, int, str | None], _Tail] = {}
+        self._locks: dict[tuple[str, int, str | None], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def answer(self, sessions: Any, user: Any, global_id: str, level: int, path: str | None,
+               after: int, row: Any) -> list[list[Any]]:
+        """The events after id ``after``, oldest first, at most TAIL; ``row(event)`` gives an event as sent."""
+        key = (global_id, level, path)
+        entry = self._fresh(key)
+        if entry is None:
+            with self._lock:
+                lock = self._locks.setdefault(key, threading.Lock())
+            with lock:
+                entry = self._fresh(key) or self._read(sessions, key, row)
+        scope = scope_of(user)
+        if scope is not None and entry.owner_id != scope:
+            raise NotFound(f"no workflow {global_id}")
+        if entry.complete or (entry.rows and after >= entry.rows[0][0] - 1):
+            return [r for r in entry.rows if r[0] > after]
+        with sessions() as s:  # further behind than the tail: its own read
+            workflow_id = s.execute(select(Workflow.id).where(Workflow.global_id == global_id)).scalar_one()
+            return [row(e) for e in queries.events(s, workflow_id, after, level, TAIL, path)]
+
+    def _fresh(self, key: tuple[str, int, str | None]) -> _Tail | None:
+        entry = self._entries.get(key)
+        return entry if entry is not None and self.clock() - entry.at < self.fresh else None
+
+    def _read(self, sessions: Any, key: tuple[str, int, str | None], row: Any) -> _Tail:
+        global_id, level, path = key
+        with sessions() as s:
+            found = s.execute(select(Workflow.id, Workflow.owner_id).where(Workflow.global_id == global_id)).first()
+            if found is None:
+                raise NotFound(f"no workflow {global_id}")
+            rows = [row(e) for e in queries.events(s, found.id, 0, level, TAIL, path, newest=True)]
+        entry = _Tail(found.owner_id, self.clock(), rows, len(rows) < TAIL)
+        with self._lock:
+            self._entries.pop(key, None)
+            while len(self._entries) >= self.capacity:
+                oldest = next(iter(self._entries))
+                del self._entries[oldest]
+                self._locks.pop(oldest, None)
+            self._entries[key] = entry
+        return entry

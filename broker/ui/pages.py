@@ -253,15 +253,16 @@ def events_page(ui: Any, req: Any, global_id: str) -> tuple[str, dict[str, Any]]
 
 
 def events_feed(ui: Any, req: Any, global_id: str) -> dict[str, Any]:
-    """Events after ``after`` (oldest first, at most EVENT_ROWS) for a page following them."""
-    level = _level(req.query.get("level"))
-    after = _int(req.query.get("after"))
-    path = req.query.get("node") or None
-    with ui.api.sessions() as s:
-        wf, _ = queries.workflow(s, global_id, scope_of(req.user))
-        rows = queries.events(s, wf.id, after, level, EVENT_ROWS, path)
-    return {"events": [[e.id, e.time.strftime("%Y-%m-%d %H:%M:%S"), LEVEL_NAMES.get(e.level, str(e.level)), e.type,
-                        e.node_path or "", e.state or "", e.actor, e.message or ""] for e in rows]}
+    """Events after ``after`` (oldest first, at most EVENT_ROWS) for a page following them (see broker.ui.live)."""
+    path = (req.query.get("node") or "")[:1024] or None
+    return {"events": ui.tails.answer(ui.api.sessions, req.user, global_id, _level(req.query.get("level")), path,
+                                      _int(req.query.get("after")), event_row)}
+
+
+def event_row(e: Any) -> list[Any]:
+    """An event as the events feed sends it (the table's columns, its id first)."""
+    return [e.id, e.time.strftime("%Y-%m-%d %H:%M:%S"), LEVEL_NAMES.get(e.level, str(e.level)), e.type,
+            e.node_path or "", e.state or "", e.actor, e.message or ""]
 
 
 def _level(text: str | None) -> int:

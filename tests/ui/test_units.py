@@ -144,3 +144,38 @@ def test_the_live_feed_is_computed_once_per_interval_for_every_dashboard_and_kee
     assert len(computed) == 2
     with pytest.raises(NotFound):
         feeds.answer(sessions, users[0], "wf-none", 0)
+
+
+def test_the_events_feed_answers_from_a_shared_tail_and_reads_itself_only_when_further_behind(sessions):
+    from broker.api.passwords import Verified
+    from broker.errors import NotFound
+    from broker.persistence.models import Event, User, Workflow
+    from broker.ui import live
+
+    with sessions.begin() as s:
+        alice, bob = User(name="alice"), User(name="bob")
+        s.add_all([alice, bob])
+        s.flush()
+        wf = Workflow(global_id="wf-ev", owner_id=alice.id, name="w", descriptor="", descriptor_sha256="0" * 64,
+                      plan="{}", event_level=2, state="running")
+        s.add(wf)
+        s.flush()
+        s.add_all([Event(workflow_id=wf.id, seq=i + 1, actor="t", level=4 if i % 2 else 2, type="NODE_STATE")
+                   for i in range(500)])
+        s.flush()
+        ids = [e.id for e in s.query(Event).filter(Event.level <= 2).order_by(Event.id)]  # the 250 at level 2
+        alice_user, bob_user = Verified("alice", "user", alice.id), Verified("bob", "user", bob.id)
+    now = [0.0]
+    tails = live.EventTails(fresh=1.0, clock=lambda: now[0])
+    row = lambda e: [e.id]  # noqa: E731
+    assert [r[0] for r in tails.answer(sessions, alice_user, "wf-ev", 2, None, ids[-3], row)] == ids[-2:]
+    assert [r[0] for r in tails.answer(sessions, alice_user, "wf-ev", 2, None, ids[-201], row)] == ids[-200:]
+    behind = tails.answer(sessions, alice_user, "wf-ev", 2, None, 0, row)  # beyond the tail: read, oldest first
+    assert [r[0] for r in behind] == ids[:live.TAIL]
+    with pytest.raises(NotFound):
+        tails.answer(sessions, bob_user, "wf-ev", 2, None, 0, row)
+    with sessions.begin() as s:
+        s.add(Event(workflow_id=wf.id, seq=501, actor="t", level=1, type="NODE_STATE"))
+    assert tails.answer(sessions, alice_user, "wf-ev", 2, None, ids[-1], row) == []  # still fresh
+    now[0] = 2
+    assert len(tails.answer(sessions, alice_user, "wf-ev", 2, None, ids[-1], row)) == 1
