@@ -63,6 +63,7 @@ class Dashboard:
                 ("POST", r"/ui/logout", self._logout, True),
                 ("GET", r"/ui/static/(?P<name>[a-z.]{1,20})", self._static, False),
                 ("GET", r"/ui/workflows", self._page(pages.workflows), True),
+                ("GET", r"/ui/workflows\.json", self._feed(pages.workflows_feed), True),
                 ("GET", rf"/ui/workflows/{GID}", self._page(pages.workflow), True),
                 ("GET", rf"/ui/workflows/{GID}/live", self._feed(pages.workflow_live), True),
                 ("GET", rf"/ui/workflows/{GID}/descriptor", self._descriptor, True),

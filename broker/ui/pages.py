@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.api.identity import scope_of
-from broker.errors import NotFound
 from broker.events.types import EventLevel
 from broker.ids import node_global_id
 from broker.states import NodeState, WorkflowState
@@ -65,6 +64,18 @@ def workflows(ui: Any, req: Any) -> tuple[str, dict[str, Any]]:
                                                                                            WorkflowState],
                                   next_link=next_link, first_link=first_link, error=error,
                                   etas={w.id: estimate(ui, w) for w in page.rows})
+
+
+#: most workflows one poll of the list's feed asks about (a page shows PAGE_ROWS)
+MAX_LISTED = 100
+
+
+def workflows_feed(ui: Any, req: Any) -> dict[str, Any]:
+    """The listed workflows' states and progress, for the list following them."""
+    gids = [g for g in (req.query.get("ids") or "").split(",") if g][:MAX_LISTED]
+    with ui.api.sessions() as s:
+        found = queries.list_states(s, scope_of(req.user), gids, ui.api.progress)
+    return {"workflows": {gid: list(value) for gid, value in found.items()}}
 
 
 def _day(text: str | None, plus: int = 0) -> dt.datetime | None:
@@ -276,4 +287,4 @@ def _int(text: str | None) -> int:
     return int(text) if text and text.isdigit() and len(text) < 19 else 0
 
 
-__all__ = ["NotFound", "workflows", "workflow", "workflow_live", "node", "node_live", "events_page", "events_feed"]
+__all__ = ["workflows", "workflows_feed", "workflow", "workflow_live", "node", "node_live", "events_page", "events_feed"]

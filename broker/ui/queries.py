@@ -114,6 +114,16 @@ def progress_of(s: Session, workflows: list[tuple[int, str]], board: Any = None)
     return found
 
 
+def list_states(s: Session, owner_id: int | None, global_ids: list[str], board: Any = None) -> dict[str, Any]:
+    """Global id -> (state, ended nodes, nodes) of the listed workflows the scope allows (the list's feed)."""
+    query = select(Workflow.id, Workflow.global_id, Workflow.state).where(Workflow.global_id.in_(global_ids))
+    if owner_id is not None:
+        query = query.where(Workflow.owner_id == owner_id)
+    rows = list(s.execute(query))
+    progress = progress_of(s, [(r.id, r.global_id) for r in rows], board)
+    return {r.global_id: (r.state, *reversed(progress.get(r.id, (0, 0)))) for r in rows}
+
+
 def workflow_counts(s: Session, owner_id: int | None) -> dict[str, int]:
     """Workflows by state (of one user, or everyone's)."""
     query = select(Workflow.state, func.count()).group_by(Workflow.state)

@@ -113,12 +113,19 @@ def submit(server, body: str, name: str = "test") -> str:
     return server.core("alice").submit({"workflowContent": workflow(body, name)}).globalId
 
 
-def test_log_in_and_see_the_list(page):
-    gid = submit(page.server, '<node id="a"><payload type="sh">true</payload></node>', "listed")
+def test_log_in_and_see_the_list_follow_a_workflow_to_its_end(page, tmp_path):
+    gate = tmp_path / "gate"
+    gid = submit(page.server, f'<node id="a">{waits_for(gate)}</node>', "listed")
     page.open("/ui/workflows")
+    page.driver.execute_script("window.notReloaded = true;")
     assert gid in page.driver.page_source
     assert "listed" in page.text("#workflows")
+    row = f"#workflows tr[data-gid='{gid}'] .wf-state"
+    wait_for(lambda: page.text(row) == "running", what="the row shown running")
     page.shot("workflows")
+    gate.touch()
+    wait_for(lambda: page.text(row) == "succeeded", what="the row shown succeeded")
+    assert page.driver.execute_script("return window.notReloaded === true;")
 
 
 def test_watch_a_node_turn_running_then_succeeded_without_reloading(page, tmp_path):

@@ -111,7 +111,23 @@
       });
   }
 
+  function followList(table) {
+    var rows = Array.prototype.slice.call(table.querySelectorAll("tr[data-gid]"));
+    if (!rows.length) { return; }
+    var ids = rows.map(function (row) { return row.getAttribute("data-gid"); }).join(",");
+    poll(function () { return table.dataset.feed + "?ids=" + encodeURIComponent(ids); }, function (data) {
+      rows.forEach(function (row) {
+        var value = data.workflows[row.getAttribute("data-gid")];
+        if (!value) { return; }
+        setState(row.querySelector(".wf-state"), value[0]);
+        progress(row.querySelector(".wf-progress"), value[1], value[2]);
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var list = document.getElementById("workflows");
+    if (list && list.dataset.feed) { followList(list); }
     var live = document.getElementById("live");
     if (live && live.dataset.feed.indexOf("/ui/workflows/") === 0) { followWorkflow(live); }
     if (live && live.dataset.feed.indexOf("/ui/nodes/") === 0) { followNode(live); }
