@@ -204,9 +204,10 @@ def node(ui: Any, req: Any, node_id: int) -> tuple[str, dict[str, Any]]:
 
 
 def node_live(ui: Any, req: Any, node_id: int) -> dict[str, Any]:
+    """A node page's feed: its state, progress and message."""
     with ui.api.sessions() as s:
-        found, wf = queries.node(s, node_id, scope_of(req.user))
-        return {"state": found.state, "progress": found.progress, "message": found.message or ""}
+        row = queries.node_state(s, node_id, scope_of(req.user))
+    return {"state": row.state, "progress": row.progress, "message": row.message or ""}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, func, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from broker.errors import NotFound
 from broker.persistence.models import Dependency, Event, Node, User, Workflow
@@ -136,7 +136,9 @@ def workflow_counts(s: Session, owner_id: int | None) -> dict[str, int]:
 
 def workflow(s: Session, global_id: str, owner_id: int | None) -> tuple[Workflow, str]:
     """(workflow, owner name) by global id. Raises NotFound."""
+    # the description and the plan (megabytes, perhaps) only when asked for: the download reads them
     row = s.execute(select(Workflow, User.name).join(User, User.id == Workflow.owner_id)
+                    .options(defer(Workflow.descriptor), defer(Workflow.plan))
                     .where(Workflow.global_id == global_id)).first()
     if row is None or (owner_id is not None and row[0].owner_id != owner_id):
         raise NotFound(f"no workflow {global_id}")
@@ -191,10 +193,20 @@ def sweep_members(s: Session, workflow_id: int) -> dict[str, dict[str, int]]:
 def node(s: Session, node_id: int, owner_id: int | None) -> tuple[Node, Workflow]:
     """A node and its workflow by database id. Raises NotFound."""
     found = s.get(Node, node_id)
-    wf = None if found is None else s.get(Workflow, found.workflow_id)
+    wf = None if found is None else s.get(Workflow, found.workflow_id,
+                                          options=[defer(Workflow.descriptor), defer(Workflow.plan)])
     if found is None or wf is None or (owner_id is not None and wf.owner_id != owner_id):
         raise NotFound(f"no node {node_id}")
     return found, wf
+
+
+def node_state(s: Session, node_id: int, owner_id: int | None) -> Any:
+    """(state, progress, message) of a node, for its page's feed. Raises NotFound."""
+    row = s.execute(select(Node.state, Node.progress, Node.message, Workflow.owner_id)
+                    .join(Workflow, Workflow.id == Node.workflow_id).where(Node.id == node_id)).first()
+    if row is None or (owner_id is not None and row.owner_id != owner_id):
+        raise NotFound(f"no node {node_id}")
+    return row
 
 
 def children(s: Session, node_id: int, after: int, limit: int) -> list[Any]:

@@ -200,3 +200,26 @@ def test_the_live_feeds_answer_unchanged_until_an_event_comes(server, tmp_path):
     assert list(later["nodes"].values()) == ["succeeded"]
     events = session.get(server.base + f"/ui/workflows/{gid}/events.json?after=0&level=DEBUG").json()["events"]
     assert [e[0] for e in events] == sorted(e[0] for e in events) and any(e[5] == "succeeded" for e in events)
+
+
+def test_behind_tls_the_session_cookie_is_secure(tmp_path, sqlite_template):
+    import shutil
+
+    from tests.api.helpers import Server, add_users
+
+    shutil.copy(sqlite_template, tmp_path / "broker.db")
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    add_users(url)
+    tls = Server(url, tmp_path, {"BROKER_API_PUBLIC_URL": "https://broker.example.org"}).start()
+    try:
+        form = requests.get(tls.base + "/ui/login")
+        assert "Secure" in form.headers["Set-Cookie"]  # the login form's cookie too
+        token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)
+        # the TLS proxy is not here: the test sends the Secure cookie back over http itself
+        answer = requests.post(tls.base + "/ui/login", data={"user": "alice", "password": "alice-pw",
+                                                             "login_token": token},
+                               headers={"Cookie": f"broker_ui_login={token}"}, allow_redirects=False)
+        assert answer.status_code == 303 and "Secure" in answer.headers["Set-Cookie"]
+    finally:
+        tls.stop(expect=None)
+        tls.close()

@@ -179,3 +179,12 @@ def test_the_events_feed_answers_from_a_shared_tail_and_reads_itself_only_when_f
     assert tails.answer(sessions, alice_user, "wf-ev", 2, None, ids[-1], row) == []  # still fresh
     now[0] = 2
     assert len(tails.answer(sessions, alice_user, "wf-ev", 2, None, ids[-1], row)) == 1
+
+
+def test_the_session_cookie_is_secure_behind_tls_only():
+    from broker.ui.web import session_cookie
+
+    assert "Secure" in session_cookie("c", "t", secure=True)[1]
+    assert "Secure" not in session_cookie("c", "t", secure=False)[1]
+    cleared = session_cookie("c", "", secure=False, max_age=0)[1]
+    assert cleared.startswith("c=;") and "Max-Age=0" in cleared
