@@ -223,3 +223,18 @@ def test_behind_tls_the_session_cookie_is_secure(tmp_path, sqlite_template):
     finally:
         tls.stop(expect=None)
         tls.close()
+
+
+def test_a_sweep_is_one_box_with_its_members_by_state_and_its_page_lists_them(server):
+    from tests.api.helpers import EXAMPLES
+
+    gid = server.core().submit({"workflowContent": (EXAMPLES / "sweep.xml").read_text(encoding="utf-8")}).globalId
+    wait_for(lambda: server.core().getStatusInfoForId(gid).state == "succeeded", what="the sweep")
+    session = login(server)
+    page = session.get(server.base + f"/ui/workflows/{gid}").text
+    assert page.count('class="box state-') == 3  # prepare, scan, collect: the members are not boxes
+    assert "6 members: 6 succeeded" in page
+    sweep_id = re.search(r'href="/ui/nodes/(\d+)" class="box state-succeeded" data-node="\d+" aria-label="scan:',
+                         page).group(1)
+    members = session.get(server.base + f"/ui/nodes/{sweep_id}").text
+    assert all(f">scan[{i}]</a>" in members for i in range(6))
