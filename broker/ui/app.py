@@ -91,11 +91,11 @@ class Dashboard:
             allowed.append(method)
             if method != req.method and not (method == "GET" and req.method == "HEAD"):
                 continue
-            if private and req.session is None:
-                if req.method == "GET" and not req.path.endswith(("/live", ".json")):
-                    return web.redirect(start_response, "/ui/login?" + urllib.parse.urlencode(
-                        {"next": req.path + ("?" + req.environ["QUERY_STRING"] if req.environ.get("QUERY_STRING")
-                                             else "")}))
+            if private and req.session is None:  # never logged in, or the session ended (a form posted late too)
+                if not req.path.endswith(("/live", ".json")):
+                    query = req.environ.get("QUERY_STRING")
+                    back = req.path + ("?" + query if query else "") if req.method == "GET" else "/ui/workflows"
+                    return web.redirect(start_response, "/ui/login?" + urllib.parse.urlencode({"next": back}))
                 return web.as_json(start_response, {"error": "not logged in"}, "401 Unauthorized")
             if req.method == "POST":
                 req.read_form()

@@ -238,3 +238,9 @@ def test_a_sweep_is_one_box_with_its_members_by_state_and_its_page_lists_them(se
                          page).group(1)
     members = session.get(server.base + f"/ui/nodes/{sweep_id}").text
     assert all(f">scan[{i}]</a>" in members for i in range(6))
+
+
+def test_a_form_posted_after_the_session_ended_leads_to_the_login_not_to_an_action(server):
+    answer = requests.post(server.base + "/ui/act", data={"action": "cancel", "target": "wf-x", "csrf": "x"},
+                           cookies={"broker_ui": "ended"}, allow_redirects=False)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/login?next=%2Fui%2Fworkflows"
