@@ -16,6 +16,8 @@ from typing import Any
 from broker.api.identity import scope_of
 from broker.events.types import EventLevel
 from broker.ids import node_global_id
+from broker.persistence.attempts import attempts_of as stored_attempts
+from broker.persistence.estimates import estimate_node, estimate_workflow
 from broker.states import NodeState, WorkflowState
 from broker.ui import graph, queries
 
@@ -55,6 +57,8 @@ def workflows(ui: Any, req: Any) -> tuple[str, dict[str, Any]]:
                                                  ui.api.progress), "that page no longer exists: first page shown"
             cursor = None
         by_state = queries.workflow_counts(s, scope_of(user))
+        running = [w.id for w in page.rows if w.state in ("accepted", "running")][:MAX_ESTIMATES]
+        etas = {workflow_id: workflow_estimate(ui, s, workflow_id) for workflow_id in running}
     keep = {k: v for k, v in q.items() if k in ("state", "name", "owner", "since", "until", "sort", "dir") and v}
     next_link = f"/ui/workflows?{urllib.parse.urlencode({**keep, 'after': page.next_cursor})}" \
         if page.next_cursor else None
@@ -63,7 +67,7 @@ def workflows(ui: Any, req: Any) -> tuple[str, dict[str, Any]]:
                                   descending=descending, sorts=list(queries.SORTS), states=[s.value for s in
                                                                                            WorkflowState],
                                   next_link=next_link, first_link=first_link, error=error,
-                                  etas={w.id: estimate(ui, w) for w in page.rows})
+                                  etas=etas)
 
 
 #: most workflows one poll of the list's feed asks about (a page shows PAGE_ROWS)
@@ -85,13 +89,21 @@ def _day(text: str | None, plus: int = 0) -> dt.datetime | None:
     return dt.datetime.combine(day, dt.time(), dt.timezone.utc) + dt.timedelta(days=plus)
 
 
-def estimate(ui: Any, row: Any) -> str | None:
-    """The estimated end of a running workflow or node as text, None when unknown.
+#: most running workflows of one list page given an estimated end (each reads its nodes and their history)
+MAX_ESTIMATES = 20
 
-    The seam for the completion estimates built from earlier attempts (issue 16, the attempts branch): until
-    they land there is no estimate, and the pages show a dash.
-    """
-    return None
+
+def estimate_text(estimate: Any) -> str | None:
+    """An estimate (broker.persistence.estimates.Estimate) as the pages show it; None when there is none."""
+    if estimate is None:
+        return None
+    return (f"{estimate.p50:%Y-%m-%d %H:%M:%S} UTC (p10 {estimate.p10:%H:%M:%S}, p90 {estimate.p90:%H:%M:%S}; "
+            f"from {estimate.basis} earlier attempts)")
+
+
+def workflow_estimate(ui: Any, s: Any, workflow_id: int) -> str | None:
+    """When a running workflow should end, from earlier attempts and its pace (None: ended or unknown)."""
+    return estimate_text(estimate_workflow(s, workflow_id, slots=ui.api.settings.engine.max_in_flight))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +139,14 @@ def workflow(ui: Any, req: Any, global_id: str) -> tuple[str, dict[str, Any]]:
         edges = queries.top_edges(s, wf.id)
         counts = queries.node_counts(s, wf.id)
         last = queries.last_event_id(s, wf.id)
+        eta = workflow_estimate(ui, s, wf.id)
     layout = graph.layout([n.id for n in shown.nodes], edges)
     total = sum(counts.values())
     done = sum(n for state, n in counts.items() if state in queries.DONE_STATES)
     return "workflow.html", dict(
         wf=wf, owner=owner, level=LEVEL_NAMES.get(wf.event_level, wf.event_level), nodes=shown.nodes,
         hidden=shown.hidden, drawn=len(shown.nodes), sweep_text=shown.sweeps, layout=layout, box_w=graph.BOX_W,
-        box_h=graph.BOX_H, node_counts=counts, total=total, done=done, last_event=last, eta=estimate(ui, wf),
+        box_h=graph.BOX_H, node_counts=counts, total=total, done=done, last_event=last, eta=eta,
         here=f"/ui/workflows/{wf.global_id}", node_states=[state.value for state in NodeState])
 
 
@@ -153,25 +166,24 @@ def descriptor(ui: Any, req: Any, global_id: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One attempt as the node page shows it (the attempts table's columns)."""
+    """One attempt as the node page shows it."""
 
     number: int
     host: str | None
+    account: str | None
     job_id: str | None
     workdir: str | None
     exit_code: int | None
     start: dt.datetime | None
     end: dt.datetime | None
+    outcome: str | None
     message: str | None
 
 
-def attempts_of(node: Any) -> list[Attempt]:
-    """Every attempt of a node, newest first. Until the attempts table lands (issue 16, the attempts branch)
-    only the current one is known, from the node's row: this is the seam where the table's rows go."""
-    if not node.attempt:
-        return []
-    return [Attempt(node.attempt, node.host, node.job_id, node.workdir, node.exit_code, node.started_at,
-                    node.finished_at, node.message)]
+def attempts_of(s: Any, node_id: int) -> list[Attempt]:
+    """Every attempt of a node (the attempts table), newest first."""
+    return [Attempt(a.number, a.host, a.account, a.job_id, a.workdir, a.exit_code, a.started_at or a.queued_at,
+                    a.finished_at, a.outcome, a.message) for a in reversed(stored_attempts(s, node_id))]
 
 
 def node(ui: Any, req: Any, node_id: int) -> tuple[str, dict[str, Any]]:
@@ -190,13 +202,15 @@ def node(ui: Any, req: Any, node_id: int) -> tuple[str, dict[str, Any]]:
                 more = f"/ui/nodes/{found.id}?after={children[-1].id}"
         events = queries.events(s, wf.id, 0, level, EVENT_ROWS, found.path, newest=True)
         last = queries.last_event_id(s, wf.id)
+        attempts = attempts_of(s, found.id)
+        eta = estimate_text(estimate_node(s, found.id))
     outputs = [(name, value if isinstance(value, str) else json.dumps(value))
                for name, value in sorted((found.outputs or {}).items())]
     streams = [tail(found.workdir, name) for name in ("stdout", "stderr")] if found.workdir else []
     gid = node_global_id(wf.global_id, found.path)
     return "node.html", dict(
         node=found, wf=wf, gid=gid, parents=parents, children=children, more_children=more, outputs=outputs,
-        streams=[st for st in streams if st is not None], attempts=attempts_of(found), eta=estimate(ui, found),
+        streams=[st for st in streams if st is not None], attempts=attempts, eta=eta,
         events=events, level_names=LEVEL_NAMES, last_event=last, here=f"/ui/nodes/{found.id}",
         events_after=events[-1].id if events else 0,
         events_feed=f"/ui/workflows/{wf.global_id}/events.json?" + urllib.parse.urlencode(

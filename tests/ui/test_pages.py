@@ -244,3 +244,31 @@ def test_a_form_posted_after_the_session_ended_leads_to_the_login_not_to_an_acti
     answer = requests.post(server.base + "/ui/act", data={"action": "cancel", "target": "wf-x", "csrf": "x"},
                            cookies={"broker_ui": "ended"}, allow_redirects=False)
     assert answer.status_code == 303 and answer.headers["Location"] == "/ui/login?next=%2Fui%2Fworkflows"
+
+
+def test_the_node_page_lists_every_attempt_and_a_rerun_shows_its_estimated_end(server, tmp_path):
+    from tests.api.helpers import waits_for
+
+    first_gate, second_gate = tmp_path / "one", tmp_path / "two"
+    body = '<node id="step">{}</node>'
+    first = submit(server, body.format(waits_for(first_gate)), name="again")
+    session = login(server)
+    wait_for(lambda: server.core().getStatusInfoForId(f"{first}/step").state == "running", what="step running")
+    page = session.get(server.base + f"/ui/workflows/{first}").text
+    node_id = re.search(r'href="/ui/nodes/(\d+)"', page).group(1)
+    form = session.get(server.base + f"/ui/confirm?action=cancel&target={first}/step").text
+    session.post(server.base + "/ui/act", data={"csrf": csrf_of(form), "action": "cancel", "target": f"{first}/step"})
+    wait_for(lambda: server.core().getStatusInfoForId(f"{first}/step").state == "cancelled", what="cancelled")
+    session.post(server.base + "/ui/act", data={"csrf": csrf_of(form), "action": "restart", "target": f"{first}/step"})
+    first_gate.touch()
+    wait_for(lambda: server.core().getStatusInfoForId(first).state == "succeeded", what="the first run")
+    node = session.get(server.base + f"/ui/nodes/{node_id}").text
+    attempts = re.findall(r"<tr><td>(\d+)</td>", node.split('id="attempts"')[1].split("</table>")[0])
+    assert attempts == ["2", "1"]  # newest first
+    assert "cancelled" in node and "succeeded" in node
+    second = submit(server, body.format(waits_for(second_gate)), name="again")
+    wait_for(lambda: server.core().getStatusInfoForId(f"{second}/step").state == "running", what="the rerun")
+    estimated = re.search(r"<dt>Estimated end</dt><dd id=\"wf-eta\">([^<]*)</dd>",
+                          session.get(server.base + f"/ui/workflows/{second}").text).group(1)
+    second_gate.touch()
+    assert "UTC (p10" in estimated, estimated
