@@ -1,6 +1,6 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Selenium through Debian's
 chromedriver (nothing downloads a browser). Each test saves screenshots of the pages it visits under its
-tmp dir; the workflow page's is the README's (docs/dashboard-workflow.png, rewritten when
+tmp dir; the workflow page's is the README's (tests/ui/dashboard-workflow.png, rewritten when
 BROKER_TEST_UPDATE_SCREENSHOT=1)."""
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def test_watch_a_node_turn_running_then_succeeded_without_reloading(page, tmp_pa
     page.shot("workflow-running")
     if os.environ.get("BROKER_TEST_UPDATE_SCREENSHOT") == "1":
         page.driver.set_window_size(1000, 1000)  # the attributes and the whole diamond
-        shutil.copy(page.shot("workflow"), REPO / "docs" / "dashboard-workflow.png")
+        shutil.copy(page.shot("workflow"), Path(__file__).with_name("dashboard-workflow.png"))
         page.driver.set_window_size(1100, 800)
     gate_join.touch()
     wait_for(lambda: page.box_state("join") == "succeeded", what="join shown succeeded")
