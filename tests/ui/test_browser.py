@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.helpers import REPO, waits_for, workflow
+from tests.api.helpers import waits_for, workflow
 from tests.fixtures import require, wait_for
 from tests.ui.test_pages import EVIL_NAME
 
