@@ -234,9 +234,11 @@ class ApiSettings:
                                                                      "workflowUrl is refused"))
     drain_timeout: float = field(default=30.0, metadata=_doc("on SIGTERM, how long in-flight calls may take to "
                                                              "finish", "s"))
-    fast_status: bool = field(default=True, metadata=_doc("answer getStatusInfoForId without going through spyne "
-                                                          "(the same answer, written directly: the most frequent "
-                                                          "call); False: through spyne like every other call"))
+    fast_status: bool = field(default=True, metadata=_doc("answer getStatusInfoForId and the event pages "
+                                                          "(getStatusInfo, getStatusInfoForUser) without going "
+                                                          "through spyne (the same answers, written directly: the "
+                                                          "most frequent calls); False: through spyne like every "
+                                                          "other call"))
     header_timeout: float = field(default=10.0, metadata=_doc("how long a connection may take to send a request's "
                                                               "line and headers (from its opening or its previous "
                                                               "answer); an idle connection is closed after it", "s"))

@@ -208,6 +208,10 @@ class Service:
             status_db = make_engine(self.settings.database_url(), self.settings, pool_size=api_settings.threads + 1)
             self._closing.append(status_db)
             fast[("/broker", OPERATION)] = status_handler(StatusReader(status_db, engine.progress), api)
+            from broker.api.eventpage import OPERATIONS, page_handler
+
+            pages = page_handler(engine.db, api_settings.page_size)
+            fast.update({("/broker", operation): pages for operation in OPERATIONS})
         authenticator = Authenticator(engine.sessions, api_settings.credential_ttl, api_settings.threads)
         limits = self.settings.limits  # one setting caps attributes in descriptions and in envelopes
         edge = Edge(routes, authenticator, api_settings.max_request_bytes, fast,

@@ -191,13 +191,30 @@ def events_page(s: Session, last_id: int, limit: int, owner_id: int | None = Non
     ``owner_id`` limits them to that user's workflows; ``every_event`` (admins) also includes
     service-level events, which belong to no workflow.
     """
-    query = select(Event, Workflow.global_id).outerjoin(Workflow, Workflow.id == Event.workflow_id) \
-        .where(Event.id > last_id)
+    query = _page(select(Event, Workflow.global_id), last_id, limit, owner_id, every_event)
+    return [(event, gid) for event, gid in s.execute(query)]
+
+
+#: the columns of an event page read without the ORM (:func:`event_rows`), in this order
+EVENT_COLUMNS = (Event.id, Event.time, Event.type, Event.level, Event.state, Event.workflow_id, Event.node_path,
+                 Event.actor, Event.message, Event.properties)
+
+
+def event_rows(connection: Connection, last_id: int, limit: int, owner_id: int | None = None,
+               every_event: bool = False) -> Sequence[Any]:
+    """The page :func:`events_page` reads, as plain rows (:data:`EVENT_COLUMNS` and the workflow's global
+    id): building 200 ORM objects was a third of a page's time, and the API's fast path needs only values."""
+    query = _page(select(*EVENT_COLUMNS, Workflow.global_id), last_id, limit, owner_id, every_event)
+    return connection.execute(query).all()
+
+
+def _page(query: Select[Any], last_id: int, limit: int, owner_id: int | None, every_event: bool) -> Select[Any]:
+    query = query.outerjoin(Workflow, Workflow.id == Event.workflow_id).where(Event.id > last_id)
     if owner_id is not None:
         query = query.where(Workflow.owner_id == owner_id)
     elif not every_event:
         query = query.where(Event.workflow_id.is_not(None))
-    return [(event, gid) for event, gid in s.execute(query.order_by(Event.id).limit(limit))]
+    return query.order_by(Event.id).limit(limit)
 
 
 # ------------------------------------------------------------------------------------------ summaries
