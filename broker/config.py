@@ -106,7 +106,9 @@ class EngineSettings:
                                      "whoever owns it (a single-user broker); false: as the owner's account from "
                                      "the accounts mapping, which needs the broker to run as root unless the owner "
                                      "is mapped to the broker's own account"))
-    max_in_flight: int = field(default=8, metadata=_doc("most nodes in flight at once, broker-wide", "nodes"))
+    max_in_flight: int = field(default=10_000, metadata=_doc(
+        "most nodes in flight at once, broker-wide: a safety cap over every host together; each host is "
+        "throttled by its own maxJobs (README \"Sizing\")", "nodes"))
     max_in_flight_per_user: int = field(default=0, metadata=_doc("most nodes in flight per user; 0: no limit",
                                                                  "nodes"))
     launch_workers: int = field(default=4, metadata=_doc("launch worker actors (render and start payloads)",

@@ -133,6 +133,9 @@ class Engine:
             # named as the lease's holder: a broker taking the lease over after it expired ends these connections
             self.db = open_database(settings, auto_migrate=True, application_name=lock.holder_name)
             self.sessions = session_factory(self.db)
+            from broker.persistence.upkeep import warn_if_no_autovacuum
+
+            warn_if_no_autovacuum(self.db)
             if self._launcher is None:
                 from broker.launchers.local import LocalLauncher
 

@@ -51,6 +51,7 @@ from broker.ids import GLOBAL_ID_RE, split_global_id
 from broker.persistence import queries
 from broker.persistence.changes import DeleteWorkflows, Planned
 from broker.persistence.models import Node, Workflow
+from broker.persistence.upkeep import vacuum_deleted
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ class Deleter:
         if self.forget is not None:
             for r in gone:
                 self.forget(r.id)
+        if gone:  # after the commit, outside any transaction: PostgreSQL reuses the rows' space only once vacuumed
+            vacuum_deleted(self.sessions.kw["bind"])
         return result
 
     def delete_one(self, global_id: str, what: str, owner_id: int | None = None) -> queries.Deletion:

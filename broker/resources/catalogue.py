@@ -31,6 +31,8 @@ BATCH_LAUNCHERS = ("slurm", "pbs", "moab")
 #: batch launchers that submit the members of a sweep as job arrays (SLURM --array, Torque -t; MOAB's msub -t
 #: arrays are not submitted: their output formats could not be recorded here)
 ARRAY_LAUNCHERS = ("slurm", "pbs")
+#: a host's maxJobs when its <host> gives none, by launcher: why these, and how to size them: README "Sizing"
+DEFAULT_MAX_JOBS = {"local": 256, "ssh": 32, "slurm": 500, "pbs": 500, "moab": 500}
 #: the host of a broker without a catalogue
 LOCALHOST = "localhost"
 
@@ -104,7 +106,7 @@ class Host:
     #: one of LAUNCHERS
     launcher: str
     #: most jobs in flight on this host at once; 0: no per-host limit
-    max_jobs: int = 0
+    max_jobs: int = -1
     ssh: SshAccess | None = None
     #: directory holding each account's private work root (scratch/ACCOUNT); relative: to the home directory
     scratch: str | None = None
@@ -121,6 +123,10 @@ class Host:
     tags: tuple[str, ...] = ()
     #: line of the <host> element (0 for the built-in local host)
     line: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 0:  # not given: the launcher's default
+            object.__setattr__(self, "max_jobs", DEFAULT_MAX_JOBS.get(self.launcher, 0))
 
     @property
     def is_batch(self) -> bool:
@@ -270,7 +276,7 @@ def _host(el: etree._Element, base: Path, filename: str, problems: list[Problem]
         batch = BatchOptions()
     if el.get("push", "false") in ("true", "1") and launcher == "local":
         problem("push applies to remote hosts (ssh, slurm, pbs, moab): local payloads are watched directly")
-    return Host(name=name, launcher=launcher, max_jobs=int(el.get("maxJobs", "0")),
+    return Host(name=name, launcher=launcher, max_jobs=int(el.get("maxJobs", "-1")),
                 push=el.get("push", "false") in ("true", "1"), ssh=ssh, scratch=scratch,
                 python=python, env=tuple(env), batch=batch, limits=limits, accounts=tuple(accounts), line=line,
                 tags=tuple(dict.fromkeys(el.get("tags", "").split())))
