@@ -85,7 +85,7 @@ class MNode:
 class MWorkflow:
     __slots__ = ("id", "global_id", "owner", "spec", "templates", "event_level", "event_seq", "state", "counts",
                  "constraint", "cancel_requested", "priority", "max_in_flight", "publish_metadata_to", "nodes",
-                 "started_at", "total_nodes", "size")
+                 "started_at", "total_nodes", "size", "nodes_total", "nodes_done")
 
     def __init__(self, row: Any, owner: str):
         self.id: int = row.id
@@ -105,6 +105,9 @@ class MWorkflow:
         self.nodes: list[MNode] = []
         self.started_at = row.started_at
         self.total_nodes = 0
+        #: the node counts last written to its row (columns of revision 0011; None: never written)
+        self.nodes_total: int | None = getattr(row, "nodes_total", None)
+        self.nodes_done: int | None = getattr(row, "nodes_done", None)
         #: stored nodes as [limits] max_nodes counts them (as validation does): every row but sweep members
         self.size = 0
 

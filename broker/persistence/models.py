@@ -129,6 +129,11 @@ class Workflow(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     #: the last per-workflow event sequence number used
     event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    #: work-carrying nodes (execute nodes, unexpanded sweeps) and how many of them ended, as the writer
+    #: committed them with the nodes: status reads take a workflow's progress from here, in any process
+    #: (None: not written yet by a broker of revision 0011 or later; counted from the nodes then)
+    nodes_total: Mapped[int | None] = mapped_column(Integer)
+    nodes_done: Mapped[int | None] = mapped_column(Integer)
     submitted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]

@@ -120,11 +120,14 @@ def _status_statements() -> tuple[Any, Any, Any]:
                last.with_only_columns(events.c.time).scalar_subquery().label("last_time"))
     # without the node counts (two scans of the workflow's nodes): when a ProgressBoard has them
     light = select(*columns).where(wf.c.global_id == bindparam("gid"))
+    # the counts the writer committed with the nodes (revision 0011); only a workflow no broker of that
+    # revision has written yet is counted (COALESCE evaluates its second argument only when the first is null)
     workflow = select(
         *columns,
-        select(func.count()).select_from(nodes).where(counted_nodes).scalar_subquery().label("total"),
-        select(func.count()).select_from(nodes).where(counted_nodes, nodes.c.state.in_(DONE_STATES))
-        .scalar_subquery().label("done"),
+        func.coalesce(wf.c.nodes_total, select(func.count()).select_from(nodes).where(counted_nodes)
+                      .scalar_subquery()).label("total"),
+        func.coalesce(wf.c.nodes_done, select(func.count()).select_from(nodes)
+                      .where(counted_nodes, nodes.c.state.in_(DONE_STATES)).scalar_subquery()).label("done"),
     ).where(wf.c.global_id == bindparam("gid"))
     node_last = select(events.c.id, events.c.time).where(events.c.workflow_id == nodes.c.workflow_id,
                                                          events.c.node_path == nodes.c.path) \
@@ -146,7 +149,8 @@ def current_status(s: Session | Connection, global_id: str, owner_id: int | None
     """The status of a workflow or node global id, if the scope allows (one statement). Raises NotFound.
 
     ``board``: the running broker's committed node counts; a workflow's progress comes from there when it
-    has them (see :mod:`broker.persistence.progress`), else from counting its nodes.
+    has them (see :mod:`broker.persistence.progress`), else from the counts the writer committed in the
+    workflow's row (any process can read those), else from counting its nodes.
     """
     try:
         wf_gid, path = split_global_id(global_id)
