@@ -223,6 +223,10 @@ class ApiSettings:
                                                       "WSDLs (core: <public_url>/broker, admin: <public_url>/admin); "
                                                       "empty: http://<listen>"))
     threads: int = field(default=8, metadata=_doc("HTTP worker threads: calls served at once", "threads"))
+    processes: int = field(default=1, metadata=_doc(
+        "server processes on the one port (SO_REUSEPORT): the broker's own, and N-1 API-only ones that answer "
+        "status reads and event pages from the database and forward every other call to it (README \"Several "
+        "API processes\")", "processes"))
     max_request_bytes: int = field(default=16 * 1024**2,
                                    metadata=_doc("largest SOAP request accepted (larger descriptions: use "
                                                  "workflowUrl)", "bytes"))

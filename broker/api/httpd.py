@@ -56,12 +56,10 @@ FAULT_NAMESPACE = "urn:workflow-broker:core:v1"
 class HttpServer:
     """Accepts connections, reads whole requests, runs the WSGI application in ``threads`` threads."""
 
-    def __init__(self, bind: tuple[str, int], app: App, threads: int, limits: Limits):
-        self.bind = bind
-        self.app = app
-        self.threads = threads
-        self.limits = limits
-        self.budget = BUDGET_REQUESTS * (limits.max_body + 1)
+    def __init__(self, bind: tuple[str, int], app: App, threads: int, limits: Limits, reuse_port: bool = False):
+        self.bind, self.app, self.threads, self.limits = bind, app, threads, limits
+        #: SO_REUSEPORT: [api] processes > 1 bind one port, the kernel spreads connections (broker.api.apionly)
+        self.reuse_port, self.budget = reuse_port, BUDGET_REQUESTS * (limits.max_body + 1)
         self.bind_addr: tuple[Any, ...] = bind
         self._listener: socket.socket | None = None
         self._selector = selectors.DefaultSelector()
@@ -87,6 +85,8 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in self.bind[0] else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind(self.bind)
         listener.listen(128)
         listener.setblocking(False)

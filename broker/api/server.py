@@ -60,6 +60,8 @@ class Service:
         self.stopping = threading.Event()
         #: engines of the API's own to dispose of at the stop (the fast status reads' pool)
         self._closing: list[Any] = []
+        #: what to stop before the engine: the API-only processes and process 0's private forward server
+        self._stops: list[Callable[[], None]] = []
         self._signals = 0
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -95,7 +97,10 @@ class Service:
                         max_pending_per_address=api_settings.max_pending_per_address,
                         max_body=api_settings.max_request_bytes, drain_timeout=api_settings.drain_timeout)
         # the port opens before the engine starts: health checks see "starting", not a refused connection
-        servers = [HttpServer((host, port), front, api_settings.threads, limits)]
+        if api_settings.processes < 1:
+            raise ConfigError(f"[api] processes: must be at least 1, got {api_settings.processes}")
+        servers = [HttpServer((host, port), front, api_settings.threads, limits,
+                              reuse_port=api_settings.processes > 1)]
         if metrics_at is not None:
             servers.append(HttpServer(metrics_at, metrics_only(registry), 1, limits))
         threads = []
@@ -117,6 +122,11 @@ class Service:
             if engine is not None:  # None: stopped while a standby
                 try:
                     self._serve(engine, front, collector, board, public, (bound_host, bound_port))
+                    if api_settings.processes > 1:
+                        from broker.api.apionly import start_api_processes
+
+                        self._stops.append(start_api_processes(self.settings, front, limits,
+                                                               f"{_url_host(bound_host)}:{bound_port}"))
                     # a timed wait: the Python-level signal handler runs only when the main thread executes
                     # bytecode, and one untimed wait was seen to sleep through a SIGTERM under load
                     while not self.stopping.wait(0.5):
@@ -127,6 +137,8 @@ class Service:
                     servers[0].stop()
                     threads[0].join()
                 finally:
+                    for stop in reversed(self._stops):
+                        stop()
                     collector.engine = None  # a scrape during the engine's stop reports the service state only
                     for resource in self._closing:
                         resource.dispose()

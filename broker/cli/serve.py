@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--workdir", metavar="DIR", help="root of the node work directories "
                                                         "(overrides [engine] workdir)")
     parser.add_argument("--write-wsdl", metavar="DIR", help="write the two WSDLs into DIR and exit (no database)")
+    # started by broker serve itself for [api] processes > 1: an API-only process forwarding to HOST:PORT
+    parser.add_argument("--api-only", metavar="HOST:PORT", help=argparse.SUPPRESS)
     parser.set_defaults(func=serve_command)
 
 
@@ -47,6 +49,10 @@ def serve_command(args: argparse.Namespace, settings: Any) -> int:
 
     if args.listen:
         settings = settings.replace("api", listen=args.listen)
+    if args.api_only:
+        from broker.api.apionly import serve_api_only
+
+        return serve_api_only(settings, args.api_only)
     if args.workdir:
         settings = settings.replace("engine", workdir=args.workdir)
     return Service(settings, on_ready=_announce, on_standby=_standing_by).run()

@@ -31,8 +31,7 @@ BATCH_LAUNCHERS = ("slurm", "pbs", "moab")
 #: batch launchers that submit the members of a sweep as job arrays (SLURM --array, Torque -t; MOAB's msub -t
 #: arrays are not submitted: their output formats could not be recorded here)
 ARRAY_LAUNCHERS = ("slurm", "pbs")
-#: a host's maxJobs when its <host> gives none, by launcher: why these, and how to size them: README "Sizing"
-DEFAULT_MAX_JOBS = {"local": 256, "ssh": 32, "slurm": 500, "pbs": 500, "moab": 500}
+DEFAULT_MAX_JOBS = {"local": 512, "ssh": 32, "slurm": 500, "pbs": 500, "moab": 500}
 #: the host of a broker without a catalogue
 LOCALHOST = "localhost"
 
@@ -105,8 +104,8 @@ class Host:
     name: str
     #: one of LAUNCHERS
     launcher: str
-    #: most jobs in flight on this host at once; 0: no per-host limit
-    max_jobs: int = -1
+    #: most jobs in flight on this host at once; 0: no per-host limit; none given: DEFAULT_MAX_JOBS[launcher]
+    max_jobs: int = -1  # (why those defaults and how to size a host: README "Sizing")
     ssh: SshAccess | None = None
     #: directory holding each account's private work root (scratch/ACCOUNT); relative: to the home directory
     scratch: str | None = None

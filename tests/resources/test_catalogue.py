@@ -179,9 +179,9 @@ def test_hosts_without_max_jobs_get_their_launchers_default_and_an_explicit_zero
         <host name="lab" launcher="ssh">{SSH}<scratch>/s</scratch></host>
         <host name="hpc" launcher="slurm">{SSH}<scratch>/s</scratch></host>
         <host name="open" launcher="pbs" maxJobs="0">{SSH}<scratch>/s</scratch></host>""", tmp_path)
-    assert [catalogue.max_jobs(name) for name in ("here", "lab", "hpc", "open")] == [256, 32, 500, 0]
+    assert [catalogue.max_jobs(name) for name in ("here", "lab", "hpc", "open")] == [512, 32, 500, 0]
     # a broker without a catalogue: its local host is sized like any local host, not by one broker-wide 8
-    assert cat.builtin_catalogue().max_jobs("localhost") == cat.DEFAULT_MAX_JOBS["local"] == 256
+    assert cat.builtin_catalogue().max_jobs("localhost") == cat.DEFAULT_MAX_JOBS["local"] == 512
     assert Settings().engine.max_in_flight >= sum(cat.DEFAULT_MAX_JOBS.values())
 
 
