@@ -95,8 +95,9 @@ def probe(engine: Any) -> Callable[[], bool]:
     return readable
 
 
-def serve_api_only(settings: Settings, forward_to: str) -> int:
-    """Run one API-only process until SIGTERM (drain as ``broker serve`` does); returns the exit status."""
+def serve_api_only(settings: Settings, listen: tuple[str, int], target: tuple[str, int]) -> int:
+    """Run one API-only process on ``listen`` forwarding to process 0 at ``target``, until SIGTERM (drain as
+    ``broker serve`` does); returns the exit status."""
     from broker.api.edge import Edge, Route
     from broker.api.eventpage import OPERATIONS, page_handler
     from broker.api.fastpath import OPERATION, StatusReader, status_handler
@@ -105,14 +106,12 @@ def serve_api_only(settings: Settings, forward_to: str) -> int:
     from broker.api.httpd import HttpServer, Limits
     from broker.api.identity import Authenticator
     from broker.api.metrics import registry_for
-    from broker.api.server import parse_listen
     from broker.persistence.db import make_engine, session_factory
 
     api = settings.api
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    target = parse_listen(forward_to, "processes (forward address)")
     db = make_engine(settings.database_url(), settings, pool_size=2 * api.threads + 1)
     forward = Forward(target)
     routes = [Route("/broker", forward, CORE_NS, _wsdl(target, "/broker")),
@@ -130,7 +129,7 @@ def serve_api_only(settings: Settings, forward_to: str) -> int:
     registry, _, api_metrics = registry_for(health)
     front = Front(health, registry, api_metrics, metrics_here=False)
     front.inner = _with_metrics_forwarded(edge, forward)
-    server = HttpServer(parse_listen(api.listen), front, api.threads,
+    server = HttpServer(listen, front, api.threads,
                         Limits(header_timeout=api.header_timeout, min_body_rate=api.min_body_rate,
                                max_pending_per_address=api.max_pending_per_address, max_body=api.max_request_bytes,
                                drain_timeout=api.drain_timeout), reuse_port=True)

@@ -51,8 +51,9 @@ def serve_command(args: argparse.Namespace, settings: Any) -> int:
         settings = settings.replace("api", listen=args.listen)
     if args.api_only:
         from broker.api.apionly import serve_api_only
+        from broker.api.server import parse_listen
 
-        return serve_api_only(settings, args.api_only)
+        return serve_api_only(settings, parse_listen(settings.api.listen), parse_listen(args.api_only, "processes"))
     if args.workdir:
         settings = settings.replace("engine", workdir=args.workdir)
     return Service(settings, on_ready=_announce, on_standby=_standing_by).run()
