@@ -79,13 +79,13 @@ def _wsdl(address: tuple[str, int], path: str) -> bytes:
         return answer.read()
 
 
-def probe(engine: Any) -> Callable[[], bool]:
+def probe(db: Any) -> Callable[[], bool]:
     """Whether the database can be read now (for ``/health``)."""
     from sqlalchemy import text
 
     def readable() -> bool:
         try:
-            with engine.connect() as c:
+            with db.connect() as c:
                 c.execute(text("SELECT 1"))
             return True
         except Exception as exc:

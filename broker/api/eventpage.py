@@ -116,9 +116,9 @@ def _arguments(call: Any, names: tuple[str, ...]) -> dict[str, str | None] | Non
     return found
 
 
-def page_handler(engine: Any, page_size: int) -> Callable[[Any, dict[str, Any]], bytes | None]:
+def page_handler(db: Any, page_size: int) -> Callable[[Any, dict[str, Any]], bytes | None]:
     """The edge's handler of both event-page operations: (parsed envelope, environ) -> response body, or
-    None for a request it leaves to spyne. ``engine``: the database engine the page is read with."""
+    None for a request it leaves to spyne. ``db``: the SQLAlchemy engine the page is read with."""
 
     def answer(tree: Any, environ: dict[str, Any]) -> bytes | None:
         body = tree.find(f"{{{SOAP11_ENV}}}Body")
@@ -134,7 +134,7 @@ def page_handler(engine: Any, page_size: int) -> Callable[[Any, dict[str, Any]],
             return None
         user = caller(environ)
         last_id = max(0, int(args.get(_LAST_ID) or 0))
-        with engine.connect() as connection:
+        with db.connect() as connection:
             if operation == "getStatusInfo":
                 rows = queries.event_rows(connection, last_id, page_size, scope_of(user), every_event=user.admin)
             else:
