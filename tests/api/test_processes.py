@@ -163,3 +163,36 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_an_api_only_process_sees_a_changed_password_within_the_login_cache_time(migrated_url, tmp_path):
+    add_users(migrated_url)
+    server = Server(migrated_url, tmp_path, {"BROKER_API_PROCESSES": "2", "BROKER_API_CREDENTIAL_TTL": "1"}).start()
+    try:
+        host, port = address(server)
+        forward_address(server)
+        status_call = envelope("<c:getStatusInfo><c:lastId>0</c:lastId></c:getStatusInfo>")
+        assert once(host, port, status_call)[0] == 200  # cached now in whichever process answered
+        changed = subprocess.run([str(BROKER), "user", "passwd", "alice", "--password-stdin"], input="new-pw\n",
+                                 env=server.env, capture_output=True, text=True, timeout=DEADLINE)
+        assert changed.returncode == 0, changed.stderr
+        # every process, on connections of their own, refuses the old password within the cache time
+        wait_for(lambda: all(once(host, port, status_call)[0] == 401 for _ in range(8)),
+                 what="the old password refused by every process", deadline=10)
+        assert all(once(host, port, status_call, basic("alice", "new-pw"))[0] == 200 for _ in range(8))
+    finally:
+        server.stop()
+
+
+def test_the_database_probe_of_an_api_only_process_says_when_it_cannot_read():
+    from broker.api.apionly import probe
+    from broker.persistence.db import make_engine
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    db = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+    try:
+        assert probe(db)() is False
+    finally:
+        db.dispose()
