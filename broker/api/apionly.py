@@ -118,7 +118,7 @@ def serve_api_only(settings: Settings, listen: tuple[str, int], target: tuple[st
               Route("/admin", forward, ADMIN_NS, _wsdl(target, "/admin"))]
     fast: dict[tuple[str, str], Any] = {}
     if api.fast_status:
-        fast[("/broker", OPERATION)] = status_handler(StatusReader(db))
+        fast[("/broker", OPERATION)] = _without_estimates(status_handler(StatusReader(db)))
         pages = page_handler(db, api.page_size)
         fast.update({("/broker", operation): pages for operation in OPERATIONS})
     limits = settings.limits
@@ -187,6 +187,20 @@ def start_api_processes(settings: Settings, front: Any, limits: Any, listen: str
         thread.join()
 
     return stop
+
+
+def _without_estimates(handler: Any) -> Any:
+    """The status handler for calls that ask no estimated end; those that do are forwarded: the estimates'
+    cache (and the scheduler's slots they depend on) live in process 0."""
+    from broker.api.fastpath import CORE_NS as CORE, OPERATION, SOAP11_ENV
+
+    path = f"{{{SOAP11_ENV}}}Body/{{{CORE}}}{OPERATION}"
+
+    def answer(tree: Any, environ: dict[str, Any]) -> bytes | None:
+        call = tree.find(path)
+        return None if call is not None and len(call) > 1 else handler(tree, environ)
+
+    return answer
 
 
 def _with_metrics_forwarded(edge: Any, forward: Forward) -> Any:

@@ -115,6 +115,10 @@ def test_an_api_only_process_reads_from_the_database_and_forwards_the_rest(two, 
         direct = forward.rpartition(":")
         assert once(direct[0], int(direct[2]), status_body(gid))[1] == mine
         assert once(direct[0], int(direct[2]), page_call)[1] == page
+        # an estimated end is process 0's (its estimates' cache): forwarded, the same answer
+        estimate = envelope(f"<c:getStatusInfoForId><c:globalId>{gid}</c:globalId><c:estimate>true</c:estimate>"
+                            "</c:getStatusInfoForId>")
+        assert once("127.0.0.1", port, estimate) == once(direct[0], int(direct[2]), estimate)
         status, answer = once("127.0.0.1", port, status_body(gid), basic("alice", "wrong"))
         assert status == 401 and b"InvalidCredentials" in answer
         status, answer = once("127.0.0.1", port, status_body(gid), basic("bob", "bob-pw"))
