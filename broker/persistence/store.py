@@ -121,7 +121,7 @@ class Store:
             self._insert_created(s, batch)
             self._stop_failing(batch)
             self._derive(batch)
-            _count(batch)
+            batch.counts()
             self._sql(s).write(s, batch)
             if batch.spawned:
                 crash_point("spawn")
@@ -367,17 +367,6 @@ class Store:
                                   kill=tuple(batch.kill), resume=tuple(batch.resume))
         out.summaries = [WorkflowSummary(wf.id, wf.global_id, wf.state, {s.value: k for s, k in wf.counts.items()
                                                                        if k}) for wf in batch.touched.values()]
-
-
-def _count(batch: WriteSet) -> None:
-    """Write each touched workflow's node counts with its nodes (columns nodes_total, nodes_done), so any
-    process reads a workflow's progress as committed, without the engine's memory or counting its nodes."""
-    for wf in list(batch.touched.values()):
-        total = sum(wf.counts.values())
-        done = sum(n for state, n in wf.counts.items() if state in TERMINAL)
-        if (wf.nodes_total, wf.nodes_done) != (total, done):
-            wf.nodes_total, wf.nodes_done = total, done
-            batch.workflow_update(wf, {"nodes_total": total, "nodes_done": done})
 
 
 def _merge(a: Outcome, b: Outcome) -> Outcome:

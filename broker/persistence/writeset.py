@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.events.routing import destinations
 from broker.events.types import EventType, level_of
+from broker.states import TERMINAL
 
 if TYPE_CHECKING:
     from broker.persistence.graph import MNode, MWorkflow
@@ -60,6 +61,16 @@ class WriteSet:
         else:
             entry[1].update(cols)
         self.touched[node.wf.id] = node.wf
+
+    def counts(self) -> None:
+        """Write each touched workflow's node counts with its nodes (columns nodes_total, nodes_done), so any
+        process reads a workflow's progress as committed, without the engine's memory or counting its nodes."""
+        for wf in list(self.touched.values()):
+            total = sum(wf.counts.values())
+            done = sum(n for state, n in wf.counts.items() if state in TERMINAL)
+            if (wf.nodes_total, wf.nodes_done) != (total, done):
+                wf.nodes_total, wf.nodes_done = total, done
+                self.workflow_update(wf, {"nodes_total": total, "nodes_done": done})
 
     def attempt(self, node: MNode, cols: dict[str, Any], *, new: bool) -> None:
         """Insert (``new``) or update the row of the node's current attempt."""
