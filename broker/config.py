@@ -290,6 +290,9 @@ class HostsSettings:
                                                                   "loopback, private and link-local addresses"))
     http_timeout: float = field(default=30.0, metadata=_doc("how long an http(s):// stage-in may wait for the "
                                                             "server", "s"))
+    local_agent: bool = field(default=False, metadata=_doc("whether local payloads start under a resident agent "
+                                                           "per account (one process per payload) instead of "
+                                                           "a wb-run.sh wrapper each"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,9 +137,9 @@ class Engine:
 
             warn_if_no_autovacuum(self.db)
             if self._launcher is None:
-                from broker.launchers.local import LocalLauncher
+                from broker.launchers.registry import new_local_launcher
 
-                self._launcher = LocalLauncher(max_output_bytes=settings.limits.max_output_bytes)
+                self._launcher = new_local_launcher(settings, str(self.workdir))
             self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.resources = self._resources()
             from broker.launchers.registry import Launchers

@@ -52,6 +52,9 @@ ENV_FILE = "env.sh"
 class LocalLauncher(Adoption):
     """Runs payloads on this host (implements :class:`broker.launchers.base.Launcher`)."""
 
+    #: an attempt tracked without a pidfd is looked for until found (its wrapper); not under an agent
+    _identify_unfound = True
+
     def __init__(self, *, max_output_bytes: int = elf.DEFAULT_MAX_VALUE_BYTES,
                  kill_grace: float = elf.KILL_GRACE):
         """``max_output_bytes``: the largest output value accepted; ``kill_grace``: seconds from SIGTERM to SIGKILL."""
@@ -108,7 +111,13 @@ class LocalLauncher(Adoption):
         env = self._environment(run_as, host_env).copy()
         env.update((os.fsencode(k), os.fsencode(v)) for k, v in request.env)
         env[b"WB_WORKDIR"] = os.fsencode(workdir)
-        argv = ["/bin/sh", WRAPPER, workdir, interpreter, payload_path]
+        return self._spawn(request, run_as, started_at, [interpreter, payload_path], env, cwd)
+
+    def _spawn(self, request: LaunchRequest, run_as: RunAs | None, started_at: float, argv: list[str],
+               env: dict[bytes, bytes], cwd: str) -> LaunchHandle:
+        """Start ``argv`` (the interpreter and the payload) under the wrapper; the agent launcher overrides it."""
+        workdir = request.workdir
+        argv = ["/bin/sh", WRAPPER, workdir, *argv]
         # locked before the spawn and handed to the wrapper as its stdin: see broker.launchers.workdir
         lock = lock_exclusive(os.path.join(workdir, LAUNCH_FILE))
         try:
@@ -249,7 +258,7 @@ class LocalLauncher(Adoption):
             if pidfd >= 0:
                 self._by_fd[pidfd] = attempt
                 self._epoll.register(pidfd, select.EPOLLIN)
-            else:
+            elif self._identify_unfound:
                 self._add_timer(time.monotonic() + attempt.retry, attempt, "identify")
             if handle.timeout:
                 # A node's timeout counts from its start, also for an attempt adopted after a restart.
@@ -285,8 +294,15 @@ class LocalLauncher(Adoption):
     def _strike(self, attempt: Attempt) -> None:
         """SIGTERM the group now and SIGKILL it after the grace (lock held); once identified if it is not yet."""
         if attempt.pid > 1:
-            _killpg(attempt.pid, signal.SIGTERM)
+            self._signal(attempt, signal.SIGTERM)
             self._add_timer(time.monotonic() + self._kill_grace, attempt, "kill")
+
+    def _signal(self, attempt: Attempt, signum: int) -> None:
+        """Send ``signum`` to the attempt's process group (the agent launcher asks its agent instead)."""
+        _killpg(attempt.pid, signum)
+
+    def _sigkill(self, attempt: Attempt) -> None:
+        self._signal(attempt, signal.SIGKILL)
 
     def _watch_loop(self) -> None:
         while not self._closing:
@@ -309,17 +325,20 @@ class LocalLauncher(Adoption):
                     os.eventfd_read(fd)
                 elif fd in self._by_fd:
                     fired.extend(self._ended(self._by_fd.pop(fd)))
+                else:
+                    fired.extend(self._other_fd(fd))
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 _, _, key, kind = heapq.heappop(self._timers)
                 attempt = self._attempts.get(key)
                 if attempt is not None and not attempt.ended:
                     due.append((attempt, kind))
+        fired.extend(self._after_events())
         for attempt, kind in due:
             if kind == "timeout":
                 self._kill(attempt, elf.TIMEOUT)
             elif kind == "kill":
-                _killpg(attempt.pid, signal.SIGKILL)
+                self._sigkill(attempt)
             else:
                 fired.extend(self._identify(attempt))
         for callback, node_id, number in fired:
@@ -335,7 +354,7 @@ class LocalLauncher(Adoption):
             os.close(attempt.pidfd)
         if attempt.reason is not None:
             # Killed: what remains of its group goes too. Sent before reaping, while the group id is taken.
-            _killpg(attempt.pid, signal.SIGKILL)
+            self._sigkill(attempt)
         if attempt.proc is not None:
             attempt.proc.poll()
         attempt.ended = True
@@ -345,6 +364,14 @@ class LocalLauncher(Adoption):
             heapq.heapify(self._timers)
         node_id, number = attempt.handle.node_id, attempt.handle.attempt
         return [(callback, node_id, number) for callback in attempt.callbacks]
+
+    def _other_fd(self, fd: int) -> list[tuple[base.ExitCallback, int, int]]:
+        """An epoll event on a descriptor of a subclass (lock held); callbacks to run."""
+        return []
+
+    def _after_events(self) -> list[tuple[base.ExitCallback, int, int]]:
+        """Work a subclass left for after the events, without the lock; callbacks to run."""
+        return []
 
     def _result_from_files(self, handle: LaunchHandle, legacy: bool) -> AttemptResult:
         return self._result(Attempt(handle, -1, None, ended=True, legacy=legacy))

@@ -12,6 +12,7 @@ Launchers of remote hosts share the resources' SSH pool: one connection per (hos
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -49,9 +50,7 @@ class Launchers:
         """The launcher of local hosts (shared)."""
         with self._lock:
             if self._local is None:
-                from broker.launchers.local import LocalLauncher
-
-                self._local = LocalLauncher(max_output_bytes=self.resources.settings.limits.max_output_bytes)
+                self._local = new_local_launcher(self.resources.settings, self._local_root)
             return self._local
 
     def launcher(self, host_name: str, user: str) -> Any:
@@ -152,3 +151,18 @@ class _LocalAs:
 
 
 __all__ = ["Launchers"]
+
+
+def new_local_launcher(settings: Any, local_root: str | None) -> Any:
+    """The local launcher the settings ask for: under resident agents (``[hosts] local_agent``) or wrappers.
+
+    The agents keep their sockets and journals in ``<work root>/.agents``; without a work root, wrappers.
+    """
+    if settings.hosts.local_agent and local_root:
+        from broker.launchers.agentlocal import AgentLauncher
+
+        return AgentLauncher(os.path.join(local_root, ".agents"),
+                             max_output_bytes=settings.limits.max_output_bytes)
+    from broker.launchers.local import LocalLauncher
+
+    return LocalLauncher(max_output_bytes=settings.limits.max_output_bytes)

@@ -21,6 +21,8 @@ TRIALS, BATCH = 300, 20
 #: seconds: first delay from a payload's release to its cancel, and the bounds of the staircase
 FIRST_DELAY, LEAST_DELAY, MOST_DELAY = 0.0005, 0.00002, 0.05
 
+pytestmark = pytest.mark.usefixtures("local_kind")
+
 
 def verdict(handle):
     return (Path(handle.workdir) / "exit").read_text()

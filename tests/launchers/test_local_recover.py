@@ -16,6 +16,8 @@ from tests.launchers.helpers import Exits, alive, children_of, make_fifo, releas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+pytestmark = pytest.mark.usefixtures("local_kind")
+
 
 @pytest.fixture
 def launcher():

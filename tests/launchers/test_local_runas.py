@@ -13,6 +13,8 @@ from broker.launchers.local import LocalLauncher
 from tests.fixtures import wait_for
 from tests.launchers.helpers import Exits, request, run_to_end
 
+pytestmark = pytest.mark.usefixtures("local_kind")
+
 
 @pytest.fixture
 def launcher(monkeypatch):

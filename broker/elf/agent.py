@@ -1,0 +1,373 @@
+"""wb-agent: the resident agent that runs a host account's local payloads without a wrapper process per node.
+
+Started by the broker (``python -I -S - STATE_DIR``, this text on its standard input) in a session of its
+own, as the account whose payloads it runs, one per state directory (``<work root>/.agents/<account>``).
+It imports nothing of the broker: a payload's start costs one fork of this small process, not a shell.
+
+What it keeps of the work directory protocol (README "Exactly once"), so every reader of those files, a
+restarted broker included, works unchanged:
+
+- **the launch lock**: the broker takes the exclusive ``flock`` on ``launch.json`` and passes that very
+  descriptor with its start request (SCM_RIGHTS); the agent holds it until the attempt's last write, and the
+  kernel releases it whenever the agent dies. The child writes ``pid`` (its pid, which is its session and
+  process group id) before anything else and never runs the payload when a kill verdict is already there.
+- **the verdict**: ``exit`` is created exclusively (``O_EXCL``) with the payload's exit status, read before
+  the child is reaped (``waitid(WNOWAIT)``), so a group id the agent signals is never a reused one; a
+  kill verdict the broker wrote first keeps the status in ``killed_exit``.
+
+The journal (``journal`` in the state directory, one JSON line per start and per end, fdatasync'ed in
+batches) names the process groups it started. Payloads die with the agent (``PR_SET_PDEATHSIG``), and an
+agent starting up kills what is left of the groups its journal shows without an end (their members still
+carry the attempt's ``WB_WORKDIR``) before it accepts a broker: only then does the broker call those
+attempts lost. Every connected broker is told of every end (a restarted broker may connect before the old one's
+connection is gone); the agent keeps running and recording while none is connected, and exits once no
+broker is connected and no payload runs.
+"""
+
+import collections
+import ctypes
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+SOCKET_FILE = "agent.sock"
+LOCK_FILE = "agent.lock"
+JOURNAL_FILE = "journal"
+LOG_FILE = "agent.log"
+#: the largest request accepted (a payload's environment rides in it)
+MAX_MESSAGE = 1 << 20
+#: seconds between two fdatasync calls of the journal at most (the batch)
+SYNC_EVERY = 0.05
+#: messages a broker may leave unread before its connection is dropped (it reads the files when it returns)
+MAX_QUEUED = 100000
+#: a journal bigger than this is emptied once no payload runs
+JOURNAL_MAX = 1 << 20
+PR_SET_PDEATHSIG = 1
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def write_file(path, text, exclusive=False):
+    """One small write of ``text`` (mode 0600), never through a symbolic link; FileExistsError if ``exclusive``."""
+    fd = os.open(path, _FLAGS | (os.O_EXCL if exclusive else os.O_TRUNC), 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def group_members(pgid):
+    """Pids whose process group is ``pgid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found.append(int(name))
+    return found
+
+
+def sweep(journal_path):
+    """Kill what is left of the groups the journal started without an end; returns how many were killed."""
+    open_starts = {}
+    try:
+        with open(journal_path, "rb") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash: its start had not been acknowledged
+                if "s" in record:
+                    open_starts[record["s"]] = record["pid"]
+                elif "e" in record:
+                    open_starts.pop(record["e"], None)
+    except FileNotFoundError:
+        pass
+    killed = 0
+    for workdir, pgid in open_starts.items():
+        marker = b"WB_WORKDIR=" + os.fsencode(workdir)
+        for pid in group_members(pgid):
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as handle:
+                    ours = marker in handle.read().split(b"\0")
+            except OSError:
+                continue
+            if ours:  # a group id reused by someone else's processes is left alone
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                    killed += 1
+                except OSError:
+                    pass
+                break
+    return killed
+
+
+class Child:
+    __slots__ = ("workdir", "pid", "pidfd", "lock")
+
+    def __init__(self, workdir, pid, pidfd, lock):
+        self.workdir, self.pid, self.pidfd, self.lock = workdir, pid, pidfd, lock
+
+
+class Conn:
+    """A broker's connection, with what could not be sent to it yet."""
+
+    __slots__ = ("sock", "outbox", "waiting")
+
+    def __init__(self, sock):
+        self.sock, self.outbox, self.waiting = sock, collections.deque(), False
+
+
+class Agent:
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.me = os.getpid()
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.epoll = select.epoll()
+        self.children = {}  # pidfd -> Child
+        self.by_workdir = {}  # workdir -> Child
+        self.conns = {}  # fd -> Conn
+        self.dirty = False
+        self.synced_at = 0.0
+        self.journal = os.open(os.path.join(state_dir, JOURNAL_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                               | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        path = os.path.join(state_dir, SOCKET_FILE)
+        try:
+            os.unlink(path)  # a dead agent's: this one holds the directory's lock
+        except FileNotFoundError:
+            pass
+        self.listener.bind(path)
+        self.listener.listen(16)
+        self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+
+    # ---------------------------------------------------------------------------------------- the loop
+
+    def run(self):
+        while True:
+            timeout = max(0.0, self.synced_at + SYNC_EVERY - time.monotonic()) if self.dirty else -1
+            for fd, events in self.epoll.poll(timeout):
+                if fd == self.listener.fileno():
+                    self.accept()
+                elif fd in self.conns:
+                    conn = self.conns[fd]
+                    if events & select.EPOLLOUT:
+                        self.flush(conn)
+                    if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and fd in self.conns:
+                        self.receive(conn)
+                elif fd in self.children:
+                    self.ended(self.children.pop(fd))
+            if self.dirty and time.monotonic() - self.synced_at >= SYNC_EVERY:
+                os.fdatasync(self.journal)
+                self.dirty, self.synced_at = False, time.monotonic()
+            if not self.conns and not self.children:
+                return  # idle and unwatched: nothing to record; a broker starts another when it needs one
+
+    def accept(self):
+        sock, _ = self.listener.accept()
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        conn = self.conns[sock.fileno()] = Conn(sock)
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.send(conn, {"hello": self.me, "running": len(self.children)})
+
+    def drop(self, conn):
+        fd = conn.sock.fileno()
+        if self.conns.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+            conn.sock.close()
+
+    def send(self, conn, message):
+        """Queue a message to one broker; never blocks (a stopped broker must not stop the recording)."""
+        conn.outbox.append(json.dumps(message).encode())
+        if len(conn.outbox) > MAX_QUEUED:
+            self.drop(conn)  # stopped for too long: it reads the files when it reconnects
+        elif len(conn.outbox) == 1:
+            self.flush(conn)
+
+    def broadcast(self, message):
+        for conn in list(self.conns.values()):
+            self.send(conn, message)
+
+    def flush(self, conn):
+        while conn.outbox:
+            try:
+                conn.sock.send(conn.outbox[0], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if not conn.waiting:
+                    self.epoll.modify(conn.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+                    conn.waiting = True
+                return
+            except OSError:
+                self.drop(conn)
+                return
+            conn.outbox.popleft()
+        if conn.waiting:
+            self.epoll.modify(conn.sock.fileno(), select.EPOLLIN)
+            conn.waiting = False
+
+    def receive(self, conn):
+        while conn.sock.fileno() in self.conns:
+            fds, message = [], None
+            try:
+                data, ancillary, _, _ = conn.sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, ancillary = b"", []
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(int.from_bytes(payload[i:i + 4], sys.byteorder) for i in range(0, len(payload) - 3, 4))
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self.drop(conn)
+                return
+            try:
+                message = json.loads(data)
+                if message.get("op") == "start":
+                    self.start(conn, message, fds[0] if fds else -1)
+                    fds = fds[1:]
+                elif message.get("op") == "kill":
+                    child = self.by_workdir.get(message["wd"])
+                    if child is not None:  # not reaped yet: its group id is still its own
+                        self.killpg(child.pid, int(message["sig"]))
+            except Exception as exc:  # one bad request must not stop the agent of every other payload
+                self.send(conn, {"id": message.get("id") if isinstance(message, dict) else None,
+                                 "error": str(exc)})
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    # ----------------------------------------------------------------------------------- the payloads
+
+    def start(self, conn, message, lock):
+        workdir, argv, cwd = message["wd"], message["argv"], message["cwd"]
+        if lock < 0:
+            self.send(conn, {"id": message["id"], "error": "no launch lock was passed"})
+            return
+        env = {os.fsencode(k): os.fsencode(v) for k, v in message["env"]}
+        try:
+            os.stat(os.path.join(cwd, "."))
+        except OSError as exc:
+            os.close(lock)
+            self.send(conn, {"id": message["id"], "error": "cannot start in %s: %s" % (cwd, exc.strerror),
+                             "retryable": False})
+            return
+        pid = os.fork()
+        if pid == 0:
+            self.child(workdir, argv, cwd, env)
+        pidfd = os.pidfd_open(pid)
+        child = Child(workdir, pid, pidfd, lock)
+        self.children[pidfd] = child
+        self.by_workdir[workdir] = child
+        self.epoll.register(pidfd, select.EPOLLIN)
+        self.record({"s": workdir, "pid": pid})
+        self.send(conn, {"id": message["id"], "pid": pid})
+
+    def child(self, workdir, argv, cwd, env):
+        """In the forked child: become the attempt's session, die with the agent, record the pid, exec."""
+        code = 127
+        try:
+            os.setsid()
+            if self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != self.me:
+                os._exit(code)  # the agent is gone already: nothing may run unwatched
+            for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)  # as a shell would start it, not as Python left them
+            write_file(os.path.join(workdir, "pid"), "%d\n" % os.getpid())
+            if os.path.lexists(os.path.join(workdir, "exit")):
+                os._exit(0)  # a kill verdict came before the start: the payload never runs
+            null = os.open(os.devnull, os.O_RDONLY)
+            out = os.open(os.path.join(workdir, "stdout"), _FLAGS | os.O_TRUNC, 0o600)
+            err = os.open(os.path.join(workdir, "stderr"), _FLAGS | os.O_TRUNC, 0o600)
+            for fd, target in ((null, 0), (out, 1), (err, 2)):
+                os.dup2(fd, target)
+            os.closerange(3, 65536)
+            os.chdir(cwd)
+            code = 126
+            os.execvpe(argv[0], argv, env)
+        except FileNotFoundError:
+            code = 127
+        except BaseException:
+            pass
+        os._exit(code)
+
+    def ended(self, child):
+        """The payload ended: its verdict first (before reaping: its group id stays ours), then the journal."""
+        self.epoll.unregister(child.pidfd)
+        info = os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED | os.WNOWAIT)
+        code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        try:
+            write_file(os.path.join(child.workdir, "exit"), "%d\n" % code, exclusive=True)
+        except FileExistsError:
+            # a kill verdict came first: the attempt is recorded as killed; what is left of its group goes too
+            self.killpg(child.pid, signal.SIGKILL)
+            try:
+                write_file(os.path.join(child.workdir, "killed_exit"), "%d\n" % code)
+            except OSError:
+                pass
+        except OSError:
+            pass  # the directory is gone (the workflow was deleted): nothing to record into
+        os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED)
+        os.close(child.pidfd)
+        self.by_workdir.pop(child.workdir, None)
+        self.record({"e": child.workdir})
+        os.close(child.lock)  # its files are final: the launch lock goes last
+        self.broadcast({"end": child.workdir})
+        if not self.children and os.fstat(self.journal).st_size > JOURNAL_MAX:
+            os.ftruncate(self.journal, 0)
+
+    def record(self, entry):
+        os.write(self.journal, json.dumps(entry).encode() + b"\n")
+        self.dirty = True
+
+    @staticmethod
+    def killpg(pgid, signum):
+        if pgid > 1:
+            try:
+                os.killpg(pgid, signum)
+            except OSError:
+                pass
+
+
+def main(argv):
+    state_dir = argv[1]
+    os.umask(0o077)
+    if os.fork() > 0:
+        os._exit(0)  # the broker reaps this one at once; the agent is nobody's child to wait for
+    lock = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                   0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.write(1, b"busy\n")  # another agent serves this directory (it may be on its way out)
+        return 0
+    journal = os.path.join(state_dir, JOURNAL_FILE)
+    killed = sweep(journal)
+    with open(journal, "wb") as handle:  # every start it held has ended now
+        os.fsync(handle.fileno())
+    agent = Agent(state_dir)
+    log = os.open(os.path.join(state_dir, LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.write(1, b"ready %d\n" % killed)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log, 2)
+    try:
+        agent.run()
+    finally:
+        os.unlink(os.path.join(state_dir, SOCKET_FILE))  # before the lock goes: no broker connects to a dead one
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
