@@ -332,9 +332,15 @@ class Agent:
 
     @staticmethod
     def killpg(pgid, signum):
+        """Signal the group of a child not reaped yet (its pid is its group id once it has called setsid)."""
         if pgid > 1:
             try:
                 os.killpg(pgid, signum)
+            except ProcessLookupError:
+                try:
+                    os.kill(pgid, signum)  # not its group's leader yet: it has run nothing of the payload
+                except OSError:
+                    pass
             except OSError:
                 pass
 

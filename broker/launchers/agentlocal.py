@@ -26,6 +26,7 @@ import logging
 import os
 import pwd
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from broker.launchers.adoption import Attempt
 from broker.launchers.base import LaunchHandle, LaunchRequest
 from broker.launchers.local import LocalLauncher
 from broker.launchers.workdir import LAUNCH_FILE, is_alive, lock_exclusive, open_if_wrapper, read_exit, read_pid
-from broker.runas import RunAs, is_root, lookup, make_workdir, own_login, popen
+from broker.runas import PATH, RunAs, is_root, lookup, make_workdir, own_login, popen
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ AGENT_PATIENCE = 30.0
 #: attempts at reaching an agent (one that is on its way out answers "busy" for an instant)
 CONNECT_TRIES = 50
 _SOURCE = open(agent_program.__file__, "rb").read()  # noqa: SIM115 - read once; sent to each agent started
+
+
+def _interpreter(run_as: RunAs | None) -> str:
+    """The Python an agent runs on: the broker's own, or for another account the system's (which it reaches;
+    the broker's may lie in a directory private to its own account)."""
+    if run_as is not None:
+        found = shutil.which("python3", path=PATH)
+        if found is not None:
+            return found
+    return os.path.realpath(sys.executable)
 
 
 class _Agent:
@@ -168,7 +179,7 @@ class AgentLauncher(LocalLauncher):
 
     def _start_agent(self, directory: str, run_as: RunAs | None) -> None:
         """Start an agent in a session of its own and wait until it has swept its leftovers (or another runs)."""
-        argv = [sys.executable, "-I", "-S", "-", directory]
+        argv = [_interpreter(run_as), "-I", "-S", "-", directory]
         streams = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
                    "start_new_session": True, "close_fds": True}
         proc = subprocess.Popen(argv, **streams) if run_as is None else popen(run_as, argv, **streams)

@@ -8,6 +8,9 @@ broker from before the launch lock) are marked ``wrapper_only`` and skipped in t
 """
 
 import functools
+import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -19,11 +22,17 @@ def pytest_configure(config):
 
 
 @pytest.fixture(params=["wrapper", "agent"])
-def local_kind(request, monkeypatch, tmp_path_factory):
-    if request.param == "agent":
-        if request.node.get_closest_marker("wrapper_only"):
-            pytest.skip("a test of the wb-run.sh wrapper")
-        state = tmp_path_factory.mktemp("agents")
-        state.chmod(0o711)  # an agent of another account reaches its own directory below it
-        monkeypatch.setattr(request.module, "LocalLauncher", functools.partial(AgentLauncher, str(state)))
-    return request.param
+def local_kind(request, monkeypatch):
+    if request.param == "wrapper":
+        yield request.param
+        return
+    if request.node.get_closest_marker("wrapper_only"):
+        pytest.skip("a test of the wb-run.sh wrapper")
+    # every account traverses it (as the work root's parents): an agent of another account reaches its own
+    state = tempfile.mkdtemp(prefix="broker-agents-", dir="/tmp")
+    os.chmod(state, 0o711)
+    monkeypatch.setattr(request.module, "LocalLauncher", functools.partial(AgentLauncher, state))
+    try:
+        yield request.param
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

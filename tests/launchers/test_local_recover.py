@@ -68,6 +68,7 @@ def test_the_timeout_of_an_adopted_attempt_counts_from_its_start(launcher, tmp_p
     assert (result.outcome, result.message) == (base.TIMEOUT, "killed after the timeout of 1 s")
 
 
+@pytest.mark.wrapper_only
 def test_a_wrapper_without_a_pid_file_is_found_in_proc(launcher, tmp_path):
     fifo = make_fifo(tmp_path / "go")
     handle = launch_and_abandon(tmp_path, f"read x < {fifo}\nexit 6\n")
@@ -123,12 +124,15 @@ def test_a_running_attempt_started_before_the_launch_lock_is_adopted_by_its_pid(
 
 
 @pytest.mark.slow
-def test_an_attempt_killed_before_the_broker_died_is_recovered_as_killed(launcher, tmp_path):
+def test_an_attempt_killed_before_the_broker_died_is_recovered_as_killed(launcher, tmp_path, local_kind):
     with LocalLauncher() as old:
         handle = old.launch(request(tmp_path / "w", "trap '' TERM\nsleep 100\n", timeout=0.2))
         run_to_end(old, handle)  # the wrapper was SIGKILLed: no exit status, only the kill verdict
     assert (tmp_path / "w" / "exit").read_text() == "timeout\n"
-    assert not (tmp_path / "w" / "killed_exit").exists()
+    if local_kind == "wrapper":
+        assert not (tmp_path / "w" / "killed_exit").exists()
+    else:  # the agent, outside the payload's group, records its status beside the verdict
+        assert (tmp_path / "w" / "killed_exit").read_text() == "137\n"
     found = launcher.recover(1, 1, str(tmp_path / "w"), handle.job_id)
     assert (found.status, found.result.outcome) == ("finished", base.TIMEOUT)
 
@@ -217,6 +221,7 @@ def stopped_before_exec(tmp_path, text):
     return child
 
 
+@pytest.mark.wrapper_only
 def test_an_attempt_whose_broker_died_between_fork_and_exec_is_running_and_watched_to_its_end(launcher, tmp_path):
     fifo = make_fifo(tmp_path / "go")
     child = stopped_before_exec(tmp_path, f"echo ran >> {tmp_path}/ran\nread x < {fifo}\nexit 4\n")
@@ -234,6 +239,7 @@ def test_an_attempt_whose_broker_died_between_fork_and_exec_is_running_and_watch
     assert (tmp_path / "ran").read_text() == "ran\n"
 
 
+@pytest.mark.wrapper_only
 def test_a_cancel_of_an_attempt_whose_wrapper_never_ran_keeps_its_payload_from_running(launcher, tmp_path):
     child = stopped_before_exec(tmp_path, f"echo ran >> {tmp_path}/ran\n")
     try:

@@ -8,6 +8,7 @@ import pytest
 
 from broker import runas
 from broker.elf import elf
+from broker.errors import ResourceError
 from broker.launchers import base
 from broker.launchers.local import LocalLauncher
 from tests.fixtures import wait_for
@@ -27,7 +28,7 @@ def launcher(monkeypatch):
 
 @pytest.mark.parametrize("switch", ["setpriv", "fork"])
 def test_a_payload_runs_with_the_accounts_ids_umask_077_and_a_clean_environment(launcher, open_tmp, test_accounts,
-                                                                                 monkeypatch, switch):
+                                                                                 monkeypatch, switch, local_kind):
     if switch == "fork":  # a machine without util-linux setpriv: Popen's own switch
         monkeypatch.setattr(runas, "SETPRIV", None)
     else:
@@ -51,7 +52,8 @@ def test_a_payload_runs_with_the_accounts_ids_umask_077_and_a_clean_environment(
     assert not list(workdir.glob("PWNED*"))  # values are data, never shell code
     st = os.stat(workdir)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (first.uid, first.gid, 0o700)
-    for name in ("made", "payload", "stdout", "env.sh"):
+    # an agent gets the environment with the start request: no env.sh
+    for name in ("made", "payload", "stdout") + (("env.sh",) if local_kind == "wrapper" else ()):
         st = os.stat(workdir / name)
         assert (st.st_uid, st.st_mode & 0o777) == (first.uid, 0o600), name
     assert os.stat(workdir.parent).st_mode & 0o777 == 0o711
@@ -84,9 +86,14 @@ def test_a_payload_of_another_account_is_cancelled_and_recovered_by_the_broker(l
 
 
 def test_a_payload_that_cannot_start_as_the_account_fails_with_the_reason(launcher, open_tmp, tmp_path,
-                                                                          test_accounts):
+                                                                          test_accounts, local_kind):
     # the work root in a directory of root's mode 0700 (tmp_path): the account cannot reach its directory
     workdir = tmp_path / "wf" / "n1" / "1"
+    if local_kind == "agent":  # the agent, running as the account, refuses the start itself
+        with pytest.raises(ResourceError, match=f"cannot start in {workdir}: Permission denied"):
+            launcher.launch(request(workdir, "touch ran"), run_as=test_accounts.first)
+        assert not (workdir / "ran").exists() and not (workdir / "pid").exists()
+        return
     result = run_to_end(launcher, launcher.launch(request(workdir, "touch ran"), run_as=test_accounts.first))
     assert result.outcome == base.LOST, result.message  # not even its exit status could be written
     assert not (workdir / "ran").exists()
@@ -111,10 +118,12 @@ def test_files_a_payload_replaces_with_links_or_fifos_are_never_followed_by_the_
 
 
 def test_an_accounts_attempt_runs_by_its_lock_and_ends_by_the_verdict_the_broker_wrote(launcher, open_tmp,
-                                                                                       test_accounts):
+                                                                                       test_accounts, local_kind):
     workdir = open_tmp / "wf" / "n1" / "1"
     handle = launcher.launch(request(workdir, "exec sleep 60"), run_as=test_accounts.first)
     group = int(handle.job_id)
+    if local_kind == "agent":  # the agent's child leads its own group from its first instruction on
+        wait_for(lambda: (workdir / "pid").exists())
     os.killpg(group, signal.SIGSTOP)  # at once: setpriv, the account's shell or the wrapper, with little written
     try:
         # the lock was handed on through the switch of account: a restarted broker finds it held
