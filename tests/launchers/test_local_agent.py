@@ -1,0 +1,138 @@
+"""The resident local agent with real processes: one process per payload, kill -9 of the agent, of the broker.
+
+Everything the local launcher guarantees is also tested under the agent by the local launcher's own tests
+(``tests/launchers/conftest.py`` runs them twice); these are the agent's own faults.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from broker.launchers import base
+from broker.launchers.agentlocal import AgentLauncher
+from tests.fixtures import wait_for
+from tests.launchers.helpers import Exits, alive, make_fifo, release, request, run_to_end
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[1])
+
+
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        return handle.read().split(b"\0")[:-1]
+
+
+@pytest.fixture
+def state(tmp_path):
+    return str(tmp_path / "agents")
+
+
+def test_the_payload_is_the_agents_own_child_with_no_wrapper_between(state, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    with AgentLauncher(state) as launcher:
+        handle = launcher.launch(request(tmp_path / "w", f"read x < {fifo}\nexit 3\n"))
+        pid = int(handle.job_id)
+        wait_for(lambda: (tmp_path / "w" / "pid").exists())
+        assert cmdline(pid) == [b"/bin/sh", str(tmp_path / "w" / "payload").encode()]
+        agent = parent_of(pid)
+        assert cmdline(agent)[-2:] == [b"-", os.path.join(state, os.environ.get("USER", "root")).encode()] or \
+            cmdline(agent)[-1].startswith(state.encode())
+        assert os.getsid(pid) == os.getpgid(pid) == pid  # its own session: the group the kills go to
+        assert os.getsid(agent) != os.getsid(0)  # the agent too is out of the broker's session
+        release(fifo)
+        assert run_to_end(launcher, handle).exit_code == 3
+        # the next launch goes to the same agent
+        again = launcher.launch(request(tmp_path / "w2", f"read x < {fifo}\n", node_id=2))
+        wait_for(lambda: (tmp_path / "w2" / "pid").exists())
+        assert parent_of(int(again.job_id)) == agent
+        release(fifo)
+        run_to_end(launcher, again)
+    wait_for(lambda: not alive(agent), what="the agent to exit once no broker and no payload remain")
+
+
+def test_a_killed_agent_keeps_recorded_results_its_payloads_die_and_only_then_are_lost(state, tmp_path):
+    exits = Exits()
+    with AgentLauncher(state, kill_grace=0.5) as launcher:
+        done = launcher.launch(request(tmp_path / "done", "echo '@broker output x=1'\nexit 3\n", node_id=1))
+        assert run_to_end(launcher, done).exit_code == 3
+        # a payload with a child of its own in its group, which the parent-death signal does not reach
+        running = launcher.launch(request(tmp_path / "run", "sleep 100 &\necho $! > child.pid\nwait\n", node_id=2))
+        launcher.watch(running, exits)
+        child = int(wait_for(lambda: (tmp_path / "run" / "child.pid").read_text().strip()
+                             if (tmp_path / "run" / "child.pid").exists() else None))
+        payload = int(running.job_id)
+        agent = parent_of(payload)
+        lost = []
+        launcher.watch(running, lambda *key: lost.append((alive(payload), alive(child))))
+
+        os.kill(agent, signal.SIGKILL)
+
+        assert exits.next()[:2] == (2, 1)
+        # the payload was dead when its attempt was called lost, and a new agent had sent the SIGKILL to what
+        # was left of its group (the child, reparented, may take an instant to go)
+        assert wait_for(lambda: lost)[0][0] is False
+        wait_for(lambda: not alive(child), what="the payload's child to be killed by the new agent")
+        assert not alive(payload)
+        result = launcher.collect(running)
+        assert (result.outcome, result.message) == (base.LOST, "no exit status: the process disappeared")
+        assert launcher.recover(1, 1, str(tmp_path / "done"), done.job_id).result.exit_code == 3
+        assert launcher.recover(2, 1, str(tmp_path / "run"), running.job_id).status == "lost"
+        # the new agent runs what comes next
+        after = launcher.launch(request(tmp_path / "after", "exit 0\n", node_id=3))
+        assert run_to_end(launcher, after).outcome == base.SUCCEEDED
+        journal = open(os.path.join(state, os.listdir(state)[0], "journal")).read().splitlines()
+        assert str(tmp_path / "run") not in "".join(journal)  # the new agent's journal starts empty
+
+
+THE_BROKER = textwrap.dedent("""
+    import json, sys
+    from broker.launchers.agentlocal import AgentLauncher
+    from tests.launchers.helpers import request
+    state, root, fifo = sys.argv[1:]
+    launcher = AgentLauncher(state)
+    handles = {}
+    for node_id, text in ((1, "exit 4\\n"), (2, f"read x < {fifo}\\necho ran >> {root}/ran\\nexit 6\\n"),
+                          (3, "sleep 100\\n")):
+        handles[node_id] = launcher.launch(request(f"{root}/n{node_id}", text, node_id=node_id)).job_id
+    print(json.dumps(handles), flush=True)
+    sys.stdin.read()  # until the test kills this process
+""")
+
+
+def test_a_broker_killed_while_its_agent_runs_payloads_is_followed_by_one_that_collects_them(state, tmp_path):
+    fifo = make_fifo(tmp_path / "go")
+    broker = subprocess.Popen([sys.executable, "-c", THE_BROKER, state, str(tmp_path), fifo], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        jobs = {int(k): v for k, v in json.loads(broker.stdout.readline()).items()}
+        wait_for(lambda: (tmp_path / "n1" / "exit").exists())
+        agent = parent_of(int(jobs[2]))
+    finally:
+        broker.kill()
+        broker.wait()
+    assert alive(int(jobs[2])) and alive(int(jobs[3]))  # the agent runs on without its broker
+    with AgentLauncher(state, kill_grace=0.5) as launcher:
+        found = {n: launcher.recover(n, 1, str(tmp_path / f"n{n}"), jobs[n]) for n in (1, 2, 3)}
+        assert (found[1].status, found[1].result.exit_code) == ("finished", 4)  # ended with no broker watching
+        assert found[2].status == found[3].status == "running"
+        exits = Exits()
+        launcher.watch(found[2].handle, exits)
+        release(fifo)
+        assert exits.next()[:2] == (2, 1)
+        assert launcher.collect(found[2].handle).exit_code == 6
+        launcher.watch(found[3].handle, exits)
+        launcher.cancel(found[3].handle)  # through the same agent, which signals its own child's group
+        assert exits.next()[:2] == (3, 1)
+        assert launcher.collect(found[3].handle).outcome == base.CANCELLED
+        assert parent_of(os.getpid()) != agent and alive(agent)  # the same agent served both brokers
+    assert (tmp_path / "ran").read_text() == "ran\n"  # ran once
+    assert not alive(int(jobs[3]))
