@@ -27,6 +27,7 @@ import os
 import pwd
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -287,6 +288,15 @@ class AgentLauncher(LocalLauncher):
         self._by_workdir.pop(attempt.handle.workdir, None)
         attempt.ended = True
         return [(callback, key[0], key[1]) for callback in attempt.callbacks]
+
+    def _strike(self, attempt: Attempt) -> None:
+        """SIGTERM now, SIGKILL after the grace (lock held): through the agent, which knows its child by its
+        work directory even when this broker has not read its pid yet (adopted before the child wrote it)."""
+        if (attempt.handle.node_id, attempt.handle.attempt) not in self._agent_of:
+            super()._strike(attempt)
+            return
+        self._signal(attempt, signal.SIGTERM)
+        self._add_timer(time.monotonic() + self._kill_grace, attempt, "kill")
 
     def _signal(self, attempt: Attempt, signum: int) -> None:
         agent = self._agent_of.get((attempt.handle.node_id, attempt.handle.attempt))
