@@ -26,8 +26,9 @@ import subprocess
 import time
 from typing import Any
 
+from broker.elf import elf
 from broker.launchers import base
-from broker.launchers.base import LaunchHandle, Recovered
+from broker.launchers.base import AttemptResult, LaunchHandle, Recovered
 from broker.launchers.workdir import (LAUNCH_FILE, candidate_pids, is_alive, lock_if_free, open_if_wrapper,
                                       read_exit, read_launch, read_pid)
 
@@ -80,7 +81,7 @@ class Adoption:
     _strike: Any
     _ended: Any
     _add_timer: Any
-    _result_from_files: Any
+    _max_output_bytes: int
 
     def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
         """Finished (a verdict recorded), running (adopted: watch it), absent (never started), or lost.
@@ -171,6 +172,44 @@ class Adoption:
             self._add_timer(time.monotonic() + attempt.retry, attempt, "identify")
             return []
 
+
+    # ------------------------------------------------------------------ results, from the files
+
+    def _result_from_files(self, handle: LaunchHandle, legacy: bool) -> AttemptResult:
+        return self._result(Attempt(handle, -1, None, ended=True, legacy=legacy))
+
+    def _fold(self, attempt: Attempt, found: elf.Scan) -> None:
+        attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress)
+        attempt.spawn = elf.last_spawn(found.reports, attempt.spawn)
+        attempt.ignored += found.ignored
+        attempt.scan_offset = found.offset
+
+    def _result(self, attempt: Attempt) -> AttemptResult:
+        handle = attempt.handle
+        found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), attempt.scan_offset,
+                         self._max_output_bytes, final=True)
+        self._fold(attempt, found)
+        exit_code, reason = read_exit(handle.workdir, legacy=attempt.legacy)
+        reason = reason or attempt.reason
+        if reason == elf.TIMEOUT:
+            timeout = handle.timeout if handle.timeout is not None else read_launch(handle.workdir).get("timeout")
+            outcome, message = base.TIMEOUT, f"killed after the timeout of {elf.format_seconds(timeout or 0)} s"
+        elif reason == elf.CANCELLED:
+            outcome, message = base.CANCELLED, "cancelled"
+        elif exit_code is not None:
+            outcome = base.SUCCEEDED if exit_code == 0 else base.FAILED
+            message = elf.exit_message(exit_code)
+            if exit_code == 127:
+                message += " (command not found: is the interpreter installed?)"
+        else:
+            outcome, message = base.LOST, "no exit status: the process disappeared"
+            if attempt.proc is not None and attempt.proc.returncode is not None and attempt.proc.returncode < 0:
+                message += f" (its wrapper was killed by signal {-attempt.proc.returncode})"
+        # read as the elf reads it on remote hosts: no symlink followed, size-capped
+        spawned = elf.spawn_status(handle.workdir, attempt.spawn) if outcome == base.SUCCEEDED else None
+        return AttemptResult(node_id=handle.node_id, attempt=handle.attempt, outcome=outcome,
+                             exit_code=exit_code, outputs=dict(attempt.outputs), progress=attempt.progress,
+                             message=message + elf.ignored_note(attempt.ignored), spawn=base.spawned(spawned))
 
 def is_legacy(workdir: str) -> bool:
     """Whether the attempt was started by a broker from before the launch lock (its record says nothing of it)."""

@@ -38,8 +38,8 @@ from typing import Any
 from broker.elf import agent as agent_program
 from broker.errors import ResourceError
 from broker.launchers import base
-from broker.launchers.adoption import Attempt
-from broker.launchers.base import LaunchHandle, LaunchRequest
+from broker.launchers.adoption import Attempt, is_legacy
+from broker.launchers.base import LaunchHandle, LaunchRequest, Recovered
 from broker.launchers.local import LocalLauncher
 from broker.launchers.workdir import LAUNCH_FILE, is_alive, lock_exclusive, open_if_wrapper, read_exit, read_pid
 from broker.runas import PATH, RunAs, is_root, lookup, make_workdir, own_login, popen
@@ -310,6 +310,22 @@ class AgentLauncher(LocalLauncher):
             pass  # the agent is gone, and its payloads with it
 
     # ------------------------------------------------------------------------------------ adoption
+
+    def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
+        """As the local launcher's; an attempt found lost is returned once its account's agent runs again.
+
+        An agent that died while no broker ran left its payloads' children behind (the parent-death signal
+        reaches the payload only): the agent started here kills them before the attempt may be retried.
+        """
+        found = super().recover(node_id, attempt, workdir, job_id)
+        if found.status == "lost" and not is_legacy(workdir):
+            try:
+                login = pwd.getpwuid(os.stat(workdir).st_uid).pw_name
+            except (OSError, KeyError):
+                return found
+            self._agent_for(login)
+        return found
+
 
     def _adopt_live(self, handle: LaunchHandle, on_exit: base.ExitCallback | None, legacy: bool
                     ) -> Attempt | None:

@@ -39,7 +39,7 @@ from broker.errors import ResourceError, StateError
 from broker.launchers import base
 from broker.launchers.adoption import Adoption, Attempt, find_wrapper, is_legacy
 from broker.launchers.base import AttemptResult, LaunchHandle, LaunchRequest, Report
-from broker.launchers.workdir import (LAUNCH_FILE, WRAPPER, claim, is_alive, lock_exclusive, read_exit, read_launch,
+from broker.launchers.workdir import (LAUNCH_FILE, WRAPPER, claim, is_alive, lock_exclusive, read_exit,
                                       write_new)
 from broker.runas import SOURCE, RunAs, exports, make_subdirs, make_workdir, popen, write_owned
 
@@ -372,42 +372,6 @@ class LocalLauncher(Adoption):
     def _after_events(self) -> list[tuple[base.ExitCallback, int, int]]:
         """Work a subclass left for after the events, without the lock; callbacks to run."""
         return []
-
-    def _result_from_files(self, handle: LaunchHandle, legacy: bool) -> AttemptResult:
-        return self._result(Attempt(handle, -1, None, ended=True, legacy=legacy))
-
-    def _fold(self, attempt: Attempt, found: elf.Scan) -> None:
-        attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress)
-        attempt.spawn = elf.last_spawn(found.reports, attempt.spawn)
-        attempt.ignored += found.ignored
-        attempt.scan_offset = found.offset
-
-    def _result(self, attempt: Attempt) -> AttemptResult:
-        handle = attempt.handle
-        found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), attempt.scan_offset,
-                         self._max_output_bytes, final=True)
-        self._fold(attempt, found)
-        exit_code, reason = read_exit(handle.workdir, legacy=attempt.legacy)
-        reason = reason or attempt.reason
-        if reason == elf.TIMEOUT:
-            timeout = handle.timeout if handle.timeout is not None else read_launch(handle.workdir).get("timeout")
-            outcome, message = base.TIMEOUT, f"killed after the timeout of {elf.format_seconds(timeout or 0)} s"
-        elif reason == elf.CANCELLED:
-            outcome, message = base.CANCELLED, "cancelled"
-        elif exit_code is not None:
-            outcome = base.SUCCEEDED if exit_code == 0 else base.FAILED
-            message = elf.exit_message(exit_code)
-            if exit_code == 127:
-                message += " (command not found: is the interpreter installed?)"
-        else:
-            outcome, message = base.LOST, "no exit status: the process disappeared"
-            if attempt.proc is not None and attempt.proc.returncode is not None and attempt.proc.returncode < 0:
-                message += f" (its wrapper was killed by signal {-attempt.proc.returncode})"
-        # read as the elf reads it on remote hosts: no symlink followed, size-capped
-        spawned = elf.spawn_status(handle.workdir, attempt.spawn) if outcome == base.SUCCEEDED else None
-        return AttemptResult(node_id=handle.node_id, attempt=handle.attempt, outcome=outcome,
-                             exit_code=exit_code, outputs=dict(attempt.outputs), progress=attempt.progress,
-                             message=message + elf.ignored_note(attempt.ignored), spawn=base.spawned(spawned))
 
 
 def _killpg(pgid: int, signum: int) -> None:
