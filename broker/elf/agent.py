@@ -16,10 +16,10 @@ restarted broker included, works unchanged:
   kill verdict the broker wrote first keeps the status in ``killed_exit``.
 
 The journal (``journal`` in the state directory, one JSON line per start and per end, fdatasync'ed in
-batches) names the process groups it started. Payloads die with the agent (``PR_SET_PDEATHSIG``), and an
-agent starting up kills what is left of the groups its journal shows without an end (their members still
-carry the attempt's ``WB_WORKDIR``) before it accepts a broker: only then does the broker call those
-attempts lost. Every connected broker is told of every end (a restarted broker may connect before the old one's
+batches) names the attempts it started, each before its fork. Payloads die with the agent
+(``PR_SET_PDEATHSIG``), and an agent starting up kills the processes left of the attempts its journal shows
+without an end (they carry the attempt's ``WB_WORKDIR``) before it accepts a broker: only then does the
+broker call those attempts lost. Every connected broker is told of every end (a restarted broker may connect before the old one's
 connection is gone); the agent keeps running and recording while none is connected, and exits once no
 broker is connected and no payload runs.
 """
@@ -60,62 +60,47 @@ def write_file(path, text, exclusive=False):
         os.close(fd)
 
 
-def group_members(pgid):
-    """Pids whose process group is ``pgid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            found.append(int(name))
-    return found
-
-
 def sweep(journal_path):
-    """Kill what is left of the groups the journal started without an end; returns how many were killed."""
-    open_starts = {}
+    """Kill what is left of the attempts the journal started without an end; returns how many processes.
+
+    Their members are found by the attempt's ``WB_WORKDIR`` in their environment (the payload's children
+    inherit it), whatever their pid or group: the start is journaled before the fork, so no payload can run
+    unrecorded. Only this account's processes can be read or signalled, which bounds what it can touch.
+    """
+    unended = set()
     try:
         with open(journal_path, "rb") as handle:
             for line in handle:
                 try:
                     record = json.loads(line)
                 except ValueError:
-                    continue  # a line cut short by a crash: its start had not been acknowledged
+                    continue  # a line cut short by a crash
                 if "s" in record:
-                    open_starts[record["s"]] = record["pid"]
+                    unended.add(os.fsencode(record["s"]))
                 elif "e" in record:
-                    open_starts.pop(record["e"], None)
+                    unended.discard(os.fsencode(record["e"]))
     except FileNotFoundError:
         pass
-    killed = 0
-    for workdir, pgid in open_starts.items():
-        marker = b"WB_WORKDIR=" + os.fsencode(workdir)
-        for pid in group_members(pgid):
+    killed, found = 0, bool(unended)
+    for _ in range(10):  # again while a pass finds some: one may have forked while the last pass ran
+        if not found:
+            break
+        found = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
             try:
-                with open("/proc/%d/environ" % pid, "rb") as handle:
-                    ours = marker in handle.read().split(b"\0")
+                with open("/proc/%s/environ" % name, "rb") as handle:
+                    environ = handle.read().split(b"\0")
             except OSError:
                 continue
-            if ours:  # a group id reused by someone else's processes is left alone
+            if any(item.startswith(b"WB_WORKDIR=") and item[11:] in unended for item in environ):
                 try:
-                    os.killpg(pgid, signal.SIGKILL)
-                    killed += 1
+                    os.kill(int(name), signal.SIGKILL)
+                    killed, found = killed + 1, True
                 except OSError:
                     pass
-                break
     return killed
-
-
-class Child:
-    __slots__ = ("workdir", "pid", "pidfd", "lock")
-
-    def __init__(self, workdir, pid, pidfd, lock):
-        self.workdir, self.pid, self.pidfd, self.lock = workdir, pid, pidfd, lock
 
 
 class Conn:
@@ -263,6 +248,7 @@ class Agent:
             self.send(conn, {"id": message["id"], "error": "cannot start in %s: %s" % (cwd, exc.strerror),
                              "retryable": False})
             return
+        self.record({"s": workdir})  # before the fork: an agent killed at any point after it sweeps this one
         pid = os.fork()
         if pid == 0:
             self.child(workdir, argv, cwd, env)
@@ -271,7 +257,6 @@ class Agent:
         self.children[pidfd] = child
         self.by_workdir[workdir] = child
         self.epoll.register(pidfd, select.EPOLLIN)
-        self.record({"s": workdir, "pid": pid})
         self.send(conn, {"id": message["id"], "pid": pid})
 
     def child(self, workdir, argv, cwd, env):

@@ -198,7 +198,7 @@ class AgentLauncher(LocalLauncher):
         proc.stderr.close()
         proc.wait()  # the agent itself runs on in a process of its own (it forked)
         if line.split()[1:] != [b"0"]:
-            log.warning("the local agent in %s killed %s payload group(s) of a previous agent", directory,
+            log.warning("the local agent in %s killed %s leftover process(es) of a previous agent", directory,
                         line.split()[1].decode())
 
     # ----------------------------------------------------------------------------------- the watcher
@@ -252,16 +252,24 @@ class AgentLauncher(LocalLauncher):
             agent.sock.close()
             with self._lock:
                 orphans = [a for k, a in self._attempts.items() if self._agent_of.get(k) is agent and not a.ended]
+            successor = None
             if orphans and not self._closing:
                 try:
                     with self._agents_lock:
-                        if self._agents.get(agent.login) is agent:
-                            self._connect(agent.login, start=True)
+                        successor = self._agents.get(agent.login)
+                        if successor is agent:
+                            successor = self._connect(agent.login, start=True)
                 except Exception:  # the parent-death signal has ended the payloads all the same
                     log.exception("cannot restart the local agent of %s", agent.login)
-            with self._lock:
-                for attempt in orphans:
-                    if not attempt.ended:
+            for attempt in orphans:
+                # still locked: the agent lives and only dropped this connection (it had too much unread)
+                alive = successor is not None and is_alive(attempt.handle.workdir)
+                with self._lock:
+                    if attempt.ended:
+                        continue
+                    if alive:
+                        self._agent_of[(attempt.handle.node_id, attempt.handle.attempt)] = successor
+                    else:
                         fired.extend(self._ended(attempt))
         return fired
 
