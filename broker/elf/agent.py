@@ -103,6 +103,13 @@ def sweep(journal_path):
     return killed
 
 
+class Child:
+    __slots__ = ("workdir", "pid", "pidfd", "lock")
+
+    def __init__(self, workdir, pid, pidfd, lock):
+        self.workdir, self.pid, self.pidfd, self.lock = workdir, pid, pidfd, lock
+
+
 class Conn:
     """A broker's connection, with what could not be sent to it yet."""
 
