@@ -59,7 +59,16 @@ def agents_of(workdir: Path) -> list[int]:
             continue
         if len(args) >= 3 and args[-3] == b"-" and args[-2].startswith(prefix):
             found.append(int(name))
-    return found
+    # a child the agent has just forked shows the agent's command line until it execs its payload
+    return [pid for pid in found if parent_of(pid) not in found]
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 def running_payloads(markers: Path) -> int:
