@@ -211,7 +211,9 @@ class Agent:
         while conn.sock.fileno() in self.conns:
             fds, message = [], None
             try:
-                data, ancillary, _, _ = conn.sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+                # received close-on-exec, as every other descriptor of the agent: no payload inherits one
+                data, ancillary, _, _ = conn.sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4),
+                                                          socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
             except OSError:
@@ -283,7 +285,8 @@ class Agent:
             err = os.open(os.path.join(workdir, "stderr"), _FLAGS | os.O_TRUNC, 0o600)
             for fd, target in ((null, 0), (out, 1), (err, 2)):
                 os.dup2(fd, target)
-            os.closerange(3, 65536)
+            # every other descriptor is close-on-exec (Python's default; received ones by MSG_CMSG_CLOEXEC):
+            # closing 65,000 numbers one by one cost half a millisecond per start
             os.chdir(cwd)
             code = 126
             os.execvpe(argv[0], argv, env)

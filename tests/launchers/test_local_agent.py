@@ -135,3 +135,13 @@ def test_a_broker_killed_while_its_agent_runs_payloads_is_followed_by_one_that_c
         assert parent_of(os.getpid()) != agent and alive(agent)  # the same agent served both brokers
     assert (tmp_path / "ran").read_text() == "ran\n"  # ran once
     assert not alive(int(jobs[3]))
+
+
+def test_a_payload_inherits_no_descriptor_of_the_agent(state, tmp_path):
+    # the launch lock above all: a payload holding it would keep its attempt "alive" through its children
+    with AgentLauncher(state) as launcher:
+        handle = launcher.launch(request(tmp_path / "w", 'for f in /proc/$$/fd/*; do readlink "$f" || true; done\n'))
+        assert run_to_end(launcher, handle).outcome == base.SUCCEEDED
+    workdir = tmp_path / "w"
+    assert set((workdir / "stdout").read_text().split()) == {"/dev/null", str(workdir / "stdout"),
+                                                             str(workdir / "stderr"), str(workdir / "payload")}
