@@ -30,7 +30,9 @@ from tests.fixtures import wait_for
 pytestmark = pytest.mark.slow
 
 FAN = 500
-TRIALS = 20
+#: trials per victim and database: 20 is the issue's record (run by hand: BROKER_TEST_CHAOS_TRIALS=20); the suite
+#: runs 3 of them (each is a whole 502-node run and its recovery, about 10 s; 80 would double the suite's time)
+TRIALS = int(os.environ.get("BROKER_TEST_CHAOS_TRIALS", "3"))
 #: seconds each payload works, so that kills land while payloads run
 WORK = 0.01
 
