@@ -224,24 +224,9 @@ def test_a_broker_killed_mid_run_never_submits_a_job_twice_and_all_complete(migr
     doc = workflow(on("cluster", "".join(
         f'<node id="n{i}"><payload type="sh">i=0; while [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done</payload>'
         f'</node>' for i in range(12))), name="crash")
-    path = tmp_path / "wf.xml"
-    path.write_bytes(doc)
-    config = tmp_path / "broker.ini"
-    config.write_text(f"[hosts]\ncatalogue = {catalogue}\nbatch_poll_interval = 0.5\n"
-                      f"[engine]\nmax_in_flight = 64\nuser = alice\n")
-    env = dict(os.environ, BROKER_CONFIG=str(config))
-    command = [sys.executable, "-m", "broker.cli", "run", str(path), "--db", migrated_url,
-               "--workdir", str(tmp_path / "work")]
     before = sbatch_calls(shims)
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: sbatch_calls(shims) - before >= 6, deadline=PATIENCE, what="half the jobs to be submitted")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "resuming" in rerun.stdout
+    killed_and_rerun(doc, migrated_url, tmp_path, catalogue, lambda: sbatch_calls(shims) - before >= 6,
+                     "half the jobs to be submitted")
     submitted = [line for line in (shims / "calls.log").read_text().splitlines() if line.startswith("sbatch")]
     assert len(submitted) - before == 12  # one submission per node, crash or not
 
@@ -263,3 +248,24 @@ def test_a_fragment_spawned_on_the_ssh_host_is_fetched_with_the_result_and_its_n
     # read on the host by the elf, which follows no symlink there either
     assert nodes["link"].message == "the spawned fragment l.xml could not be read: it is a symlink (not followed)"
     assert state is WorkflowState.FAILED
+
+
+def killed_and_rerun(doc: bytes, url: str, tmp_path: Path, catalogue: Path, ready, what: str) -> None:
+    """`broker run` of ``doc`` as alice, kill -9 once ``ready()`` holds, then run again: the rerun resumes and
+    succeeds (exit 0)."""
+    path = tmp_path / "wf.xml"
+    path.write_bytes(doc)
+    config = tmp_path / "broker.ini"
+    config.write_text(f"[hosts]\ncatalogue = {catalogue}\nbatch_poll_interval = 0.5\n"
+                      f"[engine]\nmax_in_flight = 64\nuser = alice\n")
+    env = dict(os.environ, BROKER_CONFIG=str(config))
+    command = [sys.executable, "-m", "broker.cli", "run", str(path), "--db", url, "--workdir", str(tmp_path / "work")]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(ready, deadline=PATIENCE, what=what)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming" in rerun.stdout

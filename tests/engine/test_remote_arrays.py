@@ -6,18 +6,14 @@ tests/engine/test_remote.py; the catalogue here sets the cluster's array size an
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from broker.states import WorkflowState
 from tests.engine.helpers import workflow
-from tests.engine.test_remote import PATIENCE, WHO, on, remote_broker, sbatch_calls, scratch, shims  # noqa: F401
-from tests.fixtures import wait_for
+from tests.engine.test_remote import (PATIENCE, WHO, killed_and_rerun, on, remote_broker, sbatch_calls,  # noqa: F401
+                                      scratch, shims)
 
 pytestmark = pytest.mark.slow  # real SLURM jobs
 
@@ -70,22 +66,7 @@ def test_a_broker_killed_while_an_array_runs_submits_nothing_twice_and_all_compl
     """kill -9 of `broker run` while the tasks of an array run; the rerun finds them by the array's name."""
     doc = sweep(12, 'i=0; while [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; '
                     f'{WHO}; echo "@broker output i=$WB_PARAM_i"')
-    path = tmp_path / "wf.xml"
-    path.write_bytes(doc)
-    config = tmp_path / "broker.ini"
-    config.write_text(f"[hosts]\ncatalogue = {catalogue}\nbatch_poll_interval = 0.5\n"
-                      f"[engine]\nmax_in_flight = 64\nuser = alice\n")
-    env = dict(os.environ, BROKER_CONFIG=str(config))
-    command = [sys.executable, "-m", "broker.cli", "run", str(path), "--db", migrated_url,
-               "--workdir", str(tmp_path / "work")]
     before = sbatch_calls(shims)
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: sbatch_calls(shims) - before >= 1, deadline=PATIENCE, what="the array to be submitted")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "resuming" in rerun.stdout
+    killed_and_rerun(doc, migrated_url, tmp_path, catalogue, lambda: sbatch_calls(shims) - before >= 1,
+                     "the array to be submitted")
     assert sbatch_calls(shims) - before == 1  # one submission for the twelve members, crash or not
