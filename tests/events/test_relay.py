@@ -165,14 +165,17 @@ def test_the_next_window_is_on_the_bus_while_the_last_is_marked_and_committed_on
     add_events(sessions, wf, 10)  # 22 rows: windows of 5, 5, 5, 5, 2
     seen = []  # at each mark: (rows marked so far + this window, messages delivered, messages staged)
     real_mark = relay_module.mark_sent
+    started: dict[str, Any] = {}
 
     def mark(sessions_: Any, ids: Any, now: Any) -> None:
-        staged = sum(len(messages) for messages, _ in relay.publisher._open.values())
+        # the relay starts at once and may mark its first window before relays() has returned it to the test
+        wait_for(lambda: "relay" in started, what="the relay handed to the test")
+        staged = sum(len(messages) for messages, _ in started["relay"].publisher._open.values())
         seen.append((sent_count(sessions) + len(ids), len(delivered(bus)), staged))
         real_mark(sessions_, ids, now)
 
     monkeypatch.setattr(relay_module, "mark_sent", mark)
-    relay = relays(sessions, bus, window=5)
+    started["relay"] = relays(sessions, bus, window=5)
     wait_for(lambda: sent_count(sessions) == 22, what="every row marked sent")
     assert delivered(bus) == expected(sessions)
     # nothing of a window is delivered before the one ahead of it is marked, though its messages are on the
