@@ -50,7 +50,7 @@ def test_a_node_requiring_tags_runs_on_the_host_carrying_them_and_the_listings_s
     assert tagged.node(handle.id, "train").host == "gpu-box"
     hosts = tagged.admin().getHosts()
     assert [(h.name, h.launcher, h.tags, h.maxJobs, h.inFlight, h.default) for h in hosts] == [
-        ("plain", "local", [], 4, 0, True), ("gpu-box", "local", ["gpu", "site-a"], 0, 1, False)]
+        ("plain", "local", [], 4, 0, True), ("gpu-box", "local", ["gpu", "site-a"], 512, 1, False)]
     box = hosts[1]
     assert (box.limitNodes, box.limitCores, box.limitMemoryBytes, box.limitWalltimeSeconds) == (
         1, 16, 64 * 1024**3, 7200.0)
@@ -61,13 +61,13 @@ def test_a_node_requiring_tags_runs_on_the_host_carrying_them_and_the_listings_s
     assert json.loads(listed.stdout) == [
         {"name": "plain", "launcher": "local", "tags": [], "maxJobs": 4, "inFlight": 0, "default": True,
          "limits": {"nodes": None, "cores": 2, "memoryBytes": None, "walltimeSeconds": None}},
-        {"name": "gpu-box", "launcher": "local", "tags": ["gpu", "site-a"], "maxJobs": 0, "inFlight": 1,
+        {"name": "gpu-box", "launcher": "local", "tags": ["gpu", "site-a"], "maxJobs": 512, "inFlight": 1,
          "default": False, "limits": {"nodes": 1, "cores": 16, "memoryBytes": 64 * 1024**3, "walltimeSeconds": 7200.0}}]
     table = _cli(tagged, "admin", "hosts").stdout.splitlines()
     assert table[0].split() == ["HOST", "LAUNCHER", "TAGS", "LIMITS", "MAX", "JOBS", "IN", "FLIGHT"]
     assert table[1].split()[:3] == ["plain", "(default)", "local"]
     assert table[2].split()[:4] == ["gpu-box", "local", "gpu", "site-a"]
-    assert "memory 64GiB, walltime 7200 s" in table[2] and table[2].split()[-2:] == ["-", "1"]
+    assert "memory 64GiB, walltime 7200 s" in table[2] and table[2].split()[-2:] == ["512", "1"]
     gate.touch()
     tagged.wait_state(handle.id, "succeeded")
     assert [h.inFlight for h in tagged.admin().getHosts()] == [0, 0]
