@@ -118,6 +118,8 @@ class Engine:
         self.staging: pykka.ActorRef[Any] | None = None
         self.submission: pykka.ActorRef[Any] | None = None
         self.clock: Clock | None = None
+        #: applies the requests of other processes (broker.persistence.requests)
+        self.applier: Any = None
 
     # ---------------------------------------------------------------------------------------- start
 
@@ -181,6 +183,12 @@ class Engine:
             writer.tell(Subscribe(monitoring))
             self.clock = Clock(settings.engine.tick_interval, (submission, monitoring, staging))
             self.clock.start()
+            from broker.applier import Applier
+            from broker.persistence.lease import Holder
+
+            self.applier = Applier(self, lock.holder_name or Holder.me(lock.role).text)
+            self.applier.announce()
+            self.applier.start()
             self._announce("started")
         except BaseException:
             self._stop_actors()
@@ -307,7 +315,9 @@ class Engine:
         """Stop in an order in which no message reaches a stopped actor: the clock; the controllers quiesced
         (they start no new work, still record answers); the workers (work under way ends, queued work is
         dropped: its intent is in the database); then the controllers, which record the last answers with
-        the writer, stopped last so that it commits them."""
+        the writer, stopped last so that it commits them. The request applier goes first: nothing new is taken."""
+        if self.applier is not None:
+            self.applier.stop()
         if self.clock is not None:
             self.clock.stop()
         controllers = [ref for ref in (self.submission, self.staging, self.monitoring) if ref is not None]

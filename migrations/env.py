@@ -10,6 +10,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy.types import TypeDecorator
 
+from broker.persistence import requestrows  # noqa: F401  (its tables join Base.metadata)
 from broker.persistence.models import Base
 
 config = context.config

@@ -71,3 +71,44 @@ class OwnWriter:
              properties: dict[str, Any] | None = None) -> None:
         # a workflow deleted meanwhile has nothing left to attach the event to: the store drops it
         self._commit(Note(workflow_id=workflow_id, type=type, actor=actor, message=message, properties=properties))
+
+
+class RequestWriter:
+    """The writer of a command while a broker holds the database: each change is a request row
+    (:mod:`broker.persistence.requests`) that the running broker's writer applies; waits for its answer."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, timeout: float, holder: str = "the running broker"):
+        from broker.runas import own_login
+
+        self.sessions = sessions
+        self.timeout = timeout
+        self.holder = holder
+        self.account = own_login()
+
+    def _ask(self, kind: str, actor: str, payload: dict[str, Any]) -> dict[str, Any]:
+        from broker.persistence import requests
+
+        with self.sessions.begin() as s:
+            request_id = requests.insert(s, kind, actor, payload, account=self.account)
+        row = requests.wait(self.sessions, request_id, self.timeout)
+        if row is None:
+            raise BrokerError(f"{self.holder} did not apply the {kind} within {self.timeout:g} s (request withdrawn)")
+        if row.state != requests.APPLIED:
+            raise BrokerError(f"{self.holder} could not apply the {kind}: {row.error or row.state}")
+        return row.result or {}
+
+    def delete_workflows(self, change: DeleteWorkflows) -> Deleted:
+        from broker.persistence import requests
+
+        result = self._ask("delete", change.actor, {
+            "workflows": [[w.workflow_id, w.global_id] for w in change.workflows], "what": change.what,
+            "skipped": list(change.skipped), "reasons": list(change.reasons),
+            "require_drained": change.require_drained, "last_event_id": change.last_event_id,
+            "properties": change.properties})
+        return requests.decode_deleted(result)
+
+    def note(self, workflow_id: int | None, type: str, actor: str, message: str,
+             properties: dict[str, Any] | None = None) -> None:
+        if type != EventType.ADMIN_ACTION.value:
+            raise BrokerError(f"only ADMIN_ACTION events go through a running broker, not {type}")
+        self._ask("archive", actor, {"workflow_id": workflow_id, "message": message, "properties": properties})

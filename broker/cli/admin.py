@@ -4,13 +4,13 @@
 answer (same queries; ``hosts`` reads the catalogue of ``[hosts] catalogue``).
 ``delete`` and ``archive --to`` change the database: they take the broker lock for their whole run and
 record ADMIN_ACTION events themselves as ``admin:<operator>`` (``[engine] user``, else the login name).
-While a broker runs (``broker serve``, ``broker run``) they refuse (exit 3) and point to the admin API:
-only the running broker's writer may write events then. ``delete`` lists what it will remove and asks on
-standard input unless ``--yes``; ``--dry-run`` only lists (and works while a broker runs).
+While a broker runs they go through it, with the same output: each deletion and record is a request its writer
+applies (:class:`broker.admin.audit.RequestWriter`). ``delete`` lists what it will remove and asks on standard
+input unless ``--yes``; ``--dry-run`` only lists.
 ``archive --list URI`` and ``archive --show URI`` read archives back.
 
 Exit codes: 0 done (also when some workflows were skipped and reported), 1 declined at the prompt, 2 bad
-usage or unknown id/user, 3 runtime error (a broker runs, the target failed, a workflow could not go).
+usage or unknown id/user, 3 runtime error (the broker did not apply it, the target failed, a workflow could not go).
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ from broker.cli.common import (local_time, not_found_is_usage, one_line, plural,
 
 #: seconds between two looks at the outbox while --wait lets the relay publish
 DRAIN_POLL = 0.1
-#: what a changing command says while a broker holds the database
-BROKER_RUNNING = ("a broker is running on this database (broker serve or broker run holds its lock), and only "
-                  "its writer may record events meanwhile: use the admin API (archiveWorkflowsTo, delete, "
-                  "deleteAllCompleted, deleteAllBefore, deleteAllForUser), or stop the broker and run this again")
+#: seconds a running broker has to apply a deletion or a record this command asks it for
+REQUEST_TIMEOUT = 60.0
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -161,7 +159,7 @@ def users_command(args: argparse.Namespace, settings: Any) -> int:
 def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     """A Deleter on the configured database, holding the broker lock (refused while a broker runs)."""
     from broker.admin.delete import Deleter, journal_for
-    from broker.admin.audit import OwnWriter
+    from broker.admin.audit import OwnWriter, RequestWriter
     from broker.cli.common import owner_name, reader
     from broker.config import default_state_dir
     from broker.errors import BrokerLocked
@@ -174,26 +172,39 @@ def operating(settings: Any, *, lock: bool = True) -> Iterator[Any]:
     if admin_log.getEffectiveLevel() > logging.DEBUG:
         admin_log.setLevel(logging.WARNING)
     held = BrokerLock(settings.database_url(), settings.engine, role="broker admin")
-    if lock:
-        try:
-            held.acquire()
-        except BrokerLocked:
-            raise BrokerLocked(BROKER_RUNNING) from None
+    through = False
+    try:
+        held.acquire() if lock else None
+    except BrokerLocked:  # a broker runs: its writer applies the change (a request), this command does the rest
+        through = True
     try:
         with reader(settings) as sessions, _RemoteHosts(settings, sessions) as remote:
             root = Path(settings.engine.workdir or default_state_dir() / "work").absolute()
             publishing = settings.events.publishing
-            # holding the lock, this command owns the database: a store of its own is the writer
-            writer = OwnWriter(sessions, limits=settings.limits, publishing=publishing)
+            holder = _holder_line(sessions) if through else None  # else: the lock held, a store of its own writes
+            if through and holder is None:  # a command holding the lock for a moment, not a broker
+                raise BrokerLocked("another process holds the database and runs no broker that could apply "
+                                   "the change: try again once it has ended")
+            writer: Any = (RequestWriter(sessions, timeout=REQUEST_TIMEOUT, holder=holder)
+                           if through else OwnWriter(sessions, limits=settings.limits, publishing=publishing))
             deleter = Deleter(sessions, writer, actor, workdir_root=root, journal=journal_for(root, settings.database_url()),
                               require_drained=publishing, remove_remote=remote)
-            if lock:
+            deleter.through_broker = through
+            if lock and not through:
                 for gid in deleter.recover():
                     print(f"removed the remaining work directories of {gid} (deleted earlier)")
             yield deleter
     finally:
-        if lock:
+        if lock and not through:
             held.release()
+
+
+def _holder_line(sessions: Any) -> str | None:
+    """Who holds the database, for messages (its writer_info row); None when no broker says it does."""
+    from broker.persistence import requests
+
+    with sessions() as s:
+        return getattr(requests.writer_info(s), "holder", None)
 
 
 class _RemoteHosts:
@@ -283,12 +294,14 @@ def _drain(deleter: Any, settings: Any, selection: Any, plan: Any, wait: float) 
     from broker.events.relay import OutboxRelay
     from broker.persistence import queries
 
-    relay = OutboxRelay.from_settings(settings.events, deleter.sessions)
-    if relay is None:
+    # with a broker running, its own relay publishes them: only wait
+    relay = None if deleter.through_broker else OutboxRelay.from_settings(settings.events, deleter.sessions)
+    if relay is None and not deleter.through_broker:
         return plan
     waiting = {r.id for r in plan.skipped if r.state in queries.COMPLETED}
     print(f"publishing the pending events of {plural(len(waiting), 'workflow')} (up to {wait:g} s)...")
-    relay.start()
+    if relay is not None:
+        relay.start()
     try:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -297,7 +310,8 @@ def _drain(deleter: Any, settings: Any, selection: Any, plan: Any, wait: float) 
                     break
             time.sleep(DRAIN_POLL)  # a poll interval while the relay works, not a wait for a result
     finally:
-        relay.stop()
+        if relay is not None:
+            relay.stop()
     return deleter.plan(selection)
 
 
@@ -307,6 +321,8 @@ def _publish_record(deleter: Any, settings: Any, deadline: float) -> None:
 
     from broker.events.relay import OutboxRelay
 
+    if deleter.through_broker:
+        return  # the running broker's relay publishes it
     # what is left of --wait, but never nothing: the record was just written, publishing it is quick
     wait = max(deadline - time.monotonic(), 1.0)
     relay = OutboxRelay.from_settings(dataclasses.replace(settings.events, exit_drain_timeout=wait),

@@ -11,6 +11,10 @@ succeeded and 1 when it did not.
 Ctrl-C cancels the workflow and waits for its end (exit 130); a second Ctrl-C, or SIGTERM, stops at once
 and leaves payloads running (a later ``broker resume`` re-attaches to them). The signal handlers only set
 flags: the main loop does the work.
+
+While another broker holds the database, both hand the workflow to it and follow it from the database
+(:mod:`broker.cli.handoff`); a run that holds the database keeps it, after its own workflow, until the
+workflows handed to it have ended.
 """
 
 from __future__ import annotations
@@ -18,16 +22,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from broker.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE, add_db_option
-from broker.cli.common import local_time, not_found_is_usage, owner_name, plural
+from broker.cli.common import not_found_is_usage, owner_name
+from broker.cli.runstart import (announce_resume, recorded_work_root, started, stopping, then_handed,
+                                 unfinished)
 from broker.printable import printable
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Run a workflow in this process until it ends, showing progress. If the database holds an "
                     "unfinished workflow of yours with the same description, it is resumed instead of submitted "
                     "again. Exit 0: succeeded; 1: failed, cancelled or invalid description; 2: unreadable file; "
-                    "3: error (database locked by another broker...); 130: interrupted. Ctrl-C cancels the "
+                    "3: error (database held by a broker that cannot take it...); 130: interrupted. Another "
+                    "broker holding the database is handed the workflow, which is followed here. Ctrl-C cancels the "
                     "workflow; a second Ctrl-C stops at once, leaving payloads running (`broker resume` "
                     "re-attaches).")
     run_parser.add_argument("file", metavar="FILE|NAME[@VERSION]",
@@ -61,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parser.add_argument("--workdir", metavar="DIR",
                             help="root of the node work directories (overrides [engine] workdir; for resume, the "
                                  "default is the root the workflow was submitted with)")
+        parser.add_argument("--detach", action="store_true",
+                            help="while another broker holds the database: hand the workflow to it and return once "
+                                 "it is taken, printing its id (without: follow it to its end here)")
         parser.set_defaults(func=handler)
 
 
@@ -110,12 +116,19 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     digest = hashlib.sha256(descriptor.encode("utf-8")).hexdigest()
 
     if args.workdir is None:
-        args.workdir = _recorded_work_root(settings, owner, digest, spec.arguments)
+        args.workdir = recorded_work_root(settings, owner, digest, spec.arguments)
     tracker = Tracker()
-    with _running_engine(settings, args, tracker, "run") as engine:
-        found = _unfinished(engine.sessions, owner, digest, spec.arguments)
+    came = f" from stored workflow {origin[0]}@{origin[1]}" if origin else ""
+    engine = started(settings, args, tracker, "run", handing={
+        "kind": "submit", "owner": owner, "name": spec.name + came, "digest": digest, "arguments": spec.arguments,
+        "payload": {"descriptor": descriptor, "filename": filename, "owner": owner, "options": {},
+                    "arguments": dict(spec.arguments or ()), "origin": list(origin) if origin else None}})
+    if isinstance(engine, int):
+        return engine
+    with stopping(engine, settings):
+        found = unfinished(engine.sessions, owner, digest, spec.arguments)
         if found is not None:
-            done_before = _announce_resume(engine.sessions, found)
+            done_before = announce_resume(engine.sessions, found)
             accepted = engine.track(found)
         else:
             try:
@@ -124,10 +137,10 @@ def run(args: argparse.Namespace, settings: Any) -> int:
                 print(f"broker: {printable(str(exc))}", file=sys.stderr)
                 return EXIT_INVALID
             done_before = 0
-            came = f" from stored workflow {origin[0]}@{origin[1]}" if origin else ""
             print(f"submitted workflow {accepted.global_id} (id {accepted.workflow_id}): {printable(spec.name)}"
                   + printable(came), flush=True)
-        return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
+        return then_handed(engine, follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner,
+                                           done_before))
 
 
 @not_found_is_usage
@@ -152,43 +165,24 @@ def resume(args: argparse.Namespace, settings: Any) -> int:
                                                  "failed, cancelled and skipped nodes a fresh attempt)"))
         return EXIT_OK if state == "succeeded" else EXIT_INVALID
     tracker = Tracker()
-    with _running_engine(settings, args, tracker, "resume") as engine:
-        done_before = _announce_resume(engine.sessions, target.workflow_id)
+    engine = started(settings, args, tracker, "resume", handing={
+        "kind": "resume", "owner": owner, "name": None, "gid": target.workflow_global_id,
+        "payload": {"workflow_id": target.workflow_id}})
+    if isinstance(engine, int):
+        return engine
+    with stopping(engine, settings):
+        done_before = announce_resume(engine.sessions, target.workflow_id)
         accepted = engine.track(target.workflow_id)
-        return follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner, done_before)
+        return then_handed(engine, follow(engine, accepted.workflow_id, accepted.global_id, tracker, owner,
+                                           done_before))
 
 
 # ------------------------------------------------------------------------------------------------ follow
 
-class Interrupts:
-    """SIGINT and SIGTERM handlers that only count: the main loop acts on the counts."""
-
-    def __init__(self) -> None:
-        self.interrupts = 0
-        self.terminated = False
-        self._previous: dict[int, Any] = {}
-
-    def _on_interrupt(self, signum: int, frame: Any) -> None:
-        self.interrupts += 1
-
-    def _on_terminate(self, signum: int, frame: Any) -> None:
-        self.terminated = True
-
-    def __enter__(self) -> Interrupts:
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_interrupt)
-            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_terminate)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-
 def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: str, done_before: int) -> int:
     """Show progress until the workflow ends (or the user stops it); print the summary; return the exit code."""
     from broker.cli.progress import ESTIMATE_INTERVAL, Display, print_summary
+    from broker.cli.signals import Interrupts
     from broker.errors import BrokerError
     from broker.states import WORKFLOW_TERMINAL
 
@@ -252,27 +246,6 @@ def _remaining(engine: Any, workflow_id: int) -> Any:
     return Interval(*((t - now).total_seconds() for t in (est.p10, est.p50, est.p90)))
 
 
-@contextmanager
-def _running_engine(settings: Any, args: argparse.Namespace, tracker: Any, command: str) -> Iterator[Any]:
-    """The started engine for this command, stopped on the way out whatever happened."""
-    from broker.engine import Engine
-
-    # The command line is the invoking user's own run: its local payloads run as that account, whatever the
-    # accounts mapping says (it maps users of a shared `broker serve`).
-    settings = settings.replace("engine", run_as_broker_account=True)
-    engine = Engine(settings, listeners=[tracker], workdir=getattr(args, "workdir", None), service=command).start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        if engine.unsent_at_stop:
-            # outbox rows: one per event and destination
-            left = plural(engine.unsent_at_stop, "event message")
-            print(f"broker: {left} not yet published on the bus after waiting up "
-                  f"to {settings.events.exit_drain_timeout:g} s ([events] exit_drain_timeout); the next broker "
-                  "started on this database publishes them", file=sys.stderr)
-
-
 def _text(source: bytes) -> str:
     """The description as text, to store verbatim (the parser accepted UTF-8 or UTF-16)."""
     try:
@@ -307,60 +280,3 @@ def _stored_source(settings: Any, ref: str) -> tuple[bytes, tuple[str, int]]:
             return row.descriptor.encode("utf-8", "surrogatepass"), (row.name, row.version)
     except NotFound as exc:
         raise FileNotFoundError(2, f"no such file, and {exc}") from None
-
-
-def _unfinished(sessions: Any, owner: str, digest: str,
-                arguments: tuple[tuple[str, str], ...] | None = None) -> int | None:
-    """The newest unfinished workflow of ``owner`` with this descriptor digest and these arguments, if any."""
-    from sqlalchemy import select
-
-    from broker.persistence.models import User, Workflow
-
-    wanted = [list(pair) for pair in arguments] if arguments else None
-    with sessions() as s:
-        rows = s.execute(select(Workflow.id, Workflow.arguments).join(User, User.id == Workflow.owner_id)
-                         .where(User.name == owner, Workflow.descriptor_sha256 == digest,
-                                Workflow.state.in_(("accepted", "running")))
-                         .order_by(Workflow.id.desc())).all()
-    # the same description with other arguments is another workflow, not one to resume
-    return next((row.id for row in rows if (row.arguments or None) == wanted), None)
-
-
-def _recorded_work_root(settings: Any, owner: str, digest: str,
-                        arguments: tuple[tuple[str, str], ...] | None = None) -> str | None:
-    """The work root of the unfinished workflow ``broker run`` will resume, if there is one (else None: the
-    configured root). A database that does not exist yet, or that the engine must migrate first, has none."""
-    from broker.cli.common import reader
-    from broker.errors import DatabaseError, NotFound
-    from broker.persistence.models import Workflow
-
-    try:
-        with reader(settings) as sessions:
-            found = _unfinished(sessions, owner, digest, arguments)
-            if found is None:
-                return None
-            with sessions() as s:
-                return s.get(Workflow, found).work_root
-    except (NotFound, DatabaseError):
-        return None
-
-
-def _announce_resume(sessions: Any, workflow_id: int) -> int:
-    """Print ``resuming workflow ... N of M nodes done``; returns N (not part of this run's rate).
-
-    M is what the workflow will run, its sweeps not expanded yet counted as they will expand (as ``broker
-    validate`` counts), so it agrees with the summary at the end.
-    """
-    from broker.cli.common import done_total, node_counts
-    from broker.cli.progress import planned_total
-    from broker.persistence.models import Workflow
-
-    with sessions() as s:
-        wf = s.get(Workflow, workflow_id)
-        counts = node_counts(s, [workflow_id])[workflow_id]
-        done, _ = done_total(counts)
-        total, note = planned_total(s, workflow_id, counts)
-    print(f"resuming workflow {wf.global_id} (submitted {local_time(wf.submitted_at)}): "
-          f"{done} of {plural(total, 'node')} done" + (f" ({note})" if note else ""), flush=True)
-    return done
-

@@ -139,6 +139,8 @@ class Submit:
     publish_metadata_to: str | None = None
     #: the stored workflow it comes from (name, version), None for a description given whole
     origin: tuple[str, int] | None = None
+    #: the global id reserved for it (a request handed over by another process); None: a new one
+    global_id: str | None = None
     reply_to: Any = None
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from broker.errors import DatabaseError
 from broker.persistence import db
+from broker.persistence import requestrows  # noqa: F401  (its tables join Base.metadata)
 from broker.persistence.models import Base
 from broker.persistence.schema_version import HEAD_REVISION
 

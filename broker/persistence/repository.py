@@ -79,7 +79,8 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
                     event_level: EventLevel | str | None = None, priority: int | None = None,
                     publish_metadata_to: str | None = None, max_in_flight: int | None = None,
                     actor: str = "submission", now: dt.datetime | None = None, publishing: bool = True,
-                    work_root: str | None = None, origin: tuple[str, int] | None = None) -> Workflow:
+                    work_root: str | None = None, origin: tuple[str, int] | None = None,
+                    global_id: str | None = None) -> Workflow:
     """Store a validated workflow: its row, its top-level nodes and edges, and its WORKFLOW_SUBMITTED event.
 
     ``descriptor`` is kept verbatim with its SHA-256 (of its UTF-8 encoding); ``origin`` is the stored
@@ -108,7 +109,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
     now = now or utcnow()
 
     workflow = Workflow(
-        global_id=new_workflow_global_id(), owner_id=owner.id, label=label, request_id=request_id,
+        global_id=global_id or new_workflow_global_id(), owner_id=owner.id, label=label, request_id=request_id,
         name=spec.name, experiment_id=experiment_id, descriptor=descriptor,
         descriptor_sha256=hashlib.sha256(descriptor.encode("utf-8")).hexdigest(), plan=to_json(spec),
         event_level=int(level), priority=spec.priority if priority is None else priority,

@@ -8,6 +8,6 @@ these constants equal what alembic reads from ``migrations/versions``: add a rev
 from __future__ import annotations
 
 #: every revision in ``migrations/versions``, oldest first
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0010", "0011")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0010", "0011", "0012")
 #: the revision a database must be at for this broker to use it
 HEAD_REVISION: str = REVISIONS[-1]

@@ -25,7 +25,7 @@ from broker.crashpoints import crash_point
 from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.events.types import EventType
-from broker.persistence import acted, loading, removal, settled, spawning
+from broker.persistence import acted, loading, removal, requests, settled, spawning
 from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed,
                                         DeleteWorkflows, Expansion, MarkControl, Moved, Note,
                                         Rejected, Reported, Restart, Submit, Track, Transition, WorkflowInfo,
@@ -301,7 +301,8 @@ class Store:
                                          request_id=ch.request_id, experiment_id=ch.experiment_id,
                                          event_level=ch.event_level, priority=ch.priority,
                                          publish_metadata_to=ch.publish_metadata_to, now=batch.now,
-                                         publishing=batch.publishing, work_root=self.work_root, origin=ch.origin)
+                                         publishing=batch.publishing, work_root=self.work_root, origin=ch.origin,
+                                         global_id=ch.global_id)
         s.flush()
         resumed = row.id in self.mirror.workflows
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:
@@ -392,4 +393,5 @@ _HANDLERS = {
     MarkControl: Store._mark_control,
     AfterIntents: Store._after_intents,
     DeleteWorkflows: removal.delete_workflows,
+    requests.ApplyRequest: requests.apply_request,
 }

@@ -1,5 +1,5 @@
 """``broker admin delete``: each form removes exactly its targets (rows and work directories), on SQLite and
-PostgreSQL; running workflows are never touched; it lists, asks, and refuses to fight a running broker."""
+PostgreSQL; running workflows are never touched; it lists, asks, and goes through a running broker."""
 
 from __future__ import annotations
 
@@ -101,20 +101,28 @@ def test_it_lists_and_asks_first_and_a_dry_run_only_lists(sqlite_admin_cli):
     assert accepted.returncode == 0 and workflow_rows(cli.sessions) == {}
 
 
-def test_changing_commands_refuse_while_a_broker_runs_and_say_to_use_the_api(sqlite_admin_cli):
-    cli = sqlite_admin_cli
-    run_workflows(cli.url, cli.tmp, {"hello": (example("hello.xml"), "alice")})
+def test_changing_commands_go_through_a_running_broker_with_the_same_output(admin_cli):
+    cli = admin_cli
+    made = run_workflows(cli.url, cli.tmp, {"hello": (example("hello.xml"), "alice"),
+                                            "other": (example("hello.xml"), "alice")})
     broker = Broker(cli.url, cli.tmp).start()
     try:
-        before = workflow_rows(cli.sessions)
-        for done in (cli("admin", "delete", "--completed", "--yes"), cli.archive(delete_after=True)):
-            assert done.returncode == 3
-            assert "a broker is running on this database" in done.stderr and "admin API" in done.stderr
-        assert workflow_rows(cli.sessions) == before
         # reading works alongside the broker
         assert cli("admin", "delete", "--completed", "--dry-run").returncode == 0
         state = cli("admin", "state")
         assert state.returncode == 0 and "broker: running" in state.stdout
+        done = cli("admin", "delete", "--id", made.gids["hello"], "--yes")
+        assert done.returncode == 0, done.stderr
+        assert f"deleted 1 workflow: {made.gids['hello']}" in done.stdout
+        assert set(workflow_rows(cli.sessions)) == {made.gids["other"]}
+        # the running broker's writer recorded it, as admin:<operator>
+        (event,) = admin_events(cli.sessions)
+        assert event.actor == ACTOR and made.gids["hello"] in event.message
+        archived = cli.archive(delete_after=True)
+        assert archived.returncode == 0, archived.stderr
+        assert "archived 1 workflow to" in archived.stdout and "deleted 1" in archived.stdout
+        assert workflow_rows(cli.sessions) == {}
+        assert (cli.archives / f"{made.gids['other']}.xml").exists()
     finally:
         broker.stop()
 

@@ -70,13 +70,16 @@ def test_a_description_can_come_from_standard_input(sqlite_cli):
     assert ": hello\n" in result.stdout
 
 
-def test_a_database_held_by_another_broker_is_one_line_and_exit_3(sqlite_cli):
+def test_a_database_held_by_a_process_that_takes_no_workflows_is_one_line_and_exit_3(sqlite_cli):
+    """A lock held without a running engine (`broker cancel`, `broker admin` at work): nothing to hand over to
+    (a broker that takes workflows: tests/cli/test_handoff.py)."""
     from broker.persistence.lock import BrokerLock
 
     with BrokerLock(sqlite_cli.url):
         result = sqlite_cli("run", str(EXAMPLES / "hello.xml"))
     assert result.returncode == 3
-    assert result.stderr == f"broker: another broker is using {sqlite_cli.tmp / 'broker.db'}\n"
+    assert result.stderr == (f"broker: another broker is using {sqlite_cli.tmp / 'broker.db'}; it takes no workflows "
+                             "from other processes: try again once it has ended\n")
     assert sqlite_cli.workflows() == []
 
 

@@ -21,7 +21,7 @@ from broker.persistence.models import Base, Dependency, Node, User, Workflow, ut
 from broker.persistence.schema_version import HEAD_REVISION, REVISIONS
 
 TABLES = {"users", "accounts", "workflows", "nodes", "dependencies", "events", "outbox", "control", "elf_sessions",
-          "broker_lease", "stored_workflows", "attempts"}
+          "broker_lease", "stored_workflows", "attempts", "requests", "writer_info"}
 
 
 def tables(url: str) -> set[str]:
