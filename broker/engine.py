@@ -183,13 +183,13 @@ class Engine:
             writer.tell(Subscribe(monitoring))
             self.clock = Clock(settings.engine.tick_interval, (submission, monitoring, staging))
             self.clock.start()
+            self._announce("started")  # first: the SERVICE event goes to the writer before anything else
             from broker.applier import Applier
             from broker.persistence.lease import Holder
 
             self.applier = Applier(self, lock.holder_name or Holder.me(lock.role).text)
             self.applier.announce()
             self.applier.start()
-            self._announce("started")
         except BaseException:
             self._stop_actors()
             lock.release()
