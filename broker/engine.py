@@ -298,6 +298,26 @@ class Engine:
             raise BrokerError("the engine is not running")
         self.launchers.remove_workflow(host, owner, global_id)
 
+    def is_remote(self, host: str) -> bool:
+        """Whether ``host`` (as a node row holds it: ``login@name`` or a name) is a remote catalogue host, whose
+        attempts' files are on that host and not on this machine."""
+        if self.resources is None:
+            return False
+        try:
+            return self.resources.catalogue.get(host.rpartition("@")[2]).launcher != "local"
+        except BrokerError:
+            return False
+
+    def output_tail(self, host: str, owner: str, workdir: str, name: str, max_bytes: int) -> bytes | None:
+        """The end of a remote attempt's stdout or stderr (``host`` as a node row holds it, ``login@name`` or a
+        name), read on its host as its owner's account; None on local hosts or when it cannot be read."""
+        if self.launchers is None:
+            return None
+        try:
+            return self.launchers.tail(host.rpartition("@")[2], owner, workdir, name, max_bytes)
+        except BrokerError:
+            return None
+
     # ----------------------------------------------------------------------------------------- stop
 
     def stop(self) -> None:

@@ -75,6 +75,13 @@ class Launchers:
             return False
         return self.launcher(host_name, user).endpoint.remove_workflow(global_id)
 
+    def tail(self, host_name: str, user: str, workdir: str, name: str, max_bytes: int) -> bytes | None:
+        """The end of an attempt's stdout or stderr on a remote host, read as ``user``'s account there (None on
+        local hosts: their files are read where they are)."""
+        if self.resources.catalogue.get(host_name).launcher == "local":
+            return None
+        return self.launcher(host_name, user).endpoint.tail(workdir, name, max_bytes)
+
     def launcher_of(self, handle_host: str) -> Any:
         """The launcher behind a handle's ``host`` (``login@host`` for remote hosts, a name for local ones).
 

@@ -130,6 +130,20 @@ class Endpoint:
             return None
         return posixpath.join(self._local_root, remote[len(root) + 1:])
 
+    def tail(self, workdir: str, name: str, max_bytes: int) -> bytes | None:
+        """The last ``max_bytes`` of file ``name`` (stdout, stderr) of an attempt's work directory here, None when
+        it is not a regular file (absent, or a symbolic link: the payload owns its directory and must not make
+        the broker show another file) or the host does not answer within 10 s. Read as the owner's account."""
+        if name not in ("stdout", "stderr"):
+            raise ValueError(f"not an attempt's stream: {name!r}")
+        path = shlex.quote(posixpath.join(self.workdir(workdir), name))
+        try:
+            done = self.shell.run(f"[ -f {path} ] && [ ! -L {path} ] && exec tail -c {int(max_bytes)} -- {path}",
+                                  timeout=10.0)
+        except ShellError:
+            return None
+        return done.stdout[-max_bytes:] if done.returncode == 0 else None
+
     def remove_workflow(self, global_id: str) -> bool:
         """Remove ``<work root>/<global id>`` (a deleted workflow's directories here); True when it existed.
 

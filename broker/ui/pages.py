@@ -203,10 +203,16 @@ def node(ui: Any, req: Any, node_id: int) -> tuple[str, dict[str, Any]]:
         events = queries.events(s, wf.id, 0, level, EVENT_ROWS, found.path, newest=True)
         last = queries.last_event_id(s, wf.id)
         attempts = attempts_of(s, found.id)
+        owner = queries.user_name(s, wf.owner_id)
         eta = estimate_text(estimate_node(s, found.id))
     outputs = [(name, value if isinstance(value, str) else json.dumps(value))
                for name, value in sorted((found.outputs or {}).items())]
-    streams = [tail(found.workdir, name) for name in ("stdout", "stderr")] if found.workdir else []
+    streams: list[Tail | None] = []
+    if found.workdir and found.host and ui.api.engine.is_remote(found.host):
+        # its files are on that host (a path there, never read here even when it exists here too)
+        streams = [remote_tail(ui, found, owner, name) for name in ("stdout", "stderr")]
+    elif found.workdir:
+        streams = [tail(found.workdir, name) for name in ("stdout", "stderr")]
     gid = node_global_id(wf.global_id, found.path)
     return "node.html", dict(
         node=found, wf=wf, gid=gid, parents=parents, children=children, more_children=more, outputs=outputs,
@@ -233,7 +239,8 @@ class Tail:
 
 
 def tail(workdir: str, name: str) -> Tail | None:
-    """The last lines of ``<workdir>/<name>`` (bounded), None when it cannot be read here (a remote host).
+    """The last lines of ``<workdir>/<name>`` (bounded), None when it cannot be read here (a remote host:
+    :func:`remote_tail`).
 
     Neither the directory nor the file is followed if it is a symbolic link: the payload owns its work
     directory, and must not make the broker show another file.
@@ -255,9 +262,21 @@ def tail(workdir: str, name: str) -> Tail | None:
         start = max(0, info.st_size - TAIL_BYTES)
         fh.seek(start)
         data = fh.read(TAIL_BYTES)
+    return _tail_of(name, data, start > 0)
+
+
+def remote_tail(ui: Any, found: Any, owner: str, name: str) -> Tail | None:
+    """The end of a remote attempt's stream, read on its host as its owner (one bounded command, 10 s at most)."""
+    data = ui.api.engine.output_tail(found.host, owner, found.workdir, name, TAIL_BYTES + 1)
+    if data is None:
+        return None
+    return _tail_of(name, data[-TAIL_BYTES:], len(data) > TAIL_BYTES)
+
+
+def _tail_of(name: str, data: bytes, started_inside: bool) -> Tail:
     lines = data.decode("utf-8", "replace").splitlines()
-    cut = start > 0 or len(lines) > TAIL_LINES
-    if start > 0 and lines:
+    cut = started_inside or len(lines) > TAIL_LINES
+    if started_inside and lines:
         lines = lines[1:]  # the first one is cut in the middle
     lines = lines[-TAIL_LINES:]
     return Tail(name, "\n".join(lines), lines, cut)

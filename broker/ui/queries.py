@@ -200,6 +200,11 @@ def node(s: Session, node_id: int, owner_id: int | None) -> tuple[Node, Workflow
     return found, wf
 
 
+def user_name(s: Session, user_id: int) -> str:
+    """A user's name by id."""
+    return s.execute(select(User.name).where(User.id == user_id)).scalar_one()
+
+
 def node_state(s: Session, node_id: int, owner_id: int | None) -> Any:
     """(state, progress, message) of a node, for its page's feed. Raises NotFound."""
     row = s.execute(select(Node.state, Node.progress, Node.message, Workflow.owner_id)
