@@ -66,11 +66,15 @@ class LiveFeeds:
         from broker.ui.pages import drawn
 
         with sessions() as s:
-            row = s.execute(select(Workflow.id, Workflow.owner_id, Workflow.state)
-                            .where(Workflow.global_id == global_id)).first()
-            if row is None:
+            found = s.execute(select(Workflow.id).where(Workflow.global_id == global_id)).scalar()
+            if found is None:
                 raise NotFound(f"no workflow {global_id}")
-            last = queries.last_event_id(s, row.id)
+            # the cursor first, the state after it: a change committed in between then has a newer event than
+            # the cursor and reaches the page at its next poll (each statement reads what is committed when it
+            # runs), instead of being taken for the state the cursor already stands for
+            last = queries.last_event_id(s, found)
+            row = s.execute(select(Workflow.id, Workflow.owner_id, Workflow.state)
+                            .where(Workflow.id == found)).first()
             known = self._entries.get(global_id)
             if known is not None and known.last == last and known.answer.get("state") == row.state:
                 answer = known.answer  # nothing happened: nothing to read again

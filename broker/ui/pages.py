@@ -135,10 +135,14 @@ def workflow(ui: Any, req: Any, global_id: str) -> tuple[str, dict[str, Any]]:
     """A workflow: attributes, counts, times and its graph."""
     with ui.api.sessions() as s:
         wf, owner = queries.workflow(s, global_id, scope_of(req.user))
+        # the live feed's cursor before what the page shows: each statement here reads what is committed when
+        # it runs (SQLite), so a change committed meanwhile must come after the cursor, or the feed would call
+        # it old news and the page would keep the state it read before it
+        last = queries.last_event_id(s, wf.id)
+        s.refresh(wf, ["state", "started_at", "finished_at", "cancel_requested"])
         shown = drawn(s, wf.id)
         edges = queries.top_edges(s, wf.id)
         counts = queries.node_counts(s, wf.id)
-        last = queries.last_event_id(s, wf.id)
         eta = workflow_estimate(ui, s, wf.id)
     layout = graph.layout([n.id for n in shown.nodes], edges)
     total = sum(counts.values())
