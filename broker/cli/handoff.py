@@ -81,12 +81,18 @@ def hand_over(settings: Any, args: Any, *, kind: str, owner: str, payload: dict[
         if row.state != requests.APPLIED:
             return _refused(row, info.holder)
         workflow_id, gid = int(row.result["workflow_id"]), str(row.result["global_id"])
-        done_before = announce(sessions, workflow_id, gid, name)
-        if getattr(args, "detach", False):
-            print(f"detached: workflow {gid} runs in {printable(info.holder)}; follow it with `broker status {gid}` "
-                  f"or `broker events {gid} --follow`")
-            return EXIT_OK
-        return Follower(settings, sessions, owner, account, start_engine).follow(workflow_id, gid, done_before)
+        from broker.cli.signals import Interrupts
+
+        # Ctrl-C handled from before the workflow is announced: one that comes as soon as the caller sees the
+        # "submitted" line cancels it, as in a run of its own, instead of ending this process
+        with Interrupts() as signals:
+            done_before = announce(sessions, workflow_id, gid, name)
+            if getattr(args, "detach", False):
+                print(f"detached: workflow {gid} runs in {printable(info.holder)}; follow it with `broker status "
+                      f"{gid}` or `broker events {gid} --follow`")
+                return EXIT_OK
+            return Follower(settings, sessions, owner, account, start_engine).follow(workflow_id, gid, done_before,
+                                                                                     signals)
 
 
 def _abandon(sessions: Any, request_id: int, owner: str, account: str) -> None:
@@ -211,9 +217,9 @@ class Follower:
         self.engine: Any = None
         self._next_try = 0.0
 
-    def follow(self, workflow_id: int, gid: str, done_before: int) -> int:
+    def follow(self, workflow_id: int, gid: str, done_before: int, signals: Any) -> int:
+        """Follow to the end; ``signals``: the caller's active :class:`broker.cli.signals.Interrupts`."""
         from broker.cli.progress import Display, print_summary
-        from broker.cli.signals import Interrupts
         from broker.errors import BrokerError
         from broker.states import WORKFLOW_TERMINAL
 
@@ -221,27 +227,26 @@ class Follower:
         cancelling, last = False, None
         pause = threading.Event()  # never set: its wait is the poll interval, cut short by nothing
         try:
-            with Interrupts() as signals:
-                while True:
-                    snapshot = self._snapshot(workflow_id)
-                    if signals.interrupts >= 2 or signals.terminated:
-                        self._stop_now(display, gid)
-                        return EXIT_INTERRUPTED
-                    if signals.interrupts == 1 and not cancelling:
-                        cancelling = True
-                        display.note("cancelling... press Ctrl-C again to stop at once")
-                        if snapshot.state not in WORKFLOW_TERMINAL:
-                            self._cancel(workflow_id, display)
-                    display.update(snapshot, [snapshot] if last is None or last.state != snapshot.state else [])
-                    last = snapshot
-                    if snapshot.state in WORKFLOW_TERMINAL:
-                        break
-                    if self.engine is None:
-                        self._take_over(workflow_id, display)
-                    elif not self.engine.writer.is_alive():
-                        display.clear()
-                        raise BrokerError("the engine's writer stopped unexpectedly (see the log above)")
-                    pause.wait(FOLLOW_POLL)
+            while True:
+                snapshot = self._snapshot(workflow_id)
+                if signals.interrupts >= 2 or signals.terminated:
+                    self._stop_now(display, gid)
+                    return EXIT_INTERRUPTED
+                if signals.interrupts == 1 and not cancelling:
+                    cancelling = True
+                    display.note("cancelling... press Ctrl-C again to stop at once")
+                    if snapshot.state not in WORKFLOW_TERMINAL:
+                        self._cancel(workflow_id, display)
+                display.update(snapshot, [snapshot] if last is None or last.state != snapshot.state else [])
+                last = snapshot
+                if snapshot.state in WORKFLOW_TERMINAL:
+                    break
+                if self.engine is None:
+                    self._take_over(workflow_id, display)
+                elif not self.engine.writer.is_alive():
+                    display.clear()
+                    raise BrokerError("the engine's writer stopped unexpectedly (see the log above)")
+                pause.wait(FOLLOW_POLL)
             display.clear()
             state = print_summary(self.sessions, workflow_id, wall=display.elapsed(), done_before=done_before,
                                   out=sys.stdout)
