@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 AGENT_PATIENCE = 30.0
 #: attempts at reaching an agent (one that is on its way out answers "busy" for an instant)
 CONNECT_TRIES = 50
+#: the longest pause between two looks at an adopted attempt's lock (see _adopt_live)
+ADOPTED_RECHECK_MAX = 5.0
 _SOURCE = open(agent_program.__file__, "rb").read()  # noqa: SIM115 - read once; sent to each agent started
 
 
@@ -77,8 +79,6 @@ class _Agent:
 
 class AgentLauncher(LocalLauncher):
     """Local payloads started by resident agents (implements :class:`broker.launchers.base.Launcher`)."""
-
-    _identify_unfound = False
 
     def __init__(self, state_dir: str, **kwargs: Any):
         """``state_dir``: where each account's agent keeps its socket and journal (``<work root>/.agents``)."""
@@ -353,10 +353,16 @@ class AgentLauncher(LocalLauncher):
             if agent is None or agent.dead:
                 agent = self._connect(login, start=False)
         if agent is None:
-            return super()._adopt_live(handle, on_exit, legacy)  # a wrapper between its fork and its exec
+            # no agent runs: a wrapper between its fork and its exec, or a lock kept by a stopped broker (its
+            # attempt ended, and its agent after it): looked at until its wrapper is found or its lock is free
+            return super()._adopt_live(handle, on_exit, legacy)
         handle = dataclasses.replace(handle, job_id=str(read_pid(handle.workdir) or 0))
         with self._lock:
             attempt = self._watch_agent(agent, handle, on_exit)
+            # An end sent before this connection went to no one, and the lock may outlive it: a broker stopped
+            # (SIGSTOP) while it started this attempt still holds its copy of the locked descriptor. So the
+            # lock is looked at again now and then until it is free, besides the agent's end message.
+            self._add_timer(time.monotonic() + attempt.retry, attempt, "identify")
             reason = read_exit(handle.workdir)[1]
             if reason is not None:
                 attempt.reason = reason  # a kill the previous broker decided and may not have finished
@@ -368,6 +374,20 @@ class AgentLauncher(LocalLauncher):
             for callback, node_id, number in fired:
                 callback(node_id, number)
         return attempt
+
+    def _identify(self, attempt: Attempt) -> list[tuple[base.ExitCallback, int, int]]:
+        """An adopted attempt its agent runs: ended once its lock is free (its files are final by then)."""
+        if (attempt.handle.node_id, attempt.handle.attempt) not in self._agent_of:
+            return super()._identify(attempt)  # a wrapper's
+        alive = is_alive(attempt.handle.workdir)
+        with self._lock:
+            if attempt.ended or self._closing:
+                return []
+            if not alive:
+                return self._ended(attempt)
+            attempt.retry = min(2 * attempt.retry, ADOPTED_RECHECK_MAX)
+            self._add_timer(time.monotonic() + attempt.retry, attempt, "identify")
+            return []
 
     def close(self) -> None:
         """Stop watching; the agents keep running their payloads (each exits once it has none)."""

@@ -145,3 +145,37 @@ def test_a_payload_inherits_no_descriptor_of_the_agent(state, tmp_path):
     workdir = tmp_path / "w"
     assert set((workdir / "stdout").read_text().split()) == {"/dev/null", str(workdir / "stdout"),
                                                              str(workdir / "stderr"), str(workdir / "payload")}
+
+
+@pytest.mark.parametrize("agent_runs_on", [True, False], ids=["agent-runs-on", "agent-gone"])
+def test_an_adopted_attempt_whose_end_went_to_no_one_ends_once_a_stopped_brokers_lock_is_released(
+        state, tmp_path, monkeypatch, agent_runs_on):
+    # A broker stopped (SIGSTOP) while it starts an attempt keeps its copy of the locked launch descriptor: the
+    # attempt looks alive by its lock after the agent has ended it and told every broker then connected (and
+    # the agent may have exited since). A broker that adopts it later must still see its end, once the stopped
+    # one lets go of the lock.
+    from broker.launchers import agentlocal
+
+    fifo = make_fifo(tmp_path / "go")
+    kept = []
+    locking = agentlocal.lock_exclusive
+    monkeypatch.setattr(agentlocal, "lock_exclusive", lambda path: kept.append(os.dup(fd := locking(path))) or fd)
+    workdir = tmp_path / "w"
+    with AgentLauncher(state) as stopped:
+        handle = stopped.launch(request(workdir, "echo '@broker output x=7'\nexit 5\n"))
+        if agent_runs_on:  # another payload keeps the agent running
+            other = stopped.launch(request(tmp_path / "other", f"read x < {fifo}\n", node_id=2))
+        wait_for(lambda: (workdir / "exit").exists(), what="the payload to end")
+    with AgentLauncher(state) as launcher:
+        found = launcher.recover(1, 1, str(workdir), handle.job_id)
+        assert found.status == "running"  # its lock is held (by the stopped broker's descriptor)
+        exits = Exits()
+        launcher.watch(found.handle, exits)
+        os.close(kept[0])  # the stopped broker goes on, or dies
+        assert exits.next()[:2] == (1, 1)
+        result = launcher.collect(found.handle)
+        assert (result.exit_code, result.outputs) == (5, {"x": 7})
+        if agent_runs_on:
+            os.close(kept[1])
+            assert launcher.recover(2, 1, str(tmp_path / "other"), other.job_id).status == "running"
+            release(fifo)
