@@ -8,7 +8,8 @@ the n-th time it reaches that point. Without the variable, :func:`crash_point` i
 Points: ``expansion`` (an expansion's rows are written, not yet committed), ``launch-intent`` (a launch
 intent is committed, its process not yet started), ``launched`` (its process started, its start not yet sent
 to the writer), ``exit`` (a payload ended, its result not yet sent
-to the writer).
+to the writer), ``relay-published`` (the bus confirmed a window holding a workflow's events, the relay has not
+marked it sent yet).
 
 Hold points (:func:`hold_point`) pause instead: ``BROKER_TEST_HOLD=<point>:<file>`` makes the process wait at
 the point until the file exists. Point: ``serve-start`` (``broker serve`` has opened its port, the engine has
