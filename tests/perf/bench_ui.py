@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import zeep.exceptions  # noqa: E402
+
 from tests.api.helpers import Server, add_users, p99, status_latencies  # noqa: E402
 from tests.perf.bench_api import envelope  # noqa: E402
 
@@ -195,6 +197,26 @@ def event_count(server: Server) -> int:
         return s.execute(select(func.count()).select_from(Event)).scalar_one()
 
 
+def wait_ended(server: Server, n: int, deadline: float = 120.0) -> None:
+    """Wait until ``n`` workflows of the bench's users have ended (polled, with a deadline)."""
+    from sqlalchemy import func, select
+
+    from broker.persistence.models import Workflow
+    from broker.states import WORKFLOW_TERMINAL
+
+    until = time.monotonic() + deadline
+    while True:
+        with server.sessions()() as s:
+            live = s.execute(select(func.count()).select_from(Workflow).where(Workflow.name.like("live%"),
+                                                                            Workflow.state.not_in(WORKFLOW_TERMINAL))
+                             ).scalar_one()
+        if live == 0:
+            return
+        if time.monotonic() > until:
+            raise SystemExit(f"{live} of {n} cancelled chains did not end within {deadline:g} s")
+        time.sleep(0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a few seconds: CI's smoke run")
@@ -236,7 +258,6 @@ def main() -> int:
             alone = status_latencies(server, body, calls)
             alone_rate = (event_count(server) - e0) / (time.perf_counter() - t0)
             cookie = "broker_ui=" + session.cookies["broker_ui"]
-            without_cpu = cpu_rate(server.process.pid, window)
             followers = subprocess.Popen([sys.executable, __file__, "--follow", server.base, cookie, str(dashboards),
                                           *gids], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert followers.stdout.readline().strip() == "ready"
@@ -245,7 +266,14 @@ def main() -> int:
             followed = status_latencies(server, body, calls)
             with_rate = (event_count(server) - e0) / (time.perf_counter() - t0)
             # the server's CPU per poll: its CPU rate over a window with dashboards (no status calls) minus its
-            # rate over the same window without them (the engine running the chains), per poll
+            # rate over the same window without them, both with the engine idle (the chains cancelled and ended:
+            # a chain running in one window and not in the other would count the engine's work as the polls')
+            for gid in gids:
+                try:
+                    server.core().cancel(gid)
+                except zeep.exceptions.Fault:
+                    pass  # it has ended by itself
+            wait_ended(server, len(gids))
             with_cpu = cpu_rate(server.process.pid, window)
             followers.stdin.close()
             failed = int(followers.stdout.readline() or "1")
@@ -253,6 +281,7 @@ def main() -> int:
             if failed:
                 print(f"WRONG: {failed} dashboard polls failed")
                 failures += 1
+            without_cpu = cpu_rate(server.process.pid, window)
         finally:
             server.stop(expect=None)
             server.close()
