@@ -186,6 +186,12 @@ class EventsSettings:
     poll_interval: float = field(default=1.0, metadata=_doc("how often the relay looks for unsent events when no "
                                                             "commit woke it (events written by other processes)",
                                                             "s"))
+    batch_delay: float = field(default=0.02, metadata=_doc("a commit within this long of the relay's last round "
+                                                           "waits for the rest of it, so that a busy writer's events "
+                                                           "go out a few commits per window (each window costs a "
+                                                           "read, a bus transaction and a mark); an event after a "
+                                                           "quiet spell goes out at once; 0: a round per commit",
+                                                           "s"))
     stop_timeout: float = field(default=5.0, metadata=_doc("on stop, how long the relay goes on publishing unsent "
                                                            "events; the rest is published after the next start",
                                                            "s"))

@@ -361,7 +361,7 @@ class OutboxRelay:
         self.publisher = publisher
         self.on_confirmed = on_confirmed
         self.exit_drain = exit_drain
-        self.doorbell = Doorbell(settings.poll_interval)
+        self.doorbell = Doorbell(settings.poll_interval, settings.batch_delay)
         self.ref: pykka.ActorRef[Relay] | None = None
 
     @classmethod
