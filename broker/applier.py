@@ -229,10 +229,8 @@ class Applier(threading.Thread):
         if not done.wait(ASIDE_TIMEOUT):
             raise RuntimeError(f"request {row.id} was not committed within {ASIDE_TIMEOUT:g} s")
         answer = box[0]
-        if not isinstance(answer, requests.Applied):  # the transaction failed: the row stays pending
-            raise RuntimeError(f"request {row.id} could not be committed: {getattr(answer, 'reason', answer)}")
-        if not answer.claimed:
-            raise RuntimeError(f"request {row.id} was withdrawn or applied meanwhile")
+        if not isinstance(answer, requests.Applied) or not answer.claimed:  # failed (left pending), or withdrawn
+            raise RuntimeError(f"request {row.id} was not applied: {getattr(answer, 'reason', 'withdrawn')}")
         if isinstance(answer.answer, Rejected):  # recorded on the row already
             raise _Recorded(answer.answer.reason)
         return answer.answer
@@ -351,6 +349,9 @@ class Applier(threading.Thread):
         """Refuse (reason ``account``) unless this broker runs ``owner``'s local payloads as the row's account."""
         account = row.account
         if account is None:  # an authenticated API client: the mapping decides, as for the API's own submit
+            if getattr(self.engine, "service", None) != "serve":  # a broker run's payloads run as its account
+                raise _Refused(f"{self.holder} runs only its own account's workflows: API requests need an "
+                               "active broker serve", requests.ACCOUNT, "StateError")
             return
         if self.runs_as == "own":
             if account != self.account:
@@ -394,6 +395,3 @@ class _RowWriter:
 
     def delete_workflows(self, change: DeleteWorkflows) -> Deleted:
         return self.applier._apply_and_wait(self.row, change)
-
-    def note(self, *args: Any, **kwargs: Any) -> None:  # a Deleter records through delete_workflows only
-        raise BrokerError("a delete request records no other event")
