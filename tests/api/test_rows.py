@@ -241,3 +241,39 @@ def test_rows_on_sqlite_is_refused_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "broker: [api] writes = rows needs PostgreSQL: a SQLite database is served by the one machine whose broker "
         "holds it (API processes beside it: [api] processes = N)"]
+
+
+@postgres_only
+def test_a_broker_run_holding_the_database_refuses_the_api_process_submits(migrated_url, tmp_path):
+    from broker.persistence import requests
+
+    add_users(migrated_url)
+    gate = tmp_path / "gate"
+    (tmp_path / "run").mkdir()
+    description = tmp_path / "run" / "held.xml"
+    description.write_text(gated(gate, name="held"))
+    holder = Server(migrated_url, tmp_path / "run", FAST)
+    run = subprocess.Popen([str(BROKER), "run", str(description)], env=holder.env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    api = rows_server(migrated_url, tmp_path)
+    try:
+        def announced() -> bool:
+            with api.sessions()() as s:
+                return requests.writer_info(s) is not None
+
+        wait_for(announced, what="broker run to hold the database")
+        with pytest.raises(zeep.exceptions.Fault) as caught:
+            api.core("alice").submit({"workflowContent": workflow('<node id="n"><payload type="sh">true</payload>'
+                                                                  "</node>")})
+        assert fault_code(caught) == "Client.InvalidState"
+        assert "runs only its own account's workflows: API requests need an active broker serve" in \
+            caught.value.message
+        gate.touch()
+        _, err = run.communicate(timeout=DEADLINE)
+        assert run.returncode == 0, err
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        api.stop()
+        api.close()
