@@ -61,17 +61,28 @@ def requests_of(server, kind: str) -> list[tuple[str, str, str | None]]:
             select(Request).where(Request.kind == kind).order_by(Request.id))]
 
 
+def one(name: str = "test") -> str:
+    """A workflow of one node that succeeds at once."""
+    return workflow('<node id="n"><payload type="sh">true</payload></node>', name=name)
+
+
 def gated(gate, name: str = "gated") -> str:
     return workflow(f'<node id="a">{waits_for(gate)}</node>'
                     '<node id="b"><dependsOn node="a"/><payload type="sh">true</payload></node>', name=name)
+
+
+def submit_gated(engine, api, gate) -> tuple[object, object]:
+    """Alice's gated workflow submitted through the API process: (its handle, its node "a" once running)."""
+    handle = api.core("alice").submit({"workflowContent": gated(gate)})
+    return handle, wait_for(lambda: (n := engine.node(handle.id, "a")).state == "running" and n,
+                            what="the node to run")
 
 
 @postgres_only
 def test_a_workflow_submitted_through_the_api_process_runs_to_its_end(pair):
     engine, api = pair
     assert get(api.base, "/health") == (200, "api")
-    handle = api.core("alice").submit({"workflowContent": workflow('<node id="n"><payload type="sh">true</payload>'
-                                                                   "</node>"), "workflowId": "first"})
+    handle = api.core("alice").submit({"workflowContent": one(), "workflowId": "first"})
     assert (handle.label, handle.globalId.startswith("wf-")) == ("first", True)
     assert engine.wait_state(handle.id, "succeeded") == "succeeded"
     assert wait_for(lambda: api.core("alice").getStatusInfoForId(handle.globalId).state == "succeeded" or None,
@@ -79,8 +90,7 @@ def test_a_workflow_submitted_through_the_api_process_runs_to_its_end(pair):
     assert requests_of(engine, "submit") == [("applied", "user:alice", None)]
     # a repeated label is refused by the API process itself, as by the engine's
     with pytest.raises(zeep.exceptions.Fault) as caught:
-        api.core("alice").submit({"workflowContent": workflow('<node id="n"><payload type="sh">true</payload>'
-                                                              "</node>"), "workflowId": "first"})
+        api.core("alice").submit({"workflowContent": one(), "workflowId": "first"})
     assert fault_code(caught) == "Client.InvalidState"
 
 
@@ -88,8 +98,7 @@ def test_a_workflow_submitted_through_the_api_process_runs_to_its_end(pair):
 def test_cancel_restart_and_delete_through_the_api_process(pair, tmp_path):
     engine, api = pair
     gate = tmp_path / "gate"
-    handle = api.core("alice").submit({"workflowContent": gated(gate)})
-    wait_for(lambda: engine.node(handle.id, "a").state == "running", what="the node to run")
+    handle, _ = submit_gated(engine, api, gate)
     api.core("alice").cancel(handle.globalId)  # answered once committed
     assert engine.workflow_state(handle.id) == "cancelled"
     gate.touch()
@@ -116,8 +125,7 @@ def test_cancel_restart_and_delete_through_the_api_process(pair, tmp_path):
 def test_a_user_cannot_touch_another_users_workflow_through_the_api_process(pair, tmp_path):
     engine, api = pair
     gate = tmp_path / "gate"
-    handle = api.core("alice").submit({"workflowContent": gated(gate)})
-    wait_for(lambda: engine.node(handle.id, "a").state == "running", what="the node to run")
+    handle, _ = submit_gated(engine, api, gate)
     for call in (api.core("bob").cancel, api.core("bob").restart, engine.core("bob").cancel):
         with pytest.raises(zeep.exceptions.Fault) as caught:
             call(handle.globalId)
@@ -165,8 +173,7 @@ def test_an_elfs_push_through_the_api_process_ends_its_node(pair, tmp_path):
 
     engine, api = pair
     gate = tmp_path / "gate"
-    handle = api.core("alice").submit({"workflowContent": gated(gate)})
-    node = wait_for(lambda: (n := engine.node(handle.id, "a")).state == "running" and n, what="the node to run")
+    handle, node = submit_gated(engine, api, gate)
     session_id, secret = create_session(engine.sessions(), node.id, node.attempt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -192,14 +199,13 @@ def test_a_request_pending_while_the_engine_is_killed_is_applied_once_by_the_nex
     from broker.persistence.models import Workflow
 
     engine, api = pair
-    first = api.core("alice").submit({"workflowContent": workflow('<node id="n"><payload type="sh">true</payload>'
-                                                                  "</node>", name="before")})
+    first = api.core("alice").submit({"workflowContent": one(name="before")})
     assert engine.wait_state(first.id, "succeeded") == "succeeded"
     engine.process.kill()  # kill -9: no drain, its lease stays until it times out
     engine.process.wait(timeout=DEADLINE)
     answers: list[object] = []
     call = threading.Thread(target=lambda: answers.append(api.core("alice").submit(
-        {"workflowContent": workflow('<node id="n"><payload type="sh">true</payload></node>', name="after")})))
+        {"workflowContent": one(name="after")})))
     call.start()
     wait_for(lambda: [r for r in requests_of(engine, "submit") if r[0] == "pending"], what="the pending request")
     successor = Server(engine.url, engine.tmp, FAST).start()  # same work root; a standby until the lease is free
@@ -222,8 +228,7 @@ def test_without_an_active_broker_a_call_times_out_with_a_fault_and_its_request_
     api = rows_server(migrated_url, tmp_path, timeout=0.5)
     try:
         with pytest.raises(zeep.exceptions.Fault) as caught:
-            api.core("alice").submit({"workflowContent": workflow('<node id="n"><payload type="sh">true</payload>'
-                                                                  "</node>")})
+            api.core("alice").submit({"workflowContent": one()})
         assert fault_code(caught) == "Server"
         assert caught.value.message.startswith("no active broker applied the submit within 0.5 s")
         assert [state for state, _, _ in requests_of(api, "submit")] == ["withdrawn"]
@@ -263,8 +268,7 @@ def test_a_broker_run_holding_the_database_refuses_the_api_process_submits(migra
 
         wait_for(announced, what="broker run to hold the database")
         with pytest.raises(zeep.exceptions.Fault) as caught:
-            api.core("alice").submit({"workflowContent": workflow('<node id="n"><payload type="sh">true</payload>'
-                                                                  "</node>")})
+            api.core("alice").submit({"workflowContent": one()})
         assert fault_code(caught) == "Client.InvalidState"
         assert "runs only its own account's workflows: API requests need an active broker serve" in \
             caught.value.message
