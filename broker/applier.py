@@ -10,21 +10,33 @@ runs that owner's local payloads as that very account: a ``broker run`` (every p
 takes the same account's; a ``broker serve`` takes an account its mapping gives the owner on every local host
 (as root, any mapped account; otherwise only its own). Anything else fails with reason ``account`` and a line
 naming this broker, so that nobody's workflow runs with someone else's rights.
+
+The row is all the applier believes: a cancel, restart or delete asked by ``user:<name>`` applies only to that
+user's workflows (another user's is "not found", as through the API); an admin's, to anyone's. Two kinds wait
+on more than the writer and run on a small pool of their own, so that the requests behind them are not held
+up: ``push`` (an elf's report from an API process without an engine) goes to the monitoring controller as the
+API's own push does, and the row is claimed once the report is committed (a crash in between applies it again
+at the next writer: a report is idempotent, see :mod:`broker.api.push`); a ``delete`` that says
+``remove_dirs`` is carried out by a :class:`~broker.admin.delete.Deleter` of this machine, which journals the
+work directories, commits the delete with the row's claim, then removes them, here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 from broker import runas
-from broker.errors import ArgumentError, BrokerError, LimitExceeded, ResourceError
+from broker.errors import ArgumentError, BrokerError, LimitExceeded, NotFound, ResourceError
 from broker.events.types import EventType
 from broker.persistence import requests
 from broker.persistence.changes import (CancelNodes, CancelWorkflow, DeleteWorkflows, Deleted, Note, Planned,
-                                        Restart, Submit, Track)
+                                        Rejected, Restart, Submit, Track)
 from broker.persistence.models import Workflow
 
 log = logging.getLogger(__name__)
@@ -35,6 +47,10 @@ PAGE = 50
 SETTLE = 30.0
 #: workflow states of work still going on
 UNFINISHED = ("accepted", "running")
+#: threads for the requests that wait on more than the writer (pushes, deletes removing directories)
+ASIDE_THREADS = 2
+#: seconds such a request waits for its commit
+ASIDE_TIMEOUT = 60.0
 
 
 class Applier(threading.Thread):
@@ -57,6 +73,7 @@ class Applier(threading.Thread):
         self._paused = False
         #: global ids of the workflows this broker runs for other processes (handed over, or taken over)
         self.handed: set[str] = set()
+        self._aside = ThreadPoolExecutor(ASIDE_THREADS, thread_name_prefix="broker-requests-aside")
 
     # ---------------------------------------------------------------------------------------- control
 
@@ -71,6 +88,7 @@ class Applier(threading.Thread):
         self._stop_event.set()
         if self.is_alive():
             self.join()
+        self._aside.shutdown(wait=True)  # each waits for its commit, bounded by ASIDE_TIMEOUT
         try:
             with self.engine.sessions.begin() as s:
                 requests.retire(s, self.holder)
@@ -123,17 +141,99 @@ class Applier(threading.Thread):
                 log.exception("could not read or apply requests")
 
     def _send(self, row: requests.Row) -> None:
-        try:
-            change = self._change(row)
-            error, reason = None, requests.ERROR
-        except _Refused as exc:
-            change, error, reason = None, str(exc), exc.reason
-        except BrokerError as exc:
-            change, error, reason = None, str(exc), requests.ERROR
         with self._lock:
             self._sent.add(row.id)
-        self.engine.writer.tell(requests.ApplyRequest(row.id, change, self.holder, error, reason,
-                                                      reply_to=lambda answer: self._answered(row, answer)))
+        if row.kind == "push" or (row.kind == "delete" and row.payload.get("remove_dirs")):
+            self._aside.submit(self._apply_aside, row)
+            return
+        try:
+            change = self._change(row)
+            error, reason, kind = None, requests.ERROR, "BrokerError"
+        except _Refused as exc:
+            change, error, reason, kind = None, str(exc), exc.reason, exc.kind
+        except BrokerError as exc:
+            change, error, reason, kind = None, str(exc), requests.ERROR, type(exc).__name__
+        self._tell(row, requests.ApplyRequest(row.id, change, self.holder, error, reason, kind))
+
+    def _tell(self, row: requests.Row, apply: requests.ApplyRequest, then: Any = None) -> None:
+        def answered(answer: Any) -> None:
+            self._answered(row, answer)
+            if then is not None:
+                then(answer)
+
+        self.engine.writer.tell(dataclasses.replace(apply, reply_to=answered))
+
+    def _apply_aside(self, row: requests.Row) -> None:
+        """A push or a delete with directories to remove, in a thread of the pool: claimed once done."""
+        try:
+            if row.kind == "push":
+                self._tell(row, requests.ApplyRequest(row.id, None, self.holder, result=self._push(row)))
+            else:
+                self._delete_here(row)
+        except _Recorded:  # the writer refused the change and recorded why on the row
+            pass
+        except BrokerError as exc:
+            reason = exc.reason if isinstance(exc, _Refused) else requests.ERROR
+            kind = exc.kind if isinstance(exc, _Refused) else type(exc).__name__
+            self._tell(row, requests.ApplyRequest(row.id, None, self.holder, str(exc), reason, kind))
+        except Exception:  # left pending for the next broker, as any request this broker could not handle
+            log.exception("could not apply request %d (%s)", row.id, row.kind)
+            with self._lock:
+                self._sent.discard(row.id)
+                self._idle.notify_all()
+
+    def _push(self, row: requests.Row) -> dict[str, Any]:
+        """Hand an elf's report to the monitoring controller; the answer once it is committed."""
+        from broker.controllers.messages import Receipt
+        from broker.launchers.base import AttemptResult
+
+        p = row.payload
+        node_id, attempt = int(p["node_id"]), int(p["attempt"])
+        progress, result = p.get("progress"), p.get("result")
+        receipt = Receipt()
+        self.engine.pushed(node_id, attempt, receipt=receipt,
+                           progress=None if progress is None else (float(progress[0]), progress[1]),
+                           outputs=tuple((str(name), value) for name, value in p.get("outputs") or ()),
+                           result=None if result is None else AttemptResult(
+                               node_id, attempt, str(result[0]), None if result[1] is None else int(result[1]),
+                               message=str(result[2] or "")))
+        if not receipt.done.wait(ASIDE_TIMEOUT):
+            raise BrokerError(f"the status of node {node_id} was not committed within {ASIDE_TIMEOUT:g} s")
+        return {"ignored": receipt.rejected}
+
+    def _delete_here(self, row: requests.Row) -> None:
+        """A delete asked from another machine: this machine's Deleter journals and removes the directories."""
+        from broker.admin.delete import Deleter, journal_for
+
+        p = row.payload
+        self._check_owners(row, [int(w[0]) for w in p["workflows"]])
+        engine = self.engine
+        deleter = Deleter(engine.sessions, _RowWriter(self, row), row.requested_by, workdir_root=engine.workdir,
+                          journal=journal_for(engine.workdir, self.settings.database_url()),
+                          require_drained=bool(p.get("require_drained")), forget=engine.forget,
+                          remove_remote=engine.remove_remote_workdir)
+        deleter.recover()
+        planned = [SimpleNamespace(id=int(w[0]), global_id=str(w[1]), owner=str(w[2]) if len(w) > 2 else "")
+                   for w in p["workflows"]]
+        skipped = [SimpleNamespace(global_id=str(g), reason=str(r))
+                   for g, r in zip(p.get("skipped", ()), p.get("reasons", ()))]
+        deleter.delete(planned, str(p["what"]), skipped=skipped, last_event_id=p.get("last_event_id"),
+                       properties=p.get("properties"))
+
+    def _apply_and_wait(self, row: requests.Row, change: Any) -> Any:
+        """Commit ``change`` with the claim of ``row``; its answer (raises the error that refused it)."""
+        done = threading.Event()
+        box: list[Any] = []
+        self._tell(row, requests.ApplyRequest(row.id, change, self.holder),
+                   then=lambda answer: (box.append(answer), done.set()))
+        if not done.wait(ASIDE_TIMEOUT):
+            raise RuntimeError(f"request {row.id} was not committed within {ASIDE_TIMEOUT:g} s")
+        answer = box[0]
+        if not isinstance(answer, requests.Applied) or not answer.claimed:  # failed (left pending), or withdrawn
+            raise RuntimeError(f"request {row.id} was not applied: {getattr(answer, 'reason', 'withdrawn')}")
+        if isinstance(answer.answer, Rejected):  # recorded on the row already
+            raise _Recorded(answer.answer.reason)
+        return answer.answer
 
     def _answered(self, row: requests.Row, answer: Any) -> None:
         """In the writer's thread, after the commit: remember what this broker took over; forget deleted plans."""
@@ -164,14 +264,17 @@ class Applier(threading.Thread):
             return Track(workflow_id)
         if row.kind == "cancel":
             nodes = p.get("node_ids")
+            self._check_owners(row, [int(p["workflow_id"])], nodes)
             return (CancelWorkflow(int(p["workflow_id"]), actor) if nodes is None
                     else CancelNodes(tuple(int(n) for n in nodes), actor))
         if row.kind == "restart":
             nodes = p.get("node_ids")
+            self._check_owners(row, [int(p["workflow_id"])], nodes)
             return Restart(int(p["workflow_id"]), actor, None if nodes is None else tuple(int(n) for n in nodes))
         if row.kind == "delete":
+            self._check_owners(row, [int(w[0]) for w in p["workflows"]])
             return DeleteWorkflows(
-                tuple(Planned(int(i), str(g)) for i, g in p["workflows"]), actor, str(p["what"]),
+                tuple(Planned(int(w[0]), str(w[1])) for w in p["workflows"]), actor, str(p["what"]),
                 skipped=tuple(p.get("skipped", ())), reasons=tuple(p.get("reasons", ())),
                 require_drained=bool(p.get("require_drained")), last_event_id=p.get("last_event_id"),
                 properties=p.get("properties"))
@@ -220,10 +323,35 @@ class Applier(threading.Thread):
             raise BrokerError(f"no workflow with id {workflow_id}")
         return owner
 
+    def _check_owners(self, row: requests.Row, workflow_ids: list[int], node_ids: Any = None) -> None:
+        """A user's request acts on that user's own workflows only (the nodes named, of those workflows): any
+        other is "not found", in the words of the API (an admin's request acts on anyone's)."""
+        from sqlalchemy import select
+
+        from broker.persistence.models import Node, User
+
+        role, _, name = row.requested_by.partition(":")
+        if role != "user":
+            return
+        with self.engine.sessions() as s:
+            owners = dict(s.execute(select(Workflow.id, User.name).join(User, Workflow.owner_id == User.id)
+                                    .where(Workflow.id.in_(workflow_ids))).all())
+            outside = s.scalar(select(Node.id).where(Node.id.in_([int(n) for n in node_ids]),
+                                                     Node.workflow_id.not_in(workflow_ids)).limit(1)) \
+                if node_ids else None
+        for workflow_id in workflow_ids:
+            if owners.get(workflow_id) != name:
+                raise NotFound(f"no workflow {workflow_id}")
+        if outside is not None:
+            raise NotFound(f"no node {outside}")
+
     def _check_account(self, row: requests.Row, owner: str) -> None:
         """Refuse (reason ``account``) unless this broker runs ``owner``'s local payloads as the row's account."""
         account = row.account
         if account is None:  # an authenticated API client: the mapping decides, as for the API's own submit
+            if getattr(self.engine, "service", None) != "serve":  # a broker run's payloads run as its account
+                raise _Refused(f"{self.holder} runs only its own account's workflows: API requests need an "
+                               "active broker serve", requests.ACCOUNT, "StateError")
             return
         if self.runs_as == "own":
             if account != self.account:
@@ -246,8 +374,24 @@ class Applier(threading.Thread):
 
 
 class _Refused(BrokerError):
-    """A request this broker will not apply, and why (``reason``: requests.INVALID or ACCOUNT)."""
+    """A request this broker will not apply, and why (``reason``: requests.INVALID or ACCOUNT; ``kind``: the
+    error class the asker raises)."""
 
-    def __init__(self, message: str, reason: str):
+    def __init__(self, message: str, reason: str, kind: str = "BrokerError"):
         super().__init__(message)
         self.reason = reason
+        self.kind = kind
+
+
+class _Recorded(Exception):
+    """A request the writer refused and recorded as failed: nothing more to do."""
+
+
+class _RowWriter:
+    """The writer of a Deleter applying one delete request: the delete commits with the request's claim."""
+
+    def __init__(self, applier: Applier, row: requests.Row):
+        self.applier, self.row = applier, row
+
+    def delete_workflows(self, change: DeleteWorkflows) -> Deleted:
+        return self.applier._apply_and_wait(self.row, change)

@@ -265,6 +265,14 @@ class ApiSettings:
                                                           "authentication, for a Prometheus scraper; then the "
                                                           "service port does not serve it; empty: /metrics on the "
                                                           "service port, for admins only (HTTP Basic)"))
+    writes: str = field(default="engine", metadata=_doc(
+        "engine (broker serve runs the engine and applies its API's changes itself) or rows (an API process "
+        "without an engine, on any machine: it serves the whole API, reads the database, and makes every change "
+        "as a request row that the active broker applies; PostgreSQL only; README \"API processes on other "
+        "machines\")"))
+    request_timeout: float = field(default=60.0, metadata=_doc(
+        "with writes = rows: how long a call waits for the active broker to apply its request before a Server "
+        "fault (the request is withdrawn: nothing changes)", "s"))
 
 
 @dataclass(frozen=True, slots=True)

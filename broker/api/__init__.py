@@ -16,6 +16,10 @@ Layout (only ``app``, ``types``, ``core``, ``admin`` and ``server`` import spyne
                 calls' figures, 503 while starting
     health      the service state ``/health`` answers (starting, active, standby, api, stopping)
     metrics     the Prometheus registry of a server: figures read at scrape time, API call histograms
+    addresses   ``[api] listen`` parsed, hosts as URLs show them, a WSDL's operations
+    apionly     ``[api] processes = N``: API-only processes beside the broker, forwarding changes to it
+    rows, remote  ``[api] writes = rows``: an API process without an engine (any machine), changes as
+                request rows the active broker applies
     server      start-up and the SIGTERM drain of ``broker serve`` (which also serves the dashboard, broker.ui)
 
 Elf sessions (per node attempt an id and a secret for the push channel) are rows of

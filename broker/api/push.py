@@ -26,13 +26,13 @@ import json
 import logging
 import math
 import re
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
 from broker.api.context import COMMIT_TIMEOUT, ApiContext
+from broker.controllers.messages import Receipt
 from broker.errors import BrokerError, ConfigError, LimitExceeded
 from broker.launchers.base import CANCELLED, FAILED, SUCCEEDED, AttemptResult
 from broker.persistence.elfsessions import ElfIdentity
@@ -104,31 +104,6 @@ def parse_outputs(pairs: list[tuple[str | None, str | None]], max_bytes: int) ->
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-class Receipt:
-    """The pusher's side of a Pushed message: learns that its report was committed, or why it was ignored."""
-
-    def __init__(self) -> None:
-        self.forward: Any = None
-        self.done = threading.Event()
-        self.rejected: str | None = None
-
-    def via(self, follow_up: tuple[Any, Any] | None) -> tuple[Any, Any]:
-        """A transition's follow-up routed through this receipt: it passes the message on once committed."""
-        if follow_up is None:
-            return self, None
-        self.forward = follow_up[0]
-        return self, follow_up[1]
-
-    def tell(self, message: Any) -> None:  # committed (the follow-up), or nothing to commit
-        if self.forward is not None and message is not None:
-            self.forward.tell(message)
-        self.done.set()
-
-    def set(self, message: Any) -> None:  # ignored: the writer's Rejected, or the controller's reason
-        self.rejected = getattr(message, "reason", str(message))
-        self.done.set()
 
 
 def apply_push(api: ApiContext, elf: ElfIdentity, status_text: str | None,

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from broker.api.addresses import operations, parse_listen, url_host as _url_host
 from broker.config import Settings
 from broker.errors import ConfigError
 
@@ -31,16 +32,6 @@ log = logging.getLogger("broker.api")
 
 #: exit status when a second signal forces the exit
 FORCED_EXIT = 130
-def parse_listen(listen: str, key: str = "listen") -> tuple[str, int]:
-    """``host:port`` (``[::1]:8080`` for IPv6) -> (host, port); ``key`` names the setting in the error.
-    Raises ConfigError."""
-    host, sep, port = listen.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"[api] {key}: invalid address {listen!r} (expected host:port, e.g. 127.0.0.1:8080)")
-    return host, int(port)
-
-
 class Service:
     """The running service: engine, HTTP server, signal handling."""
 
@@ -238,19 +229,3 @@ class Service:
                  "resumed)", public, public, public, len(resumed))
         if self.on_ready is not None:
             self.on_ready(f"http://{_url_host(bound[0])}:{bound[1]}", public)
-
-
-def operations(wsdl: bytes) -> list[str]:
-    """The operation names a WSDL declares (its portType's operations)."""
-    from lxml import etree
-
-    root = etree.fromstring(wsdl, etree.XMLParser(resolve_entities=False, no_network=True))
-    return [str(name) for name in root.xpath("//*[local-name()='portType']/*[local-name()='operation']/@name")]
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "", "::"):
-        import socket
-
-        return socket.getfqdn()
-    return f"[{host}]" if ":" in host else host

@@ -49,6 +49,12 @@ def serve_command(args: argparse.Namespace, settings: Any) -> int:
 
     if args.listen:
         settings = settings.replace("api", listen=args.listen)
+    from broker.api.remote import check_writes
+
+    if check_writes(settings):  # [api] writes = rows: an API process without an engine, on any machine
+        from broker.api.remote import serve_rows
+
+        return serve_rows(settings, on_ready=_announce)
     if args.api_only:
         from broker.api.apionly import serve_api_only
         from broker.api.server import parse_listen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -63,6 +64,32 @@ class Pushed:
     #: the pusher's receipt: ``tell(None)`` once the report is committed or needs nothing, ``set(reason)``
     #: when it is ignored, ``via(follow_up)`` routes a transition's follow-up through it
     receipt: Any = None
+
+
+class Receipt:
+    """The pusher's side of a Pushed message (the API, or the applier of a push request): learns that its
+    report was committed, or why it was ignored."""
+
+    def __init__(self) -> None:
+        self.forward: Any = None
+        self.done = threading.Event()
+        self.rejected: str | None = None
+
+    def via(self, follow_up: tuple[Any, Any] | None) -> tuple[Any, Any]:
+        """A transition's follow-up routed through this receipt: it passes the message on once committed."""
+        if follow_up is None:
+            return self, None
+        self.forward = follow_up[0]
+        return self, follow_up[1]
+
+    def tell(self, message: Any) -> None:  # committed (the follow-up), or nothing to commit
+        if self.forward is not None and message is not None:
+            self.forward.tell(message)
+        self.done.set()
+
+    def set(self, message: Any) -> None:  # ignored: the writer's Rejected, or the controller's reason
+        self.rejected = getattr(message, "reason", str(message))
+        self.done.set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,12 +34,17 @@ delete     the fields of :class:`~broker.persistence.changes.DeleteWorkflows`  `
                                                                             ``reasons``, ``workflow_ids``
 archive    ``workflow_id`` (None: service-level), ``message``,             ``{}``
            ``properties``: the ADMIN_ACTION event an archive records
+push       ``node_id``, ``attempt``, ``progress`` ([percent, message] or   ``ignored``: why it changed
+           None), ``outputs`` ([[name, value]]), ``result`` ([outcome,     nothing (None: applied)
+           exit code, message] or None): an elf's report
 =========  ==============================================================  ================================
 
 A submit or resume that carries an ``account`` is applied only by a writer that runs local payloads as that
-account (see :mod:`broker.applier`); otherwise it fails with reason ``account``. Not routed here yet: the
-push channel (an elf's reports), which an API process without an engine would add as a kind ``push`` with
-the fields of :class:`~broker.controllers.messages.Pushed`.
+account (see :mod:`broker.applier`); otherwise it fails with reason ``account``. A delete whose payload says
+``remove_dirs`` (an API process on another machine, :mod:`broker.api.rows`) has its work directories
+removed on the writer's machine, journalled as :mod:`broker.admin.delete` does. A failed request records the
+kind of its error (:attr:`Row.error_type`: ``NotFound``, ``StateError``...), so that an API process answers
+with the fault a direct call gives.
 """
 
 from __future__ import annotations
@@ -53,11 +58,11 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from broker.errors import DescriptionError, LimitExceeded, StateError
+from broker.errors import BrokerError, DescriptionError, LimitExceeded, StateError
 from broker.persistence.changes import Accepted, Deleted, Rejected
 from broker.persistence.requestrows import Request, WriterInfo
 
-KINDS = ("submit", "resume", "cancel", "restart", "delete", "archive")
+KINDS = ("submit", "resume", "cancel", "restart", "delete", "archive", "push")
 PENDING, APPLIED, FAILED, WITHDRAWN = "pending", "applied", "failed", "withdrawn"
 #: why a request failed, for the caller's exit code: the content was refused; the writer does not run
 #: payloads as the asker's account; anything else
@@ -89,6 +94,11 @@ class Row:
     def reason(self) -> str:
         """Why a failed request failed: INVALID, ACCOUNT or ERROR."""
         return str((self.result or {}).get("reason", ERROR))
+
+    @property
+    def error_type(self) -> str:
+        """The class name of the error that made a failed request fail (``BrokerError`` when not recorded)."""
+        return str((self.result or {}).get("error_type", "BrokerError"))
 
 
 # ------------------------------------------------------------------------------------- asking processes
@@ -194,6 +204,11 @@ class ApplyRequest:
     holder: str
     error: str | None = None
     reason: str = ERROR
+    #: the class name of the error that refused it (recorded for the asking process)
+    error_type: str = "BrokerError"
+    #: with neither ``change`` nor ``error``: the answer of a change made elsewhere (a push goes through the
+    #: monitoring controller), only recorded here
+    result: dict[str, Any] | None = None
     #: told :class:`Applied`, or Rejected when the transaction itself failed (the row then stays pending)
     reply_to: Any = None
 
@@ -212,8 +227,11 @@ def apply_request(store: Any, s: Session, ch: ApplyRequest, batch: Any, out: Any
     claimed = s.execute(update(Request).where(Request.id == ch.request_id, Request.state == PENDING)
                         .values(state=APPLIED, applied_at=batch.now, applied_by=ch.holder[:300])).rowcount == 1
     answer: Any = None
-    if claimed and ch.change is None:
-        _failed(s, ch.request_id, ch.error or "refused", ch.reason)
+    if claimed and ch.change is None and ch.error is None and ch.result is not None:
+        s.execute(update(Request).where(Request.id == ch.request_id)
+                  .values(result=json.dumps(ch.result, separators=(",", ":"))))
+    elif claimed and ch.change is None:
+        _failed(s, ch.request_id, ch.error or "refused", ch.reason, ch.error_type)
     elif claimed:
         marker = object()  # finds the change's own answer among the commit's replies
         change = dataclasses.replace(ch.change, reply_to=marker) if hasattr(ch.change, "reply_to") else ch.change
@@ -224,7 +242,10 @@ def apply_request(store: Any, s: Session, ch: ApplyRequest, batch: Any, out: Any
         if isinstance(answer, Rejected):
             error = answer.error
             reason = INVALID if isinstance(error, (LimitExceeded, DescriptionError, StateError)) else ERROR
-            _failed(s, ch.request_id, answer.reason, reason)
+            if isinstance(error, BrokerError):  # its own words and kind, as a direct caller gets them
+                _failed(s, ch.request_id, str(error), reason, type(error).__name__)
+            else:
+                _failed(s, ch.request_id, answer.reason, reason)
         else:
             s.execute(update(Request).where(Request.id == ch.request_id)
                       .values(result=json.dumps(encode(answer), separators=(",", ":"))))
@@ -232,9 +253,9 @@ def apply_request(store: Any, s: Session, ch: ApplyRequest, batch: Any, out: Any
         out.replies.append((ch.reply_to, Applied(ch.request_id, claimed, answer)))
 
 
-def _failed(s: Session, request_id: int, error: str, reason: str) -> None:
+def _failed(s: Session, request_id: int, error: str, reason: str, error_type: str = "BrokerError") -> None:
     s.execute(update(Request).where(Request.id == request_id).values(
-        state=FAILED, error=error[:MAX_ERROR], result=json.dumps({"reason": reason})))
+        state=FAILED, error=error[:MAX_ERROR], result=json.dumps({"reason": reason, "error_type": error_type})))
 
 
 def encode(answer: Any) -> dict[str, Any]:
