@@ -33,8 +33,11 @@ from sqlalchemy.exc import DBAPIError
 from broker.errors import DatabaseError
 from broker.persistence import db
 from broker.persistence import requestrows  # noqa: F401  (its tables join Base.metadata)
-from broker.persistence.models import Base
+from broker.persistence.models import Base, postgresql_partial_indexes
 from broker.persistence.schema_version import HEAD_REVISION
+
+# what migrations and `check` compare with a database is the complete schema, on PostgreSQL too
+postgresql_partial_indexes()
 
 #: how revision files are named (``%`` doubled: alembic reads it through ConfigParser interpolation)
 FILE_TEMPLATE = "%%(rev)s_%%(slug)s"

@@ -22,6 +22,29 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+#: the partial indexes, each with its WHERE clause; their PostgreSQL form is added by postgresql_partial_indexes()
+PARTIAL_INDEXES: list[tuple[Index, str]] = []
+
+
+def partial_index(name: str, column: str, *, where: str) -> Index:
+    """An index of the rows matching ``where`` only, as SQLite declares it.
+
+    Its PostgreSQL form (``postgresql_where``) is added by :func:`postgresql_partial_indexes`, called where
+    the models are compared with a schema (broker.persistence.migrate): declared here, it would load
+    SQLAlchemy's PostgreSQL dialect (about 50 ms) at every start of a `broker run` on SQLite. The migrations
+    create the indexes.
+    """
+    index = Index(name, column, sqlite_where=text(where))
+    PARTIAL_INDEXES.append((index, where))
+    return index
+
+
+def postgresql_partial_indexes() -> None:
+    """Give each partial index its PostgreSQL WHERE clause (again: the same; loads the PostgreSQL dialect)."""
+    for index, where in PARTIAL_INDEXES:
+        index.dialect_kwargs["postgresql_where"] = text(where)
+
+
 #: a 64-bit integer primary key that still autoincrements on SQLite (which only does so for INTEGER)
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -312,8 +335,7 @@ class Outbox(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         # the relay scans only unsent rows; a partial index keeps that scan small however much was sent
-        Index("ix_outbox_unsent", "id", sqlite_where=text("sent_at IS NULL"),
-              postgresql_where=text("sent_at IS NULL")),
+        partial_index("ix_outbox_unsent", "id", where="sent_at IS NULL"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -327,8 +349,7 @@ class Control(Base):
     """A command for the running broker (cancel, restart), written by another process."""
 
     __tablename__ = "control"
-    __table_args__ = (Index("ix_control_pending", "id", sqlite_where=text("applied_at IS NULL"),
-                            postgresql_where=text("applied_at IS NULL")),)
+    __table_args__ = (partial_index("ix_control_pending", "id", where="applied_at IS NULL"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: "cancel" or "restart"

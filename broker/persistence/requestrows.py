@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Index, Integer, String, Text, text
+from sqlalchemy import Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from broker.persistence.models import Base, BigId, utcnow
+from broker.persistence.models import Base, BigId, partial_index, utcnow
 
 
 class Request(Base):
     """A change another process asks the active writer to make, applied once (broker.persistence.requests)."""
 
     __tablename__ = "requests"
-    __table_args__ = (Index("ix_requests_pending", "id", sqlite_where=text("state = 'pending'"),
-                            postgresql_where=text("state = 'pending'")),)
+    __table_args__ = (partial_index("ix_requests_pending", "id", where="state = 'pending'"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  #: submit, resume, cancel, restart, delete, archive

@@ -22,6 +22,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,7 +109,16 @@ class HttpTransport:
         self._allow_private = allow_private
         self._timeout = timeout
         self._resolve = resolver
-        self._ssl = ssl_context or ssl.create_default_context()
+        self._ssl = ssl_context
+        self._ssl_lock = threading.Lock()
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context, made on the first https:// fetch: loading the system's CA certificates costs about
+        30 ms that every `broker run` would pay at start, most of them never fetching anything."""
+        with self._ssl_lock:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            return self._ssl
 
     def check(self, uri: str) -> tuple[str, str, int, str, str]:
         """(scheme, host, port, request target, address to connect to) of an allowed URI, else ResourceError."""
@@ -145,7 +155,8 @@ class HttpTransport:
     def fetch(self, uri: str, target: Path, max_bytes: int) -> None:
         """Stage-in: GET ``uri`` into ``target`` (atomically), at most ``max_bytes``."""
         scheme, host, port, path, address = self.check(uri)
-        connection = _Pinned(scheme, host, port, address, self._timeout, self._ssl)
+        connection = _Pinned(scheme, host, port, address, self._timeout,
+                             self._context() if scheme == "https" else None)
         try:
             connection.request("GET", path, headers={"Host": host if port in (80, 443) else f"{host}:{port}",
                                                      "User-Agent": "workflow-broker"})
@@ -174,7 +185,8 @@ class HttpTransport:
 class _Pinned:
     """An HTTP(S) connection to an address checked beforehand (TLS still verifies the host name)."""
 
-    def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext):
+    def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float,
+                 context: ssl.SSLContext | None):
         if scheme == "https":
             self._conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeout,
                                                                                  context=context)
@@ -185,6 +197,7 @@ class _Pinned:
         def connect() -> None:
             sock = socket.create_connection((address, port), timeout)
             if isinstance(conn, http.client.HTTPSConnection):
+                assert context is not None
                 sock = context.wrap_socket(sock, server_hostname=host)
             conn.sock = sock
 

@@ -50,6 +50,17 @@ def test_the_migrations_create_every_table_of_the_models():
     assert set(Base.metadata.tables) == TABLES
 
 
+def test_where_the_schema_is_compared_the_partial_indexes_have_their_postgresql_form():
+    # declared for SQLite only in the models (the PostgreSQL dialect is not loaded by a run on SQLite);
+    # importing broker.persistence.migrate completes them, so that `check` compares the whole schema
+    from broker.persistence.models import PARTIAL_INDEXES
+
+    assert {index.name for index, _ in PARTIAL_INDEXES} == {"ix_outbox_unsent", "ix_control_pending",
+                                                            "ix_requests_pending"}
+    for index, where in PARTIAL_INDEXES:
+        assert str(index.dialect_kwargs["postgresql_where"]) == str(index.dialect_kwargs["sqlite_where"]) == where
+
+
 @pytest.mark.slow
 def test_upgrade_check_downgrade_and_upgrade_again(db_url):
     migrate.upgrade(db_url)
