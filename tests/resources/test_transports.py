@@ -141,6 +141,17 @@ def test_http_stage_in_reads_from_an_allowed_location(web, tmp_path):
     assert (tmp_path / "data.txt").read_text() == "public data\n"
 
 
+def test_https_stage_in_from_a_server_without_tls_fails_with_one_clear_error(web, tmp_path):
+    # the context (the system's CA certificates) is made by the first https:// fetch, not when the engine starts;
+    # a server that does not speak TLS is one clear error, not a plain-text read
+    port = web.rsplit(":", 1)[1]
+    fetch = HttpTransport([f"https://127.0.0.1:{port}/pub/"], allow_private=True).fetch
+    for _ in range(2):  # the second fetch reuses the context made by the first
+        with pytest.raises(ResourceError, match=rf"https://127.0.0.1:{port}/pub/data.txt: .*SSL"):
+            fetch(f"https://127.0.0.1:{port}/pub/data.txt", tmp_path / "x", MAX)
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_http_refuses_loopback_and_private_addresses_unless_configured(web, tmp_path):
     with pytest.raises(ResourceError, match=r"resolves to 127.0.0.1, an internal address \(allowed only with "
