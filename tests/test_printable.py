@@ -9,7 +9,7 @@ import unicodedata
 
 import pytest
 
-from broker.printable import UNSAFE, printable
+from broker.printable import UNSAFE, printable, xml_safe
 
 UNSAFE_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 
@@ -19,6 +19,17 @@ def test_the_class_is_exactly_the_control_format_separator_and_surrogate_charact
     wrong = [hex(cp) for cp in range(sys.maxunicode + 1)
              if (unicodedata.category(chr(cp)) in UNSAFE_CATEGORIES) != bool(UNSAFE.fullmatch(chr(cp)))]
     assert wrong == [], f"Unicode {unicodedata.unidata_version}: update broker.printable.UNSAFE"
+
+
+@pytest.mark.slow
+def test_xml_safe_replaces_exactly_what_the_xml_char_production_leaves_out():
+    # XML 1.0: Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
+    def allowed(cp: int) -> bool:
+        return cp in (0x9, 0xA, 0xD) or 0x20 <= cp <= 0xD7FF or 0xE000 <= cp <= 0xFFFD or 0x10000 <= cp
+
+    wrong = [hex(cp) for cp in range(sys.maxunicode + 1) if (xml_safe(chr(cp)) == chr(cp)) != allowed(cp)]
+    assert wrong == []
+    assert xml_safe("a\x00b\ufffe\ud800c\U0001f600") == "a\ufffdb\ufffd\ufffdc\U0001f600"
 
 
 def test_controls_bidi_and_zero_width_characters_are_escaped_in_python_notation():

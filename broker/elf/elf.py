@@ -87,7 +87,6 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 #: outcomes, the same strings as broker.launchers.base (the elf cannot import the broker package)
@@ -638,6 +637,8 @@ def push_envelope(session: int, secret: str, status: str, outputs: Dict[str, Any
 def push(target: Dict[str, Any], status: str, outputs: Optional[Dict[str, Any]] = None,
          attempts: int = 2) -> Optional[str]:
     """Send one status to the broker; None when it was accepted, else why not (after ``attempts`` tries)."""
+    import urllib.request  # the HTTP client and email's parser: only for an attempt that pushes
+
     body = push_envelope(int(target["session"]), str(target["secret"]), status, outputs or {})
     request = urllib.request.Request(str(target["url"]), data=body, method="POST",
                                      headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'})

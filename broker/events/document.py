@@ -27,15 +27,13 @@ from lxml import etree
 
 from broker.description.xsd import Xsd
 from broker.events.types import EventLevel, EventType
+from broker.printable import xml_safe
 
 #: the namespace of the event document; a new document version gets a new one
 NAMESPACE = "urn:workflow-broker:event:1.0"
 SCHEMA_FILE = "event.xsd"
 _NS = "{" + NAMESPACE + "}"
 
-#: characters XML 1.0 cannot carry (its Char production), replaced by U+FFFD
-_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_REPLACEMENT = "\ufffd"
 
 #: json.dumps(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False), built once
 _JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -69,11 +67,6 @@ class EventDocument:
     message: str | None = None
     #: name -> JSON-compatible value
     properties: dict[str, Any] = field(default_factory=dict)
-
-
-def xml_safe(text: str) -> str:
-    """``text`` with every character XML 1.0 cannot carry replaced by U+FFFD."""
-    return _NOT_XML.sub(_REPLACEMENT, text)
 
 
 def json_text(value: Any) -> str:

@@ -18,19 +18,21 @@ announced length and the bytes actually read).
 from __future__ import annotations
 
 import functools
-import http.client
 import ipaddress
 import socket
 import ssl
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from broker import transfers
 from broker.atomic import atomic_write
 from broker.errors import ResourceError
+
+if TYPE_CHECKING:
+    import http.client
 
 
 class Resources(Protocol):
@@ -154,6 +156,8 @@ class HttpTransport:
 
     def fetch(self, uri: str, target: Path, max_bytes: int) -> None:
         """Stage-in: GET ``uri`` into ``target`` (atomically), at most ``max_bytes``."""
+        import http.client  # with email's parser: on the first http(s):// fetch, not at every engine start
+
         scheme, host, port, path, address = self.check(uri)
         connection = _Pinned(scheme, host, port, address, self._timeout,
                              self._context() if scheme == "https" else None)
@@ -187,6 +191,8 @@ class _Pinned:
 
     def __init__(self, scheme: str, host: str, port: int, address: str, timeout: float,
                  context: ssl.SSLContext | None):
+        import http.client
+
         if scheme == "https":
             self._conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeout,
                                                                                  context=context)

@@ -154,12 +154,13 @@ def test_building_the_command_line_imports_no_database_or_service_library():
 
 
 #: what a plain `broker run` (a migrated SQLite database, a local sh payload, no template, no staging) must not
-#: import: each is tenths of a second of start-up that such a run does not use (alembic only migrates; spyne,
-#: cheroot: the API; stomp: a STOMP bus; jinja2: template payloads; paramiko: SSH hosts; psycopg and SQLAlchemy's
-#: PostgreSQL dialect: a PostgreSQL database; xmlschema: lxml validates the descriptions)
+#: import: start-up that such a run does not use (alembic only migrates; spyne, cheroot: the API; stomp: a
+#: STOMP bus; jinja2: template payloads; paramiko: SSH hosts; psycopg and SQLAlchemy's PostgreSQL dialect: a
+#: PostgreSQL database; xmlschema: lxml validates the descriptions; http.client, urllib.request: http(s)://
+#: staging and an elf's push)
 NOT_ON_THE_RUN_PATH = ("alembic", "spyne", "cheroot", "stomp", "jinja2", "paramiko", "psycopg", "psycopg2",
-                       "xmlschema", "sqlalchemy.dialects.postgresql", "broker.api", "broker.ui",
-                       "broker.resources.sshpool", "broker.persistence.migrate")
+                       "xmlschema", "sqlalchemy.dialects.postgresql", "http.client", "urllib.request",
+                       "broker.api", "broker.ui", "broker.resources.sshpool", "broker.persistence.migrate")
 
 
 def test_a_plain_run_imports_and_prepares_nothing_it_does_not_use(sqlite_cli):
