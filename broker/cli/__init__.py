@@ -40,6 +40,11 @@ QUIET_LIBRARIES = ("alembic", "paramiko", "stomp.py", "spyne", "sqlalchemy", "ch
 
 #: command modules, in the order ``--help`` lists them
 COMMANDS = ("validate", "workflow", "run", "status", "events", "control", "serve", "user", "admin", "db")
+#: the module of each command: ``broker COMMAND ...`` builds the parser of that module only (all of them: a
+#: few ms of every start); ``broker``, ``broker --help`` and a command not listed here build them all
+COMMAND_MODULES = {"validate": "validate", "workflow": "workflow", "run": "run", "resume": "run",
+                   "status": "status", "events": "events", "cancel": "control", "restart": "control",
+                   "serve": "serve", "user": "user", "admin": "admin", "db": "db"}
 
 log = logging.getLogger("broker.cli")
 
@@ -54,7 +59,23 @@ def _load_command(name: str):
     return importlib.import_module(f"broker.cli.{name}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, after the options before it; None when there is none, or when help or the
+    version is asked for first."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif arg in ("-h", "--help", "--version", "--"):
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: with ``argv``, only the parser of the command it names, when it names one
+    (another command's arguments are never parsed: the others need not be built)."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand parser built with parents=[common] would otherwise write its own default over
     # a value given before the subcommand (`broker --config X db current` lost X)
@@ -67,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run XML-described scientific workflows on local hosts, SSH hosts and batch clusters.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    module = COMMAND_MODULES.get(named_command(argv) or "") if argv is not None else None
+    for name in (module,) if module else COMMANDS:
         _load_command(name).register(sub, common)
     return parser
 
@@ -115,7 +137,8 @@ STARTED_AS_COMMAND = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         settings = settings_for(args)

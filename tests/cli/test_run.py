@@ -153,6 +153,25 @@ def test_building_the_command_line_imports_no_database_or_service_library():
     assert result.stdout.strip() == "[]", result.stderr
 
 
+def test_each_command_is_built_alone_from_its_own_module_and_help_lists_them_all():
+    import argparse
+
+    from broker.cli import COMMAND_MODULES, build_parser
+
+    def commands(parser: argparse.ArgumentParser) -> list[str]:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return list(sub.choices)
+
+    every = commands(build_parser())
+    assert sorted(every) == sorted(COMMAND_MODULES)
+    for command in every:
+        alone = commands(build_parser(["--config", "run", "--debug", command, "--help"]))
+        assert command in alone and set(alone) == {c for c, m in COMMAND_MODULES.items()
+                                                   if m == COMMAND_MODULES[command]}
+    for argv in ([], ["--help"], ["--debug", "-h", "run"], ["nonsense", "run"], ["--version"]):
+        assert commands(build_parser(argv)) == every
+
+
 #: what a plain `broker run` (a migrated SQLite database, a local sh payload, no template, no staging) must not
 #: import: start-up that such a run does not use (alembic only migrates; spyne, cheroot: the API; stomp: a
 #: STOMP bus; jinja2: template payloads; paramiko: SSH hosts; psycopg and SQLAlchemy's PostgreSQL dialect: a
