@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from broker.cli import EXIT_OK, UsageError, add_db_option
+from broker.cli import EXIT_OK, UsageError, add_db_option, startup_over
 from broker.printable import printable
 from broker.cli.common import (local_time, not_found_is_usage, one_line, reader, resolve,
                                stops_when_output_closes)
@@ -54,6 +54,8 @@ def events(args: argparse.Namespace, settings: Any) -> int:
         left = args.limit
         if sys.stdout.isatty():  # for a reader; scripts reading a pipe get the event lines only
             sys.stdout.write(HEADER + "\n")
+        if args.follow:
+            startup_over()  # from here on the process may run for hours
         while True:
             # read the state before the events: the event of a state change is committed with it, so once
             # the state read here is final, the page read next holds every event there will be

@@ -219,8 +219,11 @@ class Follower:
 
     def follow(self, workflow_id: int, gid: str, done_before: int, signals: Any) -> int:
         """Follow to the end; ``signals``: the caller's active :class:`broker.cli.signals.Interrupts`."""
+        from broker.cli import startup_over
         from broker.cli.progress import Display, print_summary
         from broker.errors import BrokerError
+
+        startup_over()  # from here on the process may run for hours
         from broker.states import WORKFLOW_TERMINAL
 
         display = Display(sys.stderr, tty=sys.stderr.isatty(), done_before=done_before)

@@ -181,10 +181,13 @@ def resume(args: argparse.Namespace, settings: Any) -> int:
 
 def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: str, done_before: int) -> int:
     """Show progress until the workflow ends (or the user stops it); print the summary; return the exit code."""
+    from broker.cli import startup_over
     from broker.cli.progress import ESTIMATE_INTERVAL, Display, print_summary
     from broker.cli.signals import Interrupts
     from broker.errors import BrokerError
     from broker.states import WORKFLOW_TERMINAL
+
+    startup_over()  # from here on the process may run for hours
 
     display = Display(sys.stderr, tty=sys.stderr.isatty(), done_before=done_before)
     cancelling = False

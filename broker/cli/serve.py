@@ -43,6 +43,7 @@ def serve_command(args: argparse.Namespace, settings: Any) -> int:
         return EXIT_OK
     from broker import cli, memory
 
+    cli.startup_over()  # a service: the collector's usual thresholds, whatever its start-up costs
     if cli.STARTED_AS_COMMAND:  # a long-running process that does big work: see broker.memory
         memory.use_malloc()
     from broker.api.server import Service

@@ -153,6 +153,28 @@ def test_building_the_command_line_imports_no_database_or_service_library():
     assert result.stdout.strip() == "[]", result.stderr
 
 
+def test_the_collector_waits_longer_while_a_run_starts_and_as_usual_once_it_follows_its_workflow(sqlite_cli):
+    import gc
+
+    default = gc.get_threshold()[0]
+    code = ("import gc, sys\n"
+            "import broker.cli, broker.cli.run as run\n"
+            "follow = run.follow\n"
+            "def watched(*args):\n"
+            "    print('starting', gc.get_threshold()[0])\n"
+            "    code = follow(*args)\n"
+            "    print('following', gc.get_threshold()[0])\n"
+            "    return code\n"
+            "run.follow = watched\n"
+            "broker.cli.console()\n")
+    argv = sqlite_cli.args("run", str(EXAMPLES / "hello.xml"))[1:]
+    result = subprocess.run([str(BROKER.parent / "python"), "-c", code, *argv], capture_output=True, text=True,
+                            timeout=DEADLINE, env=sqlite_cli.env)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("starting", "following"))]
+    assert lines == ["starting 50000", f"following {default}"], result.stdout
+
+
 def test_each_command_is_built_alone_from_its_own_module_and_help_lists_them_all():
     import argparse
 
