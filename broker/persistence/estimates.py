@@ -116,6 +116,12 @@ def _tasks(s: Session, workflow_id: int, now: dt.datetime) -> tuple[list[Task], 
     return tasks, in_flight, ready
 
 
+def _any_ended(s: Session, workflow_id: int) -> bool:
+    """Whether a node of the workflow has ended (then its own pace says something)."""
+    return s.execute(select(Node.id).where(Node.workflow_id == workflow_id, Node.state.in_(_ENDED))
+                     .limit(1)).first() is not None
+
+
 def estimate_workflow(s: Session, workflow_id: int, now: dt.datetime | None = None,
                       slots: int | None = None) -> Estimate | None:
     """When a running workflow should end (p10-p90), or None: ended, too big, or nothing to go on.
@@ -125,11 +131,15 @@ def estimate_workflow(s: Session, workflow_id: int, now: dt.datetime | None = No
     wf = s.get(Workflow, workflow_id)
     if wf is None or wf.state not in _RUNNING_WORKFLOW:
         return None
+    past, basis = history(s, wf.name, wf.id)
+    if not past.durations and not _any_ended(s, workflow_id):
+        # nothing to go on (estimate_remaining would say None): the first estimate of a first run, as
+        # `broker run` asks it right after the submission, need not read the nodes and their edges
+        return None
     read = _tasks(s, workflow_id, now)
     if read is None:
         return None
     tasks, in_flight, ready = read
-    past, basis = history(s, wf.name, wf.id)
     limits = [n for n in (wf.max_in_flight, slots, observed_slots(in_flight, ready)) if n]
     remaining = estimate_remaining(tasks, past, slots=min(limits) if limits else None)
     return None if remaining is None else Estimate.of(now, remaining, basis)
