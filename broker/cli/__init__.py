@@ -138,7 +138,7 @@ STARTED_AS_COMMAND = False
 
 #: the collector's first threshold while the ``broker`` command starts (Python's default: 700 allocations):
 #: importing a command's modules makes some 100,000 objects that live as long as the process, which the
-#: collector would otherwise walk again and again (about a tenth of a `broker run` start-up, 30-40 ms)
+#: collector would otherwise walk again and again (20-40 ms of a `broker run` start-up)
 STARTUP_GC_THRESHOLD = 50_000
 #: the thresholds before console() raised the first one
 _gc_thresholds: tuple[int, ...] | None = None
