@@ -60,7 +60,7 @@ class PrintableLogRecord(logging.LogRecord):
 
 
 #: characters XML 1.0 cannot carry at all (not even escaped): what its Char production leaves out, listed
-#: (the complement of the allowed ranges compiles in a tenth of the time: 4 ms at every command's start)
+#: rather than as the complement of the allowed ranges, which took 4 ms to compile at every command's start
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 

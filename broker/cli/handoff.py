@@ -222,9 +222,9 @@ class Follower:
         from broker.cli import startup_over
         from broker.cli.progress import Display, print_summary
         from broker.errors import BrokerError
+        from broker.states import WORKFLOW_TERMINAL
 
         startup_over()  # from here on the process may run for hours
-        from broker.states import WORKFLOW_TERMINAL
 
         display = Display(sys.stderr, tty=sys.stderr.isatty(), done_before=done_before)
         cancelling, last = False, None
