@@ -151,6 +151,9 @@ def startup_over() -> None:
     if _gc_thresholds is not None:
         gc.set_threshold(*_gc_thresholds)
         _gc_thresholds = None
+        # what exists now (modules, classes, the engine's actors and caches) lives as long as the process:
+        # out of the collector's way, a full collection of a long run no longer walks it each time
+        gc.freeze()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

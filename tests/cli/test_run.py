@@ -153,7 +153,7 @@ def test_building_the_command_line_imports_no_database_or_service_library():
     assert result.stdout.strip() == "[]", result.stderr
 
 
-def test_the_collector_waits_longer_while_a_run_starts_and_as_usual_once_it_follows_its_workflow(sqlite_cli):
+def test_the_collector_waits_longer_while_a_run_starts_then_as_usual_with_the_start_up_frozen(sqlite_cli):
     import gc
 
     default = gc.get_threshold()[0]
@@ -163,7 +163,7 @@ def test_the_collector_waits_longer_while_a_run_starts_and_as_usual_once_it_foll
             "def watched(*args):\n"
             "    print('starting', gc.get_threshold()[0])\n"
             "    code = follow(*args)\n"
-            "    print('following', gc.get_threshold()[0])\n"
+            "    print('following', gc.get_threshold()[0], gc.get_freeze_count() > 0)\n"
             "    return code\n"
             "run.follow = watched\n"
             "broker.cli.console()\n")
@@ -172,7 +172,8 @@ def test_the_collector_waits_longer_while_a_run_starts_and_as_usual_once_it_foll
                             timeout=DEADLINE, env=sqlite_cli.env)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith(("starting", "following"))]
-    assert lines == ["starting 50000", f"following {default}"], result.stdout
+    # and what the start made is frozen: out of every later collection's walk
+    assert lines == ["starting 50000", f"following {default} True"], result.stdout
 
 
 def test_each_command_is_built_alone_from_its_own_module_and_help_lists_them_all():
