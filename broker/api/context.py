@@ -25,6 +25,9 @@ class ApiContext:
     started: float = field(default_factory=time.monotonic)
     #: estimated ends of running workflows and nodes, kept a few seconds (getStatusInfoForId is polled)
     estimates: EstimateCache = field(default_factory=lambda: EstimateCache())
+    #: (actor, require_drained) -> the Deleter of deletes through the API; None: one recording through the
+    #: engine's writer (broker.api.deletion). An API process without an engine asks the writer's machine.
+    make_deleter: Any = None
 
     @property
     def sessions(self) -> Any:

@@ -21,9 +21,9 @@ from broker.persistence import queries
 def deleter_for(api: ApiContext, actor: str) -> Deleter:
     """A Deleter that records through the running broker's writer and forgets deleted workflows' plans (in an
     API process without an engine: one that asks the writer's machine, see broker.api.rows)."""
+    if api.make_deleter is not None:
+        return api.make_deleter(actor, api.settings.events.publishing)
     engine = api.engine
-    if hasattr(engine, "deleter"):
-        return engine.deleter(actor, api.settings.events.publishing)
     root = engine.workdir
     deleter = Deleter(api.sessions, engine, actor, workdir_root=root,
                       journal=journal_for(root, api.settings.database_url()),

@@ -88,7 +88,8 @@ def serve_rows(settings: Settings, on_ready: Callable[[str, str], None] | None =
         bound_host, bound_port = servers[0].bind_addr[:2]
         public = api_settings.public_url.rstrip("/") or f"http://{url_host(listen[0])}:{bound_port}"
         quiet_spyne()
-        api = ApiContext(settings, RowsEngine(settings, db))
+        rows = RowsEngine(settings, db)
+        api = ApiContext(settings, rows, make_deleter=rows.deleter)
         routes = [Route(path, app, namespace, wsdl) for path, (app, namespace, wsdl)
                   in build(api, public, api_settings.max_request_bytes).items()]
         fast: dict[tuple[str, str], Any] = {}

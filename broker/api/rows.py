@@ -140,7 +140,7 @@ class RowDeleter(Deleter):
         # no journal nor work directory root here: the applier's Deleter has them
         super().__init__(engine.sessions, engine, actor, workdir_root=None, journal=None,  # type: ignore[arg-type]
                          require_drained=require_drained)
-        self.engine = engine
+        self.rows = engine
 
     def recover(self) -> list[str]:
         return []  # the writer's machine finishes its own interrupted deletions
@@ -149,7 +149,7 @@ class RowDeleter(Deleter):
                properties: dict[str, Any] | None = None) -> Deletion:
         rows = list(rows)
         owners = self._owners([r.id for r in rows])
-        result = self.engine.ask("delete", self.recorder.actor, {
+        result = self.rows.ask("delete", self.recorder.actor, {
             "workflows": [[r.id, r.global_id, owners.get(r.id, "")] for r in rows], "what": what,
             "skipped": [r.global_id for r in skipped], "reasons": [r.reason or "" for r in skipped],
             "require_drained": self.require_drained, "last_event_id": last_event_id, "properties": properties,
