@@ -203,16 +203,12 @@ class Applier(threading.Thread):
 
     def _delete_here(self, row: requests.Row) -> None:
         """A delete asked from another machine: this machine's Deleter journals and removes the directories."""
-        from broker.admin.delete import Deleter, journal_for
+        from broker.admin.delete import broker_deleter
 
         p = row.payload
         self._check_owners(row, [int(w[0]) for w in p["workflows"]])
-        engine = self.engine
-        deleter = Deleter(engine.sessions, _RowWriter(self, row), row.requested_by, workdir_root=engine.workdir,
-                          journal=journal_for(engine.workdir, self.settings.database_url()),
-                          require_drained=bool(p.get("require_drained")), forget=engine.forget,
-                          remove_remote=engine.remove_remote_workdir)
-        deleter.recover()
+        deleter = broker_deleter(self.engine, row.requested_by, self.settings.database_url(),
+                                 require_drained=bool(p.get("require_drained")), writer=_RowWriter(self, row))
         planned = [SimpleNamespace(id=int(w[0]), global_id=str(w[1]), owner=str(w[2]) if len(w) > 2 else "")
                    for w in p["workflows"]]
         skipped = [SimpleNamespace(global_id=str(g), reason=str(r))

@@ -133,6 +133,19 @@ def journal_for(workdir_root: Path, database_url: str) -> Journal:
     return Journal(workdir_root / f".deleting-{key}.jsonl")
 
 
+def broker_deleter(engine: Any, actor: str, database_url: str, *, require_drained: bool,
+                   writer: Writer | None = None) -> Deleter:
+    """The Deleter of the broker running ``engine`` on this machine (its read sessions, work directory root and
+    journal, plan cache and remote hosts), recording through ``writer`` (default: the engine's), with the
+    deletions an earlier one left half done finished first."""
+    root = engine.workdir
+    deleter = Deleter(engine.sessions, writer or engine, actor, workdir_root=root,
+                      journal=journal_for(root, database_url), require_drained=require_drained,
+                      forget=engine.forget, remove_remote=engine.remove_remote_workdir)
+    deleter.recover()
+    return deleter
+
+
 class Deleter:
     """Deletes finished workflows and their work directories, and records what it removed."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from broker.admin.delete import Deleter, Selection, journal_for
+from broker.admin.delete import Deleter, Selection, broker_deleter
 from broker.api.context import ApiContext
 from broker.persistence import queries
 
@@ -23,14 +23,8 @@ def deleter_for(api: ApiContext, actor: str) -> Deleter:
     API process without an engine: one that asks the writer's machine, see broker.api.rows)."""
     if api.make_deleter is not None:
         return api.make_deleter(actor, api.settings.events.publishing)
-    engine = api.engine
-    root = engine.workdir
-    deleter = Deleter(api.sessions, engine, actor, workdir_root=root,
-                      journal=journal_for(root, api.settings.database_url()),
-                      require_drained=api.settings.events.publishing, forget=engine.forget,
-                      remove_remote=engine.remove_remote_workdir)
-    deleter.recover()
-    return deleter
+    return broker_deleter(api.engine, actor, api.settings.database_url(),
+                          require_drained=api.settings.events.publishing)
 
 
 def delete_selection(api: ApiContext, actor: str, what: str, *, owner_id: int | None = None,
