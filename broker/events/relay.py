@@ -52,7 +52,7 @@ from broker.crashpoints import crash_point
 from broker.errors import ConfigError
 from broker.events.buses import open_publisher
 from broker.events.doorbell import PUMP, Doorbell
-from broker.events.outbox import Row, count_unsent, mark_sent
+from broker.events.outbox import OutboxSQL, Row, count_unsent, mark_sent
 from broker.events.publishers import BusError, Message, Publisher
 from broker.events.rounds import Content, Prepared, backoff_delay, read_window, refused
 
@@ -75,6 +75,7 @@ class Relay(pykka.ThreadingActor):
         #: on stop, wait for the outbox to drain (exit_drain_timeout, through outages) rather than stop_timeout
         self.exit_drain = exit_drain
         self.sessions = sessions
+        self.outbox = OutboxSQL(sessions)
         self.publisher = publisher
         self.doorbell = doorbell
         self.on_confirmed = on_confirmed
@@ -96,8 +97,7 @@ class Relay(pykka.ThreadingActor):
         self._staged: tuple[str, list[Prepared]] | None = None
         #: outbox id -> refusals so far
         self._refusals: dict[int, int] = {}
-        self.published = 0
-        self.skipped = 0
+        self.published = self.skipped = 0
 
     def on_start(self) -> None:
         self.doorbell.ref = self.actor_ref
@@ -163,7 +163,7 @@ class Relay(pykka.ThreadingActor):
             window_rows = prefetched
         else:
             try:
-                window_rows = read_window(self.sessions, window)
+                window_rows = read_window(self.outbox, window)
             except SQLAlchemyError as exc:
                 return self._failed(f"cannot read the outbox: {exc}"), False
         if not window_rows:
@@ -176,7 +176,7 @@ class Relay(pykka.ThreadingActor):
             if problem is None:
                 self._stage()  # the bus parses the next window while this one is marked
             try:
-                mark_sent(self.sessions, done, dt.datetime.now(dt.timezone.utc))
+                mark_sent(self.outbox, done, dt.datetime.now(dt.timezone.utc))
             except SQLAlchemyError as exc:
                 # they go out again after the backoff (same ids and bodies), before the staged window (discarded)
                 self._prefetched = self._staged = None
@@ -278,7 +278,7 @@ class Relay(pykka.ThreadingActor):
     def _prefetch(self, after: int) -> None:
         """Read and render the next window now, while the bus is busy storing this one."""
         try:
-            self._prefetched = read_window(self.sessions, self.settings.window, after) or None
+            self._prefetched = read_window(self.outbox, self.settings.window, after) or None
         except SQLAlchemyError:
             return  # the next round reads again
 

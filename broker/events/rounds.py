@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from broker.events import document
-from broker.events.outbox import Row, read_unsent
+from broker.events.outbox import OutboxSQL, Row
 from broker.events.routing import ALL_EVENTS_TOPIC, user_topic
 
 #: the relay's logger: these are its messages
@@ -50,10 +48,9 @@ def prepare(rows: list[Row]) -> list[Prepared]:
     return out
 
 
-def read_window(sessions: sessionmaker[Session], window: int, after: int = 0) -> list[Prepared]:
+def read_window(outbox: OutboxSQL, window: int, after: int = 0) -> list[Prepared]:
     """Read and prepare up to ``window`` unsent rows with an id above ``after``; raises SQLAlchemyError."""
-    with sessions() as s:
-        return prepare(read_unsent(s, window, after=after))
+    return prepare(outbox.read_unsent(window, after=after))
 
 
 def refused(refusals: dict[int, int], row: Row, reason: str, limit: int) -> bool:
