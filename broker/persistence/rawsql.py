@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,12 @@ VALUES_ROWS = 64
 
 EVENT_COLUMNS = ("id", "workflow_id", "seq", "node_path", "actor", "level", "type", "state", "message", "time",
                  "properties")
+#: an event row's values after its id, in EVENT_COLUMNS order
+_EVENT_VALUES = operator.itemgetter(*EVENT_COLUMNS[1:])
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class RawWriter:
@@ -55,33 +62,48 @@ class RawWriter:
             self._json = Json
         else:
             self._json = None
+        #: (the last datetime converted, its conversion): see _time
+        self._last_time: tuple[dt.datetime, Any] | None = None
 
     # ------------------------------------------------------------------------------------ conversions
 
     def value(self, column: str, value: Any) -> Any:
+        """``value`` of ``column`` as the driver takes it (as the column's SQLAlchemy type would convert it)."""
         if value is None:
             return None
         if column in TIME_COLUMNS:
-            utc = value.astimezone(dt.timezone.utc)
-            if self.dialect == "sqlite":
-                return utc.strftime("%Y-%m-%d %H:%M:%S.%f")
-            return utc
+            return self._time(value)
         if column in JSON_COLUMNS:
-            if self._json is not None:
-                return self._json(value)
-            return json.dumps(value)
+            return self._json_value(value)
         return value
 
-    # ------------------------------------------------------------------------------------- statements
+    def _time(self, value: dt.datetime | None) -> Any:
+        if value is None:
+            return None
+        # a commit stamps its rows with one time (batch.now): convert it once, not once per row and column
+        last = self._last_time
+        if last is not None and last[0] is value:
+            return last[1]
+        utc = value.astimezone(dt.timezone.utc)
+        out = utc.strftime("%Y-%m-%d %H:%M:%S.%f") if self.dialect == "sqlite" else utc
+        self._last_time = (value, out)
+        return out
+
+    def _json_value(self, value: Any) -> Any:
+        if value is None:
+            return None
+        return self._json(value) if self._json is not None else json.dumps(value)
 
     def _converters(self, columns: Sequence[str]) -> list[tuple[str, Any]]:
         """(column, converter or None) per column: most columns need no conversion at all."""
-        out = []
+        out: list[tuple[str, Any]] = []
         for column in columns:
-            if column in TIME_COLUMNS or column in JSON_COLUMNS:
-                out.append((column, lambda v, c=column: self.value(c, v)))
+            if column in TIME_COLUMNS:
+                out.append((column, self._time))
+            elif column in JSON_COLUMNS:
+                out.append((column, self._json_value))
             elif self.dialect == "sqlite" and column in BOOL_COLUMNS:
-                out.append((column, lambda v: None if v is None else int(v)))
+                out.append((column, _int_or_none))
             else:
                 out.append((column, None))
         return out
@@ -129,11 +151,16 @@ class RawWriter:
             cached = self._sql[key] = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
                                        [f for _, f in self._converters(columns)])
         sql, converters = cached
-        if not any(converters):
-            convert = tuple
+        # only the few columns that need it are converted (a generator over every value cost more than the SQL)
+        converted = [(i, f) for i, f in enumerate(converters) if f is not None]
+        if not converted:
+            convert: Any = tuple
         else:
-            def convert(row: Sequence[Any]) -> tuple[Any, ...]:
-                return tuple(v if f is None else f(v) for f, v in zip(converters, row))
+            def convert(row: Sequence[Any]) -> list[Any]:
+                out = list(row)
+                for i, f in converted:
+                    out[i] = f(out[i])
+                return out
         it = iter(rows)
         while chunk := [convert(row) for row in itertools.islice(it, CHUNK_ROWS)]:
             cursor.executemany(sql, chunk)
@@ -187,8 +214,7 @@ class RawWriter:
             if batch.events:
                 ids = self.next_ids(cursor, "events", len(batch.events))
                 self.insert(cursor, "events", EVENT_COLUMNS,
-                            ((event_id, *(row[c] for c in EVENT_COLUMNS[1:]))
-                             for event_id, (row, _) in zip(ids, batch.events)))
+                            ((event_id, *_EVENT_VALUES(row)) for event_id, (row, _) in zip(ids, batch.events)))
                 self.insert(cursor, "outbox", ("event_id", "destination"),
                             ((event_id, dest) for event_id, (_, dests) in zip(ids, batch.events) for dest in dests))
             wf_shapes: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
