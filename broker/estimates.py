@@ -76,6 +76,18 @@ class History:
     counts: Mapping[str, float] = field(default_factory=dict)
 
 
+#: the largest share of a process's time its estimates may take: the next one waits 1/share times the last
+#: one's cost (an estimate of a 200,000-node workflow reads every node: seconds, every few seconds, held the
+#: interpreter lock that the engine's threads share)
+ESTIMATE_SHARE = 0.05
+
+
+def estimate_spacing(base: float, took: float) -> float:
+    """Seconds to wait before the next estimate of a target whose last one took ``took`` seconds: ``base``
+    at least, and long enough that estimates take at most :data:`ESTIMATE_SHARE` of the time."""
+    return max(base, took / ESTIMATE_SHARE)
+
+
 def quantile(values: Sequence[float], q: float) -> float:
     """The q-quantile of ``values`` (sorted or not), linear between order statistics."""
     ordered = sorted(values)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.estimates import (History, Interval, Task, estimate_node, estimate_remaining, observed_slots, quantile,
-                              remaining_of_running, run_sigma)
+from broker.estimates import (ESTIMATE_SHARE, History, Interval, Task, estimate_node, estimate_remaining,
+                              estimate_spacing, observed_slots, quantile, remaining_of_running, run_sigma)
 
 
 def test_a_chain_with_a_steady_history_is_estimated_as_the_sum_of_what_is_left():
@@ -68,3 +68,40 @@ def test_helpers():
     assert observed_slots(4, 3) == 4 and observed_slots(4, 0) is None and observed_slots(0, 2) is None
     assert run_sigma([{"x": [10.0]}], {"x": 10.0}) is None  # one run says nothing about spread
     assert run_sigma([{"x": [10.0]}, {"x": [20.0]}, {"x": [5.0]}], {"x": 10.0}) > 0.4
+
+
+def test_a_costly_estimate_waits_long_enough_to_take_a_small_share_of_the_time():
+    assert estimate_spacing(5.0, 0.01) == 5.0  # cheap: the base interval
+    assert estimate_spacing(5.0, 2.0) == pytest.approx(2.0 / ESTIMATE_SHARE)
+    assert 2.0 / (2.0 + estimate_spacing(5.0, 2.0)) <= ESTIMATE_SHARE
+
+
+def test_the_apis_estimates_of_a_costly_target_are_kept_longer(monkeypatch):
+    from types import SimpleNamespace
+
+    from broker.api import estimated
+
+    clock = [100.0]
+    calls = []
+
+    def compute(api, status):
+        calls.append(clock[0])
+        clock[0] += cost[0]  # the estimate's own duration
+        return f"estimate {len(calls)}"
+
+    cost = [0.001]
+    monkeypatch.setattr(estimated, "_compute", compute)
+    cache = estimated.EstimateCache(clock=lambda: clock[0])
+    cheap = SimpleNamespace(state="running", global_id="wf-cheap")
+    assert cache.get(None, cheap) == "estimate 1"
+    clock[0] += estimated.TTL - 0.1
+    assert cache.get(None, cheap) == "estimate 1"  # kept TTL seconds
+    clock[0] += 0.2
+    assert cache.get(None, cheap) == "estimate 2"
+    cost[0] = 2.0  # a huge workflow: two seconds an estimate
+    costly = SimpleNamespace(state="running", global_id="wf-costly")
+    assert cache.get(None, costly) == "estimate 3"
+    clock[0] += 30.0  # well past TTL, not past 2 s / ESTIMATE_SHARE
+    assert cache.get(None, costly) == "estimate 3"
+    clock[0] += 2.0 / ESTIMATE_SHARE
+    assert cache.get(None, costly) == "estimate 4"

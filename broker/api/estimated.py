@@ -2,8 +2,9 @@
 
 getStatusInfoForId is the API's hottest call and clients poll it; an estimate reads the workflow's nodes and
 up to :data:`broker.persistence.estimates.HISTORY_ROWS` past attempts. So each target's estimate is kept
-:data:`TTL` seconds (an end time does not go stale that fast: it is a time, not a countdown), for at most
-:data:`CAPACITY` targets, and only running workflows and nodes in flight are estimated at all.
+:data:`TTL` seconds (an end time does not go stale that fast: it is a time, not a countdown), longer when it
+was costly (broker.estimates.estimate_spacing), for at most :data:`CAPACITY` targets, and only running
+workflows and nodes in flight are estimated at all.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+from broker.estimates import estimate_spacing
 
 log = logging.getLogger(__name__)
 
@@ -23,31 +27,39 @@ _RUNNING = frozenset({"accepted", "running", "staging_in", "queued", "staging_ou
 
 
 class EstimateCache:
-    """Global id -> (monotonic time, Estimate or None); thread-safe."""
+    """Global id -> (monotonic time it may be served until, Estimate or None); thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[float, Any]] = {}
+        self._clock = clock
 
     def get(self, api: Any, status: Any) -> Any:
         """The estimate of the target of ``status`` (a queries.Status), None when it is not running or there
         is nothing to estimate from. Never raises: an estimate is an optional part of the answer."""
         if status.state not in _RUNNING:
             return None
-        now = time.monotonic()
-        kept = self._kept.get(status.global_id)
-        if kept is not None and now - kept[0] < TTL:
+        return self.cached(status.global_id, lambda: _compute(api, status))
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The estimate kept for ``key`` (a global id), else ``compute()``'s, kept :data:`TTL` seconds or
+        longer when it was costly (the dashboard's pages ask through here too). Never raises."""
+        now = self._clock()
+        kept = self._kept.get(key)
+        if kept is not None and now < kept[0]:
             return kept[1]
         try:
-            estimate = _compute(api, status)
+            estimate = compute()
         except Exception:
-            log.warning("could not estimate the end of %s", status.global_id, exc_info=True)
+            log.warning("could not estimate the end of %s", key, exc_info=True)
             estimate = None
+        took = self._clock() - now
         with self._lock:
-            self._kept.pop(status.global_id, None)
+            self._kept.pop(key, None)
             if len(self._kept) >= CAPACITY:
                 del self._kept[next(iter(self._kept))]
-            self._kept[status.global_id] = (now, estimate)
+            # a costly estimate is kept longer: polling a huge workflow must not keep the server busy
+            self._kept[key] = (now + took + estimate_spacing(TTL, took), estimate)
         return estimate
 
 

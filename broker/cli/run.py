@@ -185,19 +185,22 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
     from broker.cli.progress import ESTIMATE_INTERVAL, Display, print_summary
     from broker.cli.signals import Interrupts
     from broker.errors import BrokerError
+    from broker.estimates import estimate_spacing
     from broker.states import WORKFLOW_TERMINAL
 
     startup_over()  # from here on the process may run for hours
 
     display = Display(sys.stderr, tty=sys.stderr.isatty(), done_before=done_before)
     cancelling = False
-    estimated = 0.0
+    next_estimate = 0.0
     with Interrupts() as signals:
         while True:
             snapshot = tracker.latest(workflow_id)
-            if time.monotonic() - estimated >= ESTIMATE_INTERVAL and not cancelling:
-                estimated = time.monotonic()
+            if time.monotonic() >= next_estimate and not cancelling:
+                started = time.monotonic()
                 display.set_estimate(_remaining(engine, workflow_id))
+                took = time.monotonic() - started
+                next_estimate = started + took + estimate_spacing(ESTIMATE_INTERVAL, took)
             if signals.interrupts >= 2 or signals.terminated:
                 display.note(f"stopping now; payloads still running keep running: `broker resume {global_id}` "
                              "re-attaches to them")

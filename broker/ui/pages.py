@@ -57,8 +57,8 @@ def workflows(ui: Any, req: Any) -> tuple[str, dict[str, Any]]:
                                                  ui.api.progress), "that page no longer exists: first page shown"
             cursor = None
         by_state = queries.workflow_counts(s, scope_of(user))
-        running = [w.id for w in page.rows if w.state in ("accepted", "running")][:MAX_ESTIMATES]
-        etas = {workflow_id: workflow_estimate(ui, s, workflow_id) for workflow_id in running}
+        running = [w for w in page.rows if w.state in ("accepted", "running")][:MAX_ESTIMATES]
+        etas = {w.id: workflow_estimate(ui, s, w.id, w.global_id) for w in running}
     keep = {k: v for k, v in q.items() if k in ("state", "name", "owner", "since", "until", "sort", "dir") and v}
     next_link = f"/ui/workflows?{urllib.parse.urlencode({**keep, 'after': page.next_cursor})}" \
         if page.next_cursor else None
@@ -101,9 +101,12 @@ def estimate_text(estimate: Any) -> str | None:
             f"from {estimate.basis} earlier attempts)")
 
 
-def workflow_estimate(ui: Any, s: Any, workflow_id: int) -> str | None:
-    """When a running workflow should end, from earlier attempts and its pace (None: ended or unknown)."""
-    return estimate_text(estimate_workflow(s, workflow_id, slots=ui.api.settings.engine.max_in_flight))
+def workflow_estimate(ui: Any, s: Any, workflow_id: int, global_id: str) -> str | None:
+    """When a running workflow should end, from earlier attempts and its pace (None: ended or unknown); kept
+    as the API keeps it (broker.api.estimated: a page reloaded in a loop does not estimate each time)."""
+    slots = ui.api.settings.engine.max_in_flight
+    estimate = ui.api.estimates.cached(global_id, lambda: estimate_workflow(s, workflow_id, slots=slots))
+    return estimate_text(estimate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +146,7 @@ def workflow(ui: Any, req: Any, global_id: str) -> tuple[str, dict[str, Any]]:
         shown = drawn(s, wf.id)
         edges = queries.top_edges(s, wf.id)
         counts = queries.node_counts(s, wf.id)
-        eta = workflow_estimate(ui, s, wf.id)
+        eta = workflow_estimate(ui, s, wf.id, wf.global_id)
     layout = graph.layout([n.id for n in shown.nodes], edges)
     total = sum(counts.values())
     done = sum(n for state, n in counts.items() if state in queries.DONE_STATES)
@@ -208,7 +211,8 @@ def node(ui: Any, req: Any, node_id: int) -> tuple[str, dict[str, Any]]:
         last = queries.last_event_id(s, wf.id)
         attempts = attempts_of(s, found.id)
         owner = queries.user_name(s, wf.owner_id)
-        eta = estimate_text(estimate_node(s, found.id))
+        eta = estimate_text(ui.api.estimates.cached(f"{wf.global_id}/{found.path}",
+                                                    lambda: estimate_node(s, found.id)))
     outputs = [(name, value if isinstance(value, str) else json.dumps(value))
                for name, value in sorted((found.outputs or {}).items())]
     streams: list[Tail | None] = []

@@ -359,3 +359,20 @@ def test_each_user_topic_carries_only_that_users_events(sessions, bus, relays):
         by_topic.setdefault(message.destination, []).append(message.headers["workflowId"])
     assert by_topic == {ALL_EVENTS_TOPIC: [alice.global_id, bob.global_id],
                         user_topic("alice"): [alice.global_id], user_topic("bob"): [bob.global_id]}
+
+
+def test_the_memory_bus_keeps_its_last_messages_and_counts_them_all(monkeypatch):
+    from broker.events import publishers
+    from broker.events.publishers import Message, MemoryPublisher
+
+    monkeypatch.setattr(publishers, "MEMORY_BUS_KEEP", 3)
+    bus = MemoryBus(f"test-{uuid.uuid4().hex}")
+    publisher = MemoryPublisher(bus)
+    publisher.connect(1.0)
+    publisher.begin("t1")
+    for i in range(5):
+        publisher.send(Message("/topic/x", {"i": str(i)}, b"body"), "t1")
+    publisher.commit("t1", "r1")
+    assert publisher.wait(["r1"], 1.0).confirmed("r1")
+    assert [m.headers["i"] for m in bus.messages] == ["2", "3", "4"]
+    assert bus.delivered == 5 and bus.wait_for(5, 0.0) and not bus.wait_for(6, 0.0)
