@@ -219,11 +219,17 @@ def estimate_remaining(tasks: Sequence[Task], history: History, *, slots: int | 
         return Interval(0.0, 0.0, 0.0)
     durations: dict[int, float] = {}
     spread: dict[int, float] = {}
+    #: template -> its expected (median, spread), computed once: each is a median over every ended node of
+    #: the template, and a sweep's thousands of waiting members share one (per task, the estimate of a
+    #: 30,000-member sweep took longer than the 5 s between two and starved the engine)
+    by_template: dict[str, tuple[float, float] | None] = {}
     for t in left:
         if t.state == "instant":
             durations[t.key], spread[t.key] = 0.0, 0.0
             continue
-        e = expected(t.template, history, done, speed, fallback)
+        if t.template not in by_template:
+            by_template[t.template] = expected(t.template, history, done, speed, fallback)
+        e = by_template[t.template]
         if e is None:
             return None
         median, sigma = e

@@ -105,3 +105,22 @@ def test_the_apis_estimates_of_a_costly_target_are_kept_longer(monkeypatch):
     assert cache.get(None, costly) == "estimate 3"
     clock[0] += 2.0 / ESTIMATE_SHARE
     assert cache.get(None, costly) == "estimate 4"
+
+
+def test_a_templates_expected_duration_is_computed_once_however_many_nodes_share_it(monkeypatch):
+    from broker import estimates
+
+    calls = []
+    real = estimates.expected
+
+    def counted(template, *args):
+        calls.append(template)
+        return real(template, *args)
+
+    monkeypatch.setattr(estimates, "expected", counted)
+    # a sweep half done: 3,000 ended members of each of two templates, 3,000 waiting of each
+    tasks = [Task(i, "s/a" if i % 2 else "s/b", "done", 10.0 + i % 7) for i in range(6000)]
+    tasks += [Task(6000 + i, "s/a" if i % 2 else "s/b", "waiting") for i in range(6000)]
+    remaining = estimate_remaining(tasks, History({"s/a": [10.0] * 5}), slots=4)
+    assert remaining is not None and remaining.p50 > 0
+    assert sorted(calls) == ["s/a", "s/b"]
