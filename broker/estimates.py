@@ -82,10 +82,11 @@ class History:
 ESTIMATE_SHARE = 0.05
 
 
-def estimate_spacing(base: float, took: float) -> float:
-    """Seconds to wait before the next estimate of a target whose last one took ``took`` seconds: ``base``
-    at least, and long enough that estimates take at most :data:`ESTIMATE_SHARE` of the time."""
-    return max(base, took / ESTIMATE_SHARE)
+def next_estimate_at(started: float, finished: float, base: float) -> float:
+    """When (on the clock that gave ``started`` and ``finished``) the next estimate of a target may run, the
+    last one having run from ``started`` to ``finished``: ``base`` seconds after it at least, and late enough
+    that estimates take at most :data:`ESTIMATE_SHARE` of the time."""
+    return finished + max(base, (finished - started) / ESTIMATE_SHARE)
 
 
 def quantile(values: Sequence[float], q: float) -> float:

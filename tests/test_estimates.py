@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.estimates import (ESTIMATE_SHARE, History, Interval, Task, estimate_node, estimate_remaining,
-                              estimate_spacing, observed_slots, quantile, remaining_of_running, run_sigma)
+                              next_estimate_at, observed_slots, quantile, remaining_of_running, run_sigma)
 
 
 def test_a_chain_with_a_steady_history_is_estimated_as_the_sum_of_what_is_left():
@@ -71,9 +71,9 @@ def test_helpers():
 
 
 def test_a_costly_estimate_waits_long_enough_to_take_a_small_share_of_the_time():
-    assert estimate_spacing(5.0, 0.01) == 5.0  # cheap: the base interval
-    assert estimate_spacing(5.0, 2.0) == pytest.approx(2.0 / ESTIMATE_SHARE)
-    assert 2.0 / (2.0 + estimate_spacing(5.0, 2.0)) <= ESTIMATE_SHARE
+    assert next_estimate_at(100.0, 100.01, 5.0) == pytest.approx(105.01)  # cheap: the base interval after it
+    assert next_estimate_at(100.0, 102.0, 5.0) == pytest.approx(102.0 + 2.0 / ESTIMATE_SHARE)
+    assert 2.0 / (next_estimate_at(100.0, 102.0, 5.0) - 100.0) <= ESTIMATE_SHARE
 
 
 def test_the_apis_estimates_of_a_costly_target_are_kept_longer(monkeypatch):

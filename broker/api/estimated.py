@@ -3,7 +3,7 @@
 getStatusInfoForId is the API's hottest call and clients poll it; an estimate reads the workflow's nodes and
 up to :data:`broker.persistence.estimates.HISTORY_ROWS` past attempts. So each target's estimate is kept
 :data:`TTL` seconds (an end time does not go stale that fast: it is a time, not a countdown), longer when it
-was costly (broker.estimates.estimate_spacing), for at most :data:`CAPACITY` targets, and only running
+was costly (broker.estimates.next_estimate_at), for at most :data:`CAPACITY` targets, and only running
 workflows and nodes in flight are estimated at all.
 """
 
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.estimates import estimate_spacing
+from broker.estimates import next_estimate_at
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,13 @@ class EstimateCache:
         except Exception:
             log.warning("could not estimate the end of %s", key, exc_info=True)
             estimate = None
-        took = self._clock() - now
+        finished = self._clock()
         with self._lock:
             self._kept.pop(key, None)
             if len(self._kept) >= CAPACITY:
                 del self._kept[next(iter(self._kept))]
             # a costly estimate is kept longer: polling a huge workflow must not keep the server busy
-            self._kept[key] = (now + took + estimate_spacing(TTL, took), estimate)
+            self._kept[key] = (next_estimate_at(now, finished, TTL), estimate)
         return estimate
 
 

@@ -185,7 +185,7 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
     from broker.cli.progress import ESTIMATE_INTERVAL, Display, print_summary
     from broker.cli.signals import Interrupts
     from broker.errors import BrokerError
-    from broker.estimates import estimate_spacing
+    from broker.estimates import next_estimate_at
     from broker.states import WORKFLOW_TERMINAL
 
     startup_over()  # from here on the process may run for hours
@@ -199,8 +199,7 @@ def follow(engine: Any, workflow_id: int, global_id: str, tracker: Any, owner: s
             if time.monotonic() >= next_estimate and not cancelling:
                 started = time.monotonic()
                 display.set_estimate(_remaining(engine, workflow_id))
-                took = time.monotonic() - started
-                next_estimate = started + took + estimate_spacing(ESTIMATE_INTERVAL, took)
+                next_estimate = next_estimate_at(started, time.monotonic(), ESTIMATE_INTERVAL)
             if signals.interrupts >= 2 or signals.terminated:
                 display.note(f"stopping now; payloads still running keep running: `broker resume {global_id}` "
                              "re-attaches to them")

@@ -22,6 +22,7 @@ from broker.events.document import EventDocument
 from broker.events.routing import destinations
 from broker.events.types import EventLevel, EventType
 from broker.persistence.models import Event, Outbox, User, Workflow
+from broker.persistence.rawsql import time_for_driver
 
 OUTBOX, EVENTS, WORKFLOWS, USERS = Outbox.__table__, Event.__table__, Workflow.__table__, User.__table__
 #: ids per UPDATE ... WHERE id IN (...) (well below every database's bound-parameter limit)
@@ -131,9 +132,7 @@ class OutboxSQL:
 
     def mark(self, outbox_ids: Sequence[int], now: dt.datetime) -> None:
         """Mark rows sent, in one short transaction."""
-        utc = now.astimezone(dt.timezone.utc)
-        # SQLite keeps naive UTC text, in the format of SQLAlchemy's DateTime (which reads it back)
-        sent_at: Any = utc.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else utc
+        sent_at = time_for_driver(now, self.sqlite)
         with self._cursor() as (connection, cursor):
             for i in range(0, len(outbox_ids), MARK_CHUNK):
                 chunk = list(outbox_ids[i:i + MARK_CHUNK])

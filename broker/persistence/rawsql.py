@@ -49,6 +49,13 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def time_for_driver(value: dt.datetime, sqlite: bool) -> Any:
+    """``value`` as its DateTime column takes it: UTC, and on SQLite the naive text SQLAlchemy's DateTime
+    writes and reads back (so rows written here and through the ORM sort and compare alike)."""
+    utc = value.astimezone(dt.timezone.utc)
+    return utc.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else utc
+
+
 class RawWriter:
     """Renders and runs the writer's statements for one dialect ("sqlite" or "postgresql")."""
 
@@ -67,16 +74,6 @@ class RawWriter:
 
     # ------------------------------------------------------------------------------------ conversions
 
-    def value(self, column: str, value: Any) -> Any:
-        """``value`` of ``column`` as the driver takes it (as the column's SQLAlchemy type would convert it)."""
-        if value is None:
-            return None
-        if column in TIME_COLUMNS:
-            return self._time(value)
-        if column in JSON_COLUMNS:
-            return self._json_value(value)
-        return value
-
     def _time(self, value: dt.datetime | None) -> Any:
         if value is None:
             return None
@@ -84,8 +81,7 @@ class RawWriter:
         last = self._last_time
         if last is not None and last[0] is value:
             return last[1]
-        utc = value.astimezone(dt.timezone.utc)
-        out = utc.strftime("%Y-%m-%d %H:%M:%S.%f") if self.dialect == "sqlite" else utc
+        out = time_for_driver(value, self.dialect == "sqlite")
         self._last_time = (value, out)
         return out
 

@@ -19,16 +19,23 @@ PLUS2 = dt.timezone(dt.timedelta(hours=2))
 
 
 def test_each_time_converts_to_its_own_utc_text_whatever_came_before():
-    raw = RawWriter("sqlite")
     first = dt.datetime(2026, 12, 7, 5, 0, 0, 0, tzinfo=PLUS2)
     second = dt.datetime(2026, 12, 7, 3, 0, 0, 1, tzinfo=UTC)  # the same hour in UTC, one microsecond later
     equal_to_first = dt.datetime(2026, 12, 7, 3, 0, 0, 0, tzinfo=UTC)  # equal, but another object
-    assert raw.value("time", first) == "2026-12-07 03:00:00.000000"
-    assert raw.value("time", first) == "2026-12-07 03:00:00.000000"  # from the cache
-    assert raw.value("time", second) == "2026-12-07 03:00:00.000001"
-    assert raw.value("time", equal_to_first) == "2026-12-07 03:00:00.000000"
-    assert raw.value("started_at", None) is None
-    assert RawWriter("postgresql").value("time", first) == equal_to_first
+    convert = _time_converter(RawWriter("sqlite"))
+    assert convert(first) == "2026-12-07 03:00:00.000000"
+    assert convert(first) == "2026-12-07 03:00:00.000000"  # from the cache
+    assert convert(second) == "2026-12-07 03:00:00.000001"
+    assert convert(equal_to_first) == "2026-12-07 03:00:00.000000"
+    assert convert(None) is None
+    assert _time_converter(RawWriter("postgresql"))(first) == equal_to_first
+
+
+def _time_converter(raw: RawWriter):
+    """The converter the writer applies to a time column (the one an insert of events would use)."""
+    ((column, convert),) = [pair for pair in raw._converters(EVENT_COLUMNS) if pair[0] == "time"]
+    assert convert is not None
+    return convert
 
 
 def test_rows_keep_their_values_in_place_with_only_their_few_columns_converted(session):

@@ -188,3 +188,29 @@ def test_the_session_cookie_is_secure_behind_tls_only():
     assert "Secure" not in session_cookie("c", "t", secure=False)[1]
     cleared = session_cookie("c", "", secure=False, max_age=0)[1]
     assert cleared.startswith("c=;") and "Max-Age=0" in cleared
+
+
+def test_the_pages_estimates_are_kept_as_the_apis_so_a_reload_loop_does_not_recompute_them(monkeypatch):
+    from types import SimpleNamespace
+
+    from broker.api.estimated import TTL, EstimateCache
+    from broker.ui import pages
+
+    now = [0.0]
+    computed = []
+
+    def estimate_workflow(s, workflow_id, slots):
+        computed.append((workflow_id, slots))
+        now[0] += 3.0  # a huge workflow: three seconds an estimate
+        return None
+
+    monkeypatch.setattr(pages, "estimate_workflow", estimate_workflow)
+    ui = SimpleNamespace(api=SimpleNamespace(estimates=EstimateCache(clock=lambda: now[0]),
+                                             settings=SimpleNamespace(engine=SimpleNamespace(max_in_flight=7))))
+    for _ in range(70):  # a page reloaded in a loop, a second apart, for 73 s
+        pages.workflow_estimate(ui, None, 42, "wf-big")
+        now[0] += 1.0
+    assert computed[0] == (42, 7)
+    # 3 s an estimate, kept 3 / ESTIMATE_SHARE = 60 s: the first, and one after the 63rd second
+    assert len(computed) == 2, computed
+    assert TTL < 60
