@@ -47,6 +47,8 @@ SYNC_EVERY = 0.05
 MAX_QUEUED = 100000
 #: a journal bigger than this is emptied once no payload runs
 JOURNAL_MAX = 1 << 20
+#: seconds a program found on a PATH is started from there without looking again
+PROGRAM_TTL = 5.0
 PR_SET_PDEATHSIG = 1
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -81,11 +83,9 @@ def sweep(journal_path):
                     unended.discard(os.fsencode(record["e"]))
     except FileNotFoundError:
         pass
-    killed, found = 0, bool(unended)
-    for _ in range(10):  # again while a pass finds some: one may have forked while the last pass ran
-        if not found:
-            break
-        found = False
+    killed, found, passes = 0, bool(unended), 0
+    while found and passes < 10:  # again while a pass finds some: one may have forked while the last pass ran
+        found, passes = False, passes + 1
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == os.getpid():
                 continue
@@ -130,6 +130,7 @@ class Agent:
         self.conns = {}  # fd -> Conn
         self.dirty = False
         self.synced_at = 0.0
+        self.programs = {}  # (name, PATH) -> (file, when found)
         self.journal = os.open(os.path.join(state_dir, JOURNAL_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -257,10 +258,11 @@ class Agent:
             self.send(conn, {"id": message["id"], "error": "cannot start in %s: %s" % (cwd, exc.strerror),
                              "retryable": False})
             return
+        program = self.find(argv[0], env)
         self.record({"s": workdir})  # before the fork: an agent killed at any point after it sweeps this one
         pid = os.fork()
         if pid == 0:
-            self.child(workdir, argv, cwd, env)
+            self.child(workdir, argv, cwd, env, program)
         pidfd = os.pidfd_open(pid)
         child = Child(workdir, pid, pidfd, lock)
         self.children[pidfd] = child
@@ -268,7 +270,27 @@ class Agent:
         self.epoll.register(pidfd, select.EPOLLIN)
         self.send(conn, {"id": message["id"], "pid": pid})
 
-    def child(self, workdir, argv, cwd, env):
+    def find(self, name, env):
+        """The file execvpe would start for ``name`` under ``env``'s PATH; None: the child searches. In the child
+        execvpe imported the warnings module and tried an exec per directory (a millisecond of each start)."""
+        if "/" in name:
+            return None
+        path = env.get(b"PATH", os.defpath.encode())
+        found, now = self.programs.get((name, path)), time.monotonic()
+        if found is not None and now - found[1] < PROGRAM_TTL:
+            return found[0]
+        for directory in path.split(b":"):
+            candidate = os.path.join(os.fsdecode(directory), name)
+            if not directory.startswith(b"/"):
+                return None
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                if len(self.programs) > 1000:
+                    self.programs.clear()
+                self.programs[(name, path)] = (candidate, now)
+                return candidate
+        return None
+
+    def child(self, workdir, argv, cwd, env, program=None):
         """In the forked child: become the attempt's session, die with the agent, record the pid, exec."""
         code = 127
         try:
@@ -289,6 +311,11 @@ class Agent:
             # closing 65,000 numbers one by one cost half a millisecond per start
             os.chdir(cwd)
             code = 126
+            if program is not None:
+                try:
+                    os.execve(program, argv, env)
+                except OSError:
+                    pass  # changed since it was found: search as execvpe does
             os.execvpe(argv[0], argv, env)
         except FileNotFoundError:
             code = 127
@@ -360,9 +387,8 @@ def main(argv):
     log = os.open(os.path.join(state_dir, LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     os.write(1, b"ready %d\n" % killed)
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    os.dup2(log, 2)
+    for fd, target in ((null, 0), (null, 1), (log, 2)):
+        os.dup2(fd, target)
     try:
         agent.run()
     finally:

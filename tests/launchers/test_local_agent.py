@@ -147,6 +147,44 @@ def test_a_payload_inherits_no_descriptor_of_the_agent(state, tmp_path):
                                                              str(workdir / "stderr"), str(workdir / "payload")}
 
 
+def test_an_interpreter_on_the_payloads_path_is_found_by_the_agent_and_searched_again_once_gone(state, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory, word in ((first, "first"), (second, "second")):
+        directory.mkdir()
+        (directory / "interp").write_text(f'#!/bin/sh\necho {word} "$(cat "$1")"\n')
+        (directory / "interp").chmod(0o755)
+    env = (("PATH", f"{first}:{second}:/usr/bin:/bin"),)
+    with AgentLauncher(state) as launcher:
+        one = launcher.launch(request(tmp_path / "w1", "body", interpreter="interp", env=env))
+        assert run_to_end(launcher, one).outcome == base.SUCCEEDED
+        assert (tmp_path / "w1" / "stdout").read_text() == "first body\n"
+        (first / "interp").unlink()  # gone while the agent still holds where it found it
+        two = launcher.launch(request(tmp_path / "w2", "body", node_id=2, interpreter="interp", env=env))
+        assert run_to_end(launcher, two).outcome == base.SUCCEEDED
+        assert (tmp_path / "w2" / "stdout").read_text() == "second body\n"
+        (second / "interp").unlink()
+        three = launcher.launch(request(tmp_path / "w3", "body", node_id=3, interpreter="interp", env=env))
+        assert run_to_end(launcher, three).exit_code == 127  # as a shell says "not found"
+
+
+def test_the_agent_leaves_a_search_through_a_relative_directory_to_the_child(tmp_path):
+    from broker.elf.agent import Agent
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "interp").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "interp").chmod(0o755)
+    agent = Agent(str(tmp_path))
+    try:
+        assert agent.find("interp", {b"PATH": os.fsencode(tmp_path / "bin")}) == str(tmp_path / "bin" / "interp")
+        # the child's working directory is the attempt's, not the agent's: only the child can search it
+        assert agent.find("interp", {b"PATH": b"tools:" + os.fsencode(tmp_path / "bin")}) is None
+        assert agent.find("/bin/sh", {}) is None  # a path: nothing to search
+        assert agent.find("no-such-interpreter", {b"PATH": b"/usr/bin:/bin"}) is None
+    finally:
+        agent.listener.close()
+        agent.epoll.close()
+
+
 @pytest.mark.parametrize("agent_runs_on", [True, False], ids=["agent-runs-on", "agent-gone"])
 def test_an_adopted_attempt_whose_end_went_to_no_one_ends_once_a_stopped_brokers_lock_is_released(
         state, tmp_path, monkeypatch, agent_runs_on):
