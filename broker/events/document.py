@@ -101,8 +101,8 @@ def _astral_reference(match: re.Match[str]) -> str:
 
 
 def _text(text: str) -> str:
-    """Character data as XML text: safe characters, escaped markup."""
-    text = xml_safe(text)
+    """Character data as XML text, markup escaped (characters XML cannot carry are replaced in the whole
+    body at once, by :func:`render`)."""
     # most texts need no escape, and finding that out is much cheaper than translating
     return text.translate(_TEXT_ESCAPES) if _MARKUP.search(text) else text
 
@@ -114,24 +114,31 @@ def render(doc: EventDocument) -> bytes:
     the same bytes lxml wrote, escapes included, which tests/events/test_document.py checks against an
     lxml rendering over many hostile values.
     """
-    parts = [_HEAD]
-    for name, value in (
-            ("id", str(doc.event_id)), ("sequence", None if doc.seq is None else str(doc.seq)),
-            ("type", EventType(doc.type).value), ("level", EventLevel(doc.level).name),
-            ("workflowId", doc.workflow_id), ("nodeId", doc.node_id), ("user", doc.user), ("actor", doc.actor),
-            ("state", doc.state), ("time", format_time(doc.time)), ("message", doc.message)):
+    # id, sequence, type, level and time are ASCII the broker wrote: nothing to escape
+    parts = [_HEAD, f"<id>{doc.event_id}</id>"]
+    if doc.seq is not None:
+        parts.append(f"<sequence>{doc.seq}</sequence>")
+    parts.append(f"<type>{EventType(doc.type).value}</type><level>{EventLevel(doc.level).name}</level>")
+    for name, value in (("workflowId", doc.workflow_id), ("nodeId", doc.node_id), ("user", doc.user),
+                        ("actor", doc.actor), ("state", doc.state)):
         if value is not None:
             parts.append(f"<{name}>{_text(value)}</{name}>")
+    parts.append(f"<time>{format_time(doc.time)}</time>")
+    if doc.message is not None:
+        parts.append(f"<message>{_text(doc.message)}</message>")
     if doc.properties:
         parts.append("<properties>")
         for name in sorted(doc.properties):
-            attribute = xml_safe(str(name)).translate(_ATTRIBUTE_ESCAPES)
+            attribute = str(name).translate(_ATTRIBUTE_ESCAPES)
             parts.append(f'<property name="{attribute}">{_text(json_text(doc.properties[name]))}</property>')
         parts.append("</properties>")
     parts.append("</event>")
-    body = "".join(parts)
-    # only inside text and attribute values (the names are ASCII), where a character reference is allowed
-    return _ASTRAL.sub(_astral_reference, body).encode("utf-8")
+    # the element names and escapes are plain ASCII: what XML cannot carry, and what lies outside the Basic
+    # Multilingual Plane (as a character reference), can only be in text and attribute values
+    body = xml_safe("".join(parts))
+    if not body.isascii():  # a flag of the string: free
+        body = _ASTRAL.sub(_astral_reference, body)
+    return body.encode("utf-8")
 
 
 def headers(doc: EventDocument) -> dict[str, str]:
