@@ -81,7 +81,7 @@ class Applier(threading.Thread):
         """Write the writer_info row (who holds the database, as whom it runs payloads)."""
         with self.engine.sessions.begin() as s:
             if self.engine.store.guard is not None:
-                self.engine.store.guard(s)
+                self.engine.store.guard.check(s)
             requests.announce(s, self.holder, os.getpid(), self.account, self.runs_as)
 
     def stop(self) -> None:

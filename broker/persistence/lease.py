@@ -10,7 +10,8 @@ writing; and a stopped process or a dead host keeps it until TCP gives up. The l
   the database's clock only, so the hosts' clocks never matter; a renewal matches ``epoch = mine`` only, so a
   holder reconnecting after a cut connection renews the same lease and goes on;
 - is checked by every writer commit in the same transaction (:meth:`Lease.check`, ``epoch = mine ... FOR
-  KEY SHARE``: a takeover, which locks the row FOR UPDATE, waits for that commit to end), and before every side effect outside the database
+  KEY SHARE``: a takeover, which locks the row FOR UPDATE, waits for that commit to end; the writer sends it
+  in one pipeline with its writes, :meth:`Lease.queue_check`), and before every side effect outside the database
   (starting a payload, a transfer, a kill: :meth:`Lease.ensure`) against the holder's own boot-time clock,
   started before its last renewal was sent: a broker stopped past its expiry finds out before it acts;
 - when a renewal or a commit finds another epoch, ``on_lost`` is called once: the engine prints one line
@@ -63,7 +64,8 @@ _RENEW = text("UPDATE broker_lease SET renewed_at = clock_timestamp(), "
               "expires_at = clock_timestamp() + :timeout * interval '1 second' WHERE id = 1 AND epoch = :epoch")
 # KEY SHARE: renewals (which change no key) go on beside a long writer transaction; a claim, which first
 # locks the row FOR UPDATE, waits for it to end
-_CHECK = text("SELECT epoch FROM broker_lease WHERE id = 1 AND epoch = :epoch FOR KEY SHARE")
+_CHECK_SQL = "SELECT epoch FROM broker_lease WHERE id = 1 AND epoch = {} FOR KEY SHARE"
+_CHECK = text(_CHECK_SQL.format(":epoch"))
 _LOCK = text("SELECT epoch FROM broker_lease WHERE id = 1 FOR UPDATE")
 _RELEASE = text("UPDATE broker_lease SET holder = NULL, expires_at = clock_timestamp() "
                 "WHERE id = 1 AND epoch = :epoch")
@@ -235,10 +237,23 @@ class Lease:
     # ------------------------------------------------------------------------------------------- check
 
     def check(self, session: Any) -> None:
-        """First in a writer's transaction: raise LeaseLost unless the lease is still ours (a takeover waits for
-        this transaction to end: the row is locked FOR KEY SHARE until then)."""
+        """In a writer's transaction, before it commits: raise LeaseLost unless the lease is still ours (a
+        takeover waits for this transaction to end: the row is locked FOR KEY SHARE until then)."""
         if session.execute(_CHECK, {"epoch": self.epoch}).first() is None:
             raise self._lose(session)
+
+    def queue_check(self, cursor: Any) -> Callable[[], None]:
+        """:meth:`check` sent on a driver ``cursor`` of its own, in a PostgreSQL pipeline with the statements
+        it guards (no round trip of its own); the call returned raises LeaseLost unless the lease is still
+        ours, and must come before the commit. The row stays locked until the transaction ends, as with
+        :meth:`check`: a transaction that commits checked the lease, whatever it did before."""
+        cursor.execute(_CHECK_SQL.format("%s"), (self.epoch,))
+
+        def verify() -> None:
+            if cursor.fetchone() is None:
+                raise self._lose()
+
+        return verify
 
     def ensure(self) -> None:
         """Return only while the lease is surely ours for at least half a renewal interval more; renew it now

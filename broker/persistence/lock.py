@@ -10,12 +10,15 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from broker.errors import BrokerLocked, DatabaseError
+
+if TYPE_CHECKING:
+    from broker.persistence.lease import Lease
 
 
 class BrokerLock:
@@ -88,9 +91,9 @@ class BrokerLock:
         return self.lease.holder.text if self.lease is not None else None
 
     @property
-    def guard(self) -> Callable[[Any], None] | None:
-        """What a writer calls in each transaction before it commits (PostgreSQL), or None."""
-        return self.lease.check if self.lease is not None else None
+    def guard(self) -> Lease | None:
+        """What a writer checks in each transaction before it commits (PostgreSQL: the lease), or None."""
+        return self.lease
 
     def alive(self) -> bool:
         """Whether the lease still holds (PostgreSQL: by its last renewal; SQLite: while this process lives)."""

@@ -13,9 +13,8 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -37,6 +36,9 @@ from broker.persistence.rawsql import RawWriter
 from broker.persistence.timings import CommitTimes
 from broker.persistence.writeset import WriteSet
 from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
+
+if TYPE_CHECKING:
+    from broker.persistence.lease import Lease
 
 log = logging.getLogger(__name__)
 NODES = Node.__table__
@@ -61,9 +63,9 @@ class Store:
     """Applies changes; the only code that writes node and workflow state."""
 
     def __init__(self, session_factory: sessionmaker[Session], *, limits: Any = None,
-                 guard: Callable[[Session], None] | None = None, publishing: bool = True, work_root: str = ""):
+                 guard: Lease | None = None, publishing: bool = True, work_root: str = ""):
         self.session_factory = session_factory
-        self.guard = guard  #: called first in each transaction: raises LeaseLost when this process may not write
+        self.guard = guard  #: checked in each transaction before it commits (broker.persistence.rawsql.write)
         self.publishing = publishing  #: a bus is configured ([events] url); without one, no outbox rows
         self.work_root = work_root or None  #: recorded on each stored workflow: where a resume creates attempts
         self.mirror = Mirror()
@@ -87,7 +89,8 @@ class Store:
         while True:
             try:
                 return self._commit(changes)
-            except LeaseLost:  # nothing was written, nor may be: not a fault to retry or split
+            except LeaseLost:  # nothing was committed, nor may be: not a fault to retry or split
+                self._reload(changes)
                 raise
             except OperationalError as exc:  # unreachable or locked: the same batch will work later
                 level = logging.DEBUG if delay == RETRY_FIRST else logging.WARNING  # one cut: a quiet reconnect
@@ -114,15 +117,13 @@ class Store:
         out = Outcome()
         batch = WriteSet(publishing=self.publishing)
         with self.session_factory.begin() as s:
-            if self.guard is not None:  # first: it locks the lease row until this transaction ends
-                self.guard(s)
             for change in changes:
                 self._apply(s, change, batch, out)
             self._insert_created(s, batch)
             self._stop_failing(batch)
             self._derive(batch)
             batch.counts()
-            self._sql(s).write(s, batch)
+            self._sql(s).write(s, batch, self.guard)
             if batch.spawned:
                 crash_point("spawn")
             elif batch.expanded:

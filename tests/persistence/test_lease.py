@@ -109,7 +109,7 @@ def test_a_holder_that_renews_after_its_connections_were_cut_keeps_its_lease(loc
     wait_for(lambda: locks.sql("SELECT renewed_at FROM broker_lease").renewed_at > renewed, what="a renewal")
     assert locks.row().epoch == epoch and first.alive() and locks.lost == []
     with session_factory(locks.db).begin() as s:
-        first.guard(s)  # a commit checks the same epoch: still ours
+        first.guard.check(s)  # a commit checks the same epoch: still ours
 
 
 def test_a_lease_whose_holder_is_gone_from_this_machine_is_taken_at_once(locks):
@@ -197,8 +197,42 @@ def test_a_standby_waits_while_the_lease_is_held_and_refuses_what_it_is_told_to(
 def test_a_renewal_does_not_wait_for_a_writer_transaction_that_checked_the_lease(locks):
     first = locks.take()
     with session_factory(locks.db).begin() as s:
-        first.guard(s)  # the writer's transaction keeps the row locked until it ends
+        first.guard.check(s)  # the writer's transaction keeps the row locked until it ends
         renewal = threading.Thread(target=first.lease._renew)
         renewal.start()
         renewal.join(timeout=30)
         assert not renewal.is_alive(), "the renewal waited for the writer's transaction"
+
+
+def test_a_check_sent_with_the_writes_holds_the_row_until_the_commit_and_refuses_a_lost_lease(locks):
+    first = locks.take()
+    lock_waits = []
+
+    def take_over():  # what a takeover does first: lock the row FOR UPDATE (here with a short lock_timeout)
+        with locks.db.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '300ms'"))
+            try:
+                conn.execute(text("SELECT epoch FROM broker_lease WHERE id = 1 FOR UPDATE"))
+                lock_waits.append("got it")
+            except Exception as exc:  # the lock timeout: it waited for the writer's transaction
+                lock_waits.append(type(exc).__name__)
+
+    with session_factory(locks.db).begin() as s:
+        driver = s.connection().connection.driver_connection
+        with driver.pipeline(), driver.cursor() as cursor:
+            verify = first.guard.queue_check(cursor)
+            verify()  # still ours
+        takeover = threading.Thread(target=take_over)
+        takeover.start()
+        takeover.join(timeout=30)
+    assert lock_waits == ["OperationalError"], lock_waits  # the row stayed locked until the commit
+    take_over()
+    assert lock_waits[-1] == "got it"  # and free once it ended
+    locks.expire()
+    locks.take(role="broker serve")
+    with session_factory(locks.db).begin() as s:
+        driver = s.connection().connection.driver_connection
+        with driver.pipeline(), driver.cursor() as cursor:
+            verify = first.guard.queue_check(cursor)
+            with pytest.raises(LeaseLost):
+                verify()
