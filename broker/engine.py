@@ -31,7 +31,7 @@ from broker.controllers.submission import SubmissionController
 from broker.errors import BrokerError
 from broker.persistence.changes import (Accepted, CancelNodes, CancelWorkflow, DeleteWorkflows, Deleted, Note,
                                         Rejected, Restart, Submit, Track)
-from broker.persistence.db import session_factory
+from broker.persistence.db import session_factory, writer_engine
 from broker.persistence.lock import BrokerLock
 from broker.persistence.models import Workflow
 from broker.persistence.opening import open_database
@@ -104,6 +104,8 @@ class Engine:
         # built by start() in this order, and stopped in reverse by stop(); None until then
         self.lock: BrokerLock | None = None
         self.db: Any = None
+        #: the writer's (broker.persistence.db.writer_engine: on SQLite, db itself)
+        self.writer_db: Any = None
         #: session factory for reads (every write goes through the writer)
         self.sessions: Any = None
         self.resources: Any = None
@@ -156,7 +158,8 @@ class Engine:
                                      workdir=self.workdir, resources=self.resources, launchers=self.launchers,
                                      all_workflows=self.all_workflows, push_url=self.push_url, lease=lock.lease)
             # every commit checks, in its own transaction, that the lease is still this broker's
-            self.store = Store(self.sessions, limits=settings.limits, guard=lock.guard,
+            self.writer_db = writer_engine(self.db, settings, application_name=lock.holder_name)
+            self.store = Store(session_factory(self.writer_db), limits=settings.limits, guard=lock.guard,
                                publishing=settings.events.publishing, work_root=str(self.workdir))
             # the outbox relay (None without [events] url) is woken by every commit, as a writer listener
             self.relay = None
@@ -366,6 +369,8 @@ class Engine:
             self.unsent_at_stop = self.relay.stop()
         if self._launcher is not None:
             self._launcher.close()
+        if self.writer_db is not None and self.writer_db is not self.db:
+            self.writer_db.dispose()
         if self.db is not None:
             self.db.dispose()
 

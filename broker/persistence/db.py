@@ -80,13 +80,14 @@ def _database_settings(settings: Any) -> DatabaseSettings:
 
 
 def make_engine(url: str | URL, settings: Any = None, *, pool_size: int | None = None,
-                application_name: str | None = None) -> Engine:
+                application_name: str | None = None, ping: bool = True) -> Engine:
     """An engine for ``url`` configured from ``settings`` (a Settings or DatabaseSettings; None: defaults).
 
     ``pool_size``: connections the pool keeps (SQLAlchemy's default: 5). ``application_name`` (PostgreSQL):
     how the connections show in ``pg_stat_activity``; a broker taking over an expired lease ends those of
-    its holder by it. Creates the directory of a SQLite file. Raises ConfigError for a bad URL or setting,
-    DatabaseError when the directory cannot be created.
+    its holder by it. ``ping`` (PostgreSQL): ping each connection as the pool hands it out (see
+    :func:`writer_engine` for the one engine that does not). Creates the directory of a SQLite file. Raises
+    ConfigError for a bad URL or setting, DatabaseError when the directory cannot be created.
     """
     db = _database_settings(settings)
     parsed = normalise_url(url)
@@ -96,7 +97,21 @@ def make_engine(url: str | URL, settings: Any = None, *, pool_size: int | None =
     # pre-ping: a PostgreSQL restart must cost one reconnect, not one failed transaction per pooled connection
     if application_name:
         pool["connect_args"] = {"application_name": application_name}
-    return create_engine(parsed, pool_pre_ping=True, **pool)
+    return create_engine(parsed, pool_pre_ping=ping, **pool)
+
+
+def writer_engine(engine: Engine, settings: Any = None, application_name: str | None = None) -> Engine:
+    """The engine of the writer's transactions: ``engine`` itself on SQLite; on PostgreSQL the same database
+    through a small pool of its own whose connections are not pinged as they are handed out.
+
+    The writer takes a connection for each commit, and the ping was one of the few round trips of each (with
+    the lease's check and the writes sent in one pipeline, see broker.persistence.rawsql). A connection cut by
+    a server restart fails one commit instead, which the store retries at once on a new connection (an
+    OperationalError is "unreachable: the same batch will work later"); readers keep their ping, since a
+    failed read would reach a client."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return make_engine(engine.url, settings, pool_size=1, application_name=application_name, ping=False)
 
 
 def _sqlite_engine(url: URL, db: DatabaseSettings, pool: dict[str, Any]) -> Engine:

@@ -190,3 +190,35 @@ def test_a_naive_datetime_is_refused(sessions):
     with pytest.raises(StatementError, match="naive datetime"):
         with sessions.begin() as s:
             s.add(User(name="bob", created_at=dt.datetime(2026, 1, 1)))
+
+
+def test_the_writers_connection_is_not_pinged_and_a_commit_after_a_cut_is_retried_on_a_new_one(engine, monkeypatch):
+    from broker.persistence.changes import Note
+    from broker.persistence.db import writer_engine
+    from broker.persistence.store import Store
+
+    writer = writer_engine(engine)
+    if engine.dialect.name == "sqlite":
+        assert writer is engine  # in process: nothing to ping, one pool
+        return
+    with engine.connect():
+        pass  # pooled: pinged when it is handed out again (a new connection is not)
+    pings = []
+    original = type(engine.dialect).do_ping
+    monkeypatch.setattr(type(engine.dialect), "do_ping", lambda self, c: pings.append(1) or original(self, c))
+    try:
+        store = Store(session_factory(writer))
+        store.commit([Note(None, "ADMIN_ACTION", "admin:root", message="one")])
+        store.commit([Note(None, "ADMIN_ACTION", "admin:root", message="two")])
+        assert pings == []
+        with engine.connect() as conn:  # a reader: pinged as the pool hands it out
+            assert pings == [1]
+            ended = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                                      "datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+        assert ended >= 1  # the writer's connection, cut as by a server restart
+        store.commit([Note(None, "ADMIN_ACTION", "admin:root", message="three")])  # retried on a new one
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT message FROM events ORDER BY id")).scalars().all() == [
+                "one", "two", "three"]
+    finally:
+        writer.dispose()
