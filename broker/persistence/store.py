@@ -35,7 +35,7 @@ from broker.persistence.quota import NodeQuota
 from broker.persistence.rawsql import RawWriter
 from broker.persistence.timings import CommitTimes
 from broker.persistence.writeset import WriteSet
-from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState
+from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState, check_transition
 
 if TYPE_CHECKING:
     from broker.persistence.lease import Lease
@@ -225,6 +225,8 @@ class Store:
         retry = getattr(spec, "execution", None) and spec.execution.retry  # type: ignore[union-attr]
         if not retry or node.retries >= retry.count:
             return NodeState.FAILED
+        # checked before the event: a late report for an ended node is refused without announcing a retry
+        check_transition(node.state, NodeState.RETRY_WAIT, group=node.is_group)
         delay = retry.delay(node.retries + 1)
         fields["retries"] = node.retries + 1
         fields["retry_at"] = batch.now + dt.timedelta(seconds=delay)

@@ -129,6 +129,38 @@ def test_a_retryable_failure_is_a_field_of_the_transition_and_its_policy_decides
         assert (f.state, f.retries) == (NodeState.FAILED.value, 0)  # not retryable: failed, whatever the policy
 
 
+def test_a_late_retryable_failure_of_an_ended_node_is_refused_without_announcing_a_retry(sessions):
+    import dataclasses
+
+    from broker.description.model import Execution, Retry
+    from broker.persistence.models import Event
+
+    policy = Execution(retry=Retry(count=2, backoff=60.0))
+    store = Store(sessions)
+    with sessions.begin() as s:
+        wf = repo.submit_workflow(s, WorkflowSpec(name="late", nodes=(dataclasses.replace(node("a"), execution=policy),
+                                                                      node("b"))),
+                                  descriptor=DESCRIPTOR, owner=repo.ensure_user(s, "alice"))
+        wf_id = wf.id
+    store.commit([Track(wf_id)])
+    with sessions() as s:
+        ids = dict(s.execute(select(Node.path, Node.id).where(Node.workflow_id == wf_id)).all())
+    store.commit([Transition(node_id=ids["a"], to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True)])
+    store.commit([Transition(node_id=ids["a"], to=NodeState.SUCCEEDED, actor="monitoring", attempt=1)])
+    # the same attempt's failure, late (a second report of a payload killed as it ended), in a batch with another
+    out = store.commit([Transition(node_id=ids["a"], to=NodeState.FAILED, actor="monitoring", attempt=1,
+                                   retryable=True, reply_to="monitoring"),
+                        Transition(node_id=ids["b"], to=NodeState.QUEUED, actor="submission", attempt=0,
+                                   new_attempt=True)])
+    assert [type(reply).__name__ for _, reply in out.replies] == ["Rejected"]
+    with sessions() as s:
+        a, b = s.get(Node, ids["a"]), s.get(Node, ids["b"])
+        assert (a.state, a.retries, a.retry_at) == (NodeState.SUCCEEDED.value, 0, None)
+        assert b.state == NodeState.QUEUED.value  # the rest of the batch went on
+        assert s.execute(select(Event).where(Event.type == "NODE_RETRY")).scalars().all() == []
+    assert store.mirror.nodes[ids["a"]].retries == 0
+
+
 def test_a_spawn_is_applied_with_its_result_once_and_a_second_copy_of_that_result_is_refused(sessions):
     from broker.description.spawn import record
     from broker.persistence.changes import Rejected
