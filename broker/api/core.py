@@ -128,6 +128,17 @@ def core_operations(fault: type) -> dict[str, Any]:
             owner = queries.user_by_name(s, name)
         return wire.events(api, lastId, owner.id)
 
+    @rpc(Integer64, Integer64, _returns=Array(StatusInfo, wrapped=False), _out_variable_name="return",
+         _throws=fault)
+    def getStatusInfoForWorkflow(ctx, id, lastId):
+        """One workflow's events after lastId, oldest first, at most [api] page_size of them: its owner's or an
+        admin's (NotFound for anyone else, as for no such workflow). Not in the Java interface: a widening."""
+        user = caller(_env(ctx))
+        api = _api(ctx)
+        with api.sessions() as s:
+            workflow_id = queries.visible_workflow(s, _id(id), scope_of(user)).id
+        return wire.events(api, lastId, None, workflow_id=workflow_id)
+
     @rpc(Unicode, Boolean, _returns=StatusInfo, _out_variable_name="return", _throws=fault)
     def getStatusInfoForId(ctx, globalId, estimate):
         """The current status of a workflow or node global id, with the id of the newest event about it; with

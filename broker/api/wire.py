@@ -54,11 +54,12 @@ def status_info(status: queries.Status, estimate: Any = None) -> StatusInfo:
         nodePath=status.node_path, message=_text(status.message), progress=status.progress, properties=[])
 
 
-def events(api: ApiContext, last_id: int | None, owner_id: int | None, every_event: bool = False) -> list[StatusInfo]:
+def events(api: ApiContext, last_id: int | None, owner_id: int | None, every_event: bool = False,
+           workflow_id: int | None = None) -> list[StatusInfo]:
     """A page of events after ``last_id`` (bounded by ``[api] page_size``)."""
     with api.sessions() as s:
         rows = queries.events_page(s, max(0, last_id or 0), api.settings.api.page_size, owner_id=owner_id,
-                                   every_event=every_event)
+                                   every_event=every_event, workflow_id=workflow_id)
         return [event_info(event, gid) for event, gid in rows]
 
 

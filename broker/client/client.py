@@ -138,9 +138,14 @@ class Client:
     def events(self, after: int = 0) -> Iterator[types.Event]:
         """The caller's events (an admin's: everyone's) with an id above ``after``, oldest first, until there
         are no more for now; pages by ``lastId`` as the iterator advances."""
+        return self.pages("getStatusInfo", after)
+
+    def pages(self, operation: str, after: int, *arguments: Any) -> Iterator[types.Event]:
+        """The events an event-page ``operation`` gives (its ``arguments``, then ``lastId``) above ``after``,
+        oldest first, one call per page as the iterator advances, until a page is empty."""
         last = after
         while True:
-            page = self.call("getStatusInfo", last) or ()  # zeep shows an empty array as None
+            page = self.call(operation, *arguments, last) or ()  # zeep shows an empty array as None
             if not page:
                 return
             for info in page:

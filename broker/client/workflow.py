@@ -23,7 +23,7 @@ class Calls(Protocol):
 
     def status(self, global_id: str) -> types.Status: ...
 
-    def events(self, after: int = 0) -> Iterator[types.Event]: ...
+    def pages(self, operation: str, after: int, *arguments: Any) -> Iterator[types.Event]: ...
 
 
 class Workflow:
@@ -89,14 +89,10 @@ class Workflow:
             delay = min(delay * BACKOFF, max_poll)
 
     def events(self, after: int = 0) -> Iterator[types.Event]:
-        """This workflow's events with an id above ``after``, oldest first, until there are no more for now.
-
-        Pages through the caller's events by ``lastId`` (one call per ``[api] page_size`` events, fetched as
-        the iterator advances) and keeps this workflow's; an admin's pages hold every user's events.
-        """
-        for event in self.client.events(after):
-            if event.workflow_global_id == self.global_id:
-                yield event
+        """This workflow's events with an id above ``after``, oldest first, until there are no more for now
+        (``getStatusInfoForWorkflow``: one call per ``[api] page_size`` of its events, as the iterator
+        advances)."""
+        return self.client.pages("getStatusInfoForWorkflow", after, self.id)
 
     def nodes(self) -> list[types.Node]:
         """Every node of the workflow with its state and outputs, parents before their children."""

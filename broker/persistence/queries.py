@@ -189,13 +189,15 @@ def _utc(value: Any) -> dt.datetime | None:
 # -------------------------------------------------------------------------------------------- events
 
 def events_page(s: Session, last_id: int, limit: int, owner_id: int | None = None,
-                every_event: bool = False) -> list[tuple[Event, str | None]]:
+                every_event: bool = False, workflow_id: int | None = None) -> list[tuple[Event, str | None]]:
     """At most ``limit`` events after ``last_id``, oldest first, each with its workflow's global id.
 
-    ``owner_id`` limits them to that user's workflows; ``every_event`` (admins) also includes
-    service-level events, which belong to no workflow.
+    ``owner_id`` limits them to that user's workflows, ``workflow_id`` to one workflow; ``every_event``
+    (admins) also includes service-level events, which belong to no workflow.
     """
     query = _page(select(Event, Workflow.global_id), last_id, limit, owner_id, every_event)
+    if workflow_id is not None:
+        query = query.where(Event.workflow_id == workflow_id)  # ix_events_workflow_id: (workflow_id, id)
     return [(event, gid) for event, gid in s.execute(query)]
 
 
