@@ -267,6 +267,14 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def database_sessions(settings: Any) -> Any:
+    """A session factory on the configured database (an embedded one created or migrated first)."""
+    from broker.persistence.db import session_factory
+    from broker.persistence.opening import open_database
+
+    return session_factory(open_database(settings, auto_migrate=True))
+
+
 def not_found_is_usage(handler: Any) -> Any:
     """Wrap a command handler so that an unknown ID exits 2 (a usage error) rather than 3."""
     import functools

@@ -1,4 +1,5 @@
-"""``broker user add|list|passwd|remove``: the users of the SOAP API and their passwords.
+"""``broker user add|list|passwd|remove``: the users of the SOAP API and their passwords (``map``, ``unmap`` and
+``accounts``, their accounts on hosts: :mod:`broker.cli.useraccounts`).
 
 Passwords are read from the terminal (asked twice) or, with ``--password-stdin``, from the first line of
 standard input (for scripts). Only a salted scrypt hash is stored. A running ``broker serve`` sees a new
@@ -12,14 +13,15 @@ import getpass
 import sys
 from typing import Any
 
-from broker.cli import EXIT_OK, UsageError, add_db_option
-from broker.cli.common import not_found_is_usage, plural
+from broker.cli import EXIT_OK, UsageError, add_db_option, useraccounts
+from broker.cli.common import database_sessions, not_found_is_usage, plural
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``broker user`` and its actions."""
-    parser = subparsers.add_parser("user", help="manage the users of the SOAP API",
-                                   description="Manage the users of the SOAP API (names: [a-z][a-z0-9_-]*).")
+    parser = subparsers.add_parser("user", help="manage the users of the SOAP API and their accounts on hosts",
+                                   description="Manage the users of the SOAP API (names: [a-z][a-z0-9_-]*) and "
+                                               "the accounts their nodes run as on each host.")
     actions = parser.add_subparsers(dest="user_action", metavar="ACTION", required=True)
     add = actions.add_parser("add", parents=[common], help="add a user (or set an existing user's password)")
     add.add_argument("name", metavar="NAME")
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     for action in (add, passwd):
         action.add_argument("--password-stdin", action="store_true",
                             help="read the password from the first line of standard input")
-    for action in (add, passwd, listing, remove):
+    for action in (add, passwd, listing, remove, *useraccounts.register(actions, common)):
         add_db_option(action)
 
 
@@ -62,19 +64,12 @@ def _password(args: argparse.Namespace) -> str:
     return password
 
 
-def _sessions(settings: Any) -> Any:
-    from broker.persistence.db import session_factory
-    from broker.persistence.opening import open_database
-
-    return session_factory(open_database(settings, auto_migrate=True))
-
-
 def _add(args: argparse.Namespace, settings: Any) -> int:
     from broker.api.passwords import hash_password
     from broker.persistence import repository
 
     password = _password(args)
-    sessions = _sessions(settings)
+    sessions = database_sessions(settings)
     role = "admin" if args.admin else "user"
     with sessions.begin() as s:
         user = repository.ensure_user(s, args.name, role)
@@ -90,7 +85,7 @@ def _passwd(args: argparse.Namespace, settings: Any) -> int:
     from broker.persistence import repository
 
     password = _password(args)
-    sessions = _sessions(settings)
+    sessions = database_sessions(settings)
     with sessions.begin() as s:
         user = repository.get_user(s, args.name)
         user.password_hash = hash_password(password)
@@ -104,7 +99,7 @@ def _list(args: argparse.Namespace, settings: Any) -> int:
     from broker.cli.common import print_table
     from broker.persistence import queries
 
-    with _sessions(settings)() as s:
+    with database_sessions(settings)() as s:
         infos = queries.users_info(s)
         rows = [(i.name, i.role, "yes" if _has_password(s, i.name) else "no", sum(i.workflows.values()))
                 for i in infos]
@@ -127,7 +122,7 @@ def _remove(args: argparse.Namespace, settings: Any) -> int:
     from broker.persistence import repository
     from broker.persistence.models import Workflow
 
-    with _sessions(settings).begin() as s:
+    with database_sessions(settings).begin() as s:
         user = repository.get_user(s, args.name)
         owned = s.execute(select(func.count()).select_from(Workflow).where(Workflow.owner_id == user.id)).scalar_one()
         if owned:

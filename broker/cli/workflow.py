@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from broker.cli import EXIT_INVALID, EXIT_OK, EXIT_USAGE, add_db_option
-from broker.cli.common import not_found_is_usage, owner_name, plural
+from broker.cli.common import database_sessions, not_found_is_usage, owner_name, plural
 from broker.printable import printable
 
 
@@ -51,13 +51,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     remove.set_defaults(func=_remove)
     for action in (add, listing, show, remove):
         add_db_option(action)
-
-
-def _sessions(settings: Any) -> Any:
-    from broker.persistence.db import session_factory
-    from broker.persistence.opening import open_database
-
-    return session_factory(open_database(settings, auto_migrate=True))
 
 
 def _caller(s: Any, settings: Any) -> Any:
@@ -96,7 +89,7 @@ def _add(args: argparse.Namespace, settings: Any) -> int:
     except ConfigError as exc:
         hint = "" if args.name is not None else " (the workflow's name attribute; give one with --name)"
         return _refused(ConfigError(f"{exc}{hint}"))
-    with _sessions(settings).begin() as s:
+    with database_sessions(settings).begin() as s:
         try:
             added = stored.add(s, _caller(s, settings), name, _text(source), checked.spec.name)
         except NotAuthorized as exc:
@@ -114,7 +107,7 @@ def _list(args: argparse.Namespace, settings: Any) -> int:
     from broker.cli.common import iso, local_time, print_json, print_table
     from broker.persistence import stored
 
-    with _sessions(settings)() as s:
+    with database_sessions(settings)() as s:
         entries = stored.listing(s)
     if args.json:
         print_json([{**e, "added": iso(e["added"])} for e in entries])
@@ -132,7 +125,7 @@ def _show(args: argparse.Namespace, settings: Any) -> int:
     from broker.persistence import stored
 
     name, version = stored.parse_ref(args.ref)
-    with _sessions(settings)() as s:
+    with database_sessions(settings)() as s:
         row = stored.get(s, name, version)
         versions = [(v.version, v.descriptor_sha256, v.created_at) for v in stored.versions(s, name)]
         owner = stored.owner_name(s, row)
@@ -179,7 +172,7 @@ def _remove(args: argparse.Namespace, settings: Any) -> int:
     from broker.persistence import stored
 
     stored.check_name(args.name)
-    with _sessions(settings).begin() as s:
+    with database_sessions(settings).begin() as s:
         try:
             removed, used = stored.remove(s, _caller(s, settings), args.name)
         except NotAuthorized as exc:

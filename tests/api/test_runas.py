@@ -27,20 +27,21 @@ ALICE_ACCOUNT, BOB_ACCOUNT = "broker-test", "broker-test2"
 
 
 def add_mapping(url: str) -> None:
-    """User carol (no account anywhere) and bob's row of the accounts table."""
+    """User carol (no account anywhere) and bob's row of the accounts table (``broker user map``)."""
     from broker.api.passwords import hash_password
     from broker.persistence import repository
     from broker.persistence.db import make_engine, session_factory
-    from broker.persistence.models import Account
 
     engine = make_engine(url)
     try:
         with session_factory(engine).begin() as s:
             repository.ensure_user(s, "carol", "user").password_hash = hash_password("carol-pw")
-            bob = repository.ensure_user(s, "bob", "user")
-            s.add(Account(user_id=bob.id, host="localhost", account=BOB_ACCOUNT))
+            repository.ensure_user(s, "bob", "user")
     finally:
         engine.dispose()
+    mapped = subprocess.run([str(BROKER), "user", "map", "bob", "localhost", BOB_ACCOUNT, "--db", url],
+                            capture_output=True, text=True, timeout=120)
+    assert mapped.returncode == 0, mapped.stderr
 
 
 @pytest.fixture(scope="module")
