@@ -15,6 +15,7 @@ import pytest
 
 from broker.launchers import base
 from broker.launchers.agentlocal import AgentLauncher
+from broker.launchers.workdir import is_alive
 from tests.fixtures import wait_for
 from tests.launchers.helpers import Exits, alive, make_fifo, release, request, run_to_end
 
@@ -113,7 +114,9 @@ def test_a_broker_killed_while_its_agent_runs_payloads_is_followed_by_one_that_c
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         jobs = {int(k): v for k, v in json.loads(broker.stdout.readline()).items()}
-        wait_for(lambda: (tmp_path / "n1" / "exit").exists())
+        # ended and recorded: the agent writes the verdict, then journals the end and lets the launch lock go
+        # (until then a recovering broker rightly finds the attempt still running)
+        wait_for(lambda: (tmp_path / "n1" / "exit").exists() and not is_alive(str(tmp_path / "n1")))
         agent = parent_of(int(jobs[2]))
     finally:
         broker.kill()
