@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from broker.cli import EXIT_OK, UsageError
-from broker.cli.common import database_sessions, not_found_is_usage
+from broker.cli.common import database_sessions, not_found_is_usage, print_table
 
 #: schemas/hosts.xsd: HostName and Path
 HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,252}")
@@ -97,7 +97,6 @@ def _unmap(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _accounts(args: argparse.Namespace, settings: Any) -> int:
-    from broker.cli.common import print_table
     from broker.resources.accounts import load_table
 
     with database_sessions(settings)() as s:
