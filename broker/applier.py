@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from broker import runas
 from broker.errors import ArgumentError, BrokerError, LimitExceeded, NotFound, ResourceError
 from broker.events.types import EventType
@@ -137,7 +139,11 @@ class Applier(threading.Thread):
                     # a later poll starts after it; a request left pending (an internal error) is read again
                     # by the next broker
                     after = max(after, row.id)
-            except Exception:  # never let one bad request or a database fault stop the thread
+            except OperationalError as exc:  # unreachable, or cut (a takeover ends a stopped holder's sessions)
+                log.warning("could not read requests, trying again in %g s: database unavailable: %s", interval,
+                            str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__)
+                log.debug("could not read requests", exc_info=True)
+            except Exception:  # never let one bad request or another fault stop the thread
                 log.exception("could not read or apply requests")
 
     def _send(self, row: requests.Row) -> None:
