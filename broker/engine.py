@@ -182,7 +182,7 @@ class Engine:
             peers = Peers({"submission": submission, "staging": staging, "monitoring": monitoring})
             for ref in (submission, staging, monitoring):
                 ref.tell(peers)
-            writer.tell(Subscribe(submission))
+            writer.tell(Subscribe(submission, admits=True))
             writer.tell(Subscribe(monitoring))
             self.clock = Clock(settings.engine.tick_interval, (submission, monitoring, staging))
             self.clock.start()

@@ -7,7 +7,8 @@ they are expanded as soon as they are ready. It also owns the retry timers and a
 (cancel, restart) left in the database by other processes.
 
 The writer tells it what was committed (:class:`~broker.persistence.changes.Committed`): only nodes that
-became ready arrive here, so scheduling never rescans a workflow.
+became ready arrive here, so scheduling never rescans a workflow. Before committing a transaction that frees
+slots or readies nodes, the writer asks it an Admission: the intents it answers join that transaction.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from broker.description.model import NodeSpec, SweepSpec
 from broker.errors import ResourceError
 from broker.launchers.jobs import array_key
 from broker.persistence.changes import (AfterIntents, CancelNodes, CancelWorkflow, Changes, Committed, Expansion,
-                                        InFlight, MarkControl, ReadyNode, Rejected, Restart, Transition, WorkflowInfo)
+                                        InFlight, MarkControl, Moved, ReadyNode, Rejected, Restart, Transition,
+                                        WorkflowInfo)
 from broker.persistence.control import ControlCommand
+from broker.persistence.writer import Admission
 from broker.states import IN_FLIGHT, WORKFLOW_TERMINAL, NodeState
 from broker.workers.context import WorkerContext
 from broker.workers.pool import WorkerPool
@@ -81,10 +84,34 @@ class SubmissionController(Controller):
         self.control_after = 0
         self.control_busy = False
         self.next_control = 0.0
+        #: while answering an Admission: the changes for the writer's open transaction (None otherwise)
+        self.capture: list[Any] | None = None
+        #: token of an answered Admission -> the moves counted then, not to be counted again after the commit
+        self.admitted: dict[int, frozenset[Moved]] = {}
 
     # ------------------------------------------------------------------------------- from the writer
 
+    def on_admission(self, msg: Admission) -> None:
+        """Count the moves of the writer's open transaction at once; answer with the intents they allow."""
+        self.capture = []
+        try:
+            self.admitted[msg.token] = frozenset(msg.committed.moved)
+            self._committed(msg.committed, admitting=True)
+        finally:
+            captured, self.capture = self.capture, None
+            if not msg.answer(captured):  # the writer stopped waiting: committed next, as usual
+                for change in captured:
+                    self.writer.tell(change)
+
     def on_committed(self, msg: Committed) -> None:
+        counted: frozenset[Moved] = frozenset()
+        if msg.admitted is not None:
+            counted = self.admitted.pop(msg.admitted, counted)
+            for token in [t for t in self.admitted if t < msg.admitted]:  # a commit that failed for good
+                del self.admitted[token]
+        self._committed(msg, counted=counted)
+
+    def _committed(self, msg: Committed, counted: frozenset[Moved] = frozenset(), admitting: bool = False) -> None:
         for info in msg.tracked:
             # one loaded and still finished (a command on an ended workflow) would never be forgotten
             if info.workflow_id not in self.workflows and info.state not in WORKFLOW_TERMINAL:
@@ -95,6 +122,8 @@ class SubmissionController(Controller):
         if msg.resume:
             self._adopt(msg.resume)
         for m in msg.moved:
+            if m in counted:
+                continue
             if m.old in IN_FLIGHT and m.new not in IN_FLIGHT:
                 self._release(m.workflow_id, m.node_id)
             if m.new is NodeState.RETRY_WAIT and m.retry_at is not None:
@@ -103,10 +132,11 @@ class SubmissionController(Controller):
                 self.queued.pop(m.node_id, None)
                 self.intents.pop(m.node_id, None)
         for ready in msg.ready:
-            if ready.workflow_id not in self.workflows:
+            if ready.workflow_id not in self.workflows or ready.node_id in self.intents:
                 continue
             if ready.kind == "sweep":
-                self.dispatch(Expand(self._ref(ready, ready.attempt)))
+                if not admitting:  # its expansion reads what the open transaction has not committed yet
+                    self.dispatch(Expand(self._ref(ready, ready.attempt)))
             elif ready.node_id not in self.queued:
                 self._queue(ready)
         for workflow_id, state in msg.workflows:
@@ -188,8 +218,8 @@ class SubmissionController(Controller):
                 continue
             host = self._host(ready)
             if isinstance(host, ResourceError):
-                self.writer.tell(Transition(node_id=ready.node_id, to=NodeState.FAILED, actor=self.NAME,
-                                            attempt=ready.attempt, message=str(host)))
+                self._change(Transition(node_id=ready.node_id, to=NodeState.FAILED, actor=self.NAME,
+                                        attempt=ready.attempt, message=str(host)))
                 continue
             limit = self.ctx.resources.max_jobs(host.name)
             if limit and self.host_jobs[host.name] >= limit:
@@ -250,7 +280,7 @@ class SubmissionController(Controller):
             throttle = host.batch.array_throttle if array and host.batch else 0
             after = AfterIntents(self.after_commit(LaunchBundle(tuple(refs), array, throttle)),
                                  tuple((ref.node_id, ref.attempt) for ref in refs))
-            self.writer.tell(Changes((*transitions, after)))
+            self._change(Changes((*transitions, after)))
             return
         if isinstance(spec, NodeSpec) and spec.stage_in:
             then: Any = self.after_commit(StageIn(refs[0]))
@@ -258,7 +288,16 @@ class SubmissionController(Controller):
         else:
             then = self.after_commit(Launch(refs[0]))
         # the follow-up rides on the intent: it is told only once the intent is committed
-        self.writer.tell(dataclasses.replace(transitions[0], then=then))
+        self._change(dataclasses.replace(transitions[0], then=then))
+
+    def _change(self, change: Any) -> None:
+        """A change of the scheduler's: into the writer's open transaction while answering an Admission."""
+        if self.capture is None:
+            self.writer.tell(change)
+        elif isinstance(change, Changes):
+            self.capture.extend(change.items)
+        else:
+            self.capture.append(change)
 
     def _release(self, workflow_id: int, node_id: int) -> None:
         self.in_flight -= 1
@@ -355,7 +394,7 @@ class SubmissionController(Controller):
         self.control_busy = False
         log.warning("could not read control commands: %s", failed.error)
 
-    HANDLERS = {Committed: on_committed, Rejected: on_rejected, Tick: on_tick}
+    HANDLERS = {Committed: on_committed, Admission: on_admission, Rejected: on_rejected, Tick: on_tick}
     ON_DONE = {Expand: expanded, PollControl: controls}
     ON_FAILED = {Expand: expand_failed, PollControl: controls_failed}
 

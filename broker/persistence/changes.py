@@ -291,6 +291,8 @@ class Committed:
     kill: tuple[tuple[int, int], ...] = ()
     #: attempts in flight when a workflow started being tracked (broker restart): to recover
     resume: tuple[InFlight, ...] = ()
+    #: the token of the Admission the scheduler answered during this commit (its moves were counted then)
+    admitted: int | None = None
 
 
 class WorkflowSummary(NamedTuple):

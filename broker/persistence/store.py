@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -25,17 +24,17 @@ from broker.description.checks import expanded_node_count
 from broker.errors import BrokerError, LeaseLost
 from broker.events.types import EventType
 from broker.persistence import acted, loading, removal, requests, settled, spawning
-from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, Committed,
-                                        DeleteWorkflows, Expansion, MarkControl, Moved, Note,
-                                        Rejected, Reported, Restart, Submit, Track, Transition, WorkflowInfo,
-                                        WorkflowSummary)
+from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, DeleteWorkflows,
+                                        Expansion, MarkControl, Note, Rejected, Reported, Restart, Submit, Track,
+                                        Transition, WorkflowSummary)
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Node
+from broker.persistence.outcome import Admit, Consult, Outcome, committed, frees_or_readies, merge
 from broker.persistence.quota import NodeQuota
 from broker.persistence.rawsql import RawWriter
 from broker.persistence.timings import CommitTimes
 from broker.persistence.writeset import WriteSet
-from broker.states import IN_FLIGHT, TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState, check_transition
+from broker.states import TERMINAL, WORKFLOW_TERMINAL, NodeState, WorkflowState, check_transition
 
 if TYPE_CHECKING:
     from broker.persistence.lease import Lease
@@ -45,18 +44,9 @@ NODES = Node.__table__
 
 #: seconds between attempts to commit while the database is unreachable (doubles up to the cap)
 RETRY_FIRST, RETRY_CAP = 0.05, 5.0
-
-
-@dataclass
-class Outcome:
-    """What a commit produced, for the writer to deliver."""
-
-    committed: Committed = field(default_factory=Committed)
-    followups: list[tuple[Any, Any]] = field(default_factory=list)
-    replies: list[tuple[Any, Any]] = field(default_factory=list)
-    #: (workflow id, global id, state, counts) of every workflow touched, for progress listeners
-    summaries: list[WorkflowSummary] = field(default_factory=list)
-    freed: int = 0  # nodes that left the mirror: after many, the writer trims once batch and changes are gone
+#: ready nodes in one batch beyond which the scheduler hears of them after the commit only (its answer
+#: would take longer than the writer waits)
+ADMIT_MAX_READY = 1000
 
 
 class Store:
@@ -83,12 +73,16 @@ class Store:
 
     # ---------------------------------------------------------------------------------------- commit
 
-    def commit(self, changes: list[Any]) -> Outcome:
-        """Apply and commit a batch of changes; never raises for one bad change."""
+    def commit(self, changes: list[Any], admit: Admit | None = None) -> Outcome:
+        """Apply and commit a batch of changes; never raises for one bad change.
+
+        ``admit`` (the writer's): asked at most once, inside the transaction, for the launch intents its ready
+        nodes and freed slots allow; they join ``changes``, so that a retry commits them too."""
+        consult = Consult(admit)
         delay = RETRY_FIRST
         while True:
             try:
-                return self._commit(changes)
+                return self._commit(changes, consult)
             except LeaseLost:  # nothing was committed, nor may be: not a fault to retry or split
                 self._reload(changes)
                 raise
@@ -110,10 +104,11 @@ class Store:
                 merged = Outcome()
                 for change in changes:
                     one = self.commit([change])
-                    merged = _merge(merged, one)
+                    merged = merge(merged, one)
+                merged.committed = dataclasses.replace(merged.committed, admitted=consult.token)
                 return merged
 
-    def _commit(self, changes: list[Any]) -> Outcome:
+    def _commit(self, changes: list[Any], consult: Consult | None = None) -> Outcome:
         out = Outcome()
         batch = WriteSet(publishing=self.publishing)
         with self.session_factory.begin() as s:
@@ -122,6 +117,8 @@ class Store:
             self._insert_created(s, batch)
             self._stop_failing(batch)
             self._derive(batch)
+            if consult is not None and consult.admit is not None:
+                self._consult(s, consult, changes, batch, out)
             batch.counts()
             self._sql(s).write(s, batch, self.guard)
             if batch.spawned:
@@ -133,8 +130,25 @@ class Store:
             self.mirror.drop(wf)
             self._stopping.discard(wf.id)
             out.freed += wf.total_nodes
-        self._notify(batch, out)
+        self._notify(batch, out, consult.token if consult is not None else None)
         return out
+
+    def _consult(self, s: Session, consult: Consult, changes: list[Any], batch: WriteSet, out: Outcome) -> None:
+        """Ask the scheduler for the launch intents this batch makes possible, and apply them in it."""
+        if batch.tracked or batch.resume or len(batch.ready) > ADMIT_MAX_READY:
+            # a workflow tracked by this batch: the scheduler reads its plan, not committed yet; adopted attempts
+            # are counted once, after the commit; a huge expansion: queued after it
+            return
+        provisional = committed(batch)
+        if not frees_or_readies(provisional):
+            return
+        admit, consult.admit = consult.admit, None
+        extra, consult.token = admit(provisional)  # type: ignore[misc]
+        changes.extend(extra)
+        for change in extra:
+            self._apply(s, change, batch, out)
+        if extra:
+            self._derive(batch)
 
     def _reload(self, changes: list[Any]) -> None:
         """Forget in-memory effects of a failed commit: drop the workflows it touched (reloaded on demand)."""
@@ -352,36 +366,10 @@ class Store:
 
     # ---------------------------------------------------------------------------------------- notify
 
-    def _notify(self, batch: WriteSet, out: Outcome) -> None:
-        ready = tuple(loading.ready_node(n) for n in batch.ready if n.state is NodeState.READY)
-        moved = tuple(
-            Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=new, attempt=n.attempt,
-                  retry_at=batch.node_cols.get(id(n), (None, {}))[1].get("retry_at"))
-            for n, old, new in batch.moved if not n.is_group)
-        # a spawning node's attempt is over although the node now runs on as a group: its slot is free
-        moved += tuple(Moved(node_id=n.id, workflow_id=n.wf.id, old=old, new=NodeState.SUCCEEDED, attempt=n.attempt)
-                       for n, old in batch.spawned if old in IN_FLIGHT)
-        tracked = tuple(
-            WorkflowInfo(workflow_id=wf.id, global_id=wf.global_id, owner=wf.owner, priority=wf.priority,
-                         max_in_flight=wf.max_in_flight, on_failure=wf.constraint.on_failure, state=wf.state,
-                         in_flight=sum(wf.counts.get(s, 0) for s in IN_FLIGHT))
-            for wf in batch.tracked)
-        workflows = tuple((wf.id, wf.state) for wf, cols in batch.wf_cols.values() if "state" in cols)
-        out.committed = Committed(ready=ready, moved=moved, tracked=tracked, workflows=workflows,
-                                  kill=tuple(batch.kill), resume=tuple(batch.resume))
+    def _notify(self, batch: WriteSet, out: Outcome, admitted: int | None) -> None:
+        out.committed = dataclasses.replace(committed(batch), admitted=admitted)
         out.summaries = [WorkflowSummary(wf.id, wf.global_id, wf.state, {s.value: k for s, k in wf.counts.items()
                                                                        if k}) for wf in batch.touched.values()]
-
-
-def _merge(a: Outcome, b: Outcome) -> Outcome:
-    ca, cb = a.committed, b.committed
-    return Outcome(
-        committed=Committed(ready=ca.ready + cb.ready, moved=ca.moved + cb.moved, tracked=ca.tracked + cb.tracked,
-                            workflows=ca.workflows + cb.workflows, kill=ca.kill + cb.kill,
-                            resume=ca.resume + cb.resume),
-        followups=a.followups + b.followups, replies=a.replies + b.replies, summaries=a.summaries + b.summaries,
-        freed=a.freed + b.freed)
-
 
 _HANDLERS = {
     Transition: Store._transition,

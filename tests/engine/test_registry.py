@@ -66,7 +66,7 @@ def test_tuples_that_travel_between_actors_have_named_fields():
     from broker.controllers.messages import Resume, StagingAttempt
     from broker.persistence.changes import WorkflowSummary
     from broker.persistence.control import ControlCommand
-    from broker.persistence.store import Outcome
+    from broker.persistence.outcome import Outcome
     from broker.workers.poll import PollWorker
 
     assert typing.get_type_hints(Resume)["nodes"] == tuple[StagingAttempt, ...]

@@ -70,11 +70,11 @@ def test_the_check_holds_when_a_failed_batch_is_applied_change_by_change(session
     real = store._commit
     calls = []
 
-    def first_batch_fails(changes):
+    def first_batch_fails(changes, *consult):
         calls.append(len(changes))
         if len(calls) == 1:
             raise RuntimeError("the database went away")
-        return real(changes)
+        return real(changes, *consult)
 
     monkeypatch.setattr(store, "_commit", first_batch_fails)
     out = store.commit(intents(ids, "abc", bundle(ids, "abc")))
