@@ -43,15 +43,13 @@ _LINGERED = object()
 
 #: seconds a batch of changes nothing waits for may wait for others to share its commit
 LINGER = 0.005
+#: seconds the writer waits, its transaction open, for the scheduler's launch intents before it commits
+#: without them (the scheduler then tells them as ordinary changes, committed next)
+ADMIT_PATIENCE = 0.25
 
 #: called in the writer thread after each commit with the fields of a WorkflowSummary (workflow id, global id,
 #: state, counts) of each workflow the commit touched: keep it cheap
 Listener = Callable[[int, str, Any, dict[str, int]], None]
-
-
-#: seconds the writer waits, its transaction open, for the scheduler's launch intents before it commits
-#: without them (the scheduler then tells them as ordinary changes, committed next)
-ADMIT_PATIENCE = 0.25
 
 
 class Subscribe:
