@@ -72,7 +72,7 @@ class Admission:
     so and the scheduler tells its changes as usual: intents are never lost, only committed later.
     """
 
-    __slots__ = ("token", "committed", "_cond", "_answer", "_abandoned")
+    __slots__ = ("token", "committed", "_cond", "_answer", "_abandoned", "heard")
 
     def __init__(self, token: int, committed: Committed):
         self.token = token
@@ -80,10 +80,13 @@ class Admission:
         self._cond = threading.Condition()
         self._answer: list[Any] | None = None
         self._abandoned = False
+        #: the scheduler got to it (in time or not)
+        self.heard = False
 
     def answer(self, changes: list[Any]) -> bool:
         """From the scheduler: True when the writer takes ``changes`` into its transaction."""
         with self._cond:
+            self.heard = True
             if self._abandoned:
                 return False
             self._answer = changes
@@ -160,6 +163,8 @@ class Writer(pykka.ThreadingActor):
         #: the scheduler, asked an Admission before commits that free slots or ready nodes
         self._admitter: pykka.ActorRef[Any] | None = None
         self._tokens = itertools.count(1)
+        #: the last Admission the writer stopped waiting for, until the scheduler gets to it
+        self._unheard: Admission | None = None
         #: a batch of lingering changes waits for the alarm (or for a change that cannot wait)
         self._lingering = False
         self._alarm = _Alarm(self._lingered)
@@ -235,13 +240,19 @@ class Writer(pykka.ThreadingActor):
 
     def _admit(self, committed: Committed) -> tuple[list[Any], int | None]:
         """Ask the scheduler for the changes to add to the open transaction; (changes, token)."""
+        if self._unheard is not None and not self._unheard.heard:
+            # busy with something long (a huge workflow's end, say): every commit meanwhile would wait
+            # ADMIT_PATIENCE in vain; it hears of these moves after the commit, as before admissions
+            return [], None
         admission = Admission(next(self._tokens), committed)
         try:
             self._admitter.tell(admission)  # type: ignore[union-attr]
         except pykka.ActorDeadError:  # stopping: the next broker schedules from the database
             self._admitter = None
             return [], None
-        return admission.wait(ADMIT_PATIENCE), admission.token
+        changes = admission.wait(ADMIT_PATIENCE)
+        self._unheard = None if admission.heard else admission
+        return changes, admission.token
 
     def _deliver(self, out: Outcome) -> None:
         # listeners first: whoever gets a reply next must find them up to date

@@ -3,8 +3,10 @@ most LINGER, and share the commit of the change that follows; anything else is c
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import pykka
 import pytest
 from sqlalchemy import select
 
@@ -93,3 +95,55 @@ def test_a_stop_commits_what_lingers(started, sessions, monkeypatch):
     ref.stop()
     with sessions() as s:
         assert s.get(Node, node_id).state == NodeState.RUNNING.value
+
+
+class Busy(pykka.ThreadingActor):
+    """A scheduler stuck in something long until ``release`` is set; then it answers every admission empty."""
+
+    def __init__(self, release: threading.Event):
+        super().__init__()
+        self.release = release
+        self.admissions: list[writer_module.Admission] = []
+
+    def on_receive(self, message):
+        if isinstance(message, writer_module.Admission):
+            self.admissions.append(message)
+            message.answer([])
+        else:  # the notification of a commit, or the message it is stuck in
+            self.release.wait()
+
+
+def test_a_busy_scheduler_costs_one_wait_not_one_per_commit(sessions, monkeypatch):
+    monkeypatch.setattr(writer_module, "ADMIT_PATIENCE", 0.05)
+    store = Store(sessions)
+    with sessions.begin() as s:
+        wf = repo.submit_workflow(s, WorkflowSpec(name="flat", nodes=tuple(node(n) for n in "abcde")),
+                                  descriptor=DESCRIPTOR, owner=repo.ensure_user(s, "alice"))
+        wf_id = wf.id
+    store.commit([Track(wf_id)])
+    with sessions() as s:
+        ids = list(s.scalars(select(Node.id).where(Node.workflow_id == wf_id).order_by(Node.id)))
+    store.commit([Transition(node_id=i, to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True)
+                  for i in ids])
+    release = threading.Event()
+    busy = Busy.start(release)
+    ref = Writer.start(store)
+
+    def end(number: int) -> None:  # an end frees a slot: the scheduler is asked, if it is listening
+        ref.tell(Transition(node_id=ids[number], to=NodeState.FAILED, actor="monitoring", attempt=1))
+        wait_for(lambda: commits(ref) == number + 1, what="the end committed")
+
+    try:
+        ref.tell(writer_module.Subscribe(busy, admits=True))
+        busy.tell("something long")
+        for number in range(4):
+            end(number)
+        release.set()
+        # answered after everything told before it: the scheduler was asked once, not four times
+        assert len(busy.proxy().admissions.get()) == 1
+        end(4)  # it has caught up: asked again
+        assert len(busy.proxy().admissions.get()) == 2
+    finally:
+        release.set()
+        ref.stop()
+        busy.stop()
