@@ -99,9 +99,8 @@ class SubmissionController(Controller):
             self._committed(msg.committed, admitting=True)
         finally:
             captured, self.capture = self.capture, None
-            if not msg.answer(captured):  # the writer stopped waiting: committed next, as usual
-                for change in captured:
-                    self.writer.tell(change)
+            if not msg.answer(captured) and captured:  # the writer stopped waiting: committed next, together
+                self.writer.tell(Changes(tuple(captured)))
 
     def on_committed(self, msg: Committed) -> None:
         counted: frozenset[Moved] = frozenset()
