@@ -33,7 +33,7 @@ from broker.persistence.changes import (AfterIntents, CancelNodes, CancelWorkflo
                                         WorkflowInfo)
 from broker.persistence.control import ControlCommand
 from broker.persistence.writer import Admission
-from broker.states import IN_FLIGHT, WORKFLOW_TERMINAL, NodeState
+from broker.states import WORKFLOW_TERMINAL, NodeState
 from broker.workers.context import WorkerContext
 from broker.workers.pool import WorkerPool
 
@@ -123,7 +123,7 @@ class SubmissionController(Controller):
         for m in msg.moved:
             if m in counted:
                 continue
-            if m.old in IN_FLIGHT and m.new not in IN_FLIGHT:
+            if m.frees_slot:
                 self._release(m.workflow_id, m.node_id)
             if m.new is NodeState.RETRY_WAIT and m.retry_at is not None:
                 heapq.heappush(self.timers, (m.retry_at.timestamp(), m.node_id, m.attempt))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from broker.description.model import WorkflowSpec
-from broker.states import NodeState, WorkflowState
+from broker.states import IN_FLIGHT, NodeState, WorkflowState
 
 if TYPE_CHECKING:
     from broker.persistence.queries import Deletion
@@ -246,6 +246,11 @@ class Moved:
     new: NodeState
     attempt: int
     retry_at: dt.datetime | None = None
+
+    @property
+    def frees_slot(self) -> bool:
+        """The attempt left flight (ended, or went back to waiting): its slot is free."""
+        return self.old in IN_FLIGHT and self.new not in IN_FLIGHT
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ def committed(batch: WriteSet) -> Committed:
 
 def frees_or_readies(what: Committed) -> bool:
     """Whether the scheduler could start something because of it."""
-    return bool(what.ready) or any(m.old in IN_FLIGHT and m.new not in IN_FLIGHT for m in what.moved)
+    return bool(what.ready) or any(m.frees_slot for m in what.moved)
 
 
 def merge(a: Outcome, b: Outcome) -> Outcome:

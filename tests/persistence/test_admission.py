@@ -13,6 +13,7 @@ from broker.description.model import WorkflowSpec
 from broker.persistence import repository as repo
 from broker.persistence.changes import Committed, Track, Transition
 from broker.persistence.models import Event, Node
+from broker.persistence import store as store_module
 from broker.persistence.store import Store
 from broker.states import NodeState
 from tests.persistence.specs import DESCRIPTOR, node
@@ -111,3 +112,32 @@ def test_a_retried_batch_commits_the_intents_once_without_asking_again(sessions,
     assert [(p, st) for p, st, _ in rows if p == "b"] == [("b", "ready"), ("b", "queued")]
     with sessions() as s:
         assert s.get(Node, ids["b"]).attempt == 1
+
+
+def test_a_batch_that_starts_tracking_a_workflow_asks_nothing(sessions):
+    # the scheduler would read the workflow's plan from the database, where it is not committed yet
+    store = Store(sessions)
+    with sessions.begin() as s:
+        wf = repo.submit_workflow(s, WorkflowSpec(name="one", nodes=(node("a"),)), descriptor=DESCRIPTOR,
+                                  owner=repo.ensure_user(s, "alice"))
+        wf_id = wf.id
+    scheduler = Scheduler()
+    out = store.commit([Track(wf_id)], admit=scheduler)
+    assert scheduler.asked == [] and [r.path for r in out.committed.ready] == ["a"]
+
+
+def test_a_batch_readying_more_nodes_than_the_bound_asks_nothing(sessions, monkeypatch):
+    monkeypatch.setattr(store_module, "ADMIT_MAX_READY", 1)
+    store = Store(sessions)
+    with sessions.begin() as s:
+        spec = WorkflowSpec(name="fan", nodes=(node("a"), node("b", "a"), node("c", "a")))
+        wf_id = repo.submit_workflow(s, spec, descriptor=DESCRIPTOR, owner=repo.ensure_user(s, "alice")).id
+    store.commit([Track(wf_id)])
+    with sessions() as s:
+        a = s.scalars(select(Node.id).where(Node.workflow_id == wf_id, Node.path == "a")).one()
+    store.commit([Transition(node_id=a, to=NodeState.QUEUED, actor="submission", attempt=0, new_attempt=True)])
+    scheduler = Scheduler()
+    out = store.commit([Transition(node_id=a, to=NodeState.SUCCEEDED, actor="monitoring", attempt=1)], admit=scheduler)
+    # two ready at once, over the bound of one: the scheduler hears of them after the commit only
+    assert scheduler.asked == [] and out.committed.admitted is None
+    assert sorted(r.path for r in out.committed.ready) == ["b", "c"]
