@@ -183,7 +183,8 @@ class Engine:
             for ref in (submission, staging, monitoring):
                 ref.tell(peers)
             writer.tell(Subscribe(submission, admits=True))
-            writer.tell(Subscribe(monitoring))
+            # monitoring acts on a commit's kills and recoveries only: not woken by the others
+            writer.tell(Subscribe(monitoring, only=("kill", "resume")))
             self.clock = Clock(settings.engine.tick_interval, (submission, monitoring, staging))
             self.clock.start()
             self._announce("started")  # first: the SERVICE event goes to the writer before anything else

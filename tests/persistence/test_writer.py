@@ -13,7 +13,7 @@ from sqlalchemy import select
 from broker.description.model import WorkflowSpec
 from broker.persistence import repository as repo
 from broker.persistence import writer as writer_module
-from broker.persistence.changes import Note, Track, Transition
+from broker.persistence.changes import CancelWorkflow, Note, Track, Transition
 from broker.persistence.models import Event, Node
 from broker.persistence.store import Store
 from broker.persistence.writer import Writer, lingers
@@ -147,3 +147,45 @@ def test_a_busy_scheduler_costs_one_wait_not_one_per_commit(sessions, monkeypatc
         release.set()
         ref.stop()
         busy.stop()
+
+
+class Recorder(pykka.ThreadingActor):
+    """Keeps every Committed it is told."""
+
+    def __init__(self):
+        super().__init__()
+        self.told: list[object] = []
+
+    def on_receive(self, message):
+        self.told.append(message)
+
+
+def told(ref) -> list:
+    return ref.proxy().told.get()
+
+
+def test_a_subscriber_of_some_fields_is_told_only_the_commits_that_fill_one(started, sessions):
+    ref, node_id = started
+    everything, kills = Recorder.start(), Recorder.start()
+    try:
+        ref.tell(writer_module.Subscribe(everything))
+        ref.tell(writer_module.Subscribe(kills, only=("kill", "resume")))
+        ref.tell(Transition(node_id=node_id, to=NodeState.RUNNING, actor="monitoring", attempt=1, reply_to=print))
+        wait_for(lambda: commits(ref) == 1, what="the start committed")
+        wait_for(lambda: len(told(everything)) == 1, what="the start's moves told to the subscriber of all")
+        assert told(everything)[0].moved and not told(everything)[0].kill
+        with sessions() as s:
+            workflow_id = s.get(Node, node_id).workflow_id
+        ref.tell(CancelWorkflow(workflow_id=workflow_id, actor="user:alice"))
+        wait_for(lambda: len(told(kills)) == 1, what="the cancel's kill told")
+        assert told(kills)[0].kill == ((node_id, 1),)
+        wait_for(lambda: len(told(everything)) == 2, what="the cancel told to the subscriber of all")
+        assert len(told(kills)) == 1  # the start was not told to it
+    finally:
+        everything.stop()
+        kills.stop()
+
+
+def test_a_subscription_to_a_field_committed_notifications_lack_is_refused():
+    with pytest.raises(ValueError, match="no field kills"):
+        writer_module.Subscribe(None, only=("kills",))
