@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from broker.elf import elf
 from broker.launchers import base
 from broker.launchers import jobs as batch_jobs
 from broker.launchers.tracking import Tracked, killed_by_broker
@@ -72,7 +73,15 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, batch_jobs.JobIn
             return False  # the scheduler did not answer: unknown, never failed
         now = time.monotonic()
         t.unknown_since = t.unknown_since or now
-        if not final and now - t.unknown_since < rules.lost_after:
+        if item.get("verdict") == elf.CANCELLED:
+            # The broker's cancel verdict is on disk and the scheduler no longer knows the job (a pending
+            # array task cancelled, on a site whose accounting the account cannot read): an elf that starts
+            # after all finds the verdict and runs nothing, so the attempt is decided after the few polls a
+            # status file gets, not after lost_after (10 minutes by default).
+            if not final and t.settle < rules.settle_polls:
+                t.settle += 1
+                return False
+        elif not final and now - t.unknown_since < rules.lost_after:
             return False
         t.status = status
         t.override = (base.CANCELLED, "cancelled") if cancelled else (

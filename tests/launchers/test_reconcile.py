@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from broker.elf import elf
 from broker.launchers import base
 from broker.launchers import jobs as batch_jobs
 from broker.launchers.base import LaunchHandle
@@ -91,6 +92,18 @@ def test_a_job_unknown_to_an_answering_scheduler_is_lost_after_the_deadline():
     assert reconcile(tracked, {"status": None}, {}, final=False, rules=RULES) is False
     assert reconcile(tracked, {"status": None}, {}, final=False, rules=Rules(2, 0.0, "Slurm")) is True
     assert tracked.override == (base.LOST, "Slurm no longer knows job 7 and it left no result")
+
+
+def test_a_job_the_broker_cancelled_that_its_scheduler_no_longer_knows_is_cancelled_after_a_few_polls():
+    tracked = attempt(cancelled=True)
+    assert polls(tracked, {"status": None, "verdict": elf.CANCELLED}, {}) == [False, False, True]
+    assert tracked.override == (base.CANCELLED, "cancelled")
+    # the broker's word without its verdict on disk waits for the deadline, as any job the scheduler lost
+    word_only = attempt(cancelled=True)
+    assert polls(word_only, {"status": None}, {}) == [False, False, False]
+    # nor does another side's verdict (the payload ended first) end the wait
+    ended_first = attempt(cancelled=True)
+    assert polls(ended_first, {"status": None, "verdict": elf.EXITED}, {}) == [False, False, False]
 
 
 def test_a_job_that_ended_without_a_status_file_gets_a_few_polls_then_the_schedulers_verdict():

@@ -49,10 +49,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make `tests` importable from the checkout
     sys.path.insert(0, str(ROOT))
-from tests.perf.baseline_pool import baseline  # noqa: E402
+from tests.perf.baseline_pool import SLOTS, baseline  # noqa: E402
 BROKER = [sys.executable, "-m", "broker.cli"]
 NS = "urn:workflow-broker:workflow:1.0"
-SLOTS = 4
 #: runs of W0 at least, whatever --repeat: a start-up is short and its spread wide (its best is printed too)
 W0_RUNS = 7
 
