@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from broker.elf import elf
 from broker.launchers import base
 from broker.launchers import jobs as batch_jobs
-from broker.launchers.tracking import Tracked, killed_by_broker
+from broker.launchers.tracking import Tracked, cancel_recorded, killed_by_broker
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +72,7 @@ def reconcile(t: Tracked, item: dict[str, Any], jobs: dict[str, batch_jobs.JobIn
             return False  # the scheduler did not answer: unknown, never failed
         now = time.monotonic()
         t.unknown_since = t.unknown_since or now
-        if item.get("verdict") == elf.CANCELLED:
+        if cancel_recorded(item):
             # The broker's cancel verdict is on disk and the scheduler no longer knows the job (a pending
             # array task cancelled, on a site whose accounting the account cannot read): an elf that starts
             # after all finds the verdict and runs nothing, so the attempt is decided after the few polls a

@@ -166,13 +166,17 @@ def status_result(handle: LaunchHandle, status: dict[str, Any] | None, override:
                          spawn=base.spawned(status.get("spawn")) if outcome == base.SUCCEEDED else None)
 
 
+def cancel_recorded(item: dict[str, Any]) -> bool:
+    """Whether the broker's cancel verdict is on disk in the attempt's directory (a probe's ``item``)."""
+    return item.get("verdict") == elf.CANCELLED
+
+
 def killed_by_broker(tracked: Tracked, item: dict[str, Any]) -> bool:
     """Whether the broker's cancel decided the attempt's end: its verdict, or (none yet) the broker's own word.
 
     A verdict of another side (the payload ended first, a timeout) stands even if the broker asked to cancel.
     """
-    verdict = item.get("verdict")
-    return verdict == elf.CANCELLED or (verdict is None and tracked.cancelled)
+    return cancel_recorded(item) or (item.get("verdict") is None and tracked.cancelled)
 
 
 def timeout_message(seconds: float | None) -> str:

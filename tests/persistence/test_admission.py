@@ -11,9 +11,9 @@ from sqlalchemy.exc import OperationalError
 
 from broker.description.model import WorkflowSpec
 from broker.persistence import repository as repo
+from broker.persistence import store as store_module
 from broker.persistence.changes import Committed, Track, Transition
 from broker.persistence.models import Event, Node
-from broker.persistence import store as store_module
 from broker.persistence.store import Store
 from broker.states import NodeState
 from tests.persistence.specs import DESCRIPTOR, node
