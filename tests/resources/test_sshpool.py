@@ -177,3 +177,45 @@ def test_sftp_writes_atomically_and_refuses_to_download_a_symlink(pool, sshd, ho
         shell.download(f"{home}/pool-put.txt", str(tmp_path / "x"), 2)
     assert not (tmp_path / "x").exists()
     shell.run(f"rm -f {home}/pool-put.txt {home}/pool-link")
+
+
+class _ClosedWithoutEof:
+    """A channel as paramiko showed it in a burst of short commands: exit status and close received, no EOF."""
+
+    def __init__(self):
+        self._read_end, self._write_end = os.pipe()
+        os.write(self._write_end, b"x")  # paramiko's pipe stays readable once the channel is closed
+        self.eof_received, self.closed = False, True
+        self.status_event = threading.Event()
+        self.status_event.set()
+
+    def fileno(self):
+        return self._read_end
+
+    def recv_ready(self):
+        return False
+
+    def recv_stderr_ready(self):
+        return False
+
+    def recv_exit_status(self):
+        return 0
+
+    def close(self):
+        os.close(self._read_end)
+        os.close(self._write_end)
+
+
+def test_a_command_whose_channel_closed_without_an_eof_ends_at_once_not_at_its_timeout():
+    from broker.resources.sshpool import SshShell
+
+    shell = SshShell.__new__(SshShell)
+    shell.label = "test"
+    channel = _ClosedWithoutEof()
+    try:
+        started = time.monotonic()
+        done = shell._read(channel, time.monotonic() + 30.0, 30.0)
+        assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+        assert time.monotonic() - started < 10.0  # it used to wait the whole 30 s, then raise "timed out"
+    finally:
+        channel.close()
