@@ -3,6 +3,7 @@ reconnects, large outputs, SFTP."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -219,3 +220,32 @@ def test_a_command_whose_channel_closed_without_an_eof_ends_at_once_not_at_its_t
         assert time.monotonic() - started < 10.0  # it used to wait the whole 30 s, then raise "timed out"
     finally:
         channel.close()
+
+
+@pytest.mark.slow
+def test_thousands_of_short_commands_eight_at_once_never_drop_the_connection(sshd, host):
+    # A command that ends at once races our EOF against the server's CLOSE; paramiko sent the EOF after its
+    # own CLOSE, and OpenSSH then dropped the connection with every command on it (4 in 3,000 here).
+    pool = SshPool(max_channels=8, command_timeout=20.0)
+    shell = pool.shell(host, account(sshd, host))
+    failures = []
+
+    def one(i: int) -> None:
+        try:
+            if i % 2:
+                done = shell.run("true")
+                ok = done.returncode == 0
+            else:
+                done = shell.run("cat", stdin=b"x%d" % i)
+                ok = (done.returncode, done.out) == (0, "x%d" % i)
+            if not ok:
+                failures.append(done)
+        except ShellError as exc:
+            failures.append(exc)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as workers:
+            list(workers.map(one, range(3000)))
+    finally:
+        pool.close()
+    assert failures == []
