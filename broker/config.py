@@ -307,6 +307,9 @@ class HostsSettings:
     local_agent: bool = field(default=False, metadata=_doc("whether local payloads start under a resident agent "
                                                            "per account (one process per payload) instead of "
                                                            "a wb-run.sh wrapper each"))
+    ssh_agent: bool = field(default=False, metadata=_doc("whether SSH hosts run payloads under a resident agent per "
+                                                         "host and account (one process per payload; the host "
+                                                         "needs Python 3.9 and Linux 5.3) instead of an elf each"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,13 @@ def test_the_package_docstring_names_exactly_the_subpackages():
         assert words in broker.__doc__
 
 
-#: lines a module may have; the elf is shipped alone to compute hosts, so it is one file whatever its size
+#: lines a module may have; the elf, the resident agent and the host agent are shipped alone to compute hosts
+#: (each runs there as one file, without the broker package), so each is one file whatever its size
 MAX_MODULE_LINES = 400
+SHIPPED_ALONE = {"elf/elf.py", "elf/agent.py", "launchers/hostagent.py"}
 
 
-def test_no_module_is_over_400_lines_except_the_elf():
+def test_no_module_is_over_400_lines_except_the_programs_shipped_alone():
     root = Path(broker.__file__).parent
     sizes = {str(p.relative_to(root)): len(p.read_text(encoding="utf-8").splitlines()) for p in root.rglob("*.py")}
-    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES and name != "elf/elf.py"} == {}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES and name not in SHIPPED_ALONE} == {}

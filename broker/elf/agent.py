@@ -15,6 +15,13 @@ restarted broker included, works unchanged:
   the child is reaped (``waitid(WNOWAIT)``), so a group id the agent signals is never a reused one; a
   kill verdict the broker wrote first keeps the status in ``killed_exit``.
 
+On SSH hosts (the host agent's ``start``, :mod:`broker.launchers.hostagent`) a start request carries ``elf``
+and the agent keeps the elf's protocol instead, so nothing else changes for the readers there: the verdict
+``cancel`` claimed exclusively (``exited`` at the payload's end, ``timeout`` at its timeout, before any
+signal; the host agent's cancel claims ``cancelled`` then asks for the SIGTERM), the SIGKILL after the
+elf's grace, and ``status.json`` written by the elf module's own code (loaded from the path the request
+names) before the payload is reaped and the lock released. Such payloads do not push to the broker.
+
 The journal (``journal`` in the state directory, one JSON line per start and per end, fdatasync'ed in
 batches) names the attempts it started, each before its fork. Payloads die with the agent
 (``PR_SET_PDEATHSIG``), and an agent starting up kills the processes left of the attempts its journal shows
@@ -27,6 +34,8 @@ broker is connected and no payload runs.
 import collections
 import ctypes
 import fcntl
+import heapq
+import importlib.util
 import json
 import os
 import select
@@ -104,10 +113,11 @@ def sweep(journal_path):
 
 
 class Child:
-    __slots__ = ("workdir", "pid", "pidfd", "lock")
+    __slots__ = ("workdir", "pid", "pidfd", "lock", "elf", "started_at", "reason")
 
-    def __init__(self, workdir, pid, pidfd, lock):
-        self.workdir, self.pid, self.pidfd, self.lock = workdir, pid, pidfd, lock
+    def __init__(self, workdir, pid, pidfd, lock, elf=None):
+        self.workdir, self.pid, self.pidfd, self.lock, self.elf = workdir, pid, pidfd, lock, elf
+        self.started_at, self.reason = time.time(), None  # reason: the kill verdict it acted on (elf protocol)
 
 
 class Conn:
@@ -131,6 +141,8 @@ class Agent:
         self.dirty = False
         self.synced_at = 0.0
         self.programs = {}  # (name, PATH) -> (file, when found)
+        self.timers = []  # heap of (monotonic deadline, workdir, "timeout" or "kill"): elf protocol only
+        self.elfs = {}  # path -> the elf module (its protocol's verdicts and status file)
         self.journal = os.open(os.path.join(state_dir, JOURNAL_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -147,7 +159,9 @@ class Agent:
 
     def run(self):
         while True:
-            timeout = max(0.0, self.synced_at + SYNC_EVERY - time.monotonic()) if self.dirty else -1
+            due = [self.synced_at + SYNC_EVERY] if self.dirty else []
+            due += [self.timers[0][0]] if self.timers else []
+            timeout = max(0.0, min(due) - time.monotonic()) if due else -1
             for fd, events in self.epoll.poll(timeout):
                 if fd == self.listener.fileno():
                     self.accept()
@@ -159,6 +173,8 @@ class Agent:
                         self.receive(conn)
                 elif fd in self.children:
                     self.ended(self.children.pop(fd))
+            while self.timers and self.timers[0][0] <= time.monotonic():
+                self.fire(*heapq.heappop(self.timers)[1:])
             if self.dirty and time.monotonic() - self.synced_at >= SYNC_EVERY:
                 os.fdatasync(self.journal)
                 self.dirty, self.synced_at = False, time.monotonic()
@@ -236,6 +252,8 @@ class Agent:
                     child = self.by_workdir.get(message["wd"])
                     if child is not None:  # not reaped yet: its group id is still its own
                         self.killpg(child.pid, int(message["sig"]))
+                        if child.elf is not None:  # the SIGKILL after the elf protocol's grace, as the elf's
+                            self.after_grace(child)
             except Exception as exc:  # one bad request must not stop the agent of every other payload
                 self.send(conn, {"id": message.get("id") if isinstance(message, dict) else None,
                                  "error": str(exc)})
@@ -246,11 +264,19 @@ class Agent:
     # ----------------------------------------------------------------------------------- the payloads
 
     def start(self, conn, message, lock):
-        workdir, argv, cwd = message["wd"], message["argv"], message["cwd"]
+        """Start a payload. With ``elf`` (options of the elf's protocol, SSH hosts) the agent keeps the elf's
+        files and duties instead of the wrapper's: the verdict ``cancel``, ``status.json``, the timeout; then
+        ``argv`` is the payload file alone and ``env`` the requester's, which the elf's rules complete."""
+        workdir, argv, cwd, elf = message["wd"], message["argv"], message["cwd"], message.get("elf")
         if lock < 0:
             self.send(conn, {"id": message["id"], "error": "no launch lock was passed"})
             return
-        env = {os.fsencode(k): os.fsencode(v) for k, v in message["env"]}
+        module = self.load(elf["path"]) if elf is not None else None
+        env = message["env"]
+        if module is not None:  # the elf's own rules: its interpreters, the payload's environment
+            argv = [elf.get("interpreter") or module.DEFAULT_INTERPRETERS[elf["type"]], argv[0]]
+            env = module.payload_environment(dict(env), elf["pairs"], workdir).items()
+        env = {os.fsencode(k): os.fsencode(v) for k, v in env}
         try:
             os.stat(os.path.join(cwd, "."))
         except OSError as exc:
@@ -262,9 +288,11 @@ class Agent:
         self.record({"s": workdir})  # before the fork: an agent killed at any point after it sweeps this one
         pid = os.fork()
         if pid == 0:
-            self.child(workdir, argv, cwd, env, program)
+            self.child(workdir, argv, cwd, env, program, module.VERDICT_FILE if module else "exit")
         pidfd = os.pidfd_open(pid)
-        child = Child(workdir, pid, pidfd, lock)
+        child = Child(workdir, pid, pidfd, lock, elf)
+        if elf is not None and elf.get("timeout"):
+            heapq.heappush(self.timers, (time.monotonic() + float(elf["timeout"]), workdir, "timeout"))
         self.children[pidfd] = child
         self.by_workdir[workdir] = child
         self.epoll.register(pidfd, select.EPOLLIN)
@@ -290,7 +318,38 @@ class Agent:
                 return candidate
         return None
 
-    def child(self, workdir, argv, cwd, env, program=None):
+    def load(self, path):
+        """The elf module at ``path`` (installed beside this agent on a remote host), loaded once."""
+        if path not in self.elfs:
+            spec = importlib.util.spec_from_file_location("broker_elf_%d" % len(self.elfs), path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self.elfs[path] = module
+        return self.elfs[path]
+
+    def elf(self, child):
+        return self.elfs[child.elf["path"]]
+
+    def fire(self, workdir, kind):
+        """A timer of an elf-protocol attempt: its timeout (the verdict first, then SIGTERM), or the SIGKILL
+        after the grace."""
+        child = self.by_workdir.get(workdir)
+        if child is None:
+            return  # ended meanwhile
+        elf = self.elf(child)
+        if kind == "kill":
+            self.killpg(child.pid, signal.SIGKILL)
+        elif child.reason is None:
+            verdict = elf.decide(workdir, elf.TIMEOUT)
+            if verdict in elf.KILL_VERDICTS:  # a cancel may have come first: that verdict stands
+                child.reason = verdict
+                self.killpg(child.pid, signal.SIGTERM)
+                self.after_grace(child)
+
+    def after_grace(self, child):
+        heapq.heappush(self.timers, (time.monotonic() + self.elf(child).KILL_GRACE, child.workdir, "kill"))
+
+    def child(self, workdir, argv, cwd, env, program, verdict_file):
         """In the forked child: become the attempt's session, die with the agent, record the pid, exec."""
         code = 127
         try:
@@ -300,7 +359,7 @@ class Agent:
             for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL)  # as a shell would start it, not as Python left them
             write_file(os.path.join(workdir, "pid"), "%d\n" % os.getpid())
-            if os.path.lexists(os.path.join(workdir, "exit")):
+            if os.path.lexists(os.path.join(workdir, verdict_file)):
                 os._exit(0)  # a kill verdict came before the start: the payload never runs
             null = os.open(os.devnull, os.O_RDONLY)
             out = os.open(os.path.join(workdir, "stdout"), _FLAGS | os.O_TRUNC, 0o600)
@@ -328,6 +387,26 @@ class Agent:
         self.epoll.unregister(child.pidfd)
         info = os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED | os.WNOWAIT)
         code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
+        if child.elf is not None:
+            try:
+                returncode = code if info.si_code == os.CLD_EXITED else -info.si_status
+                self.elf(child).agent_end(child.workdir, child.elf, child.pid, child.started_at, returncode,
+                                          child.reason)
+            except OSError:
+                pass  # the directory is gone (the workflow was deleted): nothing to record into
+        else:
+            self.exit_verdict(child, code)
+        os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED)
+        os.close(child.pidfd)
+        self.by_workdir.pop(child.workdir, None)
+        self.record({"e": child.workdir})
+        os.close(child.lock)  # its files are final: the launch lock goes last
+        self.broadcast({"end": child.workdir})
+        if not self.children and os.fstat(self.journal).st_size > JOURNAL_MAX:
+            os.ftruncate(self.journal, 0)
+
+    def exit_verdict(self, child, code):
+        """The wrapper protocol's verdict: ``exit`` created exclusively, unless the broker's kill verdict came first."""
         try:
             write_file(os.path.join(child.workdir, "exit"), "%d\n" % code, exclusive=True)
         except FileExistsError:
@@ -339,14 +418,6 @@ class Agent:
                 pass
         except OSError:
             pass  # the directory is gone (the workflow was deleted): nothing to record into
-        os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED)
-        os.close(child.pidfd)
-        self.by_workdir.pop(child.workdir, None)
-        self.record({"e": child.workdir})
-        os.close(child.lock)  # its files are final: the launch lock goes last
-        self.broadcast({"end": child.workdir})
-        if not self.children and os.fstat(self.journal).st_size > JOURNAL_MAX:
-            os.ftruncate(self.journal, 0)
 
     def record(self, entry):
         os.write(self.journal, json.dumps(entry).encode() + b"\n")

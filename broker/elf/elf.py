@@ -555,6 +555,20 @@ def _read_env_file(path: str) -> List[Tuple[str, str]]:
     return [(str(name), str(value)) for name, value in items]
 
 
+#: the verdicts that kill a payload (EXITED is the payload's own end)
+KILL_VERDICTS = (TIMEOUT, CANCELLED, TERMINATED)
+
+
+def decide(workdir: str, verdict: str) -> Optional[str]:
+    """Claim ``verdict`` unless there is one already; the verdict that stands (None: unreadable)."""
+    try:
+        if claim_verdict(workdir, verdict):
+            return verdict
+    except OSError:
+        return verdict  # cannot be recorded: the side that asked still goes by it
+    return read_verdict(workdir)
+
+
 class _Run:
     """The state of one ``run``: the child, why it was killed, and the signal handlers that kill it."""
 
@@ -565,19 +579,13 @@ class _Run:
         self.reason = None  # type: Optional[str]
 
     def decide(self, verdict: str) -> Optional[str]:
-        """Claim ``verdict`` unless there is one already; the verdict that stands (None: unreadable)."""
-        try:
-            if claim_verdict(self.workdir, verdict):
-                return verdict
-        except OSError:
-            return verdict  # cannot be recorded: this elf still goes by it
-        return read_verdict(self.workdir)
+        return decide(self.workdir, verdict)
 
     def kill(self, reason: str) -> None:
         """Kill for ``reason`` (TIMEOUT or TERMINATED), or for the verdict already there; never after EXITED."""
         if self.reason is None:
             verdict = self.decide(reason)
-            if verdict in (TIMEOUT, CANCELLED, TERMINATED):
+            if verdict in KILL_VERDICTS:
                 self.reason = verdict
                 self.signal_group()
 
@@ -711,6 +719,55 @@ def _killpg(pgid: int, signum: int) -> None:
         pass
 
 
+def final_status(workdir: str, status: Dict[str, Any], reason: Optional[str], returncode: int, timeout: float,
+                 max_value_bytes: int) -> Dict[str, Any]:
+    """Complete ``status`` for an ended payload: outcome, exit code, reports of its output, spawn file.
+
+    ``reason``: the kill verdict that stands (None: it ended by itself); ``returncode`` as Popen's (-N: killed
+    by signal N). The elf's and the resident agent's (which runs payloads without an elf) end of an attempt.
+    """
+    exit_code = returncode if returncode >= 0 else 128 - returncode
+    found = scan(os.path.join(workdir, STDOUT_FILE), 0, max_value_bytes, final=True)
+    outputs = {}  # type: Dict[str, Any]
+    progress = fold(found.reports, outputs, None)
+    if reason == TIMEOUT:
+        outcome, message = TIMEOUT, "killed after the timeout of %s s" % format_seconds(timeout)
+    elif reason == CANCELLED:
+        outcome, message = CANCELLED, "cancelled"
+    elif reason == TERMINATED:
+        outcome, message = CANCELLED, "terminated by a signal the broker did not send"
+    else:
+        outcome = SUCCEEDED if exit_code == 0 else FAILED
+        message = exit_message(exit_code)
+    status.update(outcome=outcome, exit_code=exit_code, signal=-returncode if returncode < 0 else None,
+                  ended_at=time.time(), progress=list(progress) if progress else None, outputs=outputs,
+                  ignored_lines=found.ignored, message=message + ignored_note(found.ignored))
+    spawned = spawn_status(workdir, last_spawn(found.reports)) if outcome == SUCCEEDED else None
+    if spawned is not None:
+        status["spawn"] = spawned
+    return status
+
+
+def agent_end(workdir: str, options: Dict[str, Any], pid: int, started_at: float, returncode: int,
+              reason: Optional[str]) -> None:
+    """The end of an attempt the resident agent ran without an elf (``broker.elf.agent``, SSH hosts): the same
+    verdict and status file as the elf's. Called before the payload is reaped, so ``pid`` is still its group.
+
+    ``options``: the agent's start request's ``elf`` (session, attempt, timeout, max_value_bytes); ``reason``:
+    the kill verdict the agent acted on, None when it did not kill the payload.
+    """
+    if reason is None:
+        verdict = decide(workdir, EXITED)
+        reason = verdict if verdict in KILL_VERDICTS else None
+    if reason is not None:
+        _killpg(pid, signal.SIGKILL)  # whatever of the group outlived the payload
+    status = {"session": options["session"], "attempt": options["attempt"], "started_at": started_at, "pid": pid,
+              "outputs": {}, "ignored_lines": 0}  # type: Dict[str, Any]
+    final_status(workdir, status, reason, returncode, float(options.get("timeout") or 0),
+                 int(options["max_value_bytes"]))
+    write_status(workdir, status)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one payload attempt to its end; returns the payload's exit code (128+N when killed by signal N)."""
     workdir = os.path.abspath(args.workdir)
@@ -769,29 +826,14 @@ def run(args: argparse.Namespace) -> int:
     if state.reason is None:
         # ended by itself, unless a kill verdict came first (a cancel just before the end): the verdict decides
         verdict = state.decide(EXITED)
-        if verdict in (TIMEOUT, CANCELLED, TERMINATED):
+        if verdict in KILL_VERDICTS:
             state.reason = verdict
     if state.reason is not None:
         _killpg(state.proc.pid, signal.SIGKILL)  # whatever of the group outlived the payload
-    exit_code = returncode if returncode >= 0 else 128 - returncode
-    found = scan(os.path.join(workdir, STDOUT_FILE), 0, args.max_value_bytes, final=True)
-    outputs = {}  # type: Dict[str, Any]
-    progress = fold(found.reports, outputs, None)
-    if state.reason == TIMEOUT:
-        outcome, message = TIMEOUT, "killed after the timeout of %s s" % format_seconds(args.timeout)
-    elif state.reason == CANCELLED:
-        outcome, message = CANCELLED, "cancelled"
-    elif state.reason == TERMINATED:
-        outcome, message = CANCELLED, "terminated by a signal the broker did not send"
-    else:
-        outcome = SUCCEEDED if exit_code == 0 else FAILED
-        message = exit_message(exit_code)
-    status.update(outcome=outcome, exit_code=exit_code, signal=-returncode if returncode < 0 else None,
-                  ended_at=time.time(), progress=list(progress) if progress else None, outputs=outputs,
-                  ignored_lines=found.ignored, message=message + ignored_note(found.ignored))
-    spawned = spawn_status(workdir, last_spawn(found.reports)) if outcome == SUCCEEDED else None
-    if spawned is not None:
-        status["spawn"] = spawned
+    final_status(workdir, status, state.reason, returncode, args.timeout, args.max_value_bytes)
+    exit_code, outcome, outputs = status["exit_code"], status["outcome"], status["outputs"]
+    progress = tuple(status["progress"]) if status["progress"] else None
+    if "spawn" in status:
         # updateNodeStatus has no room for a fragment: the broker takes this result from the status file
         target = None
     write_status(workdir, status)

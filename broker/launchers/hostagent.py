@@ -14,6 +14,15 @@ attempt is never started twice), ``env.json`` (the payload's variables) and, for
 ``job.sh``/``job.json``. ``cancel`` is the attempt's verdict (see the elf): ``cancel`` claims it with
 ``cancelled`` before any signal, and signals nothing when the elf's ``exited`` came first.
 
+Under the resident agent (``start`` with ``resident``, ``[hosts] ssh_agent``; not for attempts that push):
+``start`` hands the attempt, with its locked launch record, to the account's resident agent on this host
+(:mod:`broker.elf.agent`, installed beside this file, started in a session of its own when none runs), which
+runs the payload itself and keeps the elf's files and duties (verdict, status file, timeout): one process
+per payload. Its launch record names the agent's directory (``agent``); ``cancel`` claims the verdict, then
+asks that agent for the SIGTERM (it has not reaped the payload, so the group is the right one). An agent
+killed takes its payloads with it (parent-death signal); the next one kills what is left of them before it
+accepts a start, and their attempts read as lost: lock free, no status.
+
 Started and alive (SSH attempts): ``start`` takes an exclusive ``flock`` on the launch record before it
 spawns the elf and hands it the locked descriptor as its standard input (the elf gives its payload
 /dev/null), so the lock is held, from the fork on, exactly as long as the elf lives; ``probe`` reports it
@@ -25,10 +34,12 @@ spawn to the last write, and the verdict decided by one exclusive creation.
 
 import errno
 import fcntl
+import array
 import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +52,8 @@ JOBID_FILE = "jobid"
 PUSH_FILE = "push.json"
 #: seconds between two looks at the members' cancel files in a bundle
 BUNDLE_TICK = 0.5
+#: seconds the resident agent may take to start (sweeping a dead one's leftovers) or to answer a request
+RESIDENT_PATIENCE = 30.0
 
 
 def _elf(path):
@@ -91,12 +104,23 @@ def _read_int(path):
         return None
 
 
+def _record(workdir):
+    try:
+        record = json.loads(_read(os.path.join(workdir, LAUNCH_FILE)) or "{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _locked(workdir):
     """Whether the attempt was started under the launch lock (its record says so)."""
-    try:
-        return bool(json.loads(_read(os.path.join(workdir, LAUNCH_FILE)) or "{}").get("lock"))
-    except (ValueError, AttributeError):
-        return False
+    return bool(_record(workdir).get("lock"))
+
+
+def _resident_dir(workdir):
+    """The resident agent's directory when the attempt was handed to one (its record says so), else None."""
+    found = _record(workdir).get("agent")
+    return found if isinstance(found, str) else None
 
 
 def _held(path):
@@ -194,13 +218,17 @@ def cmd_start(req):
     files = dict(req.get("files") or {}, payload=req["payload"])
     files[ENV_FILE] = json.dumps(req["env"])
     _makedirs(workdir)
-    lock = _create_locked(os.path.join(workdir, LAUNCH_FILE), json.dumps(dict(req["record"], lock=1)))
+    resident = req.get("resident") if not req["args"].get("push") else None
+    record = dict(req["record"], lock=1, **({"agent": resident["dir"]} if resident else {}))
+    lock = _create_locked(os.path.join(workdir, LAUNCH_FILE), json.dumps(record))
     if lock is None:
         return {"error": "exists"}
     argv = elf_argv(req["python"], req["elf"], dict(req["args"], workdir=workdir))
     try:
         for name, text in files.items():
             _write(os.path.join(workdir, name), text)
+        if resident:
+            return _start_resident(req, resident, lock)
         try:
             with open(os.devnull, "r+b") as null:
                 proc = subprocess.Popen(argv, stdin=lock, stdout=null, stderr=null, cwd=workdir, close_fds=True,
@@ -214,6 +242,73 @@ def cmd_start(req):
     return {"pid": proc.pid}
 
 
+def _start_resident(req, resident, lock):
+    """Hand the attempt to the account's resident agent on this host (started if none runs), with its lock.
+
+    The agent runs the payload itself under the elf's protocol (see broker.elf.agent): no elf process.
+    """
+    workdir, args = req["workdir"], req["args"]
+    cwd = os.path.join(workdir, args.get("cwd") or "")
+    if not (args.get("cwd") and os.path.isabs(args["cwd"])):
+        _makedirs(cwd)
+    # the agent completes argv and the environment by the elf's rules (this command does not load the elf)
+    message = {"op": "start", "id": 1, "wd": workdir, "cwd": cwd, "argv": [os.path.join(workdir, "payload")],
+               "env": list(os.environ.items()),
+               "elf": {"path": req["elf"], "session": args["session"], "attempt": args["attempt"],
+                       "type": args["type"], "interpreter": args.get("interpreter"), "pairs": req["env"],
+                       "timeout": args.get("timeout") or 0, "max_value_bytes": args["max_value_bytes"]}}
+    try:
+        sock = _resident(req["python"], resident)
+    except OSError as exc:
+        os.unlink(os.path.join(workdir, LAUNCH_FILE))  # nothing started: the same attempt may start later
+        return {"error": "cannot reach the resident agent in %s: %s" % (resident["dir"], exc)}
+    reply = {}
+    with sock:
+        sock.sendmsg([json.dumps(message).encode("utf-8")],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [lock]))])
+        while "id" not in reply:  # the ends of other attempts are told to every connection, this one too
+            try:
+                reply = json.loads(sock.recv(1 << 16) or b'{"id": null}')
+            except (OSError, ValueError):
+                reply = {"id": None}
+    if "pid" in reply:
+        return {"pid": reply["pid"]}
+    if "error" in reply:
+        os.unlink(os.path.join(workdir, LAUNCH_FILE))  # refused before its fork: nothing started
+        return {"error": "the resident agent in %s: %s" % (resident["dir"], reply["error"])}
+    # an agent that died after the request may have started it: the record stays (the attempt reads as lost)
+    return {"error": "the resident agent in %s died while starting the attempt" % resident["dir"]}
+
+
+def _resident(python, resident, start=True):
+    """A connection to the account's resident agent (``resident``: its ``dir`` and ``program``), started in a
+    session of its own when none answers and ``start``; OSError when it cannot be reached."""
+    path = os.path.join(resident["dir"], "agent.sock")
+    problem = None
+    for _ in range(50):  # an agent on its way out answers "busy" to its successor for an instant
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.settimeout(RESIDENT_PATIENCE)
+        try:
+            sock.connect(path)
+            if sock.recv(1 << 16):  # its hello
+                return sock
+        except OSError as exc:
+            problem = exc
+        sock.close()
+        if not start:
+            break
+        _makedirs(resident["dir"])
+        with open(os.devnull, "r+b") as null:
+            proc = subprocess.Popen([python, "-I", "-S", resident["program"], resident["dir"]], stdin=null,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
+                                    start_new_session=True)
+        line, error = proc.stdout.readline(256), proc.stderr.read(4096)
+        proc.wait()  # the agent itself runs on in a process of its own (it forked)
+        if not line.startswith((b"ready", b"busy")):
+            raise OSError("it did not start: %s" % (error.decode("utf-8", "replace").strip()[-300:] or "no message"))
+    raise OSError(str(problem or "it does not answer"))
+
+
 def cmd_prepare(req):
     """Prepare several attempts (batch jobs); each item says "ok" or "exists"."""
     return {"items": [_prepare(i["workdir"], i["files"], i["record"], i.get("replace", False)) for i in req["items"]]}
@@ -223,7 +318,7 @@ def cmd_probe(req):
     """Status, liveness, cancel mark and new reports of every item, in one pass."""
     elf = _elf(req["elf"])
     limit = int(req["max_value_bytes"])
-    out = []
+    out, swept = [], set()
     for workdir, attempt, session, offset in req["items"]:
         record = _read(os.path.join(workdir, LAUNCH_FILE))
         try:
@@ -238,11 +333,21 @@ def cmd_probe(req):
             item["held"] = _held(os.path.join(workdir, LAUNCH_FILE))
         elf_pid = _read_int(os.path.join(workdir, elf.ELF_PID_FILE))
         item.update(elf_pid=elf_pid, elf_alive=_alive(elf_pid) if elf_pid is not None else None)
+        if (item["record"] or {}).get("agent"):
+            item["pid"] = _read_int(os.path.join(workdir, "pid"))  # under the resident agent: no elf, its payload
         item["status"] = elf.read_status(workdir, attempt, session)
         job_dir = (item["record"] or {}).get("job_dir")
         if job_dir:
             item["submitted"] = _read(os.path.join(job_dir, "submit.out"), 4096)
         item["verdict"] = elf.read_verdict(workdir)
+        agent_dir = (item["record"] or {}).get("agent")
+        if agent_dir and not item.get("held") and not (item["status"] or {}).get("outcome") and agent_dir not in swept:
+            # its agent died: the next one kills what is left of its payloads' groups before this says "lost"
+            swept.add(agent_dir)
+            try:
+                _resident(sys.executable, {"dir": agent_dir, "program": agent_dir + ".py"}).close()
+            except OSError as exc:
+                item["sweep_error"] = str(exc)
         item["jobid"] = (_read(os.path.join(workdir, JOBID_FILE), 256) or "").strip() or None
         if offset is not None and not (item["status"] or {}).get("outcome"):
             found = elf.scan(os.path.join(workdir, elf.STDOUT_FILE), offset, limit)
@@ -280,6 +385,16 @@ def cmd_cancel(req):
             # Batch jobs: the elf runs on a compute node, where a pid of this host means nothing.
             out.append(None)
             continue
+        agent_dir = _resident_dir(workdir)
+        if agent_dir and _held(os.path.join(workdir, LAUNCH_FILE)):
+            # run by the resident agent: it has not reaped the payload, so it signals the right group
+            try:
+                with _resident(None, {"dir": agent_dir}, start=False) as sock:
+                    sock.send(json.dumps({"op": "kill", "wd": workdir, "sig": int(signal.SIGTERM)}).encode())
+                out.append("agent")
+                continue
+            except OSError:
+                pass  # the lock is held but the agent does not answer: its payload's group, as below
         elf_pid = _read_int(os.path.join(workdir, elf.ELF_PID_FILE))
         if _locked(workdir):
             alive = elf_pid is not None and _held(os.path.join(workdir, LAUNCH_FILE))  # so not a reused pid

@@ -117,7 +117,7 @@ class Launchers:
         if host.is_batch:
             options.update(poll_interval=hosts.batch_poll_interval, lost_after=hosts.lost_after)
         else:
-            options.update(poll_interval=hosts.ssh_poll_interval)
+            options.update(poll_interval=hosts.ssh_poll_interval, resident=hosts.ssh_agent)
         return _factories()[host.launcher](endpoint, **options)
 
     def launchers(self) -> list[Any]:

@@ -1,9 +1,10 @@
 """One (host, account) as the launchers see it: a shell, a private work root, the elf and the host agent.
 
-The elf and the agent are installed once per host, account and version, as
-``<root>/.broker/elf-<version>.py`` and ``agent-<version>.py`` (written to a temporary name and renamed, so
-concurrent installers never leave a half file), then used by every node there. The version is a hash of
-both files, so a broker upgrade installs the new pair beside the old one, which attempts still running keep
+The elf, the host agent and the resident agent are installed once per host, account and version, as
+``<root>/.broker/elf-<version>.py``, ``agent-<version>.py`` and ``resident-<version>.py`` (written to a
+temporary name and renamed, so concurrent installers never leave a half file), then used by every node
+there; a resident agent keeps its socket and journal in ``<root>/.broker/resident-<version>/``. The version is a hash
+of the three files, so a broker upgrade installs the new pair beside the old one, which attempts still running keep
 using. They live under the account's private root, never in a directory another account could write:
 the broker only ever runs code that account itself owns.
 """
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from broker.elf import agent as resident_module
 from broker.elf import elf as elf_module
 from broker.errors import ResourceError
 from broker.ids import GLOBAL_ID_RE
@@ -37,17 +39,19 @@ log = logging.getLogger(__name__)
 SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9_./@+~-]*")
 
 
+#: the programs installed on each host and account: (name prefix, module)
+_PROGRAMS = (("elf", elf_module), ("agent", hostagent), ("resident", resident_module))
+
+
 @functools.cache
-def _sources() -> tuple[bytes, bytes, str]:
-    elf_bytes = Path(elf_module.__file__).read_bytes()
-    agent_bytes = Path(hostagent.__file__).read_bytes()
-    version = hashlib.sha256(elf_bytes + b"\0" + agent_bytes).hexdigest()[:12]
-    return elf_bytes, agent_bytes, version
+def _sources() -> tuple[tuple[bytes, ...], str]:
+    texts = tuple(Path(module.__file__).read_bytes() for _, module in _PROGRAMS)
+    return texts, hashlib.sha256(b"\0".join(texts)).hexdigest()[:12]
 
 
 def version() -> str:
-    """The version of the elf + agent pair this broker installs."""
-    return _sources()[2]
+    """The version of the programs this broker installs (the elf, the host agent, the resident agent)."""
+    return _sources()[1]
 
 
 class Endpoint:
@@ -72,11 +76,11 @@ class Endpoint:
         with self._lock:
             if self._root is not None:
                 return self._root
-            elf_bytes, agent_bytes, ver = _sources()
+            texts, ver = _sources()
             wanted = shlex.quote(work_root(self.host, self.account))
+            present = " && ".join(f"test -f .broker/{name}-{ver}.py" for name, _ in _PROGRAMS)
             script = (f"umask 077 && mkdir -p {wanted}/.broker && chmod 700 {wanted} && cd {wanted} && pwd -P && "
-                      f"if test -f .broker/elf-{ver}.py && test -f .broker/agent-{ver}.py; then echo present; "
-                      f"else echo missing; fi")
+                      f"if {present}; then echo present; else echo missing; fi")
             done = self.shell.run(script, timeout=self._timeout)
             lines = done.out.split()
             if done.returncode != 0 or len(lines) != 2:
@@ -87,8 +91,8 @@ class Endpoint:
                 raise ResourceError(f"{self.label}: work root {root!r} has characters the broker does not "
                                     "put in commands", retryable=False)
             if lines[1] == "missing":
-                self.shell.put(f"{root}/.broker/elf-{ver}.py", elf_bytes, 0o700)
-                self.shell.put(f"{root}/.broker/agent-{ver}.py", agent_bytes, 0o700)
+                for (name, _), text in zip(_PROGRAMS, texts):
+                    self.shell.put(f"{root}/.broker/{name}-{ver}.py", text, 0o700)
                 self.installs += 1
                 log.info("installed the elf %s on %s in %s/.broker", ver, self.label, root)
             self._root = root
@@ -103,6 +107,13 @@ class Endpoint:
     def agent_path(self) -> str:
         """The installed agent (after :meth:`ensure`)."""
         return f"{self.ensure()}/.broker/agent-{version()}.py"
+
+    @property
+    def resident(self) -> dict[str, str]:
+        """The resident agent of this account here: its installed program and its directory (socket, journal),
+        one per version: an agent of an earlier broker finishes its payloads beside the new one's."""
+        base = f"{self.ensure()}/.broker/resident-{version()}"
+        return {"program": base + ".py", "dir": base}
 
     # ------------------------------------------------------------------------------------- workdirs
 

@@ -13,7 +13,12 @@ keeps its result (see :mod:`broker.launchers.hostagent` and the elf).
 Whether an attempt runs is the launch record's lock, held by its elf from the spawn on (the agent's
 ``held``): no clock and no pid decide it. Attempts started before the lock go by the elf's pid as before.
 
-Handles name the host as ``login@host``; ``job_id`` is the elf's pid.
+With ``resident`` (``[hosts] ssh_agent``) the agent's ``start`` hands each attempt to the account's resident
+agent on the host instead of starting an elf, and the agent keeps the elf's files and duties: one process
+per payload, and everything above reads the same files (see :mod:`broker.elf.agent`). Attempts that push
+their results to the broker still run under an elf.
+
+Handles name the host as ``login@host``; ``job_id`` is the elf's pid, or the payload's under the resident agent.
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ class SshLauncher(RemoteLauncher):
 
     def __init__(self, endpoint: Endpoint, *, poll_interval: float = 2.0,
                  max_output_bytes: int = elf.DEFAULT_MAX_VALUE_BYTES, lost_after: float = LOST_AFTER,
-                 stage_max_bytes: int = 10 * 1024**3):
-        """``stage_max_bytes``: the largest file moved between the engine's and the host's work directories."""
+                 stage_max_bytes: int = 10 * 1024**3, resident: bool = False):
+        """``stage_max_bytes``: the largest file moved between the engine's and the host's work directories;
+        ``resident``: payloads start under the account's resident agent on the host, not under an elf each."""
         super().__init__(endpoint, kind="ssh", poll_interval=poll_interval, max_output_bytes=max_output_bytes,
                          stage_max_bytes=stage_max_bytes)
         self._lost_after = lost_after
+        self._resident = resident
 
     # ------------------------------------------------------------------------------------ the interface
 
@@ -64,7 +71,7 @@ class SshLauncher(RemoteLauncher):
         reply = ep.agent("start", {"workdir": workdir, "payload": request.payload_text, "files": push_files(request),
                                    "env": payload_env(ep.host.env, request), "python": ep.host.python,
                                    "elf": ep.elf_path, "args": elf_args(request, self._max_output_bytes),
-                                   "record": record})
+                                   "record": record, **({"resident": ep.resident} if self._resident else {})})
         if reply.get("error") == "exists":
             return self._adopt(request, workdir)
         handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir,
@@ -100,7 +107,7 @@ class SshLauncher(RemoteLauncher):
         record = item.get("record")
         if not item.get("started") or record is None:
             return Recovered("absent")
-        handle = dataclasses.replace(handle, job_id=str(item.get("elf_pid") or job_id or 0),
+        handle = dataclasses.replace(handle, job_id=str(item.get("elf_pid") or item.get("pid") or job_id or 0),
                                      started_at=record.get("started_at", 0.0), timeout=record.get("timeout"))
         tracked = Tracked(handle, record.get("session"))
         return self._recovered(tracked, self._judge(tracked, item, final_look=True))
@@ -134,6 +141,9 @@ class SshLauncher(RemoteLauncher):
             tracked.override = (base.CANCELLED, "cancelled")
         elif item.get("verdict") == elf.TIMEOUT:
             tracked.override = (base.TIMEOUT, timeout_message(record.get("timeout") or tracked.handle.timeout))
+        elif record.get("agent"):
+            tracked.override = (base.LOST, "no result: the host's resident agent ended before the payload did "
+                                           "(killed, or the host restarted), and its payloads with it")
         elif item.get("elf_pid") is None:
             tracked.override = (base.LOST, "the elf never started (see the host's python and the work directory)")
         else:

@@ -49,9 +49,12 @@ def host(sshd, scratch):
     return ssh_host(sshd, scratch, env=(("FROM_HOST", "host"), ("SHARED", "host")))
 
 
-@pytest.fixture
-def launcher(sshd, host, pool):
-    with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1, lost_after=5.0) as it:
+@pytest.fixture(params=["elf", "resident"])
+def launcher(request, sshd, host, pool):
+    """Under an elf per payload, and under the account's resident agent on the host (``[hosts] ssh_agent``): the
+    same behaviour through the same files."""
+    with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1, lost_after=5.0,
+                     resident=request.param == "resident") as it:
         yield it
 
 
@@ -236,7 +239,7 @@ def test_the_elf_is_installed_once_per_host_account_and_version(sshd, scratch, p
     assert (first.installs, second.installs) == (1, 0)
     assert (elf.stat().st_ino, elf.stat().st_mtime_ns) == (installed.st_ino, installed.st_mtime_ns)
     scripts = sorted(p.name for p in elf.parent.iterdir() if p.suffix == ".py")
-    assert scripts == sorted([elf.name, Path(first.agent_path).name])
+    assert scripts == sorted([elf.name, Path(first.agent_path).name, Path(first.resident["program"]).name])
 
 
 @pytest.mark.slow

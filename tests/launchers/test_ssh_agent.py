@@ -1,0 +1,132 @@
+"""The SSH launcher under the account's resident agent on the host (``[hosts] ssh_agent``), against the real test
+sshd: what only the agent has (one process per payload, its death, a broker's restart around it). What the
+elf and the agent share (results, reports, timeouts, cancel, adoption) runs under both in test_ssh.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+from pathlib import Path
+
+import pytest
+
+from broker.launchers import base
+from broker.launchers.ssh import SshLauncher
+from broker.resources.sshpool import SshPool
+from tests.fixtures import wait_for
+from tests.launchers.test_ssh import host, pool, scratch  # noqa: F401 - the elf tests' fixtures, shared
+from tests.resources.helpers import (WAIT_FOR_GO, Ended, account, alive, endpoint, read_int, release, request,
+                                     run_to_end, unique_workflow, wait_started)
+
+pytestmark = pytest.mark.slow
+
+
+def launcher_of(sshd, host, pool) -> SshLauncher:
+    return SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1, lost_after=0.0, resident=True)
+
+
+def agents(directory: str) -> list[int]:
+    """Pids of the resident agents serving ``directory`` (their command line ends with it)."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(args) >= 2 and args[-2] == os.fsencode(directory) and args[-3].endswith(b".py"):
+            found.append(int(name))
+    # a payload the agent has just forked shows the agent's command line until it execs
+    parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in found
+               if os.path.exists(f"/proc/{pid}/stat")}
+    return [pid for pid, parent in parents.items() if parent not in parents]
+
+
+def test_payloads_run_as_children_of_one_resident_agent_without_an_elf(sshd, host, pool):
+    with launcher_of(sshd, host, pool) as launcher:
+        handles = [launcher.launch(request(unique_workflow(), WAIT_FOR_GO, node_id=i)) for i in (1, 2)]
+        pgids = [wait_started(h.workdir) for h in handles]
+        [agent] = agents(launcher.endpoint.resident["dir"])
+        for handle, pgid in zip(handles, pgids):
+            assert int(handle.job_id) == pgid  # the payload's own pid: no elf between
+            assert Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(agent)
+            assert not os.path.exists(f"{handle.workdir}/elf.pid")
+            assert json.loads(Path(handle.workdir, "launch.json").read_text())["agent"] == \
+                launcher.endpoint.resident["dir"]
+            assert os.stat(handle.workdir).st_uid == pwd.getpwnam(sshd.user).pw_uid
+        assert os.stat(f"/proc/{agent}").st_uid == pwd.getpwnam(sshd.user).pw_uid  # as the account
+        for handle in handles:
+            release(handle.workdir)
+            assert run_to_end(launcher, handle).outputs == {"done": True}
+        # idle and unwatched, it leaves: a broker starts another when it needs one
+        wait_for(lambda: not alive(agent), what="the idle agent to exit")
+
+
+def test_a_kill_9_of_the_agent_loses_its_attempts_only_once_what_is_left_of_them_is_killed(sshd, host, pool):
+    with launcher_of(sshd, host, pool) as launcher:
+        quick = launcher.launch(request(unique_workflow(), "echo '@broker output n=1'\n", node_id=1))
+        assert run_to_end(launcher, quick).outputs == {"n": 1}
+        handle = launcher.launch(request(unique_workflow(), "sleep 300 &\necho $! > child\nsleep 300\n", node_id=2))
+        pgid = wait_started(handle.workdir)
+        child = wait_for(lambda: read_int(f"{handle.workdir}/child"), what="the background child")
+        [agent] = agents(launcher.endpoint.resident["dir"])
+        ended = Ended()
+        launcher.watch(handle, ended)
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: ended.has(2), what="the attempt to be found lost")
+        # the payload died with the agent (parent-death signal); its child was killed by the next agent's sweep,
+        # which ran before the probe said "lost"
+        assert not alive(pgid) and not alive(child)
+        result = launcher.collect(handle)
+        assert (result.outcome, result.message) == (base.LOST, "no result: the host's resident agent ended before "
+                                                               "the payload did (killed, or the host restarted), "
+                                                               "and its payloads with it")
+        # the recorded result before the kill stands, and the next attempt starts under a new agent
+        assert launcher.recover(1, 1, quick.workdir, None).result.outputs == {"n": 1}
+        retry = launcher.launch(request(unique_workflow(), "echo again\n", node_id=3))
+        assert run_to_end(launcher, retry).outcome == base.SUCCEEDED
+
+
+def test_a_restarted_broker_finds_finished_running_lost_and_absent_attempts_of_the_agent(sshd, host, pool):
+    workflow = unique_workflow()
+    quick = request(workflow, "echo '@broker output n=5'\nexit 2\n", node_id=1)
+    slow = request(workflow, WAIT_FOR_GO, node_id=2)
+    old_pool = SshPool()
+    with launcher_of(sshd, host, old_pool) as old:  # the broker dies: its launcher and connections go
+        handles = [old.launch(r) for r in (quick, slow)]
+        run_to_end(old, handles[0])
+        wait_started(handles[1].workdir)
+    old_pool.close()
+    with launcher_of(sshd, host, pool) as new:
+        finished = new.recover(1, 1, quick.workdir, None)
+        assert (finished.status, finished.result.outcome, finished.result.exit_code, finished.result.outputs) == \
+            ("finished", base.FAILED, 2, {"n": 5})
+        running = new.recover(2, 1, slow.workdir, None)
+        assert running.status == "running" and running.handle.job_id == handles[1].job_id
+        assert new.recover(4, 1, request(workflow, "", node_id=4).workdir, None).status == "absent"
+        ended = Ended()
+        new.watch(running.handle, ended)
+        release(handles[1].workdir)
+        wait_for(lambda: ended.has(2), what="the adopted attempt to end")
+        assert new.collect(running.handle).outputs == {"done": True}
+        # a cancel of an adopted attempt goes through the agent too
+        doomed = new.launch(request(workflow, "sleep 300\n", node_id=3))
+        pgid = wait_started(doomed.workdir)
+    with launcher_of(sshd, host, pool) as again:
+        adopted = again.recover(3, 1, doomed.workdir, None)
+        assert adopted.status == "running"
+        again.cancel(adopted.handle)
+        result = run_to_end(again, adopted.handle)
+        assert (result.outcome, result.message) == (base.CANCELLED, "cancelled")
+        assert not alive(pgid)
+
+
+def test_attempts_that_push_still_run_under_an_elf(sshd, host, pool):
+    with launcher_of(sshd, host, pool) as launcher:
+        # nothing listens there: the push fails and is counted; the status file carries the result
+        req = request(unique_workflow(), "echo '@broker output n=2'\n", push=("http://127.0.0.1:9/x", 7, "s"))
+        handle = launcher.launch(req)
+        assert run_to_end(launcher, handle).outputs == {"n": 2}
+        assert os.path.exists(f"{handle.workdir}/elf.pid")
+        assert "agent" not in json.loads(Path(handle.workdir, "launch.json").read_text())
