@@ -7,6 +7,7 @@ one on stdout, so a launcher does a whole host's work in one command per interva
     python3 agent-<v>.py prepare  < {"items": [{"workdir", "files": {name: text}, "record"}]}
     python3 agent-<v>.py probe    < {"elf", "max_value_bytes", "items": [[workdir, attempt, session, offset]]}
     python3 agent-<v>.py cancel   < {"items": [[workdir, reason]], "signal": true}
+    python3 agent-<v>.py relay    (start requests, one JSON line each on stdin, one reply line each, until EOF)
     python3 agent-<v>.py bundle MANIFEST        (inside a batch job: run the members' elfs)
 
 Work directory files it adds to the elf's: ``launch.json`` (the launch record, created exclusively so an
@@ -304,7 +305,9 @@ def _resident(python, resident, start=True):
                                     start_new_session=True)
         line, error = proc.stdout.readline(256), proc.stderr.read(4096)
         proc.wait()  # the agent itself runs on in a process of its own (it forked)
-        if not line.startswith((b"ready", b"busy")):
+        if line.startswith(b"busy"):
+            time.sleep(0.02)  # the one on its way out still holds the directory: let it go before another try
+        elif not line.startswith(b"ready"):
             raise OSError("it did not start: %s" % (error.decode("utf-8", "replace").strip()[-300:] or "no message"))
     raise OSError(str(problem or "it does not answer"))
 
@@ -458,9 +461,39 @@ def cmd_bundle(manifest_path):
 COMMANDS = {"start": cmd_start, "prepare": cmd_prepare, "probe": cmd_probe, "cancel": cmd_cancel}
 
 
+def cmd_relay():
+    """Serve ``start`` requests, one JSON line each, each answered by one line carrying the request's ``seq``,
+    until the end of the input: a launcher keeps one running per host and account, so that a launch costs no
+    process start here (the payload is then the only process an attempt starts)."""
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            return 0
+        seq = None
+        try:
+            request = json.loads(line.decode("utf-8"))
+            seq = request.pop("seq", None)
+            reply = cmd_start(request)
+        except OSError as exc:
+            reply = {"error": "%s: %s" % (getattr(exc, "filename", "") or "", exc.strerror or exc)}
+        except Exception as exc:  # a bad request must not end the relay of every later one
+            reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
+        reply["seq"] = seq
+        sys.stdout.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+        try:  # the elfs it started (attempts that push) and ended: a one-shot command's exit left them to init
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == "bundle":
         return cmd_bundle(argv[2])
+    if argv[1:] == ["relay"]:
+        os.umask(0o077)
+        return cmd_relay()
     if len(argv) != 2 or argv[1] not in COMMANDS:
         sys.stderr.write("usage: agent.py {%s} < request.json | agent.py bundle MANIFEST\n" % ",".join(COMMANDS))
         return 2

@@ -68,6 +68,11 @@ class Endpoint:
         self._root: str | None = None
         #: how many times this endpoint uploaded the elf (tests: once per host, account and version)
         self.installs = 0
+        self._relay: Any = None
+        #: relays opened so far (tests: one per endpoint unless one failed)
+        self.relays = 0
+        self._relay_lock = threading.Lock()
+        self._seq = 0
 
     # --------------------------------------------------------------------------------------- install
 
@@ -218,6 +223,45 @@ class Endpoint:
         data = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         done = self.shell.run(line, stdin=data, timeout=timeout or self._timeout)
         return self.reply(command, done)
+
+    def start(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The agent's ``start`` of one attempt, through the relay when the shell can keep one open.
+
+        The relay is the host agent's ``relay`` command kept running on a channel of its own (one channel
+        slot): a launch then starts no process on the host but the payload. Any failure of it is answered by
+        the same request as one command: ``start`` is idempotent (the launch record is created exclusively,
+        so a start the relay did make answers "exists", and the launcher adopts it), and a host whose Python
+        is missing gets its clear message from the command.
+        """
+        open_stream = getattr(self.shell, "stream", None)
+        if open_stream is not None:
+            try:
+                with self._relay_lock:
+                    if self._relay is None or self._relay.closed:
+                        self._relay = open_stream(self.agent_command("relay"))
+                        self.relays += 1
+                    self._seq += 1
+                    line = json.dumps(dict(request, seq=self._seq), ensure_ascii=False, separators=(",", ":"))
+                    reply = json.loads(self._relay.request(line.encode("utf-8")))
+                    if not isinstance(reply, dict) or reply.pop("seq", None) != self._seq:
+                        self._relay.close()
+                        raise ShellError(f"{self.label}: the relay answered out of turn", ambiguous=True)
+            except (ShellError, ValueError) as exc:
+                log.info("%s: the relay failed (%s): the start goes as one command", self.label, exc)
+            else:
+                if reply.get("error") == "exists":
+                    return reply
+                if isinstance(reply.get("error"), str):
+                    raise ResourceError(f"{self.label}: agent start: {reply['error']}")
+                return reply
+        return self.agent("start", request)
+
+    def close(self) -> None:
+        """Close the relay, if one is open (its command ends with its input); payloads run on."""
+        with self._relay_lock:
+            if self._relay is not None:
+                self._relay.close()
+                self._relay = None
 
     def probe(self, tracked: Sequence[Any], max_output_bytes: int, scan: bool = True) -> list[dict[str, Any]]:
         """The agent's look at the work directories of tracked attempts (status, elf alive, new reports)."""

@@ -15,8 +15,9 @@ Whether an attempt runs is the launch record's lock, held by its elf from the sp
 
 With ``resident`` (``[hosts] ssh_agent``) the agent's ``start`` hands each attempt to the account's resident
 agent on the host instead of starting an elf, and the agent keeps the elf's files and duties: one process
-per payload, and everything above reads the same files (see :mod:`broker.elf.agent`). Attempts that push
-their results to the broker still run under an elf.
+per payload, and everything above reads the same files (see :mod:`broker.elf.agent`). Those starts go through
+the endpoint's relay (:meth:`broker.launchers.remote.Endpoint.start`: one host agent kept running, so a
+launch starts no process on the host but the payload). Attempts that push their results still run under an elf.
 
 Handles name the host as ``login@host``; ``job_id`` is the elf's pid, or the payload's under the resident agent.
 """
@@ -24,6 +25,7 @@ Handles name the host as ``login@host``; ``job_id`` is the elf's pid, or the pay
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -68,7 +70,8 @@ class SshLauncher(RemoteLauncher):
         workdir = self._remote_workdir(request)
         record = {"node_id": request.node_id, "attempt": request.attempt, "started_at": started_at,
                   "timeout": request.timeout, "session": session_of(request)}
-        reply = ep.agent("start", {"workdir": workdir, "payload": request.payload_text, "files": push_files(request),
+        start = ep.start if self._resident else functools.partial(ep.agent, "start")
+        reply = start({"workdir": workdir, "payload": request.payload_text, "files": push_files(request),
                                    "env": payload_env(ep.host.env, request), "python": ep.host.python,
                                    "elf": ep.elf_path, "args": elf_args(request, self._max_output_bytes),
                                    "record": record, **({"resident": ep.resident} if self._resident else {})})
@@ -89,6 +92,11 @@ class SshLauncher(RemoteLauncher):
                      throttle: int = 0) -> list[LaunchHandle]:
         raise ResourceError(f"{self.endpoint.label}: only batch hosts run sweep members as job arrays",
                             retryable=False)
+
+    def close(self) -> None:
+        """Stop the poller and close the relay; payloads keep running (a new launcher recovers them)."""
+        super().close()
+        self.endpoint.close()
 
     def _adopt(self, request: LaunchRequest, workdir: str) -> LaunchHandle:
         """The attempt a previous launch of this very request started (its reply was lost): never a second one."""

@@ -31,6 +31,7 @@ from broker.errors import ResourceError
 from broker.resources.accounts import Account
 from broker.resources.catalogue import Host
 from broker.resources.shell import CHUNK, MAX_OUTPUT_BYTES, Completed, ShellError
+from broker.resources.sshstream import SshStream
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,19 @@ class _Connection:
     @contextlib.contextmanager
     def slot(self, timeout: float) -> Iterator[None]:
         """Hold one of the connection's channel slots."""
-        if not self._channels.acquire(timeout=timeout):
-            raise ShellError(f"{self.label}: no free SSH channel after {timeout:g} s")
+        self.take_slot(timeout)
         try:
             yield
         finally:
             self._channels.release()
+
+    def take_slot(self, timeout: float) -> None:
+        """Take one of the channel slots until :meth:`give_slot` (a long-lived channel: a stream)."""
+        if not self._channels.acquire(timeout=timeout):
+            raise ShellError(f"{self.label}: no free SSH channel after {timeout:g} s")
+
+    def give_slot(self) -> None:  # noqa: D102 - the end of take_slot
+        self._channels.release()
 
     def open_channel(self, timeout: float) -> tuple[paramiko.Transport, paramiko.Channel]:
         """A new session channel, on a fresh connection if the current one turns out dead."""
@@ -188,6 +196,10 @@ class SshShell:
         self._conn = connection
         self.label = connection.label
         self._timeout = command_timeout
+
+    def stream(self, command: str) -> SshStream:
+        """``command`` on a channel of its own, kept open: a :class:`broker.resources.sshstream.SshStream`."""
+        return SshStream(self._conn, command, self._timeout)
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> Completed:
         """Run ``command`` by the account's login shell; stdin, if given, is sent and closed."""

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from broker.errors import ResourceError
 from broker.launchers import base
 from broker.launchers.ssh import SshLauncher
 from broker.resources.sshpool import SshPool
 from tests.fixtures import wait_for
 from tests.launchers.test_ssh import host, pool, scratch  # noqa: F401 - the elf tests' fixtures, shared
 from tests.resources.helpers import (WAIT_FOR_GO, Ended, account, alive, endpoint, read_int, release, request,
-                                     run_to_end, unique_workflow, wait_started)
+                                     run_to_end, ssh_host, unique_workflow, wait_started)
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +131,65 @@ def test_attempts_that_push_still_run_under_an_elf(sshd, host, pool):
         assert run_to_end(launcher, handle).outputs == {"n": 2}
         assert os.path.exists(f"{handle.workdir}/elf.pid")
         assert "agent" not in json.loads(Path(handle.workdir, "launch.json").read_text())
+
+
+def relays(directory: str) -> list[int]:
+    """Pids of the host agent relays of the programs installed in ``directory``."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[-2:] == [b"relay", b""] and args[-3].startswith(os.fsencode(directory)):
+            found.append(int(name))
+    return found
+
+
+def test_launches_go_through_one_relay_and_start_no_host_agent_process_each(sshd, host, pool):
+    with launcher_of(sshd, host, pool) as launcher:
+        commands = []
+        run = launcher.endpoint.shell.run
+        launcher.endpoint.shell.run = lambda command, **kw: commands.append(command) or run(command, **kw)
+        handles = [launcher.launch(request(unique_workflow(), f"echo '@broker output n={i}'\n", node_id=i))
+                   for i in range(1, 21)]
+        assert [run_to_end(launcher, h).outputs for h in handles] == [{"n": i} for i in range(1, 21)]
+        assert launcher.endpoint.relays == 1
+        assert not [c for c in commands if c.endswith(" start")]  # polls only
+        [relay] = relays(str(Path(launcher.endpoint.elf_path).parent))
+    wait_for(lambda: not alive(relay), what="the relay to end with its launcher")
+
+
+def test_a_relay_that_stops_or_dies_costs_a_launch_nothing_and_never_starts_an_attempt_twice(sshd, host):
+    pool = SshPool(max_channels=8, command_timeout=2.0)  # a stopped relay is given up after 2 s
+    try:
+        with launcher_of(sshd, host, pool) as launcher:
+            run_to_end(launcher, launcher.launch(request(unique_workflow(), "true\n")))
+            [relay] = relays(str(Path(launcher.endpoint.elf_path).parent))
+            os.kill(relay, signal.SIGSTOP)  # it will read the next request only after the launch gave up on it
+            try:
+                req = request(unique_workflow(), "echo run >> $WB_WORKDIR/runs\necho '@broker output ok=1'\n")
+                handle = launcher.launch(req)  # answered by the request as one command
+            finally:
+                os.kill(relay, signal.SIGCONT)
+            assert run_to_end(launcher, handle).outputs == {"ok": 1}
+            # the relay, continued, read the same request: the launch record exists, nothing starts twice
+            wait_for(lambda: not alive(relay), what="the given-up relay to end")
+            assert Path(handle.workdir, "runs").read_text() == "run\n"
+            run_to_end(launcher, launcher.launch(request(unique_workflow(), "true\n", node_id=2)))  # a new relay
+            [relay] = relays(str(Path(launcher.endpoint.elf_path).parent))
+            os.kill(relay, signal.SIGKILL)  # a relay killed outright: the next launch opens another
+            after = launcher.launch(request(unique_workflow(), "echo '@broker output again=1'\n", node_id=3))
+            assert run_to_end(launcher, after).outputs == {"again": 1}  # as one command: the relay was dead
+            assert launcher.endpoint.relays == 2
+            run_to_end(launcher, launcher.launch(request(unique_workflow(), "true\n", node_id=4)))
+            assert launcher.endpoint.relays == 3  # and the next launch opened a new one
+    finally:
+        pool.close()
+
+
+def test_a_host_without_the_configured_python_fails_the_launch_with_a_clear_message(sshd, scratch, pool):
+    host = ssh_host(sshd, scratch, python="/no/such/python3")
+    with launcher_of(sshd, host, pool) as launcher:
+        with pytest.raises(ResourceError, match=r"/no/such/python3 not found \(set <python> in the host catalogue\)"):
+            launcher.launch(request(unique_workflow(), "true\n"))
