@@ -4,6 +4,7 @@ elf and the agent share (results, reports, timeouts, cancel, adoption) runs unde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -28,16 +29,19 @@ def launcher_of(sshd, host, pool) -> SshLauncher:
     return SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=0.1, lost_after=0.0, resident=True)
 
 
+def commands() -> dict[int, list[bytes]]:
+    """Every process's command line (its arguments, the empty one after the last NUL included)."""
+    found = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            found[int(name)] = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+    return found
+
+
 def agents(directory: str) -> list[int]:
     """Pids of the resident agents serving ``directory`` (their command line ends with it)."""
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(args) >= 2 and args[-2] == os.fsencode(directory) and args[-3].endswith(b".py"):
-            found.append(int(name))
+    found = [pid for pid, args in commands().items()
+             if len(args) >= 3 and args[-2] == os.fsencode(directory) and args[-3].endswith(b".py")]
     # a payload the agent has just forked shows the agent's command line until it execs
     parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in found
                if os.path.exists(f"/proc/{pid}/stat")}
@@ -135,15 +139,8 @@ def test_attempts_that_push_still_run_under_an_elf(sshd, host, pool):
 
 def relays(directory: str) -> list[int]:
     """Pids of the host agent relays of the programs installed in ``directory``."""
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            args = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args[-2:] == [b"relay", b""] and args[-3].startswith(os.fsencode(directory)):
-            found.append(int(name))
-    return found
+    return [pid for pid, args in commands().items()
+            if len(args) >= 3 and args[-2:] == [b"relay", b""] and args[-3].startswith(os.fsencode(directory))]
 
 
 def test_launches_go_through_one_relay_and_start_no_host_agent_process_each(sshd, host, pool):
