@@ -69,6 +69,7 @@ class Endpoint:
         #: how many times this endpoint uploaded the elf (tests: once per host, account and version)
         self.installs = 0
         self._relay: Any = None
+        self._relay_refused = False
         #: relays opened so far (tests: one per endpoint unless one failed)
         self.relays = 0
         self._relay_lock = threading.Lock()
@@ -234,7 +235,7 @@ class Endpoint:
         is missing gets its clear message from the command.
         """
         open_stream = getattr(self.shell, "stream", None)
-        if open_stream is not None:
+        if open_stream is not None and not self._relay_refused:
             try:
                 with self._relay_lock:
                     if self._relay is None or self._relay.closed:
@@ -248,6 +249,8 @@ class Endpoint:
                         raise ShellError(f"{self.label}: the relay answered out of turn", ambiguous=True)
             except (ShellError, ValueError) as exc:
                 log.info("%s: the relay failed (%s): the start goes as one command", self.label, exc)
+                if isinstance(exc, ShellError) and not exc.retryable:
+                    self._relay_refused = True  # it cannot be opened here: commands from now on
             else:
                 if reply.get("error") == "exists":
                     return reply

@@ -48,6 +48,7 @@ class _Connection:
         self.host, self.account = host, account
         self.label = account.label
         self._channels = threading.BoundedSemaphore(max_channels)
+        self.max_channels = max_channels
         self._lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
         self._connect_timeout = connect_timeout

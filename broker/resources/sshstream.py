@@ -28,6 +28,9 @@ class SshStream:
         self.label = connection.label
         self._conn, self._timeout, self._buffer = connection, timeout, b""
         self._errors = _LINK_ERRORS + (paramiko.SSHException,)
+        if connection.max_channels < 2:  # it would hold the only slot: every other command would wait for it
+            raise ShellError(f"{self.label}: one SSH channel at most ([hosts] ssh_max_channels): no room for a "
+                             "stream", retryable=False)
         connection.take_slot(timeout)
         try:
             self._transport, self._channel = connection.open_channel(timeout)

@@ -190,3 +190,15 @@ def test_a_host_without_the_configured_python_fails_the_launch_with_a_clear_mess
     with launcher_of(sshd, host, pool) as launcher:
         with pytest.raises(ResourceError, match=r"/no/such/python3 not found \(set <python> in the host catalogue\)"):
             launcher.launch(request(unique_workflow(), "true\n"))
+
+
+def test_with_one_ssh_channel_there_is_no_relay_and_launches_go_as_commands(sshd, host):
+    pool = SshPool(max_channels=1, command_timeout=30.0)  # a relay would hold the only channel: polls would wait
+    try:
+        with launcher_of(sshd, host, pool) as launcher:
+            handles = [launcher.launch(request(unique_workflow(), f"echo '@broker output n={i}'\n", node_id=i))
+                       for i in (1, 2)]
+            assert [run_to_end(launcher, h).outputs for h in handles] == [{"n": 1}, {"n": 2}]
+            assert launcher.endpoint.relays == 0
+    finally:
+        pool.close()
