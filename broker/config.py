@@ -307,9 +307,10 @@ class HostsSettings:
     local_agent: bool = field(default=False, metadata=_doc("whether local payloads start under a resident agent "
                                                            "per account (one process per payload) instead of "
                                                            "a wb-run.sh wrapper each"))
-    ssh_agent: bool = field(default=False, metadata=_doc("whether SSH hosts run payloads under a resident agent per "
-                                                         "host and account (one process per payload; the host "
-                                                         "needs Python 3.9 and Linux 5.3) instead of an elf each"))
+    ssh_agent: bool = field(default=True, metadata=_doc("whether SSH hosts run payloads under a resident agent per "
+                                                        "host and account (one process per payload) instead of "
+                                                        "an elf each; a host where it cannot run (Python before "
+                                                        "3.9, Linux before 5.3) gets elfs"))
 
 
 @dataclass(frozen=True, slots=True)

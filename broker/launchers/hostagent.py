@@ -220,16 +220,24 @@ def cmd_start(req):
     files[ENV_FILE] = json.dumps(req["env"])
     _makedirs(workdir)
     resident = req.get("resident") if not req["args"].get("push") else None
-    record = dict(req["record"], lock=1, **({"agent": resident["dir"]} if resident else {}))
+    sock, unreachable = None, None
+    if resident:
+        try:  # before the record, which says who runs the attempt
+            sock = _resident(req["python"], resident)
+        except OSError as exc:  # no agent can run here (an older Python, no pidfd): this attempt gets an elf
+            unreachable = "the resident agent in %s cannot run: %s" % (resident["dir"], exc)
+    record = dict(req["record"], lock=1, **({"agent": resident["dir"]} if sock else {}))
     lock = _create_locked(os.path.join(workdir, LAUNCH_FILE), json.dumps(record))
     if lock is None:
+        if sock is not None:
+            sock.close()
         return {"error": "exists"}
     argv = elf_argv(req["python"], req["elf"], dict(req["args"], workdir=workdir))
     try:
         for name, text in files.items():
             _write(os.path.join(workdir, name), text)
-        if resident:
-            return _start_resident(req, resident, lock)
+        if sock is not None:
+            return _start_resident(req, resident, lock, sock)
         try:
             with open(os.devnull, "r+b") as null:
                 proc = subprocess.Popen(argv, stdin=lock, stdout=null, stderr=null, cwd=workdir, close_fds=True,
@@ -240,11 +248,11 @@ def cmd_start(req):
             return {"error": "cannot start %s: %s" % (argv[0], exc.strerror or exc)}
     finally:
         os.close(lock)
-    return {"pid": proc.pid}
+    return {"pid": proc.pid, **({"agent_error": unreachable} if unreachable else {})}
 
 
-def _start_resident(req, resident, lock):
-    """Hand the attempt to the account's resident agent on this host (started if none runs), with its lock.
+def _start_resident(req, resident, lock, sock):
+    """Hand the attempt to the account's resident agent on this host (``sock``: connected), with its lock.
 
     The agent runs the payload itself under the elf's protocol (see broker.elf.agent): no elf process.
     """
@@ -258,11 +266,6 @@ def _start_resident(req, resident, lock):
                "elf": {"path": req["elf"], "session": args["session"], "attempt": args["attempt"],
                        "type": args["type"], "interpreter": args.get("interpreter"), "pairs": req["env"],
                        "timeout": args.get("timeout") or 0, "max_value_bytes": args["max_value_bytes"]}}
-    try:
-        sock = _resident(req["python"], resident)
-    except OSError as exc:
-        os.unlink(os.path.join(workdir, LAUNCH_FILE))  # nothing started: the same attempt may start later
-        return {"error": "cannot reach the resident agent in %s: %s" % (resident["dir"], exc)}
     reply = {}
     with sock:
         sock.sendmsg([json.dumps(message).encode("utf-8")],

@@ -58,6 +58,7 @@ class SshLauncher(RemoteLauncher):
                          stage_max_bytes=stage_max_bytes)
         self._lost_after = lost_after
         self._resident = resident
+        self._agent_warned = False
 
     # ------------------------------------------------------------------------------------ the interface
 
@@ -77,6 +78,9 @@ class SshLauncher(RemoteLauncher):
                                    "record": record, **({"resident": ep.resident} if self._resident else {})})
         if reply.get("error") == "exists":
             return self._adopt(request, workdir)
+        if "agent_error" in reply and not self._agent_warned:
+            self._agent_warned = True  # once: every attempt there says the same
+            log.warning("%s: attempts run under the elf: %s", ep.label, reply["agent_error"])
         handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir,
                               job_id=str(reply["pid"]), host=ep.label, started_at=started_at,
                               timeout=request.timeout)

@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import pwd
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -202,3 +204,26 @@ def test_with_one_ssh_channel_there_is_no_relay_and_launches_go_as_commands(sshd
             assert launcher.endpoint.relays == 0
     finally:
         pool.close()
+
+
+def test_a_host_where_no_agent_can_run_runs_its_attempts_under_the_elf(sshd, scratch, pool, caplog):
+    # the host's python refuses to become the agent, as one older than 3.9 (no pidfd) would
+    place = Path(tempfile.mkdtemp(prefix="broker-test-python-"))
+    place.chmod(0o755)
+    refusing = place / "no-agent-python"
+    refusing.write_text('#!/bin/sh\ncase "$3" in */resident-*) echo "no pidfd here" >&2; exit 1;; esac\n'
+                        'exec python3 "$@"\n')
+    refusing.chmod(0o755)
+    try:
+        host = ssh_host(sshd, scratch, python=str(refusing))
+        with launcher_of(sshd, host, pool) as launcher:
+            handles = [launcher.launch(request(unique_workflow(), f"echo '@broker output n={i}'\n", node_id=i))
+                       for i in (1, 2)]
+            assert [run_to_end(launcher, h).outputs for h in handles] == [{"n": 1}, {"n": 2}]
+        for handle in handles:
+            assert os.path.exists(f"{handle.workdir}/elf.pid")
+            assert "agent" not in json.loads(Path(handle.workdir, "launch.json").read_text())
+        warnings = [r.getMessage() for r in caplog.records if "attempts run under the elf" in r.getMessage()]
+        assert len(warnings) == 1 and "no pidfd here" in warnings[0]  # said once, with the host's reason
+    finally:
+        shutil.rmtree(place)
