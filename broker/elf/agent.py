@@ -271,20 +271,26 @@ class Agent:
         if lock < 0:
             self.send(conn, {"id": message["id"], "error": "no launch lock was passed"})
             return
-        module = self.load(elf["path"]) if elf is not None else None
-        env = message["env"]
-        if module is not None:  # the elf's own rules: its interpreters, the payload's environment
-            argv = [elf.get("interpreter") or module.DEFAULT_INTERPRETERS[elf["type"]], argv[0]]
-            env = module.payload_environment(dict(env), elf["pairs"], workdir).items()
-        env = {os.fsencode(k): os.fsencode(v) for k, v in env}
-        try:
+        where = elf["path"] if elf is not None else cwd
+        try:  # nothing has started until the fork: a request refused here leaves no lock held
+            module = self.load(elf["path"]) if elf is not None else None
+            env = message["env"]
+            if module is not None:  # the elf's own rules: its interpreters, the payload's environment
+                argv = [elf.get("interpreter") or module.DEFAULT_INTERPRETERS[elf["type"]], argv[0]]
+                env = module.payload_environment(dict(env), elf["pairs"], workdir).items()
+            env = {os.fsencode(k): os.fsencode(v) for k, v in env}
+            where = cwd
             os.stat(os.path.join(cwd, "."))
+            where = argv[0]
+            program = self.find(argv[0], env)
         except OSError as exc:
             os.close(lock)
-            self.send(conn, {"id": message["id"], "error": "cannot start in %s: %s" % (cwd, exc.strerror),
-                             "retryable": False})
+            what = ("cannot start in %s" if where == cwd else "cannot start %s") % where
+            self.send(conn, {"id": message["id"], "error": "%s: %s" % (what, exc.strerror or exc), "retryable": False})
             return
-        program = self.find(argv[0], env)
+        except BaseException:
+            os.close(lock)
+            raise
         self.record({"s": workdir})  # before the fork: an agent killed at any point after it sweeps this one
         pid = os.fork()
         if pid == 0:
