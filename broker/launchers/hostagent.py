@@ -7,7 +7,8 @@ one on stdout, so a launcher does a whole host's work in one command per interva
     python3 agent-<v>.py prepare  < {"items": [{"workdir", "files": {name: text}, "record"}]}
     python3 agent-<v>.py probe    < {"elf", "max_value_bytes", "items": [[workdir, attempt, session, offset]]}
     python3 agent-<v>.py cancel   < {"items": [[workdir, reason]], "signal": true}
-    python3 agent-<v>.py relay    (start requests, one JSON line each on stdin, one reply line each, until EOF)
+    python3 agent-<v>.py relay    (start and probe requests, one JSON line each, one answer line each, until EOF;
+                                   also {"end": workdir} and {"agent_gone": dir} lines as the agents report)
     python3 agent-<v>.py bundle MANIFEST        (inside a batch job: run the members' elfs)
 
 Work directory files it adds to the elf's: ``launch.json`` (the launch record, created exclusively so an
@@ -39,6 +40,7 @@ import array
 import importlib.util
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -57,11 +59,17 @@ BUNDLE_TICK = 0.5
 RESIDENT_PATIENCE = 30.0
 
 
+_ELFS = {}
+
+
 def _elf(path):
-    spec = importlib.util.spec_from_file_location("broker_elf", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The elf module at ``path``, loaded once per process (a relay probes many times)."""
+    if path not in _ELFS:
+        spec = importlib.util.spec_from_file_location("broker_elf", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _ELFS[path] = module
+    return _ELFS[path]
 
 
 def _makedirs(path):
@@ -284,9 +292,10 @@ def _start_resident(req, resident, lock, sock):
     return {"error": "the resident agent in %s died while starting the attempt" % resident["dir"]}
 
 
-def _resident(python, resident, start=True):
+def _resident(python, resident, start=True, hello=None):
     """A connection to the account's resident agent (``resident``: its ``dir`` and ``program``), started in a
-    session of its own when none answers and ``start``; OSError when it cannot be reached."""
+    session of its own when none answers and ``start``; OSError when it cannot be reached. ``hello``: a list
+    the agent's greeting is appended to (its pid)."""
     path = os.path.join(resident["dir"], "agent.sock")
     problem = None
     for _ in range(50):  # an agent on its way out answers "busy" to its successor for an instant
@@ -294,7 +303,10 @@ def _resident(python, resident, start=True):
         sock.settimeout(RESIDENT_PATIENCE)
         try:
             sock.connect(path)
-            if sock.recv(1 << 16):  # its hello
+            greeting = sock.recv(1 << 16)
+            if greeting:
+                if hello is not None:
+                    hello.append(json.loads(greeting))
                 return sock
         except OSError as exc:
             problem = exc
@@ -465,30 +477,82 @@ COMMANDS = {"start": cmd_start, "prepare": cmd_prepare, "probe": cmd_probe, "can
 
 
 def cmd_relay():
-    """Serve ``start`` requests, one JSON line each, each answered by one line carrying the request's ``seq``,
+    """Serve ``start`` and ``probe`` requests, one JSON line each, each answered by one line carrying its ``seq``,
     until the end of the input: a launcher keeps one running per host and account, so that a launch costs no
-    process start here (the payload is then the only process an attempt starts)."""
+    process start here (the payload is then the only process an attempt starts).
+
+    It also stays connected to each resident agent it handed an attempt to and prints ``{"end": workdir}``
+    for every attempt that agent ends, and ``{"agent_gone": dir}`` when the agent's connection ends: the
+    launcher then looks at its attempts at once instead of at its next poll (the files stay the truth).
+    """
+    pending, watches = b"", {}  # watches: the agents' connections, by descriptor
+
+    def say(message):
+        data = (json.dumps(message, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+        while data:
+            data = data[os.write(1, data):]
+
     while True:
-        line = sys.stdin.buffer.readline()
-        if not line:
-            return 0
-        seq = None
-        try:
-            request = json.loads(line.decode("utf-8"))
-            seq = request.pop("seq", None)
-            reply = cmd_start(request)
-        except OSError as exc:
-            reply = {"error": "%s: %s" % (getattr(exc, "filename", "") or "", exc.strerror or exc)}
-        except Exception as exc:  # a bad request must not end the relay of every later one
-            reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
-        reply["seq"] = seq
-        sys.stdout.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
+        ready = select.select([0] + list(watches), [], [])[0]
+        for fd in ready:
+            if fd != 0:
+                directory, sock, pid = watches[fd]
+                try:
+                    data = sock.recv(1 << 16)
+                    message = json.loads(data) if data else None
+                except (OSError, ValueError):
+                    data, message = b"", None
+                if not data:
+                    del watches[fd]
+                    sock.close()
+                    # its socket closes before all its descriptors have: the launch locks go with the process
+                    deadline = time.time() + 2.0
+                    while isinstance(pid, int) and _alive(pid) and time.time() < deadline:
+                        time.sleep(0.01)
+                    say({"agent_gone": directory})
+                elif isinstance(message, dict) and "end" in message:
+                    say({"end": message["end"]})
+                continue
+            data = os.read(0, 1 << 16)
+            if not data:
+                return 0
+            pending += data
+            while b"\n" in pending:
+                line, _, pending = pending.partition(b"\n")
+                say(_relayed(line, watches))
         try:  # the elfs it started (attempts that push) and ended: a one-shot command's exit left them to init
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
         except ChildProcessError:
             pass
+
+
+def _relayed(line, watches):
+    """One relayed request (a start, or a probe with ``"op": "probe"``): its answer, carrying its ``seq``; the
+    agent a start went to is watched from then on."""
+    seq = None
+    try:
+        request = json.loads(line.decode("utf-8"))
+        seq = request.pop("seq", None)
+        if request.pop("op", "start") == "probe":
+            reply = cmd_probe(request)
+            reply["seq"] = seq
+            return reply
+        reply = cmd_start(request)
+        resident = request.get("resident")
+        if "pid" in reply and resident and resident["dir"] not in [w[0] for w in watches.values()]:
+            try:
+                greeting = []
+                sock = _resident(None, resident, start=False, hello=greeting)
+                watches[sock.fileno()] = (resident["dir"], sock, greeting[0].get("hello"))
+            except (OSError, ValueError, AttributeError):
+                pass  # gone already: the launcher's poll sees to its attempts
+    except OSError as exc:
+        reply = {"error": "%s: %s" % (getattr(exc, "filename", "") or "", exc.strerror or exc)}
+    except Exception as exc:  # a bad request must not end the relay of every later one
+        reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
+    reply["seq"] = seq
+    return reply
 
 
 def main(argv):

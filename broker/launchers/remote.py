@@ -70,10 +70,11 @@ class Endpoint:
         self.installs = 0
         self._relay: Any = None
         self._relay_refused = False
+        #: called with each event of the relay (an attempt ended, an agent went): the launcher looks at once
+        self.on_relay_event: Any = None
         #: relays opened so far (tests: one per endpoint unless one failed)
         self.relays = 0
         self._relay_lock = threading.Lock()
-        self._seq = 0
 
     # --------------------------------------------------------------------------------------- install
 
@@ -239,17 +240,13 @@ class Endpoint:
             try:
                 with self._relay_lock:
                     if self._relay is None or self._relay.closed:
-                        self._relay = open_stream(self.agent_command("relay"))
+                        self._relay = open_stream(self.agent_command("relay"), self._relay_event)
                         self.relays += 1
-                    self._seq += 1
-                    line = json.dumps(dict(request, seq=self._seq), ensure_ascii=False, separators=(",", ":"))
-                    reply = json.loads(self._relay.request(line.encode("utf-8")))
-                    if not isinstance(reply, dict) or reply.pop("seq", None) != self._seq:
-                        self._relay.close()
-                        raise ShellError(f"{self.label}: the relay answered out of turn", ambiguous=True)
-            except (ShellError, ValueError) as exc:
+                    relay = self._relay
+                reply = relay.request(request)
+            except ShellError as exc:
                 log.info("%s: the relay failed (%s): the start goes as one command", self.label, exc)
-                if isinstance(exc, ShellError) and not exc.retryable:
+                if not exc.retryable:
                     self._relay_refused = True  # it cannot be opened here: commands from now on
             else:
                 if reply.get("error") == "exists":
@@ -258,6 +255,10 @@ class Endpoint:
                     raise ResourceError(f"{self.label}: agent start: {reply['error']}")
                 return reply
         return self.agent("start", request)
+
+    def _relay_event(self, event: dict[str, Any]) -> None:
+        if self.on_relay_event is not None:
+            self.on_relay_event(event)
 
     def close(self) -> None:
         """Close the relay, if one is open (its command ends with its input); payloads run on."""
@@ -269,8 +270,16 @@ class Endpoint:
     def probe(self, tracked: Sequence[Any], max_output_bytes: int, scan: bool = True) -> list[dict[str, Any]]:
         """The agent's look at the work directories of tracked attempts (status, elf alive, new reports)."""
         items = [[t.handle.workdir, t.handle.attempt, t.session, t.scan_offset if scan else None] for t in tracked]
-        return self.agent("probe", {"elf": self.elf_path, "max_value_bytes": max_output_bytes,
-                                    "items": items})["items"]
+        request = {"elf": self.elf_path, "max_value_bytes": max_output_bytes, "items": items}
+        relay = self._relay
+        if relay is not None and not relay.closed:  # no process start here either (read-only: safe to repeat)
+            try:
+                reply = relay.request(dict(request, op="probe"))
+                if isinstance(reply.get("items"), list):
+                    return reply["items"]
+            except ShellError as exc:
+                log.info("%s: the relay failed (%s): the probe goes as one command", self.label, exc)
+        return self.agent("probe", request)["items"]
 
     def reply(self, command: str, done: Completed) -> dict[str, Any]:
         """The agent's JSON reply from a finished command (ResourceError for an error or no reply).

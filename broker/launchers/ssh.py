@@ -17,7 +17,10 @@ With ``resident`` (``[hosts] ssh_agent``) the agent's ``start`` hands each attem
 agent on the host instead of starting an elf, and the agent keeps the elf's files and duties: one process
 per payload, and everything above reads the same files (see :mod:`broker.elf.agent`). Those starts go through
 the endpoint's relay (:meth:`broker.launchers.remote.Endpoint.start`: one host agent kept running, so a
-launch starts no process on the host but the payload). Attempts that push their results still run under an elf.
+launch starts no process on the host but the payload), and so do the polls once it is open. The relay also
+tells of every end its agents report, and of an agent gone: the poller then runs at once
+(:meth:`~broker.launchers.tracking.Poller.hurry`), not at its next interval; the files still decide.
+Attempts that push their results still run under an elf.
 
 Handles name the host as ``login@host``; ``job_id`` is the elf's pid, or the payload's under the resident agent.
 """
@@ -59,6 +62,8 @@ class SshLauncher(RemoteLauncher):
         self._lost_after = lost_after
         self._resident = resident
         self._agent_warned = False
+        # the relay tells of ends as they happen: the poll runs at once instead of at its interval
+        endpoint.on_relay_event = lambda event: self.poller.hurry()
 
     # ------------------------------------------------------------------------------------ the interface
 

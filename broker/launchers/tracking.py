@@ -191,6 +191,7 @@ class Poller:
         self._poll = poll
         self._busy = busy
         self._wake = threading.Event()
+        self._hurry = threading.Event()
         self._stop = threading.Event()
         #: poll rounds done, and the seconds they took in all (for tests and metrics)
         self.rounds = 0
@@ -200,6 +201,12 @@ class Poller:
 
     def wake(self) -> None:
         """Poll soon (something new to watch)."""
+        self._wake.set()
+
+    def hurry(self) -> None:
+        """Poll now, also between two rounds (an attempt is known to have ended): not for what is merely new,
+        whose poll can wait for the round (a batch host's scheduler is asked once a round)."""
+        self._hurry.set()
         self._wake.set()
 
     def _loop(self) -> None:
@@ -216,12 +223,14 @@ class Poller:
             took = time.monotonic() - started
             self.rounds += 1
             self.seconds += took
-            self._stop.wait(max(0.0, self.interval - took))
+            self._hurry.wait(max(0.0, self.interval - took))
+            self._hurry.clear()
 
     def close(self) -> None:
         """Stop and join the thread."""
         self._stop.set()
         self._wake.set()
+        self._hurry.set()
         self._thread.join()
 
 

@@ -23,6 +23,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import paramiko
 
@@ -177,10 +178,8 @@ def _shutdown_write(channel: paramiko.Channel) -> None:
     looking whether the channel was closed meanwhile: a short command's server CLOSE handled in between
     (paramiko answers it with its own CLOSE at once) put our EOF after our CLOSE, and OpenSSH drops the whole
     connection for an EOF on a channel it has freed ("ieof packet referred to nonexistent channel"): every
-    command in flight on it failed. 4 in 3,000 commands, 8 at once, on the test sshd. Sent under the lock,
-    the EOF goes out before paramiko's CLOSE (its handler waits for the lock), or not at all once closed.
-    (The lock is held while the EOF waits for a key exchange to end: at most paramiko's
-    ``clear_to_send_timeout``, should the server's CLOSE arrive during one the client began.)
+    command in flight on it failed (4 in 3,000 commands, 8 at once). Under the lock the EOF goes out before
+    paramiko's CLOSE (its handler waits for the lock), or not at all (held at most ``clear_to_send_timeout``).
     """
     with channel.lock:
         if channel.closed or channel.eof_sent:
@@ -198,9 +197,9 @@ class SshShell:
         self.label = connection.label
         self._timeout = command_timeout
 
-    def stream(self, command: str) -> SshStream:
+    def stream(self, command: str, on_event: Any = None) -> SshStream:
         """``command`` on a channel of its own, kept open: a :class:`broker.resources.sshstream.SshStream`."""
-        return SshStream(self._conn, command, self._timeout)
+        return SshStream(self._conn, command, self._timeout, on_event)
 
     def run(self, command: str, *, stdin: bytes | None = None, timeout: float | None = None) -> Completed:
         """Run ``command`` by the account's login shell; stdin, if given, is sent and closed."""

@@ -66,8 +66,9 @@ def test_payloads_run_as_children_of_one_resident_agent_without_an_elf(sshd, hos
         for handle in handles:
             release(handle.workdir)
             assert run_to_end(launcher, handle).outputs == {"done": True}
-        # idle and unwatched, it leaves: a broker starts another when it needs one
-        wait_for(lambda: not alive(agent), what="the idle agent to exit")
+        assert alive(agent)  # idle, but the launcher's relay watches it
+    # idle and unwatched once the launcher (its relay) is gone, it leaves: a broker starts another when needed
+    wait_for(lambda: not alive(agent), what="the idle agent to exit")
 
 
 def test_a_kill_9_of_the_agent_loses_its_attempts_only_once_what_is_left_of_them_is_killed(sshd, host, pool):
@@ -227,3 +228,20 @@ def test_a_host_where_no_agent_can_run_runs_its_attempts_under_the_elf(sshd, scr
         assert len(warnings) == 1 and "no pidfd here" in warnings[0]  # said once, with the host's reason
     finally:
         shutil.rmtree(place)
+
+
+def test_the_relay_tells_of_ends_and_of_a_dead_agent_at_once_not_at_the_next_poll(sshd, host, pool):
+    # a poll every 10 minutes: only the relay's events can end these attempts within the test's deadlines
+    with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=600.0, resident=True) as launcher:
+        first = launcher.launch(request(unique_workflow(), "echo '@broker output n=1'\n", node_id=1))
+        ended = Ended()
+        launcher.watch(first, ended)
+        wait_for(lambda: ended.has(1), deadline=20.0, what="the end, told by the relay")
+        assert launcher.collect(first).outputs == {"n": 1}
+        doomed = launcher.launch(request(unique_workflow(), "sleep 300\n", node_id=2))
+        wait_started(doomed.workdir)
+        launcher.watch(doomed, ended)
+        [agent] = agents(launcher.endpoint.resident["dir"])
+        os.kill(agent, signal.SIGKILL)
+        wait_for(lambda: ended.has(2), deadline=20.0, what="the lost attempt, told by the relay")
+        assert launcher.collect(doomed).outcome == base.LOST

@@ -13,6 +13,11 @@ in rounds interleaved (elf, agent, baseline, elf, ...), the median round of each
 * **baseline**: the same N payload texts run as ``sh -c TEXT`` commands over the same pooled connection from
   the same threads: one SSH command per node, nothing written, nothing watched.
 
+* **chain**: C nodes one after the other (each launched once the one before has ended, as a chain of
+  dependencies) under each, with the default poll interval (``[hosts] ssh_poll_interval``, 1 s): the time
+  from a node's launch to its end reaching the broker, whose median is mostly how soon the broker learns of
+  an end (the next poll under the elf; the relay's word under the agent).
+
 Beside the wall time: processes started per node (the kernel's fork counter, ``processes`` in /proc/stat, over
 the whole machine: sshd's session, the shell, the host agent, the elf, the payload) and the machine's CPU time
 per node (every process: the broker's launcher, sshd, the host side). Exit status: 0 when every result is
@@ -86,6 +91,21 @@ def run_nodes(launcher: SshLauncher, n: int, parallel: int) -> float:
     return wall
 
 
+def chain(launcher: SshLauncher, n: int) -> float:
+    """n nodes one after the other; the median seconds from a launch to its end reaching the launcher."""
+    workflow, spans = unique_workflow(), []
+    for i in range(1, n + 1):
+        ended = Ended()
+        started = time.perf_counter()
+        handle = launcher.launch(request(workflow, TEXT, node_id=i, path=f"c{i}", env=(("WB_N", str(i)),)))
+        launcher.watch(handle, ended)
+        wait_for(lambda: ended.has(i), deadline=60, interval=0.001, what=f"chain node {i}", error=WrongResult)
+        spans.append(time.perf_counter() - started)
+        if launcher.collect(handle).outputs != {"n": i}:
+            raise WrongResult(f"chain node {i}: wrong output")
+    return sorted(spans)[n // 2]
+
+
 def baseline(pool: SshPool, host, sshd: Sshd, n: int, parallel: int) -> float:
     """n payload texts as plain commands over the same pooled connection: one SSH command each."""
     shell = pool.shell(host, account(sshd, host))
@@ -108,9 +128,10 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chain", type=int, default=20)
     args = parser.parse_args()
     if args.tiny:
-        args.nodes, args.rounds = 20, 1
+        args.nodes, args.rounds, args.chain = 20, 1, 3
     env = dict(os.environ)
     if "BROKER_TEST_SSH_PORT" not in env:
         started = run_script("sshd", "start")
@@ -129,6 +150,11 @@ def main() -> int:
     try:
         for kind, launcher in launchers.items():  # warm-up: the programs installed, the connection open
             run_nodes(launcher, 2, 2)
+        chains = {}
+        for kind in ("elf", "agent"):
+            with SshLauncher(endpoint(pool, host, account(sshd, host)), poll_interval=1.0,
+                             resident=kind == "agent") as slow:
+                chains[kind] = chain(slow, args.chain)
         for _ in range(args.rounds):
             for kind in figures:
                 forks, cpu = machine()
@@ -154,9 +180,12 @@ def main() -> int:
     for kind, (wall, forks, cpu) in medians.items():
         print(f"{kind:<12}{wall:>8.2f}{args.nodes / wall:>9.1f}{wall / base_wall:>12.2f}{forks:>16.1f}"
               f"{cpu * 1000:>13.1f}")
-    print(json.dumps({kind: {"wall": w, "forks_per_node": f, "cpu_ms_per_node": c * 1000,
-                             "spread": [round(r[0], 3) for r in figures[kind]]}
-                      for kind, (w, f, c) in medians.items()}))
+    print(f"chain of {args.chain}, poll every 1 s: launch to end seen, median "
+          + ", ".join(f"{kind} {seconds * 1000:.0f} ms" for kind, seconds in chains.items()))
+    print(json.dumps({"chain_ms": {kind: seconds * 1000 for kind, seconds in chains.items()},
+                      **{kind: {"wall": w, "forks_per_node": f, "cpu_ms_per_node": c * 1000,
+                                "spread": [round(r[0], 3) for r in figures[kind]]}
+                         for kind, (w, f, c) in medians.items()}}))
     return 0
 
 
