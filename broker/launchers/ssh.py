@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: seconds an attempt may show neither a live elf nor a result before it counts as lost
 LOST_AFTER = 30.0
+#: seconds an adopted attempt's process is given to write its pid
+ADOPT_PATIENCE = 5.0
 
 
 class SshLauncher(RemoteLauncher):
@@ -108,7 +110,16 @@ class SshLauncher(RemoteLauncher):
         self.endpoint.close()
 
     def _adopt(self, request: LaunchRequest, workdir: str) -> LaunchHandle:
-        """The attempt a previous launch of this very request started (its reply was lost): never a second one."""
+        """The attempt a previous launch of this very request started (its reply was lost): never a second one.
+
+        Its process may not have written its pid yet (an elf starts in tens of milliseconds, more on a busy
+        host): looked at again for a few seconds, so that the handle names it."""
+        deadline = time.monotonic() + ADOPT_PATIENCE
+        while time.monotonic() < deadline:
+            item = self._first_look(request.node_id, request.attempt, workdir, "0")[1]
+            if item.get("elf_pid") or item.get("pid") or not item.get("held"):
+                break
+            time.sleep(0.05)
         found = self.recover(request.node_id, request.attempt, workdir, None)
         tracked = self._watch.get(found.handle) if found.handle is not None else None
         if found.status == "running" and tracked is not None and tracked.session == session_of(request):

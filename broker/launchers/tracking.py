@@ -216,6 +216,7 @@ class Poller:
                 self._wake.clear()
                 continue
             started = time.monotonic()
+            self._hurry.clear()  # what it was hurried for is looked at now; an end during the round hurries again
             try:
                 self._poll()
             except Exception:  # the one poller of a host must outlive any bug or outage
@@ -223,8 +224,8 @@ class Poller:
             took = time.monotonic() - started
             self.rounds += 1
             self.seconds += took
-            self._hurry.wait(max(0.0, self.interval - took))
-            self._hurry.clear()
+            if not self._stop.is_set():  # a close that came while it cleared the hurry above is seen here
+                self._hurry.wait(max(0.0, self.interval - took))
 
     def close(self) -> None:
         """Stop and join the thread."""
