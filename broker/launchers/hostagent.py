@@ -34,9 +34,9 @@ record says whether they run. Whatever replaces the elf later must keep both: th
 spawn to the last write, and the verdict decided by one exclusive creation.
 """
 
+import array
 import errno
 import fcntl
-import array
 import importlib.util
 import json
 import os
@@ -351,14 +351,14 @@ def cmd_probe(req):
             item["held"] = _held(os.path.join(workdir, LAUNCH_FILE))
         elf_pid = _read_int(os.path.join(workdir, elf.ELF_PID_FILE))
         item.update(elf_pid=elf_pid, elf_alive=_alive(elf_pid) if elf_pid is not None else None)
-        if (item["record"] or {}).get("agent"):
+        agent_dir = (item["record"] or {}).get("agent")
+        if agent_dir:
             item["pid"] = _read_int(os.path.join(workdir, "pid"))  # under the resident agent: no elf, its payload
         item["status"] = elf.read_status(workdir, attempt, session)
         job_dir = (item["record"] or {}).get("job_dir")
         if job_dir:
             item["submitted"] = _read(os.path.join(job_dir, "submit.out"), 4096)
         item["verdict"] = elf.read_verdict(workdir)
-        agent_dir = (item["record"] or {}).get("agent")
         if agent_dir and not item.get("held") and not (item["status"] or {}).get("outcome") and agent_dir not in swept:
             # its agent died: the next one kills what is left of its payloads' groups before this says "lost"
             swept.add(agent_dir)
@@ -548,11 +548,16 @@ def _relayed(line, watches):
             except (OSError, ValueError, AttributeError):
                 pass  # gone already: the launcher's poll sees to its attempts
     except OSError as exc:
-        reply = {"error": "%s: %s" % (getattr(exc, "filename", "") or "", exc.strerror or exc)}
+        reply = _failure(exc)
     except Exception as exc:  # a bad request must not end the relay of every later one
         reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
     reply["seq"] = seq
     return reply
+
+
+def _failure(exc):
+    """The reply to a request that failed with OSError ``exc``."""
+    return {"error": "%s: %s" % (getattr(exc, "filename", "") or "", exc.strerror or exc)}
 
 
 def main(argv):
@@ -569,7 +574,7 @@ def main(argv):
     try:
         reply = COMMANDS[argv[1]](request)
     except OSError as exc:
-        reply = {"error": "%s: %s" % (getattr(exc, "filename", "") or "", exc.strerror or exc)}
+        reply = _failure(exc)
     sys.stdout.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":")) + "\n")
     sys.stdout.flush()
     # Non-zero exits stop a command line chained after the agent (prepare && sbatch): 3 = already prepared.

@@ -235,26 +235,29 @@ class Endpoint:
         so a start the relay did make answers "exists", and the launcher adopts it), and a host whose Python
         is missing gets its clear message from the command.
         """
+        reply = self._through_relay("start", request, open_one=True)
+        return self.agent("start", request) if reply is None else self._checked("start", reply)
+
+    def _through_relay(self, command: str, request: dict[str, Any], *, open_one: bool) -> dict[str, Any] | None:
+        """The relay's answer to agent ``command`` with ``request``; None when there is no relay (``open_one``:
+        opened if the shell can keep one) or it failed: the caller then runs the command."""
         open_stream = getattr(self.shell, "stream", None)
-        if open_stream is not None and not self._relay_refused:
-            try:
-                with self._relay_lock:
-                    if self._relay is None or self._relay.closed:
-                        self._relay = open_stream(self.agent_command("relay"), self._relay_event)
-                        self.relays += 1
-                    relay = self._relay
-                reply = relay.request(request)
-            except ShellError as exc:
-                log.info("%s: the relay failed (%s): the start goes as one command", self.label, exc)
-                if not exc.retryable:
-                    self._relay_refused = True  # it cannot be opened here: commands from now on
-            else:
-                if reply.get("error") == "exists":
-                    return reply
-                if isinstance(reply.get("error"), str):
-                    raise ResourceError(f"{self.label}: agent start: {reply['error']}")
-                return reply
-        return self.agent("start", request)
+        if open_stream is None or self._relay_refused:
+            return None
+        try:
+            with self._relay_lock:
+                if self._relay is None or self._relay.closed:
+                    if not open_one:
+                        return None
+                    self._relay = open_stream(self.agent_command("relay"), self._relay_event)
+                    self.relays += 1
+                relay = self._relay
+            return relay.request(dict(request, op=command))
+        except ShellError as exc:
+            log.info("%s: the relay failed (%s): the %s goes as one command", self.label, exc, command)
+            if not exc.retryable:
+                self._relay_refused = True  # it cannot be opened here: commands from now on
+            return None
 
     def _relay_event(self, event: dict[str, Any]) -> None:
         if self.on_relay_event is not None:
@@ -271,14 +274,10 @@ class Endpoint:
         """The agent's look at the work directories of tracked attempts (status, elf alive, new reports)."""
         items = [[t.handle.workdir, t.handle.attempt, t.session, t.scan_offset if scan else None] for t in tracked]
         request = {"elf": self.elf_path, "max_value_bytes": max_output_bytes, "items": items}
-        relay = self._relay
-        if relay is not None and not relay.closed:  # no process start here either (read-only: safe to repeat)
-            try:
-                reply = relay.request(dict(request, op="probe"))
-                if isinstance(reply.get("items"), list):
-                    return reply["items"]
-            except ShellError as exc:
-                log.info("%s: the relay failed (%s): the probe goes as one command", self.label, exc)
+        # through the relay once a launch opened it: no process start here either (read-only: safe to repeat)
+        reply = self._through_relay("probe", request, open_one=False)
+        if reply is not None and isinstance(reply.get("items"), list):
+            return reply["items"]
         return self.agent("probe", request)["items"]
 
     def reply(self, command: str, done: Completed) -> dict[str, Any]:
@@ -296,6 +295,11 @@ class Endpoint:
         if not isinstance(reply, dict):
             raise ShellError(f"{self.label}: agent {command} failed (exit code {done.returncode}): "
                              f"{done.err or done.out[:200]!r}", ambiguous=command == "start")
+        return self._checked(command, reply)
+
+    def _checked(self, command: str, reply: dict[str, Any]) -> dict[str, Any]:
+        """An agent's reply (from a command or the relay), raised as ResourceError when it says an error;
+        one that says "exists" (the attempt was prepared or started before) is returned."""
         if reply.get("error") == "exists" or "exists" in reply.get("items", ()):
             return reply
         if isinstance(reply.get("error"), str):
