@@ -78,16 +78,19 @@ class Engine:
     def __init__(self, settings: Settings, *, launcher: Any = None, listeners: Iterable[Listener] = (),
                  workdir: str | Path | None = None, all_workflows: bool = False,
                  on_lease_lost: Callable[[str], None] | None = None, service: str | None = None,
-                 push_url: str | None = None):
+                 push_url: str | None = None, lease_epoch: int | None = None):
         """``all_workflows``: serve every workflow (``broker serve``); otherwise only those submitted or
         tracked through this engine (``broker run``), and control commands for others are refused.
         ``on_lease_lost``: called with one line when another broker took over the database's lease
         (PostgreSQL); by default the process prints it and exits 3 at once, writing nothing more.
         ``service``: the command running the engine (serve, run, resume), named in its SERVICE events; None
         (tests, tools) records none. ``push_url``: the core service's URL elves on hosts with push="true" report
-        to (``broker serve``); None: attempts report through their files only."""
+        to (``broker serve``); None: attempts report through their files only. ``lease_epoch``: the only
+        PostgreSQL lease epoch the engine may claim (a standby's, judged free), else its start raises BrokerLocked
+        at once; None: any, waiting for a holder that does not renew."""
         self.settings = settings
         self.push_url = push_url
+        self.lease_epoch = lease_epoch
         self.on_lease_lost = on_lease_lost
         self.all_workflows = all_workflows
         #: each workflow's committed progress, for the API's status reads
@@ -131,7 +134,7 @@ class Engine:
 
         self.lock = lock = BrokerLock(settings.database_url(), settings.engine,
                                       role="broker serve" if self.all_workflows else "broker run",
-                                      on_lost=self.on_lease_lost or exit_at_once)
+                                      on_lost=self.on_lease_lost or exit_at_once, epoch=self.lease_epoch)
         lock.acquire()
         try:
             # named as the lease's holder: a broker taking the lease over after it expired ends these connections

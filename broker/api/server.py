@@ -35,18 +35,18 @@ FORCED_EXIT = 130
 class Service:
     """The running service: engine, HTTP server, signal handling."""
 
-    def __init__(self, settings: Settings, *, engine_factory: Callable[[Settings, list[Any]], Any] | None = None,
+    def __init__(self, settings: Settings, *, engine_factory: Callable[..., Any] | None = None,
                  on_ready: Callable[[str, str], None] | None = None,
-                 on_standby: Callable[[str, str, str], None] | None = None):
+                 on_standby: Callable[[str, str], None] | None = None):
         """``on_ready(bound_url, public_url)`` is called once the server accepts calls; ``on_standby`` when it
-        waits as a standby (PostgreSQL, another broker holds the lease) with the bound URL, the holder and the
-        database.
-        ``engine_factory(settings, listeners, push_url)``: the engine to run, with these writer listeners and the
-        URL of its push channel."""
+        waits as a standby (PostgreSQL: another broker holds the lease, or it refuses to take a free one) with the
+        bound URL and why (``HOLDER is active on DB; taking over when its lease is free``, or a refusal).
+        ``engine_factory(settings, listeners, push_url, lease_epoch)``: the engine to run, with these writer
+        listeners, the URL of its push channel and the only lease epoch it may claim (None: any)."""
         self.settings = settings
         self.engine_factory = engine_factory
         self.on_ready = on_ready
-        #: called as ``on_standby(bound_url, holder, database)`` each time the service starts waiting as a standby
+        #: called as ``on_standby(bound_url, why)`` each time the service starts waiting as a standby
         self.on_standby = on_standby
         self.stopping = threading.Event()
         #: engines of the API's own to dispose of at the stop (the fast status reads' pool)
@@ -154,37 +154,41 @@ class Service:
 
         standby = Standby(self.settings.database_url(), self.settings.engine, self.stopping)
         try:
+            waiting, epoch = standby.look()
             while True:
-                holder = standby.holder()
-                if holder is not None:
+                if waiting:
                     health.set(ServiceState.STANDBY)
                     if self.on_standby is not None:
-                        self.on_standby(bound, holder, standby.where)
-                    log.info("standby: %s is active on %s; taking over when its lease is free (looked at every "
-                             "%g s)", holder, standby.where, standby.poll)
-                    if not standby.wait():
+                        self.on_standby(bound, standby.why)
+                    # a refusal is a warning, as when it comes while waiting
+                    log.log(logging.WARNING if standby.refusing else logging.INFO, "standby: %s (looked at every "
+                            "%g s)", standby.why, standby.poll)
+                    epoch = standby.wait()
+                    if epoch is None:
                         return None
                     health.set(ServiceState.STARTING)
                     log.info("standby: the lease on %s is free: taking over", standby.where)
                 try:
-                    return self._engine(board, push_url)
+                    return self._engine(board, push_url, epoch)
                 except BrokerLocked:
                     # another standby claimed it first, or its holder renewed it in time: wait again
                     if self.stopping.wait(standby.poll):
                         return None
+                    waiting, epoch = standby.look()
         finally:
             standby.close()
 
-    def _engine(self, board: Any, push_url: str) -> Any:
+    def _engine(self, board: Any, push_url: str, epoch: int | None = None) -> Any:
         """The started engine, with ``board`` among its writer's listeners; elves on hosts with push="true"
-        report to ``push_url`` (the core service)."""
+        report to ``push_url`` (the core service). ``epoch``: the lease epoch a standby judged free, the only one
+        the engine may claim (PostgreSQL; None: any)."""
         from broker.crashpoints import hold_point
         from broker.engine import Engine
 
         hold_point("serve-start")
-        factory = self.engine_factory or (lambda s, listeners, push_url: Engine(
-            s, all_workflows=True, service="serve", listeners=listeners, push_url=push_url))
-        return factory(self.settings, [board], push_url).start()
+        factory = self.engine_factory or (lambda s, listeners, push_url, epoch: Engine(
+            s, all_workflows=True, service="serve", listeners=listeners, push_url=push_url, lease_epoch=epoch))
+        return factory(self.settings, [board], push_url, epoch).start()
 
     def _serve(self, engine: Any, front: Any, collector: Any, board: Any, public: str,
                bound: tuple[str, int]) -> None:

@@ -71,6 +71,6 @@ def _announce(bound: str, public: str) -> None:
     print(f"serving on {bound} (public URL {public})", flush=True)
 
 
-def _standing_by(bound: str, holder: str, database: str) -> None:
+def _standing_by(bound: str, why: str) -> None:
     # also one line on standard output: the address to ask /health while the other broker is active
-    print(f"standby on {bound}: {holder} is active on {database}; taking over when its lease is free", flush=True)
+    print(f"standby on {bound}: {why}", flush=True)

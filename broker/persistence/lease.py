@@ -165,8 +165,9 @@ class Lease:
 
     # ------------------------------------------------------------------------------------------- claim
 
-    def acquire(self) -> None:
-        """Claim the lease (waiting for one its holder no longer renews) or raise BrokerLocked."""
+    def acquire(self, epoch: int | None = None) -> None:
+        """Claim the lease (waiting for one its holder no longer renews) or raise BrokerLocked. ``epoch``: claim
+        the lease at this epoch only, free as a standby judged it, or raise BrokerLocked at once (no wait)."""
         watched: tuple[int, Any] | None = None
         while True:
             with self.engine.begin() as conn:
@@ -175,7 +176,11 @@ class Lease:
                     conn.execute(text("INSERT INTO broker_lease (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING"))
                     continue
                 here = _here(row, self.holder.machine) if row.holder is not None else None
-                if is_free(row, self.holder.machine):
+                free = is_free(row, self.holder.machine)
+                if epoch is not None and (row.epoch != epoch or not free):
+                    raise BrokerLocked(f"the lease on {self.where} changed since it was seen free: "
+                                       f"{row.holder or 'nobody'} holds it at epoch {row.epoch}")
+                if free:
                     if row.holder is not None:
                         # a holder stopped in a transaction keeps the lease row locked: end its connections
                         # (nothing it has not committed may be), or the claim would wait for it forever

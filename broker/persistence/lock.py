@@ -23,16 +23,18 @@ if TYPE_CHECKING:
 
 class BrokerLock:
     """``engine``: the [engine] settings (lease_renew, lease_timeout; None: the defaults); ``role`` names the
-    holder in messages; ``on_lost`` is called with one line when another broker took the lease over."""
+    holder in messages; ``on_lost`` is called with one line when another broker took the lease over; ``epoch``:
+    the only lease epoch to claim (see :meth:`broker.persistence.lease.Lease.acquire`)."""
 
     def __init__(self, url: str, engine: Any = None, *, role: str = "broker",
-                 on_lost: Callable[[str], None] | None = None):
+                 on_lost: Callable[[str], None] | None = None, epoch: int | None = None):
         from broker.config import EngineSettings
 
         self.url = make_url(url)
         self.settings = engine if engine is not None else EngineSettings()
         self.role = role
         self.on_lost = on_lost
+        self.epoch = epoch
         self._fd: int | None = None
         #: the PostgreSQL lease while held
         self.lease: Any = None
@@ -76,7 +78,7 @@ class BrokerLock:
                 raise DatabaseError(problem or f"database {where} has no broker_lease table")
             lease = Lease(self._engine, where, renew=self.settings.lease_renew, timeout=self.settings.lease_timeout,
                           role=self.role, on_lost=self.on_lost)
-            lease.acquire()
+            lease.acquire(self.epoch)
         except DBAPIError as exc:
             self._engine.dispose()
             raise DatabaseError(f"cannot use database {where}: {driver_message(exc)}") from None

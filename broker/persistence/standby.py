@@ -4,9 +4,12 @@ take over.
 The standby never claims anything while it waits: it reads the lease row every ``[engine] standby_poll``
 seconds on a connection of its own (named ``broker standby on HOST, pid N``, never the holder's name, so a
 takeover's fencing of the old holder's connections never ends it). Once the row is free (released, expired, or
-held by a process gone from this machine) :meth:`Standby.wait` returns, and the engine then claims the lease as
-any starting broker does (:meth:`broker.persistence.lease.Lease.acquire`); when another standby won the race,
-the claim raises BrokerLocked and the caller waits again. So a takeover comes at most ``lease_timeout +
+held by a process gone from this machine) :meth:`Standby.wait` returns its epoch, and the engine then claims
+the lease (:meth:`broker.persistence.lease.Lease.acquire`), that epoch only: when another broker claimed it
+meanwhile (another standby won the race, or its holder came back), the claim raises BrokerLocked at once and the
+caller waits again, judging the new holder as the first. ``broker serve`` makes the same judgement when it
+starts (but for the revision, which its engine checks), so a broker started while the lease is free follows
+the same rules as one that waited. So a takeover comes at most ``lease_timeout +
 standby_poll`` seconds after the active broker's last renewal (at once, at the next poll, when it died on
 this machine), plus the engine's start.
 
@@ -34,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from broker.errors import ConfigError
 from broker.persistence.db import current_revision, display_url, driver_message, make_engine, revision_problem
-from broker.persistence.lease import NAME_BYTES, _machine, current_holder, is_free, read
+from broker.persistence.lease import NAME_BYTES, _machine, is_free, read
 
 log = logging.getLogger("broker.persistence.lease")
 
@@ -67,45 +70,70 @@ class Standby:
         self._engine = make_engine(url, pool_size=1, application_name=name.decode(errors="ignore"))
         #: the last reason said for not taking over (said once, again only when it changes)
         self._said: str | None = None
+        #: who held the lease at the last look (None: nobody, or it could not be read)
+        self.holder: str | None = None
+        #: why this broker waits, as of the last look: the holder is active, or a refusal (then ``refusing``)
+        self.why = ""
+        self.refusing = False
 
-    def holder(self) -> str | None:
-        """Who holds the lease now (a live or stopped broker whose lease has not expired), or None (also when the
-        lease cannot be read: the engine's start then says why, as without a standby)."""
+    def look(self) -> tuple[bool, int | None]:
+        """What ``broker serve`` does now, starting or after a lost claim: (True, None) wait as a standby
+        (:attr:`why` says why), else (False, the epoch to claim; None: any, when the lease cannot be read: the
+        engine's start then says why, as without a standby). The revision is not judged here: the engine's
+        start migrates an older database itself and refuses a newer one with the same words."""
         try:
-            return current_holder(self._engine)
+            epoch, reason = self._judge(revision=False)
         except DBAPIError:
-            return None
+            return False, None
+        if epoch is None:
+            self._said = reason or None  # the caller says it, with its announcement: not again while it holds
+            return True, None
+        return False, epoch
 
-    def wait(self) -> bool:
-        """Return True once this broker may claim the lease, False when ``stop`` was set first."""
+    def wait(self) -> int | None:
+        """The lease's epoch once this broker may claim it (the engine then claims that epoch only), None when
+        ``stop`` was set first."""
         while True:
-            reason = self._reason()
-            if reason is None:
-                return True
-            if reason and reason != self._said:
-                log.warning("standby: %s", reason)
-                self._said = reason
+            try:
+                epoch, reason = self._judge()
+            except DBAPIError as exc:
+                epoch, reason = None, f"cannot read the lease on {self.where} ({driver_message(exc)}); trying again"
+            if epoch is not None:
+                return epoch
+            self._say(reason)
             if self.stop.wait(self.poll):
-                return False
+                return None
 
-    def _reason(self) -> str | None:
-        """Why the lease may not be claimed now: "" while it is held, a sentence for a refusal, None: go."""
-        try:
-            # the revision first, even while the lease is held: a standby that could never take over says so at once
-            problem = revision_problem(current_revision(self._engine), self.url)
-            with self._engine.connect() as conn:
-                row = read(conn)
-        except DBAPIError as exc:
-            return f"cannot read the lease on {self.where} ({driver_message(exc)}); trying again"
+    def _say(self, reason: str) -> None:
+        if reason and reason != self._said:
+            log.warning("standby: %s", reason)
+            self._said = reason
+
+    def _judge(self, *, revision: bool = True) -> tuple[int | None, str]:
+        """(the epoch to claim, "") or (None, why not: "" while the lease is held, else a sentence). Raises
+        DBAPIError when the database cannot be read."""
+        # the revision first, even while the lease is held: a standby that could never take over says so at once
+        problem = revision_problem(current_revision(self._engine), self.url) if revision else None
+        with self._engine.connect() as conn:
+            row = read(conn)
+        self.holder = None if row is None else (row.holder or "a broker that stopped")
+        self.refusing = True
         if problem is not None:
-            return f"not taking over: {problem}"
-        if row is not None and not is_free(row, self.machine):
-            return ""
-        if self.mode == "refuse" and row is not None and row.machine and row.machine != self.machine:
-            return (f"not taking over the lease on {self.where} from {row.holder or 'a broker that stopped'}: it "
-                    f"ran on another machine, whose local attempts only a broker there can adopt ([engine] "
-                    f"standby_takeover = refuse)")
-        return None
+            self.why = f"not taking over: {problem}"
+            return None, self.why
+        if row is None:
+            return 0, ""  # deleted by hand: the claim puts the free row (epoch 0) back
+        if not is_free(row, self.machine):
+            self.why = f"{self.holder} is active on {self.where}; taking over when its lease is free"
+            self.refusing = False
+            return None, ""
+        if self.mode == "refuse" and row.machine and row.machine != self.machine:
+            self.why = (f"not taking over the lease on {self.where} from {self.holder}: it ran on another machine, "
+                        f"whose local attempts only a broker there can adopt ([engine] standby_takeover = refuse)")
+            return None, self.why
+        # judged on this row: the claim takes this epoch or none, since another broker may claim the lease (and
+        # then lose it) between this read and the claim, and its machine has not been judged
+        return int(row.epoch), ""
 
     def close(self) -> None:
         self._engine.dispose()

@@ -95,9 +95,12 @@ class Pair:
         with self.servers[0].sessions().begin() as s:
             s.execute(text(statement), params)
 
-    def now(self) -> object:
+    def sql_value(self, statement: str) -> object:
         with self.servers[0].sessions()() as s:
-            return s.execute(text("SELECT clock_timestamp()")).scalar()
+            return s.execute(text(statement)).scalar()
+
+    def now(self) -> object:
+        return self.sql_value("SELECT clock_timestamp()")
 
     def standby_queries_after(self, since: object, count: int) -> list[object]:
         """Wait until the standby's connection has started ``count`` queries after ``since`` (times seen)."""
@@ -254,6 +257,28 @@ def test_a_standby_on_another_machine_refuses_when_configured_to_and_stops_on_si
     assert "ran on another machine" in refusal[0] and "standby_takeover = refuse" in refusal[0], refusal
     assert get(standby.base, "/health") == (503, "standby")
     assert standby.stop(expect=0) == 0  # a standby stops at once on SIGTERM
+
+
+@postgres_only
+def test_a_broker_started_with_refuse_while_a_lease_of_another_machine_is_free_waits_as_a_standby(pair: Pair):
+    first = pair.active()
+    first.stop(expect=0)  # released: free at once, and the row keeps its holder's machine
+    ours = pair.sql_value("SELECT machine FROM broker_lease WHERE id = 1")
+    pair.sql("UPDATE broker_lease SET machine = 'another-boot-id/4026531836'")
+    epoch, _ = pair.lease()
+    server, line = pair.start(BROKER_ENGINE_STANDBY_TAKEOVER="refuse")
+    assert line.startswith("standby on ") and ": not taking over the lease on " in line, line
+    assert "ran on another machine" in line and "standby_takeover = refuse" in line, line
+    assert get(server.base, "/health") == (503, "standby")
+    pair.standby_queries_after(pair.now(), 3)  # it looks again and again, and still waits
+    assert pair.lease()[0] == epoch and get(server.base, "/health") == (503, "standby")
+    # once a broker of that machine (here: this one again) has held it, the lease is taken as usual
+    pair.sql("UPDATE broker_lease SET machine = :ours", ours=ours)
+    activated(server, time.monotonic())
+    assert pair.lease()[0] == epoch + 1
+    refusals = [line for line in server.log_text().splitlines() if "not taking over the lease" in line]
+    assert len(refusals) == 1 and refusals[0].startswith("WARNING "), refusals  # said once, as a warning
+    server.stop(expect=0)
 
 
 @postgres_only

@@ -178,19 +178,60 @@ def test_a_standby_waits_while_the_lease_is_held_and_refuses_what_it_is_told_to(
     first = locks.take()
     standby = Standby(locks.url, EngineSettings(standby_takeover="refuse"), stop)
     try:
-        assert standby.holder() == first.lease.holder.text
-        assert standby._reason() == ""  # held: wait, say nothing
+        assert standby._judge() == (None, "") and standby.holder == first.lease.holder.text  # held: wait, quietly
+        assert standby.why.endswith(" is active on " + standby.where + "; taking over when its lease is free")
+        assert not standby.refusing
+        assert standby.look() == (True, None)
         locks.expire()
-        assert standby.holder() is None and standby._reason() is None  # this machine's lease: go
+        epoch = locks.row().epoch
+        assert standby._judge() == (epoch, "")  # this machine's lease: go, claiming that epoch
+        assert standby.look() == (False, epoch)
         locks.sql("UPDATE broker_lease SET machine = 'elsewhere'")
-        assert "ran on another machine" in standby._reason()
+        assert "ran on another machine" in standby._judge()[1]
+        assert standby.look() == (True, None)  # also when broker serve starts while the lease is free
+        assert standby.refusing and "ran on another machine" in standby.why
         locks.sql("UPDATE broker_lease SET machine = :mine", mine=first.lease.holder.machine)
         locks.sql("UPDATE alembic_version SET version_num = '0001'")
-        assert standby._reason().startswith("not taking over: database ") and "at revision 0001" in standby._reason()
+        epoch_, reason = standby._judge()
+        assert epoch_ is None and reason.startswith("not taking over: database ") and "at revision 0001" in reason
+        # but not when it starts: its engine migrates an older database (and refuses a newer one) itself
+        assert standby.look() == (False, epoch)
         stop.set()
-        assert standby.wait() is False  # a stop ends the wait
+        assert standby.wait() is None  # a stop ends the wait
     finally:
         locks.sql("UPDATE alembic_version SET version_num = :head", head=HEAD_REVISION)
+        standby.close()
+
+
+def test_a_standby_claims_the_epoch_it_judged_free_or_none_and_judges_the_next_holder_again(locks):
+    # the race: the standby judged a lease of this machine free, then a broker of another machine claimed it
+    # and stopped renewing before this claim; that one's machine was never judged (refuse: never take it)
+    first = locks.take()
+    locks.expire()
+    standby = Standby(locks.url, EngineSettings(standby_takeover="refuse"), threading.Event())
+    try:
+        judged = standby._judge()[0]
+        assert judged == first.lease.epoch
+        first.release()
+        other = locks.take()
+        locks.sql("UPDATE broker_lease SET machine = 'elsewhere'")
+        other.lease._stop.set()  # its renewals end, as with a broker killed on its machine
+        locks.expire()
+        claim = BrokerLock(locks.url, SLOW, on_lost=locks.lost.append, epoch=judged)
+        with pytest.raises(BrokerLocked, match=rf"changed since it was seen free: .* at epoch {judged + 1}"):
+            claim.acquire()  # without the epoch it would take this expired lease at once
+        assert locks.row().epoch == judged + 1 and locks.row().holder == other.lease.holder.text  # nothing claimed
+        assert "ran on another machine" in standby._judge()[1]  # judged again: refused
+        # without the refusal the new epoch is claimed, that one only
+        locks.sql("UPDATE broker_lease SET machine = :mine", mine=other.lease.holder.machine)
+        assert standby._judge() == (judged + 1, "")
+        taken = BrokerLock(locks.url, SLOW, on_lost=locks.lost.append, epoch=judged + 1)
+        taken.acquire()
+        try:
+            assert taken.lease.epoch == judged + 2
+        finally:
+            taken.release()
+    finally:
         standby.close()
 
 
