@@ -2,15 +2,18 @@
 
 Started by the broker (``python -I -S - STATE_DIR``, this text on its standard input) in a session of its
 own, as the account whose payloads it runs, one per state directory (``<work root>/.agents/<account>``).
-It imports nothing of the broker: a payload's start costs one fork of this small process, not a shell.
+It imports nothing of the broker: a payload's start is one ``vfork`` and ``exec`` (``subprocess``), no Python
+runs in the child, and no shell.
 
 What it keeps of the work directory protocol (README "Exactly once"), so every reader of those files, a
 restarted broker included, works unchanged:
 
 - **the launch lock**: the broker takes the exclusive ``flock`` on ``launch.json`` and passes that very
   descriptor with its start request (SCM_RIGHTS); the agent holds it until the attempt's last write, and the
-  kernel releases it whenever the agent dies. The child writes ``pid`` (its pid, which is its session and
-  process group id) before anything else and never runs the payload when a kill verdict is already there.
+  kernel releases it whenever the agent dies. The child is its own session and process group; the agent
+  looks for a kill verdict before it starts it (never running the payload when one is there) and writes
+  ``pid`` (the child's pid, which is its session and process group id) before it answers. Requests are served
+  one at a time, so a kill the broker asks for after its verdict is handled after the start, on the child.
 - **the verdict**: ``exit`` is created exclusively (``O_EXCL``) with the payload's exit status, read before
   the child is reaped (``waitid(WNOWAIT)``), so a group id the agent signals is never a reused one; a
   kill verdict the broker wrote first keeps the status in ``killed_exit``.
@@ -23,16 +26,19 @@ elf's grace, and ``status.json`` written by the elf module's own code (loaded fr
 names) before the payload is reaped and the lock released. Such payloads do not push to the broker.
 
 The journal (``journal`` in the state directory, one JSON line per start and per end, fdatasync'ed in
-batches) names the attempts it started, each before its fork. Payloads die with the agent
-(``PR_SET_PDEATHSIG``), and an agent starting up kills the processes left of the attempts its journal shows
-without an end (they carry the attempt's ``WB_WORKDIR``) before it accepts a broker: only then does the
-broker call those attempts lost. Every connected broker is told of every end (a restarted broker may connect before the old one's
+batches) names the attempts it started, each before its start. Payloads die with the agent: the agent's
+parent, the guardian (a small process that holds the agent's lock with it and does nothing else), waits for
+the agent to end, however it ends, then kills every process left of the attempts the journal shows without an
+end (they carry the attempt's ``WB_WORKDIR``: the payloads and whatever they started, in their group or not)
+and only then exits and lets the lock go. An agent starting up does the same before it accepts a broker (for
+a guardian killed too): a broker that lost its agent starts the next one, which answers only then, and only
+then does the broker call those attempts lost. (A parent-death signal would need Python code in each child
+between its fork and its exec: the guardian lets the start be a ``vfork``.) Every connected broker is told of every end (a restarted broker may connect before the old one's
 connection is gone); the agent keeps running and recording while none is connected, and exits once no
 broker is connected and no payload runs.
 """
 
 import collections
-import ctypes
 import fcntl
 import heapq
 import importlib.util
@@ -41,6 +47,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -58,7 +65,6 @@ MAX_QUEUED = 100000
 JOURNAL_MAX = 1 << 20
 #: seconds a program found on a PATH is started from there without looking again
 PROGRAM_TTL = 5.0
-PR_SET_PDEATHSIG = 1
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -113,10 +119,11 @@ def sweep(journal_path):
 
 
 class Child:
-    __slots__ = ("workdir", "pid", "pidfd", "lock", "elf", "started_at", "reason")
+    __slots__ = ("workdir", "pid", "pidfd", "lock", "elf", "started_at", "reason", "proc")
 
-    def __init__(self, workdir, pid, pidfd, lock, elf=None):
+    def __init__(self, workdir, pid, pidfd, lock, elf=None, proc=None):
         self.workdir, self.pid, self.pidfd, self.lock, self.elf = workdir, pid, pidfd, lock, elf
+        self.proc = proc  # its Popen (None for a stand-in): kept until reaped, so subprocess never reaps it
         self.started_at, self.reason = time.time(), None  # reason: the kill verdict it acted on (elf protocol)
 
 
@@ -133,7 +140,6 @@ class Agent:
     def __init__(self, state_dir):
         self.state_dir = state_dir
         self.me = os.getpid()
-        self.libc = ctypes.CDLL(None, use_errno=True)
         self.epoll = select.epoll()
         self.children = {}  # pidfd -> Child
         self.by_workdir = {}  # workdir -> Child
@@ -291,12 +297,18 @@ class Agent:
         except BaseException:
             os.close(lock)
             raise
-        self.record({"s": workdir})  # before the fork: an agent killed at any point after it sweeps this one
-        pid = os.fork()
-        if pid == 0:
-            self.child(workdir, argv, cwd, env, program, module.VERDICT_FILE if module else "exit")
+        self.record({"s": workdir})  # before the start: once the agent is gone, its guardian sweeps this one
+        try:
+            proc = self.spawn(workdir, argv, cwd, env, program, module.VERDICT_FILE if module else "exit")
+        except OSError as exc:  # nothing started (no process could be made): the broker may try again
+            os.close(lock)
+            self.record({"e": workdir})
+            self.send(conn, {"id": message["id"], "error": "cannot start %s: %s" % (argv[0], exc.strerror or exc)})
+            return
+        pid = proc.pid if isinstance(proc, subprocess.Popen) else proc
+        write_file(os.path.join(workdir, "pid"), "%d\n" % pid)
         pidfd = os.pidfd_open(pid)
-        child = Child(workdir, pid, pidfd, lock, elf)
+        child = Child(workdir, pid, pidfd, lock, elf, proc if isinstance(proc, subprocess.Popen) else None)
         if elf is not None and elf.get("timeout"):
             heapq.heappush(self.timers, (time.monotonic() + float(elf["timeout"]), workdir, "timeout"))
         self.children[pidfd] = child
@@ -355,38 +367,42 @@ class Agent:
     def after_grace(self, child):
         heapq.heappush(self.timers, (time.monotonic() + self.elf(child).KILL_GRACE, child.workdir, "kill"))
 
-    def child(self, workdir, argv, cwd, env, program, verdict_file):
-        """In the forked child: become the attempt's session, die with the agent, record the pid, exec."""
-        code = 127
+    def spawn(self, workdir, argv, cwd, env, program, verdict_file):
+        """Start the payload in a session of its own: its Popen, or the pid of a stand-in child that only exits
+        with the status a shell would give (0: a kill verdict came first and the payload never runs; 127 or 126:
+        its program could not be executed), so every end takes the one path. OSError: nothing started."""
+        if os.path.lexists(os.path.join(workdir, verdict_file)):
+            return self.stand_in(0)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        out = err = -1
         try:
-            os.setsid()
-            if self.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != self.me:
-                os._exit(code)  # the agent is gone already: nothing may run unwatched
-            for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
-                signal.signal(signum, signal.SIG_DFL)  # as a shell would start it, not as Python left them
-            write_file(os.path.join(workdir, "pid"), "%d\n" % os.getpid())
-            if os.path.lexists(os.path.join(workdir, verdict_file)):
-                os._exit(0)  # a kill verdict came before the start: the payload never runs
-            null = os.open(os.devnull, os.O_RDONLY)
             out = os.open(os.path.join(workdir, "stdout"), _FLAGS | os.O_TRUNC, 0o600)
             err = os.open(os.path.join(workdir, "stderr"), _FLAGS | os.O_TRUNC, 0o600)
-            for fd, target in ((null, 0), (out, 1), (err, 2)):
-                os.dup2(fd, target)
-            # every other descriptor is close-on-exec (Python's default; received ones by MSG_CMSG_CLOEXEC):
-            # closing 65,000 numbers one by one cost half a millisecond per start
-            os.chdir(cwd)
-            code = 126
-            if program is not None:
+            # where it was found, else (gone since) searched on the PATH as execvpe does
+            for executable in (program, None) if program is not None else (None,):
                 try:
-                    os.execve(program, argv, env)
-                except OSError:
-                    pass  # changed since it was found: search as execvpe does
-            os.execvpe(argv[0], argv, env)
-        except FileNotFoundError:
-            code = 127
-        except BaseException:
-            pass
-        os._exit(code)
+                    # no Python runs in the child (vfork and exec): every other descriptor of the agent is
+                    # close-on-exec (received ones by MSG_CMSG_CLOEXEC); SIGPIPE and SIGXFSZ get their defaults
+                    return subprocess.Popen(argv, executable=executable, stdin=null, stdout=out, stderr=err,
+                                            cwd=cwd, env=env, close_fds=False, start_new_session=True,
+                                            restore_signals=True)
+                except OSError as exc:
+                    if exc.filename is None:
+                        raise  # no process could be made (fork or pipe): nothing started
+                    failed = exc
+                    self.programs = {key: found for key, found in self.programs.items() if found[0] != program}
+            return self.stand_in(127 if isinstance(failed, FileNotFoundError) else 126)
+        finally:
+            for fd in (null, out, err):
+                if fd >= 0:
+                    os.close(fd)
+
+    @staticmethod
+    def stand_in(code):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(code)
+        return pid
 
     def ended(self, child):
         """The payload ended: its verdict first (before reaping: its group id stays ours), then the journal."""
@@ -403,6 +419,8 @@ class Agent:
         else:
             self.exit_verdict(child, code)
         os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED)
+        if child.proc is not None:
+            child.proc.returncode = code  # reaped here: its Popen must not wait for it again
         os.close(child.pidfd)
         self.by_workdir.pop(child.workdir, None)
         self.record({"e": child.workdir})
@@ -448,7 +466,7 @@ def main(argv):
     state_dir = argv[1]
     os.umask(0o077)
     if os.fork() > 0:
-        os._exit(0)  # the broker reaps this one at once; the agent is nobody's child to wait for
+        os._exit(0)  # the broker reaps this one at once; the guardian and its agent are nobody's to wait for
     lock = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
                    0o600)
     try:
@@ -460,17 +478,47 @@ def main(argv):
     killed = sweep(journal)
     with open(journal, "wb") as handle:  # every start it held has ended now
         os.fsync(handle.fileno())
-    agent = Agent(state_dir)
     log = os.open(os.path.join(state_dir, LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    # a payload must not inherit an ignored SIGINT (exec resets a handler, not SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    agent_pid = os.fork()
+    if agent_pid > 0:
+        return guard(agent_pid, journal, log)
+    agent = Agent(state_dir)
     os.write(1, b"ready %d\n" % killed)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd, target in ((null, 0), (null, 1), (log, 2)):
-        os.dup2(fd, target)
+    quiet(log)
     try:
         agent.run()
     finally:
         os.unlink(os.path.join(state_dir, SOCKET_FILE))  # before the lock goes: no broker connects to a dead one
     return 0
+
+
+def guard(agent_pid, journal, log):
+    """The agent's parent, holding its lock with it: once the agent has ended, however (``kill -9`` too), kill
+    what is left of the attempts its journal shows unended, then exit, letting the lock go. So a payload never
+    outlives its agent for longer than this takes, nor can the next agent start before it is done."""
+    quiet(log)
+    while True:
+        try:
+            os.waitpid(agent_pid, 0)
+            break
+        except ChildProcessError:
+            break
+        except KeyboardInterrupt:
+            continue  # a SIGINT: the guard stays until the agent is gone
+    killed = sweep(journal)
+    if killed:
+        os.write(2, b"the agent ended with payloads running: killed %d process(es)\n" % killed)
+    return 0
+
+
+def quiet(log):
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd, target in ((null, 0), (null, 1), (log, 2)):
+        os.dup2(fd, target)
+    if null > 2:
+        os.close(null)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ those files, timeouts and the kill verdict before any signal. What changes:
 - the end of an attempt is the agent's ``end`` message (sent once its files are final and the lock is
   released), not a wrapper's pidfd;
 - signals go through the agent, which has not reaped the payload yet, so its group id is never a reused one;
-- when an agent dies, its payloads die with it (parent-death signal); the broker starts a new agent, which
-  kills what is left of their groups before it answers, and only then reads those attempts' files: an
-  attempt without a verdict is lost (retried per its policy), one with a verdict keeps it.
+- when an agent dies, its payloads die with it (its guardian, the agent's parent, kills every process left of
+  them at once); the broker starts a new agent, which can start only once the guardian is done and kills
+  whatever is still left before it answers, and only then reads those attempts' files: an attempt without a
+  verdict is lost (retried per its policy), one with a verdict keeps it.
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ class AgentLauncher(LocalLauncher):
                         successor = self._agents.get(agent.login)
                         if successor is agent:
                             successor = self._connect(agent.login, start=True)
-                except Exception:  # the parent-death signal has ended the payloads all the same
+                except Exception:  # the old agent's guardian has ended the payloads all the same
                     log.exception("cannot restart the local agent of %s", agent.login)
             for attempt in orphans:
                 # still locked: the agent lives and only dropped this connection (it had too much unread)
@@ -322,8 +323,8 @@ class AgentLauncher(LocalLauncher):
     def recover(self, node_id: int, attempt: int, workdir: str, job_id: str | None) -> Recovered:
         """As the local launcher's; an attempt found lost is returned once its account's agent runs again.
 
-        An agent that died while no broker ran left its payloads' children behind (the parent-death signal
-        reaches the payload only): the agent started here kills them before the attempt may be retried.
+        An agent that died while no broker ran, its guardian with it, left its payloads behind: the agent
+        started here kills them before the attempt may be retried.
         """
         found = super().recover(node_id, attempt, workdir, job_id)
         if found.status == "lost" and not is_legacy(workdir):

@@ -22,8 +22,8 @@ Under the resident agent (``start`` with ``resident``, ``[hosts] ssh_agent``; no
 runs the payload itself and keeps the elf's files and duties (verdict, status file, timeout): one process
 per payload. Its launch record names the agent's directory (``agent``); ``cancel`` claims the verdict, then
 asks that agent for the SIGTERM (it has not reaped the payload, so the group is the right one). An agent
-killed takes its payloads with it (parent-death signal); the next one kills what is left of them before it
-accepts a start, and their attempts read as lost: lock free, no status.
+killed takes its payloads with it (its guardian kills them); the next one kills whatever is left of them
+before it accepts a start, and their attempts read as lost: lock free, no status.
 
 Started and alive (SSH attempts): ``start`` takes an exclusive ``flock`` on the launch record before it
 spawns the elf and hands it the locked descriptor as its standard input (the elf gives its payload

@@ -6,6 +6,7 @@ Everything the local launcher guarantees is also tested under the agent by the l
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_the_payload_is_the_agents_own_child_with_no_wrapper_between(state, tmp_
     with AgentLauncher(state) as launcher:
         handle = launcher.launch(request(tmp_path / "w", f"read x < {fifo}\nexit 3\n"))
         pid = int(handle.job_id)
-        # the interpreter, exec'd by the agent's child (which wrote its pid just before)
+        # the interpreter, exec'd by the agent's child (the agent wrote its pid before it answered)
         wait_for(lambda: cmdline(pid) == [b"/bin/sh", str(tmp_path / "w" / "payload").encode()])
         agent = parent_of(pid)
         assert cmdline(agent)[-2] == b"-" and cmdline(agent)[-1].startswith(state.encode())
@@ -64,7 +65,7 @@ def test_a_killed_agent_keeps_recorded_results_its_payloads_die_and_only_then_ar
     with AgentLauncher(state, kill_grace=0.5) as launcher:
         done = launcher.launch(request(tmp_path / "done", "echo '@broker output x=1'\nexit 3\n", node_id=1))
         assert run_to_end(launcher, done).exit_code == 3
-        # a payload with a child of its own in its group, which the parent-death signal does not reach
+        # a payload with a child of its own in its group
         running = launcher.launch(request(tmp_path / "run", "sleep 100 &\necho $! > child.pid\nwait\n", node_id=2))
         launcher.watch(running, exits)
         child = int(wait_for(lambda: (tmp_path / "run" / "child.pid").read_text().strip()
@@ -91,6 +92,29 @@ def test_a_killed_agent_keeps_recorded_results_its_payloads_die_and_only_then_ar
         assert run_to_end(launcher, after).outcome == base.SUCCEEDED
         journal = open(os.path.join(state, os.listdir(state)[0], "journal")).read().splitlines()
         assert str(tmp_path / "run") not in "".join(journal)  # the new agent's journal starts empty
+
+
+def test_a_killed_agent_takes_its_payloads_and_their_children_with_it_with_no_broker_there(state, tmp_path):
+    launcher = AgentLauncher(state)
+    handle = launcher.launch(request(tmp_path / "run", "sleep 100 &\necho $! > child.pid\nexec sleep 100\n"))
+    child = int(wait_for(lambda: (tmp_path / "run" / "child.pid").read_text().strip()
+                         if (tmp_path / "run" / "child.pid").exists() else None))
+    payload = int(handle.job_id)
+    agent = parent_of(payload)
+    guardian = parent_of(agent)
+    assert cmdline(guardian) == cmdline(agent)  # the agent's parent: its guardian, the same program
+    launcher.close()  # no broker is connected now; the payload runs on, recorded by the agent
+
+    os.kill(agent, signal.SIGKILL)
+
+    # the guardian kills what the agent left running (a payload and its child), then goes: no new agent, no
+    # broker needed; the attempt's lock is free and it has no verdict (a broker will find it lost)
+    wait_for(lambda: not alive(payload) and not alive(child), what="the payload and its child to be killed")
+    wait_for(lambda: not alive(guardian), what="the guardian to exit")
+    assert not is_alive(str(tmp_path / "run")) and not (tmp_path / "run" / "exit").exists()
+    log = open(os.path.join(state, os.listdir(state)[0], "agent.log")).read()
+    # (a process still dying when the sweep looks again is signalled, and counted, again)
+    assert re.search(r"the agent ended with payloads running: killed [2-9] process\(es\)", log), log
 
 
 THE_BROKER = textwrap.dedent("""

@@ -41,13 +41,15 @@ def commands() -> dict[int, list[bytes]]:
 
 
 def agents(directory: str) -> list[int]:
-    """Pids of the resident agents serving ``directory`` (their command line ends with it)."""
+    """Pids of the resident agents serving ``directory`` (their command line ends with it, as their guardian's,
+    whose children they are)."""
     found = [pid for pid, args in commands().items()
              if len(args) >= 3 and args[-2] == os.fsencode(directory) and args[-3].endswith(b".py")]
-    # a payload the agent has just forked shows the agent's command line until it execs
+    # a payload the agent has just started shows the agent's command line until it execs
     parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in found
                if os.path.exists(f"/proc/{pid}/stat")}
-    return [pid for pid, parent in parents.items() if parent not in parents]
+    guardians = {pid for pid, parent in parents.items() if parent not in parents}
+    return [pid for pid, parent in parents.items() if parent in guardians]
 
 
 def test_payloads_run_as_children_of_one_resident_agent_without_an_elf(sshd, host, pool):
@@ -83,8 +85,7 @@ def test_a_kill_9_of_the_agent_loses_its_attempts_only_once_what_is_left_of_them
         launcher.watch(handle, ended)
         os.kill(agent, signal.SIGKILL)
         wait_for(lambda: ended.has(2), what="the attempt to be found lost")
-        # the payload died with the agent (parent-death signal); its child was killed by the next agent's sweep,
-        # which ran before the probe said "lost"
+        # the payload and its child died with the agent (its guardian killed them), before the probe said "lost"
         assert not alive(pgid) and not alive(child)
         result = launcher.collect(handle)
         assert (result.outcome, result.message) == (base.LOST, "no result: the host's resident agent ended before "
