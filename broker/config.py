@@ -304,9 +304,10 @@ class HostsSettings:
                                                                   "loopback, private and link-local addresses"))
     http_timeout: float = field(default=30.0, metadata=_doc("how long an http(s):// stage-in may wait for the "
                                                             "server", "s"))
-    local_agent: bool = field(default=False, metadata=_doc("whether local payloads start under a resident agent "
-                                                           "per account (one process per payload) instead of "
-                                                           "a wb-run.sh wrapper each"))
+    local_agent: bool = field(default=True, metadata=_doc("whether local payloads start under a resident agent "
+                                                          "per account (one process per payload) instead of a "
+                                                          "wb-run.sh wrapper each; an account whose agent "
+                                                          "cannot start gets wrappers"))
     ssh_agent: bool = field(default=True, metadata=_doc("whether SSH hosts run payloads under a resident agent per "
                                                         "host and account (one process per payload) instead of "
                                                         "an elf each; a host where it cannot run (Python before "

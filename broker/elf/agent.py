@@ -33,9 +33,11 @@ end (they carry the attempt's ``WB_WORKDIR``: the payloads and whatever they sta
 and only then exits and lets the lock go. An agent starting up does the same before it accepts a broker (for
 a guardian killed too): a broker that lost its agent starts the next one, which answers only then, and only
 then does the broker call those attempts lost. (A parent-death signal would need Python code in each child
-between its fork and its exec: the guardian lets the start be a ``vfork``.) Every connected broker is told of every end (a restarted broker may connect before the old one's
-connection is gone); the agent keeps running and recording while none is connected, and exits once no
-broker is connected and no payload runs.
+between its fork and its exec: the guardian lets the start be a ``vfork``.)
+
+Every connected broker is told of every end (a restarted broker may connect before the old one's connection
+is gone); the agent keeps running and recording while none is connected, and exits once no broker is
+connected and no payload runs.
 """
 
 import collections

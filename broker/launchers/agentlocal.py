@@ -53,6 +53,9 @@ AGENT_PATIENCE = 30.0
 CONNECT_TRIES = 50
 #: the longest pause between two looks at an adopted attempt's lock (see _adopt_live)
 ADOPTED_RECHECK_MAX = 5.0
+#: seconds before the agent of an account whose agent could not start is tried again (meanwhile its payloads
+#: start under wrappers)
+AGENT_RETRY = 600.0
 _SOURCE = open(agent_program.__file__, "rb").read()  # noqa: SIM115 - read once; sent to each agent started
 
 
@@ -92,13 +95,17 @@ class AgentLauncher(LocalLauncher):
         self._agents_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._own_login = own_login()
+        #: login -> when (monotonic) to try its agent again, for accounts whose agent could not start
+        self._no_agent: dict[str, float] = {}
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------------------- starting attempts
 
     def _spawn(self, request: LaunchRequest, run_as: RunAs | None, started_at: float, argv: list[str],
                env: dict[bytes, bytes], cwd: str) -> LaunchHandle:
-        agent = self._agent_for(run_as.login if run_as else None)
+        agent = self._usable_agent(run_as.login if run_as else self._own_login)
+        if agent is None:  # the account's agent cannot run here: a wrapper, as without the setting
+            return super()._spawn(request, run_as, started_at, argv, env, cwd)
         handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=request.workdir,
                               job_id="0", started_at=started_at, timeout=request.timeout)
         message = {"op": "start", "wd": request.workdir, "argv": argv, "cwd": cwd,
@@ -139,6 +146,23 @@ class AgentLauncher(LocalLauncher):
         return entry[1]
 
     # ----------------------------------------------------------------------------- the agents themselves
+
+    def _usable_agent(self, login: str) -> _Agent | None:
+        """``login``'s agent, or None while it cannot start (no usable Python for that account, say): then its
+        payloads start under wrappers, said once, and the agent is tried again after :data:`AGENT_RETRY`."""
+        if self._no_agent.get(login, 0.0) > time.monotonic():
+            return None
+        try:
+            agent = self._agent_for(login)
+        except ResourceError as exc:
+            first = login not in self._no_agent
+            self._no_agent[login] = time.monotonic() + AGENT_RETRY
+            if first:
+                log.warning("%s: the payloads of %s start under wb-run.sh wrappers meanwhile (the agent is tried "
+                            "again every %.0f minutes)", exc, login, AGENT_RETRY / 60)
+            return None
+        self._no_agent.pop(login, None)
+        return agent
 
     def _agent_for(self, login: str | None) -> _Agent:
         """The connected agent of ``login`` (None: the broker's own account), started if none runs."""
@@ -332,7 +356,7 @@ class AgentLauncher(LocalLauncher):
                 login = pwd.getpwuid(os.stat(workdir).st_uid).pw_name
             except (OSError, KeyError):
                 return found
-            self._agent_for(login)
+            self._usable_agent(login)
         return found
 
 
