@@ -53,9 +53,6 @@ AGENT_PATIENCE = 30.0
 CONNECT_TRIES = 50
 #: the longest pause between two looks at an adopted attempt's lock (see _adopt_live)
 ADOPTED_RECHECK_MAX = 5.0
-#: seconds before the agent of an account whose agent could not start is tried again (meanwhile its payloads
-#: start under wrappers)
-AGENT_RETRY = 600.0
 _SOURCE = open(agent_program.__file__, "rb").read()  # noqa: SIM115 - read once; sent to each agent started
 
 
@@ -149,17 +146,17 @@ class AgentLauncher(LocalLauncher):
 
     def _usable_agent(self, login: str) -> _Agent | None:
         """``login``'s agent, or None while it cannot start (no usable Python for that account, say): then its
-        payloads start under wrappers, said once, and the agent is tried again after :data:`AGENT_RETRY`."""
+        payloads start under wrappers, said once, and the agent is tried again after ``base.AGENT_RETRY``."""
         if self._no_agent.get(login, 0.0) > time.monotonic():
             return None
         try:
             agent = self._agent_for(login)
         except ResourceError as exc:
             first = login not in self._no_agent
-            self._no_agent[login] = time.monotonic() + AGENT_RETRY
+            self._no_agent[login] = time.monotonic() + base.AGENT_RETRY
             if first:
                 log.warning("%s: the payloads of %s start under wb-run.sh wrappers meanwhile (the agent is tried "
-                            "again every %.0f minutes)", exc, login, AGENT_RETRY / 60)
+                            "again every %.0f minutes)", exc, login, base.AGENT_RETRY / 60)
             return None
         self._no_agent.pop(login, None)
         return agent

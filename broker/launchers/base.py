@@ -23,6 +23,10 @@ TIMEOUT = "timeout"          # killed by the launcher after the node's timeout
 CANCELLED = "cancelled"      # killed because the node or workflow was cancelled
 LOST = "lost"                # gone without a result (e.g. killed by someone else while the broker was down)
 
+#: seconds before the resident agent of an account (and host) where it could not start is tried again; meanwhile
+#: its payloads start as without it, under wb-run.sh locally and under an elf on SSH hosts
+AGENT_RETRY = 600.0
+
 
 @dataclass(frozen=True, slots=True)
 class LaunchRequest:

@@ -64,6 +64,8 @@ class SshLauncher(RemoteLauncher):
         self._lost_after = lost_after
         self._resident = resident
         self._agent_warned = False
+        #: until when (monotonic) this host's resident agent is not tried: it could not start there
+        self._no_agent_until = 0.0
         # the relay tells of ends as they happen: the poll runs at once instead of at its interval
         endpoint.on_relay_event = lambda event: self.poller.hurry()
 
@@ -78,16 +80,21 @@ class SshLauncher(RemoteLauncher):
         workdir = self._remote_workdir(request)
         record = {"node_id": request.node_id, "attempt": request.attempt, "started_at": started_at,
                   "timeout": request.timeout, "session": session_of(request)}
-        start = ep.start if self._resident else functools.partial(ep.agent, "start")
+        resident = self._resident and time.monotonic() >= self._no_agent_until
+        start = ep.start if resident else functools.partial(ep.agent, "start")
         reply = start({"workdir": workdir, "payload": request.payload_text, "files": push_files(request),
-                                   "env": payload_env(ep.host.env, request), "python": ep.host.python,
-                                   "elf": ep.elf_path, "args": elf_args(request, self._max_output_bytes),
-                                   "record": record, **({"resident": ep.resident} if self._resident else {})})
+                       "env": payload_env(ep.host.env, request), "python": ep.host.python,
+                       "elf": ep.elf_path, "args": elf_args(request, self._max_output_bytes),
+                       "record": record, **({"resident": ep.resident} if resident else {})})
         if reply.get("error") == "exists":
             return self._adopt(request, workdir)
-        if "agent_error" in reply and not self._agent_warned:
-            self._agent_warned = True  # once: every attempt there says the same
-            log.warning("%s: attempts run under the elf: %s", ep.label, reply["agent_error"])
+        if "agent_error" in reply:
+            # not tried at each launch meanwhile: a Python start that fails each time costs every launch
+            self._no_agent_until = time.monotonic() + base.AGENT_RETRY
+            if not self._agent_warned:
+                self._agent_warned = True  # once: every attempt there says the same
+                log.warning("%s: attempts run under the elf: %s (the resident agent is tried again every %.0f "
+                            "minutes)", ep.label, reply["agent_error"], base.AGENT_RETRY / 60)
         handle = LaunchHandle(node_id=request.node_id, attempt=request.attempt, workdir=workdir,
                               job_id=str(reply["pid"]), host=ep.label, started_at=started_at,
                               timeout=request.timeout)

@@ -211,8 +211,11 @@ def test_a_host_where_no_agent_can_run_runs_its_attempts_under_the_elf(sshd, scr
     place = Path(tempfile.mkdtemp(prefix="broker-test-python-"))
     place.chmod(0o755)
     refusing = place / "no-agent-python"
-    refusing.write_text('#!/bin/sh\ncase "$3" in */resident-*) echo "no pidfd here" >&2; exit 1;; esac\n'
-                        'exec python3 "$@"\n')
+    tries = place / "tries"  # each time the host is asked to start the agent (written as the account)
+    tries.touch()
+    tries.chmod(0o666)
+    refusing.write_text(f'#!/bin/sh\ncase "$3" in */resident-*) echo try >> {tries}; echo "no pidfd here" >&2; '
+                        'exit 1;; esac\nexec python3 "$@"\n')
     refusing.chmod(0o755)
     try:
         host = ssh_host(sshd, scratch, python=str(refusing))
@@ -220,6 +223,11 @@ def test_a_host_where_no_agent_can_run_runs_its_attempts_under_the_elf(sshd, scr
             handles = [launcher.launch(request(unique_workflow(), f"echo '@broker output n={i}'\n", node_id=i))
                        for i in (1, 2)]
             assert [run_to_end(launcher, h).outputs for h in handles] == [{"n": 1}, {"n": 2}]
+            assert tries.read_text() == "try\n"  # not at each launch: once, then again when the retry is due
+            launcher._no_agent_until = 0.0
+            handles.append(launcher.launch(request(unique_workflow(), "echo '@broker output n=3'\n", node_id=3)))
+            assert run_to_end(launcher, handles[-1]).outputs == {"n": 3}
+            assert tries.read_text() == "try\ntry\n"
         for handle in handles:
             assert os.path.exists(f"{handle.workdir}/elf.pid")
             assert "agent" not in json.loads(Path(handle.workdir, "launch.json").read_text())
