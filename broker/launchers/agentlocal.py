@@ -20,6 +20,7 @@ those files, timeouts and the kill verdict before any signal. What changes:
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -207,8 +208,12 @@ class AgentLauncher(LocalLauncher):
                    "start_new_session": True, "close_fds": True}
         proc = subprocess.Popen(argv, **streams) if run_as is None else popen(run_as, argv, **streams)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        proc.stdin.write(_SOURCE)
-        proc.stdin.close()
+        try:
+            proc.stdin.write(_SOURCE)
+            proc.stdin.close()
+        except BrokenPipeError:  # it ended without reading the program: its standard error says why
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
         line = proc.stdout.readline(256)
         proc.stdout.close()
         if not line.startswith((b"ready", b"busy")):

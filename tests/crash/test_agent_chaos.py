@@ -32,6 +32,7 @@ import pytest
 from tests.cli.helpers import DEADLINE, OWNER, Cli, alive
 from tests.crash.helpers import MAX_IN_FLIGHT, POLL
 from tests.fixtures import wait_for
+from tests.launchers.helpers import resident_agents
 
 pytestmark = pytest.mark.slow
 
@@ -54,30 +55,6 @@ def fan_workflow(markers: Path, fan: int) -> str:
     fanned = [f"f{i}" for i in range(fan)]
     nodes = [node("root")] + [node(name, "root") for name in fanned] + [node("join", *fanned)]
     return '<workflow xmlns="urn:workflow-broker:workflow:1.0" name="chaos">' + "".join(nodes) + "</workflow>"
-
-
-def agents_of(place: Path) -> list[int]:
-    """Pids of the agents whose state directory is under ``place`` (their command line ends with it)."""
-    prefix = os.fsencode(place)
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as handle:
-                args = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if len(args) >= 3 and (args[-3] == b"-" or args[-3].endswith(b".py")) and args[-2].startswith(prefix):
-            found.append(int(name))
-    # a child the agent has just forked shows the agent's command line until it execs its payload
-    return [pid for pid in found if parent_of(pid) not in found]
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
 
 
 def running_payloads(markers: Path) -> int:
@@ -136,8 +113,8 @@ def test_a_kill_9_of_the_broker_or_of_the_agent_during_a_fan_runs_nothing_twice_
         else:
             # one agent: another may be on its way in or out for an instant (an idle agent leaves, the next
             # start brings a new one, which answers "busy" while the old one still holds the directory)
-            agent = wait_for(lambda: (lambda found: found[0] if len(found) == 1 else None)(agents_of(agents_place)),
-                             interval=POLL, what="one agent")
+            agent = wait_for(lambda: (lambda found: found[0] if len(found) == 1 else None)(
+                resident_agents(agents_place)), interval=POLL, what="one agent")
             os.kill(agent, signal.SIGKILL)
             assert run.wait(timeout=DEADLINE * 2) == 0, (tmp_path / "run.err").read_text()
         (workflow,) = cli.workflows()

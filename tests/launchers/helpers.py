@@ -72,6 +72,34 @@ def children_of(parent, state=None):
     return found
 
 
+def parent_of(pid):
+    """The parent pid of process ``pid``, None once it is gone."""
+    found = _stat(pid)
+    return found[1] if found else None
+
+
+def resident_agents(state_prefix):
+    """Pids of the resident agents whose state directory starts with ``state_prefix``.
+
+    An agent and its guardian (its parent) run the same program with the same arguments, the last one its state
+    directory (``python -I -S - DIR`` locally, ``python resident-V.py DIR`` on an SSH host): the agents are the
+    matches whose parent is a match without one. A payload the agent has just started shows the agent's command
+    line until it execs: its parent is an agent, not a guardian.
+    """
+    prefix = os.fsencode(state_prefix)
+    found = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                args = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if len(args) >= 3 and (args[-3] == b"-" or args[-3].endswith(b".py")) and args[-2].startswith(prefix):
+            found[int(name)] = parent_of(int(name))
+    guardians = {pid for pid, parent in found.items() if parent not in found}
+    return [pid for pid, parent in found.items() if parent in guardians]
+
+
 def zombie_children():
     """Pids of this process's children that have exited and were never reaped."""
     return children_of(os.getpid(), "Z")

@@ -18,14 +18,9 @@ from broker.launchers import base
 from broker.launchers.agentlocal import AgentLauncher
 from broker.launchers.workdir import is_alive
 from tests.fixtures import wait_for
-from tests.launchers.helpers import Exits, alive, make_fifo, release, request, run_to_end
+from tests.launchers.helpers import Exits, alive, make_fifo, parent_of, release, request, run_to_end
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def parent_of(pid):
-    with open(f"/proc/{pid}/stat") as handle:
-        return int(handle.read().rsplit(")", 1)[1].split()[1])
 
 
 def cmdline(pid):
@@ -138,8 +133,10 @@ def test_an_account_whose_agent_cannot_start_gets_wrappers_said_once_and_tried_a
         # once the retry is due, the agent is tried again: now it starts, and the next payload is its child
         monkeypatch.setattr(agentlocal, "_interpreter", lambda run_as: os.path.realpath(sys.executable))
         launcher._no_agent = {login: 0.0 for login in launcher._no_agent}
-        third = launcher.launch(request(tmp_path / "w3", "exit 0\n", node_id=3))
+        fifo = make_fifo(tmp_path / "go")
+        third = launcher.launch(request(tmp_path / "w3", f"read x < {fifo}\n", node_id=3))
         assert cmdline(parent_of(int(third.job_id)))[-2] == b"-"  # the agent's
+        release(fifo)
         assert run_to_end(launcher, third).outcome == base.SUCCEEDED
     assert pid > 0
 

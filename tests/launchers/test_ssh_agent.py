@@ -20,6 +20,7 @@ from broker.launchers import base
 from broker.launchers.ssh import SshLauncher
 from broker.resources.sshpool import SshPool
 from tests.fixtures import wait_for
+from tests.launchers.helpers import resident_agents
 from tests.launchers.test_ssh import host, pool, scratch  # noqa: F401 - the elf tests' fixtures, shared
 from tests.resources.helpers import (WAIT_FOR_GO, Ended, account, alive, endpoint, read_int, release, request,
                                      run_to_end, ssh_host, unique_workflow, wait_started)
@@ -41,15 +42,8 @@ def commands() -> dict[int, list[bytes]]:
 
 
 def agents(directory: str) -> list[int]:
-    """Pids of the resident agents serving ``directory`` (their command line ends with it, as their guardian's,
-    whose children they are)."""
-    found = [pid for pid, args in commands().items()
-             if len(args) >= 3 and args[-2] == os.fsencode(directory) and args[-3].endswith(b".py")]
-    # a payload the agent has just started shows the agent's command line until it execs
-    parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in found
-               if os.path.exists(f"/proc/{pid}/stat")}
-    guardians = {pid for pid, parent in parents.items() if parent not in parents}
-    return [pid for pid, parent in parents.items() if parent in guardians]
+    """Pids of the resident agents serving ``directory``."""
+    return resident_agents(directory)
 
 
 def test_payloads_run_as_children_of_one_resident_agent_without_an_elf(sshd, host, pool):
