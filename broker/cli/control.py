@@ -216,7 +216,7 @@ def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int],
 
     from broker.config import default_state_dir
     from broker.ids import path_to_dirname
-    from broker.launchers.local import LocalLauncher
+    from broker.launchers.agentlocal import AgentLauncher
     from broker.persistence.changes import Transition
     from broker.persistence.models import Node, Workflow
     from broker.states import NodeState
@@ -230,19 +230,28 @@ def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int],
     # (the configured root; a `broker run --workdir` elsewhere is not known here)
     root = Path(settings.engine.workdir or default_state_dir() / "work").absolute()
     transitions = []
-    launcher = LocalLauncher()
+    # per work root, as the attempts' resident agents keep their sockets there (<root>/.agents); an agent's
+    # launcher also stops an attempt a wb-run.sh wrapper runs, whatever [hosts] local_agent says now
+    launchers: dict[Path, Any] = {}
     try:
         for node_id, attempt in kill:
             row = rows[node_id]
-            workdir = row.workdir or str(root / row.global_id / path_to_dirname(row.path) / str(attempt))
-            found, ended_first = _stop_attempt(launcher, node_id, attempt, workdir, row.job_id)
+            relative = Path(row.global_id, path_to_dirname(row.path), str(attempt))
+            workdir = row.workdir or str(root / relative)
+            # the root of a recorded work directory: where that run (`broker run --workdir` too) kept its agents
+            parts = Path(workdir).parts
+            base = Path(*parts[:-len(relative.parts)]) if parts[-len(relative.parts):] == relative.parts else root
+            if base not in launchers:
+                launchers[base] = AgentLauncher(str(base / ".agents"))
+            found, ended_first = _stop_attempt(launchers[base], node_id, attempt, workdir, row.job_id)
             if ended_first:
                 print(f"node {row.path}: {found}; `broker resume {row.global_id}` takes its result")
                 continue
             transitions.append(Transition(node_id=node_id, to=NodeState.CANCELLED, actor=actor, attempt=attempt,
                                           message=f"cancelled by {actor} ({found})"))
     finally:
-        launcher.close()
+        for launcher in launchers.values():
+            launcher.close()
     store.commit(transitions)
 
 
