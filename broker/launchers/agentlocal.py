@@ -20,7 +20,6 @@ those files, timeouts and the kill verdict before any signal. What changes:
 from __future__ import annotations
 
 import array
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -28,11 +27,8 @@ import logging
 import os
 import pwd
 import select
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -41,10 +37,11 @@ from broker.elf import agent as agent_program
 from broker.errors import ResourceError
 from broker.launchers import base
 from broker.launchers.adoption import Attempt, is_legacy
+from broker.launchers.agentstart import start_agent
 from broker.launchers.base import LaunchHandle, LaunchRequest, Recovered
 from broker.launchers.local import LocalLauncher
 from broker.launchers.workdir import LAUNCH_FILE, is_alive, lock_exclusive, open_if_wrapper, read_exit, read_pid
-from broker.runas import PATH, RunAs, is_root, lookup, make_workdir, own_login, popen
+from broker.runas import RunAs, is_root, lookup, make_workdir, own_login
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +51,6 @@ AGENT_PATIENCE = 30.0
 CONNECT_TRIES = 50
 #: the longest pause between two looks at an adopted attempt's lock (see _adopt_live)
 ADOPTED_RECHECK_MAX = 5.0
-_SOURCE = open(agent_program.__file__, "rb").read()  # noqa: SIM115 - read once; sent to each agent started
-
-
-def _interpreter(run_as: RunAs | None) -> str:
-    """The Python an agent runs on: the broker's own, or for another account the system's (which it reaches;
-    the broker's may lie in a directory private to its own account)."""
-    if run_as is not None:
-        found = shutil.which("python3", path=PATH)
-        if found is not None:
-            return found
-    return os.path.realpath(sys.executable)
-
 
 class _Agent:
     """The connection to one account's agent."""
@@ -198,35 +183,8 @@ class AgentLauncher(LocalLauncher):
             sock.close()
             if not start:
                 return None
-            self._start_agent(directory, run_as)
+            start_agent(directory, run_as)
         raise ResourceError(f"the local agent in {directory} does not answer (see its agent.log)")
-
-    def _start_agent(self, directory: str, run_as: RunAs | None) -> None:
-        """Start an agent in a session of its own and wait until it has swept its leftovers (or another runs)."""
-        argv = [_interpreter(run_as), "-I", "-S", "-", directory]
-        streams = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
-                   "start_new_session": True, "close_fds": True}
-        proc = subprocess.Popen(argv, **streams) if run_as is None else popen(run_as, argv, **streams)
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        try:
-            proc.stdin.write(_SOURCE)
-            proc.stdin.close()
-        except BrokenPipeError:  # it ended without reading the program: its standard error says why
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-        line = proc.stdout.readline(256)
-        proc.stdout.close()
-        if not line.startswith((b"ready", b"busy")):
-            error = proc.stderr.read(4096).decode("utf-8", "replace").strip().splitlines()
-            proc.stderr.close()
-            proc.wait()
-            raise ResourceError(f"the local agent in {directory} did not start: "
-                                f"{error[-1] if error else 'no message'}")
-        proc.stderr.close()
-        proc.wait()  # the agent itself runs on in a process of its own (it forked)
-        if line.split()[1:] != [b"0"]:
-            log.warning("the local agent in %s killed %s leftover process(es) of a previous agent", directory,
-                        line.split()[1].decode())
 
     # ----------------------------------------------------------------------------------- the watcher
 

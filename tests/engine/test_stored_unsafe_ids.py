@@ -30,4 +30,5 @@ def test_a_stored_workflow_with_unsafe_ids_runs_its_safe_nodes_and_refuses_the_e
     refusals = [e.message for e in broker.events(accepted.workflow_id)
                 if e.node_path == ".." and "is not inside its workflow's directory" in (e.message or "")]
     assert len(refusals) == 1
-    assert sorted(p.name for p in work.iterdir()) == [accepted.global_id]  # nothing next to the workflow
+    # nothing next to the workflow (but the resident agents' own directory, .agents)
+    assert sorted(p.name for p in work.iterdir() if p.name != ".agents") == [accepted.global_id]

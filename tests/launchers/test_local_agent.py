@@ -114,13 +114,13 @@ def test_a_killed_agent_takes_its_payloads_and_their_children_with_it_with_no_br
 
 def test_an_account_whose_agent_cannot_start_gets_wrappers_said_once_and_tried_again_later(
         state, tmp_path, monkeypatch, caplog):
-    from broker.launchers import agentlocal
+    from broker.launchers import agentstart
 
     tries = tmp_path / "tries"
     broken = tmp_path / "python3"  # a Python that cannot become the agent (too old, say)
     broken.write_text(f'#!/bin/sh\necho try >> "{tries}"\necho "Python 2.7 is too old" >&2\nexit 1\n')
     broken.chmod(0o755)
-    monkeypatch.setattr(agentlocal, "_interpreter", lambda run_as: str(broken))
+    monkeypatch.setattr(agentstart, "interpreter", lambda run_as: str(broken))
     with AgentLauncher(state) as launcher:
         handles = [launcher.launch(request(tmp_path / f"w{i}", f"exit {i}\n", node_id=i)) for i in (1, 2)]
         for i, handle in enumerate(handles, 1):
@@ -131,7 +131,7 @@ def test_an_account_whose_agent_cannot_start_gets_wrappers_said_once_and_tried_a
         warnings = [r.getMessage() for r in caplog.records if "start under wb-run.sh wrappers" in r.getMessage()]
         assert len(warnings) == 1 and "Python 2.7 is too old" in warnings[0], warnings
         # once the retry is due, the agent is tried again: now it starts, and the next payload is its child
-        monkeypatch.setattr(agentlocal, "_interpreter", lambda run_as: os.path.realpath(sys.executable))
+        monkeypatch.setattr(agentstart, "interpreter", lambda run_as: os.path.realpath(sys.executable))
         launcher._no_agent = {login: 0.0 for login in launcher._no_agent}
         fifo = make_fifo(tmp_path / "go")
         third = launcher.launch(request(tmp_path / "w3", f"read x < {fifo}\n", node_id=3))
