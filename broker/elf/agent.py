@@ -308,7 +308,10 @@ class Agent:
             self.send(conn, {"id": message["id"], "error": "cannot start %s: %s" % (argv[0], exc.strerror or exc)})
             return
         pid = proc.pid if isinstance(proc, subprocess.Popen) else proc
-        write_file(os.path.join(workdir, "pid"), "%d\n" % pid)
+        try:
+            write_file(os.path.join(workdir, "pid"), "%d\n" % pid)
+        except OSError:
+            self.killpg(pid, signal.SIGKILL)  # nothing may run that its files do not show: it ends, tracked
         pidfd = os.pidfd_open(pid)
         child = Child(workdir, pid, pidfd, lock, elf, proc if isinstance(proc, subprocess.Popen) else None)
         if elf is not None and elf.get("timeout"):

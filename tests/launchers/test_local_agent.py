@@ -141,6 +141,16 @@ def test_an_account_whose_agent_cannot_start_gets_wrappers_said_once_and_tried_a
     assert pid > 0
 
 
+def test_a_payload_whose_pid_cannot_be_recorded_is_killed_not_left_running(state, tmp_path):
+    workdir = tmp_path / "w"
+    (workdir / "pid").mkdir(parents=True)  # the agent cannot write the attempt's pid file
+    with AgentLauncher(state) as launcher:
+        handle = launcher.launch(request(workdir, "sleep 100\n"))
+        result = run_to_end(launcher, handle)
+        assert (result.outcome, result.exit_code) == (base.FAILED, 128 + signal.SIGKILL)
+        assert not alive(int(handle.job_id))
+
+
 THE_BROKER = textwrap.dedent("""
     import json, sys
     from broker.launchers.agentlocal import AgentLauncher
