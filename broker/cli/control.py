@@ -242,7 +242,7 @@ def _kill(store: Any, sessions: Any, settings: Any, kill: tuple[tuple[int, int],
             parts = Path(workdir).parts
             base = Path(*parts[:-len(relative.parts)]) if parts[-len(relative.parts):] == relative.parts else root
             if base not in launchers:
-                launchers[base] = AgentLauncher(str(base / ".agents"))
+                launchers[base] = AgentLauncher.of_work_root(base)
             found, ended_first = _stop_attempt(launchers[base], node_id, attempt, workdir, row.job_id)
             if ended_first:
                 print(f"node {row.path}: {found}; `broker resume {row.global_id}` takes its result")

@@ -51,6 +51,8 @@ AGENT_PATIENCE = 30.0
 CONNECT_TRIES = 50
 #: the longest pause between two looks at an adopted attempt's lock (see _adopt_live)
 ADOPTED_RECHECK_MAX = 5.0
+#: the directory of a work root where its agents keep their sockets and journals, one directory per account
+AGENTS_DIR = ".agents"
 
 class _Agent:
     """The connection to one account's agent."""
@@ -81,6 +83,11 @@ class AgentLauncher(LocalLauncher):
         #: login -> when (monotonic) to try its agent again, for accounts whose agent could not start
         self._no_agent: dict[str, float] = {}
         super().__init__(**kwargs)
+
+    @classmethod
+    def of_work_root(cls, root: str | os.PathLike[str], **kwargs: Any) -> AgentLauncher:
+        """The launcher of the agents serving the attempts under work root ``root``."""
+        return cls(os.path.join(root, AGENTS_DIR), **kwargs)
 
     # ------------------------------------------------------------------------------- starting attempts
 

@@ -534,13 +534,10 @@ def _relayed(line, watches):
     try:
         request = json.loads(line.decode("utf-8"))
         seq = request.pop("seq", None)
-        if request.pop("op", "start") == "probe":
-            reply = cmd_probe(request)
-            reply["seq"] = seq
-            return reply
-        reply = cmd_start(request)
+        starting = request.pop("op", "start") != "probe"
+        reply = cmd_start(request) if starting else cmd_probe(request)
         resident = request.get("resident")
-        if "pid" in reply and resident and resident["dir"] not in [w[0] for w in watches.values()]:
+        if starting and "pid" in reply and resident and resident["dir"] not in [w[0] for w in watches.values()]:
             try:
                 greeting = []
                 sock = _resident(None, resident, start=False, hello=greeting)

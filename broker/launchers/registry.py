@@ -12,7 +12,6 @@ Launchers of remote hosts share the resources' SSH pool: one connection per (hos
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -168,8 +167,7 @@ def new_local_launcher(settings: Any, local_root: str | None) -> Any:
     if settings.hosts.local_agent and local_root:
         from broker.launchers.agentlocal import AgentLauncher
 
-        return AgentLauncher(os.path.join(local_root, ".agents"),
-                             max_output_bytes=settings.limits.max_output_bytes)
+        return AgentLauncher.of_work_root(local_root, max_output_bytes=settings.limits.max_output_bytes)
     from broker.launchers.local import LocalLauncher
 
     return LocalLauncher(max_output_bytes=settings.limits.max_output_bytes)

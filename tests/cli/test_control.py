@@ -47,6 +47,24 @@ def test_cancel_reaches_a_running_broker_which_ends_the_run_cancelled(cli, paylo
     assert action.properties == {"operation": "cancel", "targets": [wf.global_id], "by": OWNER, "role": "owner"}
 
 
+def test_cancel_without_a_broker_reaches_a_run_kept_in_another_work_directory(sqlite_cli, payloads):
+    path, pidfile, _ = _long(sqlite_cli)
+    configured, sqlite_cli.workdir = sqlite_cli.workdir, sqlite_cli.tmp / "elsewhere"  # `broker run --workdir`
+    run = sqlite_cli.start("run", str(path))
+    sqlite_cli.workdir = configured
+    pid = _pid(sqlite_cli, pidfile)
+    payloads.append(pid)
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=DEADLINE)
+    # its agent is where that run kept it, under its work directory, not under the configured one
+    result = sqlite_cli("cancel", sqlite_cli.workflows()[0].global_id)
+    assert result.returncode == 0, result.stderr
+    assert not alive(pid)
+    node = sqlite_cli.nodes()["long"]
+    assert node.state == "cancelled" and f"(its payload (process group {node.job_id}) was killed)" in node.message
+    assert not (configured / ".agents").exists()
+
+
 def test_cancel_without_a_broker_kills_the_payload_and_marks_the_node_cancelled(sqlite_cli, payloads):
     path, pidfile, _ = _long(sqlite_cli)
     run = sqlite_cli.start("run", str(path))
