@@ -80,8 +80,9 @@ def test_a_timeout_racing_the_payloads_exit_never_records_an_attempt_that_ended_
     with LocalLauncher(kill_grace=10.0) as launcher:
         for first in range(0, 3 * len(leads), len(leads)):
             batch = launch_batch(launcher, tmp_path, first, len(leads), timeout=timeout)
-            plan = sorted((h.started_at + timeout - lead, h, fifo, exits) for (h, fifo, exits), lead
-                          in zip(batch, leads))
+            # by due time only: two handles may share a start time, and handles do not order
+            plan = sorted(((h.started_at + timeout - lead, h, fifo, exits) for (h, fifo, exits), lead
+                           in zip(batch, leads)), key=lambda step: step[0])
             for due, handle, fifo, _ in plan:
                 busy_wait(due - time.time())
                 release_unless(fifo, (Path(handle.workdir) / "exit").exists)
