@@ -21,13 +21,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from broker.events.document import EventDocument
 from broker.events.routing import destinations
 from broker.events.types import EventLevel, EventType
-from broker.persistence.db import write_lock
 from broker.persistence.models import Event, Outbox, User, Workflow
 from broker.persistence.rawsql import time_for_driver
 
 OUTBOX, EVENTS, WORKFLOWS, USERS = Outbox.__table__, Event.__table__, Workflow.__table__, User.__table__
-#: PRAGMA synchronous: NORMAL's number (FULL is 2, EXTRA 3)
-SQLITE_NORMAL = 1
 #: ids per UPDATE ... WHERE id IN (...) (well below every database's bound-parameter limit)
 MARK_CHUNK = 500
 
@@ -95,8 +92,6 @@ class OutboxSQL:
         self._order = compiled.positiontup if dialect.positional else None
         self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self._errors = dialect.loaded_dbapi.Error
-        #: taken before the mark's transaction, as the writer takes it before its own (SQLite)
-        self._write_lock = write_lock(self.engine)
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[tuple[Any, Any]]:
@@ -136,54 +131,14 @@ class OutboxSQL:
         return rows
 
     def mark(self, outbox_ids: Sequence[int], now: dt.datetime) -> None:
-        """Mark rows sent, in one short transaction; on SQLite without its fsync.
-
-        SQLite: the transaction runs at synchronous=NORMAL (in WAL mode, the commit is written to the WAL but not
-        flushed to the disk), the connection's own level restored before it goes back to the pool, where the
-        writer's commits take it. A mark lost to a power cut (never to a crash of the process: its commit is in
-        the WAL file) sends its events again, which at-least-once delivery allows (same eventId, same body); the
-        WAL is written in order, so what is lost is always the last marks, re-sent in order. Its fsync was half
-        the run's (W2: 495 of 1,064), each holding SQLite's one write lock while the writer, on the path from a
-        payload's end to the next start, waited. PostgreSQL keeps synchronous_commit: its commits lock no one
-        else's rows."""
+        """Mark rows sent, in one short transaction."""
         sent_at = time_for_driver(now, self.sqlite)
-        with self._write_lock:
-            connection = self.engine.raw_connection()
-            level, keep = None, True
-            try:
-                cursor = connection.cursor()
-                try:
-                    if self.sqlite:
-                        level = cursor.execute("PRAGMA synchronous").fetchone()[0]
-                        if level > SQLITE_NORMAL:  # FULL or EXTRA; OFF and NORMAL stay as they are
-                            # (a level is not changed inside a transaction: set and restored outside it)
-                            cursor.execute("PRAGMA synchronous=NORMAL")
-                        else:
-                            level = None
-                    for i in range(0, len(outbox_ids), MARK_CHUNK):
-                        chunk = list(outbox_ids[i:i + MARK_CHUNK])
-                        marks = ", ".join([self._mark] * len(chunk))
-                        cursor.execute(f"UPDATE outbox SET sent_at = {self._mark} WHERE id IN ({marks})",
-                                       [sent_at, *chunk])
-                    connection.commit()
-                except BaseException:
-                    with contextlib.suppress(self._errors):
-                        connection.rollback()
-                    raise
-                finally:
-                    if level is not None:
-                        try:
-                            cursor.execute(f"PRAGMA synchronous={int(level)}")
-                        except self._errors:
-                            keep = False  # never back to the pool at NORMAL
-                    cursor.close()
-            except self._errors as exc:
-                raise DBAPIError.instance(None, None, exc, self._errors) from exc
-            finally:
-                if keep:
-                    connection.close()  # back to the pool, which rolls back whatever was left open
-                else:
-                    connection.invalidate()
+        with self._cursor() as (connection, cursor):
+            for i in range(0, len(outbox_ids), MARK_CHUNK):
+                chunk = list(outbox_ids[i:i + MARK_CHUNK])
+                marks = ", ".join([self._mark] * len(chunk))
+                cursor.execute(f"UPDATE outbox SET sent_at = {self._mark} WHERE id IN ({marks})", [sent_at, *chunk])
+            connection.commit()
 
     def _time(self, value: Any) -> dt.datetime:
         if isinstance(value, str):  # SQLite: naive UTC text

@@ -14,8 +14,6 @@ the busy timeout) instead of failing when another connection committed since its
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,28 +157,6 @@ def _sqlite_engine(url: URL, db: DatabaseSettings, pool: dict[str, Any]) -> Engi
             cursor.close()
 
     return engine
-
-
-#: SQLite database (its URL) -> the lock of its write transactions in this process: see write_lock
-_WRITE_LOCKS: dict[str, threading.Lock] = {}
-_WRITE_LOCKS_GUARD = threading.Lock()
-
-
-def write_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
-    """What a thread of this process holds around a write transaction on ``engine``'s database.
-
-    SQLite lets one connection write at a time; another that finds the database locked is put to sleep by
-    SQLite's busy handler for 1, 2, 5, 10... ms before it looks again. The writer and the relay's marks of sent
-    events did that to each other hundreds of times a run (strace of W2 in tests/perf/bench_engine.py: the writer
-    asleep 0.3 s, the relay 1.4 s, in 2.2 s), on the path from a payload's end to the next start. Taken first,
-    before either touches the database, this lock makes them queue on a mutex instead, woken the moment the other
-    commits; the busy handler still arbitrates with other processes and with this process's rarer writes.
-    PostgreSQL locks rows, not the database: nothing to take there."""
-    if engine.dialect.name != "sqlite":
-        return contextlib.nullcontext()
-    key = str(engine.url)
-    with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

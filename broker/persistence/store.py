@@ -9,7 +9,6 @@ applied one by one, so one bad change cannot block the others.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -28,7 +27,6 @@ from broker.persistence import acted, loading, removal, requests, settled, spawn
 from broker.persistence.changes import (Accepted, AfterIntents, CancelNodes, CancelWorkflow, DeleteWorkflows,
                                         Expansion, MarkControl, Note, Rejected, Reported, Restart, Submit, Track,
                                         Transition, WorkflowSummary)
-from broker.persistence.db import write_lock
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
 from broker.persistence.models import Node
 from broker.persistence.outcome import Admit, Consult, Outcome, committed, frees_or_readies, merge
@@ -67,8 +65,6 @@ class Store:
         self.commit_times = CommitTimes()
         self._stopping: set[int] = set()
         self._rawsql: RawWriter | None = None
-        bind = session_factory.kw.get("bind")
-        self._write_lock = write_lock(bind) if bind is not None else contextlib.nullcontext()
 
     def _sql(self, s: Session) -> RawWriter:
         if self._rawsql is None:
@@ -115,9 +111,7 @@ class Store:
     def _commit(self, changes: list[Any], consult: Consult | None = None) -> Outcome:
         out = Outcome()
         batch = WriteSet(publishing=self.publishing)
-        # the whole transaction, admission included: holding it only from the first write could deadlock (this
-        # thread waiting for it with SQLite's lock taken, the holder waiting for SQLite's lock)
-        with self._write_lock, self.session_factory.begin() as s:
+        with self.session_factory.begin() as s:
             for change in changes:
                 self._apply(s, change, batch, out)
             self._insert_created(s, batch)
