@@ -24,6 +24,7 @@ from broker.controllers.messages import Collected, Exited, Pushed, Resume, Stagi
 from broker.crashpoints import crash_point
 from broker.description import spawn
 from broker.description.model import NodeSpec
+from broker.elf.elf import MAX_OUTPUT_NAMES
 from broker.events.types import EventType
 from broker.launchers import base as launcher
 from broker.persistence.changes import Changes, Committed, Note, Rejected, Reported, Transition
@@ -264,10 +265,15 @@ class MonitoringController(Controller):
         attempt.reading = False
         progress = None
         outputs = []
+        names = len(attempt.reported)
         for report in reports:
             if report.kind == "progress" and report.percent is not None:
                 progress = (report.percent, report.text)
             elif report.kind == "output" and report.text:
+                if report.text not in attempt.reported:
+                    if names >= MAX_OUTPUT_NAMES:  # a flood of names across reads: as within one (elf.scan)
+                        continue
+                    names += 1
                 outputs.append((report.text, report.value))
         if progress is not None or outputs:
             self._report(attempt, progress, tuple(outputs))

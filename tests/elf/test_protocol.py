@@ -164,3 +164,94 @@ def test_a_spawned_fragment_is_read_only_inside_the_work_directory_without_symli
     assert read("fifo") == (None, "it is not a regular file")
     assert elf.spawn_status(str(work), "link.xml") == {"file": "link.xml", "error": "it is a symlink (not followed)"}
     assert elf.spawn_status(str(work), None) is None
+
+
+# ------------------------------------------------------------------------------------- floods of output
+
+def _reference(data: bytes, max_value_bytes: int = elf.DEFAULT_MAX_VALUE_BYTES) -> tuple[dict, object, int]:
+    """(outputs, progress, malformed report lines) of data's complete lines, one line at a time."""
+    outputs: dict = {}
+    progress = None
+    bad = 0
+    for line in data.split(b"\n")[:-1]:
+        report = None
+        try:
+            report = parse_report_line(line.decode("utf-8"), max_value_bytes)
+        except UnicodeDecodeError:
+            pass
+        if report is None:
+            bad += elf._is_report_start(line.rstrip(b"\r")[:8])
+            continue
+        progress = elf.fold([report], outputs, progress)
+    return outputs, progress, bad
+
+
+def test_passes_of_any_size_over_any_chunks_find_what_reading_line_by_line_finds(tmp_path, monkeypatch):
+    import random
+
+    rng = random.Random(18)
+    pieces = [b"y", b"", b"hello world", b"@brokerage 1", b"@broker progress 150", b"@broker", b"\xff\xfe",
+              b"@broker output a=1", b"@broker output b=\"two\"\r", b"@broker progress 7 \"m\"", b"@bro",
+              b"@broker spawn s.xml", b"z" * 40, b"@broker output a=3"]
+    data = b"\n".join(rng.choice(pieces) for _ in range(3000)) + b"\n"
+    want = _reference(data)
+    out = tmp_path / "stdout"
+    for chunk in (1, 3, 7, 8, 9, 64, 65536):
+        monkeypatch.setattr(elf, "_CHUNK", chunk)
+        out.write_bytes(b"")
+        offset, outputs, progress, ignored, written = 0, {}, None, 0, 0
+        while written < len(data):  # the payload goes on writing between passes, cutting lines anywhere
+            step = rng.randint(1, 700)
+            with open(out, "ab") as handle:
+                handle.write(data[written:written + step])
+            written += step
+            found = scan(str(out), offset)
+            assert found.offset <= min(written, len(data))
+            progress = elf.fold(found.reports, outputs, progress)
+            offset, ignored = found.offset, ignored + found.ignored
+        assert (outputs, progress, ignored) == want, chunk
+
+
+def test_ordinary_lines_are_skipped_without_being_looked_at_one_by_one(tmp_path, monkeypatch):
+    looked_at = []
+    real = elf._line_report
+    monkeypatch.setattr(elf, "_line_report", lambda raw, limit: looked_at.append(raw) or real(raw, limit))
+    out = tmp_path / "stdout"
+    out.write_bytes(b"y\n" * 500_000 + b"@broker output n=1\n" + b"yes\n" * 100_000 + b"@broker progress 5\n")
+    found = scan(str(out))
+    assert found.reports == [ElfReport("output", None, "n", 1), ElfReport("progress", 5.0, None)]
+    assert looked_at == [b"@broker output n=1", b"@broker progress 5"]
+    assert found.offset == out.stat().st_size
+
+
+def test_a_partial_ordinary_line_is_left_behind_and_its_rest_skipped_by_the_next_pass(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_bytes(b"@broker output a=1\nsome ordinary text, not ended")
+    first = scan(str(out))
+    assert first.reports == [ElfReport("output", None, "a", 1)] and first.offset == out.stat().st_size
+    with open(out, "ab") as handle:
+        handle.write(b" @broker output b=2\n@broker output c=3\n")
+    assert scan(str(out), first.offset).reports == [ElfReport("output", None, "c", 3)]
+
+
+def test_a_flood_of_reports_comes_back_as_the_last_of_each(tmp_path):
+    out = tmp_path / "stdout"
+    out.write_bytes(b"".join(b"@broker progress %d\n@broker output n=%d\n" % (i % 100, i) for i in range(200_000)))
+    found = scan(str(out))
+    # in the order of their last lines
+    assert found.reports == [ElfReport("progress", 99.0, None), ElfReport("output", None, "n", 199_999)]
+
+
+def test_output_names_past_the_limit_are_ignored_and_counted_while_known_ones_still_change(tmp_path):
+    out = tmp_path / "stdout"
+    names = elf.MAX_OUTPUT_NAMES + 5
+    out.write_bytes(b"".join(b"@broker output n%d=1\n" % i for i in range(names)) + b"@broker output n0=2\n")
+    found = scan(str(out))
+    assert found.ignored == 5
+    outputs: dict = {}
+    elf.fold(found.reports, outputs, None)
+    assert len(outputs) == elf.MAX_OUTPUT_NAMES and outputs["n0"] == 2 and f"n{names - 1}" not in outputs
+    # across passes, fold keeps the same bound
+    more: dict = {f"m{i}": 0 for i in range(elf.MAX_OUTPUT_NAMES)}
+    elf.fold([ElfReport("output", None, "new", 1), ElfReport("output", None, "m0", 5)], more, None)
+    assert "new" not in more and more["m0"] == 5

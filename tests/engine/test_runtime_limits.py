@@ -88,3 +88,24 @@ def test_a_sweep_nested_deeper_than_max_nesting_fails_when_it_expands(make_broke
     assert broker.node_states(workflow_id) == {"a": "failed", "a[0]": "failed", "a[0]/b": "failed"}
     assert _messages(broker, workflow_id, "a[0]/b")[-1] == (
         "expansion failed: parameterized node 'a[0]/b': sweeps nested 2 deep, limit 1 ([limits] max_nesting)")
+
+
+def test_a_payload_flooding_its_output_keeps_max_output_names_and_the_broker_reads_it_at_reading_speed(make_broker):
+    # half a million ordinary lines (read line by line in Python they took the broker seconds), then more
+    # output names than an attempt may report: the first names stay, the rest are ignored, none is an event
+    from broker.elf.elf import MAX_OUTPUT_NAMES
+
+    broker = make_broker().start()
+    names = MAX_OUTPUT_NAMES + 200
+    workflow_id, state = broker.run(workflow(
+        '<node id="flood"><payload type="python">import sys\n'
+        'sys.stdout.write("@broker output v=1\\n" + "y\\n" * 500000)\n'
+        f'sys.stdout.write("".join("@broker output n%d=%d\\n" % (i, i) for i in range({names})))\n'
+        'print("@broker output v=2")</payload><output name="v"/></node>'))
+    assert state is WorkflowState.SUCCEEDED
+    with broker.sessions() as s:
+        outputs = s.scalar(select(Node.outputs).where(Node.workflow_id == workflow_id, Node.path == "flood"))
+        events = s.scalar(select(func.count()).select_from(Event).where(
+            Event.workflow_id == workflow_id, Event.type == "NODE_OUTPUT"))
+    assert len(outputs) == MAX_OUTPUT_NAMES and outputs["v"] == 2 and f"n{names - 1}" not in outputs
+    assert events <= MAX_OUTPUT_NAMES
