@@ -134,6 +134,9 @@ MAX_SPAWN_NAME = 1024
 
 _PREFIX = b"@broker"
 _LINE_PREFIX = b"\n" + _PREFIX
+#: bytes a read of a running payload's output looks at, at most (the next read goes on from there): a payload
+#: printing a gigabyte a second costs each read some 30 ms, not seconds
+SCAN_BUDGET = 64 * 1024 * 1024
 #: distinct report lines one scan remembers the parse of
 _SEEN_LINES = 256
 _PROGRESS_RE = re.compile(r"@broker[ \t]+progress[ \t]+([0-9]{1,3}(?:\.[0-9]+)?)(?:[ \t]+(.*?))?[ \t]*")
@@ -234,11 +237,12 @@ def _line_report(raw: bytes, max_value_bytes: int) -> Tuple[Optional[ElfReport],
 
 
 def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-         final: bool = False) -> Scan:
+         final: bool = False, budget: Optional[int] = None) -> Scan:
     """Reports in the complete lines of ``path`` from byte ``offset`` on.
 
     An incomplete last line is left for the next pass, unless ``final`` (the payload has ended). A missing
-    file has no reports. Memory stays bounded by the line limit whatever the payload prints.
+    file has no reports. Memory stays bounded by the line limit whatever the payload prints. ``budget``: read
+    about that many bytes at most (a read while the payload runs; the next pass goes on from the offset).
 
     Only lines that start with ``@broker`` are looked at, found with ``bytes.find``: ordinary output is
     skipped at the speed of reading it, however short its lines. (Going from line to line in Python took 17 s
@@ -263,7 +267,7 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
         handle.seek(offset)
         data = bytearray()  # data[0] starts a line, unless skipping
         base = offset       # file offset of data[0]
-        while True:
+        while budget is None or final or base + len(data) - offset < budget:
             chunk = handle.read(_CHUNK)
             if not chunk:
                 break
@@ -747,7 +751,7 @@ def _wait_pushing_progress(proc: Any, target: Dict[str, Any], stdout_path: str, 
             return proc.wait(timeout=interval), sent
         except subprocess.TimeoutExpired:
             pass
-        found = scan(stdout_path, offset, max_value_bytes)
+        found = scan(stdout_path, offset, max_value_bytes, budget=SCAN_BUDGET)
         offset = found.offset
         progress = fold(found.reports, {}, progress)
         if progress is None or progress == sent:

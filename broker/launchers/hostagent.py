@@ -368,7 +368,7 @@ def cmd_probe(req):
                 item["sweep_error"] = str(exc)
         item["jobid"] = (_read(os.path.join(workdir, JOBID_FILE), 256) or "").strip() or None
         if offset is not None and not (item["status"] or {}).get("outcome"):
-            found = elf.scan(os.path.join(workdir, elf.STDOUT_FILE), offset, limit)
+            found = elf.scan(os.path.join(workdir, elf.STDOUT_FILE), offset, limit, budget=elf.SCAN_BUDGET)
             item["reports"] = [list(r) for r in found.reports]
             item["offset"] = found.offset
             item["ignored"] = found.ignored

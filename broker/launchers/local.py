@@ -178,7 +178,8 @@ class LocalLauncher(Adoption):
 
     def reports(self, handle: LaunchHandle, offset: int) -> tuple[list[Report], int]:
         """Reports printed since byte ``offset`` of the payload's stdout (complete lines only)."""
-        found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), offset, self._max_output_bytes)
+        found = elf.scan(os.path.join(handle.workdir, elf.STDOUT_FILE), offset, self._max_output_bytes,
+                          budget=elf.SCAN_BUDGET)
         with self._lock:
             attempt = self._attempts.get((handle.node_id, handle.attempt))
             if attempt is not None and attempt.scan_offset == offset:

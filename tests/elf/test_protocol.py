@@ -255,3 +255,23 @@ def test_output_names_past_the_limit_are_ignored_and_counted_while_known_ones_st
     more: dict = {f"m{i}": 0 for i in range(elf.MAX_OUTPUT_NAMES)}
     elf.fold([ElfReport("output", None, "new", 1), ElfReport("output", None, "m0", 5)], more, None)
     assert "new" not in more and more["m0"] == 5
+
+
+def test_a_read_with_a_budget_stops_near_it_and_the_next_reads_go_on_to_every_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(elf, "_CHUNK", 100)
+    out = tmp_path / "stdout"
+    out.write_bytes(b"@broker output a=1\n" + b"y\n" * 5000 + b"@broker output b=2\n" + b"long line " * 300
+                    + b"\n@broker progress 9")
+    offset, reports, passes = 0, [], 0
+    while True:
+        found = scan(str(out), offset, budget=1000)
+        assert found.offset - offset <= 1000 + 100  # a chunk past the budget at most
+        reports += found.reports
+        passes += 1
+        if found.offset == offset:
+            break
+        offset = found.offset
+    assert reports == [ElfReport("output", None, "a", 1), ElfReport("output", None, "b", 2)]
+    assert passes > 10
+    # the end's read takes everything left, the unfinished last line included, whatever the budget
+    assert scan(str(out), offset, final=True, budget=10).reports == [ElfReport("progress", 9.0, None)]
