@@ -137,6 +137,8 @@ _LINE_PREFIX = b"\n" + _PREFIX
 #: bytes a read of a running payload's output looks at, at most (the next read goes on from there): a payload
 #: printing a gigabyte a second costs each read some 30 ms, not seconds
 SCAN_BUDGET = 64 * 1024 * 1024
+#: report lines parsed by such a read, at most: each costs some microseconds, where skipping a line costs none
+SCAN_PARSES = 10000
 #: distinct report lines one scan remembers the parse of
 _SEEN_LINES = 256
 _PROGRESS_RE = re.compile(r"@broker[ \t]+progress[ \t]+([0-9]{1,3}(?:\.[0-9]+)?)(?:[ \t]+(.*?))?[ \t]*")
@@ -242,7 +244,8 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
 
     An incomplete last line is left for the next pass, unless ``final`` (the payload has ended). A missing
     file has no reports. Memory stays bounded by the line limit whatever the payload prints. ``budget``: read
-    about that many bytes at most (a read while the payload runs; the next pass goes on from the offset).
+    about that many bytes at most, and parse SCAN_PARSES report lines at most (a read while the payload runs;
+    the next pass goes on from the offset).
 
     Only lines that start with ``@broker`` are looked at, found with ``bytes.find``: ordinary output is
     skipped at the speed of reading it, however short its lines. (Going from line to line in Python took 17 s
@@ -267,6 +270,7 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
         handle.seek(offset)
         data = bytearray()  # data[0] starts a line, unless skipping
         base = offset       # file offset of data[0]
+        parses = -1 if budget is None or final else SCAN_PARSES  # (-1: no end)
         while budget is None or final or base + len(data) - offset < budget:
             chunk = handle.read(_CHUNK)
             if not chunk:
@@ -296,6 +300,9 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
                     raw = bytes(data[start:newline])
                     parsed = seen.get(raw)
                     if parsed is None:
+                        if parses == 0:  # the budget's parses done: the next read goes on from this line
+                            return Scan(latest.reports(), base + start, ignored)
+                        parses -= 1
                         parsed = _line_report(raw, max_value_bytes)
                         if len(seen) < _SEEN_LINES:
                             seen[raw] = parsed

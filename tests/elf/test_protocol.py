@@ -275,3 +275,23 @@ def test_a_read_with_a_budget_stops_near_it_and_the_next_reads_go_on_to_every_re
     assert passes > 10
     # the end's read takes everything left, the unfinished last line included, whatever the budget
     assert scan(str(out), offset, final=True, budget=10).reports == [ElfReport("progress", 9.0, None)]
+
+
+def test_a_read_with_a_budget_parses_a_bounded_number_of_distinct_report_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(elf, "SCAN_PARSES", 100)
+    out = tmp_path / "stdout"
+    out.write_bytes(b"".join(b"@broker progress %d\n@broker output n%d=%d\n" % (i % 100, i % 50, i)
+                             for i in range(300)) + b"@broker progress 5\n" * 1000)
+    first = scan(str(out), 0, budget=10**9)
+    assert first.offset < out.stat().st_size and len(first.reports) <= 100
+    offset, outputs, progress = 0, {}, None
+    while True:
+        found = scan(str(out), offset, budget=10**9)
+        progress = elf.fold(found.reports, outputs, progress)
+        if found.offset == offset:
+            break
+        offset = found.offset
+    whole = scan(str(out))
+    assert offset == out.stat().st_size
+    assert (outputs, progress) == ({f"n{i}": 250 + i for i in range(50)}, (5.0, None))
+    assert elf.fold(whole.reports, {}, None) == progress
