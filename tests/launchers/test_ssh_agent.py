@@ -171,12 +171,15 @@ def test_a_relay_that_stops_or_dies_costs_a_launch_nothing_and_never_starts_an_a
             assert Path(handle.workdir, "runs").read_text() == "run\n"
             run_to_end(launcher, launcher.launch(request(unique_workflow(), "true\n", node_id=2)))  # a new relay
             [relay] = relays(str(Path(launcher.endpoint.elf_path).parent))
+            opened = launcher.endpoint.relays
             os.kill(relay, signal.SIGKILL)  # a relay killed outright: the next launch opens another
             after = launcher.launch(request(unique_workflow(), "echo '@broker output again=1'\n", node_id=3))
-            assert run_to_end(launcher, after).outputs == {"again": 1}  # as one command: the relay was dead
-            assert launcher.endpoint.relays == 2
+            # as one command while the relay's end is not seen yet, else through a new one (seen at once when
+            # the machine is loaded and the launch comes late)
+            assert run_to_end(launcher, after).outputs == {"again": 1}
+            assert launcher.endpoint.relays in (opened, opened + 1)
             run_to_end(launcher, launcher.launch(request(unique_workflow(), "true\n", node_id=4)))
-            assert launcher.endpoint.relays == 3  # and the next launch opened a new one
+            assert launcher.endpoint.relays == opened + 1  # one new relay in all, whichever way
     finally:
         pool.close()
 
