@@ -139,6 +139,11 @@ _LINE_PREFIX = b"\n" + _PREFIX
 SCAN_BUDGET = 64 * 1024 * 1024
 #: report lines parsed by such a read, at most: each costs some microseconds, where skipping a line costs none
 SCAN_PARSES = 10000
+#: progress lines parsed by any other read (the end's), at most: past a million report lines parsed (about 4 s),
+#: a progress line not seen before in the same read is skipped; outputs and spawns are still read
+MAX_PARSES = 1000000
+#: a progress line skipped past MAX_PARSES: no report, not counted (the end's read needs no progress)
+_PAST_PARSES = (None, False)  # type: Tuple[Optional[ElfReport], bool]
 #: distinct report lines one scan remembers the parse of
 _SEEN_LINES = 256
 _PROGRESS_RE = re.compile(r"@broker[ \t]+progress[ \t]+([0-9]{1,3}(?:\.[0-9]+)?)(?:[ \t]+(.*?))?[ \t]*")
@@ -245,7 +250,8 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
     An incomplete last line is left for the next pass, unless ``final`` (the payload has ended). A missing
     file has no reports. Memory stays bounded by the line limit whatever the payload prints. ``budget``: read
     about that many bytes at most, and parse SCAN_PARSES report lines at most (a read while the payload runs;
-    the next pass goes on from the offset).
+    the next pass goes on from the offset). Without one, past MAX_PARSES report lines parsed, progress lines
+    not seen before are skipped (outputs and spawns are still read).
 
     Only lines that start with ``@broker`` are looked at, found with ``bytes.find``: ordinary output is
     skipped at the speed of reading it, however short its lines. (Going from line to line in Python took 17 s
@@ -270,7 +276,8 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
         handle.seek(offset)
         data = bytearray()  # data[0] starts a line, unless skipping
         base = offset       # file offset of data[0]
-        parses = -1 if budget is None or final else SCAN_PARSES  # (-1: no end)
+        resumable = budget is not None and not final
+        parses = SCAN_PARSES if resumable else MAX_PARSES
         while budget is None or final or base + len(data) - offset < budget:
             chunk = handle.read(_CHUNK)
             if not chunk:
@@ -299,10 +306,13 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
                 else:
                     raw = bytes(data[start:newline])
                     parsed = seen.get(raw)
-                    if parsed is None:
-                        if parses == 0:  # the budget's parses done: the next read goes on from this line
+                    if parsed is None and parses == 0:
+                        if resumable:  # the budget's parses done: the next read goes on from this line
                             return Scan(latest.reports(), base + start, ignored)
-                        parses -= 1
+                        if raw[8:16] == b"progress":  # (an output or a spawn is still read: results)
+                            parsed = _PAST_PARSES
+                    if parsed is None:
+                        parses = max(parses - 1, 0)
                         parsed = _line_report(raw, max_value_bytes)
                         if len(seen) < _SEEN_LINES:
                             seen[raw] = parsed

@@ -295,3 +295,18 @@ def test_a_read_with_a_budget_parses_a_bounded_number_of_distinct_report_lines(t
     assert offset == out.stat().st_size
     assert (outputs, progress) == ({f"n{i}": 250 + i for i in range(50)}, (5.0, None))
     assert elf.fold(whole.reports, {}, None) == progress
+
+
+def test_past_max_parses_the_ends_read_skips_new_progress_lines_but_still_reads_every_output(tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(elf, "MAX_PARSES", 50)
+    out = tmp_path / "stdout"
+    out.write_bytes(b"".join(b"@broker progress %d \"step %d\"\n" % (i % 100, i) for i in range(200))
+                    + b"@broker output n=1\n@broker progress 3 \"step 3\"\n@broker output m=[2]\n"
+                    + b"@broker progress 9 \"last\"\n" + b"@broker output n=5\n")
+    found = scan(str(out), 0, final=True)
+    outputs: dict = {}
+    progress = elf.fold(found.reports, outputs, None)
+    assert outputs == {"n": 5, "m": [2]}  # every output, however many progress lines came first
+    assert progress == (3.0, "step 3")  # parsed before: taken; "last", new past the limit: skipped
+    assert found.ignored == 0 and found.offset == out.stat().st_size
