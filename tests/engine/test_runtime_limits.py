@@ -10,6 +10,7 @@ import pytest
 from broker.persistence.models import Event, Node
 from broker.states import WorkflowState
 from tests.engine.helpers import Broker, workflow
+from tests.fixtures import wait_for
 
 
 def _outputs(count: int) -> str:
@@ -109,3 +110,38 @@ def test_a_payload_flooding_its_output_keeps_max_output_names_and_the_broker_rea
             Event.workflow_id == workflow_id, Event.type == "NODE_OUTPUT"))
     assert len(outputs) == MAX_OUTPUT_NAMES and outputs["v"] == 2 and f"n{names - 1}" not in outputs
     assert events <= MAX_OUTPUT_NAMES
+
+
+def test_output_names_reported_while_a_payload_runs_stay_within_max_output_names_across_reads(make_broker,
+                                                                                             tmp_path):
+    # 800 names read while it runs, 800 more read by a later read while it still runs (its progress line comes
+    # after them): the monitoring controller takes 200 of those, as one read would
+    from broker.elf.elf import MAX_OUTPUT_NAMES
+
+    broker = make_broker().start()
+    wait = ('def wait(name):\n'
+            f'    while not os.path.exists({str(tmp_path)!r} + "/" + name): time.sleep(0.02)\n')
+    workflow_id = broker.submit(workflow(
+        '<node id="names"><payload type="python">import os, sys, time\n' + wait +
+        'print("".join("@broker output n%d=%d\\n" % (i, i) for i in range(800)), flush=True)\n'
+        'wait("more")\n'
+        'print("".join("@broker output m%d=%d\\n" % (i, i) for i in range(800)), flush=True)\n'
+        'print("@broker progress 50", flush=True)\n'
+        'wait("end")</payload></node>'))
+
+    def events(kind: str) -> list[str]:
+        with broker.sessions() as s:
+            return list(s.scalars(select(Event.message).where(Event.workflow_id == workflow_id,
+                                                               Event.type == kind)))
+
+    wait_for(lambda: len(events("NODE_OUTPUT")) >= 800, what="the first names read while the payload runs")
+    (tmp_path / "more").touch()
+    wait_for(lambda: events("NODE_PROGRESS"), what="the second names read while the payload runs")
+    (tmp_path / "end").touch()
+    assert broker.wait(workflow_id) is WorkflowState.SUCCEEDED
+    names = events("NODE_OUTPUT")
+    assert len(names) == MAX_OUTPUT_NAMES == len(set(names))
+    assert set(names) == {f"n{i}" for i in range(800)} | {f"m{i}" for i in range(MAX_OUTPUT_NAMES - 800)}
+    with broker.sessions() as s:
+        outputs = s.scalar(select(Node.outputs).where(Node.workflow_id == workflow_id, Node.path == "names"))
+    assert set(outputs) == set(names)
