@@ -12,6 +12,7 @@ re-attaches to attempts that were in flight when a previous broker died.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from broker.controllers.messages import Collected, Exited, Pushed, Resume, Stagi
 from broker.crashpoints import crash_point
 from broker.description import spawn
 from broker.description.model import NodeSpec
-from broker.elf.elf import MAX_OUTPUT_NAMES
+from broker.elf.elf import MAX_OUTPUT_NAMES, OutputBudget, outputs_limit, value_size
 from broker.events.types import EventType
 from broker.launchers import base as launcher
 from broker.persistence.changes import Changes, Committed, Note, Rejected, Reported, Transition
@@ -41,7 +42,7 @@ PUSHED_OUTCOMES = {"SUCCEEDED": launcher.SUCCEEDED, "FAILED": launcher.FAILED, "
 
 
 class Attempt:
-    __slots__ = ("handle", "node", "offset", "reading", "reported", "next_read", "progress")
+    __slots__ = ("handle", "node", "offset", "reading", "reported", "event_bytes", "muted", "next_read", "progress")
 
     def __init__(self, handle: launcher.LaunchHandle, node: NodeRef):
         self.handle = handle
@@ -50,9 +51,17 @@ class Attempt:
         self.reading = False
         #: outputs already sent as events: name -> JSON value
         self.reported: dict[str, Any] = {}
+        #: bytes of the output values sent as events so far, and output reports not sent past their bound
+        self.event_bytes = 0
+        self.muted = 0
         self.next_read = 0.0
         #: the last progress sent as an event
         self.progress: tuple[float, str | None] | None = None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same value (``1``, ``1.0`` and ``true`` are three)."""
+    return a == b and json.dumps(a) == json.dumps(b)  # (== alone takes 1 for 1.0 and true, [1] for [true])
 
 
 class MonitoringController(Controller):
@@ -62,6 +71,8 @@ class MonitoringController(Controller):
         super().__init__(writer, pools)
         self.ctx = ctx
         self.report_interval = ctx.settings.engine.report_interval
+        #: bytes of output values one attempt may keep, and send as events while it runs (each bound alone)
+        self.outputs_limit = outputs_limit(ctx.settings.limits.max_output_bytes)
         self.running: dict[int, Attempt] = {}
         #: (node id, attempt) to kill as soon as the attempt is known (cancel raced with its launch)
         self.to_kill: set[tuple[int, int]] = set()
@@ -149,7 +160,7 @@ class MonitoringController(Controller):
         if attempt is None or attempt.node.attempt != result.attempt:
             return
         self._drop_held(action.handle.node_id, "the attempt's result was read from its files first")
-        self._finish(attempt.node, result, attempt.reported, attempt.progress, attempt.handle)
+        self._finish(attempt.node, result, attempt.reported, attempt.progress, attempt.handle, muted=attempt.muted)
 
     def collect_failed(self, action: Collect, failed: Failed) -> None:
         attempt = self.running.pop(action.handle.node_id, None)
@@ -162,24 +173,38 @@ class MonitoringController(Controller):
     def _finish(self, ref: NodeRef, result: launcher.AttemptResult, reported: dict[str, Any],
                 last_progress: tuple[float, str | None] | None = None,
                 handle: launcher.LaunchHandle | None = None, receipt: Any = None, actor: str = NAME,
-                launch: tuple[tuple[str, Any], ...] = ()) -> None:
+                launch: tuple[tuple[str, Any], ...] = (), muted: int = 0) -> None:
         """Commit an ended attempt's result: read from its files (polled) or reported by its elf (pushed).
 
         ``receipt``: the pusher's, told once the result is committed (or why it was not); ``actor``: who the
         events name ("elf" for a pushed result); ``launch``: the columns of its start too, for an attempt whose
-        start was never committed (it ended while no broker ran)."""
+        start was never committed (it ended while no broker ran); ``muted``: output reports not sent as
+        events while it ran (past their bound)."""
         crash_point("exit")
-        new_outputs = tuple((k, v) for k, v in result.outputs.items() if k not in reported)
+        # The readers keep an attempt's outputs within their bounds, but a status file is the payload's
+        # account's to write, and a pushed end adds what the elf reported before: bound them here, for all.
+        budget = OutputBudget(self.outputs_limit)
+        outputs = {k: v for k, v in result.outputs.items() if isinstance(k, str) and budget.admit(k, v)}
+        dropped = len(result.outputs) - len(outputs)
+        # what is new, or changed since its event (an event per value the node ends with, and no more)
+        new_outputs = tuple((k, v) for k, v in outputs.items() if k not in reported or not _same(reported[k], v))
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
         changes: list[Any] = []
         if new_outputs or progress is not None:
             changes.append(Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
                                     outputs=new_outputs))
         fields: list[tuple[str, Any]] = [*launch, ("exit_code", result.exit_code)]
-        if result.outputs:
-            fields.append(("outputs", result.outputs))
+        if outputs:
+            fields.append(("outputs", outputs))
         if result.progress is not None:
             fields.append(("progress", result.progress[0]))
+        notes = ""
+        if dropped:
+            notes += (f"; {dropped} output{'s' if dropped > 1 else ''} dropped past {MAX_OUTPUT_NAMES} names or "
+                      f"{self.outputs_limit} bytes")
+        if muted:
+            notes += (f"; {muted} output report{'s' if muted > 1 else ''} ignored while it ran (past "
+                      f"{MAX_OUTPUT_NAMES} names or {self.outputs_limit} bytes of them)")
         refused = None
         if result.outcome == launcher.SUCCEEDED and result.spawn is not None:
             # the fragment rides with the result: both are committed together, or neither (exactly once)
@@ -196,11 +221,11 @@ class MonitoringController(Controller):
                 to, then = NodeState.STAGING_OUT, self.after_commit(StageOut(ref, handle))
             else:
                 to, then = NodeState.SUCCEEDED, None
-            message = result.message or None
+            message = (result.message + notes) or None
         elif result.outcome == launcher.CANCELLED:
-            to, then, message = NodeState.CANCELLED, None, result.message or "cancelled"
+            to, then, message = NodeState.CANCELLED, None, (result.message or "cancelled") + notes
         else:
-            to, then, message = NodeState.FAILED, None, result.message
+            to, then, message = NodeState.FAILED, None, (result.message or "") + notes or None
         if receipt is not None:
             then = receipt.via(then)
         changes.append(Transition(node_id=ref.node_id, to=to, actor=actor, attempt=ref.attempt, fields=tuple(fields),
@@ -230,7 +255,8 @@ class MonitoringController(Controller):
         outputs = {**attempt.reported, **result.outputs}
         self._finish(attempt.node, launcher.AttemptResult(result.node_id, result.attempt, result.outcome,
                                                           result.exit_code, outputs, attempt.progress, result.message),
-                     attempt.reported, attempt.progress, attempt.handle, receipt=msg.receipt, actor="elf")
+                     attempt.reported, attempt.progress, attempt.handle, receipt=msg.receipt, actor="elf",
+                     muted=attempt.muted)
 
     def _drop_held(self, node_id: int, why: str) -> None:
         for pushed, _ in self.held.pop(node_id, ()):
@@ -238,13 +264,32 @@ class MonitoringController(Controller):
 
     def _report(self, attempt: Attempt, progress: tuple[float, str | None] | None,
                 outputs: tuple[tuple[str, Any], ...]) -> None:
-        """Progress and outputs an attempt reported (printed, or pushed by its elf): events for the new ones."""
+        """Progress and outputs an attempt reported (printed, or pushed by its elf): events for the new ones.
+
+        Output events are bounded per attempt, however the reports come (read across many reads, pushed
+        across many calls): MAX_OUTPUT_NAMES names, and ``outputs_limit`` bytes of values in all. A payload
+        that reported a mebibyte value again and again would otherwise add a mebibyte to the event table at
+        every read. Past the bound, outputs are no longer sent while the attempt runs (counted, and said in
+        its result's message); the values it ends with still are."""
         if progress is not None:
             attempt.progress = progress
-        attempt.reported.update(outputs)
+        sent = []
+        for name, value in outputs:
+            if name not in attempt.reported and len(attempt.reported) >= MAX_OUTPUT_NAMES:
+                attempt.muted += 1
+                continue
+            size = value_size(value)
+            if attempt.event_bytes + size > self.outputs_limit:
+                attempt.muted += 1
+                continue
+            attempt.event_bytes += size
+            attempt.reported[name] = value
+            sent.append((name, value))
+        if progress is None and not sent:
+            return
         ref = attempt.node
         self.writer.tell(Reported(node_id=ref.node_id, attempt=ref.attempt, actor="elf", progress=progress,
-                                  outputs=tuple(outputs)))
+                                  outputs=tuple(sent)))
 
     # -------------------------------------------------------------------------------------- progress
 
@@ -265,15 +310,10 @@ class MonitoringController(Controller):
         attempt.reading = False
         progress = None
         outputs = []
-        names = len(attempt.reported)
         for report in reports:
             if report.kind == "progress" and report.percent is not None:
                 progress = (report.percent, report.text)
             elif report.kind == "output" and report.text:
-                if report.text not in attempt.reported:
-                    if names >= MAX_OUTPUT_NAMES:  # a flood of names across reads: as within one (elf.scan)
-                        continue
-                    names += 1
                 outputs.append((report.text, report.value))
         if progress is not None or outputs:
             self._report(attempt, progress, tuple(outputs))

@@ -22,7 +22,8 @@ beginning of a line with ``@broker``, then spaces or tabs, then a kind; any othe
 * ``name`` matches ``[A-Za-z_][A-Za-z0-9_]{0,63}``; ``value`` is any JSON value (string, number,
   true/false/null, array, object) of at most ``max_value_bytes`` bytes of UTF-8 JSON text (default 1 MiB;
   the broker passes its ``[limits] max_output_bytes``). NaN and Infinity are not JSON and are refused. A
-  later output with the same name replaces the earlier one.
+  later output with the same name replaces the earlier one. An attempt keeps at most MAX_OUTPUT_NAMES names
+  and MAX_OUTPUTS_BYTES of values together: a report past either is ignored and counted.
 * ``file`` names a workflow fragment the payload wrote in its work directory (``WB_WORKDIR``): a relative
   path of at most 1024 bytes (a longer one makes the line malformed), without ``..`` or ``.`` segments,
   reached without following a symlink, naming a regular file of at most :data:`MAX_SPAWN_BYTES`. The last
@@ -119,6 +120,11 @@ LINE_OVERHEAD_BYTES = 1024
 #: distinct output names one attempt may report: a report of another name is ignored and counted (a flood of
 #: names would grow the broker's memory, the node's row and its events without bound)
 MAX_OUTPUT_NAMES = 1000
+#: bytes: the JSON text of one attempt's output values together, at most (or one value's limit if that is
+#: larger, see outputs_limit): a report that would grow the total past it is ignored and counted, as one of a
+#: name past MAX_OUTPUT_NAMES is (a thousand values of a mebibyte would make a gigabyte node row, and a probe
+#: reply past what the broker reads from a host)
+MAX_OUTPUTS_BYTES = 16 * 1024 * 1024
 #: bytes: largest JSON text of a progress message
 MAX_MESSAGE_BYTES = 4096
 #: seconds between SIGTERM and SIGKILL when the payload is killed
@@ -258,7 +264,7 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
     for 50 MB of ``yes``, in the broker for a local attempt and in the resident agent at each end.) The offset
     returned may fall inside an ordinary line still being written; the next pass skips the rest of that line.
     """
-    latest = _Latest()  # memory bounded by MAX_OUTPUT_NAMES however many lines report
+    latest = _Latest(outputs_limit(max_value_bytes))  # memory bounded however many lines report
     # report lines parsed so far: a payload printing the same few lines over and over (a progress in a loop)
     # costs a look-up each, not a parse
     seen = {}  # type: Dict[bytes, Tuple[Optional[ElfReport], bool]]
@@ -345,25 +351,65 @@ def scan(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_VALUE_BY
     return Scan(latest.reports(), base, ignored)
 
 
+def outputs_limit(max_value_bytes: int) -> int:
+    """Bytes of JSON text one attempt's output values may hold together, when one may hold ``max_value_bytes``."""
+    return max(MAX_OUTPUTS_BYTES, max_value_bytes)
+
+
+def value_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON text, as it is stored (compact, UTF-8)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+class OutputBudget(object):
+    """The output values one attempt keeps: at most MAX_OUTPUT_NAMES names and ``limit`` bytes of JSON text
+    together. A report of a new name past either bound, or whose value would grow the total past ``limit``, is
+    refused (its reader ignores and counts it); the values kept so far stay."""
+
+    __slots__ = ("sizes", "total", "limit")
+
+    def __init__(self, limit: int, outputs: Optional[Dict[str, Any]] = None) -> None:
+        self.limit = limit
+        #: name -> bytes of the value kept
+        self.sizes = {}  # type: Dict[str, int]
+        self.total = 0
+        for name, value in (outputs or {}).items():
+            self.sizes[name] = value_size(value)
+            self.total += self.sizes[name]
+
+    def admit(self, name: str, value: Any) -> bool:
+        """Whether ``name`` may now hold ``value`` (if so, counted as holding it)."""
+        held = self.sizes.get(name)
+        if held is None and len(self.sizes) >= MAX_OUTPUT_NAMES:
+            return False
+        size = value_size(value)
+        total = self.total - (held or 0) + size
+        if total > self.limit:
+            return False
+        self.sizes[name] = size
+        self.total = total
+        return True
+
+
 class _Latest(object):
     """The last report of each kind, and of each name for outputs (all that fold() and last_spawn() keep), in
-    the order of their last lines; at most MAX_OUTPUT_NAMES names."""
+    the order of their last lines; outputs within an OutputBudget."""
 
-    def __init__(self):
-        # type: () -> None
+    def __init__(self, limit):
+        # type: (int) -> None
         self.latest = {}  # type: Dict[Tuple[str, Optional[str]], ElfReport]
-        self.names = 0
+        self.budget = OutputBudget(limit)
 
     def keep(self, report: ElfReport) -> bool:
-        """Make ``report`` the latest of its kind (and name); False for a name past MAX_OUTPUT_NAMES."""
+        """Make ``report`` the latest of its kind (and name); False for an output past the budget."""
         output = report.kind == "output"
         key = (report.kind, report.text if output else None)
-        if key in self.latest:
+        held = self.latest.get(key)
+        # the same line again (one parse, see scan's ``seen``) holds the same value: nothing to measure
+        if output and held is not report and not self.budget.admit(report.text or "", report.value):
+            return False
+        if held is not None:
             del self.latest[key]  # to the end: the order of the last lines
-        elif output:
-            if self.names >= MAX_OUTPUT_NAMES:
-                return False
-            self.names += 1
         self.latest[key] = report
         return True
 
@@ -380,15 +426,28 @@ def scan_reports(path: str, offset: int = 0, max_value_bytes: int = DEFAULT_MAX_
 
 
 def fold(reports: Sequence[ElfReport], outputs: Dict[str, Any],
-         progress: Optional[Tuple[float, Optional[str]]]) -> Optional[Tuple[float, Optional[str]]]:
-    """Apply reports in order: outputs updated in place (later wins); returns the last progress."""
+         progress: Optional[Tuple[float, Optional[str]]], budget: Optional[OutputBudget] = None
+         ) -> Optional[Tuple[float, Optional[str]]]:
+    """Apply reports in order: outputs updated in place (later wins) within ``budget`` (the one that has
+    measured ``outputs`` so far; None: a new one with the default limit); returns the last progress."""
+    if budget is None:
+        budget = OutputBudget(outputs_limit(DEFAULT_MAX_VALUE_BYTES), outputs)
     for report in reports:
         if report.kind == "output":
-            if report.text in outputs or len(outputs) < MAX_OUTPUT_NAMES:  # (scan() counted the others)
+            if budget.admit(report.text or "", report.value):  # (scan() counted the others)
                 outputs[report.text] = report.value
         elif report.kind == "progress":
             progress = (report.percent, report.text)
     return progress
+
+
+def last_progress(reports: Sequence[ElfReport], current: Optional[Tuple[float, Optional[str]]] = None
+                  ) -> Optional[Tuple[float, Optional[str]]]:
+    """The last progress in ``reports`` (``current`` when there is none)."""
+    for report in reports:
+        if report.kind == "progress":
+            current = (report.percent, report.text)
+    return current
 
 
 def last_spawn(reports: Sequence[ElfReport], current: Optional[str] = None) -> Optional[str]:
@@ -615,7 +674,8 @@ def ignored_note(ignored: int) -> str:
     """The suffix a result message carries when report lines were ignored."""
     if not ignored:
         return ""
-    return "; %d malformed or oversized @broker line%s ignored" % (ignored, "" if ignored == 1 else "s")
+    return "; %d @broker line%s ignored (malformed, too long, or past the bounds on outputs)" % (
+        ignored, "" if ignored == 1 else "s")
 
 
 # ------------------------------------------------------------------------------------------- run mode
@@ -770,7 +830,7 @@ def _wait_pushing_progress(proc: Any, target: Dict[str, Any], stdout_path: str, 
             pass
         found = scan(stdout_path, offset, max_value_bytes, budget=SCAN_BUDGET)
         offset = found.offset
-        progress = fold(found.reports, {}, progress)
+        progress = last_progress(found.reports, progress)
         if progress is None or progress == sent:
             continue
         sent = progress
@@ -810,7 +870,7 @@ def final_status(workdir: str, status: Dict[str, Any], reason: Optional[str], re
     exit_code = returncode if returncode >= 0 else 128 - returncode
     found = scan(os.path.join(workdir, STDOUT_FILE), 0, max_value_bytes, final=True)
     outputs = {}  # type: Dict[str, Any]
-    progress = fold(found.reports, outputs, None)
+    progress = fold(found.reports, outputs, None, OutputBudget(outputs_limit(max_value_bytes)))
     if reason == TIMEOUT:
         outcome, message = TIMEOUT, "killed after the timeout of %s s" % format_seconds(timeout)
     elif reason == CANCELLED:

@@ -41,7 +41,7 @@ class Attempt:
     """What the local launcher tracks about one started or adopted attempt (guarded by the launcher's lock)."""
 
     __slots__ = ("handle", "pid", "proc", "pidfd", "callbacks", "ended", "reason", "scan_offset", "outputs",
-                 "progress", "ignored", "legacy", "retry", "spawn")
+                 "budget", "progress", "ignored", "legacy", "retry", "spawn")
 
     def __init__(self, handle: LaunchHandle, pidfd: int, proc: subprocess.Popen | None, ended: bool = False,
                  legacy: bool = False):
@@ -63,6 +63,8 @@ class Attempt:
         # reports already read from stdout, so collect() does not read them again
         self.scan_offset = 0
         self.outputs: dict = {}
+        #: what ``outputs`` holds, measured: None until the first report is read
+        self.budget: elf.OutputBudget | None = None
         self.progress: tuple[float, str | None] | None = None
         self.ignored = 0
         #: the file of the last ``@broker spawn`` report read
@@ -179,7 +181,9 @@ class Adoption:
         return self._result(Attempt(handle, -1, None, ended=True, legacy=legacy))
 
     def _fold(self, attempt: Attempt, found: elf.Scan) -> None:
-        attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress)
+        if attempt.budget is None:
+            attempt.budget = elf.OutputBudget(elf.outputs_limit(self._max_output_bytes))
+        attempt.progress = elf.fold(found.reports, attempt.outputs, attempt.progress, attempt.budget)
         attempt.spawn = elf.last_spawn(found.reports, attempt.spawn)
         attempt.ignored += found.ignored
         attempt.scan_offset = found.offset

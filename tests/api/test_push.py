@@ -66,6 +66,25 @@ def test_progress_and_outputs_become_events_and_success_ends_the_node_with_its_o
     assert server.node(handle.id, "remote").state == "succeeded"
 
 
+def test_outputs_pushed_across_calls_stay_within_the_bounds_of_an_attempt(server, running):
+    # 1,100 names over 11 calls, then 5 more with the end: the bound on output names (and bytes) holds across
+    # calls as across reads of a payload's output; what is past it is counted in the node's message
+    from broker.elf.elf import MAX_OUTPUT_NAMES
+
+    handle, node, session_id, secret = running
+    elf = elf_client(server, session_id, secret)
+    for call in range(11):
+        elf.updateNodeStatus(session_id, f"PROGRESS {call}",
+                             [{"name": f"n{call * 100 + i}", "value": str(i)} for i in range(100)])
+    elf.updateNodeStatus(session_id, "SUCCEEDED 0 done", [{"name": f"end{i}", "value": "1"} for i in range(5)])
+    done = server.node(handle.id, "remote")
+    assert done.state == "succeeded" and set(done.outputs) == {f"n{i}" for i in range(MAX_OUTPUT_NAMES)}
+    # (the end's outputs come as reports too)
+    assert done.message == ("done; 105 output reports ignored while it ran (past 1000 names or "
+                            "16777216 bytes of them)")
+    assert len(events_of(server, handle.id, "NODE_OUTPUT")) == MAX_OUTPUT_NAMES
+
+
 def test_a_failure_pushed_by_the_elf_fails_the_node_with_its_exit_code(server, running):
     handle, node, session_id, secret = running
     elf_client(server, session_id, secret).updateNodeStatus(session_id, "FAILED 7 disk full", None)

@@ -257,6 +257,45 @@ def test_output_names_past_the_limit_are_ignored_and_counted_while_known_ones_st
     assert "new" not in more and more["m0"] == 5
 
 
+def test_output_values_past_max_outputs_bytes_together_are_ignored_and_counted(tmp_path):
+    # 16 values of a million characters (1,000,002 bytes of JSON text each) and one of 750,000 fill all but
+    # 27,182 bytes of the 16 MiB an attempt may hold: a new value, or a kept one grown by 48,000 bytes, no longer
+    # fits; once a kept value shrinks, the new one does
+    out = tmp_path / "stdout"
+
+    def line(name: str, char: bytes, count: int) -> bytes:
+        return b'@broker output %s="%s"\n' % (name.encode(), char * count)
+
+    out.write_bytes(b"".join(line(f"b{i}", b"x", 1_000_000) for i in range(16)) + line("b16", b"z", 750_000)
+                    + line("b17", b"z", 100_000) + line("b1", b"y", 1_048_000) + line("b0", b"s", 5)
+                    + line("b17", b"w", 100_000))
+    found = scan(str(out))
+    outputs: dict = {}
+    budget = elf.OutputBudget(elf.outputs_limit(elf.DEFAULT_MAX_VALUE_BYTES))
+    elf.fold(found.reports, outputs, None, budget)
+    sizes = {name: (len(value), value[0]) for name, value in outputs.items()}
+    assert sizes == {**{f"b{i}": (1_000_000, "x") for i in range(2, 16)}, "b1": (1_000_000, "x"),
+                     "b0": (5, "s"), "b16": (750_000, "z"), "b17": (100_000, "w")}
+    assert found.ignored == 2  # the first b17, and b1 grown
+    assert budget.total == sum(elf.value_size(v) for v in outputs.values()) <= elf.MAX_OUTPUTS_BYTES
+    # across passes, fold keeps the same bound with the same budget
+    elf.fold([ElfReport("output", None, "b0", "x" * 1_000_000), ElfReport("output", None, "new", "n")],
+             outputs, None, budget)
+    assert len(outputs["b0"]) == 5 and "new" in outputs
+    # a value larger than the total alone still fits when one value may be that large
+    assert elf.outputs_limit(32 * 1024**2) == 32 * 1024**2
+
+
+def test_the_final_status_holds_outputs_within_max_outputs_bytes(tmp_path, monkeypatch):
+    # the status file is what the broker reads from a remote host: bounded as the scan is
+    monkeypatch.setattr(elf, "MAX_OUTPUTS_BYTES", 10_000)
+    (tmp_path / elf.STDOUT_FILE).write_text("".join(f'@broker output v{i}="{"y" * 998}"\n' for i in range(30)))
+    status = elf.final_status(str(tmp_path), {}, None, 0, 0.0, 1000)
+    assert sorted(status["outputs"]) == sorted(f"v{i}" for i in range(10))
+    assert status["ignored_lines"] == 20 and "20 @broker lines ignored" in status["message"]
+    assert elf.value_size(status["outputs"]) < 10_100
+
+
 def test_a_read_with_a_budget_stops_near_it_and_the_next_reads_go_on_to_every_report(tmp_path, monkeypatch):
     monkeypatch.setattr(elf, "_CHUNK", 100)
     out = tmp_path / "stdout"

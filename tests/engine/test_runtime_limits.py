@@ -3,6 +3,8 @@ anything is written, against the workflow's stored nodes ([limits] max_nodes), a
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 
 import pytest
@@ -145,3 +147,65 @@ def test_output_names_reported_while_a_payload_runs_stay_within_max_output_names
     with broker.sessions() as s:
         outputs = s.scalar(select(Node.outputs).where(Node.workflow_id == workflow_id, Node.path == "names"))
     assert set(outputs) == set(names)
+
+
+def _output_events(broker: Broker, workflow_id: int) -> list[tuple[str, Any]]:
+    with broker.sessions() as s:
+        return [(p["name"], p["value"]) for p in s.scalars(select(Event.properties).where(
+            Event.workflow_id == workflow_id, Event.type == "NODE_OUTPUT").order_by(Event.id))]
+
+
+def test_a_payload_reporting_more_output_bytes_than_an_attempt_may_hold_keeps_max_outputs_bytes(make_broker):
+    # 20 values of a million characters: 16 fit in the 16 MiB an attempt may hold; the node row, its events and
+    # its message say so (a thousand values of a mebibyte would have made a gigabyte row)
+    from broker.elf.elf import MAX_OUTPUTS_BYTES, value_size
+
+    broker = make_broker().start()
+    workflow_id, state = broker.run(workflow(
+        '<node id="big"><payload type="python">import sys\n'
+        'for i in range(20): sys.stdout.write("@broker output b%d=\\"%s\\"\\n" % (i, "x" * 1000000))\n'
+        '</payload></node>'))
+    assert state is WorkflowState.SUCCEEDED
+    with broker.sessions() as s:
+        outputs = s.scalar(select(Node.outputs).where(Node.workflow_id == workflow_id, Node.path == "big"))
+    assert sorted(outputs) == sorted(f"b{i}" for i in range(16))
+    assert value_size(outputs) <= MAX_OUTPUTS_BYTES + 1000
+    events = _output_events(broker, workflow_id)
+    assert sorted(name for name, _ in events) == sorted(outputs)
+    assert "4 @broker lines ignored" in _messages(broker, workflow_id, "big")[-1]
+
+
+def test_output_events_of_a_running_payload_stop_past_max_outputs_bytes_and_its_final_value_still_counts(
+        make_broker, tmp_path):
+    # The payload reports a new mebibyte value of one name at each of 20 reads: without a bound on the bytes of
+    # output events, each read would add a mebibyte to the event table as long as the payload runs. Sixteen
+    # are sent; the rest are counted, and the value the node ends with is still its output and an event.
+    from broker.elf.elf import MAX_OUTPUTS_BYTES
+
+    broker = make_broker(report_interval=0.05).start()
+    workflow_id = broker.submit(workflow(
+        '<node id="loop"><payload type="python">import os, sys, time\n'
+        'for r in range(20):\n'
+        '    sys.stdout.write("@broker output big=\\"%s\\"\\n@broker progress %d\\n" % ("%02d" % r * 524287, r))\n'
+        '    sys.stdout.flush()\n'
+        f'    while not os.path.exists({str(tmp_path)!r} + "/go%d" % r): time.sleep(0.01)\n'
+        '</payload></node>'))
+
+    def progress() -> list[float]:
+        with broker.sessions() as s:
+            return [p["percent"] for p in s.scalars(select(Event.properties).where(
+                Event.workflow_id == workflow_id, Event.type == "NODE_PROGRESS"))]
+
+    for r in range(20):  # each value is read before the next is printed: one per read
+        wait_for(lambda: r in progress(), what=f"progress {r} read")
+        (tmp_path / f"go{r}").touch()
+    assert broker.wait(workflow_id) is WorkflowState.SUCCEEDED
+    events = _output_events(broker, workflow_id)
+    # 16 values of 1,048,576 bytes while it ran (the 17th would pass 16 MiB), then its last value at its end
+    assert [value[:2] for _, value in events] == [f"{r:02d}" for r in range(16)] + ["19"]
+    assert sum(len(value) + 2 for _, value in events[:-1]) <= MAX_OUTPUTS_BYTES
+    with broker.sessions() as s:
+        outputs = s.scalar(select(Node.outputs).where(Node.workflow_id == workflow_id, Node.path == "loop"))
+    assert outputs["big"][:2] == "19"
+    # rounds 16 to 19 were read while it ran (the last while it waited for go19)
+    assert "4 output reports ignored while it ran" in _messages(broker, workflow_id, "loop")[-1]

@@ -165,7 +165,7 @@ def test_malformed_report_lines_are_counted_in_the_message(launcher, tmp_path):
     handle = launcher.launch(request(tmp_path / "w", "echo '@broker output x=nope'\necho '@broker progress 500'\n"))
     result = run_to_end(launcher, handle)
     assert result.outcome == base.SUCCEEDED
-    assert result.message == "exit code 0; 2 malformed or oversized @broker lines ignored"
+    assert result.message == "exit code 0; 2 @broker lines ignored (malformed, too long, or past the bounds on outputs)"
 
 
 def test_collect_refuses_an_attempt_that_is_still_running(launcher, tmp_path):
