@@ -14,7 +14,9 @@ and a buffer, never a thread. The intake thread enforces (each refusal one WARNI
   that does not fit waits, unread and with its clock stopped; :data:`MAX_CONNECTIONS` at most (beyond it,
   new connections wait in the kernel's backlog).
 
-Answers are written by the request threads (:mod:`broker.api.answer`); refusals are SOAP 1.1 faults.
+Request threads take whole requests in turns by client (:mod:`broker.api.turns`: a client with many requests
+waiting does not delay another's); they write the answers (:mod:`broker.api.answer`). Refusals are SOAP 1.1
+faults.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import queue
 import resource
 import selectors
 import socket
@@ -34,6 +35,7 @@ from broker import memory
 from broker.api.answer import App, Connection, Limits, answer, head
 from broker.api.faults import FaultSpec, envelope
 from broker.api.intake import HttpError, Intake, Request
+from broker.api.turns import Turns, client_key
 
 log = logging.getLogger("broker.api")
 
@@ -65,7 +67,9 @@ class HttpServer:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._returned: collections.deque[tuple[Connection, bool]] = collections.deque()
-        self._work: queue.Queue[tuple[Connection, Request] | None] = queue.Queue()
+        # whole requests, taken in turns by client (broker.api.turns): a busy client waits for its own
+        # (one client holds at most half the threads: another's request finds one free)
+        self._work: Turns[tuple[Connection, Request]] = Turns(per_key=max(1, threads // 2))
         self._connections: set[Connection] = set()
         self._pending: collections.Counter[str] = collections.Counter()
         self._waiting: collections.deque[Connection] = collections.deque()
@@ -109,7 +113,7 @@ class HttpServer:
             self._drain()
         finally:
             for _ in self._workers:
-                self._work.put(None)
+                self._work.stop()
             for worker in self._workers:
                 worker.join(timeout=self.limits.drain_timeout)
             for conn in list(self._connections):
@@ -273,7 +277,7 @@ class HttpServer:
         conn.busy = True
         conn.body_since = None
         self._selector.unregister(conn.sock)
-        self._work.put((conn, request))
+        self._work.put(client_key(conn.address, request), (conn, request))
 
     def _back(self, conn: Connection, keep: bool) -> None:
         """A request thread has answered: release the request's memory and read the next one, or close."""
@@ -379,10 +383,10 @@ class HttpServer:
 
     def _serve_requests(self) -> None:
         while True:
-            item = self._work.get()
-            if item is None:
+            taken = self._work.get()
+            if taken is None:
                 return
-            conn, request = item
+            key, (conn, request) = taken
             keep, big = False, len(request.body) >= memory.BIG
             try:
                 keep = answer(conn, request, self.app, self.bind_addr, self.limits)
@@ -390,7 +394,9 @@ class HttpServer:
                 log.warning("answer to %s:%d not delivered: %s", conn.address, conn.port, exc.strerror or exc)
             except Exception:
                 log.exception("request from %s:%d failed", conn.address, conn.port)
-            del item, request
+            finally:
+                self._work.done(key)
+            del taken, request
             self._returned.append((conn, keep))
             self._wake()
             if big:  # its body, trees and copies are garbage now: give the pages back

@@ -6,15 +6,18 @@ hostile envelopes and of logins leave another user's getStatusInfoForId p99 unde
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
+from xml.sax.saxutils import escape
 
 import pytest
 from lxml import etree
 
 from tests.api.helpers import (EXAMPLES, SLOW, Server, Trickler, add_users, address, basic, latencies_under, p99, post,
-                               status_latencies)
+                               status_latencies, waits_for)
 from tests.fixtures import DEADLINE, wait_for
 
 pytestmark = pytest.mark.slow  # every test here talks to a `broker serve` process
@@ -135,5 +138,58 @@ def test_connections_without_a_complete_request_are_capped_per_address(tmp_path,
         for connection in kept:
             connection.close()
     finally:
+        srv.stop(expect=None)
+        srv.close()
+
+
+def test_a_user_keeping_the_threads_busy_waits_for_his_own_requests_not_other_users(tmp_path, sqlite_template):
+    # One request thread. Bob asks for the XML of his 10,000-node workflow (a small request, a while to answer)
+    # 6 times, each on its own connection, then alice posts one status call. Served first come first served
+    # she would wait for all six; taken in turns by client (broker.api.turns) she waits for the one being
+    # served and at most one more. Counted, not timed.
+    srv = start(tmp_path, sqlite_template, {"BROKER_API_THREADS": "1", "BROKER_API_MAX_PENDING_PER_ADDRESS": "0"})
+    host, port = address(srv)
+    gate = tmp_path / "gate"
+    nodes = "".join(f'<node id="n{i}"><dependsOn node="gate"/><payload type="sh">true</payload></node>'
+                    for i in range(10_000))
+    document = (f'<workflow xmlns="urn:workflow-broker:workflow:1.0" name="big"><node id="gate">{waits_for(gate)}'
+                f'</node>{nodes}</workflow>')
+    bob, alice = basic("bob", "bob-pw"), basic("alice", "alice-pw")
+    try:
+        status, answer = post(http.client.HTTPConnection(host, port, timeout=DEADLINE), envelope(
+            "<c:submit><c:submission><c:workflowContent>" + escape(document)
+            + "</c:workflowContent></c:submission></c:submit>"), bob)
+        assert status == 200, answer[:500]
+        big = int(re.search(rb"<s0:id>(\d+)<", answer).group(1))
+        slow = envelope(f"<c:getWorkflowAsXml><c:id>{big}</c:id></c:getWorkflowAsXml>")
+        handle = srv.core().submit({"workflowContent": (EXAMPLES / "hello.xml").read_text(encoding="utf-8")})
+        quick = envelope(f"<c:getStatusInfoForId><c:globalId>{handle.globalId}</c:globalId></c:getStatusInfoForId>")
+        bobs = [http.client.HTTPConnection(host, port, timeout=DEADLINE) for _ in range(6)]
+        hers = http.client.HTTPConnection(host, port, timeout=DEADLINE)
+        assert post(bobs[0], slow, bob)[0] == 200  # (both logins checked, outside the count)
+        assert post(hers, quick, alice)[0] == 200
+        for connection in bobs:
+            connection.request("POST", "/broker", body=slow, headers={"Content-Type": "text/xml",
+                                                                       "Authorization": bob})
+        hers.request("POST", "/broker", body=quick, headers={"Content-Type": "text/xml", "Authorization": alice})
+        order: list[tuple[str, int]] = []
+        lock = threading.Lock()
+
+        def read(name: str, connection: http.client.HTTPConnection) -> None:
+            response = connection.getresponse()
+            response.read()
+            with lock:
+                order.append((name, response.status))
+
+        readers = [threading.Thread(target=read, args=("bob", c)) for c in bobs]
+        readers.append(threading.Thread(target=read, args=("alice", hers)))
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(DEADLINE)
+        assert sorted(order) == [("alice", 200)] + [("bob", 200)] * 6, order
+        assert order.index(("alice", 200)) <= 2, order
+    finally:
+        gate.touch()
         srv.stop(expect=None)
         srv.close()

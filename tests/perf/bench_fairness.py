@@ -6,7 +6,10 @@ on one keep-alive connection; printed are her p50 and p99 latency, alone and whi
 - slow: 10 connections from 127.0.0.2 trickle their request (5 a head, 5 a body), one byte a second;
 - floods: bob posts, in a loop on 4 connections, an envelope with 100,000 attributes on the operation
   element, one with 200,000 child elements, one nested 100,000 deep and one of 20 MB (over the size cap);
-- logins: 12 connections present wrong passwords in a loop (a password check each).
+- logins: 12 connections present wrong passwords in a loop (a password check each);
+- a busy user: bob asks for the XML of his 2,000-node workflow (valid calls, some 0.1 s each) in a loop on 24
+  connections, three times the request threads: first come, first served, each of alice's calls would wait
+  for some 16 of his; taken in turns by client (broker.api.turns), for about one.
 
 Target: p99 under 1 s in every case. Exit status 1 means a wrong answer (an attack that was not refused,
 a status call that failed), never a slow one.
@@ -17,17 +20,20 @@ a status call that failed), never a slow one.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
+import re
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.api.helpers import (EXAMPLES, Server, Trickler, add_users, basic, envelope,  # noqa: E402
-                               latencies_under, p99, status_latencies)
+from tests.api.helpers import (EXAMPLES, Server, Trickler, add_users, address, basic, envelope,  # noqa: E402
+                               latencies_under, p99, post, status_latencies, waits_for)
 
 TARGET_P99_S = 1.0
 
@@ -38,6 +44,22 @@ def floods() -> list[tuple[bytes, str]]:
             (envelope("<c:getStatusInfo>" + "<c:lastId>1</c:lastId>" * 200_000 + "</c:getStatusInfo>"), bob),
             (envelope("<c:getStatusInfo>" + "<x>" * 100_000 + "</x>" * 100_000 + "</c:getStatusInfo>"), bob),
             (envelope("<c:getStatusInfo><c:lastId>" + "1" * 20 * 1024**2 + "</c:lastId></c:getStatusInfo>"), bob)]
+
+
+def busy_workflow(server: Server, gate: Path) -> int:
+    """Bob's workflow of 2,000 nodes waiting for ``gate`` (stored, not running): its id."""
+    nodes = "".join(f'<node id="n{i}"><dependsOn node="gate"/><payload type="sh">true</payload></node>'
+                    for i in range(2000))
+    document = (f'<workflow xmlns="urn:workflow-broker:workflow:1.0" name="big"><node id="gate">'
+                f'{waits_for(gate, 600)}</node>{nodes}</workflow>')
+    connection = http.client.HTTPConnection(*address(server), timeout=60)
+    status, answer = post(connection, envelope("<c:submit><c:submission><c:workflowContent>" + escape(document)
+                                               + "</c:workflowContent></c:submission></c:submit>"),
+                          basic("bob", "bob-pw"))
+    connection.close()
+    if status != 200:
+        raise SystemExit(f"bob's workflow was refused: {answer[:500]!r}")
+    return int(re.search(rb"<s0:id>(\d+)<", answer).group(1))
 
 
 def main() -> int:
@@ -82,6 +104,14 @@ def main() -> int:
             if not {s for s, _ in answers} <= {401, 503}:
                 print(f"WRONG: wrong logins answered with {set(answers)}")
                 wrong += 1
+            big = busy_workflow(server, tmp / "gate")
+            busy = envelope(f"<c:getWorkflowAsXml><c:id>{big}</c:id></c:getWorkflowAsXml>")
+            latencies, answers = latencies_under(server, status, [(busy, basic("bob", "bob-pw"))] * 24)
+            rows.append(("a busy user (24 connections)", latencies))
+            if {s for s, _ in answers} != {200}:
+                print(f"WRONG: bob's calls answered with {set(answers)}")
+                wrong += 1
+            (tmp / "gate").touch()
         finally:
             server.stop(expect=None)
             server.close()
