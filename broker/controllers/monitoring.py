@@ -42,7 +42,8 @@ PUSHED_OUTCOMES = {"SUCCEEDED": launcher.SUCCEEDED, "FAILED": launcher.FAILED, "
 
 
 class Attempt:
-    __slots__ = ("handle", "node", "offset", "reading", "reported", "event_bytes", "muted", "next_read", "progress")
+    __slots__ = ("handle", "node", "offset", "reading", "reported", "event_bytes", "muted", "next_read", "progress",
+                 "held", "progress_due")
 
     def __init__(self, handle: launcher.LaunchHandle, node: NodeRef):
         self.handle = handle
@@ -57,6 +58,9 @@ class Attempt:
         self.next_read = 0.0
         #: the last progress sent as an event
         self.progress: tuple[float, str | None] | None = None
+        #: a newer progress held until ``progress_due`` (time.time()): one progress event per report_interval
+        self.held: tuple[float, str | None] | None = None
+        self.progress_due = 0.0
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -254,7 +258,8 @@ class MonitoringController(Controller):
         # the elf's end carries its whole result but its progress: that is the last one it reported
         outputs = {**attempt.reported, **result.outputs}
         self._finish(attempt.node, launcher.AttemptResult(result.node_id, result.attempt, result.outcome,
-                                                          result.exit_code, outputs, attempt.progress, result.message),
+                                                          result.exit_code, outputs, attempt.held or attempt.progress,
+                                                          result.message),
                      attempt.reported, attempt.progress, attempt.handle, receipt=msg.receipt, actor="elf",
                      muted=attempt.muted)
 
@@ -272,7 +277,15 @@ class MonitoringController(Controller):
         every read. Past the bound, outputs are no longer sent while the attempt runs (counted, and said in
         its result's message); the values it ends with still are."""
         if progress is not None:
-            attempt.progress = progress
+            # At most one progress event per report_interval, however often it is reported: reads come that
+            # often anyway, but an elf (or a payload holding its session) may push in a loop. The latest waits
+            # for on_tick.
+            now = time.time()
+            if now < attempt.progress_due:
+                attempt.held, progress = progress, None
+            else:
+                attempt.held, attempt.progress = None, progress
+                attempt.progress_due = now + self.report_interval
         sent = []
         for name, value in outputs:
             if name not in attempt.reported and len(attempt.reported) >= MAX_OUTPUT_NAMES:
@@ -297,6 +310,8 @@ class MonitoringController(Controller):
         for node_id in [n for n, held in self.held.items() if msg.now - held[0][1] > PUSH_HOLD]:
             self._drop_held(node_id, "the broker does not follow this attempt")
         for attempt in self.running.values():
+            if attempt.held is not None and msg.now >= attempt.progress_due:
+                self._report(attempt, attempt.held, ())
             if not attempt.reading and msg.now >= attempt.next_read:
                 attempt.reading = True
                 attempt.next_read = msg.now + self.report_interval

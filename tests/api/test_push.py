@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 
 import pytest
@@ -83,6 +84,22 @@ def test_outputs_pushed_across_calls_stay_within_the_bounds_of_an_attempt(server
     assert done.message == ("done; 105 output reports ignored while it ran (past 1000 names or "
                             "16777216 bytes of them)")
     assert len(events_of(server, handle.id, "NODE_OUTPUT")) == MAX_OUTPUT_NAMES
+
+
+def test_progress_pushed_in_a_loop_makes_one_event_per_report_interval_and_the_last_one_lands(server, running):
+    # a payload holding its elf's session could push progress as fast as the API answers: an event each
+    # would fill the event table; at most one per [engine] report_interval (0.5 s) is sent, the latest last
+    handle, node, session_id, secret = running
+    elf = elf_client(server, session_id, secret)
+    started = time.monotonic()
+    for i in range(100):
+        elf.updateNodeStatus(session_id, f"PROGRESS {i}.5 step {i}", None)
+    elapsed = time.monotonic() - started
+    wait_for(lambda: (events := events_of(server, handle.id, "NODE_PROGRESS")) and events[-1].message == "step 99",
+             what="the last progress pushed")
+    events = events_of(server, handle.id, "NODE_PROGRESS")
+    assert events[-1].properties["percent"] == 99.5
+    assert len(events) <= elapsed / 0.5 + 2, (len(events), elapsed)
 
 
 def test_a_failure_pushed_by_the_elf_fails_the_node_with_its_exit_code(server, running):
