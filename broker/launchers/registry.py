@@ -44,13 +44,21 @@ class Launchers:
         self._local_root = local_root
         self._lock = threading.RLock()
         self._launchers: dict[tuple[str, str], Any] = {}
+        #: after close(), no launcher is made: one made then (an exit callback of the launcher being closed asks
+        #: for the local launcher) would never be closed, and its threads would keep the process from ending
+        self._closed = False
 
     def local_launcher(self) -> Any:
         """The launcher of local hosts (shared)."""
         with self._lock:
             if self._local is None:
+                self._refuse_closed()
                 self._local = new_local_launcher(self.resources.settings, self._local_root)
             return self._local
+
+    def _refuse_closed(self) -> None:
+        if self._closed:
+            raise ResourceError("the launchers are closed: the broker is stopping", retryable=True)
 
     def launcher(self, host_name: str, user: str) -> Any:
         """The launcher running ``user``'s nodes on ``host_name`` (made on first use, then cached)."""
@@ -62,6 +70,7 @@ class Launchers:
         with self._lock:
             launcher = self._launchers.get((host.name, account.login))
             if launcher is None:
+                self._refuse_closed()
                 launcher = self._launchers[(host.name, account.login)] = self._make(host, account, user)
             return launcher
 
@@ -130,6 +139,7 @@ class Launchers:
         The resources (SSH pool, transports) are not closed: their owner closes them after this.
         """
         with self._lock:
+            self._closed = True
             launchers = list(self._launchers.values())
             self._launchers.clear()
             local, self._local = (self._local if self._own_local else None), None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from broker.config import Settings
@@ -112,6 +114,30 @@ def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_pa
             launchers.launcher_of("bob@lab")
         with pytest.raises(ResourceError, match="user 'bob' has no account on host 'lab'"):
             launchers.launcher("lab", "bob")
+    finally:
+        launchers.close()
+        resources.close()
+
+
+def test_closed_launchers_make_no_new_launcher(tmp_path):
+    # An exit callback fired by the local launcher's watcher while close() joins it asked for the local
+    # launcher again, got a new one, and that one's thread was never stopped: the process did not end
+    (tmp_path / "kh").write_text("")
+    catalogue = Catalogue(hosts=(Host("laptop", "local", max_jobs=4),
+                                 Host("lab", "ssh", max_jobs=16, ssh=SshAccess("127.0.0.1", 1, str(tmp_path / "kh")),
+                                      scratch="w")), default="laptop")
+    resources = Resources(Settings(), catalogue=catalogue, accounts={("alice", "lab"): ("alice", None)})
+    launchers = Launchers(resources)
+    try:
+        launchers.local_launcher()
+        threads = threading.active_count()
+        launchers.close()
+        assert threading.active_count() < threads  # the watcher went
+        for ask in (launchers.local_launcher, lambda: launchers.launcher_of("localhost"),
+                    lambda: launchers.launcher("lab", "alice"), lambda: launchers.launcher("laptop", "alice")):
+            with pytest.raises(ResourceError, match="the broker is stopping"):
+                ask()
+        assert threading.active_count() < threads
     finally:
         launchers.close()
         resources.close()
