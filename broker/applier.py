@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from broker import runas
+from broker.description.model import to_json
 from broker.errors import ArgumentError, BrokerError, LimitExceeded, NotFound, ResourceError
 from broker.events.types import EventType
 from broker.persistence import requests
@@ -308,7 +309,7 @@ class Applier(threading.Thread):
             raise _Refused(f"broker: {exc}", requests.INVALID) from None
         origin = p.get("origin")
         options = p.get("options") or {}
-        return Submit(spec=spec, descriptor=descriptor, owner=owner, global_id=row.workflow_gid,
+        return Submit(spec=spec, descriptor=descriptor, owner=owner, global_id=row.workflow_gid, plan=to_json(spec),
                       origin=(str(origin[0]), int(origin[1])) if origin else None,
                       **{k: options[k] for k in ("label", "request_id", "experiment_id", "event_level", "priority",
                                                  "publish_metadata_to") if options.get(k) is not None})

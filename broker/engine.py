@@ -248,7 +248,10 @@ class Engine:
 
     def submit(self, spec: Any, descriptor: str, owner: str, **kw: Any) -> Accepted:
         """Store a workflow (durably: committed when this returns) and start running it."""
-        return self._ask(lambda f: Submit(spec=spec, descriptor=descriptor, owner=owner, reply_to=f, **kw))
+        from broker.description.model import to_json
+
+        plan = to_json(spec)  # here, not in the writer (Submit.plan)
+        return self._ask(lambda f: Submit(spec=spec, descriptor=descriptor, owner=owner, reply_to=f, plan=plan, **kw))
 
     def track(self, workflow_id: int) -> Accepted:
         """Resume an unfinished workflow: re-attach to its running attempts and go on."""

@@ -142,6 +142,9 @@ class Submit:
     #: the global id reserved for it (a request handed over by another process); None: a new one
     global_id: str | None = None
     reply_to: Any = None
+    #: ``spec`` as stored (broker.description.model.to_json), encoded by the submitter: a big workflow's
+    #: plan is seconds of Python, which the writer, whom every user's changes wait for, need not spend
+    plan: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ class Track:
 
     workflow_id: int
     reply_to: Any = None
+    #: its plan decoded already (a workflow just submitted); None: decoded from its row
+    spec: Any = None
 
 
 @dataclass(frozen=True, slots=True)

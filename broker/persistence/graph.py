@@ -87,11 +87,11 @@ class MWorkflow:
                  "constraint", "cancel_requested", "priority", "max_in_flight", "publish_metadata_to", "nodes",
                  "started_at", "total_nodes", "size", "nodes_total", "nodes_done")
 
-    def __init__(self, row: Any, owner: str):
+    def __init__(self, row: Any, owner: str, spec: WorkflowSpec | None = None):
         self.id: int = row.id
         self.global_id: str = row.global_id
         self.owner = owner
-        self.spec: WorkflowSpec = from_json(row.plan)
+        self.spec: WorkflowSpec = spec if spec is not None else from_json(row.plan)
         self.templates = dict(walk(self.spec.nodes))
         self.event_level = EventLevel(row.event_level)
         self.event_seq: int = row.event_seq

@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.description.model import WorkflowSpec
 from broker.errors import BrokerError
 from broker.persistence.changes import InFlight, ReadyNode
 from broker.persistence.mirror import Mirror, MNode, MWorkflow
@@ -18,8 +19,11 @@ from broker.states import IN_FLIGHT, NodeState
 NODES = Node.__table__
 
 
-def load_workflow(s: Session, mirror: Mirror, quota: NodeQuota, workflow_id: int, batch: WriteSet) -> MWorkflow:
-    """Load a workflow into the writer's mirror (idempotent), noting its attempts in flight for recovery."""
+def load_workflow(s: Session, mirror: Mirror, quota: NodeQuota, workflow_id: int, batch: WriteSet,
+                  spec: WorkflowSpec | None = None) -> MWorkflow:
+    """Load a workflow into the writer's mirror (idempotent), noting its attempts in flight for recovery.
+
+    ``spec``: its plan decoded already (a workflow just submitted), None: decoded from its row."""
     wf = mirror.workflows.get(workflow_id)
     if wf is not None:
         return wf
@@ -36,7 +40,7 @@ def load_workflow(s: Session, mirror: Mirror, quota: NodeQuota, workflow_id: int
     edges = s.execute(select(dt_.c.parent_id, dt_.c.child_id)
                       .join(NODES, NODES.c.id == dt_.c.child_id)
                       .where(NODES.c.workflow_id == workflow_id)).all()
-    wf = mirror.add_workflow(row, owner, nodes, edges, batch)
+    wf = mirror.add_workflow(row, owner, nodes, edges, batch, spec=spec)
     quota.forget(owner)  # its nodes were counted as untracked, if they were counted
     batch.tracked.append(wf)
     batch.touched[wf.id] = wf

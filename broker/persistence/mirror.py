@@ -37,9 +37,10 @@ class Mirror:
     # ------------------------------------------------------------------------------------------- loading
 
     def add_workflow(self, row: Any, owner: str, node_rows: Iterable[Any], edges: Iterable[tuple[int, int]],
-                     batch: Any) -> MWorkflow:
-        """Track a workflow from its rows; nodes that are already decidable are decided now."""
-        wf = MWorkflow(row, owner)
+                     batch: Any, spec: Any = None) -> MWorkflow:
+        """Track a workflow from its rows (``spec``: its plan, decoded already); nodes that are already
+        decidable are decided now."""
+        wf = MWorkflow(row, owner, spec)
         self.workflows[wf.id] = wf
         by_id: dict[int, MNode] = {}
         parents: list[tuple[MNode, int]] = []

@@ -32,6 +32,9 @@ class Outcome:
     #: (workflow id, global id, state, counts) of every workflow touched, for progress listeners
     summaries: list[WorkflowSummary] = field(default_factory=list)
     freed: int = 0  # nodes that left the mirror: after many, the writer trims once batch and changes are gone
+    #: changes to commit after the changes that waited for this commit, in a commit of their own (a big
+    #: workflow's tracking, once its rows are committed)
+    later: list[Any] = field(default_factory=list)
 
 
 class Consult:

@@ -80,7 +80,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
                     publish_metadata_to: str | None = None, max_in_flight: int | None = None,
                     actor: str = "submission", now: dt.datetime | None = None, publishing: bool = True,
                     work_root: str | None = None, origin: tuple[str, int] | None = None,
-                    global_id: str | None = None) -> Workflow:
+                    global_id: str | None = None, plan: str | None = None) -> Workflow:
     """Store a validated workflow: its row, its top-level nodes and edges, and its WORKFLOW_SUBMITTED event.
 
     ``descriptor`` is kept verbatim with its SHA-256 (of its UTF-8 encoding); ``origin`` is the stored
@@ -89,7 +89,7 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
     ``request_id`` this owner used before returns that workflow and stores nothing. Raises StateError when
     ``label`` is already used by one of the owner's workflows, LimitExceeded for a name, label, request id,
     experiment id or destination longer than its column, DescriptionError when the spec's top level repeats
-    a node id or depends on a missing one.
+    a node id or depends on a missing one. ``plan``: ``to_json(spec)`` when the caller has it already.
     """
     if request_id is not None:
         existing = session.scalars(select(Workflow).where(Workflow.owner_id == owner.id,
@@ -111,7 +111,8 @@ def submit_workflow(session: Session, spec: WorkflowSpec, *, descriptor: str, ow
     workflow = Workflow(
         global_id=global_id or new_workflow_global_id(), owner_id=owner.id, label=label, request_id=request_id,
         name=spec.name, experiment_id=experiment_id, descriptor=descriptor,
-        descriptor_sha256=hashlib.sha256(descriptor.encode("utf-8")).hexdigest(), plan=to_json(spec),
+        descriptor_sha256=hashlib.sha256(descriptor.encode("utf-8")).hexdigest(),
+        plan=plan if plan is not None else to_json(spec),
         event_level=int(level), priority=spec.priority if priority is None else priority,
         publish_metadata_to=publish_metadata_to if publish_metadata_to is not None else spec.publish_metadata_to,
         max_in_flight=max_in_flight if max_in_flight is not None else spec.max_in_flight,

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NODES = Node.__table__
+#: top-level nodes beyond which a submitted workflow is tracked in a commit of its own (Store._submit)
+TRACK_LATER_NODES = 5000
 
 #: seconds between attempts to commit while the database is unreachable (doubles up to the cap)
 RETRY_FIRST, RETRY_CAP = 0.05, 5.0
@@ -312,23 +314,32 @@ class Store:
         from broker.persistence import repository
 
         owner = repository.ensure_user(s, ch.owner)
-        if ch.request_id is None or not repository.request_known(s, owner, ch.request_id):
+        known = ch.request_id is not None and repository.request_known(s, owner, ch.request_id)
+        if not known:
             self.quota.check_submission(s, self.mirror, ch.owner, expanded_node_count(ch.spec))
         row = repository.submit_workflow(s, ch.spec, descriptor=ch.descriptor, owner=owner, label=ch.label,
                                          request_id=ch.request_id, experiment_id=ch.experiment_id,
                                          event_level=ch.event_level, priority=ch.priority,
                                          publish_metadata_to=ch.publish_metadata_to, now=batch.now,
                                          publishing=batch.publishing, work_root=self.work_root, origin=ch.origin,
-                                         global_id=ch.global_id)
+                                         global_id=ch.global_id, plan=ch.plan)
         s.flush()
         resumed = row.id in self.mirror.workflows
         if not resumed and WorkflowState(row.state) not in WORKFLOW_TERMINAL:
-            self.track(s, row.id, batch)
+            if not known and len(ch.spec.nodes) > TRACK_LATER_NODES:
+                # Reading a big workflow back into the mirror takes as long as storing it (some 2 s for 100,000
+                # nodes), and every user's changes in this commit wait for both: its tracking goes in a commit
+                # of its own, after theirs. (A crash between: the next broker tracks it, as any unfinished one.)
+                out.later.append(Track(row.id, spec=ch.spec))
+            else:
+                # the spec at hand, not its plan decoded again (they are equal: tests/description/
+                # test_examples.py); a known request's workflow has its own
+                self.track(s, row.id, batch, spec=None if known else ch.spec)
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, Accepted(row.id, row.global_id, resumed=resumed)))
 
     def _track(self, s: Session, ch: Track, batch: WriteSet, out: Outcome) -> None:
-        wf = self._workflow(s, ch.workflow_id, batch)
+        wf = self.mirror.workflows.get(ch.workflow_id) or self.track(s, ch.workflow_id, batch, spec=ch.spec)
         if ch.reply_to is not None:
             out.replies.append((ch.reply_to, Accepted(wf.id, wf.global_id, resumed=True)))
 
@@ -339,9 +350,9 @@ class Store:
         wf = self.mirror.workflows.get(workflow_id)
         return wf if wf is not None else self.track(s, workflow_id, batch)
 
-    def track(self, s: Session, workflow_id: int, batch: WriteSet) -> MWorkflow:
-        """Load a workflow into the mirror (idempotent)."""
-        return loading.load_workflow(s, self.mirror, self.quota, workflow_id, batch)
+    def track(self, s: Session, workflow_id: int, batch: WriteSet, spec: Any = None) -> MWorkflow:
+        """Load a workflow into the mirror (idempotent); ``spec``: its plan, decoded already."""
+        return loading.load_workflow(s, self.mirror, self.quota, workflow_id, batch, spec=spec)
 
     # ------------------------------------------------------------------------------------------ write
 

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 _FLUSH = object()
 _LINGERED = object()
+#: the marker behind which an Outcome's ``later`` changes wait (see Writer._later)
+_LATER = object()
 
 #: seconds a batch of changes nothing waits for may wait for others to share its commit
 LINGER = 0.005
@@ -164,6 +166,8 @@ class Writer(pykka.ThreadingActor):
         self.store = store
         self.listeners = list(listeners or ())
         self._pending: list[Any] = []
+        #: changes committed after those that waited for the commit that asked for them (Outcome.later)
+        self._later: list[Any] = []
         self._scheduled = False
         #: (actor, the Committed fields it acts on: () for all)
         self._subscribers: list[tuple[pykka.ActorRef[Any], tuple[str, ...]]] = []
@@ -190,6 +194,12 @@ class Writer(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if message is _FLUSH:
+            self._flush()
+        elif message is _LATER:
+            # what came while the commit that asked for these ran goes first, then these alone: a big
+            # submission's rows and its tracking are two waits for other users' changes, not one twice as long
+            self._flush()
+            self._pending, self._later = self._later + self._pending, []
             self._flush()
         elif message is _LINGERED:
             if self._lingering and not self._scheduled:  # otherwise a flush took them, or its marker will
@@ -240,6 +250,9 @@ class Writer(pykka.ThreadingActor):
         self.commits += 1
         self.changes += len(changes)
         self._deliver(out)
+        if out.later:
+            self._later.extend(out.later)
+            self.actor_ref.tell(_LATER)  # behind every change already told
         freed = out.freed
         del out, changes  # what a big workflow's commit held goes before the trim, or the trim cannot free it
         if freed >= memory.BIG_NODES:
