@@ -228,6 +228,9 @@ class Writer(pykka.ThreadingActor):
         self._admitter = None
         self._alarm.stop()
         self._flush()
+        if self._later:  # (their marker is behind the stop too)
+            self._pending, self._later = self._later, []
+            self._flush()
 
     def _flush(self) -> None:
         self._scheduled = False
