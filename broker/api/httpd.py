@@ -14,9 +14,8 @@ and a buffer, never a thread. The intake thread enforces (each refusal one WARNI
   that does not fit waits, unread and with its clock stopped; :data:`MAX_CONNECTIONS` at most (beyond it,
   new connections wait in the kernel's backlog).
 
-Request threads take whole requests in turns by client (:mod:`broker.api.turns`: a client with many requests
-waiting does not delay another's); they write the answers (:mod:`broker.api.answer`). Refusals are SOAP 1.1
-faults.
+Request threads take whole requests in turns by client (:mod:`broker.api.turns`) and write the answers
+(:mod:`broker.api.answer`); refusals are SOAP 1.1 faults.
 """
 
 from __future__ import annotations
@@ -67,8 +66,7 @@ class HttpServer:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._returned: collections.deque[tuple[Connection, bool]] = collections.deque()
-        # whole requests, taken in turns by client (broker.api.turns): a busy client waits for its own
-        # (one client holds at most half the threads: another's request finds one free)
+        # taken in turns by client, one client holding at most half the threads (broker.api.turns)
         self._work: Turns[tuple[Connection, Request]] = Turns(per_key=max(1, threads // 2))
         self._connections: set[Connection] = set()
         self._pending: collections.Counter[str] = collections.Counter()
@@ -112,8 +110,7 @@ class HttpServer:
                 self._turn()
             self._drain()
         finally:
-            for _ in self._workers:
-                self._work.stop()
+            self._work.stop(len(self._workers))
             for worker in self._workers:
                 worker.join(timeout=self.limits.drain_timeout)
             for conn in list(self._connections):
@@ -356,10 +353,8 @@ class HttpServer:
         if conn in self._waiting:
             self._waiting.remove(conn)
         elif not conn.busy:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
         if conn.reserved and not conn.busy:
             self._release(conn)
         with contextlib.suppress(OSError):
@@ -394,8 +389,7 @@ class HttpServer:
                 log.warning("answer to %s:%d not delivered: %s", conn.address, conn.port, exc.strerror or exc)
             except Exception:
                 log.exception("request from %s:%d failed", conn.address, conn.port)
-            finally:
-                self._work.done(key)
+            self._work.done(key)  # (whatever answer() raised was caught above)
             del taken, request
             self._returned.append((conn, keep))
             self._wake()

@@ -48,8 +48,8 @@ class Turns(Generic[T]):
     ``per_key``: items of one key out at once at most (taken and not yet ``done``): a line at its limit is
     passed over, keeping its place, until one of its items is done. The server sets it to half its request
     threads, so that a client keeping every thread busy leaves some free for the next client's request,
-    which then waits for no call of his to end. ``stop()`` makes one ``get()`` return None once no item is
-    left (a request thread's end)."""
+    which then waits for no call of his to end. ``stop(n)`` makes n ``get()`` calls return None once no item
+    is left (the request threads' end)."""
 
     def __init__(self, per_key: int = 0) -> None:
         self.per_key = per_key
@@ -70,10 +70,11 @@ class Turns(Generic[T]):
             line.append(item)
             self._changed.notify()
 
-    def stop(self) -> None:
+    def stop(self, takers: int = 1) -> None:
+        """Make ``takers`` get() calls return None once no item is left."""
         with self._changed:
-            self._stops += 1
-            self._changed.notify()
+            self._stops += takers
+            self._changed.notify_all()
 
     def get(self) -> tuple[Hashable, T] | None:
         """(key, item) at the head of the next line that may have one more out (blocking until there is

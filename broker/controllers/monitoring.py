@@ -12,7 +12,6 @@ re-attaches to attempts that were in flight when a previous broker died.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from typing import Any
@@ -25,7 +24,7 @@ from broker.controllers.messages import Collected, Exited, Pushed, Resume, Stagi
 from broker.crashpoints import crash_point
 from broker.description import spawn
 from broker.description.model import NodeSpec
-from broker.elf.elf import MAX_OUTPUT_NAMES, OutputBudget, outputs_limit, value_size
+from broker.elf.elf import MAX_OUTPUT_NAMES, OutputBudget, outputs_limit, same_value, value_size
 from broker.events.types import EventType
 from broker.launchers import base as launcher
 from broker.persistence.changes import Changes, Committed, Note, Rejected, Reported, Transition
@@ -61,11 +60,6 @@ class Attempt:
         #: a newer progress held until ``progress_due`` (time.time()): one progress event per report_interval
         self.held: tuple[float, str | None] | None = None
         self.progress_due = 0.0
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether two JSON values are the same value (``1``, ``1.0`` and ``true`` are three)."""
-    return a == b and json.dumps(a) == json.dumps(b)  # (== alone takes 1 for 1.0 and true, [1] for [true])
 
 
 class MonitoringController(Controller):
@@ -191,7 +185,7 @@ class MonitoringController(Controller):
         outputs = {k: v for k, v in result.outputs.items() if isinstance(k, str) and budget.admit(k, v)}
         dropped = len(result.outputs) - len(outputs)
         # what is new, or changed since its event (an event per value the node ends with, and no more)
-        new_outputs = tuple((k, v) for k, v in outputs.items() if k not in reported or not _same(reported[k], v))
+        new_outputs = tuple((k, v) for k, v in outputs.items() if k not in reported or not same_value(reported[k], v))
         progress = result.progress if result.progress is not None and result.progress != last_progress else None
         changes: list[Any] = []
         if new_outputs or progress is not None:

@@ -361,6 +361,11 @@ def value_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same value (``1``, ``1.0`` and ``true`` are three to JSON, one to ==)."""
+    return a == b and json.dumps(a) == json.dumps(b)
+
+
 class OutputBudget(object):
     """The output values one attempt keeps: at most MAX_OUTPUT_NAMES names and ``limit`` bytes of JSON text
     together. A report of a new name past either bound, or whose value would grow the total past ``limit``, is
