@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -94,7 +95,9 @@ def test_a_script_refuses_a_directive_line_that_spans_lines():
     assert batch_jobs.script(["#SBATCH --ntasks=1"], ["exec 'a b'"]) == "#!/bin/sh\n#SBATCH --ntasks=1\n\nexec 'a b'\n"
 
 
-def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_path):
+@pytest.fixture
+def routed(tmp_path) -> Iterator[tuple[Resources, Launchers]]:
+    """Resources and launchers of a local host "laptop" (the default) and an SSH host "lab" (alice's account)."""
     (tmp_path / "kh").write_text("")
     catalogue = Catalogue(hosts=(Host("laptop", "local", max_jobs=4),
                                  Host("lab", "ssh", max_jobs=16, ssh=SshAccess("127.0.0.1", 1, str(tmp_path / "kh")),
@@ -102,42 +105,38 @@ def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(tmp_pa
     resources = Resources(Settings(), catalogue=catalogue, accounts={("alice", "lab"): ("alice", None)})
     launchers = Launchers(resources)
     try:
-        assert (resources.max_jobs("laptop"), resources.max_jobs("lab")) == (4, 16)
-        assert resources.resolve((), Scheduling()).name == "laptop"
-        local = launchers.launcher("laptop", "alice")  # the shared local launcher, starting as alice's account
-        assert launchers.launcher_of("localhost") is launchers.local_launcher()
-        assert local.collect == launchers.local_launcher().collect
-        remote = launchers.launcher("lab", "alice")  # made without connecting: connections open on first use
-        assert launchers.launcher("lab", "alice") is remote and launchers.launcher_of("alice@lab") is remote
-        assert resources.pool.opened() == 0
-        with pytest.raises(ResourceError, match="no launcher for bob@lab yet"):
-            launchers.launcher_of("bob@lab")
-        with pytest.raises(ResourceError, match="user 'bob' has no account on host 'lab'"):
-            launchers.launcher("lab", "bob")
+        yield resources, launchers
     finally:
         launchers.close()
         resources.close()
 
 
-def test_closed_launchers_make_no_new_launcher(tmp_path):
+def test_resources_route_hosts_to_launchers_and_expose_the_per_host_limit(routed):
+    resources, launchers = routed
+    assert (resources.max_jobs("laptop"), resources.max_jobs("lab")) == (4, 16)
+    assert resources.resolve((), Scheduling()).name == "laptop"
+    local = launchers.launcher("laptop", "alice")  # the shared local launcher, starting as alice's account
+    assert launchers.launcher_of("localhost") is launchers.local_launcher()
+    assert local.collect == launchers.local_launcher().collect
+    remote = launchers.launcher("lab", "alice")  # made without connecting: connections open on first use
+    assert launchers.launcher("lab", "alice") is remote and launchers.launcher_of("alice@lab") is remote
+    assert resources.pool.opened() == 0
+    with pytest.raises(ResourceError, match="no launcher for bob@lab yet"):
+        launchers.launcher_of("bob@lab")
+    with pytest.raises(ResourceError, match="user 'bob' has no account on host 'lab'"):
+        launchers.launcher("lab", "bob")
+
+
+def test_closed_launchers_make_no_new_launcher(routed):
     # An exit callback fired by the local launcher's watcher while close() joins it asked for the local
     # launcher again, got a new one, and that one's thread was never stopped: the process did not end
-    (tmp_path / "kh").write_text("")
-    catalogue = Catalogue(hosts=(Host("laptop", "local", max_jobs=4),
-                                 Host("lab", "ssh", max_jobs=16, ssh=SshAccess("127.0.0.1", 1, str(tmp_path / "kh")),
-                                      scratch="w")), default="laptop")
-    resources = Resources(Settings(), catalogue=catalogue, accounts={("alice", "lab"): ("alice", None)})
-    launchers = Launchers(resources)
-    try:
-        launchers.local_launcher()
-        threads = threading.active_count()
-        launchers.close()
-        assert threading.active_count() < threads  # the watcher went
-        for ask in (launchers.local_launcher, lambda: launchers.launcher_of("localhost"),
-                    lambda: launchers.launcher("lab", "alice"), lambda: launchers.launcher("laptop", "alice")):
-            with pytest.raises(ResourceError, match="the broker is stopping"):
-                ask()
-        assert threading.active_count() < threads
-    finally:
-        launchers.close()
-        resources.close()
+    resources, launchers = routed
+    launchers.local_launcher()
+    threads = threading.active_count()
+    launchers.close()
+    assert threading.active_count() < threads  # the watcher went
+    for ask in (launchers.local_launcher, lambda: launchers.launcher_of("localhost"),
+                lambda: launchers.launcher("lab", "alice"), lambda: launchers.launcher("laptop", "alice")):
+        with pytest.raises(ResourceError, match="the broker is stopping"):
+            ask()
+    assert threading.active_count() < threads
